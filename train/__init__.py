@@ -1,0 +1,1 @@
+"""train: LPCE pre-training and fine-tuning of timm models on fracgen datasets."""
