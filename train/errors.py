@@ -1,0 +1,12 @@
+"""Errors a user can cause. ``python -m train`` prints them as one line (``error: ...``) and exits 2."""
+
+
+class TrainError(Exception):
+    """An option, dataset, shard or checkpoint the user gave cannot be used; the message says what to change."""
+
+
+class DoesNotFit(TrainError):
+    """The dataset does not fit the device-memory budget of the resident source.
+
+    With ``data.source: auto`` the caller logs the message and streams instead; with ``resident`` it is fatal.
+    """
