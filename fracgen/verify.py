@@ -1,0 +1,391 @@
+"""Re-read a built dataset and check it against its own records.
+
+A dataset folder describes itself (see `fracgen/ARCHITECTURE.md`): `build.json` lists every shard with its
+size and sha256, `_info.json` lists the per-shard sample counts in timm's schema, and every sample carries its
+label twice (`cls` and `json`). `verify` re-reads every byte and reports each shard that disagrees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from fracgen.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+BUILD_JSON = "build.json"
+INFO_JSON = "_info.json"
+PARAMS_JSON = "params.json"
+KEY_RE = re.compile(r"^\d{8}$")
+_CHUNK = 1 << 20
+
+
+@dataclass
+class Sample:
+    """One decoded-enough sample of a shard.
+
+    Attributes:
+        key: the sample's `__key__` (`{index:08d}`).
+        files: extension (without the dot) -> raw bytes, e.g. {"png": ..., "cls": b"3", "json": ...}.
+    """
+
+    key: str
+    files: dict[str, bytes]
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` found.
+
+    Attributes:
+        root: the dataset folder.
+        num_shards: shards listed in build.json.
+        num_samples: samples read from the shards.
+        num_classes: classes recorded in build.json.
+        shard_problems: shard filename -> what is wrong with it (one string per problem).
+        dataset_problems: problems that belong to no single shard (records disagree, a class is missing).
+    """
+
+    root: Path
+    num_shards: int = 0
+    num_samples: int = 0
+    num_classes: int = 0
+    shard_problems: dict[str, list[str]] = field(default_factory=dict)
+    dataset_problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.shard_problems and not self.dataset_problems
+
+    def add(self, shard: str, problem: str) -> None:
+        """Record a problem of one shard."""
+        self.shard_problems.setdefault(shard, []).append(problem)
+
+    def summary(self) -> str:
+        """One line: the verdict and the figures."""
+        if self.ok:
+            return (
+                f"OK: {self.root}: {self.num_shards} shards, {self.num_samples} samples, "
+                f"{self.num_classes} classes; checksums, counts, image sizes and labels match"
+            )
+        bad = len(self.shard_problems)
+        return f"BROKEN: {self.root}: {bad} of {self.num_shards} shards bad" + (
+            f", {len(self.dataset_problems)} dataset problem(s)" if self.dataset_problems else ""
+        )
+
+    def lines(self) -> list[str]:
+        """The summary, then one line per problem, each naming its shard."""
+        out = [self.summary()]
+        for shard in sorted(self.shard_problems):
+            out.extend(f"{shard}: {problem}" for problem in self.shard_problems[shard])
+        out.extend(f"dataset: {problem}" for problem in self.dataset_problems)
+        return out
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON record of the dataset.
+
+    Raises:
+        UsageError: the file is missing or is not JSON.
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise UsageError(f"{path} is missing") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} is not valid JSON ({err})") from err
+
+
+def load_build(root: Path | str) -> dict[str, Any]:
+    """Read `build.json`, the marker of a complete build.
+
+    Raises:
+        UsageError: `root` is not a folder or holds no complete build.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder; give the output folder of `fracgen build`")
+    if not (root / BUILD_JSON).is_file():
+        raise UsageError(
+            f"{root} has no {BUILD_JSON}: the build is incomplete (or this is not a fracgen dataset); "
+            "rerun `fracgen build` to finish it"
+        )
+    build = read_json(root / BUILD_JSON)
+    if not isinstance(build, dict) or not isinstance(build.get("shards"), list):
+        raise UsageError(f"{root / BUILD_JSON} has no 'shards' list")
+    return build
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def iter_samples(path: Path) -> Iterator[Sample]:
+    """Yield the samples of one WebDataset shard in file order.
+
+    Members are grouped by key the way webdataset does it: the key is the name up to the first dot, and a
+    sample ends when the key changes.
+
+    Raises:
+        tarfile.TarError: the file is not a readable tar.
+    """
+    current: Sample | None = None
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            if current is None or key != current.key:
+                if current is not None:
+                    yield current
+                current = Sample(key=key, files={})
+            handle = tar.extractfile(member)
+            current.files[ext] = handle.read() if handle is not None else b""
+    if current is not None:
+        yield current
+
+
+def _image_size(data: bytes) -> tuple[int, int]:
+    """Decode an image fully (so truncated data fails) and return (width, height)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.size
+
+
+def _check_shard(
+    report: VerifyReport,
+    path: Path,
+    record: dict[str, Any],
+    info_count: int | None,
+    size: int | None,
+    num_classes: int,
+    classes: dict[int, dict[str, Any]],
+    labels: Counter[int],
+    keys: set[str],
+) -> int:
+    """Check one shard against its records; returns the number of samples read."""
+    name = record["filename"]
+    if not path.is_file():
+        report.add(name, "missing")
+        return 0
+    actual_bytes = path.stat().st_size
+    if "bytes" in record and actual_bytes != record["bytes"]:
+        report.add(name, f"size {actual_bytes} bytes, build.json records {record['bytes']}")
+    if "sha256" in record:
+        digest = sha256_file(path)
+        if digest != record["sha256"]:
+            report.add(
+                name, f"sha256 {digest[:12]}... does not match build.json {str(record['sha256'])[:12]}..."
+            )
+    count = 0
+    bad_images = bad_labels = 0
+    first_image_problem = first_label_problem = ""
+    try:
+        for sample in iter_samples(path):
+            count += 1
+            if not KEY_RE.match(sample.key):
+                report.add(name, f"sample key {sample.key!r} is not 8 digits")
+            if sample.key in keys:
+                report.add(name, f"sample key {sample.key} also appears earlier")
+            keys.add(sample.key)
+            missing = [ext for ext in ("png", "cls", "json") if ext not in sample.files]
+            if missing:
+                report.add(name, f"sample {sample.key} lacks {', '.join(missing)}")
+                continue
+            try:
+                width_height = _image_size(sample.files["png"])
+                if size is not None and width_height != (size, size):
+                    bad_images += 1
+                    first_image_problem = first_image_problem or (
+                        f"sample {sample.key} is {width_height[0]}x{width_height[1]}, expected {size}x{size}"
+                    )
+            except Exception as err:  # noqa: BLE001 - any decoder failure means a bad image
+                bad_images += 1
+                first_image_problem = (
+                    first_image_problem or f"sample {sample.key} png does not decode ({err})"
+                )
+            problem = _label_problem(sample, num_classes, classes)
+            if problem:
+                bad_labels += 1
+                first_label_problem = first_label_problem or problem
+            else:
+                labels[int(sample.files["cls"])] += 1
+    except (tarfile.TarError, EOFError, OSError) as err:
+        report.add(name, f"not a readable tar after {count} samples ({err})")
+    if bad_images:
+        report.add(name, f"{bad_images} bad image(s), first: {first_image_problem}")
+    if bad_labels:
+        report.add(name, f"{bad_labels} bad label(s), first: {first_label_problem}")
+    if "num_samples" in record and count != record["num_samples"]:
+        report.add(name, f"{count} samples, build.json records {record['num_samples']}")
+    if info_count is not None and count != info_count:
+        report.add(name, f"{count} samples, _info.json records {info_count}")
+    return count
+
+
+def _label_problem(sample: Sample, num_classes: int, classes: dict[int, dict[str, Any]]) -> str:
+    """Why a sample's label is wrong, or '' when it is right."""
+    try:
+        label = int(sample.files["cls"].decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return f"sample {sample.key} cls {sample.files['cls'][:20]!r} is not an integer"
+    if not 0 <= label < num_classes:
+        return f"sample {sample.key} label {label} is outside 0..{num_classes - 1}"
+    try:
+        meta = json.loads(sample.files["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"sample {sample.key} json does not parse"
+    if not isinstance(meta, dict) or meta.get("label") != label:
+        return f"sample {sample.key} json label {meta.get('label') if isinstance(meta, dict) else None} != cls {label}"
+    recorded = classes.get(label)
+    if recorded is not None:
+        for field_name in ("fractal", "perturbation"):
+            if field_name in recorded and field_name in meta and recorded[field_name] != meta[field_name]:
+                return (
+                    f"sample {sample.key} {field_name} {meta[field_name]} != params.json class {label} "
+                    f"{field_name} {recorded[field_name]}"
+                )
+    return ""
+
+
+def _info_counts(report: VerifyReport, root: Path, shard_names: list[str]) -> dict[str, int]:
+    """Per-shard counts from `_info.json`; records disagreements with build.json as dataset problems."""
+    try:
+        info = read_json(root / INFO_JSON)
+        split = info["splits"]["train"]
+        filenames = list(split["filenames"])
+        lengths = [int(n) for n in split["shard_lengths"]]
+    except UsageError as err:
+        report.dataset_problems.append(str(err))
+        return {}
+    except (KeyError, TypeError, ValueError) as err:
+        report.dataset_problems.append(f"{INFO_JSON} lacks splits.train filenames/shard_lengths ({err})")
+        return {}
+    if len(filenames) != len(lengths):
+        report.dataset_problems.append(
+            f"{INFO_JSON} has {len(filenames)} filenames but {len(lengths)} shard_lengths"
+        )
+    if filenames != shard_names:
+        report.dataset_problems.append(
+            f"{INFO_JSON} lists shards {filenames} but build.json lists {shard_names}"
+        )
+    if "num_samples" in split and split["num_samples"] != sum(lengths):
+        report.dataset_problems.append(
+            f"{INFO_JSON} num_samples {split['num_samples']} != sum of shard_lengths {sum(lengths)}"
+        )
+    return dict(zip(filenames, lengths, strict=False))
+
+
+def _recorded_classes(report: VerifyReport, root: Path) -> dict[int, dict[str, Any]]:
+    """Class records of `params.json` by label ({} when the dataset has no such records)."""
+    path = root / PARAMS_JSON
+    if not path.exists():
+        return {}
+    try:
+        params = read_json(path)
+        return {int(c["label"]): c for c in params.get("classes", [])}
+    except UsageError as err:
+        report.dataset_problems.append(str(err))
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        report.dataset_problems.append(f"{PARAMS_JSON} classes are malformed ({err})")
+    return {}
+
+
+def verify(root: Path | str) -> VerifyReport:
+    """Re-read every shard of a dataset and check it against `build.json`, `_info.json` and `params.json`.
+
+    Checks: each listed shard exists with the recorded bytes and sha256; its sample count matches
+    build.json and _info.json; every image decodes to `size` x `size` (build.json `config.size`); every
+    `cls` is an integer label in [0, num_classes) equal to the `json` label and to the params.json class;
+    every recorded class is present, as often as the others when the total divides evenly; no stray
+    `train-*.tar` sits beside the listed shards (a `train-*.tar` glob would load it).
+
+    Args:
+        root: the dataset folder (what `fracgen build` wrote).
+
+    Returns:
+        The report; `report.ok` is the verdict, `report.lines()` names each bad shard.
+
+    Raises:
+        UsageError: `root` holds no complete build (no readable build.json).
+    """
+    root = Path(root)
+    build = load_build(root)
+    records = build["shards"]
+    report = VerifyReport(root=root, num_shards=len(records))
+    try:
+        shard_names = [str(r["filename"]) for r in records]
+    except (KeyError, TypeError) as err:
+        raise UsageError(f"{root / BUILD_JSON}: every shard needs a filename ({err})") from err
+    config = build.get("config") or {}
+    size = config.get("size")
+    num_classes = build.get("num_classes")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        report.dataset_problems.append(f"build.json num_classes {num_classes!r} is not a positive integer")
+        num_classes = 0
+    report.num_classes = num_classes
+    info_counts = _info_counts(report, root, shard_names)
+    classes = _recorded_classes(report, root)
+    if classes and sorted(classes) != list(range(num_classes)):
+        report.dataset_problems.append(
+            f"{PARAMS_JSON} records {len(classes)} classes, build.json num_classes is {num_classes}"
+        )
+
+    labels: Counter[int] = Counter()
+    keys: set[str] = set()
+    for record in records:
+        name = record["filename"]
+        logger.debug("verifying %s", name)
+        if Path(name).name != name or name.startswith("."):
+            report.add(name, "filename is not a plain file name in the dataset folder")
+            continue
+        report.num_samples += _check_shard(
+            report, root / name, record, info_counts.get(name), size, num_classes, classes, labels, keys
+        )
+
+    for stray in sorted(p.name for p in root.glob("train-*.tar") if p.name not in set(shard_names)):
+        report.add(stray, "not listed in build.json (a train-*.tar glob would load it)")
+    if "num_samples" in build and build["num_samples"] != sum(r.get("num_samples", 0) for r in records):
+        report.dataset_problems.append(
+            f"build.json num_samples {build['num_samples']} != sum over shards "
+            f"{sum(r.get('num_samples', 0) for r in records)}"
+        )
+    if not report.shard_problems and num_classes:
+        _check_label_counts(report, labels, num_classes)
+    logger.info(report.summary())
+    return report
+
+
+def _check_label_counts(report: VerifyReport, labels: Counter[int], num_classes: int) -> None:
+    """Every class present; equally often when the total divides evenly (the builders make balanced sets)."""
+    missing = [k for k in range(num_classes) if labels[k] == 0]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        report.dataset_problems.append(f"{len(missing)} class(es) have no sample: {shown}")
+    total = sum(labels.values())
+    if total % num_classes == 0:
+        per_class = total // num_classes
+        uneven = {k: n for k, n in labels.items() if n != per_class}
+        if uneven and not missing:
+            label, n = min(uneven.items())
+            report.dataset_problems.append(
+                f"{len(uneven)} class(es) do not have {per_class} samples each, e.g. class {label} has {n}"
+            )
