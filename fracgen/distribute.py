@@ -1,0 +1,123 @@
+"""The process pool, the progress bar and the retries. The only module that owns worker processes.
+
+Workers are forked, so they inherit the parent's imported modules and compiled numba kernels instead of
+re-importing them (about 0.5 s per process), and the job is handed over once at fork time, not pickled per shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+from tqdm import tqdm
+
+from fracgen.errors import FracgenError
+
+log = logging.getLogger(__name__)
+
+RETRIES = 2  # attempts after the first for a shard that failed with an unexpected error
+
+_job: Callable[[int], dict] | None = None
+
+
+def _init(job: Callable[[int], dict]) -> None:
+    global _job
+    _job = job
+
+
+def _run(shard: int) -> dict:
+    return _job(shard)
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_shards(
+    job: Callable[[int], dict],
+    shard_ids: Sequence[int],
+    sizes: Sequence[int],
+    workers: int,
+    progress: bool = True,
+) -> list[dict]:
+    """Run ``job(shard)`` for every shard, in worker processes when ``workers`` > 1.
+
+    Args:
+        job: builds one shard and returns its marker dict; raises FracgenError for failures a retry cannot fix.
+        shard_ids: the shards to build.
+        sizes: images in each of those shards (for the progress bar).
+        workers: processes to use.
+        progress: show a tqdm bar with images/s.
+
+    Returns:
+        The markers, in the order of ``shard_ids``.
+
+    Raises:
+        FracgenError: a shard failed for good, or a worker process died.
+    """
+    results: dict[int, dict] = {}
+    size_of = dict(zip(shard_ids, sizes, strict=True))
+    tries = dict.fromkeys(shard_ids, 0)
+    bar = tqdm(total=sum(sizes), unit="img", disable=not progress, smoothing=0, dynamic_ncols=True)
+    start = time.perf_counter()
+
+    def done(shard: int, marker: dict) -> None:
+        results[shard] = marker
+        bar.update(size_of[shard])
+        bar.set_postfix_str(f"{len(results)}/{len(shard_ids)} shards")
+
+    def failed(shard: int, error: BaseException) -> bool:
+        if isinstance(error, FracgenError) or tries[shard] >= RETRIES:
+            raise error if isinstance(error, FracgenError) else FracgenError(
+                f"shard {shard} failed {tries[shard] + 1} times: {type(error).__name__}: {error}") from error
+        tries[shard] += 1
+        log.warning("shard %d failed (%s: %s); retrying", shard, type(error).__name__, error)
+        return True
+
+    try:
+        if workers <= 1 or len(shard_ids) <= 1:
+            for shard in shard_ids:
+                while True:
+                    try:
+                        done(shard, job(shard))
+                        break
+                    except Exception as e:  # noqa: BLE001 - classified in failed()
+                        failed(shard, e)
+        else:
+            ctx = mp.get_context("fork")
+            with ProcessPoolExecutor(min(workers, len(shard_ids)), mp_context=ctx, initializer=_init,
+                                     initargs=(job,)) as pool:
+                pending = {pool.submit(_run, s): s for s in shard_ids}
+                try:
+                    _drain(pool, pending, done, failed)
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)  # finish running shards, start no more
+                    raise
+
+    except BrokenProcessPool:
+        missing = sorted(set(shard_ids) - set(results))
+        raise FracgenError(f"a worker process died; shards {missing} are unfinished: rerun with --resume") from None
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - start
+    log.info("%d images in %.2f s", sum(sizes), elapsed)
+    return [results[s] for s in shard_ids]
+
+
+def _drain(pool, pending: dict, done, failed) -> None:
+    while pending:
+        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in finished:
+            shard = pending.pop(future)
+            try:
+                done(shard, future.result())
+            except BrokenProcessPool:
+                raise
+            except Exception as e:  # noqa: BLE001 - classified in failed()
+                failed(shard, e)
+                pending[pool.submit(_run, shard)] = shard

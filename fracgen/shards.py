@@ -1,0 +1,151 @@
+"""Shards on disk: one tar writer per shard, completion markers, checksums and the dataset's own metadata.
+
+A shard is written under a temporary name and renamed when complete; only then is its marker
+(``.fracgen/stats/{shard:06d}.json``) written. A shard counts as complete when its marker exists and the tar's
+sha256 matches it. Nothing in a shard depends on the time or the user: fixed mtime, owner and mode.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import webdataset as wds
+
+from fracgen.errors import FracgenError
+
+SHARD_PATTERN = "train-{shard:06d}.tar"
+TMP_SUFFIX = ".tmp"
+INTERNAL = ".fracgen"
+MTIME = 0  # every tar entry gets this mtime, so the bytes do not depend on when they were built
+
+
+def shard_name(shard: int) -> str:
+    return SHARD_PATTERN.format(shard=shard)
+
+
+def marker_path(root: Path, shard: int) -> Path:
+    return root / INTERNAL / "stats" / f"{shard:06d}.json"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dump_json(data: object) -> bytes:
+    """Canonical JSON bytes: sorted keys, fixed indentation, trailing newline."""
+    return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file under a temporary name and rename it, so readers never see half of it."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _os_error(e, path) from None
+
+
+def _os_error(e: OSError, path: Path) -> FracgenError:
+    if e.errno == errno.ENOSPC:
+        return FracgenError(f"disk full while writing {path}; free space and rerun with --resume")
+    return FracgenError(f"cannot write {path}: {e.strerror or e}")
+
+
+def write_shard(root: Path, shard: int, samples: Iterable[dict]) -> tuple[str, int, int]:
+    """Write one shard's samples to ``root/train-{shard:06d}.tar`` atomically.
+
+    Args:
+        root: dataset folder.
+        shard: shard index.
+        samples: dicts with ``__key__`` (dot-free str) and bytes values per extension.
+
+    Returns:
+        (sha256 hex digest, number of samples, size in bytes).
+
+    Raises:
+        FracgenError: the disk is full or the folder cannot be written; the partial tar is removed.
+    """
+    final = root / shard_name(shard)
+    tmp = final.with_name(final.name + TMP_SUFFIX)
+    count = 0
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as f:
+            writer = wds.TarWriter(_Hashing(f, digest), user="fracgen", group="fracgen", encoder=False, mtime=MTIME)
+            for sample in samples:
+                writer.write(sample)
+                count += 1
+            writer.close()
+        os.replace(tmp, final)
+    except OSError as e:
+        raise _os_error(e, final) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest.hexdigest(), count, final.stat().st_size
+
+
+class _Hashing:
+    """A write-only file that hashes what passes through it (saves re-reading the shard)."""
+
+    def __init__(self, f, digest):
+        self._f = f
+        self._digest = digest
+
+    def write(self, data) -> int:
+        self._digest.update(data)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def read_marker(root: Path, shard: int) -> dict | None:
+    """A shard's marker if the shard is complete and its checksum verifies, else None."""
+    path = marker_path(root, shard)
+    tar = root / shard_name(shard)
+    if not path.is_file() or not tar.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if marker.get("bytes") != tar.stat().st_size or marker.get("sha256") != sha256_file(tar):
+        return None
+    return marker
+
+
+def remove_partials(root: Path) -> list[Path]:
+    """Delete temporary files left by an interrupted build; returns what was removed."""
+    removed = []
+    for path in list(root.glob("*" + TMP_SUFFIX)) + list((root / INTERNAL).rglob("*" + TMP_SUFFIX)):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def info_json(name: str, num_classes: int, shards: list[dict]) -> dict:
+    """``_info.json`` in the schema timm's WebDataset reader expects."""
+    return {
+        "name": name,
+        "num_classes": num_classes,
+        "splits": {
+            "train": {
+                "name": "train",
+                "num_samples": sum(s["num_samples"] for s in shards),
+                "filenames": [s["filename"] for s in shards],
+                "shard_lengths": [s["num_samples"] for s in shards],
+            }
+        },
+    }
