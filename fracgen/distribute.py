@@ -63,7 +63,7 @@ def run_shards(
     results: dict[int, dict] = {}
     size_of = dict(zip(shard_ids, sizes, strict=True))
     tries = dict.fromkeys(shard_ids, 0)
-    bar = tqdm(total=sum(sizes), unit="img", disable=not progress, smoothing=0, dynamic_ncols=True)
+    bar = tqdm(total=sum(sizes), unit="img", disable=not progress or not shard_ids, smoothing=0, dynamic_ncols=True)
     start = time.perf_counter()
 
     def done(shard: int, marker: dict) -> None:

@@ -1,6 +1,29 @@
 """Shared fixtures. Tests default to CPU, one torch thread, and never touch the network."""
 
 import os
+import shutil
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "0")
+import pytest
+
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # read when huggingface_hub is imported
+
+TINY = dict(sigma=3.5, delta=0.1, L=16, size=64, points=5000, seed=0, shard_size=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A built dataset (L=16, 64 px, 5,000 points, 2 shards of 8). Read-only: copy it before changing it."""
+    from fracgen.build import BuildConfig, build
+
+    root = tmp_path_factory.mktemp("tiny") / "ds"
+    build(BuildConfig(**TINY), root, workers=1)
+    return root
+
+
+@pytest.fixture
+def tiny_copy(tiny_dataset, tmp_path) -> Path:
+    """A private copy of the tiny dataset that a test may change."""
+    dst = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, dst)
+    return dst
