@@ -1,0 +1,105 @@
+"""The fast renderer against short, obviously-correct NumPy versions of the same rules."""
+
+import numpy as np
+import pytest
+
+from fracgen import ifs, render
+from fracgen.search import draw_masks
+
+
+def numpy_chaos_game(maps, probs, uniforms):
+    cum = np.cumsum(probs)
+    pts = [(0.0, 0.0)]
+    x = y = 0.0
+    for u in uniforms:
+        j = next((k for k in range(len(maps)) if u <= cum[k]), len(maps) - 1)
+        a, b, c, d, e, f = maps[j]
+        x, y = a * x + b * y + e, c * x + d * y + f
+        pts.append((x, y))
+    return np.array(pts)
+
+
+def numpy_reference_raster(points, masks, size):
+    """The released look, written the slow and plain way: paste a 3x3 patch per point, then flip."""
+    img = np.zeros((size, size), np.uint8)
+    xs, ys = points[:, 0], points[:, 1]
+    xs = ((xs - xs.min()) / (xs.max() - xs.min()) * (size - 12) + 6).astype(np.int64)
+    ys = ((ys - ys.min()) / (ys.max() - ys.min()) * (size - 12) + 6).astype(np.int64)
+    for x, y, m in zip(xs, ys, masks, strict=True):
+        bits = [int(ch) for ch in f"{int(m):09b}"]
+        patch = 127 * np.array(bits, np.uint8).reshape(3, 3)
+        img[y + 1: y + 4, x + 1: x + 4] = patch
+    return img[::-1]
+
+
+def numpy_points_raster(points, size):
+    img = np.zeros((size, size), np.uint8)
+    lo = points.min(axis=0)
+    extent = (points.max(axis=0) - lo)
+    scale = (size - 12) / extent.max()
+    offset = 6 + ((size - 12) - extent * scale) / 2
+    for x, y in points:
+        px = int((x - lo[0]) * scale + offset[0])
+        py = int((y - lo[1]) * scale + offset[1])
+        img[py, px] = 127
+    return img[::-1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("size", [32, 128, 512])
+def test_reference_look_matches_numpy_pixel_for_pixel(seed, size):
+    rng = np.random.default_rng(seed)
+    maps, _ = ifs.sample_system(2 + seed % 2, 3.5, rng)
+    probs = ifs.probabilities(maps)
+    uniforms = rng.random(2999)
+    masks = draw_masks(rng, 3000)
+    canvas = render.Canvas(size, 3000)
+    fill = render.render(maps, probs, uniforms, masks, canvas.image, canvas.points, "reference")
+    expected_points = numpy_chaos_game(maps, probs, uniforms)
+    np.testing.assert_allclose(canvas.points, expected_points, rtol=1e-12, atol=1e-12)
+    expected = numpy_reference_raster(expected_points, masks, size)
+    np.testing.assert_array_equal(canvas.image, expected)
+    assert fill == pytest.approx(np.count_nonzero(expected) / size**2)
+    assert set(np.unique(canvas.image)) <= {0, 127}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_points_style_matches_numpy_and_keeps_the_aspect(seed):
+    rng = np.random.default_rng(seed)
+    maps, _ = ifs.sample_system(2, 3.0, rng)
+    probs = ifs.probabilities(maps)
+    uniforms = rng.random(1999)
+    canvas = render.Canvas(96, 2000)
+    render.render(maps, probs, uniforms, None, canvas.image, canvas.points, "points")
+    np.testing.assert_array_equal(canvas.image, numpy_points_raster(canvas.points, 96))
+
+
+def test_points_style_centres_a_flat_shape():
+    # A system squeezed in y: the points style keeps it flat, the reference style stretches it to the square.
+    maps = np.array([[0.5, 0, 0, 0.1, 0.5, 0.0], [0.5, 0, 0, 0.1, -0.5, 0.05]])
+    probs = ifs.probabilities(maps)
+    uniforms = np.random.default_rng(0).random(4999)
+    canvas = render.Canvas(128, 5000)
+    render.render(maps, probs, uniforms, None, canvas.image, canvas.points, "points")
+    rows = np.flatnonzero(canvas.image.any(axis=1))
+    cols = np.flatnonzero(canvas.image.any(axis=0))
+    assert cols[0] == 6 and cols[-1] == 122
+    assert rows[-1] - rows[0] < 40
+    assert abs((rows[0] + rows[-1]) / 2 - 63.5) < 2
+
+
+def test_divergent_system_reports_minus_one():
+    maps = np.array([[3.0, 0, 0, 3.0, 1, 1], [2.5, 0.1, 0, 2.5, -1, 0]])
+    canvas = render.Canvas(64, 5000)
+    fill = render.render(maps, ifs.probabilities(maps), np.random.default_rng(0).random(4999),
+                         draw_masks(np.random.default_rng(1), 5000), canvas.image, canvas.points, "reference")
+    assert fill == -1.0
+
+
+def test_degenerate_system_has_zero_fill():
+    maps = np.zeros((2, 6))
+    canvas = render.Canvas(64, 100)
+    fill = render.render(maps, ifs.probabilities(maps), np.random.default_rng(0).random(99),
+                         draw_masks(np.random.default_rng(1), 100), canvas.image, canvas.points, "reference")
+    assert fill == 0.0
+    assert not canvas.image.any()
