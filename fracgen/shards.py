@@ -7,6 +7,7 @@ sha256 matches it. Nothing in a shard depends on the time or the user: fixed mti
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -84,9 +85,14 @@ def write_shard(root: Path, shard: int, samples: Iterable[dict]) -> tuple[str, i
     try:
         with open(tmp, "wb") as f:
             writer = wds.TarWriter(_Hashing(f, digest), user="fracgen", group="fracgen", encoder=False, mtime=MTIME)
-            for sample in samples:
-                writer.write(sample)
-                count += 1
+            try:
+                for sample in samples:
+                    writer.write(sample)
+                    count += 1
+            except BaseException:
+                with contextlib.suppress(Exception):  # else the tar stream flushes into a closed file at GC
+                    writer.close()
+                raise
             writer.close()
         os.replace(tmp, final)
     except OSError as e:

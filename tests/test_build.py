@@ -1,0 +1,228 @@
+"""Whole builds: determinism across worker counts, resume after a killed worker or a full disk, shard ranges,
+and round trips through webdataset and timm."""
+
+import errno
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from conftest import TINY
+from fracgen import build as build_mod
+from fracgen.build import BuildConfig, build
+from fracgen.errors import FracgenError, UsageError
+
+CFG = BuildConfig(**TINY)
+
+
+def files(root: Path) -> dict[str, bytes]:
+    """Every published file's bytes, build.json without its timing (the one thing that depends on the run)."""
+    out = {}
+    for p in sorted(root.iterdir()):
+        if p.is_file():
+            data = p.read_bytes()
+            if p.name == "build.json":
+                meta = json.loads(data)
+                meta.pop("timing")
+                data = json.dumps(meta, sort_keys=True).encode()
+            out[p.name] = data
+    return out
+
+
+def test_same_bytes_whatever_the_worker_count(tiny_dataset, tmp_path):
+    build(CFG, tmp_path / "w2", workers=2)
+    build(CFG, tmp_path / "w3", workers=3)
+    reference = files(tiny_dataset)
+    assert sorted(reference) == ["_info.json", "build.json", "params.json", "train-000000.tar", "train-000001.tar"]
+    assert files(tmp_path / "w2") == reference
+    assert files(tmp_path / "w3") == reference
+
+
+def test_another_seed_gives_other_bytes(tiny_dataset, tmp_path):
+    build(BuildConfig(**{**TINY, "seed": 1}), tmp_path / "s1", workers=1)
+    assert files(tmp_path / "s1")["train-000000.tar"] != files(tiny_dataset)["train-000000.tar"]
+
+
+def test_samples_read_back_through_webdataset(tiny_dataset):
+    urls = sorted(str(p) for p in tiny_dataset.glob("train-*.tar"))
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("l8"))
+    assert len(samples) == 16
+    labels = [int(s["cls"]) for s in samples]
+    assert sorted(labels) == list(range(16))
+    per_shard = [[int(s["cls"]) for s in samples if s["__url__"] == u] for u in urls]
+    assert per_shard[0] != list(range(8))  # classes are spread across shards, not in label order
+    for s in samples:
+        assert "." not in s["__key__"] and s["__key__"] == f"{int(s['cls']):08d}"
+        assert s["png"].shape == (64, 64)
+        assert set(np.unique(s["png"])) == {0, 127}
+        meta = s["json"]
+        assert meta["label"] == meta["fractal"] * 16 + meta["perturbation"] == int(s["cls"])
+        assert np.asarray(meta["maps"]).shape == (2, 6)
+
+
+def test_metadata_describes_the_build(tiny_dataset):
+    info = json.loads((tiny_dataset / "_info.json").read_text())
+    params = json.loads((tiny_dataset / "params.json").read_text())
+    meta = json.loads((tiny_dataset / "build.json").read_text())
+    split = info["splits"]["train"]
+    assert split["num_samples"] == 16 and split["shard_lengths"] == [8, 8] and info["num_classes"] == 16
+    assert split["filenames"] == ["train-000000.tar", "train-000001.tar"]
+    assert [c["label"] for c in params["classes"]] == list(range(16))
+    base = np.asarray(params["systems"][0]["maps"])
+    for c in params["classes"]:
+        ratio = np.asarray(c["maps"]) / base  # multiplicative: theta * (1 + u), |u| <= Delta
+        assert np.all(np.abs(ratio - 1) <= 0.1 + 1e-12)
+    assert meta["config"]["L"] == 16 and meta["num_samples"] == 16
+    assert meta["command"].startswith("fracgen build --sigma 3.5 --delta 0.1 --L 16")
+    for row in meta["shards"]:
+        assert row["bytes"] == (tiny_dataset / row["filename"]).stat().st_size
+    assert {"numpy", "numba", "fracgen", "python"} <= set(meta["versions"])
+
+
+def test_additive_perturbation_stays_in_its_box(tmp_path):
+    build(BuildConfig(**{**TINY, "perturbation": "additive", "delta": 0.2}), tmp_path / "a", workers=1)
+    params = json.loads((tmp_path / "a" / "params.json").read_text())
+    base = np.asarray(params["systems"][0]["maps"])
+    diffs = np.array([np.asarray(c["maps"]) - base for c in params["classes"]])
+    assert np.all(np.abs(diffs) <= 0.1 + 1e-12) and np.abs(diffs).max() > 0.05
+
+
+def test_redraws_are_bounded_and_recorded(tmp_path, monkeypatch):
+    real = build_mod.render.render
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):  # every class's first draw "diverges"
+        calls["n"] += 1
+        return -1.0 if calls["n"] % 2 == 1 else real(*args, **kwargs)
+
+    monkeypatch.setattr(build_mod.render, "render", flaky)
+    build(CFG, tmp_path / "r", workers=1, params=None)
+    params = json.loads((tmp_path / "r" / "params.json").read_text())
+    assert params["total_redraws"] >= 16
+
+    checked = []
+
+    def only_base(*args, **kwargs):  # the base system passes its check, no class's perturbation does
+        checked.append(1)
+        return real(*args, **kwargs) if len(checked) == 1 else -1.0
+
+    monkeypatch.setattr(build_mod.render, "render", only_base)
+    with pytest.raises(FracgenError, match="no perturbation"):
+        build(BuildConfig(**{**TINY, "max_redraws": 3}), tmp_path / "never", workers=1,
+              params=tmp_path / "r" / "params.json")
+
+
+def test_resume_after_a_killed_worker_gives_the_same_bytes(tiny_dataset, tmp_path, monkeypatch):
+    parent = os.getpid()
+    real = build_mod.render_class
+    victim = json.loads((tiny_dataset / "params.json").read_text())  # any label of the second shard
+    label = sorted(int(n) for n in [c["label"] for c in victim["classes"]])[-1]
+
+    def dying(plan, lbl, canvas):
+        if os.getpid() != parent and lbl == label:
+            os.kill(os.getpid(), signal.SIGKILL)  # mid-shard, like an OOM kill
+        return real(plan, lbl, canvas)
+
+    monkeypatch.setattr(build_mod, "render_class", dying)
+    out = tmp_path / "killed"
+    with pytest.raises(FracgenError, match="worker process died"):
+        build(BuildConfig(**{**TINY, "shard_size": 4}), out, workers=2)
+    assert not (out / "build.json").exists()
+    monkeypatch.setattr(build_mod, "render_class", real)
+    result = build(None, out, resume=True, workers=2)
+    assert result.complete and result.skipped
+    assert not list(out.glob("*.tmp"))
+    clean = tmp_path / "clean"
+    build(BuildConfig(**{**TINY, "shard_size": 4}), clean, workers=1)
+    assert files(out) == files(clean)
+
+
+def test_disk_full_removes_the_partial_shard_and_resume_finishes(tmp_path, monkeypatch):
+    real = build_mod.encode_png
+    calls = {"n": 0}
+
+    def full(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(build_mod, "encode_png", full)
+    out = tmp_path / "full"
+    with pytest.raises(FracgenError, match="disk full"):
+        build(CFG, out, workers=1)
+    assert not list(out.glob("*.tmp")) and not (out / "train-000001.tar").exists()
+    assert (out / "train-000000.tar").exists() and not (out / "build.json").exists()
+    monkeypatch.setattr(build_mod, "encode_png", real)
+    result = build(None, out, resume=True, workers=1)
+    assert result.built == [1] and result.skipped == [0]
+
+
+def test_shard_ranges_then_resume_equal_one_build(tiny_dataset, tmp_path):
+    out = tmp_path / "split"
+    first = build(CFG, out, workers=1, shard_range=(1, 2))
+    assert not first.complete and not (out / "build.json").exists()
+    assert (out / "train-000001.tar").exists() and not (out / "train-000000.tar").exists()
+    second = build(CFG, out, workers=1, resume=True, shard_range=(0, 1))
+    assert second.complete
+    assert files(out) == files(tiny_dataset)
+
+
+def test_resume_rebuilds_a_corrupted_shard(tiny_copy):
+    tar = tiny_copy / "train-000000.tar"
+    good = tar.read_bytes()
+    tar.write_bytes(good[:-10] + b"x" * 10)
+    result = build(None, tiny_copy, resume=True, workers=1)
+    assert result.built == [0] and tar.read_bytes() == good
+
+
+def test_params_file_rebuilds_the_same_bytes(tiny_dataset, tmp_path):
+    build(CFG, tmp_path / "p", workers=1, params=tiny_dataset / "params.json")
+    got, want = files(tmp_path / "p"), files(tiny_dataset)
+    assert got["train-000000.tar"] == want["train-000000.tar"]
+    assert "--params params.json" in json.loads((tmp_path / "p" / "build.json").read_text())["command"]
+
+
+@pytest.mark.parametrize("content,match", [
+    ("{not json", "not valid JSON"),
+    ('{"maps": [[1, 2, 3]]}', "6 finite numbers"),
+    ('{"maps": [[3, 0, 0, 3, 1, 1], [2.5, 0.1, 0, 2.5, -1, 0]]}', "diverges"),
+])
+def test_bad_params_files_are_refused_before_writing(tmp_path, content, match):
+    params = tmp_path / "p.json"
+    params.write_text(content)
+    with pytest.raises(UsageError, match=match):
+        build(CFG, tmp_path / "out", params=params)
+    assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_only_replaces_a_fracgen_build(tmp_path, tiny_copy):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    with pytest.raises(UsageError, match="not empty"):
+        build(CFG, mine)
+    with pytest.raises(UsageError, match="not a fracgen build"):
+        build(CFG, mine, overwrite=True)
+    assert (mine / "thesis.tex").read_text() == "precious"
+    result = build(BuildConfig(**{**TINY, "L": 8}), tiny_copy, overwrite=True, workers=1)
+    assert result.complete and json.loads((tiny_copy / "_info.json").read_text())["num_classes"] == 8
+
+
+def test_timm_reads_the_dataset(tiny_dataset):
+    torch = pytest.importorskip("torch")
+    timm_data = pytest.importorskip("timm.data")
+    torch.set_num_threads(1)
+    ds = timm_data.create_dataset("wds/fracgen", root=str(tiny_dataset), split="train", is_training=False,
+                                  batch_size=1)
+    assert len(ds) == 16
+    seen = []
+    for image, target in ds:
+        assert image.size == (64, 64) and image.mode == "RGB"
+        assert set(np.unique(np.asarray(image))) == {0, 127}
+        seen.append(int(target))
+    assert sorted(seen) == list(range(16))
