@@ -1,0 +1,110 @@
+"""``python -m train pretrain|finetune|repro-small``: parse, validate, call the functions.
+
+Every expected failure is a ``TrainError`` printed as ``error: <one line>`` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from train.config import load_config
+from train.errors import TrainError
+
+
+def _common(f):
+    options = [
+        click.option("--config", "config", default=None, help="YAML in train/configs/ (by name) or a path."),
+        click.option("--data", default=None, help="Dataset: folder, brace pattern, URL or torchvision name."),
+        click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder."),
+        click.option("--model", default=None, help="timm model name."),
+        click.option("--img-size", type=click.IntRange(min=8), default=None, help="Training resolution (px)."),
+        click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimizer steps."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Global batch size."),
+        click.option("--accum-steps", type=click.IntRange(min=1), default=None, help="Gradient accumulation."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Peak learning rate."),
+        click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers per rank."),
+        click.option("--device", default=None, help="auto, cpu or cuda."),
+        click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of the run."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Any config key, e.g. --set aug.mixup=0 --set model.kwargs.patch_size=8."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _values(**flags) -> dict:
+    keys = {"data": "data.path", "model": "model.name", "img_size": "model.img_size", "steps": "train.steps",
+            "batch_size": "train.batch_size", "accum_steps": "train.accum_steps", "lr": "optim.lr",
+            "workers": "data.workers", "device": "train.device", "seed": "train.seed",
+            "source": "data.source", "checkpoint": "finetune.checkpoint", "epochs": "train.epochs",
+            "probe_blocks": "finetune.probe_blocks"}
+    return {keys[k]: v for k, v in flags.items() if k in keys and v is not None}
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """Pre-train timm models on fracgen datasets (LPCE) and fine-tune them on real images."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@_common
+@click.option("--source", type=click.Choice(["auto", "stream", "resident"]), default=None, help="Data path.")
+def pretrain(config, out, resume, overrides, **flags) -> None:
+    """LPCE pre-training on a fracgen dataset (default config: the released recipe)."""
+    from train.pretrain import pretrain as run
+
+    cfg = load_config(config or "pretrain", list(overrides), _values(**flags))
+    m = run(cfg, out, resume=resume)
+    click.echo(f"pre-trained {m['steps']} steps: loss {m['final_loss']:.3f}, top-1 on its {m['num_classes']} "
+               f"classes {m['eval_top1']}% (chance {m['chance']:.1f}%); {out}/model.safetensors")
+
+
+@cli.command()
+@_common
+@click.option("--checkpoint", default=None, help="Pre-trained model.safetensors (omit: from scratch).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Fine-tuning epochs.")
+@click.option("--probe-blocks", type=click.IntRange(min=0), default=None,
+              help="Freeze embeddings + first k blocks (k = depth: linear probe).")
+def finetune(config, out, resume, overrides, **flags) -> None:
+    """Fine-tune or probe on real images (default config: the released fine-tuning recipe)."""
+    from train.finetune import finetune as run
+
+    cfg = load_config(config or "finetune", list(overrides), _values(**flags))
+    m = run(cfg, out, resume=resume)
+    click.echo(f"fine-tuned {m['steps']} steps ({m['checkpoint'] or 'scratch'}): test top-1 {m['top1']:.2f}%")
+
+
+@cli.command("repro-small", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def repro_small(ctx) -> None:
+    """Pre-train on a default 1p-frac build, fine-tune it and scratch on CIFAR-10 (see train/repro.py)."""
+    from train.repro import main as repro_main
+
+    repro_main(ctx.args)
+
+
+def main() -> None:
+    """Entry point: one-line errors, exit status 2."""
+    try:
+        cli.main(standalone_mode=False, prog_name="python -m train")
+    except TrainError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

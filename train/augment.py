@@ -1,0 +1,83 @@
+"""The augmentation recipe, built from timm.
+
+Per-sample transforms (RandomResizedCrop, flips, RandAugment, random erasing, normalisation) run where the
+source decodes images (DataLoader workers for streaming; the resident source has its on-device twin).
+Mixup/cutmix and label smoothing act on whole batches on the device, in the loop, for every source.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from timm.data import Mixup, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+from train.config import AugConfig
+
+log = logging.getLogger(__name__)
+
+
+def make_train_transform(aug: AugConfig, img_size: int) -> Callable:
+    """The per-sample training transform: PIL RGB image -> float tensor (3, img_size, img_size), normalised.
+
+    Args:
+        aug: the recipe; a piece is off when its probability is 0 or ``auto_augment`` is null.
+        img_size: output side in pixels.
+    """
+    return create_transform(
+        input_size=img_size,
+        is_training=True,
+        scale=tuple(aug.rrc_scale),
+        ratio=tuple(aug.rrc_ratio),
+        hflip=aug.hflip,
+        vflip=aug.vflip,
+        # timm ignores colour jitter when auto_augment is set; 0 keeps "RandAugment off" a clean ablation
+        color_jitter=0.0,
+        auto_augment=aug.auto_augment or None,
+        interpolation=aug.interpolation,
+        mean=tuple(aug.mean),
+        std=tuple(aug.std),
+        re_prob=aug.re_prob,
+        re_mode=aug.re_mode,
+    )
+
+
+def make_eval_transform(aug: AugConfig, img_size: int) -> Callable:
+    """The evaluation transform: resize to ``img_size / eval_crop_pct``, centre crop, normalise."""
+    return create_transform(
+        input_size=img_size,
+        is_training=False,
+        interpolation=aug.interpolation,
+        mean=tuple(aug.mean),
+        std=tuple(aug.std),
+        crop_pct=aug.eval_crop_pct,
+    )
+
+
+def make_mixup(aug: AugConfig, num_classes: int) -> Mixup | None:
+    """timm's batch Mixup/CutMix with label smoothing, or None when both alphas or the probability are 0.
+
+    It works on device tensors; batches must have an even size.
+    """
+    if (aug.mixup <= 0 and aug.cutmix <= 0) or aug.mixup_prob <= 0:
+        return None
+    return Mixup(
+        mixup_alpha=aug.mixup,
+        cutmix_alpha=aug.cutmix,
+        prob=aug.mixup_prob,
+        switch_prob=aug.mixup_switch_prob,
+        mode=aug.mixup_mode,
+        label_smoothing=aug.smoothing,
+        num_classes=num_classes,
+    )
+
+
+def make_criterion(aug: AugConfig, mixup: Mixup | None) -> torch.nn.Module:
+    """LPCE: cross entropy over the perturbation classes, on soft targets when mixup makes them."""
+    if mixup is not None:
+        return SoftTargetCrossEntropy()
+    if aug.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=aug.smoothing)
+    return torch.nn.CrossEntropyLoss()

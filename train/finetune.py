@@ -1,0 +1,115 @@
+"""Fine-tuning and linear probing on real images, from a fracgen checkpoint or from scratch.
+
+The same recipe runs with and without ``finetune.checkpoint``: the scratch run is the baseline every gain is
+measured against. ``finetune.probe_blocks = k`` freezes the patch embedding and the first k blocks of the
+pre-trained model and trains the rest (k = depth: a linear probe of the head alone), the paper's Figure 3.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from train.config import Config
+from train.data import MapSource, open_downstream
+from train.errors import TrainError
+from train.loop import (
+    check_model_name,
+    create_model,
+    evaluate,
+    load_pretrained,
+    seed_everything,
+    setup,
+    start_run_folder,
+    train_loop,
+    write_status,
+)
+
+log = logging.getLogger(__name__)
+
+
+def freeze_first_blocks(model: torch.nn.Module, k: int) -> int:
+    """Freeze the embeddings and the first ``k`` transformer blocks (all but the head when k = depth).
+
+    Returns:
+        The number of trainable parameters left.
+
+    Raises:
+        TrainError: the model has no ``blocks`` or fewer than ``k``.
+    """
+    if k == 0:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise TrainError(f"finetune.probe_blocks needs a transformer with .blocks; {type(model).__name__} has none")
+    if k > len(blocks):
+        raise TrainError(f"finetune.probe_blocks={k} but the model has {len(blocks)} blocks")
+    frozen: list[torch.nn.Module | torch.nn.Parameter] = [blocks[i] for i in range(k)]
+    for name in ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre"):
+        if getattr(model, name, None) is not None:
+            frozen.append(getattr(model, name))
+    if k == len(blocks):
+        frozen += [getattr(model, n) for n in ("norm", "fc_norm", "attn_pool") if getattr(model, n, None) is not None]
+    for item in frozen:
+        params = [item] if isinstance(item, torch.nn.Parameter) else list(item.parameters())
+        for p in params:
+            p.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Fine-tune (or probe) ``cfg.model`` on ``cfg.data.path``; top-1 on the test split every epoch.
+
+    Args:
+        cfg: resolved config; ``finetune.checkpoint`` empty means from scratch.
+        out: run folder.
+        resume: continue the run in ``out``.
+
+    Returns:
+        The metrics written to ``out/metrics.json``: ``top1`` (final test top-1, percent), ``per_epoch``.
+
+    Raises:
+        TrainError: bad dataset, checkpoint of another architecture, bad batch split, bad run folder.
+    """
+    out = Path(out)
+    check_model_name(cfg.model.name)
+    env = setup(cfg)
+    train_set, test_set, num_classes = open_downstream(cfg)
+    seed_everything(cfg.train.seed)
+    ckpt = cfg.finetune.checkpoint
+    model = load_pretrained(cfg, ckpt, num_classes) if ckpt else create_model(cfg, num_classes)
+    trainable = freeze_first_blocks(model, cfg.finetune.probe_blocks)
+    source = MapSource(train_set, num_classes, cfg, env.device, env.rank, env.world_size)
+    steps_per_epoch = len(source) // cfg.train.accum_steps
+    total = cfg.train.epochs * steps_per_epoch if cfg.train.epochs > 0 else cfg.train.steps
+    test_loader = DataLoader(test_set, batch_size=cfg.finetune.eval_batch_size, num_workers=cfg.data.workers)
+    start_run_folder(out, cfg, resume, env.is_main)
+    log.info("fine-tuning %s (%s) on %s: %d train / %d test images, %d classes, %d steps, %d trainable params",
+             cfg.model.name, ckpt or "scratch", cfg.data.path, len(train_set), len(test_set), num_classes, total,
+             trainable)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp) if env.device.type == "cuda" else None
+    try:
+        result = train_loop(cfg, model, source, out, env, total_steps=total, resume=resume,
+                            eval_fn=lambda m: {"eval_top1": evaluate(m, test_loader, env.device, amp)},
+                            eval_every_epoch=True)
+    except (Exception, KeyboardInterrupt) as e:
+        if env.is_main:
+            write_status(out, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise
+    metrics = {
+        "kind": "finetune", "model": cfg.model.name, "dataset": cfg.data.path, "checkpoint": ckpt,
+        "probe_blocks": cfg.finetune.probe_blocks, "num_classes": num_classes, "num_train": len(train_set),
+        "num_test": len(test_set), "steps": result["step"], "epochs": result["step"] / steps_per_epoch,
+        "top1": result["eval"][-1]["eval_top1"] if result["eval"] else None,
+        "per_epoch": result["eval"], "final_loss": result["loss"], "images_per_s": result["images_per_s"],
+        "elapsed_s": result["elapsed_s"], "device": str(env.device), "trainable_params": trainable,
+    }
+    if env.is_main:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        write_status(out, "complete", top1=metrics["top1"])
+    return metrics
