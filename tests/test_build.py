@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
-
 from conftest import TINY
+
 from fracgen import build as build_mod
 from fracgen.build import BuildConfig, build
 from fracgen.errors import FracgenError, UsageError
