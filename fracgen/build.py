@@ -350,7 +350,10 @@ def load_systems(path: Path) -> list[System]:
     items = data.get("systems") if isinstance(data, dict) and "systems" in data else [data]
     if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
         raise UsageError(f"--params {path}: expected a system object or {{\"systems\": [...]}}")
-    return [System.from_json(item) for item in items]
+    try:
+        return [System.from_json(item) for item in items]
+    except UsageError as e:
+        raise UsageError(f"--params {path}: {e}") from None
 
 
 def check_systems(systems: list[System], config: BuildConfig) -> None:

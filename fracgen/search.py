@@ -66,13 +66,13 @@ class System:
         try:
             maps = np.asarray(data["maps"], dtype=np.float64)
         except (KeyError, TypeError, ValueError) as e:
-            raise UsageError(f"params: a system needs 'maps', a list of [a, b, c, d, e, f] rows ({e})") from None
+            raise UsageError(f"a system needs 'maps', a list of [a, b, c, d, e, f] rows ({e})") from None
         if maps.ndim != 2 or maps.shape[1] != 6 or len(maps) < 1 or not np.all(np.isfinite(maps)):
-            raise UsageError(f"params: 'maps' must be N >= 1 rows of 6 finite numbers, got shape {maps.shape}")
+            raise UsageError(f"'maps' must be N >= 1 rows of 6 finite numbers, got shape {maps.shape}")
         probs = data.get("probabilities")
         probs = ifs.probabilities(maps) if probs is None else np.asarray(probs, dtype=np.float64)
         if probs.shape != (len(maps),) or np.any(probs < 0) or not np.isclose(probs.sum(), 1.0):
-            raise UsageError("params: 'probabilities' must be one non-negative number per map, summing to 1")
+            raise UsageError("'probabilities' must be one non-negative number per map, summing to 1")
         known = {"maps", "probabilities", "sigma", "fill", "attempts"}
         return cls(
             maps=maps,

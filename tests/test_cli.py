@@ -1,0 +1,124 @@
+"""The command line: every bad input is one line, exit status 2, no traceback and no files left behind."""
+
+import errno
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from fracgen import build as build_mod
+from fracgen.cli import cli
+
+TINY_ARGS = ["--L", "8", "--size", "64", "--points", "3000", "--shard-size", "4", "--workers", "1", "--no-progress"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--sigma", "0"], ["--sigma", "(0, 6]"]),
+    (["--sigma", "6.5"], ["--sigma", "(0, 6]"]),
+    (["--sigma", "9.5", "--maps", "3"], ["--sigma", "(0, 9]"]),
+    (["--delta", "-0.1"], ["--delta", ">=0"]),
+    (["--delta", "nan"], ["--delta", "finite"]),
+    (["--delta", "lots"], ["--delta", "not a valid float"]),
+    (["--L", "0"], ["--L", ">=1"]),
+    (["--points", "0"], ["--points", ">=1"]),
+    (["--size", "12"], ["--size", ">=16"]),
+    (["--perturbation", "gaussian"], ["--perturbation", "multiplicative", "additive"]),
+    (["--min-fill", "1.5"], ["--min-fill"]),
+    (["--shard-range", "3:1"], ["--shard-range", "0 <= i < j"]),
+])
+def test_bad_options(tmp_path, args, fragments):
+    out = tmp_path / "out"
+    one_line_error(run("build", *TINY_ARGS, *args, out), *fragments)
+    assert not out.exists()
+
+
+def test_build_then_refuse_a_non_empty_folder(tmp_path):
+    out = tmp_path / "out"
+    result = run("build", *TINY_ARGS, out)
+    assert result.exit_code == 0, result.output
+    assert "2 shards" in result.output and (out / "build.json").is_file()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    one_line_error(run("build", *TINY_ARGS, out), "not empty", "--resume", "--overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    one_line_error(run("build", "--resume", "--L", "9", out), "differ", "--L 9")
+    result = run("build", "--resume", out)
+    assert result.exit_code == 0 and "0 rendered now" in result.output
+
+
+def test_shard_range_outside_the_build(tmp_path):
+    one_line_error(run("build", *TINY_ARGS, "--shard-range", "0:5", tmp_path / "o"), "--shard-range", "2")
+    assert not (tmp_path / "o").exists()
+
+
+def test_shard_range_leaves_an_incomplete_build_that_resume_finishes(tmp_path):
+    out = tmp_path / "o"
+    result = run("build", *TINY_ARGS, "--shard-range", "1:2", out)
+    assert result.exit_code == 0 and "incomplete" in result.output
+    result = run("build", "--resume", out)
+    assert result.exit_code == 0 and "1 already complete" in result.output
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ("[1, 2", "not valid JSON"),
+    ('{"systems": []}', "expected a system"),
+    ('{"maps": [[0.5, 0, 0, 0.5, 0, 0]], "probabilities": [0.3]}', "summing to 1"),
+    ('{"maps": [[3, 0, 0, 3, 1, 1], [2.5, 0.1, 0, 2.5, -1, 0]]}', "diverges"),
+])
+def test_bad_params_file(tmp_path, content, fragment):
+    params = tmp_path / "p.json"
+    params.write_text(content)
+    one_line_error(run("build", *TINY_ARGS, "--params", params, tmp_path / "out"), "--params", fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_params_file(tmp_path):
+    one_line_error(run("build", *TINY_ARGS, "--params", tmp_path / "nope.json", tmp_path / "out"), "cannot read")
+
+
+def test_unwritable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line_error(run("build", *TINY_ARGS, blocker / "out"), "cannot be written")
+    one_line_error(run("build", *TINY_ARGS, blocker), "not a folder")
+
+
+def test_disk_full_is_one_line_and_leaves_no_partial_shard(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(build_mod, "encode_png", full)
+    out = tmp_path / "out"
+    one_line_error(run("build", *TINY_ARGS, out), "disk full", "--resume")
+    assert not list(out.glob("*.tar*")) and not (out / "build.json").exists()
+
+
+def test_search_prints_and_writes_params(tmp_path):
+    result = run("search", "--sigma", "3.5", "--seed", "3", "--size", "64", "--points", "3000")
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert set(data) >= {"maps", "probabilities", "sigma", "seed", "fill"}
+    assert abs(data["sigma"] - 3.5) <= 0.1 and data["fill"] >= 0.05 and data["seed"] == 3
+    out = tmp_path / "p.json"
+    assert run("search", "--sigma", "3.5", "--seed", "3", "--size", "64", "--points", "3000", "-o", out).exit_code == 0
+    assert json.loads(out.read_text()) == data
+    build_out = tmp_path / "b"
+    assert run("build", *TINY_ARGS, "--params", out, build_out).exit_code == 0
+    assert json.loads((build_out / "params.json").read_text())["systems"][0]["maps"] == data["maps"]
+
+
+def test_search_that_cannot_succeed_says_what_to_change():
+    one_line_error(run("search", "--sigma", "0.5", "--max-attempts", "5", "--size", "64", "--points", "2000"),
+                   "--min-fill", "5 attempts")
