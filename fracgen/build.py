@@ -235,10 +235,9 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
 
 def versions() -> dict:
     import numba
-    import webdataset
 
     return {"fracgen": fracgen.__version__, "python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "webdataset": getattr(webdataset, "__version__", "unknown")}
+            "numba": numba.__version__}
 
 
 def write_metadata(root: Path, plan: Plan, markers: list[dict], timing: dict) -> dict:

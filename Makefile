@@ -1,0 +1,45 @@
+# fracgen: `make help` lists the targets. Nothing here runs git.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= out/1p-frac
+# numba's compiled kernels persist here between runs (the first build compiles them: a few seconds).
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-dev demo test bench lint pretrain finetune repro-small bench-train clean
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.builder: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[train,test]'
+	touch $@ $(VENV)/.builder
+
+install: $(VENV)/.builder ## Create .venv with the builder only (numpy, numba, pillow, click, ...).
+
+install-dev: $(VENV)/.dev ## Create .venv with the builder, the trainer (torch, timm) and the test tools.
+
+demo: install ## Build the default 1p-frac dataset (sigma 3.5, Delta 0.1, L 1000) into $(OUT).
+	$(BIN)/fracgen build --sigma 3.5 --delta 0.1 --L 1000 --overwrite $(OUT)
+	$(BIN)/fracgen verify $(OUT)
+
+test: install-dev ## Run the test suite (CPU only, no network).
+	$(BIN)/python -m pytest -q
+
+bench: install ## Builder speed: default build cold and warm, chaos game alone, per-stage costs, memory.
+	$(BIN)/python benchmarks/bench_build.py
+
+lint: install-dev ## ruff over the packages and tests.
+	$(BIN)/ruff check fracgen train tests benchmarks
+
+clean: ## Remove build outputs and caches (not .venv).
+	rm -rf out runs .cache .pytest_cache .ruff_cache

@@ -1,0 +1,136 @@
+"""Builder speed on this machine: the default 1p-frac build, cold and warm, against the chaos game alone.
+
+Run with ``make bench`` (or ``python benchmarks/bench_build.py [--L 1000] [--workers N]``). Prints a Markdown table:
+
+- build, cold: a fresh process with an empty numba cache (JIT compilation included), wall time of the process.
+- build, warm: the same command again with the cache filled; wall time of the process and of ``build()`` alone.
+- chaos game alone: the numba chaos game for the same number of images on one core (the physical limit: every
+  build must at least run it), and the ratio of the build's per-core rate to it.
+- per-stage costs of one image (one core), and the peak resident memory of the build processes.
+
+Figures are medians of ``--repeats`` runs measured in this one invocation, so ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+from fracgen.build import BuildConfig, build
+t1 = time.perf_counter()
+r = build(BuildConfig(L={L}, size={size}, points={points}), sys.argv[1], workers={workers}, overwrite=True)
+t2 = time.perf_counter()
+print(json.dumps({{"import": t1 - t0, "build": t2 - t1, "images": r.images,
+                  "rss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}))
+"""
+
+
+def run_build(args, cache: Path, out: Path) -> dict:
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+    code = CHILD.format(L=args.L, size=args.size, points=args.points, workers=args.workers)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - start
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]), wall=wall)
+
+
+def stage_costs(args) -> dict:
+    """Milliseconds per image for each stage, on one core, and the chaos game's images/s."""
+    import numpy as np
+
+    from fracgen import render
+    from fracgen.build import BuildConfig, make_plan
+    from fracgen.encode import encode_png
+    from fracgen.perturb import perturb
+    from fracgen.search import choice_uniforms, draw_masks
+
+    plan = make_plan(BuildConfig(L=args.L, size=args.size, points=args.points))
+    base = plan.systems[0]
+    cum = np.cumsum(base.probabilities)
+    uniforms = choice_uniforms(0, 0, args.points)
+    canvas = render.Canvas(args.size, args.points)
+    rng = np.random.default_rng(0)
+    n = args.stage_images
+    maps = [perturb(base.maps, 0.1, "multiplicative", rng) for _ in range(n)]
+    masks = draw_masks(rng, args.points)
+    render.chaos_game(maps[0], cum, uniforms, canvas.points)  # compile or load before timing
+    render.raster_reference(canvas.points, masks, canvas.image)
+    levels = np.array([0, render.VALUE], np.uint8)
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        for m in maps:
+            fn(m)
+        return (time.perf_counter() - start) / n * 1e3
+
+    chaos = timed(lambda m: render.chaos_game(m, cum, uniforms, canvas.points))
+    return {
+        "chaos game": chaos,
+        "patch masks (numpy)": timed(lambda m: draw_masks(rng, args.points)),
+        "raster, reference look": timed(lambda m: render.raster_reference(canvas.points, masks, canvas.image)),
+        "PNG encode (1-bit)": timed(lambda m: encode_png(canvas.image, levels)),
+        "chaos_images_per_s": 1e3 / chaos,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--L", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stage-images", type=int, default=200)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cold = run_build(args, tmp / "cache", tmp / "out")
+        warm = [run_build(args, tmp / "cache", tmp / "out") for _ in range(args.repeats)]
+    stages = stage_costs(args)
+
+    def med(key: str) -> float:
+        return statistics.median(w[key] for w in warm)
+
+    images = args.L
+    rate_warm = images / med("build")
+    chaos = stages.pop("chaos_images_per_s")
+    import numba
+    import numpy
+
+    print(f"# fracgen build benchmark: L={args.L}, {args.size} px, {args.points:,} points, {args.workers} workers")
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+          f"numpy {numpy.__version__}, numba {numba.__version__}; warm figures are the median of {args.repeats} runs\n")
+    print("| measure | seconds | images/s | images/s per core |")
+    print("|---|---:|---:|---:|")
+    print(f"| build, cold (new process, empty JIT cache) | {cold['wall']:.2f} | {images / cold['wall']:.0f} | "
+          f"{images / cold['wall'] / args.workers:.0f} |")
+    print(f"| build, warm (new process, whole command) | {med('wall'):.2f} | {images / med('wall'):.0f} | "
+          f"{images / med('wall') / args.workers:.0f} |")
+    print(f"| build, warm (build() alone, no interpreter start) | {med('build'):.2f} | {rate_warm:.0f} | "
+          f"{rate_warm / args.workers:.0f} |")
+    print(f"| chaos game alone (one core) | {images / chaos:.2f} | {chaos:.0f} | {chaos:.0f} |")
+    print(f"\nbuild per core / chaos game alone: {rate_warm / args.workers / chaos:.2f}")
+    print(f"imports in the build process: {med('import'):.2f} s")
+    print(f"peak memory: build process {med('rss_self_mb'):.0f} MB, each worker at most {med('rss_worker_mb'):.0f} MB "
+          f"(total at most {med('rss_self_mb') + args.workers * med('rss_worker_mb'):.0f} MB)\n")
+    print("| stage, one image, one core | ms |")
+    print("|---|---:|")
+    for name, ms in stages.items():
+        print(f"| {name} | {ms:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
