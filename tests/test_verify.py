@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fakedata import dataset  # noqa: F401 - fixture
 
 from fracgen.cli_publish import verify_command
 from fracgen.errors import UsageError
@@ -16,58 +15,58 @@ def _build(root: Path) -> dict:
     return json.loads((root / "build.json").read_text())
 
 
-def test_sound_dataset_passes(dataset: Path) -> None:  # noqa: F811
-    report = verify(dataset)
-    build = _build(dataset)
+def test_sound_dataset_passes(tiny_copy: Path) -> None:
+    report = verify(tiny_copy)
+    build = _build(tiny_copy)
     assert report.ok, report.lines()
     assert report.num_samples == build["num_samples"]
     assert report.num_shards == len(build["shards"])
-    result = CliRunner().invoke(verify_command, [str(dataset)])
+    result = CliRunner().invoke(verify_command, [str(tiny_copy)])
     assert result.exit_code == 0, result.output
     assert result.output.count("\n") == 1 and result.output.startswith("OK:")
 
 
-def test_flipped_byte_names_the_shard(dataset: Path) -> None:  # noqa: F811
-    name = _build(dataset)["shards"][-1]["filename"]
-    data = bytearray((dataset / name).read_bytes())
+def test_flipped_byte_names_the_shard(tiny_copy: Path) -> None:
+    name = _build(tiny_copy)["shards"][-1]["filename"]
+    data = bytearray((tiny_copy / name).read_bytes())
     data[len(data) // 3] ^= 0x01
-    (dataset / name).write_bytes(bytes(data))
-    report = verify(dataset)
+    (tiny_copy / name).write_bytes(bytes(data))
+    report = verify(tiny_copy)
     assert not report.ok
     assert list(report.shard_problems) == [name]
     assert any("sha256" in p for p in report.shard_problems[name])
-    result = CliRunner().invoke(verify_command, [str(dataset)])
+    result = CliRunner().invoke(verify_command, [str(tiny_copy)])
     assert result.exit_code == 1
     assert f"{name}: sha256" in result.output
 
 
-def test_missing_shard_is_named(dataset: Path) -> None:  # noqa: F811
-    name = _build(dataset)["shards"][0]["filename"]
-    (dataset / name).unlink()
-    report = verify(dataset)
+def test_missing_shard_is_named(tiny_copy: Path) -> None:
+    name = _build(tiny_copy)["shards"][0]["filename"]
+    (tiny_copy / name).unlink()
+    report = verify(tiny_copy)
     assert report.shard_problems[name] == ["missing"]
     assert f"{name}: missing" in report.lines()
 
 
-def test_wrong_count_in_info_is_named(dataset: Path) -> None:  # noqa: F811
-    info = json.loads((dataset / "_info.json").read_text())
+def test_wrong_count_in_info_is_named(tiny_copy: Path) -> None:
+    info = json.loads((tiny_copy / "_info.json").read_text())
     name = info["splits"]["train"]["filenames"][1]
     info["splits"]["train"]["shard_lengths"][1] += 1
-    (dataset / "_info.json").write_text(json.dumps(info))
-    report = verify(dataset)
+    (tiny_copy / "_info.json").write_text(json.dumps(info))
+    report = verify(tiny_copy)
     assert list(report.shard_problems) == [name]
     assert "_info.json records" in report.shard_problems[name][0]
 
 
-def test_wrong_label_and_stray_shard(dataset: Path) -> None:  # noqa: F811
+def test_wrong_label_and_stray_shard(tiny_copy: Path) -> None:
     # A shard rewritten with a label that disagrees with its json, and checksums updated to match, so
     # only the label check can catch it.
     import hashlib
     import tarfile
 
-    build = _build(dataset)
+    build = _build(tiny_copy)
     record = build["shards"][0]
-    path = dataset / record["filename"]
+    path = tiny_copy / record["filename"]
     with tarfile.open(path) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar if m.isfile()]
     first_cls = next(i for i, (m, _) in enumerate(members) if m.name.endswith(".cls"))
@@ -82,14 +81,14 @@ def test_wrong_label_and_stray_shard(dataset: Path) -> None:  # noqa: F811
             tar.addfile(member, io.BytesIO(data))
     record["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     record["bytes"] = path.stat().st_size
-    (dataset / "build.json").write_text(json.dumps(build))
-    (dataset / "train-999999.tar").write_bytes(b"")
-    report = verify(dataset)
+    (tiny_copy / "build.json").write_text(json.dumps(build))
+    (tiny_copy / "train-999999.tar").write_bytes(b"")
+    report = verify(tiny_copy)
     assert any("label" in p for p in report.shard_problems[record["filename"]])
     assert "train-999999.tar" in report.shard_problems
 
 
-def test_incomplete_build_is_a_usage_error(dataset: Path) -> None:  # noqa: F811
-    (dataset / "build.json").unlink()
+def test_incomplete_build_is_a_usage_error(tiny_copy: Path) -> None:
+    (tiny_copy / "build.json").unlink()
     with pytest.raises(UsageError, match="incomplete"):
-        verify(dataset)
+        verify(tiny_copy)

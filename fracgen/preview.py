@@ -1,0 +1,265 @@
+"""Draw `preview.png`: what a dataset's images look like and how little its classes differ.
+
+Layout, top to bottom: a caption (sigma, Delta, L, seed, size, maps); the base fractal (re-rendered from
+`params.json`) beside a grid of the first perturbations (classes 0, 1, ...); then one difference tile per
+perturbation against its neighbour, in colour, so that differences of a few pixels stay visible.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from fracgen.errors import UsageError
+from fracgen.verify import load_build, read_json
+
+logger = logging.getLogger(__name__)
+
+TILE = 160  # px per perturbation tile; the base gets two tiles square
+GAP = 8
+COLUMNS = 4
+BACKGROUND = (24, 24, 24)
+TEXT = (235, 235, 235)
+ONLY_FIRST = np.array([255, 64, 64], np.uint8)  # lit only in class k
+ONLY_SECOND = np.array([64, 200, 255], np.uint8)  # lit only in class k + 1
+BOTH = np.array([150, 150, 150], np.uint8)
+_PREVIEW_PURPOSE = 9001
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 without sizes: the bitmap default font
+        return ImageFont.load_default()
+
+
+def _grey(data: bytes) -> np.ndarray:
+    """PNG bytes -> (h, w) uint8 grey values (a palette image is mapped through its palette)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("L"))
+
+
+def _first_samples(root: Path, build: dict[str, Any], count: int) -> dict[int, np.ndarray]:
+    """Images of labels 0..count-1, reading shards only until all are found."""
+    from fracgen.verify import iter_samples
+
+    found: dict[int, np.ndarray] = {}
+    for record in build["shards"]:
+        path = root / record["filename"]
+        if not path.is_file():
+            continue
+        for sample in iter_samples(path):
+            try:
+                label = int(sample.files.get("cls", b"-1"))
+            except ValueError:
+                continue
+            if 0 <= label < count and label not in found and "png" in sample.files:
+                found[label] = _grey(sample.files["png"])
+        if len(found) == count:
+            break
+    if not found:
+        raise UsageError(f"{root} holds no readable samples to preview; run `fracgen verify {root}`")
+    return found
+
+
+def render_base(root: Path, config: dict[str, Any]) -> np.ndarray | None:
+    """Re-render the unperturbed base fractal from `params.json` (systems[0]).
+
+    It uses the build's own map-choice draws for fractal 0 (shared by all its classes), so the base lines up
+    with the perturbations; its patch masks come from a separate seeded generator. The base itself is not a
+    class of the dataset.
+
+    Returns:
+        (size, size) uint8 grey image, or None when params.json has no system or it does not render.
+    """
+    path = root / "params.json"
+    if not path.is_file():
+        logger.info("no params.json: the preview shows class 0 as the base")
+        return None
+    try:
+        system = read_json(path)["systems"][0]
+        maps = np.asarray(system["maps"], np.float64)
+        probs = np.asarray(system["probabilities"], np.float64)
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        logger.info("params.json has no usable base system (%s): the preview shows class 0", err)
+        return None
+    from fracgen import render
+    from fracgen.search import choice_uniforms, draw_masks, generator
+
+    size = int(config.get("size", 512))
+    npoints = int(config.get("points", 100_000))
+    seed = int(config.get("seed", 0))
+    style = config.get("style", "reference")
+    style = style if style in render.STYLES else "reference"
+    uniforms = choice_uniforms(seed, 0, npoints)
+    # a purpose outside the builder's (which are small integers), so the preview never reuses a class's draws
+    masks = draw_masks(generator(seed, _PREVIEW_PURPOSE), npoints)
+    canvas = render.Canvas(size, npoints)
+    fill = render.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
+    if fill <= 0:
+        logger.info("the base system did not render (fill %s): the preview shows class 0", fill)
+        return None
+    return canvas.image.copy()
+
+
+def _fit(array: np.ndarray, side: int) -> np.ndarray:
+    """Scale an (h, w) or (h, w, 3) image to side x side; shrinking max-pools so single pixels survive."""
+    h = array.shape[0]
+    factor = math.ceil(h / side)
+    if factor > 1:
+        pad = factor * math.ceil(h / factor) - h
+        widths = [(0, pad), (0, pad)] + [(0, 0)] * (array.ndim - 2)
+        padded = np.pad(array, widths)
+        n = padded.shape[0] // factor
+        array = padded.reshape(n, factor, n, factor, *array.shape[2:]).max(axis=(1, 3))
+    mode = "L" if array.ndim == 2 else "RGB"
+    return np.asarray(Image.fromarray(array, mode).resize((side, side), Image.Resampling.NEAREST))
+
+
+def _show(grey: np.ndarray, side: int) -> Image.Image:
+    """Grey {0, 127} image -> bright RGB tile.
+
+    Lit pixels become white. Shrinking averages the lit fraction per output pixel and brightens it with a
+    square root, so dense regions keep their texture and sparse points stay visible.
+    """
+    lit = (grey > 0).astype(np.float64)
+    h = lit.shape[0]
+    factor = math.ceil(h / side)
+    if factor > 1:
+        pad = factor * math.ceil(h / factor) - h
+        lit = np.pad(lit, ((0, pad), (0, pad)))
+        n = lit.shape[0] // factor
+        lit = np.sqrt(lit.reshape(n, factor, n, factor).mean(axis=(1, 3)))
+    tile = Image.fromarray((lit * 255).round().astype(np.uint8), "L")
+    return tile.resize((side, side), Image.Resampling.NEAREST).convert("RGB")
+
+
+def _difference(a: np.ndarray, b: np.ndarray, side: int) -> tuple[Image.Image, float]:
+    """Colour map of where a and b differ, and the fraction of pixels that differ.
+
+    Pixels lit only in a are red, only in b blue, in both grey. Shrinking max-pools, so no differing pixel
+    disappears; when under 1% of the pixels differ, they are also dilated (3 x 3) first so that a difference of
+    a few pixels is easy to spot in the tile.
+    """
+    on_a, on_b = a > 0, b > 0
+    only_a, only_b = on_a & ~on_b, on_b & ~on_a
+    changed = float((only_a | only_b).mean())
+
+    def dilate(mask: np.ndarray) -> np.ndarray:
+        p = np.pad(mask, 1)
+        return np.logical_or.reduce(
+            [p[i : i + mask.shape[0], j : j + mask.shape[1]] for i in range(3) for j in range(3)]
+        )
+
+    if a.shape[0] > side and changed < 0.01:
+        only_a, only_b = dilate(only_a), dilate(only_b)
+    rgb = np.zeros((*a.shape, 3), np.uint8)
+    rgb[on_a & on_b] = BOTH
+    rgb[only_b] = ONLY_SECOND
+    rgb[only_a & ~only_b] = ONLY_FIRST
+    return Image.fromarray(_fit(rgb, side), "RGB"), changed
+
+
+def caption(build: dict[str, Any]) -> str:
+    """The caption line: preset, sigma, Delta, L, seed, size and map count of the build."""
+    config = build.get("config") or {}
+    parts = [str(build.get("name", "fracgen dataset"))]
+    for key, label in (
+        ("sigma", "sigma"),
+        ("delta", "Delta"),
+        ("L", "L"),
+        ("seed", "seed"),
+        ("size", "size"),
+    ):
+        if key in config:
+            parts.append(f"{label}={config[key]}")
+    if "perturbation" in config:
+        parts.append(f"{config['perturbation']} perturbation")
+    parts.append(f"{build.get('num_samples', '?')} images")
+    return "   ".join(parts)
+
+
+def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) -> Path:
+    """Write the dataset's preview image.
+
+    Args:
+        root: a complete dataset folder (with build.json).
+        out: the PNG to write; default `root/preview.png`.
+        count: perturbations shown (classes 0..count-1), 1..32.
+
+    Returns:
+        The path written.
+
+    Raises:
+        UsageError: `root` is not a complete dataset, holds no readable sample, or `count` is out of range.
+    """
+    if not 1 <= count <= 32:
+        raise UsageError(f"count must be between 1 and 32, got {count}")
+    root = Path(root)
+    build = load_build(root)
+    config = build.get("config") or {}
+    samples = _first_samples(root, build, count)
+    labels = sorted(samples)
+    base = render_base(root, config)
+    base_title = "base fractal (unperturbed)"
+    if base is None:
+        base, base_title = samples[labels[0]], f"class {labels[0]} (base not re-rendered)"
+
+    columns = min(COLUMNS, len(labels))
+    rows = math.ceil(len(labels) / columns)
+    label_h = 18
+    cell_h = TILE + label_h
+    caption_h = 64
+    base_side = max(2 * TILE + GAP, rows * cell_h - label_h)
+    grid_w = columns * (TILE + GAP)
+    diff_columns = min(len(labels), max(1, (base_side + GAP + grid_w) // (TILE + GAP)))
+    diff_rows = math.ceil(len(labels) / diff_columns)
+    title_font, small = _font(18), _font(13)
+    text = caption(build)
+    legend = "each tile is one class; difference row: red = lit only in class k, blue = only in class k+1, grey = both"
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max(probe.textlength(text, font=title_font), probe.textlength(legend, font=small))
+    width = max(GAP + base_side + GAP + grid_w, int(text_w) + 2 * GAP)
+    top = caption_h
+    grid_h = max(base_side + label_h, rows * cell_h)
+    diff_top = top + grid_h + GAP + 22
+    height = diff_top + diff_rows * cell_h + GAP
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+
+    draw.text((GAP, 8), text, fill=TEXT, font=title_font)
+    draw.text((GAP, 34), legend, fill=TEXT, font=small)
+    canvas.paste(_show(base, base_side), (GAP, top))
+    draw.text((GAP, top + base_side + 2), base_title, fill=TEXT, font=small)
+    x0 = GAP + base_side + GAP
+    for i, label in enumerate(labels):
+        x, y = x0 + (i % columns) * (TILE + GAP), top + (i // columns) * cell_h
+        canvas.paste(_show(samples[label], TILE), (x, y))
+        draw.text((x, y + TILE + 2), f"class {label}", fill=TEXT, font=small)
+
+    draw.text((GAP, diff_top - 20), "differences from the next class", fill=TEXT, font=small)
+    for i, label in enumerate(labels):
+        nxt = labels[(i + 1) % len(labels)]
+        tile, changed = _difference(samples[label], samples[nxt], TILE)
+        x, y = GAP + (i % diff_columns) * (TILE + GAP), diff_top + (i // diff_columns) * cell_h
+        canvas.paste(tile, (x, y))
+        draw.text((x, y + TILE + 2), f"{label} vs {nxt}: {100 * changed:.2f}% px", fill=TEXT, font=small)
+
+    out = Path(out) if out is not None else root / "preview.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out, format="PNG", optimize=True)
+    logger.info("wrote %s (%dx%d)", out, width, height)
+    return out
+
+
+def preview_summary(path: Path) -> str:
+    """A JSON line describing a written preview (for logs and the dry-run listing)."""
+    with Image.open(path) as image:
+        return json.dumps({"path": str(path), "width": image.width, "height": image.height})

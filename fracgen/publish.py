@@ -1,0 +1,400 @@
+"""Publish a verified dataset to a Hugging Face Hub dataset repo in one commit.
+
+Steps: verify (refuse a broken dataset) -> stage (shards, `_info.json`, `params.json`, `build.json`, the
+rendered card as `README.md`, `preview.png`) -> check the token (whoami) -> `create_repo(exist_ok=True)` ->
+upload the large files -> one `create_commit`.
+
+Retries, without doubling huggingface_hub's own: the client already retries the preupload, LFS batch,
+upload and verify requests (`http_backoff`: connection errors, 408, 429, 5xx; 5 retries) but not whoami,
+`create_repo`, `create_branch`, YAML validation or the commit itself. So the upload step runs bare and the
+other calls run under `_with_retries`. A rerun after a failure resumes: the Hub keeps content-addressed
+objects, and the LFS batch answer says which ones it already holds, so they are not sent again.
+
+The token goes to `HfApi` and from there only into the Authorization header; no message of this module
+contains it (`_scrub` removes it from any text that reaches the user).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+
+import fracgen
+from fracgen.card import DEFAULT_LICENSE, render_card
+from fracgen.errors import UsageError
+from fracgen.verify import BUILD_JSON, INFO_JSON, PARAMS_JSON, load_build, sha256_file, verify
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+RETRY_ATTEMPTS = 5
+BACKOFF_BASE_S = 1.0  # waits 1, 2, 4, 8 s between attempts (tests lower it)
+BACKOFF_MAX_S = 30.0
+REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+@dataclass
+class StagedFile:
+    """One file of the upload.
+
+    Attributes:
+        path_in_repo: where it lands in the repo.
+        source: the local file that is uploaded.
+        size: bytes.
+        sha256: hex digest of the content.
+    """
+
+    path_in_repo: str
+    source: Path
+    size: int
+    sha256: str
+
+
+def _scrub(text: str, token: str | None) -> str:
+    """`text` with the token (if any) replaced, so no message can leak it."""
+    if token:
+        text = text.replace(token, "***")
+    return " ".join(text.split())
+
+
+def stage(
+    root: Path | str, workdir: Path, *, license: str = DEFAULT_LICENSE, repo_id: str = "USER/NAME"
+) -> list[StagedFile]:
+    """The exact files of an upload, with sizes and sha256.
+
+    The card is rendered into `workdir/README.md`; the preview is `root/preview.png` when it exists,
+    else it is drawn into `workdir/preview.png` (the dataset folder is not touched).
+
+    Args:
+        root: a complete dataset folder.
+        workdir: a folder for generated files.
+        license: license id for the card.
+        repo_id: the target repo, named in the card's loading snippets.
+
+    Returns:
+        Shards in build.json order, then `_info.json`, `params.json`, `build.json`, `README.md`, `preview.png`.
+    """
+    root = Path(root)
+    build = load_build(root)
+    card = render_card(root, license=license, repo_id=repo_id)
+    _check_card_header(card)
+    (workdir / "README.md").write_text(card, encoding="utf-8")
+    preview_path = root / "preview.png"
+    if not preview_path.is_file():
+        from fracgen.preview import preview
+
+        preview_path = preview(root, out=workdir / "preview.png")
+    sources = [(str(r["filename"]), root / str(r["filename"])) for r in build["shards"]]
+    sources += [
+        (name, root / name) for name in (INFO_JSON, PARAMS_JSON, BUILD_JSON) if (root / name).is_file()
+    ]
+    sources += [("README.md", workdir / "README.md"), ("preview.png", preview_path)]
+    return [StagedFile(name, path, path.stat().st_size, sha256_file(path)) for name, path in sources]
+
+
+def _check_card_header(card: str) -> None:
+    """Parse the card's YAML header locally, so a broken card fails before any upload."""
+    match = re.match(r"^---\n(.*?)\n---\n", card, re.S)
+    try:
+        header = yaml.safe_load(match.group(1)) if match else None
+    except yaml.YAMLError as err:
+        raise UsageError(f"the rendered card's YAML header does not parse: {err}") from err
+    if not isinstance(header, dict) or "license" not in header or "configs" not in header:
+        raise UsageError("the rendered card has no YAML header with license and configs")
+
+
+def write_dry_run(files: list[StagedFile], out: Path, *, repo_id: str, summary: dict) -> Path:
+    """Write what an upload would send: `files.json` (path, size, sha256), `files.tsv`, `README.md`, `preview.png`."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        listing = [{"path_in_repo": f.path_in_repo, "size": f.size, "sha256": f.sha256} for f in files]
+        record = {
+            "repo_id": repo_id,
+            "repo_type": "dataset",
+            **summary,
+            "files": listing,
+            "total_bytes": sum(f.size for f in files),
+        }
+        (out / "files.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        rows = ["path_in_repo\tsize\tsha256"] + [f"{f.path_in_repo}\t{f.size}\t{f.sha256}" for f in files]
+        (out / "files.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        for f in files:
+            if f.path_in_repo in ("README.md", "preview.png"):
+                shutil.copyfile(f.source, out / f.path_in_repo)
+    except OSError as err:
+        raise UsageError(f"--dry-run folder {out} cannot be written: {err.strerror or err}") from None
+    return out
+
+
+def _status(err: BaseException) -> int | None:
+    response = getattr(err, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _is_transient(err: BaseException) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import httpx
+
+    if isinstance(err, HfHubHTTPError):
+        return _status(err) in RETRY_STATUS
+    return isinstance(err, httpx.TransportError)
+
+
+def _retry_after(err: BaseException) -> float | None:
+    response = getattr(err, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _with_retries(what: str, call: Callable[[], T], attempts: int = RETRY_ATTEMPTS) -> T:
+    """Run `call`, retrying connection errors, 408, 429 and 5xx with exponential backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as err:
+            if not _is_transient(err) or attempt == attempts:
+                raise
+            wait = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+            wait = max(wait, min(BACKOFF_MAX_S, _retry_after(err) or 0.0))
+            logger.warning(
+                "%s failed (%s); attempt %d of %d in %.1f s",
+                what,
+                _describe(err),
+                attempt + 1,
+                attempts,
+                wait,
+            )
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _describe(err: BaseException) -> str:
+    status = _status(err)
+    return f"HTTP {status}" if status is not None else type(err).__name__
+
+
+def _explain(err: BaseException, *, repo_id: str, endpoint: str, revision: str | None) -> UsageError:
+    """Turn a client failure into the one-line error the user sees."""
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.utils import httpx
+
+    tokens = f"{endpoint}/settings/tokens"
+    if isinstance(err, LocalTokenNotFoundError):
+        return UsageError(
+            f"no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login` (tokens: {tokens})"
+        )
+    if isinstance(err, OfflineModeIsEnabled):
+        return UsageError("HF_HUB_OFFLINE is set, so the Hub cannot be contacted; unset it to publish")
+    if isinstance(err, httpx.TransportError):
+        return UsageError(
+            f"cannot reach {endpoint} ({type(err).__name__}) after {RETRY_ATTEMPTS} attempts: check the network "
+            "connection (or --endpoint) and rerun the same command; files already uploaded are not sent again"
+        )
+    if isinstance(err, RevisionNotFoundError):
+        return UsageError(f"branch {revision!r} does not exist in dataset {repo_id} and could not be created")
+    if isinstance(err, HfHubHTTPError):
+        status = _status(err)
+        if status == 401:
+            return UsageError(
+                f"the Hub rejected the token (HTTP 401): it is invalid or expired; create a token with write "
+                f"access at {tokens} and pass it with --token or HF_TOKEN"
+            )
+        if status == 403:
+            return UsageError(
+                f"the token may not write to dataset {repo_id} (HTTP 403): the repo belongs to someone else or the "
+                "token is read-only; push to a repo in your own namespace or use a write token for this one"
+            )
+        if isinstance(err, RepositoryNotFoundError) or status == 404:
+            return UsageError(
+                f"dataset repo {repo_id} is not visible to this token (HTTP 404): it belongs to someone else "
+                "or could not be created; check --repo-id"
+            )
+        if status in RETRY_STATUS:
+            return UsageError(
+                f"the Hub kept failing (HTTP {status}) after {RETRY_ATTEMPTS} attempts; try again later (a rerun "
+                "resumes: files already uploaded are not sent again)"
+            )
+        server = getattr(err, "server_message", None) or str(err).splitlines()[0]
+        return UsageError(f"the Hub refused the upload (HTTP {status}): {server}")
+    return UsageError(f"upload failed: {type(err).__name__}: {err}")
+
+
+def _check_namespace(api: object, repo_id: str) -> None:
+    """Ask whoami who the token belongs to; refuse a namespace the token's user cannot write to.
+
+    A 401 propagates (rejected token). A server without whoami (some self-hosted Hubs answer 404) skips the
+    namespace check and lets the Hub decide.
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        who = _with_retries("whoami", lambda: api.whoami())  # type: ignore[attr-defined]
+    except HfHubHTTPError as err:
+        if _status(err) == 404:
+            logger.info("the endpoint has no whoami; skipping the namespace check")
+            return
+        raise
+    user = who.get("name")
+    orgs = {o.get("name") for o in who.get("orgs", []) if isinstance(o, dict)}
+    namespace = repo_id.split("/", 1)[0]
+    if user and namespace != user and namespace not in orgs:
+        member_of = ", ".join(sorted(o for o in orgs if o)) or "no organisation"
+        raise UsageError(
+            f"the token belongs to {user!r} (member of {member_of}), who cannot write to namespace {namespace!r}: "
+            f"use --repo-id {user}/{repo_id.split('/', 1)[1]} or a token of {namespace!r}"
+        )
+
+
+def push_to_hub(
+    root: Path | str,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    dry_run: Path | str | None = None,
+    license: str = DEFAULT_LICENSE,
+) -> str:
+    """Verify a dataset and upload it to a Hub dataset repo in one commit.
+
+    Args:
+        root: a complete dataset folder (what `fracgen build` wrote).
+        repo_id: `USER/NAME` or `ORG/NAME`.
+        private: create the repo private (an existing repo keeps its visibility).
+        revision: branch to commit to (created from main if missing); default main.
+        commit_message: commit summary; default names the dataset and its size.
+        token: Hub token; default HF_TOKEN, then the login stored by `hf auth login`.
+        endpoint: Hub URL; default HF_ENDPOINT or https://huggingface.co.
+        dry_run: a folder: write the file list and the card there and contact nothing.
+        license: license id for the card's YAML header.
+
+    Returns:
+        The dataset's URL, or for a dry run the folder written.
+
+    Raises:
+        UsageError: a broken dataset, a bad option, a missing or rejected token, a repo the token cannot
+            write to, a network outage or a Hub that keeps failing; the message is one line without the token.
+    """
+    if not REPO_ID_RE.match(repo_id):
+        raise UsageError(f"--repo-id must look like USER/NAME, got {repo_id!r}")
+    root = Path(root)
+    report = verify(root)
+    if not report.ok:
+        problems = report.lines()[1:]
+        raise UsageError(
+            f"refusing to publish {root}: verification failed ({problems[0]}"
+            + (f"; and {len(problems) - 1} more problem(s)" if len(problems) > 1 else "")
+            + f"); run `fracgen verify {root}` for the full list"
+        )
+    build = load_build(root)
+    message = commit_message or (
+        f"Upload {build.get('name', root.name)}: {report.num_samples} images, {report.num_classes} classes "
+        f"(fracgen {fracgen.__version__})"
+    )
+    with tempfile.TemporaryDirectory(prefix="fracgen-publish-") as tmp:
+        files = stage(root, Path(tmp), license=license, repo_id=repo_id)
+        if dry_run is not None:
+            summary = {
+                "private": private,
+                "revision": revision or "main",
+                "commit_message": message,
+                "endpoint": endpoint or "(default)",
+            }
+            out = write_dry_run(files, Path(dry_run), repo_id=repo_id, summary=summary)
+            logger.info(
+                "dry run: %d files, %d bytes listed in %s; nothing contacted",
+                len(files),
+                sum(f.size for f in files),
+                out,
+            )
+            return str(out)
+        return _upload(
+            files,
+            repo_id,
+            private=private,
+            revision=revision,
+            message=message,
+            token=token,
+            endpoint=endpoint,
+        )
+
+
+def _upload(
+    files: list[StagedFile],
+    repo_id: str,
+    *,
+    private: bool,
+    revision: str | None,
+    message: str,
+    token: str | None,
+    endpoint: str | None,
+) -> str:
+    from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+
+    base = (endpoint or constants.ENDPOINT or DEFAULT_ENDPOINT).rstrip("/")
+    if token is None:
+        token = get_token()
+    if not token:
+        raise UsageError(
+            f"no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login` (tokens: {base}/settings/tokens)"
+        )
+    api = HfApi(endpoint=base, token=token, library_name="fracgen", library_version=fracgen.__version__)
+    try:
+        _check_namespace(api, repo_id)
+        _with_retries(
+            "create_repo",
+            lambda: api.create_repo(
+                repo_id, repo_type="dataset", exist_ok=True, private=True if private else None
+            ),
+        )
+        if revision and revision != "main":
+            _with_retries(
+                "create_branch",
+                lambda: api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True),
+            )
+        operations = [
+            CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=str(f.source)) for f in files
+        ]
+        total = sum(f.size for f in files)
+        logger.info("uploading %d files (%d bytes) to dataset %s", len(files), total, repo_id)
+        # huggingface_hub retries each request of this step itself
+        api.preupload_lfs_files(repo_id, additions=operations, repo_type="dataset", revision=revision)
+        commit = _with_retries(
+            "commit",
+            lambda: api.create_commit(
+                repo_id, operations=operations, commit_message=message, repo_type="dataset", revision=revision
+            ),
+        )
+    except UsageError:
+        raise
+    except Exception as err:
+        explained = _explain(err, repo_id=repo_id, endpoint=base, revision=revision)
+        logger.debug("upload failed: %s", _scrub(repr(err), token))
+        raise UsageError(_scrub(str(explained), token)) from None
+    logger.info("committed %s", getattr(commit, "commit_url", ""))
+    url = f"{base}/datasets/{repo_id}"
+    return url + (f"/tree/{revision}" if revision and revision != "main" else "")
