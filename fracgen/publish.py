@@ -356,7 +356,7 @@ def _upload(
     from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
 
     base = (endpoint or constants.ENDPOINT or DEFAULT_ENDPOINT).rstrip("/")
-    if token is None:
+    if not token:  # an empty --token/HF_TOKEN means "not given": fall back to the stored login
         token = get_token()
     if not token:
         raise UsageError(
