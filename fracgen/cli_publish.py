@@ -161,4 +161,9 @@ def push_to_hub_command(
         dry_run=dry_run,
         license=license_,
     )
-    click.echo(result)
+    if dry_run is not None:
+        click.echo(
+            f"dry run: file list in {Path(result) / 'files.json'}, card in {Path(result) / 'README.md'}; nothing was contacted"
+        )
+    else:
+        click.echo(result)

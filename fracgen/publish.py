@@ -41,6 +41,7 @@ T = TypeVar("T")
 DEFAULT_ENDPOINT = "https://huggingface.co"
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_ATTEMPTS = 5
+MAX_COMMIT_FILES = 20_000  # create_commit takes at most 25k LFS files
 BACKOFF_BASE_S = 1.0  # waits 1, 2, 4, 8 s between attempts (tests lower it)
 BACKOFF_MAX_S = 30.0
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -89,6 +90,11 @@ def stage(
     """
     root = Path(root)
     build = load_build(root)
+    if len(build["shards"]) > MAX_COMMIT_FILES:
+        raise UsageError(
+            f"{len(build['shards'])} shards are more than one Hub commit takes ({MAX_COMMIT_FILES}); "
+            "rebuild with a larger --shard-size"
+        )
     card = render_card(root, license=license, repo_id=repo_id)
     _check_card_header(card)
     (workdir / "README.md").write_text(card, encoding="utf-8")
