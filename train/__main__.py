@@ -63,6 +63,9 @@ def pretrain(config, out, resume, overrides, **flags) -> None:
 
     cfg = load_config(config or "pretrain", list(overrides), _values(**flags))
     m = run(cfg, out, resume=resume)
+    if m.get("stopped"):
+        click.echo(f"stopped at step {m['steps']} (train.stop_at); continue with --resume --out {out}")
+        return
     click.echo(f"pre-trained {m['steps']} steps: loss {m['final_loss']:.3f}, top-1 on its {m['num_classes']} "
                f"classes {m['eval_top1']}% (chance {m['chance']:.1f}%); {out}/model.safetensors")
 
@@ -79,6 +82,9 @@ def finetune(config, out, resume, overrides, **flags) -> None:
 
     cfg = load_config(config or "finetune", list(overrides), _values(**flags))
     m = run(cfg, out, resume=resume)
+    if m.get("stopped"):
+        click.echo(f"stopped at step {m['steps']} (train.stop_at); continue with --resume --out {out}")
+        return
     click.echo(f"fine-tuned {m['steps']} steps ({m['checkpoint'] or 'scratch'}): test top-1 {m['top1']:.2f}%")
 
 

@@ -123,6 +123,8 @@ class TrainConfig:
         ckpt_every: a checkpoint every N optimizer steps (0: only at the end).
         eval_every: pre-training accuracy every N steps (0: only at the end).
         threads: torch CPU threads (0: torch's default).
+        stop_at: stop after this step with a checkpoint, as if interrupted (time-boxed jobs; 0: never);
+            the schedule still spans ``steps``, and ``--resume`` continues.
     """
 
     steps: int = 240_000
@@ -137,6 +139,7 @@ class TrainConfig:
     ckpt_every: int = 5000
     eval_every: int = 0
     threads: int = 0
+    stop_at: int = 0
 
 
 @dataclass

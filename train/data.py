@@ -117,7 +117,7 @@ def read_info(path: str) -> dict[str, Any]:
         raise TrainError("no dataset given: pass --data DIR (a fracgen build folder)")
     location = _info_location(path)
     if not _is_remote(path):
-        if not _is_remote(location) and not Path(location).parent.exists():
+        if ("{" not in path and not Path(path).exists()) or not Path(location).parent.exists():
             raise TrainError(f"dataset {path}: no such folder")
         if not Path(location).is_file():
             raise TrainError(f"dataset {path}: no _info.json in {Path(location).parent} "
@@ -347,6 +347,9 @@ def make_source(cfg: Config, device: torch.device, rank: int, world_size: int) -
         TrainError: bad dataset, or ``resident`` forced but impossible.
     """
     mode = cfg.data.source
+    # the same one-line errors for a bad dataset or shard, whichever source reads it
+    check_shards(shard_urls(cfg.data.path, read_info(cfg.data.path)))
+    micro_batch_size(cfg, world_size)
     if mode in ("auto", "resident"):
         try:
             from train import resident  # issue 5: the GPU-resident path, when it exists

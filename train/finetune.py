@@ -101,6 +101,10 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
         if env.is_main:
             write_status(out, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise
+    if result.get("stopped"):
+        if env.is_main:
+            write_status(out, "stopped", step=result["step"])
+        return {"stopped": True, "steps": result["step"]}
     metrics = {
         "kind": "finetune", "model": cfg.model.name, "dataset": cfg.data.path, "checkpoint": ckpt,
         "probe_blocks": cfg.finetune.probe_blocks, "num_classes": num_classes, "num_train": len(train_set),

@@ -446,8 +446,14 @@ def train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, e
                 window_steps, window_images, window_t0 = 0, 0, now
             if t.ckpt_every and step % t.ckpt_every == 0 and step < total_steps:
                 save_all()
-            if step >= total_steps:
+            if step >= total_steps or (t.stop_at and step >= t.stop_at):
                 break
+        if t.stop_at and step >= t.stop_at and step < total_steps:
+            save_all()
+            bar.close()
+            log.info("stopped at step %d of %d (train.stop_at); --resume continues", step, total_steps)
+            return {"step": step, "loss": last_loss, "images_per_s": last_rate, "eval": evals,
+                    "elapsed_s": time.perf_counter() - t_start, "stopped": True}
         if eval_every_epoch and step < total_steps:
             row = run_eval()
             if env.is_main and row:

@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from train.config import Config
 from train.data import make_pretrain_eval_loader, make_source
 from train.errors import TrainError
@@ -52,7 +54,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     model = create_model(cfg, source.num_classes)
     eval_loader = make_pretrain_eval_loader(cfg) if env.is_main else None
     start_run_folder(out, cfg, resume, env.is_main)
-    amp_dtype = None
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp) if env.device.type == "cuda" else None
 
     def eval_fn(m: Any) -> dict[str, float]:
         return {"eval_top1": evaluate(m, eval_loader, env.device, amp_dtype)} if eval_loader is not None else {}
@@ -66,6 +68,10 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
         raise
     finally:
         source.close()
+    if result.get("stopped"):
+        if env.is_main:
+            write_status(out, "stopped", step=result["step"])
+        return {"stopped": True, "steps": result["step"]}
     metrics = {
         "kind": "pretrain", "model": cfg.model.name, "dataset": cfg.data.path, "num_classes": source.num_classes,
         "chance": 100.0 / source.num_classes, "steps": result["step"], "final_loss": result["loss"],
