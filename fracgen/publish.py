@@ -206,6 +206,12 @@ def _explain(err: BaseException, *, repo_id: str, endpoint: str, revision: str |
     )
     from huggingface_hub.utils import httpx
 
+    # the LFS upload step wraps the real failure ("Error while uploading 'x' to the Hub.") in a RuntimeError
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, HfHubHTTPError | httpx.TransportError | OSError):
+        cause = cause.__cause__ or cause.__context__
+    err = cause if cause is not None else err
+
     tokens = f"{endpoint}/settings/tokens"
     if isinstance(err, LocalTokenNotFoundError):
         return UsageError(

@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,16 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def quiet_progress_bars() -> Iterator[None]:
+    """huggingface_hub's upload bars go to stderr; off, so the output is only what fracgen says."""
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    disable_progress_bars()
+    yield
+    enable_progress_bars()
+
+
+@pytest.fixture(autouse=True)
 def no_ambient_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Neither the developer's HF_TOKEN nor their stored login may take part."""
     from huggingface_hub import constants
@@ -41,7 +52,7 @@ def no_ambient_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def hub() -> FakeHub:
+def hub() -> Iterator[FakeHub]:
     with FakeHub(tokens={TOKEN: "alice"}, orgs={"alice": ["fracorg"]}) as server:
         yield server
 
@@ -180,6 +191,13 @@ def test_forbidden_by_the_hub_is_one_clear_line(tiny_copy: Path, hub: FakeHub) -
         [str(tiny_copy), "--repo-id", "fracorg/frac", "--endpoint", hub.url, "--token", TOKEN],
     )
     _assert_one_line_error(result, "403", "read-only")
+
+
+def test_failed_shard_upload_is_one_clear_line(tiny_copy: Path, hub: FakeHub) -> None:
+    hub.fail("PUT", r"^/lfs/", 400, times=10)  # 4xx: neither the client nor fracgen retries it
+    result = _push(tiny_copy, hub.url, "--token", TOKEN)
+    _assert_one_line_error(result, "HTTP 400")
+    assert hub.repos["alice/one-frac"].commits == []
 
 
 def test_network_outage_is_one_clear_line(tiny_copy: Path) -> None:
