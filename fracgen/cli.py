@@ -16,6 +16,7 @@ import click
 
 from fracgen import perturb, render
 from fracgen.errors import FracgenError, UsageError
+from fracgen.presets import FRACTAL_PRESETS, FRACTALDB_GRID, OPTIONS, PRESETS
 
 
 class _Group(click.Group):
@@ -118,54 +119,113 @@ def _shard_range(ctx: click.Context, param: click.Parameter, value: str | None) 
     return i, j
 
 
+def _operational(f):
+    """Options that decide how a build runs, never its bytes."""
+    for option in reversed([
+        click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [default: all cores]."),
+        click.option("--resume", is_flag=True, help="Finish an interrupted build in OUT with its stored options."),
+        click.option("--overwrite", is_flag=True, help="Replace a previous fracgen build in OUT."),
+        click.option("--shard-range", callback=_shard_range, default=None, metavar="I:J",
+                     help="Build only shards I..J-1 (split a big build across machines; finish with --resume)."),
+        click.option("--no-progress", is_flag=True, help="No progress bar."),
+    ]):
+        f = option(f)
+    return f
+
+
+_delta = click.option("--delta", type=click.FloatRange(min=0), default=0.1, show_default=True, callback=_finite,
+                      help="Perturbation degree Delta >= 0.")
+_L = click.option("--L", "L", type=click.IntRange(min=1), default=1000, show_default=True,
+                  help="Perturbation classes (per fractal for 1p-frac).")
+_shard_size = click.option("--shard-size", type=click.IntRange(min=1), default=100, show_default=True,
+                           help="Images per shard.")
+
+
 @cli.command("build")
 @click.argument("out", type=click.Path(path_type=Path))
+@click.option("--preset", type=click.Choice([p for p in PRESETS if p != "real"]), default="1p-frac",
+              show_default=True, help="Dataset family (a single real image: fracgen build-real).")
 @_sigma
-@click.option("--delta", type=click.FloatRange(min=0), default=0.1, show_default=True, callback=_finite,
-              help="Perturbation degree Delta >= 0.")
-@click.option("--L", "L", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Perturbation classes per fractal.")
+@_delta
+@_L
 @_maps
 @click.option("--fractals", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Base systems C; every (fractal, perturbation) pair is its own class.")
+              help="Base systems C (1p-frac: C x L classes; fractaldb/ofdb: C categories).")
+@click.option("--instances", type=click.IntRange(1, FRACTALDB_GRID), default=None,
+              help=f"fractaldb: images per category, spread over its {FRACTALDB_GRID} variations [default: {FRACTALDB_GRID}].")
 @click.option("--perturbation", type=click.Choice(perturb.MODES), default="multiplicative", show_default=True,
               help="multiplicative: theta*(1+u), u~U(-D,D) (released code, the paper's numbers); "
                    "additive: theta+eps, eps~U(-D/2,D/2) (paper Eq. 9).")
 @_style
 @_size
 @_points
-@_min_fill
+@click.option("--min-fill", type=click.FloatRange(0, 1), default=None, callback=_finite,
+              help="Lit fraction every render must reach [default: 0.05; fractaldb and ofdb 0.2].")
 @_margin
 @_seed
-@click.option("--shard-size", type=click.IntRange(min=1), default=100, show_default=True, help="Images per shard.")
+@_shard_size
 @click.option("--max-redraws", type=click.IntRange(min=0), default=100, show_default=True,
               help="Redraws of a diverging or under-filled perturbation before the build stops.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Systems the search draws per fractal before it gives up.")
 @click.option("--params", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Base systems from this JSON (fracgen search output or a build's params.json) instead of searching.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [default: all cores].")
-@click.option("--resume", is_flag=True, help="Finish an interrupted build in OUT with its stored options.")
-@click.option("--overwrite", is_flag=True, help="Replace a previous fracgen build in OUT.")
-@click.option("--shard-range", callback=_shard_range, default=None, metavar="I:J",
-              help="Build only shards I..J-1 (split a big build across machines; finish with --resume).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_operational
 @click.pass_context
-def build_command(ctx: click.Context, out: Path, params: Path | None, workers: int | None, resume: bool,
-                  overwrite: bool, shard_range: tuple[int, int] | None, no_progress: bool, **options) -> None:
-    """Render L perturbations of each of C fractals into WebDataset shards in OUT.
+def build_command(ctx: click.Context, out: Path, params: Path | None, **options) -> None:
+    """Render a dataset into WebDataset shards in OUT (1p-frac: L perturbations of each of C fractals).
 
     Example: fracgen build --sigma 3.5 --delta 0.1 --L 1000 out/
     """
+    _run_build(ctx, out, options, params=params)
+
+
+@cli.command("build-real")
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@_delta
+@_L
+@click.option("--edges", type=click.Choice(["canny", "none"]), default="canny", show_default=True,
+              help="canny: the image's Canny edges (the paper's best); none: the image itself.")
+@click.option("--color", type=click.Choice(["grey", "rgb"]), default="grey", show_default=True,
+              help="Grey or RGB images.")
+@click.option("--transform", type=click.Choice(["affine", "elastic", "polynomial"]), default="affine",
+              show_default=True, help="How each class perturbs the image's geometry.")
+@_size
+@_seed
+@_shard_size
+@_operational
+@click.pass_context
+def build_real_command(ctx: click.Context, image: Path, out: Path, **options) -> None:
+    """L perturbations of one real IMAGE's geometry into WebDataset shards in OUT (paper Tables 11-12).
+
+    Example: fracgen build-real photo.jpg --edges canny --transform affine --delta 0.1 --L 1000 out/
+    """
+    _run_build(ctx, out, dict(options, preset="real"), source=image)
+
+
+def _run_build(ctx: click.Context, out: Path, options: dict, params: Path | None = None,
+               source: Path | None = None) -> None:
     from fracgen.build import BuildConfig, build, stored_config
 
+    run = {k: options.pop(k) for k in ("workers", "resume", "overwrite", "shard_range", "no_progress")}
     given = {k: v for k, v in options.items()
-             if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
-    if resume and (stored := stored_config(out)) is not None:
+             if k != "preset" and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    preset = options["preset"]
+    extra = sorted(set(given) - OPTIONS[preset] - {"preset"})
+    if extra:
+        names = ", ".join("--" + k.replace("_", "-") for k in extra)
+        raise UsageError(f"--preset {preset} takes no {names}: it does not use them")
+    if params is not None and preset not in FRACTAL_PRESETS:
+        raise UsageError(f"--preset {preset} takes no --params: it has no fractal systems")
+    if run["resume"] and (stored := stored_config(out)) is not None:
         config = BuildConfig(**{**stored.to_json(), **given}) if given else None
     else:
-        _check_sigma(options["sigma"], options["maps"])
+        if preset == "1p-frac":
+            _check_sigma(options["sigma"], options["maps"])
         config = BuildConfig(**options)
-    result = build(config, out, workers=workers, resume=resume, overwrite=overwrite, shard_range=shard_range,
-                   params=params, progress=not no_progress)
+    result = build(config, out, workers=run["workers"], resume=run["resume"], overwrite=run["overwrite"],
+                   shard_range=run["shard_range"], params=params, source=source, progress=not run["no_progress"])
     rate = result.images / result.seconds if result.seconds > 0 else 0.0
     if result.complete:
         click.echo(f"built {out}: {result.num_shards} shards, {len(result.built)} rendered now "

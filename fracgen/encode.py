@@ -47,13 +47,15 @@ def encode_png(image: np.ndarray, levels: np.ndarray | None = None) -> bytes:
     the grey values).
 
     Args:
-        image: (h, w) uint8.
+        image: (h, w) uint8 grey, or (h, w, 3) uint8 RGB (stored as 8-bit RGB).
         levels: the grey levels present, ascending, if the caller knows them (skips a histogram).
 
     Returns:
         The PNG file's bytes.
     """
     image = np.ascontiguousarray(image, dtype=np.uint8)
+    if image.ndim == 3:
+        return _encode_rgb(image)
     h, w = image.shape
     if levels is None:
         levels = grey_levels(image)
@@ -73,7 +75,18 @@ def encode_png(image: np.ndarray, levels: np.ndarray | None = None) -> bytes:
         rows = image
         header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
         palette = b""
-    raw = np.zeros((h, rows.shape[1] + 1), np.uint8)  # column 0: filter type 0 (none) for every scanline
+    return _png(header, palette, rows)
+
+
+def _encode_rgb(image: np.ndarray) -> bytes:
+    h, w, c = image.shape
+    if c != 3:
+        raise ValueError(f"expected (h, w, 3) RGB, got {image.shape}")
+    return _png(struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0), b"", image.reshape(h, w * 3))
+
+
+def _png(header: bytes, palette: bytes, rows: np.ndarray) -> bytes:
+    raw = np.zeros((rows.shape[0], rows.shape[1] + 1), np.uint8)  # column 0: filter type 0 (none) per scanline
     raw[:, 1:] = rows
     return (
         _SIGNATURE

@@ -84,16 +84,16 @@ def raster_reference(points: np.ndarray, masks: np.ndarray, image: np.ndarray) -
         image: (size, size) uint8, overwritten.
 
     Returns:
-        Number of lit pixels; 0 when the points span no width or height.
+        Number of lit pixels; 0 when the points span no width or height, or an infinite one.
     """
     size = image.shape[0]
     image[:] = 0
     xmin, xmax, ymin, ymax = _bounds(points)
-    if not (xmax > xmin and ymax > ymin):
-        return 0
-    span = float(size - 2 * PAD)
     wx = xmax - xmin
     wy = ymax - ymin
+    if not (wx > 0.0 and wy > 0.0 and np.isfinite(wx) and np.isfinite(wy)):
+        return 0  # also guards the writes below: an infinite extent would index out of the image
+    span = float(size - 2 * PAD)
     top = size - 1
     for t in range(points.shape[0]):
         px = int((points[t, 0] - xmin) / wx * span + PAD)
@@ -121,8 +121,8 @@ def raster_points(points: np.ndarray, image: np.ndarray) -> int:
     image[:] = 0
     xmin, xmax, ymin, ymax = _bounds(points)
     extent = max(xmax - xmin, ymax - ymin)
-    if not extent > 0.0:
-        return 0
+    if not (extent > 0.0 and np.isfinite(extent)):
+        return 0  # also guards the writes below: an infinite extent would index out of the image
     span = float(size - 2 * PAD)
     scale = span / extent
     ox = PAD + (span - (xmax - xmin) * scale) / 2.0

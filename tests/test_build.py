@@ -118,7 +118,7 @@ def test_redraws_are_bounded_and_recorded(tmp_path, monkeypatch):
 
 def test_resume_after_a_killed_worker_gives_the_same_bytes(tiny_dataset, tmp_path, monkeypatch):
     parent = os.getpid()
-    real = build_mod.render_class
+    real = build_mod.render_sample
     victim = json.loads((tiny_dataset / "params.json").read_text())  # any label of the second shard
     label = sorted(int(n) for n in [c["label"] for c in victim["classes"]])[-1]
 
@@ -127,12 +127,12 @@ def test_resume_after_a_killed_worker_gives_the_same_bytes(tiny_dataset, tmp_pat
             os.kill(os.getpid(), signal.SIGKILL)  # mid-shard, like an OOM kill
         return real(plan, lbl, canvas)
 
-    monkeypatch.setattr(build_mod, "render_class", dying)
+    monkeypatch.setattr(build_mod, "render_sample", dying)
     out = tmp_path / "killed"
     with pytest.raises(FracgenError, match="worker process died"):
         build(BuildConfig(**{**TINY, "shard_size": 4}), out, workers=2)
     assert not (out / "build.json").exists()
-    monkeypatch.setattr(build_mod, "render_class", real)
+    monkeypatch.setattr(build_mod, "render_sample", real)
     result = build(None, out, resume=True, workers=2)
     assert result.complete and result.skipped
     assert not list(out.glob("*.tmp"))

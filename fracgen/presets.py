@@ -1,0 +1,219 @@
+"""Dataset presets: 1p-frac, FractalDB, OFDB, noise and single-real-image baselines as plans over the same stages.
+
+Each preset decides three things: which base systems the plan holds (searched in the parent), how many samples a
+class has, and how one sample is rendered. Everything else (shards, metadata, resume, verify, publish) is shared.
+
+- ``1p-frac``: one system, ``L`` perturbations, one image per class (the default).
+- ``fractaldb``: ``C`` categories found by the FractalDB search (N ~ U{2..7}, parameters ~ U(-1, 1), kept when
+  the render fills at least 0.2), each with up to 1,000 instances: 25 weight rows (the identity, and each of the
+  6 parameters of every map scaled by 1-2k, 1-k, 1+k, 1+2k, k = 0.4) x 10 patch-mask instances x 4 flips.
+- ``ofdb``: the same categories, one image each (weights identity, first patch instance, no flip).
+- ``gaussian-noise`` / ``uniform-noise``: one noise image whose distribution parameters are perturbed into ``L``
+  classes (paper Table 4); every class shares the same standard draws.
+- ``real``: one real image (grey, RGB or Canny edges) whose geometry is perturbed (affine, elastic or
+  polynomial) into ``L`` classes (paper Tables 11-12).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from fracgen import ifs, render
+from fracgen import perturb as perturb_mod
+from fracgen.errors import FracgenError, UsageError
+from fracgen.search import CHOICES, CLASS, SEARCH, System, choice_uniforms, draw_masks, generator
+
+PRESETS = ("1p-frac", "fractaldb", "ofdb", "gaussian-noise", "uniform-noise", "real")
+FRACTAL_PRESETS = ("1p-frac", "fractaldb", "ofdb")
+
+FRACTALDB_K = 0.4
+FRACTALDB_PATCHES = 10
+FRACTALDB_FLIPS = 4
+FRACTALDB_MAPS = (2, 8)  # N ~ U{2..7}
+FRACTALDB_MIN_FILL = 0.2
+
+# The options each preset reads; the CLI refuses the others so a contradiction never passes silently.
+OPTIONS = {
+    "1p-frac": {"sigma", "delta", "L", "maps", "fractals", "perturbation", "style", "size", "points", "min_fill",
+                "margin", "seed", "shard_size", "max_redraws", "max_attempts"},
+    "fractaldb": {"fractals", "instances", "style", "size", "points", "min_fill", "seed", "shard_size",
+                  "max_attempts"},
+    "ofdb": {"fractals", "style", "size", "points", "min_fill", "seed", "shard_size", "max_attempts"},
+    "gaussian-noise": {"delta", "L", "size", "seed", "shard_size"},
+    "uniform-noise": {"delta", "L", "size", "seed", "shard_size"},
+    "real": {"delta", "L", "size", "seed", "shard_size", "edges", "color", "transform"},
+}
+
+
+def fractaldb_weights(k: float = FRACTALDB_K) -> np.ndarray:
+    """FractalDB's 25 weight rows: (25, 6) float64, row 0 the identity, then parameter j x (1-2k, 1-k, 1+k, 1+2k)."""
+    rows = [np.ones(6)]
+    for j in range(6):
+        for scale in (1 - 2 * k, 1 - k, 1 + k, 1 + 2 * k):
+            row = np.ones(6)
+            row[j] = scale
+            rows.append(row)
+    return np.array(rows)
+
+
+FRACTALDB_GRID = len(fractaldb_weights()) * FRACTALDB_PATCHES * FRACTALDB_FLIPS  # 1,000 instances
+
+
+def fractaldb_instance(instance: int, instances: int) -> tuple[int, int, int]:
+    """(weight row, patch instance, flip) of instance i of M, spread evenly over the 1,000-instance grid."""
+    g = instance * FRACTALDB_GRID // instances
+    return g // (FRACTALDB_PATCHES * FRACTALDB_FLIPS), (g // FRACTALDB_FLIPS) % FRACTALDB_PATCHES, g % FRACTALDB_FLIPS
+
+
+def fractaldb_search(category: int, *, seed: int, size: int, points: int, style: str, min_fill: float,
+                     max_attempts: int) -> System:
+    """FractalDB's category search: random unconstrained systems until one renders finite and fills enough.
+
+    Raises:
+        UsageError: nothing acceptable within ``max_attempts``.
+    """
+    rng = generator(seed, SEARCH, category)
+    uniforms = choice_uniforms(seed, category, points)
+    canvas = render.Canvas(size, points)
+    best = 0.0
+    for attempt in range(1, max_attempts + 1):
+        n = int(rng.integers(*FRACTALDB_MAPS))
+        maps = rng.uniform(-1.0, 1.0, (n, 6))
+        probs = ifs.probabilities(maps)
+        fill = render.render(maps, probs, uniforms, draw_masks(rng, points), canvas.image, canvas.points, style)
+        best = max(best, fill)
+        if fill >= min_fill:
+            return System(maps=maps, probabilities=probs, sigma=ifs.sigma_factor(maps), fill=fill, attempts=attempt)
+    raise UsageError(f"FractalDB search: category {category} found nothing filling --min-fill {min_fill} in "
+                     f"{max_attempts} attempts (best {best:.3f}); lower --min-fill or raise --max-attempts")
+
+
+def search_systems(config) -> list[System]:
+    """The plan's base systems for a preset (none for noise and real images)."""
+    from fracgen.search import search
+
+    common = dict(seed=config.seed, size=config.size, points=config.points, style=config.style,
+                  min_fill=config.min_fill, max_attempts=config.max_attempts)
+    if config.preset == "1p-frac":
+        return [search(config.sigma, maps=config.maps, fractal=f, margin=config.margin, **common)
+                for f in range(config.fractals)]
+    if config.preset in ("fractaldb", "ofdb"):
+        return [fractaldb_search(c, **common) for c in range(config.fractals)]
+    return []
+
+
+@lru_cache(maxsize=8)
+def _uniforms(seed: int, fractal: int, points: int) -> np.ndarray:
+    return choice_uniforms(seed, fractal, points)
+
+
+def render_fill(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks: np.ndarray | None,
+                canvas: render.Canvas, style: str, truncate: bool = False) -> float:
+    """Render into the canvas; return the fill, or -1.0 if the chaos game diverged and ``truncate`` is off.
+
+    With ``truncate`` (FractalDB's behaviour for variations that blow up), the points before the first
+    non-finite one, less 100, are drawn instead, as the released FractalDB code does.
+    """
+    fill = render.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
+    if fill >= 0 or not truncate:
+        return fill
+    bad = np.flatnonzero(~np.isfinite(canvas.points).all(axis=1))
+    n = int(bad[0]) - 100 if len(bad) else 0
+    if n < 2:
+        canvas.image[:] = 0
+        return 0.0
+    if style == "reference":
+        lit = render.raster_reference(canvas.points[:n], masks[:n], canvas.image)
+    else:
+        lit = render.raster_points(canvas.points[:n], canvas.image)
+    return lit / canvas.image.size
+
+
+def _one_p_frac(plan, label: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+    cfg = plan.config
+    fractal, k = divmod(label, cfg.L)
+    base = plan.systems[fractal]
+    rng = generator(cfg.seed, CLASS, fractal, k)
+    uniforms = _uniforms(cfg.seed, fractal, cfg.points)
+    for redraws in range(cfg.max_redraws + 1):
+        maps = perturb_mod.perturb(base.maps, cfg.delta, cfg.perturbation, rng)
+        masks = draw_masks(rng, cfg.points) if cfg.style == "reference" else None
+        fill = render_fill(maps, base.probabilities, uniforms, masks, canvas, cfg.style)
+        if fill >= cfg.min_fill:
+            return canvas.image, {"label": label, "fractal": fractal, "perturbation": k, "maps": maps.tolist(),
+                                  "redraws": redraws, "fill": fill}
+    raise FracgenError(
+        f"class {label} (fractal {fractal}, perturbation {k}): no perturbation with a finite chaos game and fill "
+        f">= {cfg.min_fill} in {cfg.max_redraws + 1} draws; lower --delta or --min-fill"
+    )
+
+
+_FLIPS = (lambda im: im, lambda im: im[::-1], lambda im: im[:, ::-1], lambda im: im[::-1, ::-1])
+
+
+def _fractaldb(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+    cfg = plan.config
+    base = plan.systems[label]
+    row, patch, flip = fractaldb_instance(instance, cfg.instances)
+    maps = base.maps * fractaldb_weights()[row]
+    masks = draw_masks(generator(cfg.seed, CLASS, label, patch), cfg.points) if cfg.style == "reference" else None
+    fill = render_fill(maps, base.probabilities, _uniforms(cfg.seed, label, cfg.points), masks, canvas, cfg.style,
+                       truncate=True)
+    return _FLIPS[flip](canvas.image), {"label": label, "fractal": label, "instance": instance, "weights": row,
+                                        "patch": patch, "flip": flip, "fill": fill}
+
+
+@lru_cache(maxsize=2)
+def _noise_draws(seed: int, kind: str, size: int) -> np.ndarray:
+    rng = generator(seed, CHOICES, 0)
+    return rng.standard_normal((size, size, 3)) if kind == "gaussian" else rng.random((size, size, 3))
+
+
+def _noise(plan, label: int) -> tuple[np.ndarray, dict]:
+    from fracgen import noise
+
+    cfg = plan.config
+    kind = cfg.preset.removesuffix("-noise")
+    params = noise.draw_noise_params(kind, cfg.delta, generator(cfg.seed, CLASS, 0, label))
+    image = noise.noise_image(kind, params, _noise_draws(cfg.seed, kind, cfg.size))
+    return image, {"label": label, "perturbation": label, "params": params}
+
+
+@lru_cache(maxsize=2)
+def _source(path: str, size: int, edges: str, color: str) -> np.ndarray:
+    from fracgen import realimage
+
+    return realimage.prepare(realimage.load_image(path, size), edges=edges, color=color)
+
+
+def _real(plan, label: int) -> tuple[np.ndarray, dict]:
+    from fracgen import realimage
+
+    cfg = plan.config
+    params = realimage.draw_transform(cfg.transform, cfg.delta, generator(cfg.seed, CLASS, 0, label))
+    image = realimage.apply_transform(_source(plan.source, cfg.size, cfg.edges, cfg.color), cfg.transform, params)
+    return image, {"label": label, "perturbation": label, "transform": cfg.transform, "params": params}
+
+
+def render_sample(plan, index: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+    """Render sample ``index`` of a plan.
+
+    Args:
+        plan: the build's plan.
+        index: sample index; label = index // instances, instance = index % instances.
+        canvas: reusable buffers (the returned image may be a view of ``canvas.image``).
+
+    Returns:
+        The image ((size, size) uint8 grey, or (size, size, 3) uint8) and the sample's metadata (its ``json``).
+    """
+    label, instance = divmod(index, plan.config.instances)
+    preset = plan.config.preset
+    if preset == "1p-frac":
+        return _one_p_frac(plan, label, canvas)
+    if preset in ("fractaldb", "ofdb"):
+        return _fractaldb(plan, label, instance, canvas)
+    if preset in ("gaussian-noise", "uniform-noise"):
+        return _noise(plan, label)
+    return _real(plan, label)

@@ -1,0 +1,91 @@
+"""Dataset presets: FractalDB variations, OFDB, and the options each preset refuses."""
+
+import json
+
+import numpy as np
+import pytest
+import webdataset as wds
+from click.testing import CliRunner
+
+from fracgen.build import BuildConfig, build
+from fracgen.cli import cli
+from fracgen.presets import FRACTALDB_GRID, fractaldb_instance, fractaldb_weights
+
+SMALL = dict(size=64, points=3000, shard_size=16)
+
+
+def test_fractaldb_weights_are_the_identity_and_24_single_parameter_scalings():
+    w = fractaldb_weights()
+    assert w.shape == (25, 6)
+    assert np.all(w[0] == 1)
+    changed = (w[1:] != 1).sum(axis=1)
+    assert np.all(changed == 1)
+    for j in range(6):
+        column = sorted(w[1:, j][w[1:, j] != 1])
+        np.testing.assert_allclose(column, [0.2, 0.6, 1.4, 1.8])
+
+
+def test_fractaldb_instances_cover_the_grid_once():
+    cells = {fractaldb_instance(i, FRACTALDB_GRID) for i in range(FRACTALDB_GRID)}
+    assert len(cells) == FRACTALDB_GRID == 1000
+    assert {c[0] for c in cells} == set(range(25)) and {c[2] for c in cells} == set(range(4))
+    assert len({fractaldb_instance(i, 10)[0] for i in range(10)}) == 10  # a subset still spans the weight rows
+
+
+def samples(root):
+    urls = sorted(str(p) for p in root.glob("train-*.tar"))
+    return list(wds.WebDataset(urls, shardshuffle=False).decode("l8"))
+
+
+def test_fractaldb_build(tmp_path):
+    out = tmp_path / "fdb"
+    build(BuildConfig(preset="fractaldb", fractals=3, instances=8, **SMALL), out, workers=1)
+    got = samples(out)
+    assert len(got) == 24
+    labels = [int(s["cls"]) for s in got]
+    assert sorted(labels) == sorted(list(range(3)) * 8)
+    params = json.loads((out / "params.json").read_text())
+    assert len(params["systems"]) == 3 and params["preset"] == "fractaldb"
+    for system in params["systems"]:
+        assert 2 <= len(system["maps"]) <= 7 and system["fill"] >= 0.2
+        assert np.all(np.abs(system["maps"]) <= 1)
+    by_label = {}
+    for s in got:
+        meta = s["json"]
+        assert meta["fractal"] == meta["label"] and 0 <= meta["flip"] < 4
+        by_label.setdefault(meta["label"], []).append(s["png"])
+    # instances of one category differ (weights, patches, flips), but are all drawn
+    images = by_label[0]
+    assert len({im.tobytes() for im in images}) == 8
+    assert all(im.any() for im in images)
+
+
+def test_ofdb_is_one_image_per_category(tmp_path):
+    out = tmp_path / "ofdb"
+    build(BuildConfig(preset="ofdb", fractals=5, **SMALL), out, workers=1)
+    got = samples(out)
+    assert sorted(int(s["cls"]) for s in got) == list(range(5))
+    assert all(s["json"]["weights"] == 0 and s["json"]["flip"] == 0 for s in got)
+    assert json.loads((out / "_info.json").read_text())["num_classes"] == 5
+
+
+def test_ofdb_categories_are_fractaldb_categories(tmp_path):
+    build(BuildConfig(preset="ofdb", fractals=2, **SMALL), tmp_path / "o", workers=1)
+    build(BuildConfig(preset="fractaldb", fractals=2, instances=4, **SMALL), tmp_path / "f", workers=1)
+    systems = [json.loads((tmp_path / d / "params.json").read_text())["systems"] for d in "of"]
+    assert [s["maps"] for s in systems[0]] == [s["maps"] for s in systems[1]]
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--preset", "fractaldb", "--delta", "0.2"], "--delta"),
+    (["--preset", "ofdb", "--L", "10", "--sigma", "3"], "--l, --sigma"),
+    (["--preset", "ofdb", "--instances", "5"], "--instances"),
+    (["--preset", "gaussian-noise", "--fractals", "3"], "--fractals"),
+    (["--preset", "uniform-noise", "--params", "p.json"], "--params"),
+])
+def test_contradicting_options_are_refused(tmp_path, args, fragment):
+    result = CliRunner().invoke(cli, ["build", *args, str(tmp_path / "out")])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert line.startswith("Error: --preset") and fragment in line.lower() and "\n" not in line
+    assert not (tmp_path / "out").exists()
