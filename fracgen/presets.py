@@ -167,8 +167,9 @@ def _fractaldb(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[
 
 @lru_cache(maxsize=2)
 def _noise_draws(seed: int, kind: str, size: int) -> np.ndarray:
-    rng = generator(seed, CHOICES, 0)
-    return rng.standard_normal((size, size, 3)) if kind == "gaussian" else rng.random((size, size, 3))
+    from fracgen import noise
+
+    return noise.standard_draw(kind, size, generator(seed, CHOICES, 0))
 
 
 def _noise(plan, label: int) -> tuple[np.ndarray, dict]:
