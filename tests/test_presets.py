@@ -32,9 +32,9 @@ def test_fractaldb_instances_cover_the_grid_once():
     assert len({fractaldb_instance(i, 10)[0] for i in range(10)}) == 10  # a subset still spans the weight rows
 
 
-def samples(root):
+def samples(root, mode="l8"):
     urls = sorted(str(p) for p in root.glob("train-*.tar"))
-    return list(wds.WebDataset(urls, shardshuffle=False).decode("l8"))
+    return list(wds.WebDataset(urls, shardshuffle=False).decode(mode))
 
 
 def test_fractaldb_build(tmp_path):
@@ -95,7 +95,7 @@ def test_contradicting_options_are_refused(tmp_path, args, fragment):
 def test_noise_presets_perturb_the_distribution_not_the_draw(tmp_path, preset):
     out = tmp_path / preset
     build(BuildConfig(preset=preset, L=6, delta=0.1, size=32, shard_size=4), out, workers=1)
-    got = sorted(samples(out), key=lambda s: int(s["cls"]))
+    got = sorted(samples(out, "rgb8"), key=lambda s: int(s["cls"]))
     assert [int(s["cls"]) for s in got] == list(range(6))
     images = [np.asarray(s["png"], np.int16) for s in got]
     assert images[0].shape == (32, 32, 3)
