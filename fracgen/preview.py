@@ -8,7 +8,6 @@ perturbation against its neighbour, in colour, so that differences of a few pixe
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 from pathlib import Path
@@ -29,7 +28,8 @@ BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
 ONLY_FIRST = np.array([255, 64, 64], np.uint8)  # lit only in class k
 ONLY_SECOND = np.array([64, 200, 255], np.uint8)  # lit only in class k + 1
-BOTH = np.array([150, 150, 150], np.uint8)
+BOTH = np.array([110, 110, 110], np.uint8)
+MIXED = np.array([255, 220, 64], np.uint8)  # a shrunk cell with pixels only in k and pixels only in k + 1
 _PREVIEW_PURPOSE = 9001
 
 
@@ -109,20 +109,6 @@ def render_base(root: Path, config: dict[str, Any]) -> np.ndarray | None:
     return canvas.image.copy()
 
 
-def _fit(array: np.ndarray, side: int) -> np.ndarray:
-    """Scale an (h, w) or (h, w, 3) image to side x side; shrinking max-pools so single pixels survive."""
-    h = array.shape[0]
-    factor = math.ceil(h / side)
-    if factor > 1:
-        pad = factor * math.ceil(h / factor) - h
-        widths = [(0, pad), (0, pad)] + [(0, 0)] * (array.ndim - 2)
-        padded = np.pad(array, widths)
-        n = padded.shape[0] // factor
-        array = padded.reshape(n, factor, n, factor, *array.shape[2:]).max(axis=(1, 3))
-    mode = "L" if array.ndim == 2 else "RGB"
-    return np.asarray(Image.fromarray(array, mode).resize((side, side), Image.Resampling.NEAREST))
-
-
 def _show(grey: np.ndarray, side: int) -> Image.Image:
     """Grey {0, 127} image -> bright RGB tile.
 
@@ -141,30 +127,57 @@ def _show(grey: np.ndarray, side: int) -> Image.Image:
     return tile.resize((side, side), Image.Resampling.NEAREST).convert("RGB")
 
 
+def _dilate(mask: np.ndarray, radius: int = 1) -> np.ndarray:
+    """Binary dilation by a (2r+1) x (2r+1) square."""
+    n = 2 * radius + 1
+    p = np.pad(mask, radius)
+    h, w = mask.shape
+    return np.logical_or.reduce([p[i : i + h, j : j + w] for i in range(n) for j in range(n)])
+
+
+def _pool_any(mask: np.ndarray, side: int) -> np.ndarray:
+    """(h, h) bool -> (n, n) bool, n <= side: a cell is set when any pixel of its block is (max-pooling)."""
+    h = mask.shape[0]
+    factor = math.ceil(h / side)
+    if factor == 1:
+        return mask
+    pad = factor * math.ceil(h / factor) - h
+    padded = np.pad(mask, ((0, pad), (0, pad)))
+    n = padded.shape[0] // factor
+    return padded.reshape(n, factor, n, factor).any(axis=(1, 3))
+
+
 def _difference(a: np.ndarray, b: np.ndarray, side: int) -> tuple[Image.Image, float]:
-    """Colour map of where a and b differ, and the fraction of pixels that differ.
+    """Colour map of where the shapes of a and b differ, and the fraction of their footprint that differs.
 
-    Pixels lit only in a are red, only in b blue, in both grey. Shrinking max-pools, so no differing pixel
-    disappears; when under 1% of the pixels differ, they are also dilated (3 x 3) first so that a difference of
-    a few pixels is easy to spot in the tile.
+    Each image's footprint is its lit pixels dilated by one pixel (3 x 3). The reference raster pastes a 3 x 3
+    patch with a random on/off mask at every point, drawn anew for each class; the dilation fills those
+    patches, so the view shows where the shape moved rather than mask noise. Footprint only in a is red, only
+    in b blue, in both grey (yellow where a shrunk cell holds both reds and blues). Shrinking max-pools, so no
+    differing pixel disappears; when under 1% of the footprint differs, the differences are dilated two more
+    pixels first, so that a handful of them is easy to spot.
+
+    Args:
+        a, b: (h, h) uint8 grey images of equal size.
+        side: tile side in pixels.
+
+    Returns:
+        The (side, side) RGB tile and the differing fraction of the footprint union, in [0, 1].
     """
-    on_a, on_b = a > 0, b > 0
-    only_a, only_b = on_a & ~on_b, on_b & ~on_a
-    changed = float((only_a | only_b).mean())
-
-    def dilate(mask: np.ndarray) -> np.ndarray:
-        p = np.pad(mask, 1)
-        return np.logical_or.reduce(
-            [p[i : i + mask.shape[0], j : j + mask.shape[1]] for i in range(3) for j in range(3)]
-        )
-
+    fa, fb = _dilate(a > 0), _dilate(b > 0)
+    only_a, only_b = fa & ~fb, fb & ~fa
+    union = int((fa | fb).sum())
+    changed = float((only_a | only_b).sum() / union) if union else 0.0
     if a.shape[0] > side and changed < 0.01:
-        only_a, only_b = dilate(only_a), dilate(only_b)
-    rgb = np.zeros((*a.shape, 3), np.uint8)
-    rgb[on_a & on_b] = BOTH
-    rgb[only_b] = ONLY_SECOND
-    rgb[only_a & ~only_b] = ONLY_FIRST
-    return Image.fromarray(_fit(rgb, side), "RGB"), changed
+        only_a, only_b = _dilate(only_a, 2), _dilate(only_b, 2)
+    pa, pb, pboth = _pool_any(only_a, side), _pool_any(only_b, side), _pool_any(fa & fb, side)
+    rgb = np.zeros((*pa.shape, 3), np.uint8)
+    rgb[pboth] = BOTH
+    rgb[pa] = ONLY_FIRST
+    rgb[pb] = ONLY_SECOND
+    rgb[pa & pb] = MIXED
+    tile = Image.fromarray(rgb, "RGB").resize((side, side), Image.Resampling.NEAREST)
+    return tile, changed
 
 
 def caption(build: dict[str, Any]) -> str:
@@ -223,7 +236,10 @@ def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) 
     diff_rows = math.ceil(len(labels) / diff_columns)
     title_font, small = _font(18), _font(13)
     text = caption(build)
-    legend = "each tile is one class; difference row: red = lit only in class k, blue = only in class k+1, grey = both"
+    legend = (
+        "each tile is one class; difference row (shapes closed by 1 px): red = only in class k, "
+        "blue = only in class k+1, yellow = both kinds nearby, grey = in both"
+    )
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max(probe.textlength(text, font=title_font), probe.textlength(legend, font=small))
     width = max(GAP + base_side + GAP + grid_w, int(text_w) + 2 * GAP)
@@ -250,16 +266,10 @@ def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) 
         tile, changed = _difference(samples[label], samples[nxt], TILE)
         x, y = GAP + (i % diff_columns) * (TILE + GAP), diff_top + (i // diff_columns) * cell_h
         canvas.paste(tile, (x, y))
-        draw.text((x, y + TILE + 2), f"{label} vs {nxt}: {100 * changed:.2f}% px", fill=TEXT, font=small)
+        draw.text((x, y + TILE + 2), f"{label} vs {nxt}: {100 * changed:.2f}% differ", fill=TEXT, font=small)
 
     out = Path(out) if out is not None else root / "preview.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out, format="PNG", optimize=True)
     logger.info("wrote %s (%dx%d)", out, width, height)
     return out
-
-
-def preview_summary(path: Path) -> str:
-    """A JSON line describing a written preview (for logs and the dry-run listing)."""
-    with Image.open(path) as image:
-        return json.dumps({"path": str(path), "width": image.width, "height": image.height})
