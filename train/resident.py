@@ -27,8 +27,10 @@ The recipe is timm's ``create_transform(is_training=True, ...)`` (the released 1
    - Color (saturation) is the identity on grey images; it keeps its slot so the others fire at timm's rate.
 
    Differences from the PIL chain, all deliberate: geometric ops are applied before intensity ops of the
-   same sample whatever their layer order (the image is resampled once; only the fill region's grey level
-   differs when a geometric op follows an intensity op); bicubic uses torch's a = -0.75 kernel (PIL: -0.5);
+   same sample whatever their layer order (the image is resampled once; when a geometric op follows an
+   intensity op, the fill keeps its grey and stays out of the intensity op's histogram, as in PIL, but the
+   histogram is that of the warped image); two geometric layers are one resampling, so the fill edge is
+   sharp where PIL's second resampling blurs it; bicubic uses torch's a = -0.75 kernel (PIL: -0.5);
    downscaling is anti-aliased by a 2x mip level blended trilinearly (``antialias``) instead of PIL's
    support-scaled filter.
 4. Normalisation with ``aug.mean`` / ``aug.std``, expanded to 3 channels.
@@ -82,6 +84,7 @@ RAND_OPS = (
     "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
     "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
 )
+_GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 _RESIDENT_KEYS = ("memory_budget_gb", "split_ranks", "antialias", "load_workers")
 
 
@@ -443,7 +446,7 @@ class DeviceAugment:
             # PIL Image.blend: truncation toward zero, clipped to [0, 255]
             return torch.clamp(torch.trunc(degenerate + factor[:, None] * (v - degenerate)), 0, 255)
 
-        total = hist.sum(1, keepdim=True)
+        total = hist.sum(1, keepdim=True).clamp(min=1)
         nonzero = hist > 0
         lo = nonzero.to(torch.uint8).argmax(1, keepdim=True).double()
         hi = 255 - nonzero.flip(1).to(torch.uint8).argmax(1, keepdim=True).double()
@@ -471,25 +474,44 @@ class DeviceAugment:
         pick("Brightness" if "Brightness" in code else "BrightnessIncreasing", blend(torch.zeros_like(v), factor))
         return lut
 
-    def _intensity(self, x: Tensor, p: BatchParams) -> Tensor:
-        """Apply the point-wise and Sharpness layers in layer order to x (B, 1, S, S) float32 in {0..255}."""
+    def _intensity(self, x: Tensor, p: BatchParams, inside: Tensor) -> Tensor:
+        """Apply the point-wise and Sharpness layers in layer order.
+
+        Args:
+            x: (B, 1, S, S) float32 with integer values 0..255, already geometrically transformed.
+            p: the draws.
+            inside: (B, 1, S, S) bool, False where a RandAugment geometric op filled the pixel.
+
+        Returns:
+            (B, 1, S, S) float32, integer values 0..255.
+
+        In PIL a geometric op of a later layer fills *after* an earlier intensity op; here the image was resampled
+        first, so for such a sample and layer the fill pixels are left out of the histogram and keep the fill.
+        """
         n = x.shape[0]
         levels = self._levels(p.ops, p.magnitude, p.sign)
         sharp_code = self._code.get("Sharpness", self._code.get("SharpnessIncreasing"))
+        geo_codes = [self._code[g] for g in _GEOMETRIC if g in self._code]
+        geometric = torch.isin(p.ops, torch.tensor(geo_codes, device=x.device))  # (B, layers)
+        # later[:, l]: a geometric op comes after layer l
+        later = torch.flip(torch.cumsum(torch.flip(geometric.int(), [1]), 1), [1]) - geometric.int() > 0
         for layer in range(p.ops.shape[1]):
             op = p.ops[:, layer]
+            keep_fill = later[:, layer].view(n, 1, 1, 1) & ~inside  # (B, 1, S, S)
             flat = x.view(n, -1).long()  # (B, S*S) int64: a transient of 8 bytes per pixel
             hist = torch.zeros((n, 256), dtype=torch.int32, device=x.device)
-            hist.scatter_add_(1, flat, torch.ones((), dtype=torch.int32, device=x.device).expand_as(flat))
+            hist.scatter_add_(1, flat, (~keep_fill).view(n, -1).int())
             lut = self._lut(op, levels, layer, hist.double()).float()
-            mapped = lut.gather(1, flat).view_as(x)
-            # Sharpness: PIL's SMOOTH filter (rounded, border copied) blended with the image
-            smooth = torch.floor(F.conv2d(x, self._smooth) + 0.5)
-            degenerate = x.clone()
-            degenerate[:, :, 1:-1, 1:-1] = smooth
-            factor = levels["enhance"][:, layer].float().view(n, 1, 1, 1)
-            sharp = torch.clamp(torch.trunc(degenerate + factor * (x - degenerate)), 0, 255)
-            x = torch.where((op == sharp_code).view(n, 1, 1, 1), sharp, mapped)
+            new = lut.gather(1, flat).view_as(x)
+            if sharp_code is not None:
+                # Sharpness: PIL's SMOOTH filter (rounded, border copied) blended with the image
+                smooth = torch.floor(F.conv2d(x, self._smooth) + 0.5)
+                degenerate = x.clone()
+                degenerate[:, :, 1:-1, 1:-1] = smooth
+                factor = levels["enhance"][:, layer].float().view(n, 1, 1, 1)
+                sharp = torch.clamp(torch.trunc(degenerate + factor * (x - degenerate)), 0, 255)
+                new = torch.where((op == sharp_code).view(n, 1, 1, 1), sharp, new)
+            x = torch.where(keep_fill, x, new)
         return x
 
     # -- the whole op
@@ -528,7 +550,7 @@ class DeviceAugment:
             x = torch.where(inside.unsqueeze(1), x, self.fill)
         x = torch.clamp(torch.round(x), 0, 255)  # PIL holds uint8 between ops
         if r.rand_augment is not None:
-            x = self._intensity(x, p)
+            x = self._intensity(x, p, inside.unsqueeze(1))
         out = (x.expand(n, 3, size, size) / 255.0 - self._mean) / self._std
         if r.re_prob > 0:
             top, left, h, w = p.erase.unbind(1)
@@ -803,7 +825,7 @@ def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_si
         source.draw(0, 0)  # allocate the batch op's transients once, so an OOM shows here and not mid-run
     except torch.OutOfMemoryError:
         per = estimate_batch_bytes(1, probe["height"], probe["width"], recipe.img_size, antialias)
-        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 4 * default_budget(device)
         fit = max(int(free * 0.8) // per, 0)
         source.close()
         raise TrainError(
