@@ -74,7 +74,7 @@ def _scrub(text: str, token: str | None) -> str:
 def stage(
     root: Path | str, workdir: Path, *, license: str = DEFAULT_LICENSE, repo_id: str = "USER/NAME"
 ) -> list[StagedFile]:
-    """The exact files of an upload, with sizes and sha256.
+    """The exact files of an upload, with sizes and sha256 (call it on a verified dataset).
 
     The card is rendered into `workdir/README.md`; the preview is `root/preview.png` when it exists,
     else it is drawn into `workdir/preview.png` (the dataset folder is not touched).
@@ -103,12 +103,16 @@ def stage(
         from fracgen.preview import preview
 
         preview_path = preview(root, out=workdir / "preview.png")
-    sources = [(str(r["filename"]), root / str(r["filename"])) for r in build["shards"]]
-    sources += [
-        (name, root / name) for name in (INFO_JSON, PARAMS_JSON, BUILD_JSON) if (root / name).is_file()
+    # shards: the sizes and digests of build.json, which verify has just checked against the bytes (a
+    # second read of every shard would double the cost for large sets)
+    staged = [
+        StagedFile(str(r["filename"]), root / str(r["filename"]), int(r["bytes"]), str(r["sha256"]))
+        for r in build["shards"]
     ]
-    sources += [("README.md", workdir / "README.md"), ("preview.png", preview_path)]
-    return [StagedFile(name, path, path.stat().st_size, sha256_file(path)) for name, path in sources]
+    others = [(name, root / name) for name in (INFO_JSON, PARAMS_JSON, BUILD_JSON) if (root / name).is_file()]
+    others += [("README.md", workdir / "README.md"), ("preview.png", preview_path)]
+    staged += [StagedFile(name, path, path.stat().st_size, sha256_file(path)) for name, path in others]
+    return staged
 
 
 def _check_card_header(card: str) -> None:
