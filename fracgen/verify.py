@@ -187,6 +187,9 @@ def _check_shard(
         report.add(name, "missing")
         return 0
     actual_bytes = path.stat().st_size
+    for key in ("bytes", "sha256", "num_samples"):
+        if key not in record:
+            report.add(name, f"build.json records no {key} for it")
     if "bytes" in record and actual_bytes != record["bytes"]:
         report.add(name, f"size {actual_bytes} bytes, build.json records {record['bytes']}")
     if "sha256" in record:
