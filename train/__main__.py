@@ -13,6 +13,7 @@ import click
 
 from train.config import load_config
 from train.errors import TrainError
+from train.repro import repro_small
 
 
 def _common(f):
@@ -88,13 +89,7 @@ def finetune(config, out, resume, overrides, **flags) -> None:
     click.echo(f"fine-tuned {m['steps']} steps ({m['checkpoint'] or 'scratch'}): test top-1 {m['top1']:.2f}%")
 
 
-@cli.command("repro-small", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.pass_context
-def repro_small(ctx) -> None:
-    """Pre-train on a default 1p-frac build, fine-tune it and scratch on CIFAR-10 (see train/repro.py)."""
-    from train.repro import main as repro_main
-
-    repro_main(ctx.args)
+cli.add_command(repro_small)
 
 
 def main() -> None:

@@ -195,8 +195,27 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         elif isinstance(value, list):
             kwargs[key] = tuple(value)
         else:
-            kwargs[key] = value
+            kwargs[key] = _coerce(str(sub), value, where + key)
     return cls(**kwargs)
+
+
+def _coerce(kind: str, value: Any, key: str) -> Any:
+    """Numbers YAML read as strings (``1e-3``: YAML 1.1 wants ``1.0e-3``) become numbers; wrong types are errors."""
+    if value is None:
+        return value
+    base = kind.split("|")[0].strip()
+    try:
+        if base == "float" and not isinstance(value, bool):
+            return float(value)
+        if base == "int" and not isinstance(value, bool):
+            if float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if base == "bool" and not isinstance(value, bool):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise TrainError(f"config {key}: expected {kind}, got {value!r}") from None
+    return value
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
