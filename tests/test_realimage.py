@@ -1,0 +1,260 @@
+"""A single real image: loading, Canny edges and the three geometric perturbations, on small synthetic images."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fracgen import realimage as ri
+from fracgen.errors import UsageError
+from fracgen.search import generator
+
+SIZE = 64
+
+
+def square(size=SIZE, lo=16, hi=48, value=200):
+    img = np.zeros((size, size), np.uint8)
+    img[lo:hi, lo:hi] = value
+    return img
+
+
+def photo(size=SIZE, seed=0):
+    """A smooth colour picture with a few shapes: something to warp whose pixels all differ from their neighbours."""
+    rows, cols = np.indices((size, size)) / (size - 1)
+    img = np.stack([255 * cols, 255 * rows, 255 * (1 - cols) * rows], axis=2)
+    img[(rows - 0.4) ** 2 + (cols - 0.6) ** 2 < 0.05] = (250, 40, 40)
+    img[10:30, 8:24] = (20, 200, 90)
+    img += generator(seed, 99).normal(0, 4, img.shape)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+# ---- load_image -------------------------------------------------------------------------------------------
+
+
+def test_load_image_crops_the_centre_square_and_resizes(tmp_path):
+    wide = np.zeros((60, 100, 3), np.uint8)
+    wide[:, :20] = (255, 0, 0)
+    wide[:, 20:80] = (0, 255, 0)
+    wide[:, 80:] = (0, 0, 255)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    img = ri.load_image(tmp_path / "wide.png", 32)
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    assert np.array_equal(np.unique(img.reshape(-1, 3), axis=0), [[0, 255, 0]])  # the side bands are cut off
+
+
+def test_load_image_converts_grey_and_alpha_to_rgb(tmp_path):
+    Image.fromarray(square()).save(tmp_path / "grey.png")
+    img = ri.load_image(tmp_path / "grey.png", SIZE)
+    assert img.shape == (SIZE, SIZE, 3)
+    assert np.array_equal(img[..., 0], square()) and np.array_equal(img[..., 0], img[..., 2])
+    rgba = np.dstack([photo(), np.full((SIZE, SIZE), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    assert np.array_equal(ri.load_image(tmp_path / "alpha.png", SIZE), photo())
+
+
+def test_load_image_reads_a_jpeg(tmp_path):
+    Image.fromarray(photo(128)).save(tmp_path / "p.jpg", quality=95)
+    img = ri.load_image(tmp_path / "p.jpg", SIZE)
+    assert img.shape == (SIZE, SIZE, 3)
+    expected = np.asarray(Image.fromarray(photo(128)).resize((SIZE, SIZE), Image.Resampling.BICUBIC))
+    assert np.abs(img.astype(int) - expected).mean() < 4  # JPEG's loss only
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("notes.txt", b"this is text, not a picture\n", "not an image"),
+    ("cut.png", None, "cannot read"),
+    ("missing.png", False, "no such file"),
+])
+def test_load_image_rejects_what_is_not_an_image(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is None:  # a PNG cut short in its pixel data
+        Image.fromarray(photo()).save(path)
+        path.write_bytes(path.read_bytes()[:200])
+    elif content:
+        path.write_bytes(content)
+    with pytest.raises(UsageError, match=message) as info:
+        ri.load_image(path, SIZE)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_load_image_rejects_a_folder(tmp_path):
+    with pytest.raises(UsageError, match="folder"):
+        ri.load_image(tmp_path, SIZE)
+
+
+# ---- canny --------------------------------------------------------------------------------------------------
+
+
+def test_canny_finds_the_outline_of_a_square_and_nothing_else():
+    edges = ri.canny(square())
+    assert edges.dtype == np.uint8 and set(np.unique(edges)) == {0, 255}
+    on = edges > 0
+    rows, cols = np.indices(on.shape)
+    # distance (chessboard) to the square's boundary, which runs between pixels 15|16 and 47|48
+    inside = np.maximum(np.abs(rows - 31.5), np.abs(cols - 31.5))
+    off_boundary = np.abs(inside - 16)  # 0.5 on the pixels either side of the boundary
+    assert off_boundary[on].max() <= 1.5  # nothing away from the outline
+    ring = off_boundary == 0.5
+    outer_or_inner = ring & (inside > 16), ring & (inside < 16)
+    # one pixel wide: each side of the square is found once, on one of its two candidate pixel lines
+    assert on.sum() <= max(r.sum() for r in outer_or_inner)
+    assert on.sum() >= 0.95 * min(r.sum() for r in outer_or_inner)
+    for line in (on[:, 30], on[30, :]):  # a cut through the middle crosses exactly two edges
+        assert line.sum() == 2
+
+
+def test_canny_is_empty_on_a_flat_image():
+    for value in (0, 90, 255):
+        assert not ri.canny(np.full((SIZE, SIZE), value, np.uint8)).any()
+
+
+def test_canny_ignores_the_image_frame_and_weak_noise():
+    img = square().astype(float) + generator(0, 5).normal(0, 2, (SIZE, SIZE))
+    edges = ri.canny(np.clip(np.rint(img), 0, 255).astype(np.uint8))
+    assert not edges[:8].any() and not edges[-8:].any() and not edges[:, :8].any() and not edges[:, -8:].any()
+    assert np.array_equal(edges[20:44, 20:44], np.zeros((24, 24)))
+
+
+def test_canny_hysteresis_keeps_weak_edges_only_when_connected():
+    apart = np.zeros((SIZE, SIZE), np.uint8)
+    apart[16:48, 8:28] = 200  # strong
+    apart[16:48, 36:56] = 30  # weak: 0.15 of the strongest gradient, between low and high
+    assert ri.canny(apart)[:, 8:28].any() and not ri.canny(apart)[:, 33:].any()
+    assert ri.canny(apart, low=0.1, high=0.12)[:, 33:].any()  # strong enough on its own
+    # one straight edge whose contrast fades from 200 at the top to 24 at the bottom: its faint end (under
+    # 0.2 of the strongest gradient) is kept only because it continues the strong part
+    fading = np.zeros((SIZE, SIZE), np.uint8)
+    fading[:, 32:] = np.rint(np.linspace(200, 24, SIZE))[:, None]
+    edges = ri.canny(fading) > 0
+    assert edges[:, 32].all() and edges.sum() == SIZE
+    strong_only = ri.canny(fading, low=0.2, high=0.2) > 0
+    assert strong_only[:48, 32].all() and not strong_only[60:].any()
+
+
+def test_canny_does_not_depend_on_contrast():
+    assert np.array_equal(ri.canny(square(value=200)), ri.canny(square(value=40)))
+
+
+# ---- prepare ------------------------------------------------------------------------------------------------
+
+
+def test_prepare_shapes_and_values():
+    img = photo()
+    grey = ri.prepare(img, "none", "grey")
+    assert grey.shape == (SIZE, SIZE) and grey.dtype == np.uint8
+    assert np.abs(grey.astype(int) - np.asarray(Image.fromarray(img).convert("L"))).max() <= 1  # Pillow's luma
+    assert np.array_equal(ri.prepare(img, "none", "rgb"), img)
+    edges = ri.prepare(img, "canny", "grey")
+    assert edges.shape == (SIZE, SIZE) and set(np.unique(edges)) == {0, 255}
+    colour_edges = ri.prepare(img, "canny", "rgb")
+    assert colour_edges.shape == (SIZE, SIZE, 3)
+    assert np.array_equal(colour_edges[edges > 0], img[edges > 0]) and not colour_edges[edges == 0].any()
+    assert ri.prepare(square(), "none", "rgb").shape == (SIZE, SIZE, 3)
+    with pytest.raises(ValueError, match="edges"):
+        ri.prepare(img, "sobel", "grey")
+    with pytest.raises(ValueError, match="color"):
+        ri.prepare(img, "none", "hsv")
+
+
+# ---- transforms ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=ri.TRANSFORMS)
+def kind(request):
+    return request.param
+
+
+def test_delta_zero_gives_back_the_input_exactly(kind):
+    for img in (photo(), square(), ri.prepare(photo(), "canny", "grey"), photo()[:40]):
+        params = ri.draw_transform(kind, 0.0, generator(0, 1))
+        out = ri.apply_transform(img, kind, params)
+        assert out.dtype == np.uint8 and np.array_equal(out, img)
+
+
+def test_params_are_json_and_within_bounds(kind):
+    for delta in (0.01, 0.1, 1.0):
+        params = ri.draw_transform(kind, delta, generator(0, 2))
+        assert json.loads(json.dumps(params)) == params and params["kind"] == kind
+        values = np.array(params.get("matrix") or params.get("grid") or params["coefficients"])
+        if kind == "affine":
+            values = values - np.array([[1, 0, 0], [0, 1, 0]])
+        assert values.shape == {"affine": (2, 3), "elastic": (4, 4, 2), "polynomial": (2, 6)}[kind]
+        assert np.abs(values).max() <= delta / 2 and np.abs(values).max() > delta / 20
+
+
+def test_same_rng_state_same_image(kind):
+    a = ri.draw_transform(kind, 0.1, generator(4, 2, 9))
+    assert a == ri.draw_transform(kind, 0.1, generator(4, 2, 9))
+    stored = json.loads(json.dumps(a))  # as params.json would hold it
+    assert np.array_equal(ri.apply_transform(photo(), kind, a), ri.apply_transform(photo(), kind, stored))
+
+
+def test_output_shape_follows_the_input(kind):
+    params = ri.draw_transform(kind, 0.2, generator(0, 3))
+    for img in (photo(), square(), photo()[:, :48]):
+        out = ri.apply_transform(img, kind, params)
+        assert out.shape == img.shape and out.dtype == np.uint8
+
+
+def max_displacement(kind, delta, n=20, shape=(SIZE, SIZE)):
+    rows, cols = np.indices(shape)
+    worst = 0.0
+    for k in range(n):
+        r, c = ri.source_coordinates(kind, ri.draw_transform(kind, delta, generator(0, 6, k)), shape)
+        worst = max(worst, np.abs(r - rows).max(), np.abs(c - cols).max())
+    return worst
+
+
+def test_displacement_bounded_by_delta(kind):
+    # affine: |du| <= Delta/2 (|u| + |v| + 1) <= 3 Delta/2; polynomial: 6 monomials each <= 1 in size; elastic:
+    # a convex combination of offsets <= Delta/2 of the side. Normalised units are (SIZE - 1) / 2 pixels.
+    scale = (SIZE - 1) / 2
+    bound = {"affine": 1.5 * scale, "polynomial": 3 * scale, "elastic": 0.5 * SIZE}[kind]
+    for delta in (0.01, 0.1, 0.5):
+        assert max_displacement(kind, delta) <= bound * delta + 1e-9
+
+
+def test_classes_differ_more_as_delta_grows(kind):
+    img = photo()
+    means = []
+    for delta in (0.01, 0.1, 0.5):
+        outs = [ri.apply_transform(img, kind, ri.draw_transform(kind, delta, generator(0, 8, k))).astype(int)
+                for k in range(6)]
+        diffs = [np.abs(a - b).mean() for a, b in zip(outs, outs[1:], strict=False)]
+        assert min(diffs) > 0  # every class is its own image
+        means.append(np.mean(diffs))
+    assert means[0] < means[1] < means[2]
+    assert means[0] < 5  # Delta = 0.01 moves pixels by well under a pixel
+
+
+def test_affine_translation_and_bilinear_sampling():
+    # a pure shift by 2 pixels right (the output reads 2 pixels to its left) and 0.5 pixel down
+    scale = (SIZE - 1) / 2
+    params = {"kind": "affine", "matrix": [[1, 0, -2 / scale], [0, 1, 0.5 / scale]]}
+    img = photo()
+    out = ri.apply_transform(img, "affine", params).astype(int)
+    expected = (img[:-1].astype(int) + img[1:]) / 2
+    assert np.abs(out[:-1, 2:] - expected[:, :-2]).max() <= 1  # rounding of the mean of two rows
+    assert not out[:, :2].any()  # reads left of the image: 0
+    # the last row reads half a row past the bottom: half its value
+    assert np.abs(out[-1, 2:] - img[-1, :-2] / 2).max() <= 1
+
+
+def test_bilinear_reads_zero_far_outside_and_for_nan():
+    img = photo()
+    rows = np.array([[-5.0, np.nan, 1e300], [0.0, 63.0, 64.0]])
+    cols = np.array([[3.0, 3.0, 3.0], [-np.inf, 63.0, 0.0]])
+    out = ri.bilinear(img, rows, cols)
+    assert out.shape == (2, 3, 3)
+    assert not out[0].any() and not out[1, 0].any() and not out[1, 2].any()
+    assert np.array_equal(out[1, 1], img[63, 63])
+
+
+def test_bad_transform_arguments():
+    with pytest.raises(ValueError, match="transform"):
+        ri.draw_transform("swirl", 0.1, generator(0))
+    with pytest.raises(ValueError, match="delta"):
+        ri.draw_transform("affine", -1.0, generator(0))
+    with pytest.raises(ValueError, match="not 'elastic'"):
+        ri.apply_transform(photo(), "elastic", ri.draw_transform("affine", 0.1, generator(0)))
