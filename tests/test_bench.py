@@ -1,0 +1,55 @@
+"""train/bench.py on CPU with a tiny model: every path measured, one Markdown table, bad options refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from train import bench
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_measures_all_paths(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out, js = tmp_path / "bench.md", tmp_path / "bench.json"
+    rc = bench.main(["--data", str(tiny_dataset), "--img-size", "32", "--batch", "8", "--steps", "2",
+                     "--warmup", "1", "--workers", "0", "--set", "model.kwargs={patch_size: 8, depth: 2}",
+                     "--out", str(out), "--json", str(js)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert table == out.read_text()[: len(table)]
+    assert "vit_tiny_patch16_224 at 32 px, batch 8" in table and "compile off" in table
+    rows = {r["path"]: r for r in json.loads(js.read_text())["rows"]}
+    assert set(rows) == {"model only (random tensors on the device)", "stream loader", "GPU-resident source",
+                         "resident augmentation alone (no model)"}
+    for row in rows.values():
+        assert row["images_per_s"] and row["images_per_s"] > 0, row
+    assert "ResidentSource" in rows["GPU-resident source"]["note"]
+    assert "| model only (random tensors on the device) |" in table and "| 100% |" in table
+
+
+def test_schedule_estimate_and_failed_rows() -> None:
+    rows = [bench.Row("model only (random tensors on the device)", 12_000.0),
+            bench.Row("GPU-resident source", 11_400.0), bench.Row("stream", None, "failed: TrainError: x")]
+    context = dict(device="NVIDIA H100", torch="2", timm="1", model="vit_tiny_patch16_224", img_size=224,
+                   batch=256, amp="bf16", compile=True, steps=50, warmup=10, workers=16, data="d", recipe="r")
+    table = bench.markdown(rows, context)
+    assert "| GPU-resident source | 11,400 | 95% | 90 min |" in table  # 61.44M images / 11,400 per s
+    assert "| stream | - | - | - | failed: TrainError: x |" in table
+
+
+def test_bad_options_are_refused(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--paths", "model,gpu"])
+    assert "unknown ['gpu']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--steps", "0"])

@@ -1,0 +1,306 @@
+"""Pre-training throughput: model alone, streaming loader, GPU-resident source, in one run on one device.
+
+``python -m train.bench --data out/1p-frac`` (``make bench-train``) times the same training step (timm model,
+timm Mixup/CutMix with label smoothing on the device, soft-target cross entropy, AdamW; bf16 autocast and fused
+AdamW on CUDA; optionally ``torch.compile``) fed three ways:
+
+- ``model only``: random tensors already on the device (the ceiling);
+- ``stream``: ``train.data``'s streaming source (webdataset shards, PNG decode and timm transforms in
+  DataLoader workers, copied to the device);
+- ``resident``: ``train.resident`` (images held on the device as uint8, augmented there);
+
+plus ``resident augmentation alone`` (drawing batches without a model: the data path's own ceiling). Each is
+reported in images/s after ``--warmup`` steps that are not timed (compilation, worker start-up, allocator
+warm-up), with its ratio to model only and the time the released schedule (240k steps of 256, about 61M
+samples) would take at that rate. The table is Markdown, headed by the device, versions, model, batch and
+compile setting. Without ``--data`` a small dataset is built into a temporary folder first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RELEASED_STEPS, RELEASED_BATCH = 240_000, 256
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Row:
+    """One measured path."""
+
+    path: str
+    images_per_s: float | None
+    note: str = ""
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """A human name of the device: the GPU's name, or the CPU model and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"CPU {cpu} ({torch.get_num_threads()} torch threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # a CPU-GPU sync point: only around timed regions
+
+
+class Trainer:
+    """The step every path is timed with: mixup on the device, forward/backward under autocast, AdamW.
+
+    Args:
+        cfg: the run config (model, aug, optim, train sections are read).
+        num_classes: classes of the head.
+        device: where to train.
+    """
+
+    def __init__(self, cfg: Any, num_classes: int, device: torch.device) -> None:
+        import timm
+
+        from train.augment import make_criterion, make_mixup
+
+        self.device = device
+        model = timm.create_model(cfg.model.name, num_classes=num_classes, img_size=cfg.model.img_size,
+                                  drop_path_rate=cfg.model.drop_path, **dict(cfg.model.kwargs or {}))
+        self.model = model.to(device).train()
+        cuda = device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
+                                           weight_decay=cfg.optim.weight_decay, fused=cuda)
+        self.mixup = make_mixup(cfg.aug, num_classes)
+        self.criterion = make_criterion(cfg.aug, self.mixup)
+        amp = cfg.train.amp if cuda else "none"
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)) \
+            if amp != "none" else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+
+    def step(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        """One optimizer step on a batch already on the device; no host sync."""
+        if self.mixup is not None:
+            images, targets = self.mixup(images, targets)
+        with self.autocast():
+            loss = self.criterion(self.forward(images), targets)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def _forever(source: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    epoch = 0
+    while True:
+        yield from source.batches(epoch)
+        epoch += 1
+
+
+def time_steps(step: Callable[[torch.Tensor, torch.Tensor], None] | None, batches: Iterator,
+               warmup: int, steps: int, device: torch.device) -> float:
+    """Images per second over ``steps`` steps after ``warmup`` untimed ones (``step`` None: batches alone)."""
+    n = 0
+    for _ in range(warmup):
+        images, targets = next(batches)
+        if step is not None:
+            step(images, targets)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        images, targets = next(batches)
+        if step is not None:
+            step(images, targets)
+        n += images.shape[0]
+    _sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def _random_batches(cfg: Any, num_classes: int, device: torch.device, micro: int) -> Iterator:
+    size = cfg.model.img_size
+    pool = [(torch.randn(micro, 3, size, size, device=device),
+             torch.randint(0, num_classes, (micro,), device=device)) for _ in range(4)]
+    k = 0
+    while True:
+        yield pool[k % len(pool)]
+        k += 1
+
+
+def _build_default(folder: Path, size: int) -> Path:
+    from fracgen.build import BuildConfig, build
+
+    out = folder / "1p-frac-bench"
+    build(BuildConfig(L=64, size=size, points=20_000, seed=0, shard_size=32), out, workers=1)
+    return out
+
+
+def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
+    """Measure every requested path; returns the rows and the context of the table."""
+    from train.config import load_config
+    from train.data import make_source, micro_batch_size, read_info
+
+    device = _device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    values = {"data.path": str(args.data), "model.name": args.model, "model.img_size": args.img_size,
+              "train.batch_size": args.batch, "train.amp": args.amp, "train.compile": args.compile,
+              "train.device": device.type, "data.workers": args.workers}
+    cfg = load_config(args.config, args.set, values)
+    info = read_info(cfg.data.path)
+    num_classes = int(info["num_classes"])
+    micro = micro_batch_size(cfg, 1)
+    trainer = Trainer(cfg, num_classes, device)
+    rows: list[Row] = []
+    paths = args.paths.split(",")
+    if "model" in paths:
+        rate = time_steps(trainer.step, _random_batches(cfg, num_classes, device, micro), args.warmup, args.steps,
+                          device)
+        rows.append(Row("model only (random tensors on the device)", rate))
+    for path in ("stream", "resident"):
+        if path not in paths:
+            continue
+        cfg.data.source = path
+        try:
+            start = time.perf_counter()
+            source = make_source(cfg, device, 0, 1)
+            ready = time.perf_counter() - start
+            kind = type(source).__name__
+            rate = time_steps(trainer.step, _forever(source), args.warmup, args.steps, device)
+            note = f"{kind}, set-up {ready:.1f} s" + (f", {cfg.data.workers} workers" if path == "stream" else "")
+            rows.append(Row(f"{path} loader" if path == "stream" else "GPU-resident source", rate, note))
+            if path == "resident":
+                alone = time_steps(None, _forever(source), args.warmup, args.steps, device)
+                rows.append(Row("resident augmentation alone (no model)", alone, kind))
+            source.close()
+            del source
+        except Exception as e:  # a path that cannot run is a row that says why, not a lost table
+            rows.append(Row(path, None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    import timm
+
+    context = {
+        "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
+        "model": cfg.model.name, "img_size": cfg.model.img_size, "batch": micro,
+        "amp": cfg.train.amp if device.type == "cuda" else "none (CPU)", "compile": bool(cfg.train.compile),
+        "steps": args.steps, "warmup": args.warmup, "workers": cfg.data.workers,
+        "data": f"{cfg.data.path} ({info['splits']['train']['num_samples']} images, {num_classes} classes)",
+        "recipe": f"RandAugment {cfg.aug.auto_augment}, erasing {cfg.aug.re_prob}, mixup {cfg.aug.mixup}/"
+                  f"cutmix {cfg.aug.cutmix}",
+    }
+    return rows, context
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def markdown(rows: list[Row], context: dict[str, Any]) -> str:
+    """The table: one row per path with images/s, ratio to model only and the released schedule's time."""
+    base = next((r.images_per_s for r in rows if r.path.startswith("model only")), None)
+    head = (f"**{context['device']}**, torch {context['torch']}, timm {context['timm']}: {context['model']} at "
+            f"{context['img_size']} px, batch {context['batch']}, amp {context['amp']}, compile "
+            f"{'on' if context['compile'] else 'off'}; {context['steps']} timed steps after {context['warmup']} "
+            f"warm-up; data {context['data']}; {context['recipe']}.")
+    lines = [head, "", "| path | images/s | vs model only | 240k steps x 256 | note |", "|---|---:|---:|---:|---|"]
+    for r in rows:
+        if r.images_per_s is None:
+            lines.append(f"| {r.path} | - | - | - | {r.note} |")
+            continue
+        ratio = f"{r.images_per_s / base:.0%}" if base else "-"
+        full = _duration(RELEASED_STEPS * RELEASED_BATCH / r.images_per_s)
+        lines.append(f"| {r.path} | {r.images_per_s:,.0f} | {ratio} | {full} | {r.note} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, help="fracgen dataset folder (default: build a small one in a temp dir)")
+    p.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=50, help="timed steps per path")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation, workers)")
+    p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16", help="autocast on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="stream DataLoader workers")
+    p.add_argument("--paths", default="model,stream,resident", help="comma list of model, stream, resident")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--config", default="pretrain", help="base config (train/configs/*.yaml or a path)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set model.kwargs='{patch_size: 8}' (repeatable)")
+    p.add_argument("--out", type=Path, help="append the table to this Markdown file")
+    p.add_argument("--json", type=Path, help="write rows and context as JSON")
+    args = p.parse_args(argv)
+    for name in ("batch", "steps", "img_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    unknown = set(args.paths.split(",")) - {"model", "stream", "resident"}
+    if unknown:
+        p.error(f"--paths: unknown {sorted(unknown)} (known: model, stream, resident)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m train.bench``; prints the Markdown table."""
+    from train.errors import TrainError
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.data is None:
+                print(f"building a small dataset (64 images, {min(args.img_size * 2, 512)} px) ...", file=sys.stderr)
+                args.data = _build_default(Path(tmp), min(args.img_size * 2, 512))
+            rows, context = run(args)
+    except TrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = markdown(rows, context)
+    print(table)
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(table + "\n")
+    if args.json:
+        args.json.write_text(json.dumps({"context": context, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
