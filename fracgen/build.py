@@ -114,29 +114,55 @@ class BuildConfig:
     def validate(self) -> None:
         """Raise UsageError naming the first option outside its allowed range."""
         checks = [
-            ("--preset", self.preset in presets.PRESETS,
-             f"must be one of {', '.join(presets.PRESETS)}, got {self.preset!r}"),
+            (
+                "--preset",
+                self.preset in presets.PRESETS,
+                f"must be one of {', '.join(presets.PRESETS)}, got {self.preset!r}",
+            ),
             ("--maps", self.maps >= 1, f"must be >= 1, got {self.maps}"),
-            ("--sigma", math.isfinite(self.sigma) and 0 < self.sigma <= 3 * self.maps,
-             f"must be in (0, {3 * self.maps}] for {self.maps} maps (sigma <= 3N), got {self.sigma}"),
-            ("--delta", math.isfinite(self.delta) and self.delta >= 0, f"must be a number >= 0, got {self.delta}"),
+            (
+                "--sigma",
+                math.isfinite(self.sigma) and 0 < self.sigma <= 3 * self.maps,
+                f"must be in (0, {3 * self.maps}] for {self.maps} maps (sigma <= 3N), got {self.sigma}",
+            ),
+            (
+                "--delta",
+                math.isfinite(self.delta) and self.delta >= 0,
+                f"must be a number >= 0, got {self.delta}",
+            ),
             ("--L", self.L >= 1, f"must be >= 1, got {self.L}"),
             ("--fractals", self.fractals >= 1, f"must be >= 1, got {self.fractals}"),
-            ("--instances", 1 <= self.instances <= (presets.FRACTALDB_GRID if self.preset == "fractaldb" else 1),
-             f"must be in [1, {presets.FRACTALDB_GRID}] for fractaldb and 1 otherwise, got {self.instances}"),
-            ("--perturbation", self.perturbation in perturb_mod.MODES,
-             f"must be one of {', '.join(perturb_mod.MODES)}, got {self.perturbation!r}"),
-            ("--style", self.style in render.STYLES, f"must be one of {', '.join(render.STYLES)}, got {self.style!r}"),
-            ("--size", self.size >= render.MIN_SIZE,
-             f"must be >= {render.MIN_SIZE} to leave the {render.PAD}-pixel margins, got {self.size}"),
+            (
+                "--instances",
+                1 <= self.instances <= (presets.FRACTALDB_GRID if self.preset == "fractaldb" else 1),
+                f"must be in [1, {presets.FRACTALDB_GRID}] for fractaldb and 1 otherwise, got {self.instances}",
+            ),
+            (
+                "--perturbation",
+                self.perturbation in perturb_mod.MODES,
+                f"must be one of {', '.join(perturb_mod.MODES)}, got {self.perturbation!r}",
+            ),
+            (
+                "--style",
+                self.style in render.STYLES,
+                f"must be one of {', '.join(render.STYLES)}, got {self.style!r}",
+            ),
+            (
+                "--size",
+                self.size >= render.MIN_SIZE,
+                f"must be >= {render.MIN_SIZE} to leave the {render.PAD}-pixel margins, got {self.size}",
+            ),
             ("--points", self.points >= 1, f"must be >= 1, got {self.points}"),
             ("--min-fill", 0 <= self.min_fill <= 1, f"must be in [0, 1], got {self.min_fill}"),
             ("--seed", self.seed >= 0, f"must be >= 0, got {self.seed}"),
             ("--shard-size", self.shard_size >= 1, f"must be >= 1, got {self.shard_size}"),
             ("--edges", self.edges in ("canny", "none"), f"must be canny or none, got {self.edges!r}"),
             ("--color", self.color in ("grey", "rgb"), f"must be grey or rgb, got {self.color!r}"),
-            ("--transform", self.transform in ("affine", "elastic", "polynomial"),
-             f"must be affine, elastic or polynomial, got {self.transform!r}"),
+            (
+                "--transform",
+                self.transform in ("affine", "elastic", "polynomial"),
+                f"must be affine, elastic or polynomial, got {self.transform!r}",
+            ),
         ]
         for option, ok, message in checks:
             if not ok:
@@ -162,7 +188,9 @@ class BuildConfig:
             parts += ["--params", "params.json"]
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in relevant and (f.name in ("sigma", "delta", "L", "seed") or value != getattr(defaults, f.name)):
+            if f.name in relevant and (
+                f.name in ("sigma", "delta", "L", "seed") or value != getattr(defaults, f.name)
+            ):
                 parts += [f"--{f.name.replace('_', '-')}", str(value)]
         return shlex.join([*parts, out])
 
@@ -172,7 +200,9 @@ class BuildConfig:
             head = "1p-frac" if self.fractals == 1 else f"{self.fractals}p-frac"
             return f"{head}-sigma{self.sigma}-delta{self.delta}-L{self.L}"
         if self.preset in ("fractaldb", "ofdb"):
-            return f"{self.preset}-{self.fractals}" + (f"-x{self.instances}" if self.preset == "fractaldb" else "")
+            return f"{self.preset}-{self.fractals}" + (
+                f"-x{self.instances}" if self.preset == "fractaldb" else ""
+            )
         if self.preset == "real":
             return f"real-{self.transform}-{self.edges}-{self.color}-delta{self.delta}-L{self.L}"
         return f"{self.preset}-delta{self.delta}-L{self.L}"
@@ -212,7 +242,9 @@ def make_plan(config: BuildConfig, systems: list[System] | None = None, source: 
     if len(systems) != expected:
         raise UsageError(f"--params holds {len(systems)} systems but --fractals is {config.fractals}")
     order = generator(config.seed, ORDER).permutation(config.num_samples)
-    chunks = [sorted(order[i: i + config.shard_size].tolist()) for i in range(0, len(order), config.shard_size)]
+    chunks = [
+        sorted(order[i : i + config.shard_size].tolist()) for i in range(0, len(order), config.shard_size)
+    ]
     return Plan(config=config, systems=systems, shard_samples=chunks, source=source)
 
 
@@ -250,8 +282,15 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
             }
 
     sha256, count, size = shards.write_shard(root, shard, samples())
-    marker = {"shard": shard, "filename": shards.shard_name(shard), "num_samples": count, "sha256": sha256,
-              "bytes": size, "seconds": round(time.perf_counter() - start, 4), "samples": records}
+    marker = {
+        "shard": shard,
+        "filename": shards.shard_name(shard),
+        "num_samples": count,
+        "sha256": sha256,
+        "bytes": size,
+        "seconds": round(time.perf_counter() - start, 4),
+        "samples": records,
+    }
     shards.write_atomic(shards.marker_path(root, shard), shards.dump_json(marker))
     return marker
 
@@ -259,8 +298,12 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
 def versions() -> dict:
     import numba
 
-    return {"fracgen": fracgen.__version__, "python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__}
+    return {
+        "fracgen": fracgen.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+    }
 
 
 def write_metadata(root: Path, plan: Plan, markers: list[dict], timing: dict) -> dict:
@@ -290,7 +333,9 @@ def write_metadata(root: Path, plan: Plan, markers: list[dict], timing: dict) ->
         "timing": timing,
     }
     shards.write_atomic(root / "params.json", shards.dump_json(params))
-    shards.write_atomic(root / "_info.json", shards.dump_json(shards.info_json(name, cfg.num_classes, shard_rows)))
+    shards.write_atomic(
+        root / "_info.json", shards.dump_json(shards.info_json(name, cfg.num_classes, shard_rows))
+    )
     shards.write_atomic(root / "build.json", shards.dump_json(build))
     return build
 
@@ -316,7 +361,9 @@ def inspect_output(root: Path, *, resume: bool, overwrite: bool) -> BuildConfig 
         return stored
     if occupied:
         if not overwrite:
-            raise UsageError(f"output folder {root} is not empty; pass --resume to finish it or --overwrite to replace it")
+            raise UsageError(
+                f"output folder {root} is not empty; pass --resume to finish it or --overwrite to replace it"
+            )
         if stored is None and not (root / "build.json").is_file():
             raise UsageError(f"--overwrite refuses to delete {root}: it is not a fracgen build")
     return None
@@ -374,7 +421,7 @@ def load_systems(path: Path) -> list[System]:
         raise UsageError(f"--params {path}: not valid JSON ({e})") from None
     items = data.get("systems") if isinstance(data, dict) and "systems" in data else [data]
     if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
-        raise UsageError(f"--params {path}: expected a system object or {{\"systems\": [...]}}")
+        raise UsageError(f'--params {path}: expected a system object or {{"systems": [...]}}')
     try:
         return [System.from_json(item) for item in items]
     except UsageError as e:
@@ -387,12 +434,21 @@ def check_systems(systems: list[System], config: BuildConfig) -> None:
     for f, system in enumerate(systems):
         rng = generator(config.seed, CLASS, f, -1 % 2**32)
         masks = draw_masks(rng, config.points)
-        fill = render.render(system.maps, system.probabilities, presets._uniforms(config.seed, f, config.points), masks,
-                             canvas.image, canvas.points, config.style)
+        fill = render.render(
+            system.maps,
+            system.probabilities,
+            presets._uniforms(config.seed, f, config.points),
+            masks,
+            canvas.image,
+            canvas.points,
+            config.style,
+        )
         if fill < 0:
             raise UsageError(f"--params: system {f} diverges (its chaos game leaves the finite numbers)")
         if fill < config.min_fill:
-            raise UsageError(f"--params: system {f} fills {fill:.4f} of the image, under --min-fill {config.min_fill}")
+            raise UsageError(
+                f"--params: system {f} fills {fill:.4f} of the image, under --min-fill {config.min_fill}"
+            )
 
 
 def stored_config(root: str | Path) -> BuildConfig | None:
@@ -440,12 +496,15 @@ def build(
     systems = None
     if stored is not None:
         if config is not None and config != stored:
-            diff = [f"--{k.replace('_', '-')} {v} (stored {stored.to_json()[k]})"
-                    for k, v in config.to_json().items() if stored.to_json()[k] != v]
+            diff = [
+                f"--{k.replace('_', '-')} {v} (stored {stored.to_json()[k]})"
+                for k, v in config.to_json().items()
+                if stored.to_json()[k] != v
+            ]
             raise UsageError(f"options differ from the build being resumed in {root}: {', '.join(diff)}")
         config = stored
         systems_file = root / shards.INTERNAL / "systems.json"
-        if systems_file.is_file():
+        if systems_file.is_file() and config.preset in presets.FRACTAL_PRESETS:
             systems = load_systems(systems_file)
     elif config is None:
         raise UsageError(f"{root} holds no build to resume; give the build's options")
@@ -467,7 +526,9 @@ def build(
     if shard_range is not None:
         i, j = shard_range
         if not 0 <= i < j <= config.num_shards:
-            raise UsageError(f"--shard-range {i}:{j} must satisfy 0 <= i < j <= {config.num_shards} (the shard count)")
+            raise UsageError(
+                f"--shard-range {i}:{j} must satisfy 0 <= i < j <= {config.num_shards} (the shard count)"
+            )
     search_start = time.perf_counter()
     plan = make_plan(config, systems, source=str(source) if source_bytes is not None else "")
     search_seconds = time.perf_counter() - search_start
@@ -476,8 +537,10 @@ def build(
     check_writable(root)
     shards.remove_partials(root)
     shards.write_atomic(root / shards.INTERNAL / "config.json", shards.dump_json(config.to_json()))
-    shards.write_atomic(root / shards.INTERNAL / "systems.json",
-                        shards.dump_json({"systems": [s.to_json() for s in plan.systems]}))
+    shards.write_atomic(
+        root / shards.INTERNAL / "systems.json",
+        shards.dump_json({"systems": [s.to_json() for s in plan.systems]}),
+    )
     if source_bytes is not None and not (root / config.source).is_file():
         shards.write_atomic(root / config.source, source_bytes)
     wanted = range(*shard_range) if shard_range else range(config.num_shards)
@@ -490,8 +553,9 @@ def build(
     job = _ShardJob(plan, root)
     from fracgen.distribute import default_workers, run_shards
 
-    for marker in run_shards(job, todo, [len(plan.shard_samples[s]) for s in todo],
-                             workers or default_workers(), progress):
+    for marker in run_shards(
+        job, todo, [len(plan.shard_samples[s]) for s in todo], workers or default_workers(), progress
+    ):
         markers[marker["shard"]] = marker
     render_seconds = time.perf_counter() - render_start
     images = sum(len(plan.shard_samples[s]) for s in todo)
@@ -507,8 +571,15 @@ def build(
             "workers": workers or default_workers(),
         }
         write_metadata(root, plan, ordered, timing)
-    return BuildResult(root=root, complete=complete, built=todo, skipped=skipped, num_shards=config.num_shards,
-                       seconds=time.perf_counter() - start, images=images)
+    return BuildResult(
+        root=root,
+        complete=complete,
+        built=todo,
+        skipped=skipped,
+        num_shards=config.num_shards,
+        seconds=time.perf_counter() - start,
+        images=images,
+    )
 
 
 def _read_source(path: Path, config: BuildConfig) -> tuple[bytes, BuildConfig]:

@@ -110,3 +110,42 @@ def test_noise_presets_perturb_the_distribution_not_the_draw(tmp_path, preset):
     assert close_gap < gap / 5
     params = json.loads((out / "params.json").read_text())["classes"]
     assert [c["label"] for c in params] == list(range(6)) and all("params" in c for c in params)
+
+
+def photo(tmp_path):
+    """A synthetic 'photo': a bright square and a disc on a dark ground, as JPEG."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (80, 80), (20, 30, 40))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((10, 10, 40, 40), fill=(220, 200, 180))
+    draw.ellipse((45, 35, 75, 70), fill=(90, 200, 90))
+    path = tmp_path / "photo.jpg"
+    image.save(path, quality=95)
+    return path
+
+
+def test_build_real_perturbs_one_image_and_keeps_it(tmp_path):
+    out = tmp_path / "real"
+    result = CliRunner().invoke(cli, ["build-real", str(photo(tmp_path)), str(out), "--L", "8", "--size", "48",
+                                      "--shard-size", "4", "--workers", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (out / "source.jpg").read_bytes() == (tmp_path / "photo.jpg").read_bytes()
+    got = sorted(samples(out), key=lambda s: int(s["cls"]))
+    assert [int(s["cls"]) for s in got] == list(range(8))
+    edges = [s["png"] for s in got]
+    assert all(set(np.unique(e)) <= {0, 255} and e.any() for e in edges)  # Canny edges, grey
+    assert len({e.tobytes() for e in edges}) == 8
+    meta = json.loads((out / "build.json").read_text())
+    assert meta["command"].startswith("fracgen build-real source.jpg")
+    assert meta["config"]["transform"] == "affine" and len(meta["config"]["source_sha256"]) == 64
+    resumed = CliRunner().invoke(cli, ["build", "--resume", str(out), "--no-progress"])
+    assert resumed.exit_code == 0 and "2 already complete" in resumed.output
+
+
+def test_build_real_refuses_a_file_that_is_not_an_image(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a picture")
+    result = CliRunner().invoke(cli, ["build-real", str(text), str(tmp_path / "out")])
+    assert result.exit_code == 2 and "notes.txt" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
