@@ -134,7 +134,8 @@ def test_build_real_perturbs_one_image_and_keeps_it(tmp_path):
     got = sorted(samples(out), key=lambda s: int(s["cls"]))
     assert [int(s["cls"]) for s in got] == list(range(8))
     edges = [s["png"] for s in got]
-    assert all(set(np.unique(e)) <= {0, 255} and e.any() for e in edges)  # Canny edges, grey
+    for e in edges:  # warped Canny edges: grey, sparse, bright
+        assert e.shape == (48, 48) and e.max() > 200 and (e == 0).mean() > 0.5
     assert len({e.tobytes() for e in edges}) == 8
     meta = json.loads((out / "build.json").read_text())
     assert meta["command"].startswith("fracgen build-real source.jpg")
