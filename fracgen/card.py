@@ -42,10 +42,40 @@ def size_category(num_samples: int) -> str:
     return "n>1B"
 
 
+# What each preset is, for the generic card (the 1p-frac card has its own text).
+DESCRIPTIONS = {
+    "1p-frac": "1p-frac (Nakamura et al., ECCV 2024): L perturbations of the parameters of each base fractal, each "
+    "perturbation its own class, one image per class.",
+    "fractaldb": "FractalDB (Kataoka et al., ACCV 2020 / IJCV 2022): C categories, each an iterated function system "
+    "found by the FractalDB search, each with instances from scaled parameters, patch masks and flips.",
+    "ofdb": "OFDB, the one-instance FractalDataBase (Nakamura et al., ICCV 2023): C fractal categories, one image each.",
+    "gaussian-noise": "Gaussian noise baseline of the 1p-frac paper (Table 4): one noise image whose distribution "
+    "parameters are perturbed into L classes that share the same standard draws.",
+    "uniform-noise": "uniform noise baseline of the 1p-frac paper (Table 4): one noise image whose distribution "
+    "parameters are perturbed into L classes that share the same standard draws.",
+    "real": "single real image baseline of the 1p-frac paper (Tables 11-12): one real image whose geometry is "
+    "perturbed into L classes.",
+}
+
+
+def preset_of(build: dict[str, Any]) -> str:
+    """The build's preset; builds from before presets existed are 1p-frac."""
+    return str((build.get("config") or {}).get("preset", "1p-frac"))
+
+
+def relevant_options(preset: str, config: dict[str, Any]) -> set[str]:
+    """The options this preset reads (fracgen.presets.OPTIONS); every recorded option when unknown."""
+    try:
+        from fracgen.presets import OPTIONS
+    except ImportError:  # a checkout without presets: every build is 1p-frac and every option counts
+        return set(config)
+    return set(OPTIONS.get(preset, config))
+
+
 def template_for(build: dict[str, Any]) -> Path:
-    """`1p-frac.md` for a one-fractal build, `generic.md` for anything else."""
+    """`1p-frac.md` for a one-fractal 1p-frac build, `generic.md` for anything else."""
     config = build.get("config") or {}
-    is_1p_frac = config.get("fractals", 1) == 1 and all(k in config for k in ("sigma", "delta", "L"))
+    is_1p_frac = preset_of(build) == "1p-frac" and config.get("fractals", 1) == 1
     return CARDS_DIR / ("1p-frac.md" if is_1p_frac else "generic.md")
 
 
@@ -181,6 +211,23 @@ def card_context(
         pretty = f"1p-frac (sigma {config['sigma']}, Delta {config['delta']}, L {config['L']})"
     else:
         pretty = name
+    preset = preset_of(build)
+    relevant = relevant_options(preset, config)
+
+    def option(key: str, default: str = "?") -> str:
+        if key not in relevant:
+            return f"n/a ({preset})"
+        return str(config.get(key, default))
+
+    tags = ["synthetic"] + (["fractals"] if preset in ("1p-frac", "fractaldb", "ofdb") else [])
+    tags += ["formula-driven", "webdataset", preset]
+    source = str(config.get("source") or "")
+    source_note = (
+        f"The source image `{source}` (sha256 `{config.get('source_sha256', '?')}`) is part of this repo; the "
+        "rebuild command reads it from the output folder."
+        if source
+        else ""
+    )
     context = {
         "license": license,
         "size_category": size_category(num_samples),
@@ -188,19 +235,22 @@ def card_context(
         "title": pretty,
         "name": name,
         "repo_id": repo_id,
+        "tags": "\n".join(f"- {tag}" for tag in dict.fromkeys(tags)),
+        "description": DESCRIPTIONS.get(preset, f"the {preset} preset of fracgen."),
+        "source_note": source_note,
         "num_samples": str(num_samples),
         "num_classes": str(build.get("num_classes", "?")),
         "num_shards": str(len(filenames)),
         "total_size": _human_bytes(sum(int(r.get("bytes", 0)) for r in build["shards"])),
         "shard_pattern": _shard_pattern(filenames),
         "size": str(config.get("size", "?")),
-        "style": str(config.get("style", "?")),
-        "sigma": str(config.get("sigma", "?")),
-        "delta": str(config.get("delta", "?")),
-        "L": str(config.get("L", "?")),
-        "N": str(maps if maps is not None else "?"),
-        "perturbation": str(config.get("perturbation", "not recorded")),
-        "points": str(config.get("points", "?")),
+        "style": option("style"),
+        "sigma": option("sigma"),
+        "delta": option("delta"),
+        "L": option("L"),
+        "N": str(maps) if maps is not None and "maps" in relevant else f"n/a ({preset})",
+        "perturbation": option("perturbation", "not recorded"),
+        "points": option("points"),
         "seed": str(config.get("seed", "?")),
         "build_time": _build_time(build.get("timing") or {}),
         "command": str(command),

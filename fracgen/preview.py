@@ -40,14 +40,28 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _grey(data: bytes) -> np.ndarray:
-    """PNG bytes -> (h, w) uint8 grey values (a palette image is mapped through its palette)."""
+FRACTAL_PRESETS = ("1p-frac", "fractaldb", "ofdb")
+
+
+def _decode(data: bytes) -> np.ndarray:
+    """PNG bytes -> (h, w, 3) uint8 RGB (a palette image is mapped through its palette)."""
     with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("L"))
+        return np.asarray(image.convert("RGB"))
+
+
+def _is_binary(images: list[np.ndarray]) -> bool:
+    """True when every image is grey with at most two levels (the fractal look: background and lit)."""
+    for rgb in images:
+        grey = rgb[..., 0]
+        if not (np.array_equal(grey, rgb[..., 1]) and np.array_equal(grey, rgb[..., 2])):
+            return False
+        if np.unique(grey).size > 2:
+            return False
+    return True
 
 
 def _first_samples(root: Path, build: dict[str, Any], count: int) -> dict[int, np.ndarray]:
-    """Images of labels 0..count-1, reading shards only until all are found."""
+    """RGB images (h, w, 3) of labels 0..count-1, reading shards only until all are found."""
     from fracgen.verify import iter_samples
 
     found: dict[int, np.ndarray] = {}
@@ -61,7 +75,7 @@ def _first_samples(root: Path, build: dict[str, Any], count: int) -> dict[int, n
             except ValueError:
                 continue
             if 0 <= label < count and label not in found and "png" in sample.files:
-                found[label] = _grey(sample.files["png"])
+                found[label] = _decode(sample.files["png"])
         if len(found) == count:
             break
     if not found:
@@ -180,20 +194,46 @@ def _difference(a: np.ndarray, b: np.ndarray, side: int) -> tuple[Image.Image, f
     return tile, changed
 
 
+def _show_photo(rgb: np.ndarray, side: int) -> Image.Image:
+    """A grey-level or colour image (noise, real images) as a tile: box-filtered when shrunk."""
+    image = Image.fromarray(rgb, "RGB")
+    shrink = rgb.shape[0] > side
+    return image.resize((side, side), Image.Resampling.BOX if shrink else Image.Resampling.NEAREST)
+
+
+def _photo_difference(a: np.ndarray, b: np.ndarray, side: int) -> tuple[Image.Image, float, float]:
+    """|a - b| (mean over channels) stretched so its largest value is white.
+
+    Returns:
+        The tile, the mean absolute difference in [0, 255] and the stretch factor applied.
+    """
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).mean(axis=-1)
+    peak = float(diff.max())
+    gain = 255.0 / peak if peak > 0 else 1.0
+    grey = np.clip(diff * gain, 0, 255).astype(np.uint8)
+    heat = np.stack([grey, (grey * 0.8).astype(np.uint8), (grey * 0.3).astype(np.uint8)], axis=-1)
+    return _show_photo(heat, side), float(diff.mean()), gain
+
+
 def caption(build: dict[str, Any]) -> str:
-    """The caption line: preset, sigma, Delta, L, seed, size and map count of the build."""
+    """The caption line: the build's name and the options its preset reads (sigma, Delta, L, seed, size...)."""
+    from fracgen.card import preset_of, relevant_options
+
     config = build.get("config") or {}
+    relevant = relevant_options(preset_of(build), config) | {"seed", "size"}
     parts = [str(build.get("name", "fracgen dataset"))]
     for key, label in (
         ("sigma", "sigma"),
         ("delta", "Delta"),
         ("L", "L"),
+        ("fractals", "C"),
+        ("instances", "instances"),
         ("seed", "seed"),
         ("size", "size"),
     ):
-        if key in config:
+        if key in config and key in relevant:
             parts.append(f"{label}={config[key]}")
-    if "perturbation" in config:
+    if "perturbation" in config and "perturbation" in relevant:
         parts.append(f"{config['perturbation']} perturbation")
     parts.append(f"{build.get('num_samples', '?')} images")
     return "   ".join(parts)
@@ -218,12 +258,28 @@ def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) 
     root = Path(root)
     build = load_build(root)
     config = build.get("config") or {}
-    samples = _first_samples(root, build, count)
-    labels = sorted(samples)
-    base = render_base(root, config)
+    images = _first_samples(root, build, count)
+    labels = sorted(images)
+    binary = _is_binary(list(images.values()))
+    base = (
+        render_base(root, config) if binary and config.get("preset", "1p-frac") in FRACTAL_PRESETS else None
+    )
     base_title = "base fractal (unperturbed)"
     if base is None:
-        base, base_title = samples[labels[0]], f"class {labels[0]} (base not re-rendered)"
+        base, base_title = images[labels[0]][..., 0] if binary else images[labels[0]], f"class {labels[0]}"
+    if binary:
+        samples = {k: v[..., 0] for k, v in images.items()}
+        show = _show
+        legend = (
+            "each tile is one class; difference row (shapes closed by 1 px): red = only in class k, "
+            "blue = only in class k+1, yellow = both kinds nearby, grey = in both"
+        )
+    else:
+        samples = images
+        show = _show_photo
+        legend = (
+            "each tile is one class; difference row: |class k - class k+1|, stretched so the largest is white"
+        )
 
     columns = min(COLUMNS, len(labels))
     rows = math.ceil(len(labels) / columns)
@@ -236,10 +292,6 @@ def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) 
     diff_rows = math.ceil(len(labels) / diff_columns)
     title_font, small = _font(18), _font(13)
     text = caption(build)
-    legend = (
-        "each tile is one class; difference row (shapes closed by 1 px): red = only in class k, "
-        "blue = only in class k+1, yellow = both kinds nearby, grey = in both"
-    )
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max(probe.textlength(text, font=title_font), probe.textlength(legend, font=small))
     width = max(GAP + base_side + GAP + grid_w, int(text_w) + 2 * GAP)
@@ -252,21 +304,26 @@ def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) 
 
     draw.text((GAP, 8), text, fill=TEXT, font=title_font)
     draw.text((GAP, 34), legend, fill=TEXT, font=small)
-    canvas.paste(_show(base, base_side), (GAP, top))
+    canvas.paste(show(base, base_side), (GAP, top))
     draw.text((GAP, top + base_side + 2), base_title, fill=TEXT, font=small)
     x0 = GAP + base_side + GAP
     for i, label in enumerate(labels):
         x, y = x0 + (i % columns) * (TILE + GAP), top + (i // columns) * cell_h
-        canvas.paste(_show(samples[label], TILE), (x, y))
+        canvas.paste(show(samples[label], TILE), (x, y))
         draw.text((x, y + TILE + 2), f"class {label}", fill=TEXT, font=small)
 
     draw.text((GAP, diff_top - 20), "differences from the next class", fill=TEXT, font=small)
     for i, label in enumerate(labels):
         nxt = labels[(i + 1) % len(labels)]
-        tile, changed = _difference(samples[label], samples[nxt], TILE)
+        if binary:
+            tile, changed = _difference(samples[label], samples[nxt], TILE)
+            note = f"{label} vs {nxt}: {100 * changed:.2f}% differ"
+        else:
+            tile, mean_abs, gain = _photo_difference(samples[label], samples[nxt], TILE)
+            note = f"{label} vs {nxt}: mean {mean_abs:.2f}/255, x{gain:.0f}"
         x, y = GAP + (i % diff_columns) * (TILE + GAP), diff_top + (i // diff_columns) * cell_h
         canvas.paste(tile, (x, y))
-        draw.text((x, y + TILE + 2), f"{label} vs {nxt}: {100 * changed:.2f}% differ", fill=TEXT, font=small)
+        draw.text((x, y + TILE + 2), note, fill=TEXT, font=small)
 
     out = Path(out) if out is not None else root / "preview.png"
     out.parent.mkdir(parents=True, exist_ok=True)

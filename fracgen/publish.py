@@ -86,7 +86,8 @@ def stage(
         repo_id: the target repo, named in the card's loading snippets.
 
     Returns:
-        Shards in build.json order, then `_info.json`, `params.json`, `build.json`, `README.md`, `preview.png`.
+        Shards in build.json order, then `_info.json`, `params.json`, `build.json`, the source image of a
+        real-image build, `README.md`, `preview.png`.
     """
     root = Path(root)
     build = load_build(root)
@@ -110,6 +111,9 @@ def stage(
         for r in build["shards"]
     ]
     others = [(name, root / name) for name in (INFO_JSON, PARAMS_JSON, BUILD_JSON) if (root / name).is_file()]
+    source = str((build.get("config") or {}).get("source") or "")
+    if source:  # the real-image preset rebuilds from this file, so it travels with the shards
+        others.append((source, root / source))
     others += [("README.md", workdir / "README.md"), ("preview.png", preview_path)]
     staged += [StagedFile(name, path, path.stat().st_size, sha256_file(path)) for name, path in others]
     return staged

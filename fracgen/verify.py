@@ -319,7 +319,8 @@ def verify(root: Path | str) -> VerifyReport:
     build.json and _info.json; every image decodes to `size` x `size` (build.json `config.size`); every
     `cls` is an integer label in [0, num_classes) equal to the `json` label and to the params.json class;
     every recorded class is present, as often as the others when the total divides evenly; no stray
-    `train-*.tar` sits beside the listed shards (a `train-*.tar` glob would load it).
+    `train-*.tar` sits beside the listed shards (a `train-*.tar` glob would load it); a real-image build's
+    source image is there with its recorded sha256.
 
     Args:
         root: the dataset folder (what `fracgen build` wrote).
@@ -371,10 +372,22 @@ def verify(root: Path | str) -> VerifyReport:
             f"build.json num_samples {build['num_samples']} != sum over shards "
             f"{sum(r.get('num_samples', 0) for r in records)}"
         )
+    source = str(config.get("source") or "")
+    if source:
+        _check_source(report, root, source, config.get("source_sha256"))
     if not report.shard_problems and num_classes:
         _check_label_counts(report, labels, num_classes)
     logger.info(report.summary())
     return report
+
+
+def _check_source(report: VerifyReport, root: Path, source: str, expected: Any) -> None:
+    """The real-image preset's source image: present beside the shards, with the recorded sha256."""
+    path = root / source
+    if Path(source).name != source or not path.is_file():
+        report.dataset_problems.append(f"source image {source} (config.source) is missing")
+    elif expected and sha256_file(path) != expected:
+        report.dataset_problems.append(f"source image {source} does not match config.source_sha256")
 
 
 def _check_label_counts(report: VerifyReport, labels: Counter[int], num_classes: int) -> None:

@@ -85,3 +85,15 @@ def test_unknown_placeholder_is_an_error() -> None:
     assert render_template("a {{x}} b", {"x": "1"}) == "a 1 b"
     with pytest.raises(UsageError, match="tpyo"):
         render_template("{{tpyo}}", {"typo": "1"})
+
+
+def test_noise_preset_gets_the_generic_card(tmp_path: Path) -> None:
+    from fracgen.build import BuildConfig, build
+
+    root = tmp_path / "noise"
+    build(BuildConfig(preset="gaussian-noise", L=4, size=16, shard_size=4, seed=0), root, workers=1)
+    header, body = _split(render_card(root))
+    assert "fractals" not in header["tags"]
+    assert {"synthetic", "formula-driven", "webdataset", "gaussian-noise"} <= set(header["tags"])
+    assert "Gaussian noise baseline" in body
+    assert "| sigma | n/a (gaussian-noise) |" in body and "| Delta (perturbation degree) | 0.1 |" in body

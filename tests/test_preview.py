@@ -73,3 +73,16 @@ def test_bad_count(tiny_dataset: Path) -> None:
         preview(tiny_dataset, count=0)
     result = CliRunner().invoke(preview_command, [str(tiny_dataset), "--count", "99"])
     assert result.exit_code == 2 and "--count" in result.output
+
+
+def test_noise_images_get_an_intensity_difference_view(tmp_path: Path) -> None:
+    from fracgen.build import BuildConfig, build
+
+    root = tmp_path / "noise"
+    build(BuildConfig(preset="uniform-noise", L=4, size=16, shard_size=4, seed=0), root, workers=1)
+    build_json = json.loads((root / "build.json").read_text())
+    assert "sigma" not in caption(build_json) and "Delta=0.1" in caption(build_json)
+    with Image.open(preview(root)) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert _colour_pixels(Image.fromarray(pixels), ONLY_FIRST) == 0  # no binary-shape colours
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # the noise itself is shown, not a white square

@@ -13,6 +13,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -270,3 +271,23 @@ def test_round_trip_through_datasets(tiny_copy: Path, hub: FakeHub, tmp_path: Pa
     for row in ds:
         assert row["png"].size == (size, size)
         assert row["json"]["label"] == int(row["cls"])
+
+
+def test_real_image_source_travels_and_is_verified(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from fracgen.build import BuildConfig, build
+    from fracgen.verify import verify
+
+    source = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(source)
+    root = tmp_path / "real"
+    build(BuildConfig(preset="real", L=3, size=32, shard_size=4, seed=0), root, workers=1, source=source)
+    name = json.loads((root / "build.json").read_text())["config"]["source"]
+    out = tmp_path / "dry"
+    assert publish.push_to_hub(root, "alice/real", dry_run=out) == str(out)
+    listing = json.loads((out / "files.json").read_text())["files"]
+    assert name in [f["path_in_repo"] for f in listing]
+    (root / name).write_bytes(b"not the source")
+    report = verify(root)
+    assert not report.ok and any(name in p for p in report.dataset_problems)
