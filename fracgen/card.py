@@ -126,8 +126,18 @@ def _shard_pattern(filenames: list[str]) -> str:
     return filenames[0] if len(filenames) == 1 else "train-*.tar"
 
 
-def differences(config: dict[str, Any]) -> str:
-    """Markdown list: what this build does where the paper and the released 1p-frac code differ."""
+def differences(config: dict[str, Any], preset: str = "1p-frac") -> str:
+    """Markdown list: what this build does where the paper and the released 1p-frac code differ.
+
+    Only fractal presets render IFS; for the others the list says so. FractalDB and OFDB draw no LIEP
+    perturbation, so their list leaves that item out.
+    """
+    if preset not in ("1p-frac", "fractaldb", "ofdb"):
+        return (
+            f"- The `{preset}` preset renders no fractal, so the differences in the IFS pipeline do not apply. Its "
+            "classes come from perturbed parameters drawn from generators seeded by (seed, class), and every "
+            "class's parameters are saved in `params.json` (the released code saves none)."
+        )
     mode = config.get("perturbation", "multiplicative")
     delta = config.get("delta", "Delta")
     if mode == "multiplicative":
@@ -159,7 +169,7 @@ def differences(config: dict[str, Any]) -> str:
         )
     points = config.get("points", "?")
     items = [
-        perturb,
+        *([perturb] if preset == "1p-frac" else []),
         "**Map probabilities** p_i = |det A_i| / sum_j |det A_j| of the base maps, not recomputed after "
         "perturbation, as the released code computes them.",
         f"**Chaos game**: {points} points from (0, 0), no burn-in, the same map-choice sequence for every class of "
@@ -168,7 +178,9 @@ def differences(config: dict[str, Any]) -> str:
         f"**Image size** {config.get('size', '?')} px (released: 512).",
         f"**sigma target** drawn from U(sigma - {config.get('margin', 0.1)}, sigma + {config.get('margin', 0.1)}) "
         "for the base system, with N = "
-        f"{config.get('maps', 2)} maps sampled as in Anderson & Farrell (released: margin 0.1, N = 2).",
+        f"{config.get('maps', 2)} maps sampled as in Anderson & Farrell (released: margin 0.1, N = 2)."
+        if preset == "1p-frac"
+        else "**Base systems** from the FractalDB search (N ~ U{2..7}, parameters ~ U(-1, 1)), not by sigma-factor.",
         f"**Fill check**: at least {config.get('min_fill', 0.05)} of the pixels lit, else the perturbation is "
         f"drawn again, at most {config.get('max_redraws', '?')} times (released: 5%, no limit, so a bad base "
         "fractal loops forever).",
@@ -224,7 +236,7 @@ def card_context(
     source = str(config.get("source") or "")
     source_note = (
         f"The source image `{source}` (sha256 `{config.get('source_sha256', '?')}`) is part of this repo; the "
-        "rebuild command reads it from the output folder."
+        "rebuild command reads it from the folder it runs in."
         if source
         else ""
     )
@@ -257,7 +269,7 @@ def card_context(
         "fracgen_version": str(versions.get("fracgen", "?")),
         "versions": _table(versions, ("package", "version")) if versions else "not recorded",
         "config_table": _table(config, ("option", "value")) if config else "not recorded",
-        "differences": differences(config),
+        "differences": differences(config, preset),
     }
     return context
 
