@@ -7,7 +7,7 @@ OUT ?= out/1p-frac
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev demo test bench lint pretrain finetune repro-small bench-train clean
+.PHONY: help install install-dev demo publish-dry test bench lint pretrain finetune repro-small bench-train clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ install-dev: $(VENV)/.dev ## Create .venv with the builder, the trainer (torch, 
 demo: install ## Build the default 1p-frac dataset (sigma 3.5, Delta 0.1, L 1000) into $(OUT).
 	$(BIN)/fracgen build --sigma 3.5 --delta 0.1 --L 1000 --overwrite $(OUT)
 	$(BIN)/fracgen verify $(OUT)
+
+publish-dry: install ## List what push-to-hub would send for $(OUT) (REPO=USER/NAME; contacts nothing).
+	$(BIN)/fracgen push-to-hub $(OUT) --repo-id $(or $(REPO),USER/NAME) --dry-run $(OUT)-publish
 
 test: install-dev ## Run the test suite (CPU only, no network).
 	$(BIN)/python -m pytest -q
