@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from fracgen.cli_publish import preview_command
+from fracgen.cli import cli
 from fracgen.errors import UsageError
 from fracgen.preview import ONLY_FIRST, ONLY_SECOND, _difference, caption, preview
 
@@ -18,7 +18,7 @@ def _colour_pixels(image: Image.Image, colour: np.ndarray) -> int:
 
 
 def test_preview_command_writes_the_image(tiny_copy: Path) -> None:
-    result = CliRunner().invoke(preview_command, [str(tiny_copy)])
+    result = CliRunner().invoke(cli, ["preview", str(tiny_copy)])
     assert result.exit_code == 0, result.output
     path = Path(result.output.strip())
     assert path == tiny_copy / "preview.png"
@@ -71,7 +71,7 @@ def test_falls_back_to_class_zero_without_params(tiny_copy: Path, tmp_path: Path
 def test_bad_count(tiny_dataset: Path) -> None:
     with pytest.raises(UsageError, match="count"):
         preview(tiny_dataset, count=0)
-    result = CliRunner().invoke(preview_command, [str(tiny_dataset), "--count", "99"])
+    result = CliRunner().invoke(cli, ["preview", str(tiny_dataset), "--count", "99"])
     assert result.exit_code == 2 and "--count" in result.output
 
 

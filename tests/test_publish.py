@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from hub_server import FakeHub
 
 from fracgen import publish
-from fracgen.cli_publish import push_to_hub_command
+from fracgen.cli import cli
 from fracgen.errors import UsageError
 
 TOKEN = "hf_TestTokenThatMustNeverLeak0123456789"
@@ -60,7 +60,7 @@ def hub() -> Iterator[FakeHub]:
 
 def _push(root: Path, hub_url: str, *extra: str) -> object:
     args = [str(root), "--repo-id", "alice/one-frac", "--endpoint", hub_url, *extra]
-    return CliRunner().invoke(push_to_hub_command, args)
+    return CliRunner().invoke(cli, ["push-to-hub", *args])
 
 
 def _shards(root: Path) -> list[str]:
@@ -177,8 +177,8 @@ def test_token_from_environment(tiny_copy: Path, hub: FakeHub, monkeypatch: pyte
 def test_repo_of_someone_else_is_one_clear_line(tiny_copy: Path, hub: FakeHub) -> None:
     hub.add_repo("bob/frac", owner="bob")
     result = CliRunner().invoke(
-        push_to_hub_command,
-        [str(tiny_copy), "--repo-id", "bob/frac", "--endpoint", hub.url, "--token", TOKEN],
+        cli,
+        ["push-to-hub", str(tiny_copy), "--repo-id", "bob/frac", "--endpoint", hub.url, "--token", TOKEN],
     )
     _assert_one_line_error(result, "'bob'", "--repo-id alice/frac")
     assert hub.files("bob/frac") == {}
@@ -188,8 +188,8 @@ def test_forbidden_by_the_hub_is_one_clear_line(tiny_copy: Path, hub: FakeHub) -
     # whoami says the org is alice's, but the Hub refuses the write (e.g. a read-only token)
     hub.fail("POST", r"^/api/repos/create$", 403)
     result = CliRunner().invoke(
-        push_to_hub_command,
-        [str(tiny_copy), "--repo-id", "fracorg/frac", "--endpoint", hub.url, "--token", TOKEN],
+        cli,
+        ["push-to-hub", str(tiny_copy), "--repo-id", "fracorg/frac", "--endpoint", hub.url, "--token", TOKEN],
     )
     _assert_one_line_error(result, "403", "read-only")
 

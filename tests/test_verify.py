@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fracgen.cli_publish import verify_command
+from fracgen.cli import cli
 from fracgen.errors import UsageError
 from fracgen.verify import verify
 
@@ -21,7 +21,7 @@ def test_sound_dataset_passes(tiny_copy: Path) -> None:
     assert report.ok, report.lines()
     assert report.num_samples == build["num_samples"]
     assert report.num_shards == len(build["shards"])
-    result = CliRunner().invoke(verify_command, [str(tiny_copy)])
+    result = CliRunner().invoke(cli, ["verify", str(tiny_copy)])
     assert result.exit_code == 0, result.output
     assert result.output.count("\n") == 1 and result.output.startswith("OK:")
 
@@ -35,7 +35,7 @@ def test_flipped_byte_names_the_shard(tiny_copy: Path) -> None:
     assert not report.ok
     assert list(report.shard_problems) == [name]
     assert any("sha256" in p for p in report.shard_problems[name])
-    result = CliRunner().invoke(verify_command, [str(tiny_copy)])
+    result = CliRunner().invoke(cli, ["verify", str(tiny_copy)])
     assert result.exit_code == 1
     assert f"{name}: sha256" in result.output
 
