@@ -47,6 +47,7 @@ Options (``cfg.data.resident``, all optional):
     split_ranks: under DDP, rank r holds only every world_size-th sample instead of the whole dataset.
     antialias: keep a 2x box-filtered copy for downscaling crops (default true; +25 % memory).
     load_workers: threads decoding PNGs at start-up (default min(16, cpu count)).
+    prefetch: on CUDA, draw the next batch on a side stream while the model trains (default true).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ RAND_OPS = (
     "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
 )
 _GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-_RESIDENT_KEYS = ("memory_budget_gb", "split_ranks", "antialias", "load_workers")
+_RESIDENT_KEYS = ("memory_budget_gb", "split_ranks", "antialias", "load_workers", "prefetch")
 
 
 # --------------------------------------------------------------------------------------------- recipe
@@ -320,6 +321,12 @@ class DeviceAugment:
         self._smooth = smooth.view(1, 1, 3, 3)
         self._mean = torch.tensor(recipe.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(recipe.std, device=self.device).view(1, 3, 1, 1)
+        # constants made once: a tensor built from a Python list on the hot path is a host-to-device copy, and
+        # PyTorch synchronises the stream after a copy from pageable memory (a CPU-GPU sync point)
+        self._eye6 = torch.tensor([1.0, 0, 0, 0, 1, 0], dtype=torch.float64, device=self.device)
+        self._geo_codes = torch.tensor([self._code[g] for g in _GEOMETRIC if g in self._code] or [-2],
+                                       device=self.device)
+        self._norms: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
 
     # -- draws
 
@@ -360,7 +367,7 @@ class DeviceAugment:
         cos, sin = torch.cos(phi), torch.sin(phi)
         c = size / 2
         rot = torch.stack([cos, sin, c - cos * c - sin * c, -sin, cos, c + sin * c - cos * c], dim=1)
-        eye = torch.tensor([1.0, 0, 0, 0, 1, 0], dtype=torch.float64, device=self.device).expand(n, 6)
+        eye = self._eye6.expand(n, 6)
         zero = torch.zeros_like(lv)
         one = torch.ones_like(lv)
         candidates = {
@@ -419,12 +426,13 @@ class DeviceAugment:
                     if name in self._code:
                         level = torch.where(op == self._code[name], lv[key][:, layer], level)
                 ra = ra @ self._layer_matrix(op, level)  # layer 1 then layer 2: p_in = M1 (M2 p)
-        out_to_px = torch.tensor([[size / 2, 0, size / 2], [0, size / 2, size / 2], [0, 0, 1]],
-                                 dtype=torch.float64, device=dev)
-        src_norm = torch.tensor([[2 / width, 0, -1], [0, 2 / height, -1], [0, 0, 1]], dtype=torch.float64,
-                                device=dev)
-        crop_norm = torch.tensor([[2 / size, 0, -1], [0, 2 / size, -1], [0, 0, 1]], dtype=torch.float64,
-                                 device=dev)
+        if (height, width) not in self._norms:
+            self._norms[(height, width)] = tuple(torch.tensor(m, dtype=torch.float64, device=dev) for m in (
+                [[size / 2, 0, size / 2], [0, size / 2, size / 2], [0, 0, 1]],  # output [-1, 1] -> pixels
+                [[2 / width, 0, -1], [0, 2 / height, -1], [0, 0, 1]],  # source pixels -> [-1, 1]
+                [[2 / size, 0, -1], [0, 2 / size, -1], [0, 0, 1]],  # crop-square pixels -> [-1, 1]
+            ))
+        out_to_px, src_norm, crop_norm = self._norms[(height, width)]
         to_source = src_norm @ crop @ flip @ ra @ out_to_px
         to_crop = crop_norm @ ra @ out_to_px
         return to_source[:, :2].float(), to_crop[:, :2].float()
@@ -491,8 +499,7 @@ class DeviceAugment:
         n = x.shape[0]
         levels = self._levels(p.ops, p.magnitude, p.sign)
         sharp_code = self._code.get("Sharpness", self._code.get("SharpnessIncreasing"))
-        geo_codes = [self._code[g] for g in _GEOMETRIC if g in self._code]
-        geometric = torch.isin(p.ops, torch.tensor(geo_codes, device=x.device))  # (B, layers)
+        geometric = torch.isin(p.ops, self._geo_codes)  # (B, layers)
         # later[:, l]: a geometric op comes after layer l
         later = torch.flip(torch.cumsum(torch.flip(geometric.int(), [1]), 1), [1]) - geometric.int() > 0
         for layer in range(p.ops.shape[1]):
@@ -714,11 +721,13 @@ class ResidentSource:
         rank, world_size: DDP place.
         split_ranks: ``images`` are this rank's share only (sampling stays within it).
         num_samples: samples of the whole dataset (defines the epoch length); default ``len(images)``.
+        prefetch: on CUDA, draw the next batch on a side stream (see ``batches``).
     """
 
     def __init__(self, images: np.ndarray | Tensor, labels: np.ndarray | Tensor, num_classes: int, recipe: Recipe,
                  device: torch.device, *, batch_size: int, accum_steps: int = 1, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, split_ranks: bool = False, num_samples: int | None = None) -> None:
+                 world_size: int = 1, split_ranks: bool = False, num_samples: int | None = None,
+                 prefetch: bool = True) -> None:
         if batch_size % (world_size * accum_steps):
             raise TrainError(f"train.batch_size {batch_size} does not divide into {world_size} ranks x "
                              f"{accum_steps} accumulation steps")
@@ -738,6 +747,7 @@ class ResidentSource:
         total = num_samples if num_samples is not None else len(self.labels)
         self._len = math.ceil(total / batch_size) * accum_steps
         self._gen = torch.Generator(device=self.device)
+        self._stream = torch.cuda.Stream(self.device) if prefetch and self.device.type == "cuda" else None
         self._perm: tuple[int, Tensor] | None = None
 
     def __len__(self) -> int:
@@ -752,7 +762,9 @@ class ResidentSource:
         if self._perm is None or self._perm[0] != epoch:
             parts = (self.seed, epoch, self.rank) if self.split_ranks else (self.seed, epoch)
             self._gen.manual_seed(_seed(*parts))
-            self._perm = (epoch, torch.randperm(len(self.labels), generator=self._gen, device=self.device))
+            # argsort of uniforms: a permutation made on the device by a sort, with no host round trip
+            keys = torch.rand(len(self.labels), generator=self._gen, device=self.device)
+            self._perm = (epoch, torch.argsort(keys))
         return self._perm[1]
 
     def indices(self, epoch: int, index: int) -> Tensor:
@@ -771,9 +783,32 @@ class ResidentSource:
         return images, self.labels.index_select(0, rows)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """Yield micro-batches ``start .. len-1`` of ``epoch`` (see the class docstring)."""
+        """Yield micro-batches ``start .. len-1`` of ``epoch`` (see the class docstring).
+
+        On CUDA with ``prefetch``, batch k + 1 is drawn on a side stream while the caller's stream trains on
+        batch k, so the augmentation kernels can overlap the model's; the batches are the same either way.
+        """
+        if self._stream is None:
+            for index in range(start, self._len):
+                yield self.draw(epoch, index)
+            return
+        main, side = torch.cuda.current_stream(self.device), self._stream
+        side.wait_stream(main)  # the images were uploaded on the main stream
+
+        def produce(index: int) -> tuple[Tensor, Tensor] | None:
+            if index >= self._len:
+                return None
+            with torch.cuda.stream(side):
+                return self.draw(epoch, index)
+
+        ahead = produce(start)
         for index in range(start, self._len):
-            yield self.draw(epoch, index)
+            batch = ahead
+            main.wait_stream(side)  # no host wait: the main stream waits on the GPU for the batch
+            for t in batch:
+                t.record_stream(main)  # the allocator must not reuse it before main is done with it
+            ahead = produce(index + 1)
+            yield batch
 
     def close(self) -> None:
         """Drop the device copies."""
@@ -817,7 +852,7 @@ def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_si
         source = ResidentSource(images, labels, probe["num_classes"], recipe, device,
                                 batch_size=cfg.train.batch_size, accum_steps=cfg.train.accum_steps,
                                 seed=cfg.train.seed, rank=rank, world_size=world_size, split_ranks=split,
-                                num_samples=probe["num_samples"])
+                                num_samples=probe["num_samples"], prefetch=bool(opts.get("prefetch", True)))
     except torch.OutOfMemoryError:
         raise DoesNotFit(f"resident source: out of device memory loading {need / 2**30:.2f} GiB of images on "
                          f"{device}; lower data.resident.memory_budget_gb") from None
