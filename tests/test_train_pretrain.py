@@ -157,3 +157,18 @@ def test_toy_dataset_matches_contract(tmp_path):
     samples = list(iter_samples(urls))
     assert sorted(label for _, label in samples) == [0, 0, 1, 1, 2, 2, 3, 3]
     assert all(img.shape == (32, 32) and set(img.ravel().tolist()) <= {0, 127} for img, _ in samples)
+
+
+def test_ddp_two_ranks_on_cpu(tiny_dataset, tmp_path):
+    """torchrun with 2 CPU ranks (gloo): shards split by rank, no hang, rank 0 writes, a refusal stops both."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           "-m", "train", "pretrain", "--config", "tiny", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"),
+           "--steps", "6", "--batch-size", "8", "--set", "data.source=stream", "--set", "train.log_every=2"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 6
+    assert proc.stdout.count("pre-trained 6 steps") == 1
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert again.returncode != 0
+    assert "already holds a run" in again.stderr

@@ -6,6 +6,7 @@ Every expected failure is a ``TrainError`` printed as ``error: <one line>`` with
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def pretrain(config, out, resume, overrides, **flags) -> None:
 
     cfg = load_config(config or "pretrain", list(overrides), _values(**flags))
     m = run(cfg, out, resume=resume)
+    if os.environ.get("RANK", "0") != "0":
+        return
     if m.get("stopped"):
         click.echo(f"stopped at step {m['steps']} (train.stop_at); continue with --resume --out {out}")
         return
@@ -83,6 +86,8 @@ def finetune(config, out, resume, overrides, **flags) -> None:
 
     cfg = load_config(config or "finetune", list(overrides), _values(**flags))
     m = run(cfg, out, resume=resume)
+    if os.environ.get("RANK", "0") != "0":
+        return
     if m.get("stopped"):
         click.echo(f"stopped at step {m['steps']} (train.stop_at); continue with --resume --out {out}")
         return
@@ -97,7 +102,8 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False, prog_name="python -m train")
     except TrainError as e:
-        click.echo(f"error: {e}", err=True)
+        if os.environ.get("RANK", "0") == "0":  # every rank raises the same one line
+            click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)

@@ -223,18 +223,27 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def start_run_folder(out: Path, cfg: Config, resume: bool, is_main: bool) -> None:
-    """Create (or, on resume, check) the run folder; refuse to mix a new run into an old one."""
-    if not is_main:
-        return
-    status = out / "run.json"
-    if resume:
-        if not (out / STATE_FILE).is_file():
-            raise TrainError(f"--resume: {out} has no {STATE_FILE} to resume from")
-    elif status.exists():
-        raise TrainError(f"run folder {out} already holds a run: pass --resume or another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cfg.to_yaml())
-    write_status(out, "running")
+    """Create (or, on resume, check) the run folder; refuse to mix a new run into an old one.
+
+    Rank 0 decides and tells the others, so that a refusal stops every rank instead of leaving them waiting.
+    """
+    error = ""
+    if is_main:
+        status = out / "run.json"
+        if resume and not (out / STATE_FILE).is_file():
+            error = f"--resume: {out} has no {STATE_FILE} to resume from"
+        elif not resume and status.exists():
+            error = f"run folder {out} already holds a run: pass --resume or another --out"
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(cfg.to_yaml())
+            write_status(out, "running")
+    if dist.is_initialized():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise TrainError(error)
 
 
 def write_status(out: Path, status: str, **extra: Any) -> None:
@@ -462,7 +471,7 @@ def train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, e
                                                "images_per_s": "", "elapsed_s": f"{time.perf_counter() - t_start:.1f}",
                                                "eval_top1": row.get("eval_top1", "")})
     bar.close()
-    final = run_eval() if eval_fn is not None else {}
+    final = run_eval()  # on every rank: it holds a barrier
     if env.is_main and final:
         _append_row(csv_path, fields, {"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": f"{last_loss:.5f}",
                                        "lr": f"{optimizer.param_groups[0]['lr']:.3e}", "images_per_s": "",

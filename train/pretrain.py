@@ -61,7 +61,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
 
     try:
         result = train_loop(cfg, model, source, out, env, total_steps=cfg.train.steps, resume=resume,
-                            eval_fn=eval_fn if eval_loader is not None else None)
+                            eval_fn=eval_fn)
     except (Exception, KeyboardInterrupt) as e:
         if env.is_main:
             write_status(out, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)

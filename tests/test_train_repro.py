@@ -1,0 +1,27 @@
+"""``repro-small --cpu-check``: the GPU script runs end to end at toy scale (no figures asserted)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.repro import repro_small
+
+MINI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg-mini.tar.gz"
+
+
+def test_repro_small_cpu_check(tiny_dataset, tmp_path):
+    if not MINI.is_file():
+        pytest.skip(f"{MINI} not present")
+    torch.set_num_threads(1)
+    out = tmp_path / "repro"
+    repro_small.main(["--cpu-check", "--out", str(out), "--dataset", str(tiny_dataset), "--budgets", "1,2",
+                      "--finetune-seconds", "1", "--variant", "lr:optim.lr=1e-3"], standalone_mode=False)
+    report = json.loads((out / "repro.json").read_text())
+    assert [r["name"] for r in report["runs"]] == ["budget1s", "budget2s", "lr"]
+    assert report["runs"][0]["pretrain_steps"] < report["runs"][1]["pretrain_steps"]
+    assert report["pretrain_rate"] > 0 and report["released_schedule_estimate_min"] > 0
+    assert all(0 <= r["finetune_top1"] <= 100 for r in report["runs"]) and report["scratch_top1"] is not None
+    table = (out / "repro.md").read_text()
+    assert "CPU CHECK" in table and "JPEG" in table and "| lr optim.lr=1e-3 |" in table
