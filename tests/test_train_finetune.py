@@ -87,3 +87,17 @@ def test_finetune_bad_input(cifar_mini, checkpoint, tmp_path):
     with pytest.raises(TrainError, match="probe_blocks=9 but the model has 4 blocks"):
         finetune(ft_cfg(cifar_mini, f"finetune.checkpoint={checkpoint}", "finetune.probe_blocks=9"), tmp_path / "d")
     assert not any((tmp_path / x).exists() for x in "abcd")
+
+
+def test_finetune_reads_webdataset_splits(tmp_path):
+    from train.toy import write_toy_dataset
+
+    root = write_toy_dataset(tmp_path / "wds", num_classes=4, per_class=25, size=32, shard_size=50)
+    test = write_toy_dataset(tmp_path / "wds-test", num_classes=4, per_class=5, size=32, shard_size=50, seed=1)
+    (test / "train-000000.tar").rename(root / "test-000000.tar")
+    info = json.loads((root / "_info.json").read_text())
+    info["splits"]["test"] = {"name": "test", "num_samples": 20, "filenames": ["test-000000.tar"], "shard_lengths": [20]}
+    (root / "_info.json").write_text(json.dumps(info))
+    m = finetune(ft_cfg(root, "train.epochs=3", "train.batch_size=20", "model.img_size=32"), tmp_path / "run")
+    assert m["num_train"] == 100 and m["num_test"] == 20 and m["num_classes"] == 4
+    assert m["steps"] == 15 and m["top1"] >= 0

@@ -172,3 +172,19 @@ def test_ddp_two_ranks_on_cpu(tiny_dataset, tmp_path):
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert again.returncode != 0
     assert "already holds a run" in again.stderr
+
+
+def test_corrupt_png_inside_a_shard_is_named(tmp_path):
+    import webdataset as wds
+
+    from train.toy import write_toy_dataset
+
+    root = write_toy_dataset(tmp_path / "toy", num_classes=4, per_class=4, size=32, shard_size=8)
+    with wds.TarWriter(str(root / "train-000001.tar"), mtime=0) as sink:  # replace shard 1: valid tar, bad png
+        for i in range(8):
+            sink.write({"__key__": f"{100 + i:08d}", "png": b"not a png", "cls": b"1"})
+    cfg = load_config("tiny", ["data.source=stream", "train.steps=4", "train.batch_size=8", "data.eval_path=''",
+                               "model.img_size=32"], {"data.path": str(root)})
+    with pytest.raises(TrainError, match=r"shard .*train-000001.tar: sample 00000100: cannot decode"):
+        pretrain(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"

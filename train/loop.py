@@ -261,10 +261,11 @@ def plot_curves(csv_path: Path, png_path: Path) -> None:
 
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
+    acc = [(int(r["step"]), float(r["eval_top1"])) for r in rows if r.get("eval_top1")]
+    rows = [r for r in rows if r.get("images_per_s")]  # eval-only rows repeat the last loss
     if not rows:
         return
     step = [int(r["step"]) for r in rows]
-    acc = [(int(r["step"]), float(r["eval_top1"])) for r in rows if r.get("eval_top1")]
     fig, axes = plt.subplots(1, 3 if acc else 2, figsize=(12 if acc else 8, 3.2))
     axes[0].plot(step, [float(r["loss"]) for r in rows])
     axes[0].set(xlabel="step", ylabel="train loss")
