@@ -7,7 +7,7 @@ OUT ?= out/1p-frac
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev demo publish-dry test bench lint pretrain finetune repro-small bench-train clean
+.PHONY: help install install-dev demo publish-dry test bench lint pretrain finetune repro-small bench-train sweep clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,21 @@ bench: install ## Builder speed: default build cold and warm, chaos game alone, 
 
 lint: install-dev ## ruff over the packages and tests.
 	$(BIN)/ruff check fracgen train tests benchmarks
+
+pretrain: install-dev ## LPCE pre-training on a fracgen dataset (DATA=$(OUT) RUN=runs/pretrain ARGS=...).
+	$(BIN)/python -m train pretrain --data $(or $(DATA),$(OUT)) --out $(or $(RUN),runs/pretrain) $(ARGS)
+
+finetune: install-dev ## Fine-tune on FT_DATA (default cifar10) from CKPT=...; omit CKPT for the scratch baseline.
+	$(BIN)/python -m train finetune --data $(or $(FT_DATA),cifar10) $(if $(CKPT),--checkpoint $(CKPT)) --out $(or $(RUN),runs/finetune) $(ARGS)
+
+repro-small: install-dev ## GPU: 1p-frac pre-training vs scratch on the JPEG CIFAR-10 copy, for several budgets.
+	$(BIN)/python -m train repro-small --out runs/repro-small $(ARGS)
+
+sweep: install-dev ## Build + pre-train + fine-tune over a grid (SWEEP=sweep-delta | sweep-L | sweep-sigma | a YAML path).
+	$(BIN)/python -m train sweep $(or $(SWEEP),sweep-delta) $(ARGS)
+
+bench-train: install-dev ## Trainer throughput: model only, streaming loader, GPU-resident data (ARGS=...).
+	$(BIN)/python -m train.bench $(ARGS)
 
 clean: ## Remove build outputs and caches (not .venv).
 	rm -rf out runs .cache .pytest_cache .ruff_cache

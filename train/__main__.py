@@ -1,4 +1,4 @@
-"""``python -m train pretrain|finetune|repro-small``: parse, validate, call the functions.
+"""``python -m train pretrain|finetune|repro-small|sweep``: parse, validate, call the functions.
 
 Every expected failure is a ``TrainError`` printed as ``error: <one line>`` with exit status 2.
 """
@@ -15,6 +15,7 @@ import click
 from train.config import load_config
 from train.errors import TrainError
 from train.repro import repro_small
+from train.sweep import sweep
 
 
 def _common(f):
@@ -95,6 +96,7 @@ def finetune(config, out, resume, overrides, **flags) -> None:
 
 
 cli.add_command(repro_small)
+cli.add_command(sweep)
 
 
 def main() -> None:

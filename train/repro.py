@@ -35,7 +35,7 @@ RELEASED_STEPS = 240_000
 RELEASED_BATCH = 256
 
 
-def _unpack(tarball: Path, dest: Path) -> Path:
+def unpack_cifar(tarball: Path, dest: Path) -> Path:
     """Unpack a CIFAR tarball once (a marker file says it is complete); returns the ImageFolder root."""
     if not tarball.is_file():
         raise TrainError(f"CIFAR-10 copy {tarball} not found (expected ../shared/data beside the repo)")
@@ -107,7 +107,7 @@ def repro_small(out: Path, dataset: str | None, cifar: Path | None, budgets: str
         parsed_variants.append((name, [s.strip() for s in sets.split(",") if s.strip()]))
     out.mkdir(parents=True, exist_ok=True)
     cifar = cifar or SHARED / ("cifar10-jpeg-mini.tar.gz" if cpu_check else "cifar10-jpeg.tar.gz")
-    cifar_root = _unpack(cifar, out / "cifar10")
+    cifar_root = unpack_cifar(cifar, out / "cifar10")
     ds = Path(dataset) if dataset else _build_dataset(out, cpu_check, {})
 
     pt_base, ft_base = ("tiny", "tiny-finetune") if cpu_check else ("pretrain", "finetune")

@@ -1,0 +1,75 @@
+"""Sweeps: a toy grid runs end to end on CPU, reruns reuse what is complete, bad grids are one-line errors."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+
+from train.errors import TrainError  # noqa: E402
+from train.sweep import load_sweep, points, run_sweep  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MINI = REPO.parent / "shared" / "data" / "cifar10-jpeg-mini.tar.gz"
+
+
+def spec_file(tmp_path, **changes):
+    spec = yaml.safe_load((REPO / "train" / "configs" / "sweep-cpu.yaml").read_text())
+    spec["finetune"]["data"] = str(MINI)
+    spec["pretrain"]["steps"], spec["finetune"]["steps"] = 8, 4
+    spec.update(changes)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_grid_is_the_cartesian_product(tmp_path):
+    spec = load_sweep(spec_file(tmp_path, grid={"delta": [0.1, 0.2], "L": [4, 8, 16]}))
+    got = points(spec)
+    assert len(got) == 6 and got[0] == {"delta": 0.1, "L": 4} and got[-1] == {"delta": 0.2, "L": 16}
+
+
+@pytest.mark.parametrize("changes,fragment", [
+    ({"grid": {}}, "grid"),
+    ({"grid": {"delta": []}}, "grid"),
+    ({"grid": {"dleta": [0.1]}}, "unknown build option(s) dleta"),
+    ({"pretrain": {"config": "tiny"}}, "pretrain.steps"),
+])
+def test_bad_sweeps_are_refused(tmp_path, changes, fragment):
+    with pytest.raises(TrainError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        load_sweep(spec_file(tmp_path, **changes))
+
+
+def test_empty_grid_is_one_line_on_the_command_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "train", "sweep", str(spec_file(tmp_path, grid={"delta": []})),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "grid" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_toy_sweep_runs_end_to_end_and_reruns_from_its_results(tmp_path):
+    torch.set_num_threads(1)
+    spec = load_sweep(spec_file(tmp_path))
+    out = tmp_path / "sweep"
+    rows = run_sweep(spec, out)
+    assert [r["point"] for r in rows] == ["scratch", "delta0.001", "delta0.1"]
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["delta"] for r in table] == ["", "0.001", "0.1"]
+    assert table[2]["paper"] == "84.2" and table[1]["paper"] == "1.2"
+    for r in table[1:]:
+        assert 0 <= float(r["finetune_top1"]) <= 100 and r["gain_over_scratch"] != ""
+    md = (out / "results.md").read_text()
+    assert "| delta0.1 | 0.1 |" in md and "paper Table 5" in md
+    assert (out / "results.png").stat().st_size > 10_000
+    for name in ("delta0.001", "delta0.1"):
+        assert (out / "datasets" / name / "build.json").is_file()
+        assert (out / "runs" / name / "pretrain" / "model.safetensors").is_file()
+    stamp = (out / "runs" / "delta0.1" / "pretrain" / "metrics.json").stat().st_mtime_ns
+    assert run_sweep(spec, out) == rows  # complete parts are reused, not trained again
+    assert (out / "runs" / "delta0.1" / "pretrain" / "metrics.json").stat().st_mtime_ns == stamp

@@ -1,0 +1,228 @@
+"""``python -m train sweep CONFIG``: a grid of build + pre-train + fine-tune, one results table and a plot.
+
+A sweep YAML names the dataset options to vary (any ``fracgen.build.BuildConfig`` field: ``delta``, ``L``,
+``sigma``, ``style``, ``perturbation``, ``preset``, ...), the options every point shares, and the pre-training
+and fine-tuning budgets in steps (the same for every point, so the points compare like with like):
+
+    name: delta
+    grid: {delta: [0.001, 0.01, 0.05, 0.1, 0.2, 1.0]}   # several keys: their cartesian product
+    build: {L: 1000}
+    pretrain: {config: pretrain, steps: 5000, set: ["train.batch_size=256"]}
+    finetune: {config: finetune, data: ../shared/data/cifar10-jpeg.tar.gz, steps: 2000, set: []}
+    scratch: true                                    # fine-tune from scratch once: the baseline
+    paper: {title: "CIFAR-100, paper Table 5", values: {0.001: 1.2, 0.1: 84.2}}
+
+Every point's dataset, pre-training and fine-tuning go in their own folders under ``--out``; a rerun reuses the
+complete ones (a dataset with ``build.json``, a run with ``metrics.json``), so an interrupted sweep continues.
+Results: ``results.csv``, ``results.md`` and ``results.png`` (fine-tuning top-1 against the varied option,
+the scratch baseline and the paper's figures on their own axis, since the paper's dataset may differ).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import shutil
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from train.errors import TrainError
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+
+
+def load_sweep(name_or_path: str | Path) -> dict[str, Any]:
+    """Read and check a sweep YAML (a path, or a name in ``train/configs/`` such as ``sweep-delta``).
+
+    Raises:
+        TrainError: missing file, bad YAML, an empty grid, or an option BuildConfig does not have.
+    """
+    from fracgen.build import BuildConfig
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise TrainError(f"sweep config {name_or_path} not found")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise TrainError(f"sweep config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    grid = spec.get("grid")
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise TrainError(f"sweep config {path}: 'grid' must map at least one build option to a non-empty list")
+    known = {f.name for f in fields(BuildConfig)}
+    unknown = sorted((set(grid) | set(spec.get("build") or {})) - known)
+    if unknown:
+        raise TrainError(f"sweep config {path}: unknown build option(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(known))})")
+    for stage in ("pretrain", "finetune"):
+        steps = (spec.get(stage) or {}).get("steps")
+        if not isinstance(steps, int) or steps < 1:
+            raise TrainError(f"sweep config {path}: {stage}.steps must be a positive integer (the budget)")
+    if not (spec.get("finetune") or {}).get("data"):
+        raise TrainError(f"sweep config {path}: finetune.data must name the real dataset")
+    spec.setdefault("name", path.stem)
+    spec["_path"] = str(path)
+    return spec
+
+
+def points(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The grid's points in order: the cartesian product of its lists, the first key varying slowest."""
+    keys = list(spec["grid"])
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(spec["grid"][k] for k in keys))]
+
+
+def _label(point: dict[str, Any]) -> str:
+    return "-".join(f"{k}{v}" for k, v in point.items()).replace("/", "_")
+
+
+def _finetune_data(spec: dict[str, Any], out: Path) -> str:
+    from train.repro import unpack_cifar
+
+    data = str(spec["finetune"]["data"])
+    path = Path(data)
+    if data.endswith((".tar.gz", ".tgz")):
+        return str(unpack_cifar(path, out / "finetune-data"))
+    return str(path) if path.exists() else data  # a folder, or a torchvision name
+
+
+def _done(run: Path) -> dict[str, Any] | None:
+    metrics = run / "metrics.json"
+    return json.loads(metrics.read_text()) if metrics.is_file() else None
+
+
+def _fresh(run: Path) -> Path:
+    if run.exists():  # an incomplete run of an earlier sweep: start it again
+        shutil.rmtree(run)
+    return run
+
+
+def run_sweep(spec: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    """Run every point of a sweep (skipping complete parts) and write the results.
+
+    Args:
+        spec: a checked sweep (``load_sweep``).
+        out: the sweep's folder. Relative paths in the spec are taken from the current folder.
+
+    Returns:
+        One row per point (and one for the scratch baseline).
+    """
+    from fracgen.build import BuildConfig, build
+    from train.config import load_config
+    from train.finetune import finetune
+    from train.pretrain import pretrain
+
+    out.mkdir(parents=True, exist_ok=True)
+    ft_data = _finetune_data(spec, out)
+    pt, ft = spec["pretrain"], spec["finetune"]
+
+    def ft_run(name: str, ckpt: Path | None) -> dict[str, Any]:
+        run = out / "runs" / name / "finetune"
+        if (m := _done(run)) is None:
+            cfg = load_config(ft.get("config", "finetune"),
+                              [*ft.get("set", []), "train.epochs=0", f"train.steps={ft['steps']}",
+                               f"finetune.checkpoint={ckpt or 'null'}"], {"data.path": ft_data})
+            m = finetune(cfg, _fresh(run))
+        return m
+
+    rows = []
+    if spec.get("scratch", True):
+        m = ft_run("scratch", None)
+        rows.append({"point": "scratch", **{k: "" for k in spec["grid"]}, "pretrain_top1": "", "chance": "",
+                     "pretrain_loss": "", "finetune_top1": m["top1"]})
+    for point in points(spec):
+        name = _label(point)
+        ds = out / "datasets" / name
+        if not (ds / "build.json").is_file():
+            config = BuildConfig(**{**(spec.get("build") or {}), **point})
+            build(config, ds, resume=ds.exists(), progress=True)
+        run = out / "runs" / name / "pretrain"
+        if (pm := _done(run)) is None:
+            cfg = load_config(pt.get("config", "pretrain"), [*pt.get("set", []), f"train.steps={pt['steps']}"],
+                              {"data.path": str(ds)})
+            pm = pretrain(cfg, _fresh(run))
+        fm = ft_run(name, run / "model.safetensors")
+        rows.append({"point": name, **point, "pretrain_top1": pm["eval_top1"], "chance": round(pm["chance"], 3),
+                     "pretrain_loss": round(pm["final_loss"], 4), "finetune_top1": fm["top1"]})
+    write_results(spec, rows, out)
+    return rows
+
+
+def write_results(spec: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> None:
+    """``results.csv``, ``results.md`` and ``results.png`` (the plot beside the paper's figures)."""
+    paper = spec.get("paper") or {}
+    reference = {str(k): v for k, v in (paper.get("values") or {}).items()}
+    keys = list(spec["grid"])
+    scratch = next((r["finetune_top1"] for r in rows if r["point"] == "scratch"), None)
+    for r in rows:
+        r["gain_over_scratch"] = "" if scratch is None or r["point"] == "scratch" else round(
+            r["finetune_top1"] - scratch, 2)
+        r["paper"] = reference.get(str(r[keys[0]]), "") if len(keys) == 1 and r["point"] != "scratch" else ""
+    columns = ["point", *keys, "pretrain_loss", "pretrain_top1", "chance", "finetune_top1", "gain_over_scratch",
+               "paper"]
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    head = (f"Sweep `{spec['name']}` ({spec['_path']}): pre-training {spec['pretrain']['steps']} steps, "
+            f"fine-tuning {spec['finetune']['steps']} steps on {spec['finetune']['data']}"
+            + (f"; paper column: {paper.get('title', 'the paper')}" if reference else ""))
+    lines = [head, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    _plot(spec, rows, keys, reference, scratch, out / "results.png")
+
+
+def _plot(spec, rows, keys, reference, scratch, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [r for r in rows if r["point"] != "scratch"]
+    numeric = len(keys) == 1 and all(isinstance(r[keys[0]], int | float) for r in pts)
+    xs = [r[keys[0]] for r in pts] if numeric else list(range(len(pts)))
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.plot(xs, [r["finetune_top1"] for r in pts], "o-", label="fine-tuned from each point (this run)")
+    if scratch is not None:
+        ax.axhline(scratch, color="grey", ls=":", label="from scratch (this run)")
+    ax.set_ylabel("fine-tuning top-1 (%)")
+    if numeric:
+        ax.set_xlabel(keys[0])
+        if keys[0] == "delta" or (min(xs) > 0 and max(xs) / min(xs) > 50):
+            ax.set_xscale("log")
+    else:
+        ax.set_xticks(xs, [r["point"] for r in pts], rotation=30, ha="right")
+    if reference and numeric:
+        twin = ax.twinx()
+        ref = [(x, reference[str(x)]) for x in xs if str(x) in reference]
+        twin.plot([x for x, _ in ref], [v for _, v in ref], "s--", color="tab:red",
+                  label=(spec.get("paper") or {}).get("title", "paper"))
+        twin.set_ylabel("paper top-1 (%)", color="tab:red")
+        twin.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"sweep {spec['name']}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@click.command("sweep")
+@click.argument("config")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Sweep folder [default: runs/sweep-NAME].")
+def sweep(config: str, out: Path | None) -> None:
+    """Run the grid of build + pre-train + fine-tune in CONFIG (a YAML path or a name in train/configs/)."""
+    spec = load_sweep(config)
+    out = out or Path("runs") / f"sweep-{spec['name']}"
+    rows = run_sweep(spec, out)
+    click.echo((out / "results.md").read_text())
+    click.echo(f"{len(rows)} rows: {out / 'results.csv'}, {out / 'results.png'}")
