@@ -611,7 +611,7 @@ def _shard_members(path: Path) -> Iterator[tuple[str, bytes, int]]:
                 key, _, ext = base.partition(".")
                 samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
     except (OSError, tarfile.TarError) as e:
-        raise TrainError(f"shard {path}: cannot be read ({e})") from None
+        raise TrainError(f"shard {path}: corrupt tar ({e})") from None
     for key, parts in samples.items():
         if "png" not in parts or "cls" not in parts:
             raise TrainError(f"shard {path}: sample {key!r} lacks png or cls")
