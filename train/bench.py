@@ -182,10 +182,19 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     trainer = Trainer(cfg, num_classes, device)
     rows: list[Row] = []
     paths = args.paths.split(",")
+
+    def peak() -> str:
+        if device.type != "cuda":
+            return ""
+        gib = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+        return f"peak {gib:.1f} GiB"
+
+    peak()
     if "model" in paths:
         rate = time_steps(trainer.step, _random_batches(cfg, num_classes, device, micro), args.warmup, args.steps,
                           device)
-        rows.append(Row("model only (random tensors on the device)", rate))
+        rows.append(Row("model only (random tensors on the device)", rate, peak()))
     for path in ("stream", "resident"):
         if path not in paths:
             continue
@@ -197,6 +206,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
             kind = type(source).__name__
             rate = time_steps(trainer.step, _forever(source), args.warmup, args.steps, device)
             note = f"{kind}, set-up {ready:.1f} s" + (f", {cfg.data.workers} workers" if path == "stream" else "")
+            note = ", ".join(x for x in (note, peak()) if x)
             rows.append(Row(f"{path} loader" if path == "stream" else "GPU-resident source", rate, note))
             if path == "resident":
                 alone = time_steps(None, _forever(source), args.warmup, args.steps, device)
