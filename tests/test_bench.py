@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from timm.data import auto_augment
 
 from train import bench
 
@@ -17,6 +18,27 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _restore_timm_ops():
+    """The bench may patch timm's posterize (Pillow >= 11); keep that from leaking into other tests."""
+    ops, posterize = dict(auto_augment.NAME_TO_OP), auto_augment.posterize
+    yield
+    auto_augment.NAME_TO_OP.clear()
+    auto_augment.NAME_TO_OP.update(ops)
+    auto_augment.posterize = posterize
+
+
+def test_posterize_shim_keeps_zero_bits_black() -> None:
+    from PIL import Image
+
+    installed = bench.posterize_zero_bits_shim()
+    img = Image.new("RGB", (4, 4), (200, 127, 3))
+    op = auto_augment.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10,
+                                hparams={"magnitude_std": 0, "img_mean": (128,) * 3})
+    if installed:  # Pillow >= 11: without the shim this op raises ValueError at magnitude 10
+        assert set(op(img).getdata()) == {(0, 0, 0)}
 
 
 def test_bench_measures_all_paths(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
