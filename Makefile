@@ -56,8 +56,8 @@ repro-small: install-dev ## GPU: 1p-frac pre-training vs scratch on the JPEG CIF
 sweep: install-dev ## Build + pre-train + fine-tune over a grid (SWEEP=sweep-delta | sweep-L | sweep-sigma | a YAML path).
 	$(BIN)/python -m train sweep $(or $(SWEEP),sweep-delta) $(ARGS)
 
-bench-train: install-dev ## Trainer throughput: model only, streaming loader, GPU-resident data (ARGS=...).
-	$(BIN)/python -m train.bench $(ARGS)
+bench-train: install-dev ## Trainer throughput: model only, streaming loader, GPU-resident data (DATA=..., ARGS=...).
+	$(BIN)/python -m train.bench $(if $(DATA),--data $(DATA)) $(ARGS)
 
 clean: ## Remove build outputs and caches (not .venv).
 	rm -rf out runs .cache .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from timm.data import Mixup, create_transform
@@ -26,6 +27,8 @@ def make_train_transform(aug: AugConfig, img_size: int) -> Callable:
         aug: the recipe; a piece is off when its probability is 0 or ``auto_augment`` is null.
         img_size: output side in pixels.
     """
+    if aug.auto_augment:
+        posterize_zero_bits()
     return create_transform(
         input_size=img_size,
         is_training=True,
@@ -42,6 +45,40 @@ def make_train_transform(aug: AugConfig, img_size: int) -> Callable:
         re_prob=aug.re_prob,
         re_mode=aug.re_mode,
     )
+
+
+def posterize_zero_bits() -> bool:
+    """Let timm's PosterizeIncreasing keep 0 bits (an all-black image, as Pillow < 11 did) if Pillow refuses.
+
+    rand-m9-mstd0.5-inc1 asks for posterize(bits=0) whenever the magnitude draw clips at 10; Pillow 11+ raises
+    ValueError there, about once in a few hundred images, which ends a streaming run in its first batches.
+    ``make_train_transform`` installs it before building the transform (timm binds the op function then), so
+    DataLoader workers inherit it.
+
+    Returns:
+        True when the shim was installed.
+    """
+    from PIL import Image, ImageOps
+    from timm.data import auto_augment
+
+    try:
+        ImageOps.posterize(Image.new("L", (1, 1)), 0)
+        return False
+    except ValueError:
+        pass
+    original = auto_augment.posterize
+    if getattr(original, "_zero_bits_black", False):
+        return True
+
+    def posterize(img: Any, bits_to_keep: int, **kwargs: Any) -> Any:
+        return img.point(lambda _: 0) if bits_to_keep <= 0 else original(img, bits_to_keep, **kwargs)
+
+    posterize._zero_bits_black = True
+    auto_augment.posterize = posterize
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        if name in auto_augment.NAME_TO_OP:
+            auto_augment.NAME_TO_OP[name] = posterize
+    return True
 
 
 def make_eval_transform(aug: AugConfig, img_size: int) -> Callable:

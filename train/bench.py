@@ -66,40 +66,6 @@ def device_name(device: torch.device) -> str:
     return f"CPU {cpu} ({torch.get_num_threads()} torch threads)"
 
 
-def posterize_zero_bits_shim() -> bool:
-    """Let timm's PosterizeIncreasing keep 0 bits (an all-black image, as Pillow < 11 did) if Pillow refuses.
-
-    rand-m9-mstd0.5-inc1 asks for posterize(bits=0) whenever the magnitude draw clips at 10; Pillow 11+ raises
-    ValueError there, about once in a few hundred images, which ends a streaming run in its first batches.
-    Until ``train.augment`` carries a fix this keeps the bench's stream row measurable. Must run before the
-    transform is built (timm binds the op function then); DataLoader workers fork after it.
-
-    Returns:
-        True when the shim was installed.
-    """
-    from PIL import Image, ImageOps
-    from timm.data import auto_augment
-
-    try:
-        ImageOps.posterize(Image.new("L", (1, 1)), 0)
-        return False
-    except ValueError:
-        pass
-    original = auto_augment.posterize
-    if getattr(original, "_zero_bits_black", False):
-        return True
-
-    def posterize(img: Any, bits_to_keep: int, **kwargs: Any) -> Any:
-        return img.point(lambda _: 0) if bits_to_keep <= 0 else original(img, bits_to_keep, **kwargs)
-
-    posterize._zero_bits_black = True
-    auto_augment.posterize = posterize
-    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
-        if name in auto_augment.NAME_TO_OP:
-            auto_augment.NAME_TO_OP[name] = posterize
-    return True
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # a CPU-GPU sync point: only around timed regions
@@ -210,7 +176,6 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
               "train.batch_size": args.batch, "train.amp": args.amp, "train.compile": args.compile,
               "train.device": device.type, "data.workers": args.workers}
     cfg = load_config(args.config, args.set, values)
-    shim = posterize_zero_bits_shim()
     info = read_info(cfg.data.path)
     num_classes = int(info["num_classes"])
     micro = micro_batch_size(cfg, 1)
@@ -241,8 +206,6 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
             kind = type(source).__name__
             rate = time_steps(trainer.step, _forever(source), args.warmup, args.steps, device)
             note = f"{kind}, set-up {ready:.1f} s" + (f", {cfg.data.workers} workers" if path == "stream" else "")
-            if path == "stream" and shim:
-                note += ", Pillow posterize(0) shim"
             note = ", ".join(x for x in (note, peak()) if x)
             rows.append(Row(f"{path} loader" if path == "stream" else "GPU-resident source", rate, note))
             if path == "resident":
