@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,16 @@ def tiny_copy(tiny_dataset, tmp_path) -> Path:
     dst = tmp_path / "ds"
     shutil.copytree(tiny_dataset, dst)
     return dst
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Torch tests run on one thread: two threads on a loaded 2-core machine can be 70x slower."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

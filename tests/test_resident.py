@@ -39,14 +39,6 @@ K = 4.0  # tolerance in standard errors (see the module docstring)
 RECIPE_RA = "rand-m9-mstd0.5-inc1"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def dataset(tiny_dataset: Path) -> Path:
     """The builder's tiny dataset (conftest): 16 classes of 64 px, 2 shards of 8."""

@@ -20,11 +20,6 @@ from train.pretrain import pretrain
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def tiny_cfg(data: Path, *overrides: str, **values):
     return load_config("tiny", list(overrides), {"data.path": str(data), **values})
 

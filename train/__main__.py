@@ -64,15 +64,9 @@ def pretrain(config, out, resume, overrides, **flags) -> None:
     """LPCE pre-training on a fracgen dataset (default config: the released recipe)."""
     from train.pretrain import pretrain as run
 
-    cfg = load_config(config or "pretrain", list(overrides), _values(**flags))
-    m = run(cfg, out, resume=resume)
-    if os.environ.get("RANK", "0") != "0":
-        return
-    if m.get("stopped"):
-        click.echo(f"stopped at step {m['steps']} (train.stop_at); continue with --resume --out {out}")
-        return
-    click.echo(f"pre-trained {m['steps']} steps: loss {m['final_loss']:.3f}, top-1 on its {m['num_classes']} "
-               f"classes {m['eval_top1']}% (chance {m['chance']:.1f}%); {out}/model.safetensors")
+    m = run(load_config(config or "pretrain", list(overrides), _values(**flags)), out, resume=resume)
+    _report(m, out, lambda: f"pre-trained {m['steps']} steps: loss {m['final_loss']:.3f}, top-1 on its "
+            f"{m['num_classes']} classes {m['eval_top1']}% (chance {m['chance']:.1f}%); {out}/model.safetensors")
 
 
 @cli.command()
@@ -85,14 +79,19 @@ def finetune(config, out, resume, overrides, **flags) -> None:
     """Fine-tune or probe on real images (default config: the released fine-tuning recipe)."""
     from train.finetune import finetune as run
 
-    cfg = load_config(config or "finetune", list(overrides), _values(**flags))
-    m = run(cfg, out, resume=resume)
+    m = run(load_config(config or "finetune", list(overrides), _values(**flags)), out, resume=resume)
+    _report(m, out, lambda: f"fine-tuned {m['steps']} steps ({m['checkpoint'] or 'scratch'}): "
+            f"test top-1 {m['top1']:.2f}%")
+
+
+def _report(metrics: dict, out: Path, summary) -> None:
+    """One line from rank 0: the run's summary, or how to continue a run stopped by train.stop_at."""
     if os.environ.get("RANK", "0") != "0":
         return
-    if m.get("stopped"):
-        click.echo(f"stopped at step {m['steps']} (train.stop_at); continue with --resume --out {out}")
-        return
-    click.echo(f"fine-tuned {m['steps']} steps ({m['checkpoint'] or 'scratch'}): test top-1 {m['top1']:.2f}%")
+    if metrics.get("stopped"):
+        click.echo(f"stopped at step {metrics['steps']} (train.stop_at); continue with --resume --out {out}")
+    else:
+        click.echo(summary())
 
 
 cli.add_command(repro_small)
