@@ -353,18 +353,17 @@ def inspect_output(root: Path, *, resume: bool, overwrite: bool) -> BuildConfig 
         raise UsageError("--resume and --overwrite contradict each other; pass one")
     if root.exists() and not root.is_dir():
         raise UsageError(f"output {root} exists and is not a folder")
-    stored = stored_config(root)
-    occupied = root.exists() and any(root.iterdir())
+    # a folder holding only the internal folder is a build another shard range is just starting
+    occupied = root.exists() and any(p.name != shards.INTERNAL for p in root.iterdir())
     if resume:
+        stored = stored_config(root)
         if stored is None and occupied:
             raise UsageError(f"{root} holds no fracgen build to resume (no {shards.INTERNAL}/config.json)")
         return stored
     if occupied:
         if not overwrite:
-            raise UsageError(
-                f"output folder {root} is not empty; pass --resume to finish it or --overwrite to replace it"
-            )
-        if stored is None and not (root / "build.json").is_file():
+            raise UsageError(f"output folder {root} is not empty; pass --resume to finish it or --overwrite to replace it")
+        if not ((root / shards.INTERNAL / "config.json").is_file() or (root / "build.json").is_file()):
             raise UsageError(f"--overwrite refuses to delete {root}: it is not a fracgen build")
     return None
 
@@ -381,7 +380,7 @@ def check_writable(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
         (root / shards.INTERNAL / "stats").mkdir(parents=True, exist_ok=True)
-        probe = root / shards.INTERNAL / ("probe" + shards.TMP_SUFFIX)
+        probe = shards.tmp_path(root / shards.INTERNAL / "probe")
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
@@ -454,7 +453,14 @@ def check_systems(systems: list[System], config: BuildConfig) -> None:
 def stored_config(root: str | Path) -> BuildConfig | None:
     """The options of the build in ``root``, or None when it holds none."""
     path = Path(root) / shards.INTERNAL / "config.json"
-    return BuildConfig.from_json(json.loads(path.read_text())) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        config = BuildConfig.from_json(json.loads(path.read_text()))
+        config.validate()
+    except (OSError, ValueError, TypeError, UsageError) as e:
+        raise UsageError(f"{path} is damaged ({e}); rebuild with --overwrite") from None
+    return config
 
 
 def build(
@@ -535,7 +541,6 @@ def build(
     if overwrite:
         clear_output(root)
     check_writable(root)
-    shards.remove_partials(root)
     shards.write_atomic(root / shards.INTERNAL / "config.json", shards.dump_json(config.to_json()))
     shards.write_atomic(
         root / shards.INTERNAL / "systems.json",
@@ -547,6 +552,7 @@ def build(
     markers = {s: m for s in range(config.num_shards) if (m := shards.read_marker(root, s)) is not None}
     todo = [s for s in wanted if s not in markers]
     skipped = [s for s in wanted if s in markers]
+    shards.remove_partials(root, todo if shard_range else None)
     if todo:
         (root / "build.json").unlink(missing_ok=True)  # the build is incomplete until every shard is
     render_start = time.perf_counter()

@@ -40,10 +40,28 @@ class _Group(click.Group):
         return rv
 
 
-def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"must be a finite number, got {value}")
-    return value
+class _Number(click.ParamType):
+    """A finite float, optionally within [lo, hi]; its error names the allowed values."""
+
+    name = "number"
+
+    def __init__(self, lo: float | None = None, hi: float | None = None):
+        self.lo, self.hi = lo, hi
+
+    def describe(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"a number in [{self.lo:g}, {self.hi:g}]"
+        return f"a number >= {self.lo:g}" if self.lo is not None else "a finite number"
+
+    def convert(self, value, param, ctx) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or (self.lo is not None and number < self.lo) or (
+                self.hi is not None and number > self.hi):
+            self.fail(f"must be {self.describe()}, got {value!r}", param, ctx)
+        return number
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -54,15 +72,14 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-_sigma = click.option("--sigma", type=float, default=3.5, show_default=True, callback=_finite,
+_sigma = click.option("--sigma", type=_Number(), default=3.5, show_default=True,
                       help="Target sigma-factor, 0 < sigma <= 3 x maps (small = complex shapes).")
 _maps = click.option("--maps", "maps", type=click.IntRange(min=1), default=2, show_default=True,
                      help="Affine maps N per system.")
 _seed = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every draw.")
-_margin = click.option("--margin", type=click.FloatRange(min=0), default=0.1, show_default=True, callback=_finite,
+_margin = click.option("--margin", type=_Number(0), default=0.1, show_default=True,
                        help="The target is drawn from U(sigma - margin, sigma + margin), as in the released code.")
-_min_fill = click.option("--min-fill", type=click.FloatRange(0, 1), default=0.05, show_default=True,
-                         callback=_finite, help="Lit fraction every render must reach.")
+_min_fill = click.option("--min-fill", type=_Number(0, 1), default=0.05, show_default=True, help="Lit fraction every render must reach.")
 _size = click.option("--size", type=click.IntRange(min=render.MIN_SIZE), default=512, show_default=True,
                      help=f"Image side in pixels (>= {render.MIN_SIZE} for the margins).")
 _points = click.option("--points", type=click.IntRange(min=1), default=100_000, show_default=True,
@@ -134,7 +151,7 @@ def _operational(f):
     return f
 
 
-_delta = click.option("--delta", type=click.FloatRange(min=0), default=0.1, show_default=True, callback=_finite,
+_delta = click.option("--delta", type=_Number(0), default=0.1, show_default=True,
                       help="Perturbation degree Delta >= 0.")
 _L = click.option("--L", "L", type=click.IntRange(min=1), default=1000, show_default=True,
                   help="Perturbation classes (per fractal for 1p-frac).")
@@ -160,7 +177,7 @@ _shard_size = click.option("--shard-size", type=click.IntRange(min=1), default=1
 @_style
 @_size
 @_points
-@click.option("--min-fill", type=click.FloatRange(0, 1), default=None, callback=_finite,
+@click.option("--min-fill", type=_Number(0, 1), default=None,
               help="Lit fraction every render must reach [default: 0.05; fractaldb and ofdb 0.2].")
 @_margin
 @_seed
@@ -210,16 +227,21 @@ def _run_build(ctx: click.Context, out: Path, options: dict, params: Path | None
     from fracgen.build import BuildConfig, build, stored_config
 
     run = {k: options.pop(k) for k in ("workers", "resume", "overwrite", "shard_range", "no_progress")}
-    given = {k: v for k, v in options.items()
-             if k != "preset" and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
-    preset = options["preset"]
-    extra = sorted(set(given) - OPTIONS[preset] - {"preset"})
+    explicit = {k for k in options if k in ctx.params
+                and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    stored = stored_config(out) if run["resume"] else None
+    if stored is not None and "preset" in explicit and options["preset"] != stored.preset:
+        raise UsageError(f"--preset {options['preset']} differs from the build being resumed in {out} "
+                         f"({stored.preset})")
+    preset = stored.preset if stored is not None else options["preset"]
+    given = {k: options[k] for k in explicit - {"preset"}}
+    extra = sorted(set(given) - OPTIONS[preset])
     if extra:
         names = ", ".join("--" + k.replace("_", "-") for k in extra)
         raise UsageError(f"--preset {preset} takes no {names}: it does not use them")
     if params is not None and preset not in FRACTAL_PRESETS:
         raise UsageError(f"--preset {preset} takes no --params: it has no fractal systems")
-    if run["resume"] and (stored := stored_config(out)) is not None:
+    if stored is not None:
         config = BuildConfig(**{**stored.to_json(), **given}) if given else None
     else:
         if preset == "1p-frac":
@@ -235,8 +257,6 @@ def _run_build(ctx: click.Context, out: Path, options: dict, params: Path | None
         click.echo(f"built shards {result.built} of {out} ({result.images} images, {rate:.0f} images/s); "
                    f"the build is incomplete: finish it with `fracgen build --resume {out}`")
 
-
-REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 _dataset_dir = click.argument(
     "root", type=click.Path(exists=True, file_okay=False, dir_okay=True, path_type=Path)
@@ -332,7 +352,7 @@ def push_to_hub_command(
     license_: str,
 ) -> None:
     """Verify ROOT, then upload it with its card and preview to a Hub dataset repo in one commit."""
-    from fracgen.publish import push_to_hub
+    from fracgen.publish import REPO_ID_RE, push_to_hub
 
     if not REPO_ID_RE.match(repo_id):
         raise click.BadParameter(

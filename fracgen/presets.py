@@ -124,11 +124,8 @@ def render_fill(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks
     if n < 2:
         canvas.image[:] = 0
         return 0.0
-    if style == "reference":
-        lit = render.raster_reference(canvas.points[:n], masks[:n], canvas.image)
-    else:
-        lit = render.raster_points(canvas.points[:n], canvas.image)
-    return lit / canvas.image.size
+    return render.raster(canvas.points[:n], masks[:n] if masks is not None else None, canvas.image, style) / \
+        canvas.image.size
 
 
 def _one_p_frac(plan, label: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:

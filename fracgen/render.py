@@ -182,11 +182,12 @@ def render(
     """
     if not chaos_game(maps, np.cumsum(probs), uniforms, points):
         return -1.0
-    if style == "reference":
-        lit = raster_reference(points, masks, image)
-    else:
-        lit = raster_points(points, image)
-    return lit / image.size
+    return raster(points, masks, image, style) / image.size
+
+
+def raster(points: np.ndarray, masks: np.ndarray | None, image: np.ndarray, style: str) -> int:
+    """Rasterise finite points in a style; returns the number of lit pixels."""
+    return raster_reference(points, masks, image) if style == "reference" else raster_points(points, image)
 
 
 class Canvas:

@@ -70,25 +70,21 @@ class System:
         if maps.ndim != 2 or maps.shape[1] != 6 or len(maps) < 1 or not np.all(np.isfinite(maps)):
             raise UsageError(f"'maps' must be N >= 1 rows of 6 finite numbers, got shape {maps.shape}")
         probs = data.get("probabilities")
-        probs = ifs.probabilities(maps) if probs is None else np.asarray(probs, dtype=np.float64)
+        try:
+            probs = ifs.probabilities(maps) if probs is None else np.asarray(probs, dtype=np.float64)
+        except (TypeError, ValueError):
+            probs = np.array([-1.0])
         if probs.shape != (len(maps),) or np.any(probs < 0) or not np.isclose(probs.sum(), 1.0):
             raise UsageError("'probabilities' must be one non-negative number per map, summing to 1")
         known = {"maps", "probabilities", "sigma", "fill", "attempts"}
-        return cls(
-            maps=maps,
-            probabilities=probs,
-            sigma=float(data.get("sigma", ifs.sigma_factor(maps))),
-            fill=float(data.get("fill", float("nan"))),
-            attempts=int(data.get("attempts", 1)),
-            extra={k: v for k, v in data.items() if k not in known},
-        )
-
-
-def measure_fill(
-    maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks: np.ndarray, canvas: render.Canvas, style: str
-) -> float:
-    """Render into the canvas and return the fill, or -1.0 if the chaos game diverged."""
-    return render.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
+        values = {}
+        for key, kind, default in (("sigma", float, ifs.sigma_factor(maps)), ("fill", float, float("nan")),
+                                   ("attempts", int, 1)):
+            try:
+                values[key] = kind(data.get(key, default))
+            except (TypeError, ValueError):
+                raise UsageError(f"'{key}' must be a number, got {data.get(key)!r}") from None
+        return cls(maps=maps, probabilities=probs, extra={k: v for k, v in data.items() if k not in known}, **values)
 
 
 def search(
@@ -131,7 +127,7 @@ def search(
     for attempt in range(1, max_attempts + 1):
         m, drawn = ifs.sample_system(maps, sigma, rng, margin)
         p = ifs.probabilities(m)
-        fill = measure_fill(m, p, uniforms, draw_masks(rng, points), canvas, style)
+        fill = render.render(m, p, uniforms, draw_masks(rng, points), canvas.image, canvas.points, style)
         best = max(best, fill)
         if fill >= min_fill:
             return System(maps=m, probabilities=p, sigma=drawn, fill=fill, attempts=attempt)

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 from fracgen.errors import FracgenError
 
 SHARD_PATTERN = "train-{shard:06d}.tar"
-TMP_SUFFIX = ".tmp"
+TMP_SUFFIX = ".tmp"  # temporary files are NAME.tmp-HOST-PID: builds of other shard ranges may share the folder
 INTERNAL = ".fracgen"
 MTIME = 0  # every tar entry gets this mtime, so the bytes do not depend on when they were built
 
@@ -51,9 +52,14 @@ def dump_json(data: object) -> bytes:
     return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
 
 
+def tmp_path(path: Path) -> Path:
+    """This process's temporary name for ``path`` (unique across the machines sharing a folder)."""
+    return path.with_name(f"{path.name}{TMP_SUFFIX}-{socket.gethostname()}-{os.getpid()}")
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write a file under a temporary name and rename it, so readers never see half of it."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = tmp_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -84,7 +90,7 @@ def write_shard(root: Path, shard: int, samples: Iterable[dict]) -> tuple[str, i
         FracgenError: the disk is full or the folder cannot be written; the partial tar is removed.
     """
     final = root / shard_name(shard)
-    tmp = final.with_name(final.name + TMP_SUFFIX)
+    tmp = tmp_path(final)
     count = 0
     digest = hashlib.sha256()
     try:
@@ -149,13 +155,22 @@ def read_marker(root: Path, shard: int) -> dict | None:
     return marker
 
 
-def remove_partials(root: Path) -> list[Path]:
-    """Delete temporary files left by an interrupted build; returns what was removed."""
-    removed = []
-    for path in list(root.glob("*" + TMP_SUFFIX)) + list((root / INTERNAL).rglob("*" + TMP_SUFFIX)):
+def remove_partials(root: Path, shard_ids: Iterable[int] | None = None) -> list[Path]:
+    """Delete temporary files left by an interrupted build; returns what was removed.
+
+    Args:
+        root: dataset folder.
+        shard_ids: only the partial tars and markers of these shards (the ones this call builds), so a build
+            of another shard range writing into the same folder keeps its own; None: every temporary file.
+    """
+    if shard_ids is None:
+        found = list(root.glob(f"*{TMP_SUFFIX}*")) + list((root / INTERNAL).rglob(f"*{TMP_SUFFIX}*"))
+    else:
+        found = [p for s in shard_ids for p in [*root.glob(f"{shard_name(s)}{TMP_SUFFIX}*"),
+                                                 *marker_path(root, s).parent.glob(f"{s:06d}.json{TMP_SUFFIX}*")]]
+    for path in found:
         path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
+    return found
 
 
 def info_json(name: str, num_classes: int, shards: list[dict]) -> dict:

@@ -7,7 +7,6 @@ label twice (`cls` and `json`). `verify` re-reads every byte and reports each sh
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -22,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from fracgen.errors import UsageError
+from fracgen.shards import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,6 @@ BUILD_JSON = "build.json"
 INFO_JSON = "_info.json"
 PARAMS_JSON = "params.json"
 KEY_RE = re.compile(r"^\d{8}$")
-_CHUNK = 1 << 20
 
 
 @dataclass
@@ -127,15 +126,6 @@ def load_build(root: Path | str) -> dict[str, Any]:
     if not isinstance(build, dict) or not isinstance(build.get("shards"), list):
         raise UsageError(f"{root / BUILD_JSON} has no 'shards' list")
     return build
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def iter_samples(path: Path) -> Iterator[Sample]:
@@ -312,6 +302,22 @@ def _recorded_classes(report: VerifyReport, root: Path) -> dict[int, dict[str, A
     return {}
 
 
+def _check_config(report: VerifyReport, config: dict[str, Any]) -> None:
+    """build.json's config must be a complete, valid build configuration (the card and a rebuild need it)."""
+    from dataclasses import fields
+
+    from fracgen.build import BuildConfig
+
+    missing = sorted({f.name for f in fields(BuildConfig)} - {"min_fill", "instances"} - set(config))
+    if missing:
+        report.dataset_problems.append(f"{BUILD_JSON} config lacks {', '.join(missing)}")
+        return
+    try:
+        BuildConfig.from_json(config).validate()
+    except (TypeError, ValueError, UsageError) as err:
+        report.dataset_problems.append(f"{BUILD_JSON} config is invalid ({err})")
+
+
 def verify(root: Path | str) -> VerifyReport:
     """Re-read every shard of a dataset and check it against `build.json`, `_info.json` and `params.json`.
 
@@ -340,6 +346,7 @@ def verify(root: Path | str) -> VerifyReport:
     except (KeyError, TypeError) as err:
         raise UsageError(f"{root / BUILD_JSON}: every shard needs a filename ({err})") from err
     config = build.get("config") or {}
+    _check_config(report, config)
     size = config.get("size")
     num_classes = build.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 1:

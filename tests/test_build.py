@@ -172,6 +172,21 @@ def test_shard_ranges_then_resume_equal_one_build(tiny_dataset, tmp_path):
     assert files(out) == files(tiny_dataset)
 
 
+def test_a_shard_range_leaves_other_builds_partial_files_alone(tiny_dataset, tmp_path):
+    out = tmp_path / "shared"
+    build(CFG, out, workers=1, shard_range=(1, 2))
+    theirs = out / "train-000000.tar.tmp-otherhost-4242"  # shard 0, still being written elsewhere
+    theirs.write_bytes(b"half a tar")
+    stale = out / "train-000001.tar.tmp-otherhost-99"  # this range's shard, from a crashed run
+    stale.write_bytes(b"junk")
+    (out / "train-000001.tar").unlink()
+    build(CFG, out, workers=1, resume=True, shard_range=(1, 2))
+    assert theirs.exists() and not stale.exists()
+    build(CFG, out, workers=1, resume=True, shard_range=(0, 1))
+    assert not theirs.exists()
+    assert files(out) == files(tiny_dataset)
+
+
 def test_resume_rebuilds_a_corrupted_shard(tiny_copy):
     tar = tiny_copy / "train-000000.tar"
     good = tar.read_bytes()

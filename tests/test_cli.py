@@ -29,14 +29,16 @@ def one_line_error(result, *fragments):
     (["--sigma", "0"], ["--sigma", "(0, 6]"]),
     (["--sigma", "6.5"], ["--sigma", "(0, 6]"]),
     (["--sigma", "9.5", "--maps", "3"], ["--sigma", "(0, 9]"]),
-    (["--delta", "-0.1"], ["--delta", ">=0"]),
-    (["--delta", "nan"], ["--delta", "finite"]),
-    (["--delta", "lots"], ["--delta", "not a valid float"]),
+    (["--delta", "-0.1"], ["--delta", "a number >= 0"]),
+    (["--delta", "nan"], ["--delta", "a number >= 0", "'nan'"]),
+    (["--delta", "lots"], ["--delta", "a number >= 0", "'lots'"]),
+    (["--sigma", "inf"], ["--sigma", "a finite number"]),
+    (["--margin", "-1"], ["--margin", "a number >= 0"]),
     (["--L", "0"], ["--L", ">=1"]),
     (["--points", "0"], ["--points", ">=1"]),
     (["--size", "12"], ["--size", ">=16"]),
     (["--perturbation", "gaussian"], ["--perturbation", "multiplicative", "additive"]),
-    (["--min-fill", "1.5"], ["--min-fill"]),
+    (["--min-fill", "1.5"], ["--min-fill", "a number in [0, 1]"]),
     (["--shard-range", "3:1"], ["--shard-range", "0 <= i < j"]),
 ])
 def test_bad_options(tmp_path, args, fragments):
@@ -76,6 +78,9 @@ def test_shard_range_leaves_an_incomplete_build_that_resume_finishes(tmp_path):
     ('{"systems": []}', "expected a system"),
     ('{"maps": [[0.5, 0, 0, 0.5, 0, 0]], "probabilities": [0.3]}', "summing to 1"),
     ('{"maps": [[3, 0, 0, 3, 1, 1], [2.5, 0.1, 0, 2.5, -1, 0]]}', "diverges"),
+    ('{"maps": [[0.5, 0, 0, 0.5, 1, 1], [0.5, 0, 0, 0.5, 0, 0]], "probabilities": "x"}', "'probabilities'"),
+    ('{"maps": [[0.5, 0, 0, 0.5, 1, 1], [0.5, 0, 0, 0.5, 0, 0]], "sigma": "x"}', "'sigma' must be a number"),
+    ('{"maps": [[0.5, 0, 0, 0.5, 1, 1], [0.5, 0, 0, 0.5, 0, 0]], "attempts": "x"}', "'attempts' must be"),
 ])
 def test_bad_params_file(tmp_path, content, fragment):
     params = tmp_path / "p.json"
@@ -122,3 +127,13 @@ def test_search_prints_and_writes_params(tmp_path):
 def test_search_that_cannot_succeed_says_what_to_change():
     one_line_error(run("search", "--sigma", "0.5", "--max-attempts", "5", "--size", "64", "--points", "2000"),
                    "--min-fill", "5 attempts")
+
+
+@pytest.mark.parametrize("content", ["{broken", '{"L": "x"}'])
+def test_damaged_stored_config_is_one_line_on_resume(tmp_path, content):
+    out = tmp_path / "out"
+    assert run("build", *TINY_ARGS, out).exit_code == 0
+    (out / ".fracgen" / "config.json").write_text(content)
+    one_line_error(run("build", "--resume", out), "damaged", "--overwrite")
+    assert (out / "build.json").is_file()
+    assert run("build", *TINY_ARGS, "--overwrite", out).exit_code == 0

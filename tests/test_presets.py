@@ -150,3 +150,16 @@ def test_build_real_refuses_a_file_that_is_not_an_image(tmp_path):
     result = CliRunner().invoke(cli, ["build-real", str(text), str(tmp_path / "out")])
     assert result.exit_code == 2 and "notes.txt" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_checks_options_against_the_stored_preset(tmp_path):
+    out = tmp_path / "fdb"
+    build(BuildConfig(preset="fractaldb", fractals=2, instances=4, **SMALL), out, workers=1)
+    runner = CliRunner()
+    changed = runner.invoke(cli, ["build", "--resume", "--preset", "ofdb", str(out)])
+    assert changed.exit_code == 2 and "differs from the build being resumed" in changed.output
+    more = runner.invoke(cli, ["build", "--resume", "--instances", "8", str(out)])  # a fractaldb option
+    assert more.exit_code == 2 and "--instances 8 (stored 4)" in more.output
+    same = runner.invoke(cli, ["build", "--resume", "--preset", "fractaldb", str(out)])
+    assert same.exit_code == 0, same.output
+    assert json.loads((out / "build.json").read_text())["config"]["preset"] == "fractaldb"

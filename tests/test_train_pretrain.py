@@ -169,7 +169,8 @@ def test_ddp_two_ranks_on_cpu(tiny_dataset, tmp_path):
     assert "already holds a run" in again.stderr
 
 
-def test_corrupt_png_inside_a_shard_is_named(tmp_path):
+@pytest.mark.parametrize("source", ["stream", "resident"])
+def test_corrupt_png_inside_a_shard_is_named(tmp_path, source):
     import webdataset as wds
 
     from train.toy import write_toy_dataset
@@ -178,8 +179,11 @@ def test_corrupt_png_inside_a_shard_is_named(tmp_path):
     with wds.TarWriter(str(root / "train-000001.tar"), mtime=0) as sink:  # replace shard 1: valid tar, bad png
         for i in range(8):
             sink.write({"__key__": f"{100 + i:08d}", "png": b"not a png", "cls": b"1"})
-    cfg = load_config("tiny", ["data.source=stream", "train.steps=4", "train.batch_size=8", "data.eval_path=''",
-                               "model.img_size=32"], {"data.path": str(root)})
+    cfg = load_config("tiny", [f"data.source={source}", "train.steps=4", "train.batch_size=8",
+                               "data.eval_path=''", "model.img_size=32"], {"data.path": str(root)})
     with pytest.raises(TrainError, match=r"shard .*train-000001.tar: sample 00000100: cannot decode"):
         pretrain(cfg, tmp_path / "run")
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+    if source == "stream":  # the stream meets it mid-run; the resident source reads everything before the run
+        assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+    else:
+        assert not (tmp_path / "run").exists()

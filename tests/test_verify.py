@@ -92,3 +92,11 @@ def test_incomplete_build_is_a_usage_error(tiny_copy: Path) -> None:
     (tiny_copy / "build.json").unlink()
     with pytest.raises(UsageError, match="incomplete"):
         verify(tiny_copy)
+
+
+def test_a_build_json_without_its_config_fails(tiny_copy: Path) -> None:
+    build = json.loads((tiny_copy / "build.json").read_text())
+    del build["config"]["sigma"]
+    (tiny_copy / "build.json").write_text(json.dumps(build))
+    result = CliRunner().invoke(cli, ["verify", str(tiny_copy)])
+    assert result.exit_code != 0 and "config lacks sigma" in result.output

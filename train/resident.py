@@ -599,8 +599,8 @@ def _read_info(root: Path) -> dict[str, Any]:
         raise TrainError(f"{root / '_info.json'}: not a fracgen _info.json ({e.__class__.__name__}: {e})") from None
 
 
-def _shard_members(path: Path) -> Iterator[tuple[str, bytes, int]]:
-    """(key, png bytes, label) of every sample of one shard, in tar order."""
+def _shard_members(path: Path) -> Iterator[tuple[str, bytes, int, Path]]:
+    """(key, png bytes, label, shard path) of every sample of one shard, in tar order."""
     samples: dict[str, dict[str, bytes]] = {}
     try:
         with tarfile.open(path) as tar:
@@ -615,13 +615,25 @@ def _shard_members(path: Path) -> Iterator[tuple[str, bytes, int]]:
     for key, parts in samples.items():
         if "png" not in parts or "cls" not in parts:
             raise TrainError(f"shard {path}: sample {key!r} lacks png or cls")
-        yield key, parts["png"], int(parts["cls"])
+        try:
+            label = int(parts["cls"])
+        except ValueError:
+            raise TrainError(f"shard {path}: sample {key}: cls {parts['cls'][:20]!r} is not an integer") from None
+        yield key, parts["png"], label, path
 
 
-def _decode(png: bytes) -> np.ndarray:
-    """PNG bytes -> (H, W) uint8 grey (a 1-bit palette image decodes to {0, 127})."""
-    with Image.open(io.BytesIO(png)) as im:
-        return np.asarray(im.convert("L"))
+def _decode(member: tuple[str, bytes, int, Path]) -> np.ndarray:
+    """A member's PNG -> (H, W) uint8 grey (a 1-bit palette image decodes to {0, 127}).
+
+    Raises:
+        TrainError: naming the shard and the sample, when the PNG does not decode.
+    """
+    key, png, _, path = member
+    try:
+        with Image.open(io.BytesIO(png)) as im:
+            return np.asarray(im.convert("L"))
+    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for damaged files
+        raise TrainError(f"shard {path}: sample {key}: cannot decode its png ({e})") from None
 
 
 def probe_dataset(root: str | Path) -> dict[str, Any]:
@@ -633,7 +645,7 @@ def probe_dataset(root: str | Path) -> dict[str, Any]:
     first = next(_shard_members(root / info["filenames"][0]), None)
     if first is None:
         raise TrainError(f"shard {root / info['filenames'][0]}: empty")
-    height, width = _decode(first[1]).shape
+    height, width = _decode(first).shape
     return {**info, "height": height, "width": width}
 
 
@@ -663,7 +675,7 @@ def load_images(root: str | Path, *, rank: int = 0, world_size: int = 1, split_r
         raise TrainError(f"{root}: no samples for rank {rank} of {world_size}")
     workers = workers or min(16, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        arrays = list(pool.map(_decode, (m[1] for m in members), chunksize=64))
+        arrays = list(pool.map(_decode, members, chunksize=64))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise TrainError(f"{root}: images of different sizes {sorted(shapes)[:3]}; the resident source needs one size")
