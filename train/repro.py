@@ -75,8 +75,9 @@ def _steps(seconds: float, rate: float, batch: int) -> int:
 @click.option("--dataset", default=None, help="A fracgen dataset folder (default: build the default 1p-frac).")
 @click.option("--cifar", type=click.Path(path_type=Path), default=None,
               help="CIFAR-10 JPEG tarball (default: ../shared/data/cifar10-jpeg.tar.gz, mini with --cpu-check).")
-@click.option("--budgets", default="100,200", show_default=True, help="Pre-training budgets in seconds.")
-@click.option("--finetune-seconds", type=click.FloatRange(min=1), default=100, show_default=True)
+# The defaults fit one 10-minute GPU call: 80 s scratch + (60 + 80) + (150 + 80) s, plus calibration and data.
+@click.option("--budgets", default="60,150", show_default=True, help="Pre-training budgets in seconds.")
+@click.option("--finetune-seconds", type=click.FloatRange(min=1), default=80, show_default=True)
 @click.option("--pretrain-img-size", type=click.IntRange(min=16), default=None, help="Default: the config's.")
 @click.option("--variant", "variants", multiple=True, metavar="NAME:KEY=VAL[,KEY=VAL]",
               help="A recipe choice pre-trained at the smallest budget, e.g. 'lr1e-3:optim.lr=1e-3' or "
