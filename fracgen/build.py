@@ -26,11 +26,10 @@ from fracgen import presets, render, shards
 from fracgen.encode import encode_png
 from fracgen.errors import UsageError
 from fracgen.presets import render_sample
-from fracgen.search import CLASS, System, draw_masks, generator
+from fracgen.search import CHECK, ORDER, System, draw_masks, generator
 
 log = logging.getLogger(__name__)
 
-ORDER = 3  # purpose of the generator that spreads classes across shards
 
 
 @dataclass(frozen=True)
@@ -431,7 +430,7 @@ def check_systems(systems: list[System], config: BuildConfig) -> None:
     """Refuse base systems whose chaos game diverges or whose render is empty under this config."""
     canvas = render.Canvas(config.size, config.points)
     for f, system in enumerate(systems):
-        rng = generator(config.seed, CLASS, f, -1 % 2**32)
+        rng = generator(config.seed, CHECK, f)
         masks = draw_masks(rng, config.points)
         fill = render.render(
             system.maps,

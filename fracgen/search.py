@@ -13,7 +13,9 @@ import numpy as np
 from fracgen import ifs, render
 from fracgen.errors import UsageError
 
-SEARCH, CHOICES, CLASS = 0, 1, 2  # purposes: keep the streams of different draws apart
+# Purposes: every generator is derived from (seed, purpose, ...), which keeps the streams of different draws
+# apart. ORDER spreads classes across shards; CHECK draws the masks that check a --params system.
+SEARCH, CHOICES, CLASS, ORDER, CHECK = 0, 1, 2, 3, 4
 
 
 def generator(seed: int, *path: int) -> np.random.Generator:
