@@ -31,7 +31,6 @@ from fracgen.search import CHECK, ORDER, System, draw_masks, generator
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class BuildConfig:
     """Every option that decides the bytes of a build (the worker count does not).
