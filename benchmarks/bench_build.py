@@ -14,6 +14,7 @@ Figures are medians of ``--repeats`` runs measured in this one invocation, so ra
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -50,11 +51,13 @@ def run_build(args, cache: Path, out: Path) -> dict:
 def stage_costs(args) -> dict:
     """Milliseconds per image for each stage, on one core, and the chaos game's images/s."""
     import numpy as np
+    from PIL import Image
 
     from fracgen import render
     from fracgen.build import BuildConfig, make_plan
     from fracgen.encode import encode_png
     from fracgen.perturb import perturb
+    from fracgen.presets import render_sample
     from fracgen.search import choice_uniforms, draw_masks
 
     plan = make_plan(BuildConfig(L=args.L, size=args.size, points=args.points))
@@ -77,12 +80,20 @@ def stage_costs(args) -> dict:
         return (time.perf_counter() - start) / n * 1e3
 
     chaos = timed(lambda m: render.chaos_game(m, cum, uniforms, canvas.points))
+    ours, released = [], []
+    for index in range(min(n, 50)):  # bytes per image: ours against the released code's RGB PNG by Pillow
+        image, _ = render_sample(plan, index, canvas)
+        ours.append(len(encode_png(image, levels)))
+        buf = io.BytesIO()
+        Image.fromarray(np.repeat(image[..., None], 3, axis=2)).save(buf, "PNG")
+        released.append(len(buf.getvalue()))
     return {
         "chaos game": chaos,
         "patch masks (numpy)": timed(lambda m: draw_masks(rng, args.points)),
         "raster, reference look": timed(lambda m: render.raster_reference(canvas.points, masks, canvas.image)),
         "PNG encode (1-bit)": timed(lambda m: encode_png(canvas.image, levels)),
         "chaos_images_per_s": 1e3 / chaos,
+        "png_kb": (np.mean(ours) / 1024, np.mean(released) / 1024, len(ours)),
     }
 
 
@@ -108,6 +119,7 @@ def main() -> None:
     images = args.L
     rate_warm = images / med("build")
     chaos = stages.pop("chaos_images_per_s")
+    ours_kb, released_kb, png_n = stages.pop("png_kb")
     import numba
     import numpy
 
@@ -129,6 +141,8 @@ def main() -> None:
     print(f"imports in the build process: {med('import'):.2f} s")
     print(f"peak memory: build process {med('rss_self_mb'):.0f} MB, each worker at most {med('rss_worker_mb'):.0f} MB "
           f"(total at most {med('rss_self_mb') + args.workers * med('rss_worker_mb'):.0f} MB)\n")
+    print(f"PNG size: {ours_kb:.1f} KB per image (1-bit palette) against {released_kb:.1f} KB as the released code "
+          f"saves it (RGB PNG by Pillow), mean of {png_n} images\n")
     print("| stage, one image, one core | ms |")
     print("|---|---:|")
     for name, ms in stages.items():
