@@ -26,7 +26,7 @@ from fracgen import presets, render, shards
 from fracgen.encode import encode_png
 from fracgen.errors import UsageError
 from fracgen.presets import render_sample
-from fracgen.search import CHECK, ORDER, System, draw_masks, generator
+from fracgen.search import CHECK, ORDER, System, choice_uniforms, draw_masks, generator
 
 log = logging.getLogger(__name__)
 
@@ -434,7 +434,7 @@ def check_systems(systems: list[System], config: BuildConfig) -> None:
         fill = render.render(
             system.maps,
             system.probabilities,
-            presets._uniforms(config.seed, f, config.points),
+            choice_uniforms(config.seed, f, config.points),
             masks,
             canvas.image,
             canvas.points,

@@ -104,11 +104,6 @@ def search_systems(config) -> list[System]:
     return []
 
 
-@lru_cache(maxsize=8)
-def _uniforms(seed: int, fractal: int, points: int) -> np.ndarray:
-    return choice_uniforms(seed, fractal, points)
-
-
 def render_fill(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks: np.ndarray | None,
                 canvas: render.Canvas, style: str, truncate: bool = False) -> float:
     """Render into the canvas; return the fill, or -1.0 if the chaos game diverged and ``truncate`` is off.
@@ -133,7 +128,7 @@ def _one_p_frac(plan, label: int, canvas: render.Canvas) -> tuple[np.ndarray, di
     fractal, k = divmod(label, cfg.L)
     base = plan.systems[fractal]
     rng = generator(cfg.seed, CLASS, fractal, k)
-    uniforms = _uniforms(cfg.seed, fractal, cfg.points)
+    uniforms = choice_uniforms(cfg.seed, fractal, cfg.points)
     for redraws in range(cfg.max_redraws + 1):
         maps = perturb_mod.perturb(base.maps, cfg.delta, cfg.perturbation, rng)
         masks = draw_masks(rng, cfg.points) if cfg.style == "reference" else None
@@ -156,7 +151,7 @@ def _fractaldb(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[
     row, patch, flip = fractaldb_instance(instance, cfg.instances)
     maps = base.maps * fractaldb_weights()[row]
     masks = draw_masks(generator(cfg.seed, CLASS, label, patch), cfg.points) if cfg.style == "reference" else None
-    fill = render_fill(maps, base.probabilities, _uniforms(cfg.seed, label, cfg.points), masks, canvas, cfg.style,
+    fill = render_fill(maps, base.probabilities, choice_uniforms(cfg.seed, label, cfg.points), masks, canvas, cfg.style,
                        truncate=True)
     return _FLIPS[flip](canvas.image), {"label": label, "fractal": label, "instance": instance, "weights": row,
                                         "patch": patch, "flip": flip, "fill": fill}

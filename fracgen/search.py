@@ -7,6 +7,7 @@ build is the same whatever other fractals, workers or shard ranges the build has
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -23,9 +24,15 @@ def generator(seed: int, *path: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *path]))
 
 
+@lru_cache(maxsize=8)
 def choice_uniforms(seed: int, fractal: int, points: int) -> np.ndarray:
-    """The map-choice draws of one fractal, shared by all its classes as in the released code: (points - 1,)."""
-    return generator(seed, CHOICES, fractal).random(points - 1)
+    """The map-choice draws of one fractal, shared by all its classes as in the released code: (points - 1,).
+
+    Cached (every class of a fractal reuses them) and read-only, since the cache hands out one array.
+    """
+    uniforms = generator(seed, CHOICES, fractal).random(points - 1)
+    uniforms.flags.writeable = False
+    return uniforms
 
 
 def draw_masks(rng: np.random.Generator, points: int) -> np.ndarray:
