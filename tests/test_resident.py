@@ -437,8 +437,18 @@ def _pretrain_cfg(dataset: Path, *overrides: str):
     return config.load_config("tiny", ["data.source=resident", *overrides], {"data.path": str(dataset)})
 
 
-def test_pretrain_on_the_resident_source_learns_and_resumes(dataset: Path, tmp_path: Path) -> None:
-    """The trainer on this source: LPCE learns the 16 perturbation classes; a resumed run is bit-identical."""
+def _loss_windows(run: Path, width: int = 3) -> tuple[float, float]:
+    """Mean training loss over the first and the last ``width`` logged rows."""
+    import csv
+
+    with open(run / "log.csv") as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f) if r.get("images_per_s")]
+    return sum(losses[:width]) / width, sum(losses[-width:]) / width
+
+
+def test_pretrain_on_the_resident_source_learns_and_resumes(learnable_dataset: Path, dataset: Path,
+                                                             tmp_path: Path) -> None:
+    """The trainer on this source: LPCE learns 4 perturbation classes; a resumed run is bit-identical."""
     import json
 
     from safetensors.torch import load_file
@@ -446,9 +456,12 @@ def test_pretrain_on_the_resident_source_learns_and_resumes(dataset: Path, tmp_p
     from train.pretrain import pretrain
 
     out = tmp_path / "learn"
-    pretrain(_pretrain_cfg(dataset, "train.steps=200"), out)
+    pretrain(_pretrain_cfg(learnable_dataset, "train.steps=200"), out)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["eval_top1"] >= 3 * metrics["chance"], metrics
+    # Seeds 0-4 measured: top-1 100% every time (threshold 75%, 3x chance), loss windows 1.40 -> <= 0.41.
+    assert metrics["num_classes"] == 4 and metrics["eval_top1"] >= 3 * metrics["chance"], metrics
+    first, last = _loss_windows(out)
+    assert last < first - 0.5, (first, last)
     recipe = ["train.steps=6", "train.batch_size=8", "train.log_every=1", "aug.mixup=0.8", "aug.cutmix=1.0",
               f"aug.auto_augment={RECIPE_RA}", "aug.re_prob=0.5", "aug.hflip=0.5", "aug.rrc_scale=[0.08,1.0]",
               "data.eval_path=''"]

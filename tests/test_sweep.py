@@ -14,12 +14,19 @@ from train.errors import TrainError  # noqa: E402
 from train.sweep import load_sweep, points, run_sweep  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MINI = REPO.parent / "shared" / "data" / "cifar10-jpeg-mini.tar.gz"
 
 
-def spec_file(tmp_path, **changes):
+@pytest.fixture
+def spec_file(cifar_mini_tarball):
+    """Write the toy sweep (sweep-cpu.yaml, fine-tuning on the mini CIFAR-10 tarball) with changes."""
+    def write(tmp_path, **changes):
+        return _spec_file(tmp_path, cifar_mini_tarball, **changes)
+    return write
+
+
+def _spec_file(tmp_path, data, **changes):
     spec = yaml.safe_load((REPO / "train" / "configs" / "sweep-cpu.yaml").read_text())
-    spec["finetune"]["data"] = str(MINI)
+    spec["finetune"]["data"] = str(data)
     spec["pretrain"]["steps"], spec["finetune"]["steps"] = 8, 4
     spec.update(changes)
     path = tmp_path / "sweep.yaml"
@@ -27,7 +34,7 @@ def spec_file(tmp_path, **changes):
     return path
 
 
-def test_grid_is_the_cartesian_product(tmp_path):
+def test_grid_is_the_cartesian_product(spec_file, tmp_path):
     spec = load_sweep(spec_file(tmp_path, grid={"delta": [0.1, 0.2], "L": [4, 8, 16]}))
     got = points(spec)
     assert len(got) == 6 and got[0] == {"delta": 0.1, "L": 4} and got[-1] == {"delta": 0.2, "L": 16}
@@ -39,12 +46,12 @@ def test_grid_is_the_cartesian_product(tmp_path):
     ({"grid": {"dleta": [0.1]}}, "unknown build option(s) dleta"),
     ({"pretrain": {"config": "tiny"}}, "pretrain.steps"),
 ])
-def test_bad_sweeps_are_refused(tmp_path, changes, fragment):
+def test_bad_sweeps_are_refused(spec_file, tmp_path, changes, fragment):
     with pytest.raises(TrainError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         load_sweep(spec_file(tmp_path, **changes))
 
 
-def test_empty_grid_is_one_line_on_the_command_line(tmp_path):
+def test_empty_grid_is_one_line_on_the_command_line(spec_file, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "train", "sweep", str(spec_file(tmp_path, grid={"delta": []})),
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
@@ -52,7 +59,7 @@ def test_empty_grid_is_one_line_on_the_command_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_toy_sweep_runs_end_to_end_and_reruns_from_its_results(tmp_path):
+def test_toy_sweep_runs_end_to_end_and_reruns_from_its_results(spec_file, tmp_path):
     torch.set_num_threads(1)
     spec = load_sweep(spec_file(tmp_path))
     out = tmp_path / "sweep"

@@ -1,4 +1,4 @@
-"""train.finetune on the mini CIFAR-10 (JPEG copy in ../shared/data): from scratch, from a fracgen
+"""train.finetune on the mini CIFAR-10 (the JPEG copy in ../shared/data, else a generated stand-in): from scratch, from a fracgen
 checkpoint, linear probe of the first k blocks, and the one-line errors. One torch thread, tiny ViT."""
 
 import json
@@ -14,16 +14,11 @@ from train.errors import TrainError
 from train.finetune import finetune
 from train.pretrain import pretrain
 
-MINI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg-mini.tar.gz"
-
-
 @pytest.fixture(scope="module")
-def cifar_mini(tmp_path_factory) -> Path:
+def cifar_mini(cifar_mini_tarball, tmp_path_factory) -> Path:
     """The mini CIFAR-10 (100 train + 20 test images per class) unpacked as an ImageFolder root."""
-    if not MINI.is_file():
-        pytest.skip(f"{MINI} not present (CI has ../shared beside the clone)")
     root = tmp_path_factory.mktemp("cifar")
-    with tarfile.open(MINI) as tar:
+    with tarfile.open(cifar_mini_tarball) as tar:
         tar.extractall(root, filter="data")
     return root
 

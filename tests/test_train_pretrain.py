@@ -25,11 +25,11 @@ def tiny_cfg(data: Path, *overrides: str, **values):
 
 
 @pytest.fixture(scope="module")
-def pretrained_run(tiny_dataset, tmp_path_factory) -> Path:
-    """300 steps of the tiny config on the streaming source (about 35 s on one core)."""
+def pretrained_run(learnable_dataset, tmp_path_factory) -> Path:
+    """300 steps of the tiny config on the streaming source, 4 classes (about 35 s on one core)."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("pretrain") / "run"
-    pretrain(tiny_cfg(tiny_dataset, "data.source=stream"), out)
+    pretrain(tiny_cfg(learnable_dataset, "data.source=stream"), out)
     return out
 
 
@@ -42,13 +42,14 @@ def _rows(run: Path) -> list[dict]:
 
 def test_pretrain_lpce_learns_perturbation_classes(pretrained_run):
     metrics = json.loads((pretrained_run / "metrics.json").read_text())
-    rows = [r for r in _rows(pretrained_run) if r["images_per_s"]]
-    first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
-    # ln(16) = 2.77 at chance; label smoothing 0.1 keeps the floor near 0.5
-    assert first > 2.6
-    assert last < first - 0.4, (first, last)
-    assert metrics["num_classes"] == 16 and metrics["steps"] == 300
-    assert metrics["eval_top1"] >= 3 * metrics["chance"], metrics  # 16 images: at least 3 right vs 1 by chance
+    losses = [float(r["loss"]) for r in _rows(pretrained_run) if r["images_per_s"]]
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    # ln(4) = 1.39 at chance; label smoothing 0.1 keeps the floor near 0.35. Seeds 0-4 measured (stream
+    # source, 300 steps): top-1 100% every time, loss windows 1.40-1.44 -> 0.35. Thresholds: a drop of 0.5 and 3x chance.
+    assert first > 1.2
+    assert last < first - 0.5, (first, last)
+    assert metrics["num_classes"] == 4 and metrics["steps"] == 300
+    assert metrics["eval_top1"] >= 3 * metrics["chance"], metrics  # 4 images: 3 right vs 1 by chance
     assert json.loads((pretrained_run / "run.json").read_text())["status"] == "complete"
     for name in ("config.yaml", "model.safetensors", "state.pt", "curves.png", "log.csv"):
         assert (pretrained_run / name).stat().st_size > 0, name
@@ -58,7 +59,7 @@ def test_pretrain_lpce_learns_perturbation_classes(pretrained_run):
 def test_checkpoint_loads_in_plain_timm(pretrained_run):
     ckpt = pretrained_run / "model.safetensors"
     meta = read_checkpoint_meta(ckpt)
-    assert meta["model"] == "vit_tiny_patch16_224" and meta["num_classes"] == 16 and meta["step"] == 300
+    assert meta["model"] == "vit_tiny_patch16_224" and meta["num_classes"] == 4 and meta["step"] == 300
     assert json.loads(meta["config"])["train"]["steps"] == 300
     model = timm.create_model(meta["model"], pretrained=True, pretrained_cfg_overlay=dict(file=str(ckpt), num_classes=-1),
                               num_classes=10, img_size=64, **meta["kwargs"])

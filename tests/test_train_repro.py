@@ -8,15 +8,11 @@ import torch
 
 from train.repro import repro_small
 
-MINI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg-mini.tar.gz"
-
-
-def test_repro_small_cpu_check(tiny_dataset, tmp_path):
-    if not MINI.is_file():
-        pytest.skip(f"{MINI} not present")
+def test_repro_small_cpu_check(tiny_dataset, cifar_mini_tarball, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "repro"
-    repro_small.main(["--cpu-check", "--out", str(out), "--dataset", str(tiny_dataset), "--budgets", "1,2",
+    repro_small.main(["--cpu-check", "--out", str(out), "--dataset", str(tiny_dataset),
+                      "--cifar", str(cifar_mini_tarball), "--budgets", "1,2",
                       "--finetune-seconds", "1", "--variant", "lr:optim.lr=1e-3"], standalone_mode=False)
     report = json.loads((out / "repro.json").read_text())
     assert [r["name"] for r in report["runs"]] == ["budget1s", "budget2s", "lr"]
