@@ -22,7 +22,7 @@ import numpy as np
 
 import fracgen
 from fracgen import perturb as perturb_mod
-from fracgen import presets, render, shards
+from fracgen import dataset, presets, render
 from fracgen.encode import encode_png
 from fracgen.errors import UsageError
 from fracgen.presets import render_sample
@@ -279,17 +279,17 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
                 "json": json.dumps({k: v for k, v in meta.items() if k != "fill"}, sort_keys=True).encode(),
             }
 
-    sha256, count, size = shards.write_shard(root, shard, samples())
+    sha256, count, size = dataset.write_shard(root, shard, samples())
     marker = {
         "shard": shard,
-        "filename": shards.shard_name(shard),
+        "filename": dataset.shard_name(shard),
         "num_samples": count,
         "sha256": sha256,
         "bytes": size,
         "seconds": round(time.perf_counter() - start, 4),
         "samples": records,
     }
-    shards.write_atomic(shards.marker_path(root, shard), shards.dump_json(marker))
+    dataset.write_atomic(dataset.marker_path(root, shard), dataset.dump_json(marker))
     return marker
 
 
@@ -330,11 +330,9 @@ def write_metadata(root: Path, plan: Plan, markers: list[dict], timing: dict) ->
         "shards": shard_rows,
         "timing": timing,
     }
-    shards.write_atomic(root / "params.json", shards.dump_json(params))
-    shards.write_atomic(
-        root / "_info.json", shards.dump_json(shards.info_json(name, cfg.num_classes, shard_rows))
-    )
-    shards.write_atomic(root / "build.json", shards.dump_json(build))
+    dataset.write_atomic(root / "params.json", dataset.dump_json(params))
+    dataset.write_info(root, dataset.DatasetInfo.from_shards(name, cfg.num_classes, shard_rows))
+    dataset.write_atomic(root / "build.json", dataset.dump_json(build))
     return build
 
 
@@ -352,16 +350,16 @@ def inspect_output(root: Path, *, resume: bool, overwrite: bool) -> BuildConfig 
     if root.exists() and not root.is_dir():
         raise UsageError(f"output {root} exists and is not a folder")
     # a folder holding only the internal folder is a build another shard range is just starting
-    occupied = root.exists() and any(p.name != shards.INTERNAL for p in root.iterdir())
+    occupied = root.exists() and any(p.name != dataset.INTERNAL for p in root.iterdir())
     if resume:
         stored = stored_config(root)
         if stored is None and occupied:
-            raise UsageError(f"{root} holds no fracgen build to resume (no {shards.INTERNAL}/config.json)")
+            raise UsageError(f"{root} holds no fracgen build to resume (no {dataset.INTERNAL}/config.json)")
         return stored
     if occupied:
         if not overwrite:
             raise UsageError(f"output folder {root} is not empty; pass --resume to finish it or --overwrite to replace it")
-        if not ((root / shards.INTERNAL / "config.json").is_file() or (root / "build.json").is_file()):
+        if not ((root / dataset.INTERNAL / "config.json").is_file() or (root / "build.json").is_file()):
             raise UsageError(f"--overwrite refuses to delete {root}: it is not a fracgen build")
     return None
 
@@ -377,8 +375,8 @@ def check_writable(root: Path) -> None:
     """Create the folder and probe it, so an unwritable output fails before any work."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        (root / shards.INTERNAL / "stats").mkdir(parents=True, exist_ok=True)
-        probe = shards.tmp_path(root / shards.INTERNAL / "probe")
+        (root / dataset.INTERNAL / "stats").mkdir(parents=True, exist_ok=True)
+        probe = dataset.tmp_path(root / dataset.INTERNAL / "probe")
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
@@ -450,7 +448,7 @@ def check_systems(systems: list[System], config: BuildConfig) -> None:
 
 def stored_config(root: str | Path) -> BuildConfig | None:
     """The options of the build in ``root``, or None when it holds none."""
-    path = Path(root) / shards.INTERNAL / "config.json"
+    path = Path(root) / dataset.INTERNAL / "config.json"
     if not path.is_file():
         return None
     try:
@@ -507,7 +505,7 @@ def build(
             ]
             raise UsageError(f"options differ from the build being resumed in {root}: {', '.join(diff)}")
         config = stored
-        systems_file = root / shards.INTERNAL / "systems.json"
+        systems_file = root / dataset.INTERNAL / "systems.json"
         if systems_file.is_file() and config.preset in presets.FRACTAL_PRESETS:
             systems = load_systems(systems_file)
     elif config is None:
@@ -539,18 +537,18 @@ def build(
     if overwrite:
         clear_output(root)
     check_writable(root)
-    shards.write_atomic(root / shards.INTERNAL / "config.json", shards.dump_json(config.to_json()))
-    shards.write_atomic(
-        root / shards.INTERNAL / "systems.json",
-        shards.dump_json({"systems": [s.to_json() for s in plan.systems]}),
+    dataset.write_atomic(root / dataset.INTERNAL / "config.json", dataset.dump_json(config.to_json()))
+    dataset.write_atomic(
+        root / dataset.INTERNAL / "systems.json",
+        dataset.dump_json({"systems": [s.to_json() for s in plan.systems]}),
     )
     if source_bytes is not None and not (root / config.source).is_file():
-        shards.write_atomic(root / config.source, source_bytes)
+        dataset.write_atomic(root / config.source, source_bytes)
     wanted = range(*shard_range) if shard_range else range(config.num_shards)
-    markers = {s: m for s in range(config.num_shards) if (m := shards.read_marker(root, s)) is not None}
+    markers = {s: m for s in range(config.num_shards) if (m := dataset.read_marker(root, s)) is not None}
     todo = [s for s in wanted if s not in markers]
     skipped = [s for s in wanted if s in markers]
-    shards.remove_partials(root, todo if shard_range else None)
+    dataset.remove_partials(root, todo if shard_range else None)
     if todo:
         (root / "build.json").unlink(missing_ok=True)  # the build is incomplete until every shard is
     render_start = time.perf_counter()

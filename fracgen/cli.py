@@ -113,7 +113,7 @@ def search_command(sigma, maps, seed, margin, min_fill, size, points, style, max
     if output is None:
         click.echo(text, nl=False)
         return
-    from fracgen.shards import write_atomic
+    from fracgen.dataset import write_atomic
 
     write_atomic(output, text.encode())
     click.echo(f"wrote {output} (sigma {system.sigma:.4f}, fill {system.fill:.3f}, {system.attempts} attempts)")
