@@ -67,6 +67,11 @@ def shard_name(shard: int) -> str:
     return SHARD_PATTERN.format(shard=shard)
 
 
+def brace_pattern(count: int) -> str:
+    """The webdataset brace pattern of shards 0..count-1: ``train-{000000..00000K}.tar``."""
+    return SHARD_PATTERN.replace("{shard:06d}", f"{{{0:06d}..{count - 1:06d}}}")
+
+
 def sample_key(index: int) -> str:
     """The ``__key__`` of sample ``index``: 8 digits, so keys sort in index order."""
     return f"{index:08d}"

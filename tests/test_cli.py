@@ -6,7 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from fracgen import build as build_mod
+from fracgen import shard as shard_mod
 from fracgen.cli import cli
 
 TINY_ARGS = ["--L", "8", "--size", "64", "--points", "3000", "--shard-size", "4", "--workers", "1", "--no-progress"]
@@ -104,7 +104,7 @@ def test_disk_full_is_one_line_and_leaves_no_partial_shard(tmp_path, monkeypatch
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(build_mod, "encode_png", full)
+    monkeypatch.setattr(shard_mod, "encode_png", full)
     out = tmp_path / "out"
     one_line_error(run("build", *TINY_ARGS, out), "disk full", "--resume")
     assert not list(out.glob("*.tar*")) and not (out / "build.json").exists()
