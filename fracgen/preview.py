@@ -103,23 +103,23 @@ def render_base(root: Path, config: dict[str, Any]) -> np.ndarray | None:
     except (KeyError, IndexError, TypeError, ValueError) as err:
         logger.info("params.json has no usable base system (%s): the preview shows class 0", err)
         return None
-    from fracgen import render
+    from fracgen import plain_render
+    from fracgen.config import STYLES
     from fracgen.seeds import choice_uniforms, draw_masks, generator
 
     size = int(config.get("size", 512))
     npoints = int(config.get("points", 100_000))
     seed = int(config.get("seed", 0))
     style = config.get("style", "reference")
-    style = style if style in render.STYLES else "reference"
+    style = style if style in STYLES else "reference"
     uniforms = choice_uniforms(seed, 0, npoints)
     # a purpose outside the builder's (which are small integers), so the preview never reuses a class's draws
     masks = draw_masks(generator(seed, _PREVIEW_PURPOSE), npoints)
-    canvas = render.Canvas(size, npoints)
-    fill = render.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
+    image, fill = plain_render.render(maps, probs, uniforms, masks, size, style)
     if fill <= 0:
         logger.info("the base system did not render (fill %s): the preview shows class 0", fill)
         return None
-    return canvas.image.copy()
+    return image
 
 
 def _show(grey: np.ndarray, side: int) -> Image.Image:
