@@ -10,6 +10,7 @@ import math
 import shlex
 from dataclasses import asdict, dataclass, fields
 
+from fracgen.dataset import PARAMS_JSON
 from fracgen.errors import UsageError
 from fracgen.perturb import MODES
 from fracgen.presets import DEFAULT_MIN_FILL, DEFAULT_PRESET, PRESETS, Preset
@@ -179,7 +180,7 @@ class BuildConfig:
         else:
             parts = ["fracgen", "build"] + (["--preset", self.preset] if self.preset != DEFAULT_PRESET else [])
         if self.params_source == "file":
-            parts += ["--params", "params.json"]
+            parts += ["--params", PARAMS_JSON]
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in relevant and (

@@ -101,7 +101,7 @@ def render_base(root: Path, config: dict[str, Any]) -> np.ndarray | None:
         maps = np.asarray(system["maps"], np.float64)
         probs = np.asarray(system["probabilities"], np.float64)
     except (KeyError, IndexError, TypeError, ValueError) as err:
-        logger.info("params.json has no usable base system (%s): the preview shows class 0", err)
+        logger.info("%s has no usable base system (%s): the preview shows class 0", dataset.PARAMS_JSON, err)
         return None
     from fracgen import plain_render
     from fracgen.config import STYLES

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fracgen import dataset
-from fracgen.dataset import BUILD_JSON, INFO_JSON, KEY_RE, PARAMS_JSON, SAMPLE_EXTS, DatasetError, sha256_file
+from fracgen.dataset import (BUILD_JSON, INFO_JSON, KEY_RE, PARAMS_JSON, SAMPLE_EXTS, SHARD_GLOB, DatasetError,
+                             sha256_file)
 from fracgen.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -95,14 +96,14 @@ def _check_shard(
     actual_bytes = path.stat().st_size
     for key in ("bytes", "sha256", "num_samples"):
         if key not in record:
-            report.add(name, f"build.json records no {key} for it")
+            report.add(name, f"{BUILD_JSON} records no {key} for it")
     if "bytes" in record and actual_bytes != record["bytes"]:
-        report.add(name, f"size {actual_bytes} bytes, build.json records {record['bytes']}")
+        report.add(name, f"size {actual_bytes} bytes, {BUILD_JSON} records {record['bytes']}")
     if "sha256" in record:
         digest = sha256_file(path)
         if digest != record["sha256"]:
             report.add(
-                name, f"sha256 {digest[:12]}... does not match build.json {str(record['sha256'])[:12]}..."
+                name, f"sha256 {digest[:12]}... does not match {BUILD_JSON} {str(record['sha256'])[:12]}..."
             )
     count = 0
     bad_images = bad_labels = 0
@@ -145,9 +146,9 @@ def _check_shard(
     if bad_labels:
         report.add(name, f"{bad_labels} bad label(s), first: {first_label_problem}")
     if "num_samples" in record and count != record["num_samples"]:
-        report.add(name, f"{count} samples, build.json records {record['num_samples']}")
+        report.add(name, f"{count} samples, {BUILD_JSON} records {record['num_samples']}")
     if info_count is not None and count != info_count:
-        report.add(name, f"{count} samples, _info.json records {info_count}")
+        report.add(name, f"{count} samples, {INFO_JSON} records {info_count}")
     return count
 
 
@@ -171,7 +172,7 @@ def _label_problem(sample: dict[str, Any], num_classes: int, classes: dict[int, 
         for field_name in ("fractal", "perturbation"):
             if field_name in recorded and field_name in meta and recorded[field_name] != meta[field_name]:
                 return (
-                    f"sample {key} {field_name} {meta[field_name]} != params.json class {label} "
+                    f"sample {key} {field_name} {meta[field_name]} != {PARAMS_JSON} class {label} "
                     f"{field_name} {recorded[field_name]}"
                 )
     return ""
@@ -196,7 +197,7 @@ def _info_counts(report: VerifyReport, root: Path, shard_names: list[str]) -> di
         )
     if filenames != shard_names:
         report.dataset_problems.append(
-            f"{INFO_JSON} lists shards {filenames} but build.json lists {shard_names}"
+            f"{INFO_JSON} lists shards {filenames} but {BUILD_JSON} lists {shard_names}"
         )
     if "num_samples" in split and split["num_samples"] != sum(lengths):
         report.dataset_problems.append(
@@ -268,14 +269,14 @@ def verify(root: Path | str) -> VerifyReport:
     size = config.get("size")
     num_classes = build.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 1:
-        report.dataset_problems.append(f"build.json num_classes {num_classes!r} is not a positive integer")
+        report.dataset_problems.append(f"{BUILD_JSON} num_classes {num_classes!r} is not a positive integer")
         num_classes = 0
     report.num_classes = num_classes
     info_counts = _info_counts(report, root, shard_names)
     classes = _recorded_classes(report, root)
     if classes and sorted(classes) != list(range(num_classes)):
         report.dataset_problems.append(
-            f"{PARAMS_JSON} records {len(classes)} classes, build.json num_classes is {num_classes}"
+            f"{PARAMS_JSON} records {len(classes)} classes, {BUILD_JSON} num_classes is {num_classes}"
         )
 
     labels: Counter[int] = Counter()
@@ -291,10 +292,10 @@ def verify(root: Path | str) -> VerifyReport:
         )
 
     for stray in sorted(p.name for p in root.glob(dataset.SHARD_GLOB) if p.name not in set(shard_names)):
-        report.add(stray, "not listed in build.json (a train-*.tar glob would load it)")
+        report.add(stray, f"not listed in {BUILD_JSON} (a {SHARD_GLOB} glob would load it)")
     if "num_samples" in build and build["num_samples"] != sum(r.get("num_samples", 0) for r in records):
         report.dataset_problems.append(
-            f"build.json num_samples {build['num_samples']} != sum over shards "
+            f"{BUILD_JSON} num_samples {build['num_samples']} != sum over shards "
             f"{sum(r.get('num_samples', 0) for r in records)}"
         )
     source = str(config.get("source") or "")
