@@ -151,6 +151,7 @@ def _operational(f):
     return f
 
 
+_MOST_INSTANCES = max(p.max_instances for p in PRESETS.values())
 _delta = click.option("--delta", type=_Number(0), default=0.1, show_default=True,
                       help="Perturbation degree Delta >= 0.")
 _L = click.option("--L", "L", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -170,9 +171,9 @@ _shard_size = click.option("--shard-size", type=click.IntRange(min=1), default=1
 @_maps
 @click.option("--fractals", type=click.IntRange(min=1), default=1, show_default=True,
               help="Base systems C (1p-frac: C x L classes; fractaldb/ofdb: C categories).")
-@click.option("--instances", type=click.IntRange(1, PRESETS["fractaldb"].max_instances), default=None,
-              help=f"fractaldb: images per category, spread over its {PRESETS['fractaldb'].max_instances} variations "
-                   f"[default: {PRESETS['fractaldb'].max_instances}].")
+@click.option("--instances", type=click.IntRange(1, _MOST_INSTANCES), default=None,
+              help=f"fractaldb: images per category, spread over its {_MOST_INSTANCES} variations "
+                   f"[default: {_MOST_INSTANCES}].")
 @click.option("--perturbation", type=click.Choice(options_mod.MODES), default="multiplicative", show_default=True,
               help="multiplicative: theta*(1+u), u~U(-D,D) (released code, the paper's numbers); "
                    "additive: theta+eps, eps~U(-D/2,D/2) (paper Eq. 9).")
