@@ -17,8 +17,14 @@ from fracgen import dataset
 from fracgen.config import BuildConfig
 from fracgen.errors import UsageError
 from fracgen.metadata import write_metadata
-from fracgen.output import (check_writable, clear_output, inspect_output, stored_config, stored_systems,
-                            write_records)
+from fracgen.output import (
+    check_writable,
+    clear_output,
+    inspect_output,
+    stored_config,
+    stored_systems,
+    write_records,
+)
 from fracgen.plan import Plan, make_plan
 from fracgen.shard import ShardJob, run_shard
 from fracgen.systems import load_systems

@@ -30,10 +30,10 @@ from typing import TypeVar
 import yaml
 
 import fracgen
-from fracgen.card import DEFAULT_LICENSE, render_card
-from fracgen.errors import UsageError
 from fracgen import dataset
+from fracgen.card import DEFAULT_LICENSE, render_card
 from fracgen.dataset import BUILD_JSON, INFO_JSON, PARAMS_JSON, sha256_file
+from fracgen.errors import UsageError
 from fracgen.verify import verify
 
 logger = logging.getLogger(__name__)

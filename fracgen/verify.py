@@ -15,8 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from fracgen import dataset
-from fracgen.dataset import (BUILD_JSON, INFO_JSON, KEY_RE, PARAMS_JSON, SAMPLE_EXTS, SHARD_GLOB, DatasetError,
-                             sha256_file)
+from fracgen.dataset import (
+    BUILD_JSON,
+    INFO_JSON,
+    KEY_RE,
+    PARAMS_JSON,
+    SAMPLE_EXTS,
+    SHARD_GLOB,
+    DatasetError,
+    sha256_file,
+)
 from fracgen.errors import UsageError
 
 logger = logging.getLogger(__name__)

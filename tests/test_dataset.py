@@ -119,7 +119,7 @@ def test_a_missing_info_or_split_is_an_error(tmp_path):
     with pytest.raises(DatasetError, match="cannot read"):
         dataset.read_info(tmp_path)
     with pytest.raises(DatasetError, match="no train split"):
-        DatasetInfo(name="x", num_classes=1, splits={}).train
+        _ = DatasetInfo(name="x", num_classes=1, splits={}).train
 
 
 def test_decode_grey_reads_a_palette_png_as_its_grey_levels():
