@@ -455,3 +455,39 @@ def test_pretrain_on_the_resident_source_learns_and_resumes(dataset: Path, tmp_p
     b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("source", ["resident", "stream"])
+def test_each_shard_is_read_once_before_the_first_step(dataset: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       source: str) -> None:
+    """``_info.json`` is parsed once and every shard opened once before the first step, whichever source reads
+    them: ``make_source`` and the evaluation set (the training set's first samples, kept by the source)."""
+    import tarfile
+    from collections import Counter
+
+    import fracgen.dataset
+
+    config = pytest.importorskip("train.config")
+    data = pytest.importorskip("train.data")
+    opened: Counter[str] = Counter()
+    parsed: list[str] = []
+    tar_open, parse_info = tarfile.open, fracgen.dataset.parse_info
+
+    def counting_open(name=None, *args, **kwargs):
+        opened[Path(name if name is not None else kwargs["fileobj"].name).name] += 1
+        return tar_open(name, *args, **kwargs)
+
+    def counting_parse(raw, where=fracgen.dataset.INFO_JSON):
+        parsed.append(where)
+        return parse_info(raw, where)
+
+    monkeypatch.setattr(tarfile, "open", counting_open)
+    monkeypatch.setattr(fracgen.dataset, "parse_info", counting_parse)
+    cfg = config.load_config("tiny", [f"data.source={source}", "data.workers=0"], {"data.path": str(dataset)})
+    src = data.make_source(cfg, torch.device("cpu"), 0, 1)
+    loader = data.make_pretrain_eval_loader(cfg, src.head)
+    shards = sorted(p.name for p in dataset.glob("*.tar"))
+    assert len(shards) == 2 and dict(opened) == {name: 1 for name in shards}, opened
+    assert len(parsed) == 1, parsed
+    assert type(src).__name__ == ("ResidentSource" if source == "resident" else "StreamSource")
+    assert len(loader.dataset) == 16  # the whole tiny set (eval_samples 256)

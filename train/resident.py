@@ -20,12 +20,9 @@ Options (``cfg.data.resident``, all optional):
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
 import os
-import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,9 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
+from fracgen import dataset
+from fracgen.dataset import DatasetError, DatasetInfo
+from train.data import shard_samples
 from train.device_augment import DeviceAugment
 from train.errors import DoesNotFit, TrainError
 
@@ -53,87 +52,55 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0])
 
 
-def _read_info(root: Path) -> dict[str, Any]:
-    """``_info.json`` of a fracgen dataset folder: num_classes and the train split's shard names."""
+def _read_info(root: Path) -> DatasetInfo:
+    """``_info.json`` of a fracgen dataset folder, with a train split.
+
+    Raises:
+        TrainError: missing, malformed, or no train split.
+    """
     try:
-        info = json.loads((root / "_info.json").read_text())
-        split = info["splits"]["train"]
-        return {"num_classes": int(info["num_classes"]), "num_samples": int(split["num_samples"]),
-                "filenames": list(split["filenames"])}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise TrainError(f"{root / '_info.json'}: not a fracgen _info.json ({e.__class__.__name__}: {e})") from None
+        info = dataset.read_info(root)
+        info.train  # noqa: B018 - raises DatasetError when there is none
+    except DatasetError as e:
+        raise TrainError(str(e)) from None
+    return info
 
 
-def _shard_members(path: Path) -> Iterator[tuple[str, bytes, int, Path]]:
-    """(key, png bytes, label, shard path) of every sample of one shard, in tar order."""
-    samples: dict[str, dict[str, bytes]] = {}
-    try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = member.name.rsplit("/", 1)[-1]
-                key, _, ext = base.partition(".")
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-    except (OSError, tarfile.TarError) as e:
-        raise TrainError(f"shard {path}: corrupt tar ({e})") from None
-    for key, parts in samples.items():
-        if "png" not in parts or "cls" not in parts:
-            raise TrainError(f"shard {path}: sample {key!r} lacks png or cls")
+Member = dict[str, Any]
+"""One sample as ``train.data.shard_samples`` reads it (``__key__``, ``__url__``, ``png``, ``cls``, ...)."""
+
+
+def _shard_members(url: str) -> list[Member]:
+    """Every sample of one shard, in tar order, checked to have a png and an integer cls; the shard is read once."""
+    members = []
+    for sample in shard_samples(url):
+        key = sample["__key__"]
+        if "png" not in sample or "cls" not in sample:
+            raise TrainError(f"shard {url}: sample {key!r} lacks png or cls")
         try:
-            label = int(parts["cls"])
+            int(sample["cls"])
         except ValueError:
-            raise TrainError(f"shard {path}: sample {key}: cls {parts['cls'][:20]!r} is not an integer") from None
-        yield key, parts["png"], label, path
+            raise TrainError(f"shard {url}: sample {key}: cls {sample['cls'][:20]!r} is not an integer") from None
+        members.append(sample)
+    return members
 
 
-def _decode(member: tuple[str, bytes, int, Path]) -> np.ndarray:
+def _decode(member: Member) -> np.ndarray:
     """A member's PNG -> (H, W) uint8 grey (a 1-bit palette image decodes to {0, 127}).
 
     Raises:
         TrainError: naming the shard and the sample, when the PNG does not decode.
     """
-    key, png, _, path = member
     try:
-        with Image.open(io.BytesIO(png)) as im:
-            return np.asarray(im.convert("L"))
-    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for damaged files
-        raise TrainError(f"shard {path}: sample {key}: cannot decode its png ({e})") from None
+        return dataset.decode_grey(member["png"])
+    except DatasetError as e:
+        raise TrainError(f"shard {member['__url__']}: sample {member['__key__']}: {e}") from None
 
 
-def probe_dataset(root: str | Path) -> dict[str, Any]:
-    """What loading ``root`` would cost, without reading it all: num_classes, num_samples, height, width."""
-    root = Path(root)
-    info = _read_info(root)
-    if not info["filenames"]:
-        raise TrainError(f"{root}: _info.json lists no shards")
-    first = next(_shard_members(root / info["filenames"][0]), None)
-    if first is None:
-        raise TrainError(f"shard {root / info['filenames'][0]}: empty")
-    height, width = _decode(first).shape
-    return {**info, "height": height, "width": width}
-
-
-def load_images(root: str | Path, *, rank: int = 0, world_size: int = 1, split_ranks: bool = False,
-                workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read and decode every sample of a dataset folder (or this rank's share of them).
-
-    Args:
-        root: a fracgen dataset folder.
-        rank, world_size: this process's place in DDP.
-        split_ranks: keep only the samples whose position (in key order) is rank modulo world_size.
-        workers: decoding threads (PIL releases the GIL while decoding).
-
-    Returns:
-        images (N, H, W) uint8 and labels (N,) int64, in key order.
-
-    Raises:
-        TrainError: unreadable shard, a sample without png/cls, or images of different sizes.
-    """
-    root = Path(root)
-    info = _read_info(root)
-    members = [m for name in info["filenames"] for m in _shard_members(root / name)]
-    members.sort(key=lambda m: m[0])
+def _decode_members(root: Path, members: list[Member], rank: int, world_size: int, split_ranks: bool,
+                    workers: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the members (this rank's share of them, in key order) into images (N, H, W) and labels (N,)."""
+    members = sorted(members, key=lambda m: m["__key__"])
     if split_ranks and world_size > 1:
         members = members[rank::world_size]
     if not members:
@@ -144,8 +111,31 @@ def load_images(root: str | Path, *, rank: int = 0, world_size: int = 1, split_r
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise TrainError(f"{root}: images of different sizes {sorted(shapes)[:3]}; the resident source needs one size")
-    labels = np.array([m[2] for m in members], dtype=np.int64)
+    labels = np.array([int(m["cls"]) for m in members], dtype=np.int64)
     return np.stack(arrays), labels
+
+
+def load_images(root: str | Path, *, rank: int = 0, world_size: int = 1, split_ranks: bool = False,
+                workers: int | None = None, info: DatasetInfo | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read and decode every sample of a dataset folder (or this rank's share of them); each shard read once.
+
+    Args:
+        root: a fracgen dataset folder.
+        rank, world_size: this process's place in DDP.
+        split_ranks: keep only the samples whose position (in key order) is rank modulo world_size.
+        workers: decoding threads (PIL releases the GIL while decoding).
+        info: its ``_info.json`` when the caller has read it already.
+
+    Returns:
+        images (N, H, W) uint8 and labels (N,) int64, in key order.
+
+    Raises:
+        TrainError: unreadable shard, a sample without png/cls, or images of different sizes.
+    """
+    root = Path(root)
+    info = info or _read_info(root)
+    members = [m for name in info.train.filenames for m in _shard_members(str(root / name))]
+    return _decode_members(root, members, rank, world_size, split_ranks, workers)
 
 
 def default_budget(device: torch.device) -> int:
@@ -226,6 +216,7 @@ class ResidentSource:
         self._gen = torch.Generator(device=self.device)
         self._stream = torch.cuda.Stream(self.device) if prefetch and self.device.type == "cuda" else None
         self._perm: tuple[int, Tensor] | None = None
+        self.head: list[Member] | None = None  # set by make_resident_source (train.data's Source interface)
 
     def __len__(self) -> int:
         return self._len
@@ -290,11 +281,15 @@ class ResidentSource:
     def close(self) -> None:
         """Drop the device copies."""
         self.images = self.mip = self.labels = None
-        self._perm = None
+        self._perm = self.head = None
 
 
-def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1) -> ResidentSource:
+def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1,
+                         info: DatasetInfo | None = None) -> ResidentSource:
     """The resident source of a run config (``train.config.Config``), as ``train.data.make_source`` asks for it.
+
+    ``_info.json`` (``info``, when the caller has read it) and every shard are read once: the first shard tells
+    the image size, so the memory budget is checked before the others are read.
 
     Raises:
         DoesNotFit: the images exceed the memory budget, the device ran out of memory while loading them, or
@@ -312,31 +307,40 @@ def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_si
     root = Path(cfg.data.path)
     if not root.is_dir():
         raise DoesNotFit(f"resident source: data.path {cfg.data.path!r} is not a local dataset folder")
-    probe = probe_dataset(root)
-    n_local = math.ceil(probe["num_samples"] / world_size) if split else probe["num_samples"]
-    need = dataset_bytes(n_local, probe["height"], probe["width"], antialias)
+    info = info or _read_info(root)
+    names = info.train.filenames
+    if not names:
+        raise TrainError(f"{root}: {dataset.INFO_JSON} lists no shards")
+    first = _shard_members(str(root / names[0]))
+    if not first:
+        raise TrainError(f"shard {root / names[0]}: empty")
+    height, width = _decode(first[0]).shape
+    num_samples = info.train.num_samples
+    n_local = math.ceil(num_samples / world_size) if split else num_samples
+    need = dataset_bytes(n_local, height, width, antialias)
     budget_gb = opts.get("memory_budget_gb")
     budget = int(float(budget_gb) * 2**30) if budget_gb is not None else default_budget(device)
     if need > budget:
         hint = "" if split or world_size == 1 else "; data.resident.split_ranks: true holds 1/world_size per rank"
         raise DoesNotFit(
-            f"resident source: {n_local} images of {probe['height']}x{probe['width']} need {need / 2**30:.2f} GiB "
+            f"resident source: {n_local} images of {height}x{width} need {need / 2**30:.2f} GiB "
             f"on {device}, over the budget of {budget / 2**30:.2f} GiB (data.resident.memory_budget_gb{hint})")
     augment = DeviceAugment(cfg.aug, cfg.model.img_size, device)
-    images, labels = load_images(root, rank=rank, world_size=world_size, split_ranks=split,
-                                 workers=opts.get("load_workers"))
+    members = first + [m for name in names[1:] for m in _shard_members(str(root / name))]
+    keep = cfg.data.eval_samples if getattr(cfg.data, "eval_path", "") is None else 0
+    images, labels = _decode_members(root, members, rank, world_size, split, opts.get("load_workers"))
     try:
-        source = ResidentSource(images, labels, probe["num_classes"], augment, antialias=antialias,
+        source = ResidentSource(images, labels, info.num_classes, augment, antialias=antialias,
                                 batch_size=cfg.train.batch_size, accum_steps=cfg.train.accum_steps,
                                 seed=cfg.train.seed, rank=rank, world_size=world_size, split_ranks=split,
-                                num_samples=probe["num_samples"], prefetch=bool(opts.get("prefetch", True)))
+                                num_samples=num_samples, prefetch=bool(opts.get("prefetch", True)))
     except torch.OutOfMemoryError:
         raise DoesNotFit(f"resident source: out of device memory loading {need / 2**30:.2f} GiB of images on "
                          f"{device}; lower data.resident.memory_budget_gb") from None
     try:
         source.draw(0, 0)  # allocate the batch op's transients once, so an OOM shows here and not mid-run
     except torch.OutOfMemoryError:
-        per = estimate_batch_bytes(1, probe["height"], probe["width"], augment.img_size, antialias)
+        per = estimate_batch_bytes(1, height, width, augment.img_size, antialias)
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 4 * default_budget(device)
         fit = max(int(free * 0.8) // per, 0)
         source.close()
@@ -345,6 +349,7 @@ def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_si
             f"(about {per * source.micro_batch / 2**20:.0f} MiB; {free / 2**30:.2f} GiB free after the "
             f"{need / 2**30:.2f} GiB of images): a micro-batch of at most {fit} would fit; raise "
             "train.accum_steps or lower train.batch_size or data.resident.memory_budget_gb") from None
-    log.info("resident source: %d images %dx%d on %s (%.1f MiB)", len(labels), probe["height"], probe["width"],
+    source.head = members[:keep]
+    log.info("resident source: %d images %dx%d on %s (%.1f MiB)", len(labels), height, width,
              device, source.nbytes / 2**20)
     return source
