@@ -327,8 +327,10 @@ def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_si
             f"on {device}, over the budget of {budget / 2**30:.2f} GiB (data.resident.memory_budget_gb{hint})")
     augment = DeviceAugment(cfg.aug, cfg.model.img_size, device)
     members = first + [m for name in names[1:] for m in _shard_members(str(root / name))]
-    keep = cfg.data.eval_samples if getattr(cfg.data, "eval_path", "") is None else 0
+    # the evaluation set (data.eval_path unset) is the first samples in shard order: keep their bytes for it
+    head = members[:cfg.data.eval_samples] if getattr(cfg.data, "eval_path", "") is None else []
     images, labels = _decode_members(root, members, rank, world_size, split, opts.get("load_workers"))
+    del first, members  # the encoded bytes of every other sample
     try:
         source = ResidentSource(images, labels, info.num_classes, augment, antialias=antialias,
                                 batch_size=cfg.train.batch_size, accum_steps=cfg.train.accum_steps,
@@ -349,7 +351,7 @@ def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_si
             f"(about {per * source.micro_batch / 2**20:.0f} MiB; {free / 2**30:.2f} GiB free after the "
             f"{need / 2**30:.2f} GiB of images): a micro-batch of at most {fit} would fit; raise "
             "train.accum_steps or lower train.batch_size or data.resident.memory_budget_gb") from None
-    source.head = members[:keep]
+    source.head = head
     log.info("resident source: %d images %dx%d on %s (%.1f MiB)", len(labels), height, width,
              device, source.nbytes / 2**20)
     return source
