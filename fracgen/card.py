@@ -13,8 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from fracgen import dataset
 from fracgen.errors import UsageError
-from fracgen.verify import load_build, read_json
+from fracgen.presets import DEFAULT_PRESET, PRESETS
 
 logger = logging.getLogger(__name__)
 
@@ -42,41 +43,23 @@ def size_category(num_samples: int) -> str:
     return "n>1B"
 
 
-# What each preset is, for the generic card (the 1p-frac card has its own text).
-DESCRIPTIONS = {
-    "1p-frac": "1p-frac (Nakamura et al., ECCV 2024): L perturbations of the parameters of each base fractal, each "
-    "perturbation its own class, one image per class.",
-    "fractaldb": "FractalDB (Kataoka et al., ACCV 2020 / IJCV 2022): C categories, each an iterated function system "
-    "found by the FractalDB search, each with instances from scaled parameters, patch masks and flips.",
-    "ofdb": "OFDB, the one-instance FractalDataBase (Nakamura et al., ICCV 2023): C fractal categories, one image each.",
-    "gaussian-noise": "Gaussian noise baseline of the 1p-frac paper (Table 4): one noise image whose distribution "
-    "parameters are perturbed into L classes that share the same standard draws.",
-    "uniform-noise": "uniform noise baseline of the 1p-frac paper (Table 4): one noise image whose distribution "
-    "parameters are perturbed into L classes that share the same standard draws.",
-    "real": "single real image baseline of the 1p-frac paper (Tables 11-12): one real image whose geometry is "
-    "perturbed into L classes.",
-}
-
-
 def preset_of(build: dict[str, Any]) -> str:
     """The build's preset; builds from before presets existed are 1p-frac."""
-    return str((build.get("config") or {}).get("preset", "1p-frac"))
+    return str((build.get("config") or {}).get("preset", DEFAULT_PRESET))
 
 
 def relevant_options(preset: str, config: dict[str, Any]) -> set[str]:
-    """The options this preset reads (fracgen.presets.OPTIONS); every recorded option when unknown."""
-    try:
-        from fracgen.presets import OPTIONS
-    except ImportError:  # a checkout without presets: every build is 1p-frac and every option counts
-        return set(config)
-    return set(OPTIONS.get(preset, config))
+    """The options this preset reads (its record in fracgen.presets); every recorded option when unknown."""
+    family = PRESETS.get(preset)
+    return set(family.options) if family else set(config)
 
 
 def template_for(build: dict[str, Any]) -> Path:
-    """`1p-frac.md` for a one-fractal 1p-frac build, `generic.md` for anything else."""
+    """The preset's own card for a one-fractal build (`1p-frac.md`), `generic.md` for anything else."""
     config = build.get("config") or {}
-    is_1p_frac = preset_of(build) == "1p-frac" and config.get("fractals", 1) == 1
-    return CARDS_DIR / ("1p-frac.md" if is_1p_frac else "generic.md")
+    family = PRESETS.get(preset_of(build))
+    own = family.card if family and config.get("fractals", 1) == 1 else None
+    return CARDS_DIR / (own or "generic.md")
 
 
 def render_template(text: str, context: dict[str, str]) -> str:
@@ -120,19 +103,20 @@ def _build_time(timing: dict[str, Any]) -> str:
 
 def _shard_pattern(filenames: list[str]) -> str:
     """A webdataset brace pattern for train-000000..train-00000K, or the single name."""
-    expected = [f"train-{i:06d}.tar" for i in range(len(filenames))]
+    expected = [dataset.shard_name(i) for i in range(len(filenames))]
     if len(filenames) > 1 and filenames == expected:
-        return f"train-{{000000..{len(filenames) - 1:06d}}}.tar"
-    return filenames[0] if len(filenames) == 1 else "train-*.tar"
+        return dataset.brace_pattern(len(filenames))
+    return filenames[0] if len(filenames) == 1 else dataset.SHARD_GLOB
 
 
-def differences(config: dict[str, Any], preset: str = "1p-frac") -> str:
+def differences(config: dict[str, Any], preset: str = DEFAULT_PRESET) -> str:
     """Markdown list: what this build does where the paper and the released 1p-frac code differ.
 
     Only fractal presets render IFS; for the others the list says so. FractalDB and OFDB draw no LIEP
     perturbation, so their list leaves that item out.
     """
-    if preset not in ("1p-frac", "fractaldb", "ofdb"):
+    family = PRESETS.get(preset)
+    if family is None or not family.renders_fractals:
         return (
             f"- The `{preset}` preset renders no fractal, so the differences in the IFS pipeline do not apply. Its "
             "classes come from perturbed parameters drawn from generators seeded by (seed, class), and every "
@@ -169,7 +153,7 @@ def differences(config: dict[str, Any], preset: str = "1p-frac") -> str:
         )
     points = config.get("points", "?")
     items = [
-        *([perturb] if preset == "1p-frac" else []),
+        *([perturb] if "perturbation" in family.options else []),
         "**Map probabilities** p_i = |det A_i| / sum_j |det A_j| of the base maps, not recomputed after "
         "perturbation, as the released code computes them.",
         f"**Chaos game**: {points} points from (0, 0), no burn-in, the same map-choice sequence for every class of "
@@ -179,7 +163,7 @@ def differences(config: dict[str, Any], preset: str = "1p-frac") -> str:
         f"**sigma target** drawn from U(sigma - {config.get('margin', 0.1)}, sigma + {config.get('margin', 0.1)}) "
         "for the base system, with N = "
         f"{config.get('maps', 2)} maps sampled as in Anderson & Farrell (released: margin 0.1, N = 2)."
-        if preset == "1p-frac"
+        if family.systems == "sigma"
         else "**Base systems** from the FractalDB search (N ~ U{2..7}, parameters ~ U(-1, 1)), not by sigma-factor.",
         f"**Fill check**: at least {config.get('min_fill', 0.05)} of the pixels lit, else the perturbation is "
         f"drawn again, at most {config.get('max_redraws', '?')} times (released: 5%, no limit, so a bad base "
@@ -202,15 +186,16 @@ def card_context(
     if not LICENSE_RE.match(license):
         raise UsageError(f"--license must be a lower-case license id such as cc-by-4.0, got {license!r}")
     root = Path(root)
-    build = load_build(root)
+    build = dataset.read_build(root)
     config = build.get("config") or {}
     filenames = [str(r["filename"]) for r in build["shards"]]
     num_samples = int(build.get("num_samples", sum(r.get("num_samples", 0) for r in build["shards"])))
     name = str(build.get("name") or root.name)
     maps = config.get("maps")
-    if maps is None and (root / "params.json").is_file():
+    params = dataset.read_params(root) if maps is None else None
+    if params is not None:
         try:
-            maps = len(read_json(root / "params.json")["systems"][0]["maps"])
+            maps = len(params["systems"][0]["maps"])
         except (KeyError, IndexError, TypeError):
             maps = None
     versions = build.get("versions") or {}
@@ -231,7 +216,8 @@ def card_context(
             return f"n/a ({preset})"
         return str(config.get(key, default))
 
-    tags = ["synthetic"] + (["fractals"] if preset in ("1p-frac", "fractaldb", "ofdb") else [])
+    family = PRESETS.get(preset)
+    tags = ["synthetic"] + (["fractals"] if family and family.renders_fractals else [])
     tags += ["formula-driven", "webdataset", preset]
     source = str(config.get("source") or "")
     source_note = (
@@ -248,7 +234,7 @@ def card_context(
         "name": name,
         "repo_id": repo_id,
         "tags": "\n".join(f"- {tag}" for tag in dict.fromkeys(tags)),
-        "description": DESCRIPTIONS.get(preset, f"the {preset} preset of fracgen."),
+        "description": family.description if family else f"the {preset} preset of fracgen.",
         "source_note": source_note,
         "num_samples": str(num_samples),
         "num_classes": str(build.get("num_classes", "?")),
@@ -296,7 +282,7 @@ def render_card(
     Raises:
         UsageError: no complete build, a bad license id, a missing template or an unknown placeholder.
     """
-    build = load_build(root)
+    build = dataset.read_build(root)
     path = Path(template) if template is not None else template_for(build)
     try:
         text = path.read_text(encoding="utf-8")

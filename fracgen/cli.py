@@ -15,9 +15,9 @@ from pathlib import Path
 
 import click
 
-from fracgen import perturb, render
+from fracgen import config as options_mod
 from fracgen.errors import FracgenError, UsageError
-from fracgen.presets import FRACTAL_PRESETS, FRACTALDB_GRID, OPTIONS, PRESETS
+from fracgen.presets import DEFAULT_PRESET, PRESETS
 
 
 class _Group(click.Group):
@@ -80,11 +80,11 @@ _seed = click.option("--seed", type=click.IntRange(min=0), default=0, show_defau
 _margin = click.option("--margin", type=_Number(0), default=0.1, show_default=True,
                        help="The target is drawn from U(sigma - margin, sigma + margin), as in the released code.")
 _min_fill = click.option("--min-fill", type=_Number(0, 1), default=0.05, show_default=True, help="Lit fraction every render must reach.")
-_size = click.option("--size", type=click.IntRange(min=render.MIN_SIZE), default=512, show_default=True,
-                     help=f"Image side in pixels (>= {render.MIN_SIZE} for the margins).")
+_size = click.option("--size", type=click.IntRange(min=options_mod.MIN_SIZE), default=512, show_default=True,
+                     help=f"Image side in pixels (>= {options_mod.MIN_SIZE} for the margins).")
 _points = click.option("--points", type=click.IntRange(min=1), default=100_000, show_default=True,
                        help="Chaos-game points per image.")
-_style = click.option("--style", type=click.Choice(render.STYLES), default="reference", show_default=True,
+_style = click.option("--style", type=click.Choice(options_mod.STYLES), default="reference", show_default=True,
                       help="reference: the released 1p-frac look (3x3 random patches); points: plain points.")
 
 
@@ -113,7 +113,7 @@ def search_command(sigma, maps, seed, margin, min_fill, size, points, style, max
     if output is None:
         click.echo(text, nl=False)
         return
-    from fracgen.shards import write_atomic
+    from fracgen.dataset import write_atomic
 
     write_atomic(output, text.encode())
     click.echo(f"wrote {output} (sigma {system.sigma:.4f}, fill {system.fill:.3f}, {system.attempts} attempts)")
@@ -151,6 +151,7 @@ def _operational(f):
     return f
 
 
+_MOST_INSTANCES = max(p.max_instances for p in PRESETS.values())
 _delta = click.option("--delta", type=_Number(0), default=0.1, show_default=True,
                       help="Perturbation degree Delta >= 0.")
 _L = click.option("--L", "L", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -161,7 +162,8 @@ _shard_size = click.option("--shard-size", type=click.IntRange(min=1), default=1
 
 @cli.command("build")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--preset", type=click.Choice([p for p in PRESETS if p != "real"]), default="1p-frac",
+@click.option("--preset", type=click.Choice([p.name for p in PRESETS.values() if p.command == "build"]),
+              default=DEFAULT_PRESET,
               show_default=True, help="Dataset family (a single real image: fracgen build-real).")
 @_sigma
 @_delta
@@ -169,9 +171,10 @@ _shard_size = click.option("--shard-size", type=click.IntRange(min=1), default=1
 @_maps
 @click.option("--fractals", type=click.IntRange(min=1), default=1, show_default=True,
               help="Base systems C (1p-frac: C x L classes; fractaldb/ofdb: C categories).")
-@click.option("--instances", type=click.IntRange(1, FRACTALDB_GRID), default=None,
-              help=f"fractaldb: images per category, spread over its {FRACTALDB_GRID} variations [default: {FRACTALDB_GRID}].")
-@click.option("--perturbation", type=click.Choice(perturb.MODES), default="multiplicative", show_default=True,
+@click.option("--instances", type=click.IntRange(1, _MOST_INSTANCES), default=None,
+              help=f"fractaldb: images per category, spread over its {_MOST_INSTANCES} variations "
+                   f"[default: {_MOST_INSTANCES}].")
+@click.option("--perturbation", type=click.Choice(options_mod.MODES), default="multiplicative", show_default=True,
               help="multiplicative: theta*(1+u), u~U(-D,D) (released code, the paper's numbers); "
                    "additive: theta+eps, eps~U(-D/2,D/2) (paper Eq. 9).")
 @_style
@@ -203,11 +206,11 @@ def build_command(ctx: click.Context, out: Path, params: Path | None, **options)
 @click.argument("out", type=click.Path(path_type=Path))
 @_delta
 @_L
-@click.option("--edges", type=click.Choice(["canny", "none"]), default="canny", show_default=True,
+@click.option("--edges", type=click.Choice(options_mod.EDGES), default="canny", show_default=True,
               help="canny: the image's Canny edges (the paper's best); none: the image itself.")
-@click.option("--color", type=click.Choice(["grey", "rgb"]), default="grey", show_default=True,
+@click.option("--color", type=click.Choice(options_mod.COLORS), default="grey", show_default=True,
               help="Grey or RGB images.")
-@click.option("--transform", type=click.Choice(["affine", "elastic", "polynomial"]), default="affine",
+@click.option("--transform", type=click.Choice(options_mod.TRANSFORMS), default="affine",
               show_default=True, help="How each class perturbs the image's geometry.")
 @_size
 @_seed
@@ -219,12 +222,14 @@ def build_real_command(ctx: click.Context, image: Path, out: Path, **options) ->
 
     Example: fracgen build-real photo.jpg --edges canny --transform affine --delta 0.1 --L 1000 out/
     """
-    _run_build(ctx, out, dict(options, preset="real"), source=image)
+    real = next(p.name for p in PRESETS.values() if p.command == "build-real")
+    _run_build(ctx, out, dict(options, preset=real), source=image)
 
 
 def _run_build(ctx: click.Context, out: Path, options: dict, params: Path | None = None,
                source: Path | None = None) -> None:
-    from fracgen.build import BuildConfig, build, stored_config
+    from fracgen.build import BuildConfig, build
+    from fracgen.output import stored_config
 
     run = {k: options.pop(k) for k in ("workers", "resume", "overwrite", "shard_range", "no_progress")}
     explicit = {k for k in options if k in ctx.params
@@ -235,16 +240,16 @@ def _run_build(ctx: click.Context, out: Path, options: dict, params: Path | None
                          f"({stored.preset})")
     preset = stored.preset if stored is not None else options["preset"]
     given = {k: options[k] for k in explicit - {"preset"}}
-    extra = sorted(set(given) - OPTIONS[preset])
+    extra = sorted(set(given) - PRESETS[preset].options)
     if extra:
         names = ", ".join("--" + k.replace("_", "-") for k in extra)
         raise UsageError(f"--preset {preset} takes no {names}: it does not use them")
-    if params is not None and preset not in FRACTAL_PRESETS:
+    if params is not None and not PRESETS[preset].renders_fractals:
         raise UsageError(f"--preset {preset} takes no --params: it has no fractal systems")
     if stored is not None:
         config = BuildConfig(**{**stored.to_json(), **given}) if given else None
     else:
-        if preset == "1p-frac":
+        if "sigma" in PRESETS[preset].options:
             _check_sigma(options["sigma"], options["maps"])
         config = BuildConfig(**options)
     result = build(config, out, workers=run["workers"], resume=run["resume"], overwrite=run["overwrite"],

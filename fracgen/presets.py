@@ -1,7 +1,9 @@
-"""Dataset presets: 1p-frac, FractalDB, OFDB, noise and single-real-image baselines as plans over the same stages.
+"""Dataset presets as data: one record per family, read by the config, the plan, the CLI, the card and the preview.
 
-Each preset decides three things: which base systems the plan holds (searched in the parent), how many samples a
-class has, and how one sample is rendered. Everything else (shards, metadata, resume, verify, publish) is shared.
+Each record says which options the family reads, what a class is (so how many there are), the defaults that
+differ by family, how its base systems are drawn (``fracgen.search``), how one sample is rendered
+(``fracgen.samples``), how the CLI builds it, and how the dataset is named and described. Everything else
+(shards, metadata, resume, verify, publish) is shared.
 
 - ``1p-frac``: one system, ``L`` perturbations, one image per class (the default).
 - ``fractaldb``: ``C`` categories found by the FractalDB search (N ~ U{2..7}, parameters ~ U(-1, 1), kept when
@@ -12,39 +14,23 @@ class has, and how one sample is rendered. Everything else (shards, metadata, re
   classes (paper Table 4); every class shares the same standard draws.
 - ``real``: one real image (grey, RGB or Canny edges) whose geometry is perturbed (affine, elastic or
   polynomial) into ``L`` classes (paper Tables 11-12).
+
+No numba here: `fracgen verify`, `fracgen preview` and the CLI's option parsing read these records.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
-
-from fracgen import ifs, render
-from fracgen import perturb as perturb_mod
-from fracgen.errors import FracgenError, UsageError
-from fracgen.search import CHOICES, CLASS, SEARCH, System, choice_uniforms, draw_masks, generator
-
-PRESETS = ("1p-frac", "fractaldb", "ofdb", "gaussian-noise", "uniform-noise", "real")
-FRACTAL_PRESETS = ("1p-frac", "fractaldb", "ofdb")
 
 FRACTALDB_K = 0.4
 FRACTALDB_PATCHES = 10
 FRACTALDB_FLIPS = 4
 FRACTALDB_MAPS = (2, 8)  # N ~ U{2..7}
 FRACTALDB_MIN_FILL = 0.2
-
-# The options each preset reads; the CLI refuses the others so a contradiction never passes silently.
-OPTIONS = {
-    "1p-frac": {"sigma", "delta", "L", "maps", "fractals", "perturbation", "style", "size", "points", "min_fill",
-                "margin", "seed", "shard_size", "max_redraws", "max_attempts"},
-    "fractaldb": {"fractals", "instances", "style", "size", "points", "min_fill", "seed", "shard_size",
-                  "max_attempts"},
-    "ofdb": {"fractals", "style", "size", "points", "min_fill", "seed", "shard_size", "max_attempts"},
-    "gaussian-noise": {"delta", "L", "size", "seed", "shard_size"},
-    "uniform-noise": {"delta", "L", "size", "seed", "shard_size"},
-    "real": {"delta", "L", "size", "seed", "shard_size", "edges", "color", "transform"},
-}
+DEFAULT_MIN_FILL = 0.05
 
 
 def fractaldb_weights(k: float = FRACTALDB_K) -> np.ndarray:
@@ -67,146 +53,107 @@ def fractaldb_instance(instance: int, instances: int) -> tuple[int, int, int]:
     return g // (FRACTALDB_PATCHES * FRACTALDB_FLIPS), (g // FRACTALDB_FLIPS) % FRACTALDB_PATCHES, g % FRACTALDB_FLIPS
 
 
-def fractaldb_search(category: int, *, seed: int, size: int, points: int, style: str, min_fill: float,
-                     max_attempts: int) -> System:
-    """FractalDB's category search: random unconstrained systems until one renders finite and fills enough.
+@dataclass(frozen=True)
+class Preset:
+    """One dataset family.
 
-    Raises:
-        UsageError: nothing acceptable within ``max_attempts``.
+    Attributes:
+        name: the ``--preset`` value (and ``config.preset``).
+        options: the options it reads; the CLI refuses the others so a contradiction never passes silently.
+        classes: what a class is: "fractal x perturbation" (C x L classes), "system" (C) or "perturbation" (L).
+        systems: how its base systems are drawn: "sigma" (by sigma-factor), "fractaldb" (the FractalDB search),
+            or None (it renders no fractal).
+        sampler: how one sample is rendered: a key of ``fracgen.samples.SAMPLERS``.
+        command: the CLI command that builds it: "build" or "build-real" (which takes the source image).
+        naming: the dataset's name from its config (``_info.json``, the card).
+        description: one sentence for the generic card.
+        min_fill: default ``--min-fill``.
+        max_instances: the largest ``--instances`` (images per class); the default too.
+        card: the card template of a one-system build, when the family has its own.
     """
-    rng = generator(seed, SEARCH, category)
-    uniforms = choice_uniforms(seed, category, points)
-    canvas = render.Canvas(size, points)
-    best = 0.0
-    for attempt in range(1, max_attempts + 1):
-        n = int(rng.integers(*FRACTALDB_MAPS))
-        maps = rng.uniform(-1.0, 1.0, (n, 6))
-        probs = ifs.probabilities(maps)
-        fill = render.render(maps, probs, uniforms, draw_masks(rng, points), canvas.image, canvas.points, style)
-        best = max(best, fill)
-        if fill >= min_fill:
-            return System(maps=maps, probabilities=probs, sigma=ifs.sigma_factor(maps), fill=fill, attempts=attempt)
-    raise UsageError(f"FractalDB search: category {category} found nothing filling --min-fill {min_fill} in "
-                     f"{max_attempts} attempts (best {best:.3f}); lower --min-fill or raise --max-attempts")
+
+    name: str
+    options: frozenset[str]
+    classes: str
+    systems: str | None
+    sampler: str
+    command: str
+    naming: Callable[[object], str]
+    description: str
+    min_fill: float = DEFAULT_MIN_FILL
+    max_instances: int = 1
+    card: str | None = None
+
+    @property
+    def renders_fractals(self) -> bool:
+        """True when its images are chaos-game renders of base systems (two grey levels)."""
+        return self.systems is not None
+
+    def num_classes(self, config) -> int:
+        """Classes of a build with these options."""
+        if self.classes == "fractal x perturbation":
+            return config.fractals * config.L
+        if self.classes == "system":
+            return config.fractals
+        return config.L
 
 
-def search_systems(config) -> list[System]:
-    """The plan's base systems for a preset (none for noise and real images)."""
-    from fracgen.search import search
-
-    common = dict(seed=config.seed, size=config.size, points=config.points, style=config.style,
-                  min_fill=config.min_fill, max_attempts=config.max_attempts)
-    if config.preset == "1p-frac":
-        return [search(config.sigma, maps=config.maps, fractal=f, margin=config.margin, **common)
-                for f in range(config.fractals)]
-    if config.preset in ("fractaldb", "ofdb"):
-        return [fractaldb_search(c, **common) for c in range(config.fractals)]
-    return []
+_FRACTAL = {"style", "size", "points", "min_fill", "seed", "shard_size", "max_attempts"}
+_NOISE = {"delta", "L", "size", "seed", "shard_size"}
 
 
-def render_fill(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks: np.ndarray | None,
-                canvas: render.Canvas, style: str, truncate: bool = False) -> float:
-    """Render into the canvas; return the fill, or -1.0 if the chaos game diverged and ``truncate`` is off.
-
-    With ``truncate`` (FractalDB's behaviour for variations that blow up), the points before the first
-    non-finite one, less 100, are drawn instead, as the released FractalDB code does.
-    """
-    fill = render.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
-    if fill >= 0 or not truncate:
-        return fill
-    bad = np.flatnonzero(~np.isfinite(canvas.points).all(axis=1))
-    n = int(bad[0]) - 100 if len(bad) else 0
-    if n < 2:
-        canvas.image[:] = 0
-        return 0.0
-    return render.raster(canvas.points[:n], masks[:n] if masks is not None else None, canvas.image, style) / \
-        canvas.image.size
+def _one_p_frac_name(c) -> str:
+    head = "1p-frac" if c.fractals == 1 else f"{c.fractals}p-frac"
+    return f"{head}-sigma{c.sigma}-delta{c.delta}-L{c.L}"
 
 
-def _one_p_frac(plan, label: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
-    cfg = plan.config
-    fractal, k = divmod(label, cfg.L)
-    base = plan.systems[fractal]
-    rng = generator(cfg.seed, CLASS, fractal, k)
-    uniforms = choice_uniforms(cfg.seed, fractal, cfg.points)
-    for redraws in range(cfg.max_redraws + 1):
-        maps = perturb_mod.perturb(base.maps, cfg.delta, cfg.perturbation, rng)
-        masks = draw_masks(rng, cfg.points) if cfg.style == "reference" else None
-        fill = render_fill(maps, base.probabilities, uniforms, masks, canvas, cfg.style)
-        if fill >= cfg.min_fill:
-            return canvas.image, {"label": label, "fractal": fractal, "perturbation": k, "maps": maps.tolist(),
-                                  "redraws": redraws, "fill": fill}
-    raise FracgenError(
-        f"class {label} (fractal {fractal}, perturbation {k}): no perturbation with a finite chaos game and fill "
-        f">= {cfg.min_fill} in {cfg.max_redraws + 1} draws; lower --delta or --min-fill"
-    )
+def _noise_name(c) -> str:
+    return f"{c.preset}-delta{c.delta}-L{c.L}"
 
 
-_FLIPS = (lambda im: im, lambda im: im[::-1], lambda im: im[:, ::-1], lambda im: im[::-1, ::-1])
+_NOISE_TEXT = ("noise baseline of the 1p-frac paper (Table 4): one noise image whose distribution parameters are "
+               "perturbed into L classes that share the same standard draws.")
 
-
-def _fractaldb(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
-    cfg = plan.config
-    base = plan.systems[label]
-    row, patch, flip = fractaldb_instance(instance, cfg.instances)
-    maps = base.maps * fractaldb_weights()[row]
-    masks = draw_masks(generator(cfg.seed, CLASS, label, patch), cfg.points) if cfg.style == "reference" else None
-    fill = render_fill(maps, base.probabilities, choice_uniforms(cfg.seed, label, cfg.points), masks, canvas, cfg.style,
-                       truncate=True)
-    return _FLIPS[flip](canvas.image), {"label": label, "fractal": label, "instance": instance, "weights": row,
-                                        "patch": patch, "flip": flip, "fill": fill}
-
-
-@lru_cache(maxsize=2)
-def _noise_draws(seed: int, kind: str, size: int) -> np.ndarray:
-    from fracgen import noise
-
-    return noise.standard_draw(kind, size, generator(seed, CHOICES, 0))
-
-
-def _noise(plan, label: int) -> tuple[np.ndarray, dict]:
-    from fracgen import noise
-
-    cfg = plan.config
-    kind = cfg.preset.removesuffix("-noise")
-    params = noise.draw_noise_params(kind, cfg.delta, generator(cfg.seed, CLASS, 0, label))
-    image = noise.noise_image(kind, params, _noise_draws(cfg.seed, kind, cfg.size))
-    return image, {"label": label, "perturbation": label, "params": params}
-
-
-@lru_cache(maxsize=2)
-def _source(path: str, size: int, edges: str, color: str) -> np.ndarray:
-    from fracgen import realimage
-
-    return realimage.prepare(realimage.load_image(path, size), edges=edges, color=color)
-
-
-def _real(plan, label: int) -> tuple[np.ndarray, dict]:
-    from fracgen import realimage
-
-    cfg = plan.config
-    params = realimage.draw_transform(cfg.transform, cfg.delta, generator(cfg.seed, CLASS, 0, label))
-    image = realimage.apply_transform(_source(plan.source, cfg.size, cfg.edges, cfg.color), cfg.transform, params)
-    return image, {"label": label, "perturbation": label, "transform": cfg.transform, "params": params}
-
-
-def render_sample(plan, index: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
-    """Render sample ``index`` of a plan.
-
-    Args:
-        plan: the build's plan.
-        index: sample index; label = index // instances, instance = index % instances.
-        canvas: reusable buffers (the returned image may be a view of ``canvas.image``).
-
-    Returns:
-        The image ((size, size) uint8 grey, or (size, size, 3) uint8) and the sample's metadata (its ``json``).
-    """
-    label, instance = divmod(index, plan.config.instances)
-    preset = plan.config.preset
-    if preset == "1p-frac":
-        return _one_p_frac(plan, label, canvas)
-    if preset in ("fractaldb", "ofdb"):
-        return _fractaldb(plan, label, instance, canvas)
-    if preset in ("gaussian-noise", "uniform-noise"):
-        return _noise(plan, label)
-    return _real(plan, label)
+_RECORDS = [
+    Preset(
+        name="1p-frac",
+        options=frozenset(_FRACTAL | {"sigma", "delta", "L", "maps", "fractals", "perturbation", "margin",
+                                      "max_redraws"}),
+        classes="fractal x perturbation", systems="sigma", sampler="perturbed-ifs", command="build",
+        naming=_one_p_frac_name, card="1p-frac.md",
+        description="1p-frac (Nakamura et al., ECCV 2024): L perturbations of the parameters of each base fractal, "
+        "each perturbation its own class, one image per class.",
+    ),
+    Preset(
+        name="fractaldb", options=frozenset(_FRACTAL | {"fractals", "instances"}),
+        classes="system", systems="fractaldb", sampler="fractaldb", command="build",
+        naming=lambda c: f"fractaldb-{c.fractals}-x{c.instances}",
+        min_fill=FRACTALDB_MIN_FILL, max_instances=FRACTALDB_GRID,
+        description="FractalDB (Kataoka et al., ACCV 2020 / IJCV 2022): C categories, each an iterated function "
+        "system found by the FractalDB search, each with instances from scaled parameters, patch masks and flips.",
+    ),
+    Preset(
+        name="ofdb", options=frozenset(_FRACTAL | {"fractals"}),
+        classes="system", systems="fractaldb", sampler="fractaldb", command="build",
+        naming=lambda c: f"ofdb-{c.fractals}", min_fill=FRACTALDB_MIN_FILL,
+        description="OFDB, the one-instance FractalDataBase (Nakamura et al., ICCV 2023): C fractal categories, one "
+        "image each.",
+    ),
+    Preset(
+        name="gaussian-noise", options=frozenset(_NOISE), classes="perturbation", systems=None, sampler="noise",
+        command="build", naming=_noise_name, description="Gaussian " + _NOISE_TEXT,
+    ),
+    Preset(
+        name="uniform-noise", options=frozenset(_NOISE), classes="perturbation", systems=None, sampler="noise",
+        command="build", naming=_noise_name, description="uniform " + _NOISE_TEXT,
+    ),
+    Preset(
+        name="real", options=frozenset(_NOISE | {"edges", "color", "transform"}), classes="perturbation",
+        systems=None, sampler="real-image", command="build-real",
+        naming=lambda c: f"real-{c.transform}-{c.edges}-{c.color}-delta{c.delta}-L{c.L}",
+        description="single real image baseline of the 1p-frac paper (Tables 11-12): one real image whose geometry "
+        "is perturbed into L classes.",
+    ),
+]
+PRESETS: dict[str, Preset] = {p.name: p for p in _RECORDS}
+DEFAULT_PRESET = "1p-frac"

@@ -7,7 +7,6 @@ perturbation against its neighbour, in colour, so that differences of a few pixe
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from pathlib import Path
@@ -16,8 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from fracgen import dataset
 from fracgen.errors import UsageError
-from fracgen.verify import load_build, read_json
+from fracgen.presets import DEFAULT_PRESET, PRESETS
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +40,14 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-FRACTAL_PRESETS = ("1p-frac", "fractaldb", "ofdb")
+def _renders_fractals(config: dict[str, Any]) -> bool:
+    family = PRESETS.get(config.get("preset", DEFAULT_PRESET))
+    return family is not None and family.renders_fractals
 
 
 def _decode(data: bytes) -> np.ndarray:
     """PNG bytes -> (h, w, 3) uint8 RGB (a palette image is mapped through its palette)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
+    return dataset.decode_image(data, "RGB")
 
 
 def _is_binary(images: list[np.ndarray]) -> bool:
@@ -62,20 +63,18 @@ def _is_binary(images: list[np.ndarray]) -> bool:
 
 def _first_samples(root: Path, build: dict[str, Any], count: int) -> dict[int, np.ndarray]:
     """RGB images (h, w, 3) of labels 0..count-1, reading shards only until all are found."""
-    from fracgen.verify import iter_samples
-
     found: dict[int, np.ndarray] = {}
     for record in build["shards"]:
         path = root / record["filename"]
         if not path.is_file():
             continue
-        for sample in iter_samples(path):
+        for sample in dataset.iter_shard(path):
             try:
-                label = int(sample.files.get("cls", b"-1"))
+                label = int(sample.get("cls", b"-1"))
             except ValueError:
                 continue
-            if 0 <= label < count and label not in found and "png" in sample.files:
-                found[label] = _decode(sample.files["png"])
+            if 0 <= label < count and label not in found and "png" in sample:
+                found[label] = _decode(sample["png"])
         if len(found) == count:
             break
     if not found:
@@ -93,34 +92,34 @@ def render_base(root: Path, config: dict[str, Any]) -> np.ndarray | None:
     Returns:
         (size, size) uint8 grey image, or None when params.json has no system or it does not render.
     """
-    path = root / "params.json"
-    if not path.is_file():
-        logger.info("no params.json: the preview shows class 0 as the base")
+    params = dataset.read_params(root)
+    if params is None:
+        logger.info("no %s: the preview shows class 0 as the base", dataset.PARAMS_JSON)
         return None
     try:
-        system = read_json(path)["systems"][0]
+        system = params["systems"][0]
         maps = np.asarray(system["maps"], np.float64)
         probs = np.asarray(system["probabilities"], np.float64)
     except (KeyError, IndexError, TypeError, ValueError) as err:
-        logger.info("params.json has no usable base system (%s): the preview shows class 0", err)
+        logger.info("%s has no usable base system (%s): the preview shows class 0", dataset.PARAMS_JSON, err)
         return None
-    from fracgen import render
-    from fracgen.search import choice_uniforms, draw_masks, generator
+    from fracgen import plain_render
+    from fracgen.config import STYLES
+    from fracgen.seeds import choice_uniforms, draw_masks, generator
 
     size = int(config.get("size", 512))
     npoints = int(config.get("points", 100_000))
     seed = int(config.get("seed", 0))
     style = config.get("style", "reference")
-    style = style if style in render.STYLES else "reference"
+    style = style if style in STYLES else "reference"
     uniforms = choice_uniforms(seed, 0, npoints)
     # a purpose outside the builder's (which are small integers), so the preview never reuses a class's draws
     masks = draw_masks(generator(seed, _PREVIEW_PURPOSE), npoints)
-    canvas = render.Canvas(size, npoints)
-    fill = render.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
+    image, fill = plain_render.render(maps, probs, uniforms, masks, size, style)
     if fill <= 0:
         logger.info("the base system did not render (fill %s): the preview shows class 0", fill)
         return None
-    return canvas.image.copy()
+    return image
 
 
 def _show(grey: np.ndarray, side: int) -> Image.Image:
@@ -256,13 +255,13 @@ def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) 
     if not 1 <= count <= 32:
         raise UsageError(f"count must be between 1 and 32, got {count}")
     root = Path(root)
-    build = load_build(root)
+    build = dataset.read_build(root)
     config = build.get("config") or {}
     images = _first_samples(root, build, count)
     labels = sorted(images)
     binary = _is_binary(list(images.values()))
     base = (
-        render_base(root, config) if binary and config.get("preset", "1p-frac") in FRACTAL_PRESETS else None
+        render_base(root, config) if binary and _renders_fractals(config) else None
     )
     base_title = "base fractal (unperturbed)"
     if base is None:

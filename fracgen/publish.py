@@ -30,9 +30,11 @@ from typing import TypeVar
 import yaml
 
 import fracgen
+from fracgen import dataset
 from fracgen.card import DEFAULT_LICENSE, render_card
+from fracgen.dataset import BUILD_JSON, INFO_JSON, PARAMS_JSON, sha256_file
 from fracgen.errors import UsageError
-from fracgen.verify import BUILD_JSON, INFO_JSON, PARAMS_JSON, load_build, sha256_file, verify
+from fracgen.verify import verify
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ def stage(
         real-image build, `README.md`, `preview.png`.
     """
     root = Path(root)
-    build = load_build(root)
+    build = dataset.read_build(root)
     if len(build["shards"]) > MAX_COMMIT_FILES:
         raise UsageError(
             f"{len(build['shards'])} shards are more than one Hub commit takes ({MAX_COMMIT_FILES}); "
@@ -330,7 +332,7 @@ def push_to_hub(
             + (f"; and {len(problems) - 1} more problem(s)" if len(problems) > 1 else "")
             + f"); run `fracgen verify {root}` for the full list"
         )
-    build = load_build(root)
+    build = dataset.read_build(root)
     message = commit_message or (
         f"Upload {build.get('name', root.name)}: {report.num_samples} images, {report.num_classes} classes "
         f"(fracgen {fracgen.__version__})"

@@ -1,99 +1,47 @@
 """Finding acceptable base systems: a finite chaos game and a render that fills enough of the canvas.
 
-Every random draw comes from a generator derived from ``(seed, purpose, fractal index)``, so fractal f of a
-build is the same whatever other fractals, workers or shard ranges the build has.
+One loop serves every preset that has base systems; the presets differ only in how a candidate is drawn:
+1p-frac draws N maps with a target sigma-factor (Anderson & Farrell), FractalDB draws N ~ U{2..7} maps with
+parameters ~ U(-1, 1). System f draws from ``generator(seed, SEARCH, f)``, so it is the same whatever other
+systems, workers or shard ranges the build has. ``check_systems`` applies the same test to systems given in a
+params file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import lru_cache
+from collections.abc import Callable
 
 import numpy as np
 
 from fracgen import ifs, render
 from fracgen.errors import UsageError
+from fracgen.presets import FRACTALDB_MAPS, PRESETS
+from fracgen.seeds import CHECK, SEARCH, choice_uniforms, draw_masks, generator
+from fracgen.systems import System
 
-# Purposes: every generator is derived from (seed, purpose, ...), which keeps the streams of different draws
-# apart. ORDER spreads classes across shards; CHECK draws the masks that check a --params system.
-SEARCH, CHOICES, CLASS, ORDER, CHECK = 0, 1, 2, 3, 4
-
-
-def generator(seed: int, *path: int) -> np.random.Generator:
-    """A generator for one purpose of one build, independent of every other path."""
-    return np.random.default_rng(np.random.SeedSequence([seed, *path]))
+# A candidate: (maps (N, 6), the sigma-factor target it was drawn for).
+Draw = Callable[[np.random.Generator], tuple[np.ndarray, float]]
 
 
-@lru_cache(maxsize=8)
-def choice_uniforms(seed: int, fractal: int, points: int) -> np.ndarray:
-    """The map-choice draws of one fractal, shared by all its classes as in the released code: (points - 1,).
+def _first_acceptable(draw: Draw, index: int, *, seed: int, size: int, points: int, style: str, min_fill: float,
+                      max_attempts: int) -> System | float:
+    """Draw candidates for system ``index`` until one renders finite and fills >= ``min_fill``.
 
-    Cached (every class of a fractal reuses them) and read-only, since the cache hands out one array.
+    Returns:
+        The accepted system, or the best fill seen when none was accepted within ``max_attempts``.
     """
-    uniforms = generator(seed, CHOICES, fractal).random(points - 1)
-    uniforms.flags.writeable = False
-    return uniforms
-
-
-def draw_masks(rng: np.random.Generator, points: int) -> np.ndarray:
-    """One random non-empty 9-bit patch mask per point: (points,) uint16 in [1, 511]."""
-    return rng.integers(1, 512, points, dtype=np.uint16)
-
-
-@dataclass
-class System:
-    """An accepted base system.
-
-    Attributes:
-        maps: (N, 6) float64 rows (a, b, c, d, e, f).
-        probabilities: (N,) float64.
-        sigma: the sigma-factor target that was drawn (equal to the maps' sigma-factor).
-        fill: lit fraction of its base render.
-        attempts: systems drawn before this one was accepted (1 = the first).
-    """
-
-    maps: np.ndarray
-    probabilities: np.ndarray
-    sigma: float
-    fill: float
-    attempts: int = 1
-    extra: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {
-            "maps": self.maps.tolist(),
-            "probabilities": self.probabilities.tolist(),
-            "sigma": self.sigma,
-            "fill": self.fill,
-            "attempts": self.attempts,
-            **self.extra,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict) -> System:
-        """Read a system; raises UsageError naming what is malformed."""
-        try:
-            maps = np.asarray(data["maps"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as e:
-            raise UsageError(f"a system needs 'maps', a list of [a, b, c, d, e, f] rows ({e})") from None
-        if maps.ndim != 2 or maps.shape[1] != 6 or len(maps) < 1 or not np.all(np.isfinite(maps)):
-            raise UsageError(f"'maps' must be N >= 1 rows of 6 finite numbers, got shape {maps.shape}")
-        probs = data.get("probabilities")
-        try:
-            probs = ifs.probabilities(maps) if probs is None else np.asarray(probs, dtype=np.float64)
-        except (TypeError, ValueError):
-            probs = np.array([-1.0])
-        if probs.shape != (len(maps),) or np.any(probs < 0) or not np.isclose(probs.sum(), 1.0):
-            raise UsageError("'probabilities' must be one non-negative number per map, summing to 1")
-        known = {"maps", "probabilities", "sigma", "fill", "attempts"}
-        values = {}
-        for key, kind, default in (("sigma", float, ifs.sigma_factor(maps)), ("fill", float, float("nan")),
-                                   ("attempts", int, 1)):
-            try:
-                values[key] = kind(data.get(key, default))
-            except (TypeError, ValueError):
-                raise UsageError(f"'{key}' must be a number, got {data.get(key)!r}") from None
-        return cls(maps=maps, probabilities=probs, extra={k: v for k, v in data.items() if k not in known}, **values)
+    rng = generator(seed, SEARCH, index)
+    uniforms = choice_uniforms(seed, index, points)
+    canvas = render.Canvas(size, points)
+    best = 0.0
+    for attempt in range(1, max_attempts + 1):
+        maps, target = draw(rng)
+        probs = ifs.probabilities(maps)
+        fill = render.render(maps, probs, uniforms, draw_masks(rng, points), canvas.image, canvas.points, style)
+        best = max(best, fill)
+        if fill >= min_fill:
+            return System(maps=maps, probabilities=probs, sigma=target, fill=fill, attempts=attempt)
+    return best
 
 
 def search(
@@ -129,18 +77,64 @@ def search(
     Raises:
         UsageError: no acceptable system within ``max_attempts``.
     """
-    rng = generator(seed, SEARCH, fractal)
-    uniforms = choice_uniforms(seed, fractal, points)
-    canvas = render.Canvas(size, points)
-    best = 0.0
-    for attempt in range(1, max_attempts + 1):
-        m, drawn = ifs.sample_system(maps, sigma, rng, margin)
-        p = ifs.probabilities(m)
-        fill = render.render(m, p, uniforms, draw_masks(rng, points), canvas.image, canvas.points, style)
-        best = max(best, fill)
-        if fill >= min_fill:
-            return System(maps=m, probabilities=p, sigma=drawn, fill=fill, attempts=attempt)
+    found = _first_acceptable(lambda rng: ifs.sample_system(maps, sigma, rng, margin), fractal, seed=seed,
+                              size=size, points=points, style=style, min_fill=min_fill, max_attempts=max_attempts)
+    if isinstance(found, System):
+        return found
     raise UsageError(
         f"no system with sigma {sigma} and {maps} maps filled --min-fill {min_fill} in {max_attempts} attempts "
-        f"(best fill {best:.4f}); lower --min-fill, raise --sigma, or add --points"
+        f"(best fill {found:.4f}); lower --min-fill, raise --sigma, or add --points"
     )
+
+
+def _fractaldb_draw(rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    n = int(rng.integers(*FRACTALDB_MAPS))
+    maps = rng.uniform(-1.0, 1.0, (n, 6))
+    return maps, ifs.sigma_factor(maps)
+
+
+def fractaldb_search(category: int, *, seed: int, size: int, points: int, style: str, min_fill: float,
+                     max_attempts: int) -> System:
+    """FractalDB's category search: random unconstrained systems until one renders finite and fills enough.
+
+    Raises:
+        UsageError: nothing acceptable within ``max_attempts``.
+    """
+    found = _first_acceptable(_fractaldb_draw, category, seed=seed, size=size, points=points, style=style,
+                              min_fill=min_fill, max_attempts=max_attempts)
+    if isinstance(found, System):
+        return found
+    raise UsageError(f"FractalDB search: category {category} found nothing filling --min-fill {min_fill} in "
+                     f"{max_attempts} attempts (best {found:.3f}); lower --min-fill or raise --max-attempts")
+
+
+def search_systems(config) -> list[System]:
+    """The plan's base systems for a preset (none for presets without systems: noise, real images)."""
+    common = dict(seed=config.seed, size=config.size, points=config.points, style=config.style,
+                  min_fill=config.min_fill, max_attempts=config.max_attempts)
+    how = PRESETS[config.preset].systems
+    if how == "sigma":
+        return [search(config.sigma, maps=config.maps, fractal=f, margin=config.margin, **common)
+                for f in range(config.fractals)]
+    if how == "fractaldb":
+        return [fractaldb_search(c, **common) for c in range(config.fractals)]
+    return []
+
+
+def check_systems(systems: list[System], config) -> None:
+    """Refuse base systems whose chaos game diverges or whose render is empty under this config.
+
+    Raises:
+        UsageError: naming the first bad system.
+    """
+    canvas = render.Canvas(config.size, config.points)
+    for f, system in enumerate(systems):
+        masks = draw_masks(generator(config.seed, CHECK, f), config.points)
+        fill = render.render(system.maps, system.probabilities, choice_uniforms(config.seed, f, config.points),
+                             masks, canvas.image, canvas.points, config.style)
+        if fill < 0:
+            raise UsageError(f"--params: system {f} diverges (its chaos game leaves the finite numbers)")
+        if fill < config.min_fill:
+            raise UsageError(
+                f"--params: system {f} fills {fill:.4f} of the image, under --min-fill {config.min_fill}"
+            )

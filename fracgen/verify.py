@@ -7,42 +7,27 @@ label twice (`cls` and `json`). `verify` re-reads every byte and reports each sh
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import re
-import tarfile
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
+from fracgen import dataset
+from fracgen.dataset import (
+    BUILD_JSON,
+    INFO_JSON,
+    KEY_RE,
+    PARAMS_JSON,
+    SAMPLE_EXTS,
+    SHARD_GLOB,
+    DatasetError,
+    sha256_file,
+)
 from fracgen.errors import UsageError
-from fracgen.shards import sha256_file
 
 logger = logging.getLogger(__name__)
-
-BUILD_JSON = "build.json"
-INFO_JSON = "_info.json"
-PARAMS_JSON = "params.json"
-KEY_RE = re.compile(r"^\d{8}$")
-
-
-@dataclass
-class Sample:
-    """One decoded-enough sample of a shard.
-
-    Attributes:
-        key: the sample's `__key__` (`{index:08d}`).
-        files: extension (without the dot) -> raw bytes, e.g. {"png": ..., "cls": b"3", "json": ...}.
-    """
-
-    key: str
-    files: dict[str, bytes]
-
 
 @dataclass
 class VerifyReport:
@@ -94,70 +79,10 @@ class VerifyReport:
         return out
 
 
-def read_json(path: Path) -> Any:
-    """Read a JSON record of the dataset.
-
-    Raises:
-        UsageError: the file is missing or is not JSON.
-    """
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise UsageError(f"{path} is missing") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not valid JSON ({err})") from err
-
-
-def load_build(root: Path | str) -> dict[str, Any]:
-    """Read `build.json`, the marker of a complete build.
-
-    Raises:
-        UsageError: `root` is not a folder or holds no complete build.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise UsageError(f"{root} is not a folder; give the output folder of `fracgen build`")
-    if not (root / BUILD_JSON).is_file():
-        raise UsageError(
-            f"{root} has no {BUILD_JSON}: the build is incomplete (or this is not a fracgen dataset); "
-            "rerun `fracgen build` to finish it"
-        )
-    build = read_json(root / BUILD_JSON)
-    if not isinstance(build, dict) or not isinstance(build.get("shards"), list):
-        raise UsageError(f"{root / BUILD_JSON} has no 'shards' list")
-    return build
-
-
-def iter_samples(path: Path) -> Iterator[Sample]:
-    """Yield the samples of one WebDataset shard in file order.
-
-    Members are grouped by key the way webdataset does it: the key is the name up to the first dot, and a
-    sample ends when the key changes.
-
-    Raises:
-        tarfile.TarError: the file is not a readable tar.
-    """
-    current: Sample | None = None
-    with tarfile.open(path, "r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            if current is None or key != current.key:
-                if current is not None:
-                    yield current
-                current = Sample(key=key, files={})
-            handle = tar.extractfile(member)
-            current.files[ext] = handle.read() if handle is not None else b""
-    if current is not None:
-        yield current
-
-
 def _image_size(data: bytes) -> tuple[int, int]:
     """Decode an image fully (so truncated data fails) and return (width, height)."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return image.size
+    height, width = dataset.decode_grey(data).shape
+    return width, height
 
 
 def _check_shard(
@@ -179,81 +104,83 @@ def _check_shard(
     actual_bytes = path.stat().st_size
     for key in ("bytes", "sha256", "num_samples"):
         if key not in record:
-            report.add(name, f"build.json records no {key} for it")
+            report.add(name, f"{BUILD_JSON} records no {key} for it")
     if "bytes" in record and actual_bytes != record["bytes"]:
-        report.add(name, f"size {actual_bytes} bytes, build.json records {record['bytes']}")
+        report.add(name, f"size {actual_bytes} bytes, {BUILD_JSON} records {record['bytes']}")
     if "sha256" in record:
         digest = sha256_file(path)
         if digest != record["sha256"]:
             report.add(
-                name, f"sha256 {digest[:12]}... does not match build.json {str(record['sha256'])[:12]}..."
+                name, f"sha256 {digest[:12]}... does not match {BUILD_JSON} {str(record['sha256'])[:12]}..."
             )
     count = 0
     bad_images = bad_labels = 0
     first_image_problem = first_label_problem = ""
     try:
-        for sample in iter_samples(path):
+        for sample in dataset.iter_shard(path):
+            key = sample["__key__"]
             count += 1
-            if not KEY_RE.match(sample.key):
-                report.add(name, f"sample key {sample.key!r} is not 8 digits")
-            if sample.key in keys:
-                report.add(name, f"sample key {sample.key} also appears earlier")
-            keys.add(sample.key)
-            missing = [ext for ext in ("png", "cls", "json") if ext not in sample.files]
+            if not KEY_RE.match(key):
+                report.add(name, f"sample key {key!r} is not 8 digits")
+            if key in keys:
+                report.add(name, f"sample key {key} also appears earlier")
+            keys.add(key)
+            missing = [ext for ext in SAMPLE_EXTS if ext not in sample]
             if missing:
-                report.add(name, f"sample {sample.key} lacks {', '.join(missing)}")
+                report.add(name, f"sample {key} lacks {', '.join(missing)}")
                 continue
             try:
-                width_height = _image_size(sample.files["png"])
+                width_height = _image_size(sample["png"])
                 if size is not None and width_height != (size, size):
                     bad_images += 1
                     first_image_problem = first_image_problem or (
-                        f"sample {sample.key} is {width_height[0]}x{width_height[1]}, expected {size}x{size}"
+                        f"sample {key} is {width_height[0]}x{width_height[1]}, expected {size}x{size}"
                     )
             except Exception as err:  # noqa: BLE001 - any decoder failure means a bad image
                 bad_images += 1
                 first_image_problem = (
-                    first_image_problem or f"sample {sample.key} png does not decode ({err})"
+                    first_image_problem or f"sample {key} png does not decode ({err})"
                 )
             problem = _label_problem(sample, num_classes, classes)
             if problem:
                 bad_labels += 1
                 first_label_problem = first_label_problem or problem
             else:
-                labels[int(sample.files["cls"])] += 1
-    except (tarfile.TarError, EOFError, OSError) as err:
+                labels[int(sample["cls"])] += 1
+    except DatasetError as err:
         report.add(name, f"not a readable tar after {count} samples ({err})")
     if bad_images:
         report.add(name, f"{bad_images} bad image(s), first: {first_image_problem}")
     if bad_labels:
         report.add(name, f"{bad_labels} bad label(s), first: {first_label_problem}")
     if "num_samples" in record and count != record["num_samples"]:
-        report.add(name, f"{count} samples, build.json records {record['num_samples']}")
+        report.add(name, f"{count} samples, {BUILD_JSON} records {record['num_samples']}")
     if info_count is not None and count != info_count:
-        report.add(name, f"{count} samples, _info.json records {info_count}")
+        report.add(name, f"{count} samples, {INFO_JSON} records {info_count}")
     return count
 
 
-def _label_problem(sample: Sample, num_classes: int, classes: dict[int, dict[str, Any]]) -> str:
+def _label_problem(sample: dict[str, Any], num_classes: int, classes: dict[int, dict[str, Any]]) -> str:
     """Why a sample's label is wrong, or '' when it is right."""
+    key = sample["__key__"]
     try:
-        label = int(sample.files["cls"].decode("ascii").strip())
+        label = int(sample["cls"].decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
-        return f"sample {sample.key} cls {sample.files['cls'][:20]!r} is not an integer"
+        return f"sample {key} cls {sample['cls'][:20]!r} is not an integer"
     if not 0 <= label < num_classes:
-        return f"sample {sample.key} label {label} is outside 0..{num_classes - 1}"
+        return f"sample {key} label {label} is outside 0..{num_classes - 1}"
     try:
-        meta = json.loads(sample.files["json"])
+        meta = json.loads(sample["json"])
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return f"sample {sample.key} json does not parse"
+        return f"sample {key} json does not parse"
     if not isinstance(meta, dict) or meta.get("label") != label:
-        return f"sample {sample.key} json label {meta.get('label') if isinstance(meta, dict) else None} != cls {label}"
+        return f"sample {key} json label {meta.get('label') if isinstance(meta, dict) else None} != cls {label}"
     recorded = classes.get(label)
     if recorded is not None:
         for field_name in ("fractal", "perturbation"):
             if field_name in recorded and field_name in meta and recorded[field_name] != meta[field_name]:
                 return (
-                    f"sample {sample.key} {field_name} {meta[field_name]} != params.json class {label} "
+                    f"sample {key} {field_name} {meta[field_name]} != {PARAMS_JSON} class {label} "
                     f"{field_name} {recorded[field_name]}"
                 )
     return ""
@@ -262,7 +189,7 @@ def _label_problem(sample: Sample, num_classes: int, classes: dict[int, dict[str
 def _info_counts(report: VerifyReport, root: Path, shard_names: list[str]) -> dict[str, int]:
     """Per-shard counts from `_info.json`; records disagreements with build.json as dataset problems."""
     try:
-        info = read_json(root / INFO_JSON)
+        info = dataset.read_json(root / INFO_JSON)
         split = info["splits"]["train"]
         filenames = list(split["filenames"])
         lengths = [int(n) for n in split["shard_lengths"]]
@@ -278,7 +205,7 @@ def _info_counts(report: VerifyReport, root: Path, shard_names: list[str]) -> di
         )
     if filenames != shard_names:
         report.dataset_problems.append(
-            f"{INFO_JSON} lists shards {filenames} but build.json lists {shard_names}"
+            f"{INFO_JSON} lists shards {filenames} but {BUILD_JSON} lists {shard_names}"
         )
     if "num_samples" in split and split["num_samples"] != sum(lengths):
         report.dataset_problems.append(
@@ -293,7 +220,7 @@ def _recorded_classes(report: VerifyReport, root: Path) -> dict[int, dict[str, A
     if not path.exists():
         return {}
     try:
-        params = read_json(path)
+        params = dataset.read_json(path)
         return {int(c["label"]): c for c in params.get("classes", [])}
     except UsageError as err:
         report.dataset_problems.append(str(err))
@@ -306,7 +233,7 @@ def _check_config(report: VerifyReport, config: dict[str, Any]) -> None:
     """build.json's config must be a complete, valid build configuration (the card and a rebuild need it)."""
     from dataclasses import fields
 
-    from fracgen.build import BuildConfig
+    from fracgen.config import BuildConfig
 
     missing = sorted({f.name for f in fields(BuildConfig)} - {"min_fill", "instances"} - set(config))
     if missing:
@@ -338,7 +265,7 @@ def verify(root: Path | str) -> VerifyReport:
         UsageError: `root` holds no complete build (no readable build.json).
     """
     root = Path(root)
-    build = load_build(root)
+    build = dataset.read_build(root)
     records = build["shards"]
     report = VerifyReport(root=root, num_shards=len(records))
     try:
@@ -350,14 +277,14 @@ def verify(root: Path | str) -> VerifyReport:
     size = config.get("size")
     num_classes = build.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 1:
-        report.dataset_problems.append(f"build.json num_classes {num_classes!r} is not a positive integer")
+        report.dataset_problems.append(f"{BUILD_JSON} num_classes {num_classes!r} is not a positive integer")
         num_classes = 0
     report.num_classes = num_classes
     info_counts = _info_counts(report, root, shard_names)
     classes = _recorded_classes(report, root)
     if classes and sorted(classes) != list(range(num_classes)):
         report.dataset_problems.append(
-            f"{PARAMS_JSON} records {len(classes)} classes, build.json num_classes is {num_classes}"
+            f"{PARAMS_JSON} records {len(classes)} classes, {BUILD_JSON} num_classes is {num_classes}"
         )
 
     labels: Counter[int] = Counter()
@@ -372,11 +299,11 @@ def verify(root: Path | str) -> VerifyReport:
             report, root / name, record, info_counts.get(name), size, num_classes, classes, labels, keys
         )
 
-    for stray in sorted(p.name for p in root.glob("train-*.tar") if p.name not in set(shard_names)):
-        report.add(stray, "not listed in build.json (a train-*.tar glob would load it)")
+    for stray in sorted(p.name for p in root.glob(dataset.SHARD_GLOB) if p.name not in set(shard_names)):
+        report.add(stray, f"not listed in {BUILD_JSON} (a {SHARD_GLOB} glob would load it)")
     if "num_samples" in build and build["num_samples"] != sum(r.get("num_samples", 0) for r in records):
         report.dataset_problems.append(
-            f"build.json num_samples {build['num_samples']} != sum over shards "
+            f"{BUILD_JSON} num_samples {build['num_samples']} != sum over shards "
             f"{sum(r.get('num_samples', 0) for r in records)}"
         )
     source = str(config.get("source") or "")

@@ -12,7 +12,8 @@ import pytest
 import webdataset as wds
 from conftest import TINY
 
-from fracgen import build as build_mod
+from fracgen import render as render_mod
+from fracgen import shard as shard_mod
 from fracgen.build import BuildConfig, build
 from fracgen.errors import FracgenError, UsageError
 
@@ -92,14 +93,14 @@ def test_additive_perturbation_stays_in_its_box(tmp_path):
 
 
 def test_redraws_are_bounded_and_recorded(tmp_path, monkeypatch):
-    real = build_mod.render.render
+    real = render_mod.render
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):  # every class's first draw "diverges"
         calls["n"] += 1
         return -1.0 if calls["n"] % 2 == 1 else real(*args, **kwargs)
 
-    monkeypatch.setattr(build_mod.render, "render", flaky)
+    monkeypatch.setattr(render_mod, "render", flaky)
     build(CFG, tmp_path / "r", workers=1, params=None)
     params = json.loads((tmp_path / "r" / "params.json").read_text())
     assert params["total_redraws"] >= 16
@@ -110,7 +111,7 @@ def test_redraws_are_bounded_and_recorded(tmp_path, monkeypatch):
         checked.append(1)
         return real(*args, **kwargs) if len(checked) == 1 else -1.0
 
-    monkeypatch.setattr(build_mod.render, "render", only_base)
+    monkeypatch.setattr(render_mod, "render", only_base)
     with pytest.raises(FracgenError, match="no perturbation"):
         build(BuildConfig(**{**TINY, "max_redraws": 3}), tmp_path / "never", workers=1,
               params=tmp_path / "r" / "params.json")
@@ -118,7 +119,7 @@ def test_redraws_are_bounded_and_recorded(tmp_path, monkeypatch):
 
 def test_resume_after_a_killed_worker_gives_the_same_bytes(tiny_dataset, tmp_path, monkeypatch):
     parent = os.getpid()
-    real = build_mod.render_sample
+    real = shard_mod.render_sample
     victim = json.loads((tiny_dataset / "params.json").read_text())  # any label of the second shard
     label = sorted(int(n) for n in [c["label"] for c in victim["classes"]])[-1]
 
@@ -127,12 +128,12 @@ def test_resume_after_a_killed_worker_gives_the_same_bytes(tiny_dataset, tmp_pat
             os.kill(os.getpid(), signal.SIGKILL)  # mid-shard, like an OOM kill
         return real(plan, lbl, canvas)
 
-    monkeypatch.setattr(build_mod, "render_sample", dying)
+    monkeypatch.setattr(shard_mod, "render_sample", dying)
     out = tmp_path / "killed"
     with pytest.raises(FracgenError, match="worker process died"):
         build(BuildConfig(**{**TINY, "shard_size": 4}), out, workers=2)
     assert not (out / "build.json").exists()
-    monkeypatch.setattr(build_mod, "render_sample", real)
+    monkeypatch.setattr(shard_mod, "render_sample", real)
     result = build(None, out, resume=True, workers=2)
     assert result.complete and result.skipped
     assert not list(out.glob("*.tmp"))
@@ -142,7 +143,7 @@ def test_resume_after_a_killed_worker_gives_the_same_bytes(tiny_dataset, tmp_pat
 
 
 def test_disk_full_removes_the_partial_shard_and_resume_finishes(tmp_path, monkeypatch):
-    real = build_mod.encode_png
+    real = shard_mod.encode_png
     calls = {"n": 0}
 
     def full(*args, **kwargs):
@@ -151,13 +152,13 @@ def test_disk_full_removes_the_partial_shard_and_resume_finishes(tmp_path, monke
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(build_mod, "encode_png", full)
+    monkeypatch.setattr(shard_mod, "encode_png", full)
     out = tmp_path / "full"
     with pytest.raises(FracgenError, match="disk full"):
         build(CFG, out, workers=1)
     assert not list(out.glob("*.tmp")) and not (out / "train-000001.tar").exists()
     assert (out / "train-000000.tar").exists() and not (out / "build.json").exists()
-    monkeypatch.setattr(build_mod, "encode_png", real)
+    monkeypatch.setattr(shard_mod, "encode_png", real)
     result = build(None, out, resume=True, workers=1)
     assert result.built == [1] and result.skipped == [0]
 
@@ -241,3 +242,29 @@ def test_timm_reads_the_dataset(tiny_dataset):
         assert set(np.unique(np.asarray(image))) == {0, 127}
         seen.append(int(target))
     assert sorted(seen) == list(range(16))
+
+
+# sha256 of the files a build publishes, measured on main before the dataset contract moved (3d6daf6): a
+# refactor must not change a byte. If a deliberate change of the format or the renderer moves them, say so in
+# the commit and update them here.
+PINNED = {
+    "tiny": {
+        "train-000000.tar": "dde2aa4a26a6af1da546cd07517716586203f3bb5ef6bac8e985c67f33ad5627",
+        "train-000001.tar": "d3f539bb59e19ce7236ac4b4930c8f0e6f58488e489edcaab0a84d447a4c0496",
+        "_info.json": "7ff18efbac6a9ff5dfe32dafb581568204bbd0a9cce710dabb3bb6c00e51eecb",
+        "params.json": "7f70c66b9baa53a56671b50c648aebbae3458000429f6a63fd917e13917d0995",
+    },
+    "default options, L=16": {
+        "train-000000.tar": "bea3cc1b8d6d077988bc0b4225582f5ca8bf9f56e2c202a31f462667d791dad9",
+        "_info.json": "c796c419a1ef5d3b4cf2e2e8b23c46b0fd97f0c3878e30bfcc7ddc487c390779",
+        "params.json": "58295e8210d9afb9db8f10d215c2c5c3b337b5537779ac930343d4f29fde1a3f",
+    },
+}
+
+
+def test_the_default_builds_bytes_are_pinned(tiny_dataset, tmp_path):
+    from fracgen.dataset import sha256_file
+
+    build(BuildConfig(L=16), tmp_path / "default", workers=1)  # 512 px, 100,000 points: ~0.2 s
+    for case, root in (("tiny", tiny_dataset), ("default options, L=16", tmp_path / "default")):
+        assert {name: sha256_file(root / name) for name in PINNED[case]} == PINNED[case], case

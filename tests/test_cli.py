@@ -2,11 +2,13 @@
 
 import errno
 import json
+import os
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from fracgen import build as build_mod
+from fracgen import shard as shard_mod
 from fracgen.cli import cli
 
 TINY_ARGS = ["--L", "8", "--size", "64", "--points", "3000", "--shard-size", "4", "--workers", "1", "--no-progress"]
@@ -104,7 +106,7 @@ def test_disk_full_is_one_line_and_leaves_no_partial_shard(tmp_path, monkeypatch
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(build_mod, "encode_png", full)
+    monkeypatch.setattr(shard_mod, "encode_png", full)
     out = tmp_path / "out"
     one_line_error(run("build", *TINY_ARGS, out), "disk full", "--resume")
     assert not list(out.glob("*.tar*")) and not (out / "build.json").exists()
@@ -137,3 +139,26 @@ def test_damaged_stored_config_is_one_line_on_resume(tmp_path, content):
     one_line_error(run("build", "--resume", out), "damaged", "--overwrite")
     assert (out / "build.json").is_file()
     assert run("build", *TINY_ARGS, "--overwrite", out).exit_code == 0
+
+
+def test_verify_and_preview_import_neither_numba_nor_torch(tiny_dataset, tmp_path):
+    """The readers of a dataset stay light: no numba (the builder's kernels) and no torch (the trainer)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from fracgen.cli import cli\n"
+        "for args in (['verify', sys.argv[1]], ['preview', sys.argv[1], '--out', sys.argv[2]]):\n"
+        "    try:\n"
+        "        cli(args, standalone_mode=False)\n"
+        "    except SystemExit as e:\n"
+        "        assert not e.code, e.code\n"
+        "print(sorted(m for m in ('numba', 'torch', 'webdataset', 'fracgen.render') if m in sys.modules))\n"
+    )
+    out = tmp_path / "p.png"
+    proc = subprocess.run([sys.executable, "-c", script, str(tiny_dataset), str(out)], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]"
+    assert "OK:" in proc.stdout and out.is_file()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fracgen import noise
-from fracgen.search import generator
+from fracgen.seeds import generator
 
 SIZE = 64
 

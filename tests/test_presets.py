@@ -163,3 +163,25 @@ def test_resume_checks_options_against_the_stored_preset(tmp_path):
     same = runner.invoke(cli, ["build", "--resume", "--preset", "fractaldb", str(out)])
     assert same.exit_code == 0, same.output
     assert json.loads((out / "build.json").read_text())["config"]["preset"] == "fractaldb"
+
+
+def test_the_configs_raster_limits_are_the_renderers():
+    from fracgen import config, plain_render, render
+
+    assert (config.STYLES, config.PAD, config.MIN_SIZE) == (render.STYLES, render.PAD, render.MIN_SIZE)
+    assert plain_render.VALUE == render.VALUE
+    np.testing.assert_array_equal(plain_render._patches(), render.PATCHES)
+
+
+def test_every_preset_record_is_complete():
+    from fracgen.config import BuildConfig
+    from fracgen.presets import PRESETS
+    from fracgen.samples import SAMPLERS
+
+    for name, family in PRESETS.items():
+        assert family.name == name and family.sampler in SAMPLERS
+        assert family.systems in ("sigma", "fractaldb", None)
+        assert family.options <= {f for f in BuildConfig.__dataclass_fields__}
+        cfg = BuildConfig(preset=name, fractals=3, L=5)
+        assert cfg.num_classes == {"fractal x perturbation": 15, "system": 3, "perturbation": 5}[family.classes]
+        assert cfg.name() and cfg.command().startswith(f"fracgen {family.command} ")

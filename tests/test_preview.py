@@ -86,3 +86,24 @@ def test_noise_images_get_an_intensity_difference_view(tmp_path: Path) -> None:
         pixels = np.asarray(image.convert("RGB"))
     assert _colour_pixels(Image.fromarray(pixels), ONLY_FIRST) == 0  # no binary-shape colours
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # the noise itself is shown, not a white square
+
+
+@pytest.mark.parametrize("style", ["reference", "points"])
+def test_the_plain_renderer_draws_the_kernels_pixels(style: str) -> None:
+    from fracgen import ifs, plain_render, render
+    from fracgen.seeds import choice_uniforms, draw_masks, generator
+
+    rng = generator(7, 99)
+    for k in range(4):
+        maps, _ = ifs.sample_system(2 + k % 2, 3.5, rng)
+        maps = maps * (3.0 if k == 3 else 1.0)  # the last one diverges
+        probs = ifs.probabilities(maps)
+        uniforms = choice_uniforms(7, k, 4000)
+        masks = draw_masks(rng, 4000)
+        canvas = render.Canvas(48, 4000)
+        fill = render.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
+        image, plain_fill = plain_render.render(maps, probs, uniforms, masks, 48, style)
+        assert plain_fill == fill
+        if fill >= 0:
+            np.testing.assert_array_equal(image, canvas.image)
+    assert fill == -1.0  # the check above covered a divergent system too

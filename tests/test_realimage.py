@@ -8,7 +8,7 @@ from PIL import Image
 
 from fracgen import realimage as ri
 from fracgen.errors import UsageError
-from fracgen.search import generator
+from fracgen.seeds import generator
 
 SIZE = 64
 

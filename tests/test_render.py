@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fracgen import ifs, render
-from fracgen.search import draw_masks
+from fracgen.seeds import draw_masks
 
 
 def numpy_chaos_game(maps, probs, uniforms):

@@ -22,18 +22,16 @@ from timm.data import Mixup, create_transform
 from timm.data import auto_augment as timm_aa
 from timm.data.random_erasing import RandomErasing
 
-from train.errors import DoesNotFit, TrainError
-from train.resident import (
+from train.config import AugConfig
+from train.device_augment import (
     BatchParams,
     DeviceAugment,
     RandAugmentSpec,
-    Recipe,
-    ResidentSource,
-    load_images,
-    make_resident_source,
     sample_crop_params,
     sample_erase_params,
 )
+from train.errors import DoesNotFit, TrainError
+from train.resident import ResidentSource, load_images, make_resident_source
 
 K = 4.0  # tolerance in standard errors (see the module docstring)
 RECIPE_RA = "rand-m9-mstd0.5-inc1"
@@ -123,7 +121,7 @@ def test_rand_augment_draws_match_timm() -> None:
     assert spec.ops == tuple(timm_aa._RAND_INCREASING_TRANSFORMS)
     assert (spec.magnitude, spec.magnitude_std, spec.num_layers, spec.prob) == (9, 0.5, 2, 0.5)
     n = 4000
-    aug = DeviceAugment(Recipe(img_size=16, rand_augment=spec), torch.device("cpu"))
+    aug = DeviceAugment(AugConfig(auto_augment=RECIPE_RA, re_prob=0.0), 16, torch.device("cpu"))
     p = aug.sample(torch.Generator().manual_seed(2), n, 16, 16)
     ops = p.ops.numpy().ravel()
     _near(ops >= 0, 0.5, "apply rate")
@@ -153,8 +151,7 @@ def test_rand_augment_op_matches_timm_pil(name: str, monkeypatch: pytest.MonkeyP
     size = 32
     grey = _test_image(size)
     spec = RandAugmentSpec.parse(RECIPE_RA)
-    aug = DeviceAugment(Recipe(img_size=size, rand_augment=spec, hflip=0, vflip=0, antialias=False),
-                        torch.device("cpu"))
+    aug = DeviceAugment(AugConfig(auto_augment=RECIPE_RA, hflip=0, vflip=0, re_prob=0.0), size, torch.device("cpu"))
     hparams = dict(magnitude_std=0, img_mean=(128,) * 3, interpolation=Image.BICUBIC, translate_pct=0.45)
     _posterize_zero_bits_black(monkeypatch)
     for sign, magnitude in ((1.0, 9.0), (-1.0, 9.0), (1.0, 10.0)):
@@ -191,8 +188,8 @@ def test_flip_rates_end_to_end() -> None:
                            mean=(0.5,) * 3, std=(0.5,) * 3)
     torch.manual_seed(3)
     ref = _cpu_batch(cpu, [grey] * n)
-    recipe = Recipe(img_size=size, scale=(1, 1), ratio=(1, 1), hflip=0.5, vflip=0.5)
-    aug = DeviceAugment(recipe, torch.device("cpu"))
+    recipe = AugConfig(rrc_scale=(1, 1), rrc_ratio=(1, 1), hflip=0.5, vflip=0.5, auto_augment=None, re_prob=0.0)
+    aug = DeviceAugment(recipe, size, torch.device("cpu"))
     mine = aug(torch.from_numpy(grey)[None, None].expand(n, 1, size, size), torch.Generator().manual_seed(3))
 
     def flips(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -239,8 +236,7 @@ def test_full_recipe_statistics_match_cpu_path(dataset: Path, monkeypatch: pytes
     torch.manual_seed(4)
     rows = np.arange(n) % len(greys)
     ref = _cpu_batch(cpu, [greys[r] for r in rows])
-    recipe = Recipe.from_config({"auto_augment": RECIPE_RA, "re_prob": 0.5}, size)
-    aug = DeviceAugment(recipe, torch.device("cpu"))
+    aug = DeviceAugment(AugConfig(auto_augment=RECIPE_RA, re_prob=0.5), size, torch.device("cpu"))
     images = torch.from_numpy(greys[rows]).unsqueeze(1)
     mip = torch.nn.functional.avg_pool2d(images.float(), 2).round().to(torch.uint8)
     mine = aug(images, torch.Generator().manual_seed(4), mip)
@@ -260,8 +256,8 @@ def test_full_recipe_statistics_match_cpu_path(dataset: Path, monkeypatch: pytes
 def test_mixup_lambdas_on_resident_batches(dataset: Path) -> None:
     """timm's Mixup (the loop's) on resident device batches: lambdas as on CPU-path batches."""
     greys, labels = load_images(dataset)
-    recipe = Recipe.from_config({"auto_augment": None, "re_prob": 0.0}, 16)
-    src = ResidentSource(greys, labels, 16, recipe, torch.device("cpu"), batch_size=8, seed=5)
+    aug = DeviceAugment(AugConfig(auto_augment=None, re_prob=0.0), 16, torch.device("cpu"))
+    src = ResidentSource(greys, labels, 16, aug, batch_size=8, seed=5)
     mixup_args = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode="batch",
                       label_smoothing=0.1, num_classes=16)
     cpu = create_transform(16, is_training=True, mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -472,3 +468,39 @@ def test_pretrain_on_the_resident_source_learns_and_resumes(learnable_dataset: P
     b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("source", ["resident", "stream"])
+def test_each_shard_is_read_once_before_the_first_step(dataset: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       source: str) -> None:
+    """``_info.json`` is parsed once and every shard opened once before the first step, whichever source reads
+    them: ``make_source`` and the evaluation set (the training set's first samples, kept by the source)."""
+    import tarfile
+    from collections import Counter
+
+    import fracgen.dataset
+
+    config = pytest.importorskip("train.config")
+    data = pytest.importorskip("train.data")
+    opened: Counter[str] = Counter()
+    parsed: list[str] = []
+    tar_open, parse_info = tarfile.open, fracgen.dataset.parse_info
+
+    def counting_open(name=None, *args, **kwargs):
+        opened[Path(name if name is not None else kwargs["fileobj"].name).name] += 1
+        return tar_open(name, *args, **kwargs)
+
+    def counting_parse(raw, where=fracgen.dataset.INFO_JSON):
+        parsed.append(where)
+        return parse_info(raw, where)
+
+    monkeypatch.setattr(tarfile, "open", counting_open)
+    monkeypatch.setattr(fracgen.dataset, "parse_info", counting_parse)
+    cfg = config.load_config("tiny", [f"data.source={source}", "data.workers=0"], {"data.path": str(dataset)})
+    src = data.make_source(cfg, torch.device("cpu"), 0, 1)
+    loader = data.make_pretrain_eval_loader(cfg, src.head)
+    shards = sorted(p.name for p in dataset.glob("*.tar"))
+    assert len(shards) == 2 and dict(opened) == {name: 1 for name in shards}, opened
+    assert len(parsed) == 1, parsed
+    assert type(src).__name__ == ("ResidentSource" if source == "resident" else "StreamSource")
+    assert len(loader.dataset) == 16  # the whole tiny set (eval_samples 256)

@@ -12,9 +12,9 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+from train.checkpoint import read_checkpoint_meta
 from train.config import load_config
 from train.errors import TrainError
-from train.loop import read_checkpoint_meta
 from train.pretrain import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,14 +172,12 @@ def test_ddp_two_ranks_on_cpu(tiny_dataset, tmp_path):
 
 @pytest.mark.parametrize("source", ["stream", "resident"])
 def test_corrupt_png_inside_a_shard_is_named(tmp_path, source):
-    import webdataset as wds
-
+    from fracgen.dataset import write_shard
     from train.toy import write_toy_dataset
 
     root = write_toy_dataset(tmp_path / "toy", num_classes=4, per_class=4, size=32, shard_size=8)
-    with wds.TarWriter(str(root / "train-000001.tar"), mtime=0) as sink:  # replace shard 1: valid tar, bad png
-        for i in range(8):
-            sink.write({"__key__": f"{100 + i:08d}", "png": b"not a png", "cls": b"1"})
+    # replace shard 1 (train-000001.tar): a valid tar, bad pngs
+    write_shard(root, 1, [{"__key__": f"{100 + i:08d}", "png": b"not a png", "cls": b"1"} for i in range(8)])
     cfg = load_config("tiny", [f"data.source={source}", "train.steps=4", "train.batch_size=8",
                                "data.eval_path=''", "model.img_size=32"], {"data.path": str(root)})
     with pytest.raises(TrainError, match=r"shard .*train-000001.tar: sample 00000100: cannot decode"):

@@ -1,8 +1,9 @@
 """Pre-training throughput: model alone, streaming loader, GPU-resident source, in one run on one device.
 
-``python -m train.bench --data out/1p-frac`` (``make bench-train``) times the same training step (timm model,
-timm Mixup/CutMix with label smoothing on the device, soft-target cross entropy, AdamW; bf16 autocast and fused
-AdamW on CUDA; optionally ``torch.compile``) fed three ways:
+``python -m train.bench --data out/1p-frac`` (``make bench-train``) times the trainer's own step
+(``train.step.TrainStep``: timm model, timm Mixup/CutMix with label smoothing on the device, soft-target cross
+entropy, the config's timm optimizer and schedule; bf16 autocast and fused AdamW on CUDA; optionally
+``torch.compile`` on CUDA) fed three ways:
 
 - ``model only``: random tensors already on the device (the ceiling);
 - ``stream``: ``train.data``'s streaming source (webdataset shards, PNG decode and timm transforms in
@@ -71,51 +72,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)  # a CPU-GPU sync point: only around timed regions
 
 
-class Trainer:
-    """The step every path is timed with: mixup on the device, forward/backward under autocast, AdamW.
-
-    Args:
-        cfg: the run config (model, aug, optim, train sections are read).
-        num_classes: classes of the head.
-        device: where to train.
-    """
-
-    def __init__(self, cfg: Any, num_classes: int, device: torch.device) -> None:
-        import timm
-
-        from train.augment import make_criterion, make_mixup
-
-        self.device = device
-        model = timm.create_model(cfg.model.name, num_classes=num_classes, img_size=cfg.model.img_size,
-                                  drop_path_rate=cfg.model.drop_path, **dict(cfg.model.kwargs or {}))
-        self.model = model.to(device).train()
-        cuda = device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
-                                           weight_decay=cfg.optim.weight_decay, fused=cuda)
-        self.mixup = make_mixup(cfg.aug, num_classes)
-        self.criterion = make_criterion(cfg.aug, self.mixup)
-        amp = cfg.train.amp if cuda else "none"
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)) \
-            if amp != "none" else contextlib.nullcontext
-        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
-
-    def step(self, images: torch.Tensor, targets: torch.Tensor) -> None:
-        """One optimizer step on a batch already on the device; no host sync."""
-        if self.mixup is not None:
-            images, targets = self.mixup(images, targets)
-        with self.autocast():
-            loss = self.criterion(self.forward(images), targets)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-
 def _forever(source: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     epoch = 0
     while True:
@@ -164,6 +120,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     """Measure every requested path; returns the rows and the context of the table."""
     from train.config import load_config
     from train.data import make_source, micro_batch_size, read_info
+    from train.model import create_model
+    from train.step import TrainStep
 
     device = _device(args.device)
     if device.type == "cuda":
@@ -177,9 +135,10 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
               "train.device": device.type, "data.workers": args.workers}
     cfg = load_config(args.config, args.set, values)
     info = read_info(cfg.data.path)
-    num_classes = int(info["num_classes"])
+    num_classes = info.num_classes
     micro = micro_batch_size(cfg, 1)
-    trainer = Trainer(cfg, num_classes, device)
+    trainer = TrainStep(cfg, create_model(cfg, num_classes), num_classes, micro, device, RELEASED_STEPS)
+    trainer.start()
     rows: list[Row] = []
     paths = args.paths.split(",")
 
@@ -192,7 +151,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
 
     peak()
     if "model" in paths:
-        rate = time_steps(trainer.step, _random_batches(cfg, num_classes, device, micro), args.warmup, args.steps,
+        rate = time_steps(trainer.train_step, _random_batches(cfg, num_classes, device, micro), args.warmup, args.steps,
                           device)
         rows.append(Row("model only (random tensors on the device)", rate, peak()))
     for path in ("stream", "resident"):
@@ -204,7 +163,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
             source = make_source(cfg, device, 0, 1)
             ready = time.perf_counter() - start
             kind = type(source).__name__
-            rate = time_steps(trainer.step, _forever(source), args.warmup, args.steps, device)
+            rate = time_steps(trainer.train_step, _forever(source), args.warmup, args.steps, device)
             note = f"{kind}, set-up {ready:.1f} s" + (f", {cfg.data.workers} workers" if path == "stream" else "")
             note = ", ".join(x for x in (note, peak()) if x)
             rows.append(Row(f"{path} loader" if path == "stream" else "GPU-resident source", rate, note))
@@ -224,7 +183,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
         "model": cfg.model.name, "img_size": cfg.model.img_size, "batch": micro,
         "amp": cfg.train.amp if device.type == "cuda" else "none (CPU)", "compile": bool(cfg.train.compile),
         "steps": args.steps, "warmup": args.warmup, "workers": cfg.data.workers,
-        "data": f"{cfg.data.path} ({info['splits']['train']['num_samples']} images, {num_classes} classes)",
+        "data": f"{cfg.data.path} ({info.splits['train'].num_samples} images, {num_classes} classes)",
         "recipe": f"RandAugment {cfg.aug.auto_augment}, erasing {cfg.aug.re_prob}, mixup {cfg.aug.mixup}/"
                   f"cutmix {cfg.aug.cutmix}",
     }

@@ -1,4 +1,4 @@
-"""Where training batches come from: sources for pre-training, datasets for fine-tuning.
+"""Where pre-training batches come from: the source interface, the dataset on disk, the streaming source.
 
 The step loop (``train/loop.py``) never knows where batches come from. It asks ``make_source`` for a
 *source* and only ever uses the interface below, so the streaming path (this module) and the GPU-resident
@@ -21,6 +21,9 @@ Source interface (``Source`` protocol below)
   ``(cfg.train.seed, epoch, rank)``: that is what makes ``--resume`` exact (the loop resumes with
   ``batches(epoch, start=micro_batches_done)``). Different ranks draw different samples/augmentations.
 - ``close() -> None``: release workers / device memory (may do nothing).
+- ``head`` (optional): the first raw samples of the dataset in shard order (``shard_samples`` dicts), kept
+  from the source's one read of the shards so that the pre-training evaluation set (``data.eval_path`` unset:
+  the first ``data.eval_samples`` samples) needs no second read; None when not kept.
 
 Mixup/cutmix and label smoothing are *not* the source's job: the loop applies timm's ``Mixup`` on the
 device to every source's batches (``train.augment.make_mixup``), so both paths share it.
@@ -34,19 +37,20 @@ which raises ``train.errors.DoesNotFit`` when the data exceed its memory budget 
 message and streams; ``resident`` lets it propagate) and ``train.errors.TrainError`` for other bad input.
 ``auto`` streams when ``train.resident`` does not exist yet. The resident path may read its own options from
 ``cfg.data.resident`` (a free-form dict in the YAML, e.g. ``{memory_budget_gb: 20}``). Useful helpers here
-for it: ``read_info`` (validated ``_info.json``), ``shard_urls``, ``micro_batch_size``, ``iter_samples``
-(decoded ``(uint8 grey HxW array, label)`` pairs of a list of shards).
+for it: ``read_info`` (the typed ``_info.json``), ``shard_urls``, ``micro_batch_size``, ``shard_samples``
+(one shard's raw samples) and ``iter_samples`` (decoded ``(uint8 grey HxW array, label)`` pairs of shards).
+
+The format on disk (file names, ``_info.json``, the tar layout, PNG decoding) is ``fracgen.dataset``'s alone;
+this module only maps its errors to one-line ``TrainError`` messages. Before the first step each source reads
+every shard once: the stream checks them (``check_shards``), the resident source loads them.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
 import random
 import re
-import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,10 +59,11 @@ import braceexpand
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
-from webdataset.tariterators import tarfile_samples
 
+from fracgen import dataset
+from fracgen.dataset import DatasetError, DatasetInfo
 from train.augment import make_eval_transform, make_train_transform
 from train.config import Config
 from train.errors import DoesNotFit, TrainError
@@ -85,7 +90,7 @@ class Source(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The dataset on disk (fracgen/ARCHITECTURE.md): shards + _info.json in timm's schema
+# The dataset on disk: fracgen.dataset (shards + _info.json in timm's schema)
 
 
 def _is_remote(path: str) -> bool:
@@ -95,12 +100,12 @@ def _is_remote(path: str) -> bool:
 def _info_location(path: str) -> str:
     """``_info.json`` of a dataset folder, or the one beside a brace pattern / shard URL."""
     if not _is_remote(path) and Path(path).is_dir():
-        return str(Path(path) / "_info.json")
+        return str(Path(path) / dataset.INFO_JSON)
     head = path.rsplit("/", 1)[0] if "/" in path else "."
-    return f"{head}/_info.json"
+    return f"{head}/{dataset.INFO_JSON}"
 
 
-def read_info(path: str) -> dict[str, Any]:
+def read_info(path: str) -> DatasetInfo:
     """Read and check a fracgen dataset's ``_info.json``.
 
     Args:
@@ -108,7 +113,7 @@ def read_info(path: str) -> dict[str, Any]:
             webdataset can open; ``_info.json`` is looked up in the folder of the shards.
 
     Returns:
-        The parsed ``_info.json`` (``num_classes`` a positive int).
+        The typed ``_info.json`` (``fracgen.dataset.DatasetInfo``).
 
     Raises:
         TrainError: missing or malformed ``_info.json``.
@@ -120,25 +125,23 @@ def read_info(path: str) -> dict[str, Any]:
         if ("{" not in path and not Path(path).exists()) or not Path(location).parent.exists():
             raise TrainError(f"dataset {path}: no such folder")
         if not Path(location).is_file():
-            raise TrainError(f"dataset {path}: no _info.json in {Path(location).parent} "
+            raise TrainError(f"dataset {path}: no {dataset.INFO_JSON} in {Path(location).parent} "
                              "(not a fracgen dataset, or an incomplete build)")
     try:
         with gopen(location, "rb") as f:
-            info = json.loads(f.read())
-    except (OSError, ValueError) as e:
+            data = f.read()
+    except OSError as e:
         raise TrainError(f"dataset {path}: cannot read {location} ({e})") from None
-    num_classes = info.get("num_classes") if isinstance(info, dict) else None
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise TrainError(f"dataset {path}: {location} has no positive integer num_classes")
-    return info
+    try:
+        return dataset.parse_info(data, location)
+    except DatasetError as e:
+        raise TrainError(f"dataset {path}: {e}") from None
 
 
-def shard_urls(path: str, info: dict[str, Any], split: str = "train") -> list[str]:
+def shard_urls(path: str, info: DatasetInfo, split: str = "train") -> list[str]:
     """The shard files or URLs of ``split``: from ``_info.json`` for a folder, else the expanded pattern."""
     if not _is_remote(path) and Path(path).is_dir():
-        names = (info.get("splits", {}).get(split) or {}).get("filenames")
-        if not names:
-            names = sorted(p.name for p in Path(path).glob(f"{split}-*.tar"))
+        names = info.splits[split].filenames if split in info.splits else ()
         urls = [str(Path(path) / n) for n in names]
     else:
         urls = list(braceexpand.braceexpand(path))
@@ -147,56 +150,80 @@ def shard_urls(path: str, info: dict[str, Any], split: str = "train") -> list[st
     return urls
 
 
-def check_shards(urls: list[str]) -> None:
-    """Read the tar headers of local shards so that a missing or corrupt one is named before training.
+def shard_samples(url: str) -> Iterator[dict[str, Any]]:
+    """The raw samples of one shard (``fracgen.dataset.iter_shard``), a local path or a URL gopen reads.
+
+    Yields:
+        ``{"__key__", "__url__", "png": bytes, "cls": bytes, ...}`` in tar order.
+
+    Raises:
+        TrainError: ``shard <url>: missing`` or ``shard <url>: corrupt tar (...)`` (after the samples before
+            the damage).
+    """
+    remote = _is_remote(url)
+    if not remote and not Path(url).is_file():
+        raise TrainError(f"shard {url}: missing")
+    try:
+        if remote:
+            with gopen(url, "rb") as stream:
+                for sample in dataset.iter_shard(stream):
+                    yield {**sample, "__url__": url}
+        else:
+            yield from dataset.iter_shard(url)
+    except (DatasetError, OSError) as e:
+        cause = str(e).removeprefix(f"shard {url}: ")
+        raise TrainError(f"shard {url}: corrupt tar ({cause})") from None
+
+
+def check_shards(urls: list[str], keep: int = 0) -> list[dict[str, Any]] | None:
+    """Read local shards once so that a missing or corrupt one is named before training.
 
     Remote shards are not checked here; a read error while streaming names them too.
+
+    Args:
+        urls: the shards, in order.
+        keep: return the first ``keep`` raw samples read (the source's ``head``).
+
+    Returns:
+        Those samples, or None when a shard is remote (it was not read).
 
     Raises:
         TrainError: ``shard <path>: ...``.
     """
+    head: list[dict[str, Any]] | None = []
     for url in urls:
         if _is_remote(url):
+            head = None
             continue
-        if not Path(url).is_file():
-            raise TrainError(f"shard {url}: missing")
-        try:
-            with tarfile.open(url) as tar:
-                members = tar.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise TrainError(f"shard {url}: corrupt tar ({e})") from None
-        if not any(m.name.endswith(".png") for m in members):
+        found = False
+        for sample in shard_samples(url):  # read to the end: a damaged tail is named now
+            found = found or "png" in sample
+            if head is not None and len(head) < keep:
+                head.append(sample)
+        if not found:
             raise TrainError(f"shard {url}: no .png samples")
+    return head
 
 
-def _decode(sample: dict[str, Any]) -> tuple[Image.Image, int]:
-    """A shard sample -> (PIL image, label); a bad sample is an error naming shard and key."""
+def _decode(sample: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """A shard sample -> (uint8 grey (H, W) array, label); a bad sample is an error naming shard and key."""
     where = f"shard {sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
     if "png" not in sample or "cls" not in sample:
         raise TrainError(f"{where}: needs png and cls entries, has {sorted(k for k in sample if k[0] != '_')}")
     try:
-        image = Image.open(io.BytesIO(sample["png"]))
-        image.load()
-        label = int(sample["cls"])
-    except Exception as e:  # PIL raises many types for bad bytes
+        return dataset.decode_grey(sample["png"]), int(sample["cls"])
+    except (DatasetError, ValueError) as e:
         raise TrainError(f"{where}: cannot decode ({type(e).__name__}: {e})") from None
-    return image, label
-
-
-def _raise_named(exn: Exception) -> bool:
-    """webdataset handler: re-raise read errors as one line naming the shard (webdataset appends the url)."""
-    url = next((a for a in exn.args if isinstance(a, str) and (".tar" in a or "/" in a)), "?")
-    raise TrainError(f"shard {url}: cannot read ({type(exn).__name__}: {exn.args[0] if exn.args else ''})")
 
 
 def iter_samples(urls: list[str]) -> Iterator[tuple[np.ndarray, int]]:
     """Every sample of ``urls`` in order, decoded: (uint8 grey (H, W) array, label).
 
-    For the resident source and for evaluation; shards are read once, sequentially.
+    For evaluation; shards are read once, sequentially.
     """
-    for sample in tarfile_samples([{"url": u} for u in urls], handler=_raise_named):
-        image, label = _decode(sample)
-        yield np.asarray(image.convert("L"), dtype=np.uint8), label
+    for url in urls:
+        for sample in shard_samples(url):
+            yield _decode(sample)
 
 
 def micro_batch_size(cfg: Config, world_size: int) -> int:
@@ -264,35 +291,45 @@ class _ShardStream(IterableDataset):
         rng = random.Random(base + reader)
         transform = self.transform if info else (lambda im, p=_PrivateRng(base + reader + 1): p(self.transform, im))
         by_shard = len(self.urls) % readers == 0
-        buffer: list[tuple[Image.Image, int]] = []
+        buffer: list[tuple[np.ndarray, int]] = []
         for pass_ in range(10**9):
             order = list(self.urls)
             random.Random(base + pass_).shuffle(order)  # same on every reader so whole shards partition
             mine = order[reader::readers] if by_shard else order
-            for i, sample in enumerate(tarfile_samples([{"url": u} for u in mine], handler=_raise_named)):
+            for i, sample in enumerate(s for url in mine for s in shard_samples(url)):
                 if not by_shard and i % readers != reader:
                     continue
                 image, label = _decode(sample)
                 buffer.append((image, label))
                 if len(buffer) >= self.shuffle_buffer:
                     image, label = buffer.pop(rng.randrange(len(buffer)))
-                    yield transform(image.convert("RGB")), label
+                    yield transform(_rgb(image)), label
             rng.shuffle(buffer)
             while len(buffer) > self.shuffle_buffer // 2:  # keep some for mixing across passes
                 image, label = buffer.pop()
-                yield transform(image.convert("RGB")), label
+                yield transform(_rgb(image)), label
+
+
+def _rgb(grey: np.ndarray) -> Image.Image:
+    """The PIL RGB image timm's transforms take, from a grey (H, W) uint8 array."""
+    return Image.fromarray(grey, "L").convert("RGB")
 
 
 class StreamSource:
-    """Shards streamed through DataLoader workers with timm's per-sample transforms; see module docstring."""
+    """Shards streamed through DataLoader workers with timm's per-sample transforms; see module docstring.
 
-    def __init__(self, cfg: Config, device: torch.device, rank: int, world_size: int):
+    ``info`` is the dataset's ``_info.json`` when the caller has read it already; local shards are read once
+    here (``check_shards``) so that a bad one is named before the first step.
+    """
+
+    def __init__(self, cfg: Config, device: torch.device, rank: int, world_size: int,
+                 info: DatasetInfo | None = None):
         self.cfg, self.device, self.rank, self.world_size = cfg, device, rank, world_size
-        info = read_info(cfg.data.path)
+        info = info or read_info(cfg.data.path)
         self.urls = shard_urls(cfg.data.path, info)
-        check_shards(self.urls)
-        self.num_classes = int(info["num_classes"])
-        self.num_samples = int((info.get("splits", {}).get("train") or {}).get("num_samples") or 0)
+        self.head = check_shards(self.urls, keep=cfg.data.eval_samples if cfg.data.eval_path is None else 0)
+        self.num_classes = info.num_classes
+        self.num_samples = info.splits["train"].num_samples if "train" in info.splits else 0
         self.micro_batch = micro_batch_size(cfg, world_size)
         self.transform = make_train_transform(cfg.aug, cfg.model.img_size)
         steps = math.ceil(max(self.num_samples, 1) / cfg.train.batch_size)
@@ -335,20 +372,24 @@ def _last_line(message: str) -> str:
     return last.split("TrainError: ", 1)[-1]
 
 
-def make_stream_source(cfg: Config, device: torch.device, rank: int, world_size: int) -> StreamSource:
+def make_stream_source(cfg: Config, device: torch.device, rank: int, world_size: int,
+                       info: DatasetInfo | None = None) -> StreamSource:
     """The streaming source of ``cfg.data.path`` for this rank (shards checked up front)."""
-    return StreamSource(cfg, device, rank, world_size)
+    return StreamSource(cfg, device, rank, world_size, info)
 
 
 def make_source(cfg: Config, device: torch.device, rank: int, world_size: int) -> Source:
     """Pick the pre-training source for ``cfg.data.source`` (``auto | stream | resident``).
 
+    ``_info.json`` is read once here and handed to the source, which reads every shard once before the first
+    step (``shard_samples`` gives both sources the same one-line errors for a bad shard).
+
     Raises:
         TrainError: bad dataset, or ``resident`` forced but impossible.
     """
     mode = cfg.data.source
-    # the same one-line errors for a bad dataset or shard, whichever source reads it
-    check_shards(shard_urls(cfg.data.path, read_info(cfg.data.path)))
+    info = read_info(cfg.data.path)
+    shard_urls(cfg.data.path, info)
     micro_batch_size(cfg, world_size)
     if mode in ("auto", "resident"):
         try:
@@ -359,12 +400,12 @@ def make_source(cfg: Config, device: torch.device, rank: int, world_size: int) -
             resident = None
         if resident is not None:
             try:
-                return resident.make_resident_source(cfg, device, rank, world_size)
+                return resident.make_resident_source(cfg, device, rank, world_size, info=info)
             except DoesNotFit as e:
                 if mode == "resident":
                     raise
                 log.info("streaming instead of the resident source: %s", e)
-    return make_stream_source(cfg, device, rank, world_size)
+    return make_stream_source(cfg, device, rank, world_size, info)
 
 
 class _SampleList(Dataset):
@@ -378,144 +419,29 @@ class _SampleList(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image, label = self.samples[i]
-        return self.transform(Image.fromarray(image).convert("RGB")), label
+        return self.transform(_rgb(image)), label
 
 
-def make_pretrain_eval_loader(cfg: Config) -> DataLoader | None:
+def make_pretrain_eval_loader(cfg: Config, head: list[dict[str, Any]] | None = None) -> DataLoader | None:
     """Un-augmented images of ``data.eval_path`` (default: the training set) for top-1 on its classes.
 
     Takes the first ``data.eval_samples`` samples in shard order; None when ``eval_path`` is empty.
+
+    Args:
+        cfg: the run config.
+        head: the training source's ``head`` (its first raw samples), used instead of reading the shards
+            again when the evaluation set is the training set.
     """
     path = cfg.data.path if cfg.data.eval_path is None else cfg.data.eval_path
     if not path:
         return None
-    urls = shard_urls(path, read_info(path))
-    samples = []
-    for sample in iter_samples(urls):
-        samples.append(sample)
-        if len(samples) >= cfg.data.eval_samples:
-            break
-    dataset = _SampleList(samples, make_eval_transform(cfg.aug, cfg.model.img_size))
-    return DataLoader(dataset, batch_size=cfg.finetune.eval_batch_size, num_workers=0)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Downstream datasets (fine-tuning and probing)
-
-TORCHVISION_DATASETS = {"cifar10": ("CIFAR10", 10), "cifar100": ("CIFAR100", 100)}
-
-
-class _EncodedImages(Dataset):
-    """Encoded image bytes + labels held in memory (a WebDataset split), decoded per item."""
-
-    def __init__(self, items: list[tuple[bytes, int]], transform: Callable | None = None):
-        self.items, self.transform = items, transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        data, label = self.items[i]
-        image = Image.open(io.BytesIO(data)).convert("RGB")
-        return (self.transform(image) if self.transform else image), label
-
-
-def _wds_split(path: str, info: dict[str, Any], split: str) -> _EncodedImages:
-    urls = shard_urls(path, info, split)
-    check_shards(urls)
-    items = []
-    for sample in tarfile_samples([{"url": u} for u in urls], handler=_raise_named):
-        ext = next((e for e in ("png", "jpg", "jpeg", "webp") if e in sample), None)
-        if ext is None or "cls" not in sample:
-            raise TrainError(f"shard {sample.get('__url__')}: sample {sample.get('__key__')} has no image or cls")
-        items.append((sample[ext], int(sample["cls"])))
-    return _EncodedImages(items)
-
-
-def open_downstream(cfg: Config) -> tuple[Dataset, Dataset, int]:
-    """The train and test splits of ``cfg.data.path`` with the recipe's transforms, and the class count.
-
-    ``data.path`` is an ImageFolder root (``train/`` and ``test/`` or ``val/`` inside), a WebDataset folder
-    with ``_info.json`` (splits ``train`` and ``test``/``validation``, held in memory encoded), or a
-    torchvision name (``cifar10``, ``cifar100``; downloaded to ``data.root`` on machines with internet).
-
-    Raises:
-        TrainError: unknown name, missing split, mismatched classes.
-    """
-    import torchvision
-
-    path = cfg.data.path
-    train_tf = make_train_transform(cfg.aug, cfg.model.img_size)
-    test_tf = make_eval_transform(cfg.aug, cfg.model.img_size)
-    if path.lower() in TORCHVISION_DATASETS:
-        cls_name, num_classes = TORCHVISION_DATASETS[path.lower()]
-        cls = getattr(torchvision.datasets, cls_name)
-        try:
-            train = cls(cfg.data.root, train=True, transform=train_tf, download=True)
-            test = cls(cfg.data.root, train=False, transform=test_tf, download=True)
-        except (OSError, RuntimeError) as e:
-            raise TrainError(f"dataset {path}: cannot load or download into {cfg.data.root} ({e})") from None
-        return train, test, num_classes
-    root = Path(path)
-    if not root.is_dir():
-        raise TrainError(f"unknown dataset {path!r}: not a folder, and not one of {', '.join(TORCHVISION_DATASETS)}")
-    if (root / "_info.json").is_file():
-        info = read_info(path)
-        splits = info.get("splits", {})
-        test_name = next((s for s in ("test", "validation", "val") if s in splits), None)
-        if "train" not in splits or test_name is None:
-            raise TrainError(f"dataset {path}: _info.json needs a train and a test/validation split, has {list(splits)}")
-        train, test = _wds_split(path, info, "train"), _wds_split(path, info, test_name)
-        train.transform, test.transform = train_tf, test_tf
-        return train, test, int(info["num_classes"])
-    test_dir = next((root / s for s in ("test", "val", "validation") if (root / s).is_dir()), None)
-    if not (root / "train").is_dir() or test_dir is None:
-        raise TrainError(f"dataset {path}: an ImageFolder root needs train/ and test/ (or val/) folders")
-    train = torchvision.datasets.ImageFolder(str(root / "train"), transform=train_tf)
-    test = torchvision.datasets.ImageFolder(str(test_dir), transform=test_tf)
-    if train.classes != test.classes:
-        raise TrainError(f"dataset {path}: train/ and {test_dir.name}/ have different class folders")
-    return train, test, len(train.classes)
-
-
-class MapSource:
-    """A map-style dataset as a source: seeded per-epoch shuffle split across ranks, equal counts per rank.
-
-    Resuming mid-epoch skips by index (no decoding). With DataLoader workers, worker seeds depend on where
-    the epoch starts, so a mid-epoch resume is exact only for ``data.workers: 0``.
-    """
-
-    def __init__(self, dataset: Dataset, num_classes: int, cfg: Config, device: torch.device, rank: int,
-                 world_size: int):
-        self.dataset, self.num_classes, self.cfg = dataset, num_classes, cfg
-        self.device, self.rank, self.world_size = device, rank, world_size
-        self.micro_batch = micro_batch_size(cfg, world_size)
-        per_rank = len(dataset) // world_size
-        accum = cfg.train.accum_steps
-        self._len = (per_rank // self.micro_batch) // accum * accum
-        if self._len == 0:
-            raise TrainError(f"the train split has {len(dataset)} images, fewer than one batch of "
-                             f"{cfg.train.batch_size}: lower train.batch_size")
-
-    def __len__(self) -> int:
-        return self._len
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """Micro-batches ``start..len-1`` of ``epoch`` on the device."""
-        sampler = DistributedSampler(self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True,
-                                     seed=self.cfg.train.seed, drop_last=True)
-        sampler.set_epoch(epoch)
-        indices = list(sampler)[start * self.micro_batch: self._len * self.micro_batch]
-        workers = self.cfg.data.workers
-        loader = DataLoader(Subset(self.dataset, indices), batch_size=self.micro_batch, shuffle=False,
-                            num_workers=workers, drop_last=True, pin_memory=self.device.type == "cuda",
-                            generator=torch.Generator().manual_seed((self.cfg.train.seed * 7919 + epoch) * 131
-                                                                    + self.rank * 7 + start),
-                            persistent_workers=False, prefetch_factor=4 if workers else None)
-        non_blocking = self.device.type == "cuda"
-        for images, targets in loader:
-            yield (images.to(self.device, non_blocking=non_blocking),
-                   targets.to(self.device, dtype=torch.int64, non_blocking=non_blocking))
-
-    def close(self) -> None:
-        """Nothing to release."""
+    if cfg.data.eval_path is None and head is not None:
+        samples = [_decode(s) for s in head[:cfg.data.eval_samples]]
+    else:
+        samples = []
+        for sample in iter_samples(shard_urls(path, read_info(path))):
+            samples.append(sample)
+            if len(samples) >= cfg.data.eval_samples:
+                break
+    images = _SampleList(samples, make_eval_transform(cfg.aug, cfg.model.img_size))
+    return DataLoader(images, batch_size=cfg.finetune.eval_batch_size, num_workers=0)

@@ -7,7 +7,6 @@ pre-trained model and trains the rest (k = depth: a linear probe of the head alo
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,20 +14,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from train.checkpoint import load_pretrained
 from train.config import Config
-from train.data import MapSource, open_downstream
+from train.distributed import seed_everything, setup
+from train.downstream import MapSource, open_downstream
 from train.errors import TrainError
-from train.loop import (
-    check_model_name,
-    create_model,
-    evaluate,
-    load_pretrained,
-    seed_everything,
-    setup,
-    start_run_folder,
-    train_loop,
-    write_status,
-)
+from train.loop import evaluate, train_loop
+from train.model import check_model_name, create_model
+from train.run_folder import run_job, start_run_folder
+from train.step import amp_dtype
 
 log = logging.getLogger(__name__)
 
@@ -92,28 +86,21 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     log.info("fine-tuning %s (%s) on %s: %d train / %d test images, %d classes, %d steps, %d trainable params",
              cfg.model.name, ckpt or "scratch", cfg.data.path, len(train_set), len(test_set), num_classes, total,
              trainable)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp) if env.device.type == "cuda" else None
-    try:
-        result = train_loop(cfg, model, source, out, env, total_steps=total, resume=resume,
-                            eval_fn=lambda m: {"eval_top1": evaluate(m, test_loader, env.device, amp)},
-                            eval_every_epoch=True)
-    except (Exception, KeyboardInterrupt) as e:
-        if env.is_main:
-            write_status(out, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise
-    if result.get("stopped"):
-        if env.is_main:
-            write_status(out, "stopped", step=result["step"])
-        return {"stopped": True, "steps": result["step"]}
-    metrics = {
-        "kind": "finetune", "model": cfg.model.name, "dataset": cfg.data.path, "checkpoint": ckpt,
-        "probe_blocks": cfg.finetune.probe_blocks, "num_classes": num_classes, "num_train": len(train_set),
-        "num_test": len(test_set), "steps": result["step"], "epochs": result["step"] / steps_per_epoch,
-        "top1": result["eval"][-1]["eval_top1"] if result["eval"] else None,
-        "per_epoch": result["eval"], "final_loss": result["loss"], "images_per_s": result["images_per_s"],
-        "elapsed_s": result["elapsed_s"], "device": str(env.device), "trainable_params": trainable,
-    }
-    if env.is_main:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        write_status(out, "complete", top1=metrics["top1"])
-    return metrics
+    amp = amp_dtype(cfg.train.amp, env.device)
+
+    def train() -> dict[str, Any]:
+        return train_loop(cfg, model, source, out, env, total_steps=total, resume=resume,
+                          eval_fn=lambda m: {"eval_top1": evaluate(m, test_loader, env.device, amp)},
+                          eval_every_epoch=True)
+
+    def metrics(result: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "kind": "finetune", "model": cfg.model.name, "dataset": cfg.data.path, "checkpoint": ckpt,
+            "probe_blocks": cfg.finetune.probe_blocks, "num_classes": num_classes, "num_train": len(train_set),
+            "num_test": len(test_set), "steps": result["step"], "epochs": result["step"] / steps_per_epoch,
+            "top1": result["eval"][-1]["eval_top1"] if result["eval"] else None,
+            "per_epoch": result["eval"], "final_loss": result["loss"], "images_per_s": result["images_per_s"],
+            "elapsed_s": result["elapsed_s"], "device": str(env.device), "trainable_params": trainable,
+        }
+
+    return run_job(out, env, train, metrics, complete="top1")

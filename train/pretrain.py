@@ -7,26 +7,18 @@ own (un-augmented) images, and writes ``metrics.json`` then ``run.json`` = compl
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from train.config import Config
 from train.data import make_pretrain_eval_loader, make_source
+from train.distributed import seed_everything, setup
 from train.errors import TrainError
-from train.loop import (
-    check_model_name,
-    create_model,
-    evaluate,
-    seed_everything,
-    setup,
-    start_run_folder,
-    train_loop,
-    write_status,
-)
+from train.loop import evaluate, train_loop
+from train.model import check_model_name, create_model
+from train.run_folder import run_job, start_run_folder
+from train.step import amp_dtype
 
 log = logging.getLogger(__name__)
 
@@ -52,36 +44,33 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     seed_everything(cfg.train.seed)
     source = make_source(cfg, env.device, env.rank, env.world_size)
     model = create_model(cfg, source.num_classes)
-    eval_loader = make_pretrain_eval_loader(cfg) if env.is_main else None
+    # the evaluation set is the first samples of the training set unless data.eval_path says otherwise: the
+    # source kept their bytes from its one read of the shards (its ``head``), and need not hold them longer
+    head, source.head = getattr(source, "head", None), None
+    eval_loader = make_pretrain_eval_loader(cfg, head) if env.is_main else None
     start_run_folder(out, cfg, resume, env.is_main)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp) if env.device.type == "cuda" else None
+    amp = amp_dtype(cfg.train.amp, env.device)
 
     def eval_fn(m: Any) -> dict[str, float]:
-        return {"eval_top1": evaluate(m, eval_loader, env.device, amp_dtype)} if eval_loader is not None else {}
+        return {"eval_top1": evaluate(m, eval_loader, env.device, amp)} if eval_loader is not None else {}
 
-    try:
-        result = train_loop(cfg, model, source, out, env, total_steps=cfg.train.steps, resume=resume,
-                            eval_fn=eval_fn)
-    except (Exception, KeyboardInterrupt) as e:
-        if env.is_main:
-            write_status(out, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise
-    finally:
-        source.close()
-    if result.get("stopped"):
-        if env.is_main:
-            write_status(out, "stopped", step=result["step"])
-        return {"stopped": True, "steps": result["step"]}
-    metrics = {
-        "kind": "pretrain", "model": cfg.model.name, "dataset": cfg.data.path, "num_classes": source.num_classes,
-        "chance": 100.0 / source.num_classes, "steps": result["step"], "final_loss": result["loss"],
-        "eval_top1": result["eval"][-1]["eval_top1"] if result["eval"] else None,
-        "images_per_s": result["images_per_s"], "elapsed_s": result["elapsed_s"], "device": str(env.device),
-        "world_size": env.world_size, "source": type(source).__name__,
-    }
-    if env.is_main:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        write_status(out, "complete", steps=result["step"])
-    if not result["step"]:
+    def train() -> dict[str, Any]:
+        try:
+            return train_loop(cfg, model, source, out, env, total_steps=cfg.train.steps, resume=resume,
+                              eval_fn=eval_fn)
+        finally:
+            source.close()
+
+    def metrics(result: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "kind": "pretrain", "model": cfg.model.name, "dataset": cfg.data.path,
+            "num_classes": source.num_classes, "chance": 100.0 / source.num_classes, "steps": result["step"],
+            "final_loss": result["loss"], "eval_top1": result["eval"][-1]["eval_top1"] if result["eval"] else None,
+            "images_per_s": result["images_per_s"], "elapsed_s": result["elapsed_s"], "device": str(env.device),
+            "world_size": env.world_size, "source": type(source).__name__,
+        }
+
+    result = run_job(out, env, train, metrics, complete="steps")
+    if not result.get("stopped") and not result["steps"]:
         raise TrainError("no step was trained")
-    return metrics
+    return result

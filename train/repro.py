@@ -25,6 +25,7 @@ from typing import Any
 
 import click
 
+from fracgen import dataset
 from train.config import Config, load_config
 from train.errors import TrainError
 
@@ -53,7 +54,7 @@ def _build_dataset(out: Path, cpu_check: bool, overrides: dict[str, Any]) -> Pat
     from fracgen.build import BuildConfig, build
 
     ds = out / ("ds-" + "-".join(f"{k}{v}" for k, v in sorted(overrides.items())) if overrides else out / "ds")
-    if (ds / "build.json").is_file():
+    if dataset.is_complete(ds):
         return ds
     base = dict(L=16, size=64, points=5000, shard_size=8) if cpu_check else {}
     t0 = time.perf_counter()

@@ -32,6 +32,7 @@ from typing import Any
 import click
 import yaml
 
+from fracgen import dataset
 from train.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def run_sweep(spec: dict[str, Any], out: Path) -> list[dict[str, Any]]:
     for point in points(spec):
         name = _label(point)
         ds = out / "datasets" / name
-        if not (ds / "build.json").is_file():
+        if not dataset.is_complete(ds):
             config = BuildConfig(**{**(spec.get("build") or {}), **point})
             build(config, ds, resume=ds.exists(), progress=True)
         run = out / "runs" / name / "pretrain"

@@ -1,8 +1,9 @@
 """A toy dataset in the fracgen contract (``fracgen/ARCHITECTURE.md``) for tests and smoke runs.
 
 Grey stripe patterns whose orientation and frequency depend on the class: visually distinguishable, with
-the same files a fracgen build writes (``train-%06d.tar`` with ``png``/``cls``/``json``, ``_info.json``).
-Use ``fracgen.build`` for real data; this exists so ``train`` can be checked without the builder.
+the same files a fracgen build writes (shards of ``png``/``cls``/``json`` samples and ``_info.json``, written by
+``fracgen.dataset``). Use ``fracgen.build`` for real data; this exists so ``train`` can be checked without the
+builder.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
+
+from fracgen import dataset
 
 
 def toy_image(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -38,21 +40,16 @@ def write_toy_dataset(out: str | Path, num_classes: int = 16, per_class: int = 1
     rng = np.random.default_rng(seed)
     labels = [c for c in range(num_classes) for _ in range(per_class)]
     order = rng.permutation(len(labels))
-    filenames, lengths = [], []
+    shards = []
     for shard, first in enumerate(range(0, len(labels), shard_size)):
-        name = f"train-{shard:06d}.tar"
-        idx = order[first:first + shard_size]
-        with wds.TarWriter(str(out / name), mtime=0) as sink:
-            for i in sorted(idx):
-                label = labels[i]
-                buf = io.BytesIO()
-                Image.fromarray(toy_image(label, size, rng)).save(buf, format="PNG")
-                sink.write({"__key__": f"{i:08d}", "png": buf.getvalue(), "cls": str(label).encode(),
+        samples = []
+        for i in sorted(order[first:first + shard_size]):
+            label = labels[i]
+            buf = io.BytesIO()
+            Image.fromarray(toy_image(label, size, rng)).save(buf, format="PNG")
+            samples.append({"__key__": dataset.sample_key(i), "png": buf.getvalue(), "cls": str(label).encode(),
                             "json": json.dumps({"label": label}).encode()})
-        filenames.append(name)
-        lengths.append(len(idx))
-    info = {"name": "toy", "num_classes": num_classes,
-            "splits": {"train": {"name": "train", "num_samples": len(labels), "filenames": filenames,
-                                 "shard_lengths": lengths}}}
-    (out / "_info.json").write_text(json.dumps(info, indent=1))
+        _, count, _ = dataset.write_shard(out, shard, samples)
+        shards.append({"filename": dataset.shard_name(shard), "num_samples": count})
+    dataset.write_info(out, dataset.DatasetInfo.from_shards("toy", num_classes, shards))
     return out

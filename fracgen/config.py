@@ -1,0 +1,194 @@
+"""The build's options and their checks: everything that decides the bytes of a dataset (not the worker count).
+
+Checks here look at the options alone; the ones that must render (does a --params system fill enough?) run
+once in the planning step (``fracgen.plan``). No numba here: `fracgen verify` checks a stored config with it.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import asdict, dataclass, fields
+
+from fracgen.dataset import PARAMS_JSON
+from fracgen.errors import UsageError
+from fracgen.perturb import MODES
+from fracgen.presets import DEFAULT_MIN_FILL, DEFAULT_PRESET, PRESETS, Preset
+
+# The raster's limits, as fracgen.render states them (render imports numba; tests/test_presets checks they agree).
+STYLES = ("reference", "points")
+PAD = 6
+MIN_SIZE = 2 * PAD + 4
+EDGES = ("canny", "none")
+COLORS = ("grey", "rgb")
+TRANSFORMS = ("affine", "elastic", "polynomial")
+_INSTANCES = ", ".join(f"[1, {p.max_instances}] for {p.name}" for p in PRESETS.values() if p.max_instances > 1) + \
+    " and 1"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Every option that decides the bytes of a build (the worker count does not).
+
+    Attributes:
+        preset: one of ``presets.PRESETS``; "1p-frac" by default.
+        sigma: target sigma-factor of the base systems, 0 < sigma <= 3 * maps.
+        delta: perturbation degree Delta >= 0.
+        L: perturbation classes per fractal (or per noise / real image), >= 1.
+        maps: affine maps N per system.
+        fractals: base systems C (1p-frac: every (fractal, perturbation) pair is a class; FractalDB/OFDB:
+            every system is a class).
+        instances: images per class (FractalDB: up to 1,000, default 1,000; every other preset: 1).
+        perturbation: "multiplicative" (released code, default) or "additive" (paper Eq. 9).
+        style: "reference" (released look) or "points".
+        size: image side in pixels.
+        points: chaos-game points per image.
+        min_fill: lit fraction every image must reach (default 0.05; FractalDB and OFDB 0.2).
+        margin: the sigma target is drawn from U(sigma - margin, sigma + margin).
+        seed: the build's seed (>= 0).
+        shard_size: samples per shard.
+        max_redraws: redraws of a failing perturbation before the build stops.
+        max_attempts: systems drawn per fractal by the search before it gives up.
+        params_source: "search", or "file" when the systems came from --params.
+        source: real-image preset: the source image's file name inside the dataset folder.
+        source_sha256: real-image preset: the source image's checksum.
+        edges: real-image preset: "canny" or "none".
+        color: real-image preset: "grey" or "rgb".
+        transform: real-image preset: "affine", "elastic" or "polynomial".
+    """
+
+    preset: str = DEFAULT_PRESET
+    sigma: float = 3.5
+    delta: float = 0.1
+    L: int = 1000
+    maps: int = 2
+    fractals: int = 1
+    instances: int | None = None
+    perturbation: str = "multiplicative"
+    style: str = "reference"
+    size: int = 512
+    points: int = 100_000
+    min_fill: float | None = None
+    margin: float = 0.1
+    seed: int = 0
+    shard_size: int = 100
+    max_redraws: int = 100
+    max_attempts: int = 1000
+    params_source: str = "search"
+    source: str = ""
+    source_sha256: str = ""
+    edges: str = "canny"
+    color: str = "grey"
+    transform: str = "affine"
+
+    def __post_init__(self):
+        family = PRESETS.get(self.preset)  # validate() names an unknown preset
+        if self.min_fill is None:
+            object.__setattr__(self, "min_fill", family.min_fill if family else DEFAULT_MIN_FILL)
+        if self.instances is None:
+            object.__setattr__(self, "instances", family.max_instances if family else 1)
+
+    @property
+    def family(self) -> Preset:
+        """The preset's record."""
+        return PRESETS[self.preset]
+
+    @property
+    def num_classes(self) -> int:
+        return self.family.num_classes(self)
+
+    @property
+    def num_samples(self) -> int:
+        return self.num_classes * self.instances
+
+    @property
+    def num_shards(self) -> int:
+        return math.ceil(self.num_samples / self.shard_size)
+
+    def validate(self) -> None:
+        """Raise UsageError naming the first option outside its allowed range."""
+        most = self.family.max_instances if self.preset in PRESETS else 1
+        checks = [
+            (
+                "--preset",
+                self.preset in PRESETS,
+                f"must be one of {', '.join(PRESETS)}, got {self.preset!r}",
+            ),
+            ("--maps", self.maps >= 1, f"must be >= 1, got {self.maps}"),
+            (
+                "--sigma",
+                math.isfinite(self.sigma) and 0 < self.sigma <= 3 * self.maps,
+                f"must be in (0, {3 * self.maps}] for {self.maps} maps (sigma <= 3N), got {self.sigma}",
+            ),
+            (
+                "--delta",
+                math.isfinite(self.delta) and self.delta >= 0,
+                f"must be a number >= 0, got {self.delta}",
+            ),
+            ("--L", self.L >= 1, f"must be >= 1, got {self.L}"),
+            ("--fractals", self.fractals >= 1, f"must be >= 1, got {self.fractals}"),
+            (
+                "--instances",
+                1 <= self.instances <= most,
+                f"must be in {_INSTANCES} otherwise, got {self.instances}",
+            ),
+            (
+                "--perturbation",
+                self.perturbation in MODES,
+                f"must be one of {', '.join(MODES)}, got {self.perturbation!r}",
+            ),
+            (
+                "--style",
+                self.style in STYLES,
+                f"must be one of {', '.join(STYLES)}, got {self.style!r}",
+            ),
+            (
+                "--size",
+                self.size >= MIN_SIZE,
+                f"must be >= {MIN_SIZE} to leave the {PAD}-pixel margins, got {self.size}",
+            ),
+            ("--points", self.points >= 1, f"must be >= 1, got {self.points}"),
+            ("--min-fill", 0 <= self.min_fill <= 1, f"must be in [0, 1], got {self.min_fill}"),
+            ("--seed", self.seed >= 0, f"must be >= 0, got {self.seed}"),
+            ("--shard-size", self.shard_size >= 1, f"must be >= 1, got {self.shard_size}"),
+            ("--edges", self.edges in EDGES, f"must be canny or none, got {self.edges!r}"),
+            ("--color", self.color in COLORS, f"must be grey or rgb, got {self.color!r}"),
+            (
+                "--transform",
+                self.transform in TRANSFORMS,
+                f"must be affine, elastic or polynomial, got {self.transform!r}",
+            ),
+        ]
+        for option, ok, message in checks:
+            if not ok:
+                raise UsageError(f"{option} {message}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> BuildConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def command(self, out: str = "OUT") -> str:
+        """The CLI command that rebuilds these bytes (with params.json or the source image beside it)."""
+        defaults = BuildConfig(preset=self.preset)
+        relevant = self.family.options
+        if self.family.command == "build-real":
+            parts = ["fracgen", "build-real", self.source or "IMAGE"]
+        else:
+            parts = ["fracgen", "build"] + (["--preset", self.preset] if self.preset != DEFAULT_PRESET else [])
+        if self.params_source == "file":
+            parts += ["--params", PARAMS_JSON]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in relevant and (
+                f.name in ("sigma", "delta", "L", "seed") or value != getattr(defaults, f.name)
+            ):
+                parts += [f"--{f.name.replace('_', '-')}", str(value)]
+        return shlex.join([*parts, out])
+
+    def name(self) -> str:
+        """A short dataset name for the dataset's records and the card."""
+        return self.family.naming(self)

@@ -1,0 +1,68 @@
+"""The dataset's own records, written once every shard is complete: params.json, _info.json, then build.json.
+
+build.json comes last: its presence is what marks a complete build.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+
+import fracgen
+from fracgen import dataset
+from fracgen.plan import Plan
+
+
+def versions() -> dict:
+    """The versions that decide the bytes, recorded in build.json."""
+    import numba
+
+    return {
+        "fracgen": fracgen.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+    }
+
+
+def write_metadata(root, plan: Plan, markers: list[dict], timing: dict) -> dict:
+    """Write params.json, _info.json and, last, build.json (its presence marks a complete build).
+
+    Args:
+        root: dataset folder.
+        plan: the build's plan.
+        markers: every shard's completion marker, in shard order.
+        timing: what build.json records as ``timing``.
+
+    Returns:
+        build.json's content.
+    """
+    cfg = plan.config
+    if cfg.instances == 1:
+        classes = sorted((s for m in markers for s in m["samples"]), key=lambda s: s["label"])
+    else:  # FractalDB: a class is its system; per-image records stay in the shards' json
+        classes = [{"label": c, "fractal": c, "instances": cfg.instances} for c in range(cfg.num_classes)]
+    params = {
+        "preset": cfg.preset,
+        "systems": [dict(s.to_json(), fractal=f) for f, s in enumerate(plan.systems)],
+        "classes": classes,
+        "total_redraws": sum(c.get("redraws", 0) for c in classes),
+    }
+    shard_rows = [{k: m[k] for k in ("filename", "num_samples", "sha256", "bytes")} for m in markers]
+    name = cfg.name()
+    build = {
+        "name": name,
+        "config": cfg.to_json(),
+        "command": cfg.command(),
+        "versions": versions(),
+        "num_samples": sum(r["num_samples"] for r in shard_rows),
+        "num_classes": cfg.num_classes,
+        "total_redraws": params["total_redraws"],
+        "shards": shard_rows,
+        "timing": timing,
+    }
+    dataset.write_params(root, params)
+    dataset.write_info(root, dataset.DatasetInfo.from_shards(name, cfg.num_classes, shard_rows))
+    dataset.write_build(root, build)
+    return build

@@ -1,0 +1,67 @@
+"""The plan of a build: pure data computed once in the parent, which the shard workers only execute.
+
+It holds the resolved options, the base systems (searched, or read from a params file and checked by
+rendering them once here) and which samples go in which shard, in an order drawn from the build's seed. So
+the bytes of a shard do not depend on the worker count, the shard range or the order shards finish in.
+Importing this module does not import numba; planning a preset with base systems does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fracgen.config import BuildConfig
+from fracgen.errors import UsageError
+from fracgen.seeds import ORDER, generator
+from fracgen.systems import System
+
+
+@dataclass
+class Plan:
+    """What a build makes: the base systems and the samples of every shard (pure data, picklable).
+
+    Attributes:
+        config: the resolved options.
+        systems: base systems (fractal presets).
+        shard_samples: sample indices of every shard, sorted; label = index // instances.
+        source: real-image preset: the path the source image is read from.
+    """
+
+    config: BuildConfig
+    systems: list[System]
+    shard_samples: list[list[int]] = field(default_factory=list)
+    source: str = ""
+
+
+def make_plan(config: BuildConfig, systems: list[System] | None = None, source: str = "") -> Plan:
+    """Search the base systems (or check the given ones) and spread the samples across shards in a seeded order.
+
+    Args:
+        config: a validated configuration.
+        systems: base systems read from a params file, one per fractal; each must render finite and fill
+            ``min_fill`` under this config.
+        source: real-image preset: where to read the source image.
+
+    Returns:
+        The plan. Samples are numbered in label order; shards hold them sorted.
+
+    Raises:
+        UsageError: the search finds nothing acceptable, or a given system is refused or miscounted.
+    """
+    if config.family.renders_fractals:
+        from fracgen import search  # numba: only a preset that renders fractals pays for it
+
+        if systems is None:
+            systems = search.search_systems(config)
+        else:
+            search.check_systems(systems, config)
+    elif systems is None:
+        systems = []
+    expected = config.fractals if config.family.renders_fractals else 0
+    if len(systems) != expected:
+        raise UsageError(f"--params holds {len(systems)} systems but --fractals is {config.fractals}")
+    order = generator(config.seed, ORDER).permutation(config.num_samples)
+    chunks = [
+        sorted(order[i : i + config.shard_size].tolist()) for i in range(0, len(order), config.shard_size)
+    ]
+    return Plan(config=config, systems=systems, shard_samples=chunks, source=source)

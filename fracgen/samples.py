@@ -1,0 +1,125 @@
+"""Rendering one sample: what each preset's ``sampler`` (``fracgen.presets``) does with one class.
+
+- ``perturbed-ifs`` (1p-frac): class k of fractal f perturbs the base maps with its own generator and redraws
+  until the render is finite and fills enough.
+- ``fractaldb`` (FractalDB, OFDB): instance i of category c scales the base maps by a weight row, draws one of
+  10 patch-mask instances and flips; a render that blows up is truncated as the released FractalDB code does.
+- ``noise``: the shared standard draws shaped by the class's distribution parameters.
+- ``real-image``: the source image under the class's geometric transform.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from fracgen import perturb as perturb_mod
+from fracgen import render
+from fracgen.errors import FracgenError
+from fracgen.presets import PRESETS, fractaldb_instance, fractaldb_weights
+from fracgen.seeds import CHOICES, CLASS, choice_uniforms, draw_masks, generator
+
+
+def render_fill(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks: np.ndarray | None,
+                canvas: render.Canvas, style: str, truncate: bool = False) -> float:
+    """Render into the canvas; return the fill, or -1.0 if the chaos game diverged and ``truncate`` is off.
+
+    With ``truncate`` (FractalDB's behaviour for variations that blow up), the points before the first
+    non-finite one, less 100, are drawn instead, as the released FractalDB code does.
+    """
+    fill = render.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
+    if fill >= 0 or not truncate:
+        return fill
+    bad = np.flatnonzero(~np.isfinite(canvas.points).all(axis=1))
+    n = int(bad[0]) - 100 if len(bad) else 0
+    if n < 2:
+        canvas.image[:] = 0
+        return 0.0
+    return render.raster(canvas.points[:n], masks[:n] if masks is not None else None, canvas.image, style) / \
+        canvas.image.size
+
+
+def _perturbed_ifs(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+    cfg = plan.config
+    fractal, k = divmod(label, cfg.L)
+    base = plan.systems[fractal]
+    rng = generator(cfg.seed, CLASS, fractal, k)
+    uniforms = choice_uniforms(cfg.seed, fractal, cfg.points)
+    for redraws in range(cfg.max_redraws + 1):
+        maps = perturb_mod.perturb(base.maps, cfg.delta, cfg.perturbation, rng)
+        masks = draw_masks(rng, cfg.points) if cfg.style == "reference" else None
+        fill = render_fill(maps, base.probabilities, uniforms, masks, canvas, cfg.style)
+        if fill >= cfg.min_fill:
+            return canvas.image, {"label": label, "fractal": fractal, "perturbation": k, "maps": maps.tolist(),
+                                  "redraws": redraws, "fill": fill}
+    raise FracgenError(
+        f"class {label} (fractal {fractal}, perturbation {k}): no perturbation with a finite chaos game and fill "
+        f">= {cfg.min_fill} in {cfg.max_redraws + 1} draws; lower --delta or --min-fill"
+    )
+
+
+_FLIPS = (lambda im: im, lambda im: im[::-1], lambda im: im[:, ::-1], lambda im: im[::-1, ::-1])
+
+
+def _fractaldb(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+    cfg = plan.config
+    base = plan.systems[label]
+    row, patch, flip = fractaldb_instance(instance, cfg.instances)
+    maps = base.maps * fractaldb_weights()[row]
+    masks = draw_masks(generator(cfg.seed, CLASS, label, patch), cfg.points) if cfg.style == "reference" else None
+    fill = render_fill(maps, base.probabilities, choice_uniforms(cfg.seed, label, cfg.points), masks, canvas, cfg.style,
+                       truncate=True)
+    return _FLIPS[flip](canvas.image), {"label": label, "fractal": label, "instance": instance, "weights": row,
+                                        "patch": patch, "flip": flip, "fill": fill}
+
+
+@lru_cache(maxsize=2)
+def _noise_draws(seed: int, kind: str, size: int) -> np.ndarray:
+    from fracgen import noise
+
+    return noise.standard_draw(kind, size, generator(seed, CHOICES, 0))
+
+
+def _noise(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+    from fracgen import noise
+
+    cfg = plan.config
+    kind = cfg.preset.removesuffix("-noise")
+    params = noise.draw_noise_params(kind, cfg.delta, generator(cfg.seed, CLASS, 0, label))
+    image = noise.noise_image(kind, params, _noise_draws(cfg.seed, kind, cfg.size))
+    return image, {"label": label, "perturbation": label, "params": params}
+
+
+@lru_cache(maxsize=2)
+def _source(path: str, size: int, edges: str, color: str) -> np.ndarray:
+    from fracgen import realimage
+
+    return realimage.prepare(realimage.load_image(path, size), edges=edges, color=color)
+
+
+def _real(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+    from fracgen import realimage
+
+    cfg = plan.config
+    params = realimage.draw_transform(cfg.transform, cfg.delta, generator(cfg.seed, CLASS, 0, label))
+    image = realimage.apply_transform(_source(plan.source, cfg.size, cfg.edges, cfg.color), cfg.transform, params)
+    return image, {"label": label, "perturbation": label, "transform": cfg.transform, "params": params}
+
+
+SAMPLERS = {"perturbed-ifs": _perturbed_ifs, "fractaldb": _fractaldb, "noise": _noise, "real-image": _real}
+
+
+def render_sample(plan, index: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+    """Render sample ``index`` of a plan.
+
+    Args:
+        plan: the build's plan.
+        index: sample index; label = index // instances, instance = index % instances.
+        canvas: reusable buffers (the returned image may be a view of ``canvas.image``).
+
+    Returns:
+        The image ((size, size) uint8 grey, or (size, size, 3) uint8) and the sample's metadata (its ``json``).
+    """
+    label, instance = divmod(index, plan.config.instances)
+    return SAMPLERS[PRESETS[plan.config.preset].sampler](plan, label, instance, canvas)

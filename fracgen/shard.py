@@ -1,0 +1,76 @@
+"""One shard's job: render, encode and write its samples, then its completion marker.
+
+Runs in a worker; everything it needs is in the plan, so the shard's bytes depend on nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fracgen import dataset, render
+from fracgen.encode import encode_png
+from fracgen.plan import Plan
+from fracgen.samples import render_sample
+
+_LEVELS = np.array([0, render.VALUE], np.uint8)  # the fractal looks: known, so no histogram per image
+
+
+def run_shard(plan: Plan, shard: int, root: Path) -> dict:
+    """Render, encode and write one shard, then its completion marker.
+
+    Args:
+        plan: the build's plan.
+        shard: shard index.
+        root: dataset folder.
+
+    Returns:
+        The shard's marker: filename, num_samples, sha256, bytes, seconds, and (one image per class) the class
+        records that params.json collects.
+    """
+    start = time.perf_counter()
+    cfg = plan.config
+    fractal = cfg.family.renders_fractals
+    canvas = render.Canvas(cfg.size, cfg.points if fractal else 1)
+    levels = _LEVELS if fractal else None
+    records = []
+
+    def samples():
+        for index in plan.shard_samples[shard]:
+            image, meta = render_sample(plan, index, canvas)
+            if cfg.instances == 1:
+                records.append(meta)
+            yield {
+                "__key__": dataset.sample_key(index),
+                "png": encode_png(image, levels),
+                "cls": str(meta["label"]).encode(),
+                "json": json.dumps({k: v for k, v in meta.items() if k != "fill"}, sort_keys=True).encode(),
+            }
+
+    sha256, count, size = dataset.write_shard(root, shard, samples())
+    marker = {
+        "shard": shard,
+        "filename": dataset.shard_name(shard),
+        "num_samples": count,
+        "sha256": sha256,
+        "bytes": size,
+        "seconds": round(time.perf_counter() - start, 4),
+        "samples": records,
+    }
+    dataset.write_marker(root, marker)
+    return marker
+
+
+@dataclass
+class ShardJob:
+    """A picklable ``shard -> marker`` callable for the distributor."""
+
+    plan: Plan
+    root: Path
+
+    def __call__(self, shard: int) -> dict:
+        return run_shard(self.plan, shard, self.root)

@@ -1,0 +1,88 @@
+"""Base systems: the accepted IFS a build perturbs, and how they are read back from a params file.
+
+A params file is what ``fracgen search`` prints (one system) or a build's ``params.json`` (``{"systems": [...]}``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fracgen import ifs
+from fracgen.errors import UsageError
+
+
+@dataclass
+class System:
+    """An accepted base system.
+
+    Attributes:
+        maps: (N, 6) float64 rows (a, b, c, d, e, f).
+        probabilities: (N,) float64.
+        sigma: the sigma-factor target that was drawn (equal to the maps' sigma-factor).
+        fill: lit fraction of its base render.
+        attempts: systems drawn before this one was accepted (1 = the first).
+    """
+
+    maps: np.ndarray
+    probabilities: np.ndarray
+    sigma: float
+    fill: float
+    attempts: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "maps": self.maps.tolist(),
+            "probabilities": self.probabilities.tolist(),
+            "sigma": self.sigma,
+            "fill": self.fill,
+            "attempts": self.attempts,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> System:
+        """Read a system; raises UsageError naming what is malformed."""
+        try:
+            maps = np.asarray(data["maps"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"a system needs 'maps', a list of [a, b, c, d, e, f] rows ({e})") from None
+        if maps.ndim != 2 or maps.shape[1] != 6 or len(maps) < 1 or not np.all(np.isfinite(maps)):
+            raise UsageError(f"'maps' must be N >= 1 rows of 6 finite numbers, got shape {maps.shape}")
+        probs = data.get("probabilities")
+        try:
+            probs = ifs.probabilities(maps) if probs is None else np.asarray(probs, dtype=np.float64)
+        except (TypeError, ValueError):
+            probs = np.array([-1.0])
+        if probs.shape != (len(maps),) or np.any(probs < 0) or not np.isclose(probs.sum(), 1.0):
+            raise UsageError("'probabilities' must be one non-negative number per map, summing to 1")
+        known = {"maps", "probabilities", "sigma", "fill", "attempts"}
+        values = {}
+        for key, kind, default in (("sigma", float, ifs.sigma_factor(maps)), ("fill", float, float("nan")),
+                                   ("attempts", int, 1)):
+            try:
+                values[key] = kind(data.get(key, default))
+            except (TypeError, ValueError):
+                raise UsageError(f"'{key}' must be a number, got {data.get(key)!r}") from None
+        return cls(maps=maps, probabilities=probs, extra={k: v for k, v in data.items() if k not in known}, **values)
+
+
+def load_systems(path: Path) -> list[System]:
+    """Base systems from a params file: one system (``fracgen search``) or ``{"systems": [...]}`` (params.json)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UsageError(f"--params {path}: cannot read it ({e.strerror or e})") from None
+    except ValueError as e:
+        raise UsageError(f"--params {path}: not valid JSON ({e})") from None
+    items = data.get("systems") if isinstance(data, dict) and "systems" in data else [data]
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        raise UsageError(f'--params {path}: expected a system object or {{"systems": [...]}}')
+    try:
+        return [System.from_json(item) for item in items]
+    except UsageError as e:
+        raise UsageError(f"--params {path}: {e}") from None

@@ -1,0 +1,82 @@
+"""Where this process runs: torch threads, the device and, under ``torchrun``, the DDP process group.
+
+``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; without them the run is one process. Every rank
+calls ``setup`` first; rank 0 alone writes the run folder (``train/run_folder.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from train.config import Config
+from train.errors import TrainError
+
+
+@dataclass
+class Dist:
+    """Where this process runs: rank, world size, device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(cfg: Config) -> Dist:
+    """Threads, device and (under ``torchrun``) the process group.
+
+    Raises:
+        TrainError: CUDA asked for but absent.
+    """
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    want = cfg.train.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainError("train.device=cuda but no CUDA device is visible")
+        device = torch.device("cuda", local_rank if world_size > 1 else torch.device(want).index or 0)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world_size, local_rank, device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (per rank the caller adds the rank)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def barrier(env: Dist) -> None:
+    """Wait for every rank (nothing to wait for in a single process)."""
+    if env.world_size > 1:
+        dist.barrier()
+
+
+def mean_over_ranks(value: float, env: Dist) -> float:
+    """The mean of a per-rank float over all ranks (the value itself in a single process)."""
+    if env.world_size == 1:
+        return value
+    reduced = torch.tensor([value], device=env.device)
+    dist.all_reduce(reduced)
+    return reduced.item() / env.world_size
