@@ -7,10 +7,11 @@ OUT ?= out/1p-frac
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev demo publish-dry test bench lint pretrain finetune repro-small bench-train sweep clean
+.PHONY: help install install-dev demo publish-dry test readme-check bench lint pretrain finetune repro-small bench-train sweep clean
 
 help: ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(OUT)|$(OUT)|g' \
+		| awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,9 @@ publish-dry: install ## List what push-to-hub would send for $(OUT) (REPO=USER/N
 
 test: install-dev ## Run the test suite (CPU only, no network).
 	$(BIN)/python -m pytest -q
+
+readme-check: install-dev ## Run the README's builder and publishing blocks in order, at toy size, in a scratch folder.
+	$(BIN)/python scripts/readme_check.py
 
 bench: install ## Builder speed: default build cold and warm, chaos game alone, per-stage costs, memory.
 	$(BIN)/python benchmarks/bench_build.py

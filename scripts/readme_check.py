@@ -1,0 +1,179 @@
+"""Run the README's builder and publishing blocks in order, at toy size, in a scratch folder.
+
+`make readme-check` (and `tests/test_readme.py`) run this. What it does, so a reader knows what "checked" means:
+
+- It starts where a new user stands after `make demo`: the demo's build (`out/1p-frac`) exists.
+- Every fenced shell block after the first (the first is the set-up one: `make demo`, `make test`) is read line
+  by line, with `\\` continuations joined and `# comments` dropped. Lines that call `fracgen` run, in order, in
+  the scratch folder, and must exit 0. Other lines (`make`, `python -m train`, `torchrun`, `pip`, uploads that
+  need a token) are listed as not run: they need a GPU, the network or minutes of CPU.
+- `fracgen build` and `build-real` run at toy size: `--L`, `--fractals`, `--instances`, `--categories`, `--size`
+  and `--points` are capped (the preset's own records say which options it takes, so a missing `--size` is
+  added only where the preset reads it). Folders, options and their order stay as written, so two blocks that
+  write into one folder still collide here as they would for the user.
+- `photo.jpg`, the image the README's `build-real` examples name, is made first (any photo works for a user).
+- Fenced `python` blocks run too (in a fresh interpreter, in the scratch folder), except a block right after an
+  HTML comment `<!-- readme-check: skip (why) -->`, which is listed as not run with the reason.
+
+Prints one line per command and a closing `N passed, M failed` line; exits 1 when anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TOY_CAPS = {"L": 8, "fractals": 3, "instances": 4, "categories": 3, "size": 64, "points": 5000, "patch-variants": 2}
+DEMO = "fracgen build --sigma 3.5 --delta 0.1 --L 1000 --overwrite out/1p-frac"
+SKIP_MARK = re.compile(r"<!--\s*readme-check:\s*skip\s*(.*?)-->")
+
+
+def blocks(text: str) -> list[tuple[str, str, str | None]]:
+    """The fenced blocks of a Markdown text: (language, body, skip reason or None)."""
+    out, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        fence = re.match(r"^```(\w*)\s*$", lines[i])
+        if not fence:
+            i += 1
+            continue
+        prev = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        skip = SKIP_MARK.search(prev)
+        body = []
+        i += 1
+        while i < len(lines) and not lines[i].startswith("```"):
+            body.append(lines[i])
+            i += 1
+        out.append((fence.group(1) or "sh", "\n".join(body), skip.group(1).strip("() ") if skip else None))
+        i += 1
+    return out
+
+
+def commands(body: str) -> list[str]:
+    """Shell commands of a block: continuations joined, comments and blank lines dropped."""
+    joined = re.sub(r"\\\n\s*", " ", body)
+    cmds = []
+    for line in joined.splitlines():
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:  # not a shell line (a listing in a plain block): shown as not run
+            cmds.append(line.strip())
+            continue
+        if words:
+            cmds.append(shlex.join(words))
+    return cmds
+
+
+def toy(words: list[str]) -> list[str]:
+    """A `fracgen build`/`build-real` command at toy size (other commands unchanged)."""
+    from fracgen.presets import PRESETS
+
+    if len(words) < 2 or words[1] not in ("build", "build-real"):
+        return words
+    preset = "real" if words[1] == "build-real" else "1p-frac"
+    if "--preset" in words:
+        preset = words[words.index("--preset") + 1]
+    accepted = PRESETS[preset].options if preset in PRESETS else frozenset()
+    words = list(words)
+    for option, cap in TOY_CAPS.items():
+        flag = f"--{option}"
+        if flag in words:
+            k = words.index(flag) + 1
+            try:
+                words[k] = str(min(cap, int(float(words[k]))))
+            except (ValueError, IndexError):
+                pass
+        elif option.replace("-", "_") in accepted and option in ("size", "points"):
+            words[2:2] = [flag, str(cap)]
+    return words
+
+
+def make_photo(where: Path) -> None:
+    """A small photo-like image for the `build-real` examples."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:96, 0:128]
+    img = np.stack([120 + 80 * np.sin(x / 9.0), 100 + 90 * np.cos(y / 7.0), 60 + 40 * np.sin((x + y) / 13.0)], -1)
+    img[30:70, 40:90] = (230, 200, 40)
+    img += rng.normal(0, 8, img.shape)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(where / "photo.jpg", quality=90)
+
+
+def fracgen_argv() -> list[str]:
+    exe = shutil.which("fracgen")
+    return [exe] if exe else [sys.executable, "-m", "fracgen.cli"]
+
+
+def run(readme: Path, work: Path, verbose: bool = False) -> int:
+    """Run the README's blocks in ``work``; returns the number of failures."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
+    make_photo(work)
+    passed = failed = 0
+    todo: list[tuple[str, str | None]] = [(DEMO, None)]
+    for i, (lang, body, skip) in enumerate(blocks(readme.read_text())):
+        if i == 0:
+            continue  # the set-up block: make demo / make test
+        if lang == "python":
+            todo.append(("python:" + body, skip))
+        elif lang in ("sh", "bash", "console", "shell"):  # ```text blocks are listings, not commands
+            todo.extend((c, skip) for c in commands(body))
+    for cmd, skip in todo:
+        if cmd.startswith("python:"):
+            label = "python block: " + cmd[7:].strip().splitlines()[0][:70]
+            if skip is not None:
+                print(f"not run  {label} ({skip})")
+                continue
+            argv = [sys.executable, "-c", cmd[7:]]
+        else:
+            try:
+                words = shlex.split(cmd)
+            except ValueError:
+                words = []
+            if words[:2] == ["fracgen", "push-to-hub"] and "--dry-run" not in words:
+                skip = skip or "uploads: needs a token and the network"
+            if skip is not None or not words or words[0] != "fracgen":
+                print(f"not run  {cmd}" + (f" ({skip})" if skip else ""))
+                continue
+            argv = fracgen_argv() + toy(words)[1:]
+            label = shlex.join(["fracgen", *toy(words)[1:]])
+        proc = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        if proc.returncode == 0:
+            passed += 1
+            print(f"ok       {label}")
+        else:
+            failed += 1
+            tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
+            print(f"FAILED   {label} (exit {proc.returncode})")
+            for line in tail:
+                print(f"         {line}")
+        if verbose and proc.stdout.strip():
+            print("\n".join("         " + s for s in proc.stdout.strip().splitlines()[-5:]))
+    print(f"{passed} passed, {failed} failed")
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+        return 1 if run(args.readme, args.work, args.verbose) else 0
+    with tempfile.TemporaryDirectory(prefix="readme-check-") as work:
+        return 1 if run(args.readme, Path(work), args.verbose) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
