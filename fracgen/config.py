@@ -7,6 +7,7 @@ once in the planning step (``fracgen.plan``). No numba here: `fracgen verify` ch
 from __future__ import annotations
 
 import math
+import os
 import shlex
 from dataclasses import asdict, dataclass, fields
 
@@ -192,3 +193,69 @@ class BuildConfig:
     def name(self) -> str:
         """A short dataset name for the dataset's records and the card."""
         return self.family.naming(self)
+
+
+# Bytes each unit of an option costs (measured roughly, rounded up): the plan holds every sample index in an int64
+# permutation and Python lists; the parent holds every class's perturbed maps (Python floats) and their JSON;
+# a worker holds its canvas, chaos-game points, map choices and masks, and the real-image preset float copies.
+_PER_SAMPLE = 96
+_PER_MAP_OF_A_CLASS = 6 * 96
+_PER_POINT = 64
+_PER_PIXEL = {"fractal": 8, "real": 96}
+
+
+def available_memory() -> int | None:
+    """Bytes the machine can still give (Linux MemAvailable), or None when it cannot tell."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_needs(config: BuildConfig, workers: int = 1) -> dict[str, tuple[int, float]]:
+    """What a build asks of memory: option -> (its value, bytes), for the options that drive the total."""
+    fractal = config.family.renders_fractals
+    per_pixel = _PER_PIXEL["fractal" if fractal else "real"] * (3 if config.color == "rgb" else 1)
+    records = config.num_classes if config.instances == 1 else 0
+    needs = {
+        "--L" if "L" in config.family.options else "--fractals": (
+            config.L if "L" in config.family.options else config.fractals,
+            float(config.num_samples) * _PER_SAMPLE),
+        "--size": (config.size, float(workers) * config.size ** 2 * per_pixel),
+    }
+    if fractal:
+        needs["--points"] = (config.points, float(workers) * config.points * _PER_POINT)
+        needs["--maps"] = (config.maps, float(records) * config.maps * _PER_MAP_OF_A_CLASS)
+    return needs
+
+
+def check_memory(config: BuildConfig, workers: int = 1, available: int | None = None) -> None:
+    """Refuse, before anything is allocated, a build whose options need more memory than the machine has.
+
+    Raises:
+        UsageError: naming the option that costs most, the figure, and the largest value of it that fits.
+    """
+    available = available_memory() if available is None else available
+    if available is None:
+        return
+    needs = memory_needs(config, workers)
+    total = sum(b for _, b in needs.values())
+    if total <= 0.8 * available:  # leave room for the interpreter, numba and the page cache
+        return
+    option, (value, cost) = max(needs.items(), key=lambda kv: kv[1][1])
+    room = max(0.0, 0.8 * available - (total - cost))
+    ratio = room / cost
+    fits = int(value * (math.sqrt(ratio) if option == "--size" else ratio))
+    gib = 1 << 30
+    hint = f"at most {option} {fits} fits" if fits >= 1 else "lower the other options first"
+    if workers > 1 and option in ("--size", "--points"):
+        hint += " (or use fewer --workers: each holds its own canvas)"
+    raise UsageError(f"{option} {value} needs about {total / gib:.1f} GiB of memory with {workers} worker(s); "
+                     f"{available / gib:.1f} GiB are available: {hint}")
