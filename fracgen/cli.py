@@ -367,7 +367,7 @@ def push_to_hub_command(
         raise click.BadParameter(f"expected an http(s) URL, got {endpoint!r}", param_hint="--endpoint")
     if commit_message is not None and not commit_message.strip():
         raise click.BadParameter("must not be empty", param_hint="--commit-message")
-    if not re.match(r"^[a-z0-9][a-z0-9.+-]*$", license_):
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license_):
         raise click.BadParameter(
             f"expected a lower-case license id such as cc-by-4.0, got {license_!r}", param_hint="--license"
         )

@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY
 from test_build import files
 
-from fracgen import dataset, output, search
+from fracgen import output, search
 from fracgen.build import BuildConfig, build
 from fracgen.errors import UsageError
 
@@ -49,9 +49,9 @@ def test_concurrent_jobs_never_mix_options_and_identical_ones_share_the_folder(t
     out = tmp_path / "shared"
     jobs = [(0, ["--resume", "--shard-range", "0:1"]), (0, ["--resume", "--shard-range", "1:2"]), (1, [])]
     procs = [fracgen("build", *TINY_ARGS, "--seed", seed, *extra, out, wait=False) for seed, extra in jobs]
-    results = [(seed, *p.communicate(timeout=120), p.returncode) for (seed, _), p in zip(jobs, procs)]
+    results = [(seed, *p.communicate(timeout=120), p.returncode) for (seed, _), p in zip(jobs, procs, strict=True)]
     owner = BuildConfig.from_json(json.loads((out / ".fracgen" / "config.json").read_text())).seed
-    for seed, stdout, stderr, code in results:
+    for seed, _stdout, stderr, code in results:
         if seed == owner:
             assert code == 0, stderr
         else:
