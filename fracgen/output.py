@@ -41,6 +41,7 @@ def inspect_output(root: Path, *, resume: bool, overwrite: bool, joining: bool =
     """
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other; pass one")
+    probe(root)
     if root.is_symlink() or (root.exists() and not root.is_dir()):
         raise UsageError(f"output {root} exists and is not a folder")
     # a folder holding only the internal folder is a build another shard range is just starting
@@ -150,13 +151,16 @@ def claim(root: Path, config: BuildConfig) -> bool:
     if not created:
         stored = stored_config(root)
         if stored != config:
-            raise UsageError(f"{root} belongs to a build with other options: {differences(config, stored)}; "
+            raise UsageError(f"{root} belongs to a build whose options differ: {differences(config, stored)}; "
                              "use another folder, or the same options")
     return created
 
 
-def release(root: Path, created_root: bool) -> None:
-    """Undo a claim whose planning failed before anything else was written."""
+def release(root: Path, created_root: bool, written: tuple[str, ...] = ()) -> None:
+    """Undo a claim whose build failed before any shard was complete; ``written``: names this call also wrote."""
+    for name in written:
+        (root / name).unlink(missing_ok=True)
+    dataset.remove_partials(root)
     (root / dataset.CONFIG_JSON).unlink(missing_ok=True)
     for folder in [root / dataset.STATS, root / dataset.INTERNAL] + ([root] if created_root else []):
         try:
@@ -210,8 +214,19 @@ def differences(config: BuildConfig, stored: BuildConfig) -> str:
     return ", ".join(f"--{k.replace('_', '-')} {v} (stored {theirs[k]})" for k, v in mine.items() if theirs[k] != v)
 
 
+def probe(root: Path) -> None:
+    """Refuse an output path the system cannot even look up (a name over 255 bytes, a file as a parent...)."""
+    try:
+        Path(root).lstat()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise UsageError(f"output folder {root} cannot be written: {e.strerror or e}") from None
+
+
 def stored_config(root: str | Path) -> BuildConfig | None:
     """The options of the build in ``root``, or None when it holds none."""
+    probe(Path(root))
     path = Path(root) / dataset.CONFIG_JSON
     if not path.is_file() or path.is_symlink():
         return None
