@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fracgen import dataset
-from fracgen.config import BuildConfig
+from fracgen.config import BuildConfig, check_memory
 from fracgen.errors import UsageError
 from fracgen.metadata import write_metadata
-from fracgen.config import check_memory
 from fracgen.output import (
     check_writable,
     claim,
@@ -123,7 +122,7 @@ def build(
             raise UsageError("the real-image preset needs a source image (fracgen build-real IMAGE OUT)")
         source_bytes, config = _read_source(Path(source), config)
     if stored is not None and config != stored:
-        raise UsageError(f"{root} belongs to a build with other options: {differences(config, stored)}; "
+        raise UsageError(f"{root} belongs to a build whose options differ: {differences(config, stored)}; "
                          "use another folder, or the same options")
     if shard_range is not None:
         i, j = shard_range
@@ -142,7 +141,8 @@ def build(
         clear_output(root)
     existed = root.exists()
     check_writable(root)
-    if not claim(root, config) and not (resume or shard_range):
+    created = claim(root, config)
+    if not created and not (resume or shard_range):
         raise UsageError(f"output folder {root} is being built by another job (or an interrupted build); "
                          f"pass --resume to finish it")
     if not overwrite:
@@ -153,9 +153,11 @@ def build(
                 release(root, created_root=not existed)
             raise
     search_seconds = time.perf_counter() - search_start
+    written = (dataset.SYSTEMS_JSON,) if created and not overwrite else ()
     claim_systems(root, plan.systems)
     if source_bytes is not None and not (root / config.source).is_file():
         dataset.write_atomic(root / config.source, source_bytes)
+        written += (config.source,)
     wanted = range(*shard_range) if shard_range else range(config.num_shards)
     markers = {s: m for s in range(config.num_shards) if (m := dataset.read_marker(root, s)) is not None}
     todo = [s for s in wanted if s not in markers]
@@ -167,8 +169,13 @@ def build(
     job = ShardJob(plan, root)
     from fracgen.distribute import run_shards
 
-    for marker in run_shards(job, todo, [len(plan.shard_samples[s]) for s in todo], workers, progress):
-        markers[marker["shard"]] = marker
+    try:
+        for marker in run_shards(job, todo, [len(plan.shard_samples[s]) for s in todo], workers, progress):
+            markers[marker["shard"]] = marker
+    except BaseException:
+        if created and not any(dataset.read_marker(root, s) for s in range(config.num_shards)):
+            release(root, created_root=not existed, written=written)  # nothing was made: leave nothing behind
+        raise
     render_seconds = time.perf_counter() - render_start
     images = sum(len(plan.shard_samples[s]) for s in todo)
     complete = len(markers) == config.num_shards
