@@ -209,7 +209,8 @@ def _read_source(path: Path, config: BuildConfig) -> tuple[bytes, BuildConfig]:
         data = path.read_bytes()
     except OSError as e:
         raise UsageError(f"IMAGE {path}: cannot read it ({e.strerror or e})") from None
-    realimage.load_image(path, config.size)  # raises UsageError for a file that is not an image
+    prepared = realimage.prepare(realimage.load_image(path, config.size), edges=config.edges, color=config.color)
+    realimage.check_source(prepared, path, config.edges)  # a flat or edge-less image gives blank classes
     digest = hashlib.sha256(data).hexdigest()
     if config.source_sha256 and config.source_sha256 != digest:
         raise UsageError(f"IMAGE {path} differs from the source this build was made from (sha256 mismatch)")
