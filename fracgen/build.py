@@ -153,11 +153,9 @@ def build(
                 release(root, created_root=not existed)
             raise
     search_seconds = time.perf_counter() - search_start
-    written = (dataset.SYSTEMS_JSON,) if created and not overwrite else ()
     claim_systems(root, plan.systems)
     if source_bytes is not None and not (root / config.source).is_file():
         dataset.write_atomic(root / config.source, source_bytes)
-        written += (config.source,)
     wanted = range(*shard_range) if shard_range else range(config.num_shards)
     markers = {s: m for s in range(config.num_shards) if (m := dataset.read_marker(root, s)) is not None}
     todo = [s for s in wanted if s not in markers]
@@ -169,13 +167,9 @@ def build(
     job = ShardJob(plan, root)
     from fracgen.distribute import run_shards
 
-    try:
-        for marker in run_shards(job, todo, [len(plan.shard_samples[s]) for s in todo], workers, progress):
-            markers[marker["shard"]] = marker
-    except BaseException:
-        if created and not any(dataset.read_marker(root, s) for s in range(config.num_shards)):
-            release(root, created_root=not existed, written=written)  # nothing was made: leave nothing behind
-        raise
+    # a failure from here on keeps the claim: a full disk or a kill is finished with --resume
+    for marker in run_shards(job, todo, [len(plan.shard_samples[s]) for s in todo], workers, progress):
+        markers[marker["shard"]] = marker
     render_seconds = time.perf_counter() - render_start
     images = sum(len(plan.shard_samples[s]) for s in todo)
     complete = len(markers) == config.num_shards

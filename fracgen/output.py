@@ -156,11 +156,8 @@ def claim(root: Path, config: BuildConfig) -> bool:
     return created
 
 
-def release(root: Path, created_root: bool, written: tuple[str, ...] = ()) -> None:
-    """Undo a claim whose build failed before any shard was complete; ``written``: names this call also wrote."""
-    for name in written:
-        (root / name).unlink(missing_ok=True)
-    dataset.remove_partials(root)
+def release(root: Path, created_root: bool) -> None:
+    """Undo a claim whose planning failed (nothing else was written): the folder is left as it was found."""
     (root / dataset.CONFIG_JSON).unlink(missing_ok=True)
     for folder in [root / dataset.STATS, root / dataset.INTERNAL] + ([root] if created_root else []):
         try:

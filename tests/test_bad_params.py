@@ -61,8 +61,10 @@ def test_options_ignored_beside_params_are_refused_and_not_recorded(tiny_dataset
     assert "--params params.json" in command and "--sigma" not in command and "--maps" not in command
 
 
-def test_a_failed_build_that_made_nothing_leaves_nothing(tmp_path, monkeypatch):
+def test_a_build_whose_classes_cannot_be_drawn_stops_and_overwrite_replaces_it(tmp_path, monkeypatch):
     from fracgen import shard
+
+    real = shard.render_sample
 
     def overflow(*args, **kwargs):
         raise FracgenError("class 0: no perturbation with a finite chaos game; lower --delta")
@@ -70,7 +72,12 @@ def test_a_failed_build_that_made_nothing_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(shard, "render_sample", overflow)
     with pytest.raises(FracgenError, match="lower --delta"):
         build(CFG, tmp_path / "out", workers=1)
-    assert not (tmp_path / "out").exists()
+    assert not list((tmp_path / "out").glob("train-*"))
+    monkeypatch.setattr(shard, "render_sample", real)
+    lower = BuildConfig(**{**TINY, "delta": 0.05})
+    with pytest.raises(UsageError, match="options differ: --delta 0.05"):
+        build(lower, tmp_path / "out", workers=1, resume=True)
+    assert build(lower, tmp_path / "out", workers=1, overwrite=True).complete
 
 
 def test_a_damaged_systems_file_is_reported_as_such(tiny_copy):
