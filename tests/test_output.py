@@ -37,7 +37,7 @@ def test_a_job_with_other_options_is_refused_even_before_the_first_wrote_anythin
     output.check_writable(out)
     assert output.claim(out, CFG)  # a job that has claimed the folder and is still searching
     other = BuildConfig(**{**TINY, "delta": 0.3})
-    with pytest.raises(UsageError, match=r"other options: --delta 0.3 \(stored 0.1\)"):
+    with pytest.raises(UsageError, match=r"options differ: --delta 0.3 \(stored 0.1\)"):
         build(other, out, workers=1, resume=True, shard_range=(1, 2))
     with pytest.raises(UsageError, match="another job"):  # same options, but a plain build: not two at once
         build(CFG, out, workers=1)
@@ -55,7 +55,7 @@ def test_concurrent_jobs_never_mix_options_and_identical_ones_share_the_folder(t
         if seed == owner:
             assert code == 0, stderr
         else:
-            assert code == 2 and "other options: --seed" in stderr and len(stderr.strip().splitlines()) == 1
+            assert code == 2 and "options differ: --seed" in stderr and len(stderr.strip().splitlines()) == 1
     if owner == 0:
         build(None, out, resume=True, workers=1)
         assert files(out) == files(tiny_dataset)
