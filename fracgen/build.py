@@ -14,16 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fracgen import dataset
-from fracgen.config import BuildConfig
+from fracgen.config import BuildConfig, check_memory
 from fracgen.errors import UsageError
 from fracgen.metadata import write_metadata
 from fracgen.output import (
     check_writable,
+    claim,
+    claim_systems,
     clear_output,
+    differences,
     inspect_output,
+    release,
     stored_config,
     stored_systems,
-    write_records,
 )
 from fracgen.plan import Plan, make_plan
 from fracgen.shard import ShardJob, run_shard
@@ -90,47 +93,67 @@ def build(
     """
     start = time.perf_counter()
     root = Path(out)
-    stored = inspect_output(root, resume=resume, overwrite=overwrite)
-    systems = None
+    stored = inspect_output(root, resume=resume, overwrite=overwrite, joining=shard_range is not None)
+    systems = accepted = None
     if stored is not None:
-        if config is not None and config != stored:
-            diff = [
-                f"--{k.replace('_', '-')} {v} (stored {stored.to_json()[k]})"
-                for k, v in config.to_json().items()
-                if stored.to_json()[k] != v
-            ]
-            raise UsageError(f"options differ from the build being resumed in {root}: {', '.join(diff)}")
-        config = stored
-        if config.family.renders_fractals:
-            systems = stored_systems(root)
+        config = config or stored
+        if stored.family.renders_fractals:
+            accepted = stored_systems(root)  # accepted once: a resume never judges them again
     elif config is None:
         raise UsageError(f"{root} holds no build to resume; give the build's options")
     config.validate()  # the options alone; the checks that render run once, in make_plan
-    if stored is None and params is not None:
+    if params is not None:
         if not config.family.renders_fractals:
             raise UsageError(f"--params gives fractal systems; --preset {config.preset} has none")
         systems = load_systems(Path(params))
         config = BuildConfig(**{**config.to_json(), "params_source": "file"})
+        if accepted is not None and [s.to_json() for s in systems] != [s.to_json() for s in accepted]:
+            raise UsageError(f"--params {params} holds other systems than the build in {root}; resume without "
+                             "--params (its systems are stored) or build into another folder")
+    if accepted is not None:
+        systems = accepted
+    elif config.params_source == "file" and systems is None:
+        raise UsageError(f"the build in {root} takes its systems from a params file; pass the same --params")
     source_bytes = None
     if config.family.command == "build-real":
         if stored is not None:
-            source = root / config.source
+            source = dataset.inside(root, config.source, f"{root / dataset.CONFIG_JSON}: 'source'")
         if source is None:
             raise UsageError("the real-image preset needs a source image (fracgen build-real IMAGE OUT)")
         source_bytes, config = _read_source(Path(source), config)
+    if stored is not None and config != stored:
+        raise UsageError(f"{root} belongs to a build whose options differ: {differences(config, stored)}; "
+                         "use another folder, or the same options")
     if shard_range is not None:
         i, j = shard_range
         if not 0 <= i < j <= config.num_shards:
             raise UsageError(
                 f"--shard-range {i}:{j} must satisfy 0 <= i < j <= {config.num_shards} (the shard count)"
             )
+    from fracgen.distribute import default_workers
+
+    workers = workers or default_workers()
+    check_memory(config, workers)
     search_start = time.perf_counter()
-    plan = make_plan(config, systems, source=str(source) if source_bytes is not None else "")
-    search_seconds = time.perf_counter() - search_start
-    if overwrite:
+    source_name = str(source) if source_bytes is not None else ""
+    if overwrite:  # plan before deleting anything, so a failing search keeps the old build
+        plan = make_plan(config, systems, source=source_name, accepted=accepted is not None)
         clear_output(root)
+    existed = root.exists()
     check_writable(root)
-    write_records(root, config, plan.systems)
+    created = claim(root, config)
+    if not created and not (resume or shard_range):
+        raise UsageError(f"output folder {root} is being built by another job (or an interrupted build); "
+                         f"pass --resume to finish it")
+    if not overwrite:
+        try:
+            plan = make_plan(config, systems, source=source_name, accepted=accepted is not None)
+        except BaseException:
+            if stored is None:
+                release(root, created_root=not existed)
+            raise
+    search_seconds = time.perf_counter() - search_start
+    claim_systems(root, plan.systems)
     if source_bytes is not None and not (root / config.source).is_file():
         dataset.write_atomic(root / config.source, source_bytes)
     wanted = range(*shard_range) if shard_range else range(config.num_shards)
@@ -142,11 +165,10 @@ def build(
         (root / dataset.BUILD_JSON).unlink(missing_ok=True)  # the build is incomplete until every shard is
     render_start = time.perf_counter()
     job = ShardJob(plan, root)
-    from fracgen.distribute import default_workers, run_shards
+    from fracgen.distribute import run_shards
 
-    for marker in run_shards(
-        job, todo, [len(plan.shard_samples[s]) for s in todo], workers or default_workers(), progress
-    ):
+    # a failure from here on keeps the claim: a full disk or a kill is finished with --resume
+    for marker in run_shards(job, todo, [len(plan.shard_samples[s]) for s in todo], workers, progress):
         markers[marker["shard"]] = marker
     render_seconds = time.perf_counter() - render_start
     images = sum(len(plan.shard_samples[s]) for s in todo)
@@ -159,7 +181,7 @@ def build(
             "shard_seconds_total": round(sum(m["seconds"] for m in ordered), 4),
             "images_this_call": images,
             "wall_seconds_this_call": round(time.perf_counter() - start, 4),
-            "workers": workers or default_workers(),
+            "workers": workers,
         }
         write_metadata(root, plan, ordered, timing)
     return BuildResult(
@@ -181,7 +203,8 @@ def _read_source(path: Path, config: BuildConfig) -> tuple[bytes, BuildConfig]:
         data = path.read_bytes()
     except OSError as e:
         raise UsageError(f"IMAGE {path}: cannot read it ({e.strerror or e})") from None
-    realimage.load_image(path, config.size)  # raises UsageError for a file that is not an image
+    prepared = realimage.prepare(realimage.load_image(path, config.size), edges=config.edges, color=config.color)
+    realimage.check_source(prepared, path, config.edges)  # a flat or edge-less image gives blank classes
     digest = hashlib.sha256(data).hexdigest()
     if config.source_sha256 and config.source_sha256 != digest:
         raise UsageError(f"IMAGE {path} differs from the source this build was made from (sha256 mismatch)")

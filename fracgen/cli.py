@@ -74,7 +74,7 @@ def cli(verbose: bool) -> None:
 
 _sigma = click.option("--sigma", type=_Number(), default=3.5, show_default=True,
                       help="Target sigma-factor, 0 < sigma <= 3 x maps (small = complex shapes).")
-_maps = click.option("--maps", "maps", type=click.IntRange(min=1), default=2, show_default=True,
+_maps = click.option("--maps", "maps", type=click.IntRange(1, options_mod.MAX_MAPS), default=2, show_default=True,
                      help="Affine maps N per system.")
 _seed = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every draw.")
 _margin = click.option("--margin", type=_Number(0), default=0.1, show_default=True,
@@ -106,6 +106,7 @@ def search_command(sigma, maps, seed, margin, min_fill, size, points, style, max
     from fracgen.search import search
 
     _check_sigma(sigma, maps)
+    options_mod.check_memory(options_mod.BuildConfig(sigma=sigma, maps=maps, size=size, points=points, L=1))
     system = search(sigma, maps=maps, seed=seed, margin=margin, min_fill=min_fill, size=size, points=points,
                     style=style, max_attempts=max_attempts)
     data = dict(system.to_json(), seed=seed, sigma_target=sigma, margin=margin)
@@ -115,7 +116,7 @@ def search_command(sigma, maps, seed, margin, min_fill, size, points, style, max
         return
     from fracgen.dataset import write_atomic
 
-    write_atomic(output, text.encode())
+    write_atomic(output, text.encode(), then="run the search again")  # nothing to resume
     click.echo(f"wrote {output} (sigma {system.sigma:.4f}, fill {system.fill:.3f}, {system.attempts} attempts)")
 
 
@@ -246,6 +247,10 @@ def _run_build(ctx: click.Context, out: Path, options: dict, params: Path | None
         raise UsageError(f"--preset {preset} takes no {names}: it does not use them")
     if params is not None and not PRESETS[preset].renders_fractals:
         raise UsageError(f"--preset {preset} takes no --params: it has no fractal systems")
+    unused = sorted(set(given) & set(options_mod.SEARCH_ONLY)) if params is not None else []
+    if unused:
+        names = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise UsageError(f"--params gives the base systems, so {names} would be ignored: drop {names}")
     if stored is not None:
         config = BuildConfig(**{**stored.to_json(), **given}) if given else None
     else:
@@ -367,7 +372,7 @@ def push_to_hub_command(
         raise click.BadParameter(f"expected an http(s) URL, got {endpoint!r}", param_hint="--endpoint")
     if commit_message is not None and not commit_message.strip():
         raise click.BadParameter("must not be empty", param_hint="--commit-message")
-    if not re.match(r"^[a-z0-9][a-z0-9.+-]*$", license_):
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license_):
         raise click.BadParameter(
             f"expected a lower-case license id such as cc-by-4.0, got {license_!r}", param_hint="--license"
         )

@@ -7,6 +7,7 @@ once in the planning step (``fracgen.plan``). No numba here: `fracgen verify` ch
 from __future__ import annotations
 
 import math
+import os
 import shlex
 from dataclasses import asdict, dataclass, fields
 
@@ -22,6 +23,9 @@ MIN_SIZE = 2 * PAD + 4
 EDGES = ("canny", "none")
 COLORS = ("grey", "rgb")
 TRANSFORMS = ("affine", "elastic", "polynomial")
+MAX_DELTA = 100.0
+SEARCH_ONLY = ("sigma", "maps", "margin", "max_attempts")  # options that only steer the search (not --params)
+MAX_MAPS = 1000
 _INSTANCES = ", ".join(f"[1, {p.max_instances}] for {p.name}" for p in PRESETS.values() if p.max_instances > 1) + \
     " and 1"
 
@@ -114,7 +118,8 @@ class BuildConfig:
                 self.preset in PRESETS,
                 f"must be one of {', '.join(PRESETS)}, got {self.preset!r}",
             ),
-            ("--maps", self.maps >= 1, f"must be >= 1, got {self.maps}"),
+            ("--maps", 1 <= self.maps <= MAX_MAPS, f"must be in [1, {MAX_MAPS}] (every image records its maps), "
+                                                   f"got {self.maps}"),
             (
                 "--sigma",
                 math.isfinite(self.sigma) and 0 < self.sigma <= 3 * self.maps,
@@ -122,8 +127,9 @@ class BuildConfig:
             ),
             (
                 "--delta",
-                math.isfinite(self.delta) and self.delta >= 0,
-                f"must be a number >= 0, got {self.delta}",
+                math.isfinite(self.delta) and 0 <= self.delta <= MAX_DELTA,
+                f"must be a number in [0, {MAX_DELTA:g}] (beyond it every perturbation diverges or leaves the "
+                f"image), got {self.delta}",
             ),
             ("--L", self.L >= 1, f"must be >= 1, got {self.L}"),
             ("--fractals", self.fractals >= 1, f"must be >= 1, got {self.fractals}"),
@@ -183,6 +189,8 @@ class BuildConfig:
             parts += ["--params", PARAMS_JSON]
         for f in fields(self):
             value = getattr(self, f.name)
+            if self.params_source == "file" and f.name in SEARCH_ONLY:
+                continue  # the params file gives the systems: these steered a search that did not run
             if f.name in relevant and (
                 f.name in ("sigma", "delta", "L", "seed") or value != getattr(defaults, f.name)
             ):
@@ -192,3 +200,79 @@ class BuildConfig:
     def name(self) -> str:
         """A short dataset name for the dataset's records and the card."""
         return self.family.naming(self)
+
+
+# Bytes each unit of an option costs (measured roughly, rounded up): the plan holds every sample index in an int64
+# permutation and Python lists; the parent holds every class's perturbed maps (Python floats) and their JSON;
+# a worker holds its canvas, chaos-game points, map choices and masks, and the real-image preset float copies.
+_PER_SAMPLE = 96
+_PER_MAP_OF_A_CLASS = 6 * 96
+_PER_POINT = 64
+_PER_PIXEL = {"fractal": 8, "real": 96}
+
+
+def available_memory() -> int | None:
+    """Bytes the machine can still give (Linux MemAvailable), or None when it cannot tell."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_needs(config: BuildConfig, workers: int = 1) -> dict[str, float]:
+    """What a build asks of memory, in bytes: "classes" (the plan and the class records, which grow with the
+    class count and, per class, with --maps), "size" (each worker's canvas) and "points" (each worker's chaos game)."""
+    fractal = config.family.renders_fractals
+    per_pixel = _PER_PIXEL["fractal" if fractal else "real"] * (3 if config.color == "rgb" else 1)
+    records = config.num_classes if config.instances == 1 and fractal else 0
+    return {
+        "classes": float(config.num_samples) * _PER_SAMPLE + float(records) * config.maps * _PER_MAP_OF_A_CLASS,
+        "size": float(workers) * config.size ** 2 * per_pixel,
+        "points": float(workers) * config.points * _PER_POINT if fractal else 0.0,
+    }
+
+
+def check_memory(config: BuildConfig, workers: int = 1, available: int | None = None) -> None:
+    """Refuse, before anything is allocated, a build whose options need more memory than the machine has.
+
+    Raises:
+        UsageError: naming the option to lower (of the costliest term, the one furthest above its default), the
+            figure, and the largest value of it that fits.
+    """
+    available = available_memory() if available is None else available
+    if available is None:
+        return
+    needs = memory_needs(config, workers)
+    total = sum(needs.values())
+    budget = 0.8 * available  # leave room for the interpreter, numba and the page cache
+    if total <= budget:
+        return
+    term = max(needs, key=needs.get)
+    room = max(0.0, budget - (total - needs[term]))
+    if term == "classes":
+        defaults = BuildConfig(preset=config.preset)
+        names = [n for n in ("L", "fractals", "instances", "maps") if n in config.family.options]
+        name = max(names, key=lambda n: getattr(config, n) / max(1, getattr(defaults, n)))
+        value = getattr(config, name)
+        per_class = needs["classes"] - float(config.num_samples) * _PER_SAMPLE
+        if name == "maps":
+            fits = int(value * max(0.0, room - config.num_samples * _PER_SAMPLE) / per_class)
+        else:
+            fits = int(value * room / needs["classes"])
+    else:
+        name, value = term, getattr(config, term)
+        fits = int(value * (math.sqrt(room / needs[term]) if term == "size" else room / needs[term]))
+    option = "--" + name.replace("_", "-")
+    hint = f"at most {option} {fits} fits" if fits >= 1 else "lower the other options first"
+    if workers > 1 and term != "classes":
+        hint += " (or use fewer --workers: each holds its own canvas)"
+    gib = 1 << 30
+    raise UsageError(f"{option} {value} needs about {total / gib:.1f} GiB of memory with {workers} worker(s); "
+                     f"{available / gib:.1f} GiB are available: {hint}")

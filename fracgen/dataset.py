@@ -42,6 +42,7 @@ from fracgen.errors import FracgenError, UsageError
 INFO_JSON = "_info.json"
 PARAMS_JSON = "params.json"
 BUILD_JSON = "build.json"
+PREVIEW_PNG = "preview.png"  # what `fracgen preview` draws by default
 INTERNAL = ".fracgen"  # the builder's own records; never published
 CONFIG_JSON = f"{INTERNAL}/config.json"
 SYSTEMS_JSON = f"{INTERNAL}/systems.json"
@@ -104,11 +105,12 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f"{path.name}{TMP_SUFFIX}-{socket.gethostname()}-{os.getpid()}")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, then: str = "rerun with --resume") -> None:
     """Write a file under a temporary name and rename it, so readers never see half of it.
 
     Raises:
-        FracgenError: the disk is full or the folder cannot be written; the temporary file is removed.
+        FracgenError: the disk is full (the message ends with ``then``) or the folder cannot be written; the
+            temporary file is removed.
     """
     path = Path(path)
     tmp = tmp_path(path)
@@ -118,7 +120,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise _os_error(e, path) from None
+        raise _os_error(e, path, then) from None
 
 
 def write_json(path: Path, data: object) -> None:
@@ -126,9 +128,9 @@ def write_json(path: Path, data: object) -> None:
     write_atomic(path, dump_json(data))
 
 
-def _os_error(e: OSError, path: Path) -> FracgenError:
+def _os_error(e: OSError, path: Path, then: str = "rerun with --resume") -> FracgenError:
     if e.errno == errno.ENOSPC:
-        return FracgenError(f"disk full while writing {path}; free space and rerun with --resume")
+        return FracgenError(f"disk full while writing {path}; free space and {then}")
     return FracgenError(f"cannot write {path}: {e.strerror or e}")
 
 
@@ -142,8 +144,22 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise UsageError(f"{path} is missing") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not valid JSON ({err})") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise UsageError(f"{path} is not valid JSON ({type(err).__name__}: {err})") from None
+
+
+def inside(root: Path | str, name: object, what: str) -> Path:
+    """``root/name`` for a file name a dataset's own records give, refused unless it stays inside ``root``.
+
+    Raises:
+        DatasetError: ``name`` is not a plain relative name, or resolves (links followed) outside ``root``.
+    """
+    root = Path(root)
+    path = root / str(name)
+    if not isinstance(name, str) or not name or "\0" in name or Path(name).is_absolute() or \
+            not path.resolve().is_relative_to(root.resolve()) or path.resolve() == root.resolve():
+        raise DatasetError(f"{what} names {name!r}, which is not a file inside {root}; the dataset is damaged")
+    return path
 
 
 # ------------------------------------------------------------------------------------------- _info.json
@@ -252,11 +268,7 @@ def parse_info(data: bytes | str | dict, where: str = INFO_JSON) -> DatasetInfo:
 
 
 def read_info(root: Path | str) -> DatasetInfo:
-    """``_info.json`` of a dataset folder.
-
-    Raises:
-        DatasetError: missing, unreadable or malformed.
-    """
+    """``_info.json`` of a dataset folder (DatasetError when missing, unreadable or malformed)."""
     path = Path(root) / INFO_JSON
     try:
         data = path.read_bytes()
@@ -274,11 +286,7 @@ def write_info(root: Path, info: DatasetInfo) -> None:
 
 
 def read_params(root: Path | str) -> dict | None:
-    """``params.json`` of a dataset folder, or None when it has none.
-
-    Raises:
-        UsageError: the file is there but is not JSON.
-    """
+    """``params.json`` of a dataset folder, or None when it has none (UsageError when it is not JSON)."""
     path = Path(root) / PARAMS_JSON
     return read_json(path) if path.exists() else None
 
@@ -487,9 +495,5 @@ def decode_image(data: bytes, mode: str = "L") -> np.ndarray:
 
 
 def decode_grey(data: bytes) -> np.ndarray:
-    """PNG bytes -> (H, W) uint8 grey, as every reader of the shards sees a sample.
-
-    Raises:
-        DatasetError: the bytes do not decode.
-    """
+    """PNG bytes -> (H, W) uint8 grey, as every reader of the shards sees a sample (DatasetError if undecodable)."""
     return decode_image(data, "L")

@@ -23,10 +23,39 @@ log = logging.getLogger(__name__)
 RETRIES = 2  # attempts after the first for a shard that failed with an unexpected error
 
 _job: Callable[[int], dict] | None = None
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _init(job: Callable[[int], dict]) -> None:
+def _die_with(parent: int) -> None:
+    """Make this worker die when ``parent`` does, whatever signal ended it (kill -9 included).
+
+    Linux sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG); the pid check covers a parent that died
+    before the request was made. Elsewhere a thread polls the parent's pid. Without this, a worker of a killed
+    build blocks on its pipe forever, holding the caller's stdout.
+    """
+    import ctypes
+    import signal
+    import threading
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        armed = False
+    if os.getppid() != parent:
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+
+def _init(job: Callable[[int], dict], parent: int) -> None:
     global _job
+    _die_with(parent)
     _job = job
 
 
@@ -91,7 +120,7 @@ def run_shards(
         else:
             ctx = mp.get_context("fork")
             with ProcessPoolExecutor(min(workers, len(shard_ids)), mp_context=ctx, initializer=_init,
-                                     initargs=(job,)) as pool:
+                                     initargs=(job, os.getpid())) as pool:
                 pending = {pool.submit(_run, s): s for s in shard_ids}
                 try:
                     _drain(pool, pending, done, failed)

@@ -1,13 +1,20 @@
 """The output folder: is it free, a build to resume or one to replace; the builder's own records in it.
 
 Nothing a user made is touched: a folder that is not empty is refused unless it is a fracgen build and the
-user asked to resume or replace it. Reading and checking happen before anything is written.
+user asked to resume or replace it, and replacing deletes only the files that build recorded. Reading and
+checking happen before anything is written.
+
+A folder belongs to one set of options from its first byte: ``claim`` publishes ``.fracgen/config.json`` with
+a hard link (atomic and exclusive, also on NFS), before any planning. A job whose options differ is refused at
+once; jobs with the same options (``--shard-range`` on several hosts) share the folder.
 """
 
 from __future__ import annotations
 
+import errno
 import json
-import shutil
+import os
+from dataclasses import fields
 from pathlib import Path
 
 from fracgen import dataset
@@ -16,39 +23,107 @@ from fracgen.errors import UsageError
 from fracgen.systems import System, load_systems
 
 
-def inspect_output(root: Path, *, resume: bool, overwrite: bool) -> BuildConfig | None:
+def inspect_output(root: Path, *, resume: bool, overwrite: bool, joining: bool = False) -> BuildConfig | None:
     """Check the output folder before anything is written (reads only).
+
+    Args:
+        root: the output folder.
+        resume: the user asked to finish a recorded build.
+        overwrite: the user asked to replace a recorded build.
+        joining: a ``--shard-range`` job, which may be the first of several to reach an empty folder.
 
     Returns:
         The stored config of the build being resumed, or None for a fresh build.
 
     Raises:
-        UsageError: the folder is not empty (and neither flag allows it), or is not a fracgen build.
+        UsageError: the folder is not empty (and neither flag allows it), is not a fracgen build, holds files
+            that build did not record (``overwrite``), or holds nothing to resume.
     """
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other; pass one")
-    if root.exists() and not root.is_dir():
+    probe(root)
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
         raise UsageError(f"output {root} exists and is not a folder")
     # a folder holding only the internal folder is a build another shard range is just starting
     occupied = root.exists() and any(p.name != dataset.INTERNAL for p in root.iterdir())
     if resume:
         stored = stored_config(root)
-        if stored is None and occupied:
-            raise UsageError(f"{root} holds no fracgen build to resume (no {dataset.CONFIG_JSON})")
+        if stored is None and (occupied or not joining):
+            what = "is not a fracgen build" if occupied else "holds no recorded build"
+            raise UsageError(f"--resume: {root} {what} (no {dataset.CONFIG_JSON}); start a build with "
+                             f"`fracgen build [options] {root}`, without --resume")
         return stored
     if occupied:
         if not overwrite:
             raise UsageError(f"output folder {root} is not empty; pass --resume to finish it or --overwrite to replace it")
-        if not ((root / dataset.CONFIG_JSON).is_file() or dataset.is_complete(root)):
-            raise UsageError(f"--overwrite refuses to delete {root}: it is not a fracgen build")
+        stored = _owner(root)
+        if stored is None:
+            raise UsageError(f"--overwrite refuses to delete {root}: it is not a fracgen build (no readable "
+                             f"{dataset.CONFIG_JSON} or {dataset.BUILD_JSON})")
+        foreign = unrecorded(root, stored)
+        if foreign:
+            shown = ", ".join(str(p.relative_to(root)) for p in foreign[:5])
+            raise UsageError(f"--overwrite refuses to delete {root}: it holds what the build there did not write "
+                             f"({shown}{', ...' if len(foreign) > 5 else ''}); move it away first")
     return None
 
 
+def recorded(root: Path, config: BuildConfig) -> set[Path]:
+    """The files a build with ``config`` writes into ``root`` (besides temporary files and its markers)."""
+    names = [*map(dataset.shard_name, range(config.num_shards)), dataset.INFO_JSON, dataset.PARAMS_JSON,
+             dataset.BUILD_JSON, dataset.PREVIEW_PNG, dataset.CONFIG_JSON, dataset.SYSTEMS_JSON]
+    if config.source:
+        names.append(config.source)
+    return {root / n for n in names}
+
+
+def _is_ours(path: Path, root: Path, known: set[Path]) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False  # fracgen writes no links, folders only .fracgen and its stats
+    if path in known:
+        return True
+    name = path.name
+    if dataset.TMP_SUFFIX + "-" in name:  # NAME.tmp-HOST-PID: an interrupted writer's leftover
+        return True
+    return path.parent == root / dataset.STATS and name.endswith(".json") and name[:-5].isdigit()
+
+
+def unrecorded(root: Path, config: BuildConfig) -> list[Path]:
+    """What in ``root`` a build with ``config`` did not write (symbolic links included), sorted."""
+    known = recorded(root, config)
+    internal, stats = root / dataset.INTERNAL, root / dataset.STATS
+    foreign = []
+    for path in sorted(root.iterdir()):
+        if path == internal and not path.is_symlink() and path.is_dir():
+            for inner in sorted(internal.iterdir()):
+                if inner == stats and not inner.is_symlink() and inner.is_dir():
+                    foreign += [p for p in sorted(stats.iterdir()) if not _is_ours(p, root, known)]
+                elif not _is_ours(inner, root, known):
+                    foreign.append(inner)
+        elif not _is_ours(path, root, known):
+            foreign.append(path)
+    return foreign
+
+
 def clear_output(root: Path) -> None:
-    """Delete a previous build's files (``inspect_output`` has checked that it is one)."""
-    if root.is_dir():
-        for child in root.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    """Delete a previous build's files; ``inspect_output`` has checked that nothing else is there.
+
+    Files are unlinked, never followed; folders are removed only once empty.
+    """
+    stored = _owner(root)
+    if stored is None or not root.is_dir():
+        return
+    if unrecorded(root, stored):  # something appeared since the check: leave everything
+        raise UsageError(f"--overwrite: {root} changed while being checked; rerun")
+    stats, internal = root / dataset.STATS, root / dataset.INTERNAL
+    for folder in (stats, internal, root):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if not path.is_dir() or path.is_symlink():
+                    path.unlink(missing_ok=True)
+    for folder in (stats, internal):
+        if folder.is_dir():
+            folder.rmdir()
 
 
 def check_writable(root: Path) -> None:
@@ -63,26 +138,136 @@ def check_writable(root: Path) -> None:
         raise UsageError(f"output folder {root} cannot be written: {e.strerror or e}") from None
 
 
+def claim(root: Path, config: BuildConfig) -> bool:
+    """Make ``root`` the build of ``config``, or join the build of the same options already there.
+
+    Returns:
+        True when this call created the claim (the folder was nobody's), False when it joined one.
+
+    Raises:
+        UsageError: the folder belongs to a build with other options.
+    """
+    created = _publish(root / dataset.CONFIG_JSON, dataset.dump_json(config.to_json()))
+    if not created:
+        stored = stored_config(root)
+        if stored != config:
+            raise UsageError(f"{root} belongs to a build whose options differ: {differences(config, stored)}; "
+                             "use another folder, or the same options")
+    return created
+
+
+def release(root: Path, created_root: bool) -> None:
+    """Undo a claim whose planning failed (nothing else was written): the folder is left as it was found."""
+    (root / dataset.CONFIG_JSON).unlink(missing_ok=True)
+    for folder in [root / dataset.STATS, root / dataset.INTERNAL] + ([root] if created_root else []):
+        try:
+            folder.rmdir()
+        except OSError:
+            break  # not empty: another job of the same options is using it
+
+
+def claim_systems(root: Path, systems: list[System]) -> None:
+    """Store the base systems once; a job whose systems differ (another --params file) is refused."""
+    data = dataset.dump_json({"systems": [s.to_json() for s in systems]})
+    path = root / dataset.SYSTEMS_JSON
+    if not _publish(path, data) and path.read_bytes() != data:
+        raise UsageError(f"{root} belongs to a build with other base systems ({path}); --params must give the "
+                         "same systems, or use another folder")
+
+
+def _publish(path: Path, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists: True when this call created it.
+
+    The content is written under a temporary name and hard-linked to ``path``, so the file appears whole and
+    only once however many jobs race for it.
+    """
+    tmp = dataset.tmp_path(path)
+    try:
+        dataset.write_atomic(tmp, data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+        try:  # a file system without hard links: exclusive create, then the content
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    except OSError as e:
+        raise UsageError(f"output folder {path.parent} cannot be written: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def differences(config: BuildConfig, stored: BuildConfig) -> str:
+    """The options of ``config`` that differ from ``stored``, as ``--delta 0.3 (stored 0.1)``."""
+    mine, theirs = config.to_json(), stored.to_json()
+    return ", ".join(f"--{k.replace('_', '-')} {v} (stored {theirs[k]})" for k, v in mine.items() if theirs[k] != v)
+
+
+def probe(root: Path) -> None:
+    """Refuse an output path the system cannot even look up (a name over 255 bytes, a file as a parent...)."""
+    try:
+        Path(root).lstat()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise UsageError(f"output folder {root} cannot be written: {e.strerror or e}") from None
+
+
 def stored_config(root: str | Path) -> BuildConfig | None:
     """The options of the build in ``root``, or None when it holds none."""
+    probe(Path(root))
     path = Path(root) / dataset.CONFIG_JSON
-    if not path.is_file():
+    if not path.is_file() or path.is_symlink():
         return None
     try:
-        config = BuildConfig.from_json(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        missing = {f.name for f in fields(BuildConfig)} - set(data) if isinstance(data, dict) else {"all"}
+        if missing:
+            raise ValueError(f"no {', '.join(sorted(missing))}")
+        config = BuildConfig.from_json(data)
         config.validate()
-    except (OSError, ValueError, TypeError, UsageError) as e:
+    except (OSError, ValueError, TypeError, RecursionError, UsageError) as e:
         raise UsageError(f"{path} is damaged ({e}); rebuild with --overwrite") from None
     return config
+
+
+def _owner(root: Path) -> BuildConfig | None:
+    """The options of the build in ``root`` from its config, or from build.json when the config is damaged."""
+    try:
+        return stored_config(root)
+    except UsageError:
+        pass
+    path = root / dataset.BUILD_JSON
+    try:
+        data = json.loads(path.read_text())["config"]
+        if {f.name for f in fields(BuildConfig)} - set(data):
+            return None
+        config = BuildConfig.from_json(data)
+        config.validate()
+        return config
+    except (OSError, ValueError, TypeError, KeyError, RecursionError, UsageError):
+        return None
 
 
 def stored_systems(root: Path) -> list[System] | None:
     """The base systems of the build being resumed, or None when it stored none."""
     path = root / dataset.SYSTEMS_JSON
-    return load_systems(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return load_systems(path)
+    except UsageError as e:
+        raise UsageError(f"{path} is damaged ({str(e).removeprefix(f'--params {path}: ')}); "
+                         "rebuild with --overwrite") from None
 
 
-def write_records(root: Path, config: BuildConfig, systems: list[System]) -> None:
-    """Store the options and the base systems, so a resume rebuilds the same bytes without searching again."""
-    dataset.write_json(root / dataset.CONFIG_JSON, config.to_json())
-    dataset.write_json(root / dataset.SYSTEMS_JSON, {"systems": [s.to_json() for s in systems]})
+__all__ = ["check_writable", "claim", "claim_systems", "clear_output", "differences", "inspect_output",
+           "recorded", "release", "stored_config", "stored_systems", "unrecorded"]

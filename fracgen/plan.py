@@ -33,7 +33,8 @@ class Plan:
     source: str = ""
 
 
-def make_plan(config: BuildConfig, systems: list[System] | None = None, source: str = "") -> Plan:
+def make_plan(config: BuildConfig, systems: list[System] | None = None, source: str = "",
+              accepted: bool = False) -> Plan:
     """Search the base systems (or check the given ones) and spread the samples across shards in a seeded order.
 
     Args:
@@ -41,6 +42,8 @@ def make_plan(config: BuildConfig, systems: list[System] | None = None, source: 
         systems: base systems read from a params file, one per fractal; each must render finite and fill
             ``min_fill`` under this config.
         source: real-image preset: where to read the source image.
+        accepted: ``systems`` are the ones this build stored when it accepted them (a resume): not judged again,
+            since a fill near ``min_fill`` may fall either side under the check's own draws.
 
     Returns:
         The plan. Samples are numbered in label order; shards hold them sorted.
@@ -53,7 +56,7 @@ def make_plan(config: BuildConfig, systems: list[System] | None = None, source: 
 
         if systems is None:
             systems = search.search_systems(config)
-        else:
+        elif not accepted:
             search.check_systems(systems, config)
     elif systems is None:
         systems = []

@@ -7,6 +7,7 @@ perturbation against its neighbour, in colour, so that differences of a few pixe
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from pathlib import Path
@@ -65,7 +66,8 @@ def _first_samples(root: Path, build: dict[str, Any], count: int) -> dict[int, n
     """RGB images (h, w, 3) of labels 0..count-1, reading shards only until all are found."""
     found: dict[int, np.ndarray] = {}
     for record in build["shards"]:
-        path = root / record["filename"]
+        name = record.get("filename") if isinstance(record, dict) else None
+        path = dataset.inside(root, name, f"{root / dataset.BUILD_JSON} shards")  # never a file elsewhere
         if not path.is_file():
             continue
         for sample in dataset.iter_shard(path):
@@ -235,7 +237,23 @@ def caption(build: dict[str, Any]) -> str:
     if "perturbation" in config and "perturbation" in relevant:
         parts.append(f"{config['perturbation']} perturbation")
     parts.append(f"{build.get('num_samples', '?')} images")
-    return "   ".join(parts)
+    return "   ".join(" ".join(str(p).split()) for p in parts)  # one line, whatever the records hold
+
+
+def _checked_config(root: Path, build: dict[str, Any]) -> dict[str, Any]:
+    """build.json's options, checked as a build checks them (and their memory) before anything is drawn."""
+    from fracgen.config import BuildConfig, check_memory
+
+    config = build.get("config", {})
+    try:
+        if not isinstance(config, dict):
+            raise TypeError(f"not an object: {config!r}")
+        options = BuildConfig.from_json(config)
+        options.validate()
+    except (TypeError, ValueError, UsageError) as err:
+        raise UsageError(f"{root / dataset.BUILD_JSON}: 'config' is damaged ({err})") from None
+    check_memory(options)
+    return config
 
 
 def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) -> Path:
@@ -256,7 +274,7 @@ def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) 
         raise UsageError(f"count must be between 1 and 32, got {count}")
     root = Path(root)
     build = dataset.read_build(root)
-    config = build.get("config") or {}
+    config = _checked_config(root, build)
     images = _first_samples(root, build, count)
     labels = sorted(images)
     binary = _is_binary(list(images.values()))
@@ -324,8 +342,13 @@ def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) 
         canvas.paste(tile, (x, y))
         draw.text((x, y + TILE + 2), note, fill=TEXT, font=small)
 
-    out = Path(out) if out is not None else root / "preview.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out, format="PNG", optimize=True)
+    out = Path(out) if out is not None else root / dataset.PREVIEW_PNG
+    encoded = io.BytesIO()
+    canvas.save(encoded, format="PNG", optimize=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot write {out}: {err.strerror or err}") from None
+    dataset.write_atomic(out, encoded.getvalue(), then="rerun")  # a full disk leaves no truncated image
     logger.info("wrote %s (%dx%d)", out, width, height)
     return out

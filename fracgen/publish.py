@@ -10,6 +10,8 @@ upload and verify requests (`http_backoff`: connection errors, 408, 429, 5xx; 5 
 other calls run under `_with_retries`. A rerun after a failure resumes: the Hub keeps content-addressed
 objects, and the LFS batch answer says which ones it already holds, so they are not sent again.
 
+Every request has a timeout and every retry, ours or the client's, is one warning line (`fracgen.hub`).
+
 The token goes to `HfApi` and from there only into the Authorization header; no message of this module
 contains it (`_scrub` removes it from any text that reaches the user).
 """
@@ -19,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,10 +31,10 @@ from typing import TypeVar
 import yaml
 
 import fracgen
-from fracgen import dataset
+from fracgen import dataset, hub
 from fracgen.card import DEFAULT_LICENSE, render_card
 from fracgen.dataset import BUILD_JSON, INFO_JSON, PARAMS_JSON, sha256_file
-from fracgen.errors import UsageError
+from fracgen.errors import FracgenError, UsageError
 from fracgen.verify import verify
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ RETRY_ATTEMPTS = 5
 MAX_COMMIT_FILES = 20_000  # create_commit takes at most 25k LFS files
 BACKOFF_BASE_S = 1.0  # waits 1, 2, 4, 8 s between attempts (tests lower it)
 BACKOFF_MAX_S = 30.0
-REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+REPO_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}\Z")  # use .match: \Z, not $ (newline)
+
 
 
 @dataclass
@@ -132,26 +134,51 @@ def _check_card_header(card: str) -> None:
         raise UsageError("the rendered card has no YAML header with license and configs")
 
 
+DRY_RUN_FILES = ("files.json", "files.tsv", "README.md", "preview.png")
+
+
+def _check_dry_run_folder(out: Path) -> None:
+    """Refuse a --dry-run folder that holds anything but an earlier dry run's files (a user's README.md...)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UsageError(f"--dry-run {out} exists and is not a folder")
+    if not out.exists():
+        return
+    entries = {p.name: p for p in out.iterdir()}
+    foreign = sorted(n for n, p in entries.items() if n not in DRY_RUN_FILES or p.is_symlink() or not p.is_file())
+    if not foreign and entries:
+        try:
+            record = json.loads((out / "files.json").read_text(encoding="utf-8"))
+            ours = isinstance(record, dict) and record.get("repo_type") == "dataset" and "files" in record
+        except (OSError, ValueError, RecursionError):
+            ours = False
+        foreign = [] if ours else sorted(entries)
+    if foreign:
+        raise UsageError(f"--dry-run folder {out} holds files fracgen did not write ({', '.join(foreign[:5])}); "
+                         "give an empty or new folder")
+
+
 def write_dry_run(files: list[StagedFile], out: Path, *, repo_id: str, summary: dict) -> Path:
-    """Write what an upload would send: `files.json` (path, size, sha256), `files.tsv`, `README.md`, `preview.png`."""
+    """Write what an upload would send: `files.json` (path, size, sha256), `files.tsv`, `README.md`, `preview.png`.
+
+    Each file is written atomically, so a full disk leaves no half-written one; a folder holding anything else is
+    refused before any write.
+    """
+    _check_dry_run_folder(out)
+    listing = [{"path_in_repo": f.path_in_repo, "size": f.size, "sha256": f.sha256} for f in files]
+    record = {"repo_id": repo_id, "repo_type": "dataset", **summary, "files": listing,
+              "total_bytes": sum(f.size for f in files)}
+    rows = ["path_in_repo\tsize\tsha256"] + [f"{f.path_in_repo}\t{f.size}\t{f.sha256}" for f in files]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        listing = [{"path_in_repo": f.path_in_repo, "size": f.size, "sha256": f.sha256} for f in files]
-        record = {
-            "repo_id": repo_id,
-            "repo_type": "dataset",
-            **summary,
-            "files": listing,
-            "total_bytes": sum(f.size for f in files),
-        }
-        (out / "files.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        rows = ["path_in_repo\tsize\tsha256"] + [f"{f.path_in_repo}\t{f.size}\t{f.sha256}" for f in files]
-        (out / "files.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        dataset.write_atomic(out / "files.json", (json.dumps(record, indent=1) + "\n").encode(), then="rerun")
+        dataset.write_atomic(out / "files.tsv", ("\n".join(rows) + "\n").encode(), then="rerun")
         for f in files:
             if f.path_in_repo in ("README.md", "preview.png"):
-                shutil.copyfile(f.source, out / f.path_in_repo)
+                dataset.write_atomic(out / f.path_in_repo, f.source.read_bytes(), then="rerun")
     except OSError as err:
         raise UsageError(f"--dry-run folder {out} cannot be written: {err.strerror or err}") from None
+    except FracgenError as err:
+        raise UsageError(f"--dry-run folder {out}: {err}") from None
     return out
 
 
@@ -229,6 +256,11 @@ def _explain(err: BaseException, *, repo_id: str, endpoint: str, revision: str |
         )
     if isinstance(err, OfflineModeIsEnabled):
         return UsageError("HF_HUB_OFFLINE is set, so the Hub cannot be contacted; unset it to publish")
+    if isinstance(err, httpx.TimeoutException):
+        return UsageError(
+            f"{endpoint} did not answer within {hub.HUB_TIMEOUT_S:g} s ({type(err).__name__}), {RETRY_ATTEMPTS} times: "
+            "check --endpoint and the network, then rerun the same command; files already uploaded are not sent again"
+        )
     if isinstance(err, httpx.TransportError):
         return UsageError(
             f"cannot reach {endpoint} ({type(err).__name__}) after {RETRY_ATTEMPTS} attempts: check the network "
@@ -384,39 +416,41 @@ def _upload(
         raise UsageError(
             f"no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login` (tokens: {base}/settings/tokens)"
         )
+    hub.check_token(token)
     api = HfApi(endpoint=base, token=token, library_name="fracgen", library_version=fracgen.__version__)
-    try:
-        _check_namespace(api, repo_id)
-        _with_retries(
-            "create_repo",
-            lambda: api.create_repo(
-                repo_id, repo_type="dataset", exist_ok=True, private=True if private else None
-            ),
-        )
-        if revision and revision != "main":
+    with hub.session():
+        try:
+            _check_namespace(api, repo_id)
             _with_retries(
-                "create_branch",
-                lambda: api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True),
+                "create_repo",
+                lambda: api.create_repo(
+                    repo_id, repo_type="dataset", exist_ok=True, private=True if private else None
+                ),
             )
-        operations = [
-            CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=str(f.source)) for f in files
-        ]
-        total = sum(f.size for f in files)
-        logger.info("uploading %d files (%d bytes) to dataset %s", len(files), total, repo_id)
-        # huggingface_hub retries each request of this step itself
-        api.preupload_lfs_files(repo_id, additions=operations, repo_type="dataset", revision=revision)
-        commit = _with_retries(
-            "commit",
-            lambda: api.create_commit(
-                repo_id, operations=operations, commit_message=message, repo_type="dataset", revision=revision
-            ),
-        )
-    except UsageError:
-        raise
-    except Exception as err:
-        explained = _explain(err, repo_id=repo_id, endpoint=base, revision=revision)
-        logger.debug("upload failed: %s", _scrub(repr(err), token))
-        raise UsageError(_scrub(str(explained), token)) from None
+            if revision and revision != "main":
+                _with_retries(
+                    "create_branch",
+                    lambda: api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True),
+                )
+            operations = [
+                CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=str(f.source)) for f in files
+            ]
+            total = sum(f.size for f in files)
+            logger.info("uploading %d files (%d bytes) to dataset %s", len(files), total, repo_id)
+            # huggingface_hub retries each request of this step itself
+            api.preupload_lfs_files(repo_id, additions=operations, repo_type="dataset", revision=revision)
+            commit = _with_retries(
+                "commit",
+                lambda: api.create_commit(
+                    repo_id, operations=operations, commit_message=message, repo_type="dataset", revision=revision
+                ),
+            )
+        except UsageError:
+            raise
+        except Exception as err:
+            explained = _explain(err, repo_id=repo_id, endpoint=base, revision=revision)
+            logger.debug("upload failed: %s", _scrub(repr(err), token))
+            raise UsageError(_scrub(str(explained), token)) from None
     logger.info("committed %s", getattr(commit, "commit_url", ""))
     url = f"{base}/datasets/{repo_id}"
     return url + (f"/tree/{revision}" if revision and revision != "main" else "")

@@ -198,6 +198,35 @@ def prepare(image: np.ndarray, edges: str = "canny", color: str = "grey") -> np.
     return mask if color == "grey" else np.where(mask[..., None] > 0, rgb, 0).astype(np.uint8)
 
 
+MIN_SOURCE_FILL = 0.005  # the prepared source must differ from its background on this fraction of pixels
+MIN_KEPT = 0.25  # and every class's image must keep this share of the source's fill (else it is redrawn)
+
+
+def fill(image: np.ndarray) -> float:
+    """The fraction of pixels that differ from the image's most common value (its background): the real-image
+    counterpart of a fractal's lit fraction. 0.0 for a flat image."""
+    flat = image.reshape(image.shape[0] * image.shape[1], -1)
+    keys = flat[:, 0].astype(np.int64) if flat.shape[1] == 1 else \
+        (flat[:, 0].astype(np.int64) << 16) | (flat[:, 1].astype(np.int64) << 8) | flat[:, 2]
+    background = np.bincount(keys).argmax()
+    return float(np.mean(keys != background))
+
+
+def check_source(prepared: np.ndarray, path: str | Path, edges: str) -> float:
+    """Refuse a source with nothing to perturb (a flat, tiny or edge-less image); return its fill.
+
+    Raises:
+        UsageError: naming the image, its fill and what to try.
+    """
+    found = fill(prepared)
+    if found < MIN_SOURCE_FILL:
+        what = "its Canny edges are (nearly) empty" if edges == "canny" else "it is (nearly) flat"
+        hint = "try --edges none or another image" if edges == "canny" else "use an image with visible structure"
+        raise UsageError(f"IMAGE {path}: {what} (fill {found:.4f} < {MIN_SOURCE_FILL}), so every class would be "
+                         f"the same blank image; {hint}")
+    return found
+
+
 def draw_transform(kind: str, delta: float, rng: np.random.Generator, *, grid: int = ELASTIC_GRID) -> dict:
     """One class's geometric perturbation (see the module docstring).
 

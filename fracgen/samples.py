@@ -102,9 +102,17 @@ def _real(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.nd
     from fracgen import realimage
 
     cfg = plan.config
-    params = realimage.draw_transform(cfg.transform, cfg.delta, generator(cfg.seed, CLASS, 0, label))
-    image = realimage.apply_transform(_source(plan.source, cfg.size, cfg.edges, cfg.color), cfg.transform, params)
-    return image, {"label": label, "perturbation": label, "transform": cfg.transform, "params": params}
+    source = _source(plan.source, cfg.size, cfg.edges, cfg.color)
+    wanted = realimage.MIN_KEPT * realimage.fill(source)
+    rng = generator(cfg.seed, CLASS, 0, label)
+    for redraws in range(cfg.max_redraws + 1):  # a transform that moves the image out of view is drawn again
+        params = realimage.draw_transform(cfg.transform, cfg.delta, rng)
+        image = realimage.apply_transform(source, cfg.transform, params)
+        if realimage.fill(image) >= wanted:
+            meta = {"label": label, "perturbation": label, "transform": cfg.transform, "params": params}
+            return image, meta | ({"redraws": redraws} if redraws else {})
+    raise FracgenError(f"class {label}: no {cfg.transform} transform within --delta {cfg.delta} kept the image in "
+                       f"view in {cfg.max_redraws + 1} draws; lower --delta")
 
 
 SAMPLERS = {"perturbed-ifs": _perturbed_ifs, "fractaldb": _fractaldb, "noise": _noise, "real-image": _real}

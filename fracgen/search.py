@@ -138,3 +138,5 @@ def check_systems(systems: list[System], config) -> None:
             raise UsageError(
                 f"--params: system {f} fills {fill:.4f} of the image, under --min-fill {config.min_fill}"
             )
+        if not np.isfinite(system.fill):  # a params file without fills: record the one measured here
+            system.fill = fill

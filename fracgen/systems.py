@@ -6,6 +6,7 @@ A params file is what ``fracgen search`` prints (one system) or a build's ``para
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,8 +67,11 @@ class System:
                                    ("attempts", int, 1)):
             try:
                 values[key] = kind(data.get(key, default))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise UsageError(f"'{key}' must be a number, got {data.get(key)!r}") from None
+        if not math.isfinite(values["sigma"]) or values["sigma"] <= 0 or values["attempts"] < 1:
+            raise UsageError(f"'sigma' must be a finite number > 0 and 'attempts' >= 1, got {values['sigma']!r} "
+                             f"and {values['attempts']!r}")
         return cls(maps=maps, probabilities=probs, extra={k: v for k, v in data.items() if k not in known}, **values)
 
 
@@ -77,8 +81,8 @@ def load_systems(path: Path) -> list[System]:
         data = json.loads(Path(path).read_text())
     except OSError as e:
         raise UsageError(f"--params {path}: cannot read it ({e.strerror or e})") from None
-    except ValueError as e:
-        raise UsageError(f"--params {path}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:
+        raise UsageError(f"--params {path}: not valid JSON ({type(e).__name__}: {e})") from None
     items = data.get("systems") if isinstance(data, dict) and "systems" in data else [data]
     if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
         raise UsageError(f'--params {path}: expected a system object or {{"systems": [...]}}')

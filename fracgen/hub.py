@@ -1,0 +1,73 @@
+"""The Hub client as a push uses it: a timeout on every request and one warning line per retry.
+
+huggingface_hub's shared ``httpx`` client has no timeout (``default_client_factory`` passes ``timeout=None``), so
+a server that accepts a connection and never answers would hold a push forever; ``session`` installs a client
+factory with timeouts (``set_client_factory``, the library's own hook) for the duration of the push, and puts
+back the one that was there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterator
+
+from fracgen.errors import UsageError
+
+log = logging.getLogger("fracgen.publish")  # retries read as the push's own lines
+
+# Seconds a request may wait to connect, and for each read or write; HF_HUB_DOWNLOAD_TIMEOUT overrides the latter.
+HUB_CONNECT_TIMEOUT_S = 10.0
+HUB_TIMEOUT_S = float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT") or 60)
+
+
+class _OneLinePerRetry(logging.Filter):
+    """huggingface_hub logs two lines per retry of its own (the error, then the wait): log one, as ours."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error = "an error"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = " ".join(record.getMessage().split())
+        if " thrown while requesting " in text:
+            self.error = text.split(" thrown while requesting ")[0].strip("'")
+            return False
+        wait = re.search(r"(?:Retrying in|Waiting) ([\d.]+)s.*\[Retry (\d+)/(\d+)\]", text)
+        if wait:
+            log.warning("Hub request failed (%s); retry %s of %s in %s s", self.error, wait[2], wait[3], wait[1])
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def session() -> Iterator[None]:
+    """huggingface_hub's shared client with timeouts and one line per retry, for the duration of a push."""
+    import huggingface_hub
+    from huggingface_hub.utils import _http, httpx
+
+    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)
+
+    def factory():
+        client = previous()
+        client.timeout = httpx.Timeout(HUB_TIMEOUT_S, connect=min(HUB_CONNECT_TIMEOUT_S, HUB_TIMEOUT_S))
+        return client
+
+    retries = _OneLinePerRetry()
+    hub_log = logging.getLogger(_http.__name__)
+    huggingface_hub.set_client_factory(factory)
+    hub_log.addFilter(retries)
+    try:
+        yield
+    finally:
+        hub_log.removeFilter(retries)
+        huggingface_hub.set_client_factory(previous)
+
+
+def check_token(token: str | None) -> None:
+    """Refuse a token with spaces or control characters (a pasted line break) before it reaches a header."""
+    if token and (token != token.strip() or any(c.isspace() or not c.isprintable() for c in token)):
+        raise UsageError("the token contains a line break, space or control character; copy it again "
+                         "(--token or HF_TOKEN)")

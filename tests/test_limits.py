@@ -1,0 +1,61 @@
+"""Options whose product would not fit are refused before anything is allocated or written, with the figure and
+what fits; names the system cannot take are one line (issue 9, item 11)."""
+
+import pytest
+from click.testing import CliRunner
+
+from fracgen.cli import cli
+from fracgen.config import BuildConfig, check_memory
+from fracgen.errors import UsageError
+
+GIB = 1 << 30
+SMALL = ["--size", "64", "--points", "2000", "--shard-size", "8", "--workers", "1", "--no-progress"]
+
+
+def one_line(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--L", "1000000000"], "--L 1000000000 needs about"),
+    (["--size", "200000"], "--size 200000 needs about"),
+    (["--points", "10000000000"], "--points 10000000000 needs about"),
+    (["--fractals", "1000000"], "--fractals 1000000 needs about"),
+    (["--preset", "fractaldb", "--fractals", "1000000"], "--fractals 1000000 needs about"),
+    (["--maps", "1000000", "--sigma", "3.5"], "--maps"),
+    (["--delta", "1e308"], "--delta must be a number in [0, 100]"),
+])
+def test_what_cannot_fit_is_refused_before_anything_is_written(tmp_path, args, fragment):
+    size = [a for a in SMALL if a != "--size" and a != "64"] if "--size" in args else SMALL
+    points = [a for a in size if a not in ("--points", "2000")] if "--points" in args else size
+    result = CliRunner().invoke(cli, ["build", *points, *args, str(tmp_path / "out")])
+    one_line(result, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_refusal_says_what_fits_and_that_fits():
+    cfg = BuildConfig(L=10**9, size=64, points=2000)
+    with pytest.raises(UsageError, match=r"16.0 GiB are available: at most --L (\d+) fits") as err:
+        check_memory(cfg, available=16 * GIB)
+    fits = int(str(err.value).split("at most --L ")[1].split()[0])
+    check_memory(BuildConfig(L=fits, size=64, points=2000), available=16 * GIB)  # the advice holds
+    with pytest.raises(UsageError, match="--L"):
+        check_memory(BuildConfig(L=fits * 2, size=64, points=2000), available=16 * GIB)
+    with pytest.raises(UsageError, match="fewer --workers"):
+        check_memory(BuildConfig(size=20000), workers=16, available=16 * GIB)
+    check_memory(BuildConfig(), workers=16, available=16 * GIB)  # the defaults fit a modest machine
+
+
+def test_an_out_name_over_255_characters_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["build", *SMALL, "--L", "8", str(tmp_path / ("x" * 300))])
+    one_line(result, "File name too long")
+    result = CliRunner().invoke(cli, ["build", "--resume", str(tmp_path / ("x" * 300))])
+    one_line(result, "File name too long")
+
+
+def test_search_refuses_what_cannot_fit():
+    one_line(CliRunner().invoke(cli, ["search", "--points", "10000000000"]), "--points 10000000000 needs about")

@@ -1,0 +1,173 @@
+"""The output folder under concurrency and hostile content: one owner per folder, resume only of what was
+recorded, --overwrite only of what a build wrote (issue 9, items 1-4)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+from test_build import files
+
+from fracgen import output, search
+from fracgen.build import BuildConfig, build
+from fracgen.errors import UsageError
+
+CFG = BuildConfig(**TINY)
+ROOT = Path(__file__).resolve().parents[1]
+TINY_ARGS = ["--L", "16", "--size", "64", "--points", "5000", "--shard-size", "8", "--workers", "1",
+             "--no-progress"]
+
+
+def fracgen(*args, wait=True):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_CACHE_DIR=str(ROOT / ".cache" / "numba"))
+    proc = subprocess.Popen([sys.executable, "-m", "fracgen.cli", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc.communicate(timeout=120) + (proc.returncode,) if wait else proc
+
+
+# ------------------------------------------------------------------------------------- 1: one owner
+
+
+def test_a_job_with_other_options_is_refused_even_before_the_first_wrote_anything(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    output.check_writable(out)
+    assert output.claim(out, CFG)  # a job that has claimed the folder and is still searching
+    other = BuildConfig(**{**TINY, "delta": 0.3})
+    with pytest.raises(UsageError, match=r"options differ: --delta 0.3 \(stored 0.1\)"):
+        build(other, out, workers=1, resume=True, shard_range=(1, 2))
+    with pytest.raises(UsageError, match="another job"):  # same options, but a plain build: not two at once
+        build(CFG, out, workers=1)
+    assert sorted(p.name for p in out.iterdir()) == [".fracgen"]  # the refused jobs wrote nothing
+    assert build(CFG, out, workers=1, resume=True, shard_range=(1, 2)).built == [1]  # same options: joins
+
+
+def test_concurrent_jobs_never_mix_options_and_identical_ones_share_the_folder(tmp_path, tiny_dataset):
+    out = tmp_path / "shared"
+    jobs = [(0, ["--resume", "--shard-range", "0:1"]), (0, ["--resume", "--shard-range", "1:2"]), (1, [])]
+    procs = [fracgen("build", *TINY_ARGS, "--seed", seed, *extra, out, wait=False) for seed, extra in jobs]
+    results = [(seed, *p.communicate(timeout=120), p.returncode) for (seed, _), p in zip(jobs, procs, strict=True)]
+    owner = BuildConfig.from_json(json.loads((out / ".fracgen" / "config.json").read_text())).seed
+    for seed, _stdout, stderr, code in results:
+        if seed == owner:
+            assert code == 0, stderr
+        else:
+            assert code == 2 and "options differ: --seed" in stderr and len(stderr.strip().splitlines()) == 1
+    if owner == 0:
+        build(None, out, resume=True, workers=1)
+        assert files(out) == files(tiny_dataset)
+    else:
+        want = tmp_path / "want"
+        build(BuildConfig(**{**TINY, "seed": 1}), want, workers=1)
+        assert files(out) == files(want)
+
+
+# ---------------------------------------------------------------------- 2: FractalDB resumable, split
+
+
+def test_fractaldb_split_and_resumed_never_rejudges_its_systems(tmp_path, monkeypatch):
+    cfg = BuildConfig(preset="fractaldb", fractals=3, instances=2, size=64, points=2000, shard_size=2)
+    whole = tmp_path / "whole"
+    build(cfg, whole, workers=1)
+    split = tmp_path / "split"
+    assert not build(cfg, split, workers=1, shard_range=(0, 1)).complete
+
+    def judged(*args, **kwargs):
+        raise AssertionError("a stored system was judged again")
+
+    monkeypatch.setattr(search, "check_systems", judged)
+    monkeypatch.setattr(search, "search_systems", judged)
+    assert build(cfg, split, workers=1, resume=True, shard_range=(2, 3)).built == [2]
+    assert build(None, split, workers=1, resume=True).complete
+    assert files(split) == files(whole)
+
+
+def test_resume_with_other_params_is_refused(tiny_copy, tmp_path):
+    params = json.loads((tiny_copy / "params.json").read_text())
+    params["systems"][0]["maps"][0][0] *= 0.99
+    (tmp_path / "other.json").write_text(json.dumps(params))
+    with pytest.raises(UsageError, match="other systems"):
+        build(None, tiny_copy, workers=1, resume=True, params=tmp_path / "other.json")
+
+
+# ---------------------------------------------------------------- 3: --overwrite deletes only its own
+
+
+@pytest.mark.parametrize("record", ["build.json", ".fracgen/config.json"])
+def test_overwrite_refuses_a_folder_that_only_looks_like_a_build(tmp_path, record):
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "src" / "main.c").write_text("code")
+    (proj / record).parent.mkdir(parents=True, exist_ok=True)
+    (proj / record).write_text("{}")
+    with pytest.raises(UsageError, match="not a fracgen build"):
+        build(CFG, proj, overwrite=True, workers=1)
+    assert (proj / "src" / "main.c").read_text() == "code"
+
+
+def test_overwrite_names_what_the_build_did_not_write_and_deletes_nothing(tiny_copy, tmp_path):
+    (tiny_copy / "runs").mkdir()
+    (tiny_copy / "NOTES.md").write_text("mine")
+    before = sorted(p.name for p in tiny_copy.iterdir())
+    with pytest.raises(UsageError, match=r"did not write \(NOTES.md, runs\)"):
+        build(CFG, tiny_copy, overwrite=True, workers=1)
+    assert sorted(p.name for p in tiny_copy.iterdir()) == before
+
+
+def test_overwrite_never_follows_a_link(tiny_copy, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep")
+    (tiny_copy / "data").symlink_to(victim)
+    with pytest.raises(UsageError, match=r"did not write \(data\)"):
+        build(CFG, tiny_copy, overwrite=True, workers=1)
+    (tiny_copy / "data").unlink()
+    shard = tiny_copy / "train-000001.tar"
+    shard.unlink()
+    shard.symlink_to(victim / "keep.txt")  # a recorded name that is a link: not something fracgen wrote
+    with pytest.raises(UsageError, match="train-000001.tar"):
+        build(CFG, tiny_copy, overwrite=True, workers=1)
+    assert (victim / "keep.txt").read_text() == "keep" and (tiny_copy / "params.json").is_file()
+
+
+def test_overwrite_replaces_a_genuine_build_with_its_leftovers(tiny_copy):
+    (tiny_copy / "preview.png").write_bytes(b"png")
+    (tiny_copy / "train-000000.tar.tmp-host-1").write_bytes(b"half")
+    result = build(BuildConfig(**{**TINY, "L": 8}), tiny_copy, overwrite=True, workers=1)
+    assert result.complete and result.num_shards == 1
+    assert sorted(p.name for p in tiny_copy.iterdir()) == [".fracgen", "_info.json", "build.json", "params.json",
+                                                           "train-000000.tar"]
+
+
+# -------------------------------------------------------------------- 4: --resume needs a record
+
+
+def test_resume_of_nothing_says_what_to_run(tmp_path):
+    stdout, stderr, code = fracgen("build", "--resume", tmp_path / "typo")
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert "holds no recorded build" in stderr and "fracgen build [options]" in stderr
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "started" / ".fracgen" / "stats").mkdir(parents=True)  # killed before its options were stored
+    with pytest.raises(UsageError, match="holds no recorded build"):
+        build(None, tmp_path / "started", resume=True)
+
+
+def test_resume_after_a_kill_during_planning_builds_the_recorded_options(tmp_path, tiny_dataset, monkeypatch):
+    out = tmp_path / "out"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the options are claimed, the search is under way
+
+    monkeypatch.setattr(search, "search_systems", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build(CFG, out, workers=1)
+    assert not out.exists()  # an interrupted claim is taken back
+    out.mkdir()
+    output.check_writable(out)
+    output.claim(out, CFG)  # what kill -9 leaves: the options, no systems
+    monkeypatch.undo()
+    assert build(None, out, workers=1, resume=True).complete
+    assert files(out) == files(tiny_dataset)

@@ -1,0 +1,112 @@
+"""Every path a dataset's own files name stays inside the dataset folder (issue 9, item 8), and preview's
+hostile-record cases end in one line (item 11)."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fracgen import dataset
+from fracgen.build import BuildConfig, build
+from fracgen.cli import cli
+from fracgen.errors import FracgenError
+
+
+def one_line(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("name", ["../victim.png", "/etc/passwd", "", "sub/../../victim.png"])
+def test_inside_refuses_names_that_leave_the_folder(tmp_path, name):
+    with pytest.raises(FracgenError, match="not a file inside"):
+        dataset.inside(tmp_path / "ds", name, "build.json")
+    assert dataset.inside(tmp_path / "ds", "train-000000.tar", "x") == tmp_path / "ds" / "train-000000.tar"
+
+
+def test_inside_refuses_a_link_out_of_the_folder(tmp_path):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "source.png").symlink_to(tmp_path / "victim.png")
+    with pytest.raises(FracgenError, match="not a file inside"):
+        dataset.inside(tmp_path / "ds", "source.png", "config")
+
+
+def test_resume_never_copies_an_image_from_outside(tmp_path):
+    image = tmp_path / "photo.png"
+    Image.fromarray((np.indices((32, 32)).sum(0) * 4 % 256).astype(np.uint8)).save(image)
+    cfg = BuildConfig(preset="real", L=4, size=32, shard_size=2, edges="none")
+    out = tmp_path / "real"
+    build(cfg, out, workers=1, source=image, shard_range=(0, 1))
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(image.read_bytes())
+    record = json.loads((out / ".fracgen" / "config.json").read_text())
+    record["source"] = "../victim.png"
+    (out / ".fracgen" / "config.json").write_text(json.dumps(record))
+    (out / "source.png").unlink()
+    with pytest.raises(FracgenError, match="not a file inside"):
+        build(None, out, workers=1, resume=True)
+    assert not (out / "victim.png").exists() and not (out / "build.json").exists()
+
+
+@pytest.mark.parametrize("filename", ["../outside/x.tar", "/etc/passwd"])
+def test_preview_reads_no_shard_outside_the_folder(tiny_copy, tmp_path, filename):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.tar").write_bytes((tiny_copy / "train-000000.tar").read_bytes())
+    record = json.loads((tiny_copy / "build.json").read_text())
+    record["shards"][0]["filename"] = filename
+    (tiny_copy / "build.json").write_text(json.dumps(record))
+    one_line(CliRunner().invoke(cli, ["preview", str(tiny_copy)]), "not a file inside")
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("size", "abc", "'config' is damaged"),
+    ("seed", -1, "--seed"),
+    ("points", 10**10, "--points 10000000000 needs about"),
+    (None, "x", "'config' is damaged"),
+])
+def test_preview_checks_the_recorded_options(tiny_copy, key, value, fragment):
+    record = json.loads((tiny_copy / "build.json").read_text())
+    if key is None:
+        record["config"] = value
+    else:
+        record["config"][key] = value
+    (tiny_copy / "build.json").write_text(json.dumps(record))
+    one_line(CliRunner().invoke(cli, ["preview", str(tiny_copy)]), fragment)
+    assert not (tiny_copy / "preview.png").exists()
+
+
+def test_preview_survives_a_newline_in_the_name(tiny_copy):
+    record = json.loads((tiny_copy / "build.json").read_text())
+    record["name"] = "a\nb"
+    (tiny_copy / "build.json").write_text(json.dumps(record))
+    result = CliRunner().invoke(cli, ["preview", str(tiny_copy)])
+    assert result.exit_code == 0, result.output
+
+
+def test_preview_out_on_a_folder_that_cannot_be_written(tiny_dataset):
+    out = "/proc/fracgen-no-such/p.png"  # read-only even for root
+    one_line(CliRunner().invoke(cli, ["preview", str(tiny_dataset), "--out", out]), "cannot write")
+
+
+def test_preview_out_on_a_full_disk_leaves_nothing(tiny_dataset, tmp_path, monkeypatch):
+    def full(path, data, then="rerun with --resume"):
+        raise FracgenError(f"disk full while writing {path}; free space and {then}")
+
+    monkeypatch.setattr(dataset, "write_atomic", full)
+    out = tmp_path / "p.png"
+    one_line(CliRunner().invoke(cli, ["preview", str(tiny_dataset), "--out", str(out)]), "disk full")
+    assert not out.exists()
+
+
+def test_preview_of_an_undecodable_image(tiny_copy):
+    for shard in (0, 1):
+        samples = [{k: v for k, v in x.items() if k != "__url__"} | {"png": b"\x89PNG\r\n\x1a\nbroken"}
+                   for x in dataset.iter_shard(tiny_copy / dataset.shard_name(shard))]
+        dataset.write_shard(tiny_copy, shard, samples)
+    one_line(CliRunner().invoke(cli, ["preview", str(tiny_copy)]), "cannot decode")
