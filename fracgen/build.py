@@ -47,6 +47,9 @@ class BuildResult:
         num_shards: shards in the whole build.
         seconds: wall time of this call.
         images: images this call rendered.
+        render_seconds: wall time of the rendering stage alone (shards: render, encode, write), the time a
+            rate in images/s is measured over; the search, planning and JIT compilation are not in it.
+        search_seconds: wall time of the search and planning stage.
     """
 
     root: Path
@@ -56,6 +59,8 @@ class BuildResult:
     num_shards: int
     seconds: float
     images: int
+    render_seconds: float = 0.0
+    search_seconds: float = 0.0
 
 
 def build(
@@ -192,6 +197,8 @@ def build(
         num_shards=config.num_shards,
         seconds=time.perf_counter() - start,
         images=images,
+        render_seconds=render_seconds,
+        search_seconds=search_seconds,
     )
 
 

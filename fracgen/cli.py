@@ -259,12 +259,15 @@ def _run_build(ctx: click.Context, out: Path, options: dict, params: Path | None
         config = BuildConfig(**options)
     result = build(config, out, workers=run["workers"], resume=run["resume"], overwrite=run["overwrite"],
                    shard_range=run["shard_range"], params=params, source=source, progress=not run["no_progress"])
-    rate = result.images / result.seconds if result.seconds > 0 else 0.0
+    # the rate counts the rendering stage only (render, encode, write): search, planning and JIT are apart
+    rate = result.images / result.render_seconds if result.render_seconds > 0 else 0.0
+    timing = (f"{result.images} images in {result.render_seconds:.1f} s of rendering, {rate:.0f} images/s; "
+              f"search and planning {result.search_seconds:.1f} s, whole call {result.seconds:.1f} s")
     if result.complete:
-        click.echo(f"built {out}: {result.num_shards} shards, {len(result.built)} rendered now "
-                   f"({result.images} images, {rate:.0f} images/s), {len(result.skipped)} already complete")
+        click.echo(f"built {out}: {result.num_shards} shards, {len(result.built)} rendered now, "
+                   f"{len(result.skipped)} already complete ({timing})")
     else:
-        click.echo(f"built shards {result.built} of {out} ({result.images} images, {rate:.0f} images/s); "
+        click.echo(f"built shards {result.built} of {out} ({timing}); "
                    f"the build is incomplete: finish it with `fracgen build --resume {out}`")
 
 
