@@ -472,7 +472,7 @@ def decode_image(data: bytes, mode: str = "L") -> np.ndarray:
 
     Args:
         data: the encoded image.
-        mode: "L" for (H, W) grey (a 1-bit palette image decodes to {0, 127}), "RGB" for (H, W, 3).
+        mode: "L" for (H, W) grey (also for the palette PNGs of old builds: {0, 127}), "RGB" for (H, W, 3).
 
     Raises:
         DatasetError: the bytes do not decode.
@@ -487,9 +487,13 @@ def decode_image(data: bytes, mode: str = "L") -> np.ndarray:
 
 
 def decode_grey(data: bytes) -> np.ndarray:
-    """PNG bytes -> (H, W) uint8 grey, as every reader of the shards sees a sample.
-
-    Raises:
-        DatasetError: the bytes do not decode.
-    """
+    """PNG bytes -> (H, W) uint8 grey, as every reader of the shards sees a sample (DatasetError if bad)."""
     return decode_image(data, "L")
+
+
+PNG_GREY, PNG_RGB, PNG_PALETTE = 0, 2, 3  # PNG colour types; palette: the images written before issue 10
+
+
+def png_colour_type(data: bytes) -> int | None:
+    """The colour type in a PNG's header (``PNG_GREY``, ``PNG_RGB``, ``PNG_PALETTE``...), None if not a PNG."""
+    return data[25] if len(data) > 25 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" else None
