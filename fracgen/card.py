@@ -21,7 +21,10 @@ from fracgen.presets import DEFAULT_PRESET, PRESETS
 
 logger = logging.getLogger(__name__)
 
-CARDS_DIR = Path(__file__).resolve().parent.parent / "datasets_cards"
+# An installed wheel carries the templates as fracgen/cards (pyproject.toml maps datasets_cards/ there); a
+# checkout has them at the top of the repository.
+_PACKAGED = Path(__file__).resolve().parent / "cards"
+CARDS_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "datasets_cards"
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 LICENSE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 # What `fracgen push-to-hub` passes while its --license still has a default; the card itself asks for one.
