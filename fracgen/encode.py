@@ -14,7 +14,9 @@ the scanlines as 8-byte words: a word equal to the one before it extends a copy 
 is 8 literals from a table, all in one dynamic-Huffman block. It encodes the default 1p-frac image faster than
 the old 1-bit path did (``make bench`` prints both, with the sizes: about 1.5x the 1-bit PNG, 1.1x zlib's
 best on the same 8-bit data); ``tests/test_encode.py`` checks the stream with zlib and the image with every
-reader. Other images (noise, photos, more grey levels) go through zlib at level 6, as before.
+reader. Other images (noise, photos, more grey levels) go through zlib at level 6, as before. The kernels
+cost about 1.5-2 CPU-seconds of JIT compilation the first time a machine builds (cached in NUMBA_CACHE_DIR
+afterwards); they allocate nothing themselves, since numba's first np.zeros alone compiles for half a second.
 """
 
 from __future__ import annotations
@@ -137,18 +139,16 @@ def _png(header: bytes, palette: bytes, idat: bytes) -> bytes:
 
 _WORD = 8
 _CL_ORDER = np.array([16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15], np.int64)  # RFC 1951
-_ONES = np.uint64(0x0101010101010101)
-_GATHER = np.uint64(0x0102040810204080)  # byte j's bit 0 -> bit 56 + j of the product
 _POPCOUNT = np.array([bin(m).count("1") for m in range(256)], np.int64)
 _POSITIONS = np.array([sum(j for j in range(8) if m >> j & 1) for m in range(256)], np.int64)  # of set bits
 
 
 @numba.njit(cache=True, nogil=True)
-def _code_lengths(freq, max_bits):  # pragma: no cover - compiled
-    """Huffman code lengths of the used symbols (at least 2), by Moffat and Katajainen's in-place method on
-    the frequencies sorted ascending; all zeros when a code would be longer than ``max_bits``."""
+def _code_lengths(freq, order, a, lengths, max_bits):  # pragma: no cover - compiled
+    """Huffman code lengths of the used symbols (at least 2) into ``lengths`` (zeros), by Moffat and
+    Katajainen's in-place method on the frequencies sorted ascending; False when a code would be longer than
+    ``max_bits``. ``order`` and ``a`` are scratch arrays as long as ``freq``."""
     # the used symbols by ascending frequency (an insertion sort: numba compiles np.argsort for seconds)
-    order = np.empty(freq.size, np.int64)
     n = 0
     for s in range(freq.size):
         if freq[s]:
@@ -158,8 +158,6 @@ def _code_lengths(freq, max_bits):  # pragma: no cover - compiled
                 j -= 1
             order[j] = s
             n += 1
-    order = order[:n]
-    a = np.empty(n, np.int64)
     for i in range(n):
         a[i] = freq[order[i]]
     a[0] += a[1]
@@ -198,27 +196,24 @@ def _code_lengths(freq, max_bits):  # pragma: no cover - compiled
             avail -= 1
         avail = 2 * count
         depth += 1
-    lengths = np.zeros(freq.size, np.int64)
     if a[0] > max_bits:
-        return lengths
+        return False
     for i in range(n):
         lengths[order[i]] = a[i]
-    return lengths
+    return True
 
 
 @numba.njit(cache=True, nogil=True)
-def _reversed_codes(lengths, max_bits):  # pragma: no cover - compiled
-    """Deflate's canonical codes (RFC 1951, 3.2.2), bit-reversed for LSB-first writing."""
-    count = np.zeros(max_bits + 1, np.int64)
+def _reversed_codes(lengths, count, following, codes, max_bits):  # pragma: no cover - compiled
+    """Deflate's canonical codes (RFC 1951, 3.2.2), bit-reversed for LSB-first writing, into ``codes``;
+    ``count`` and ``following`` are zeroed scratch arrays of at least ``max_bits`` + 2."""
     for n in lengths:
         count[n] += 1
     count[0] = 0
-    following = np.zeros(max_bits + 2, np.int64)
     code = 0
     for bits in range(1, max_bits + 1):
         code = (code + count[bits - 1]) << 1
         following[bits] = code
-    codes = np.zeros(lengths.size, np.int64)
     for s in range(lengths.size):
         n = lengths[s]
         if n:
@@ -229,80 +224,42 @@ def _reversed_codes(lengths, max_bits):  # pragma: no cover - compiled
                 r = (r << 1) | (c & 1)
                 c >>= 1
             codes[s] = r
-    return codes
 
 
 @numba.njit(cache=True, nogil=True)
-def _put(out, state, value, bits):  # pragma: no cover - compiled
-    """Append ``bits`` (<= 28) bits of ``value`` LSB first to ``out`` (uint32 words, little-endian).
-
-    state = (accumulator, bit count, words written), kept in the caller's locals. The low word is stored every
-    time and the position moves when it is full: no branch, since a mispredicted one per call cost more than
-    the rest of the call."""
-    acc, nbits, pos = state
-    acc |= value << nbits
-    nbits += bits
-    out[pos] = acc & 0xFFFFFFFF
-    full = nbits >> 5
-    return acc >> (full << 5), nbits - (full << 5), pos + full
-
-
-@numba.njit(cache=True, nogil=True)
-def _nonzero_mask(x):  # pragma: no cover - compiled
-    """Bit j set when byte j of the little-endian word ``x`` is not 0."""
-    t = x | (x >> np.uint64(4))
-    t |= t >> np.uint64(2)
-    t |= t >> np.uint64(1)
-    return ((t & _ONES) * _GATHER) >> np.uint64(56)
-
-
-@numba.njit(cache=True, nogil=True)
-def _copy_symbols(run, len_symbol, len_extra, freq, codes, lengths, out, state, write):  # pragma: no cover
-    """Count or write copies of ``run`` bytes at distance 8 (pieces of 3..258 bytes)."""
-    while run > 0:
-        take = run if run <= 258 else (258 if run - 258 >= 3 else run - 3)
-        run -= take
-        s = len_symbol[take]
-        if write:
-            e = len_extra[take]
-            n = lengths[s]
-            extra = e & 15
-            # the length code, its extra bits, distance code 5 ("0", 1 bit) and its extra bit (1: distance 8)
-            state = _put(out, state, codes[s] | ((e >> 4) << n) | (1 << (n + extra + 1)), n + extra + 2)
-        else:
-            freq[s] += 1
-    return state
-
-
-@numba.njit(cache=True, nogil=True)
-def _two_level(words, tail, v, len_symbol, len_extra, popcount, positions, cl_order, max_bits,
-               out):  # pragma: no cover - compiled
+def _two_level(words, tail, v, len_symbol, len_extra, popcount, positions, cl_order, max_bits, out, bounds,
+               masks, tables, units, wide):  # pragma: no cover - compiled
     """One final dynamic-Huffman deflate block of the stream ``words`` then ``tail`` (bytes 0 and ``v`` only)
-    into ``out``; returns its size in bytes (-1 when a code is too long for this writer) and the stream's
-    Adler-32."""
+    into ``out`` (uint32, little-endian); returns its size in bytes (-1 when a code is too long for this
+    writer) and the stream's Adler-32. The rest are scratch arrays from the caller (numba spends half a second
+    compiling its first np.zeros): ``bounds`` (n + 2), ``masks`` (n), ``tables`` (8, 286) of zeros,
+    ``units`` (2, 3 n + 400) for n words.
+
+    One function with one bit-writing loop: numba's compile time (paid by the first build on a machine)
+    grew with every helper and every inlined call site."""
     n = words.size
     # Segments alternate: literal words (even segments, the first included), then words equal to the word
-    # before them (copies). The first pass records them without a branch per word: a mispredicted branch per
-    # word cost more than the rest of the encoder.
-    bounds = np.empty(n + 2, np.int64)
-    masks = np.empty(n, np.int64)
+    # before them (copies). This pass records them without a branch per word: a mispredicted branch per word
+    # cost more than the rest of the encoder. It also sums what Adler-32 needs: with bytes b_j in {0, v},
+    # s1 = 1 + sum b_j and s2 = size + sum (size - j) b_j (zlib.adler32 over the bytes cost a third).
     bounds[0] = 0
     segments = 1
     ones = 0
-    previous = False
-    # Adler-32 from the masks too (zlib.adler32 over the bytes cost a third of the encoder): with bytes b_j in
-    # {0, v}, s1 = 1 + sum b_j and s2 = size + sum (size - j) b_j.
-    size = _WORD * n + tail.size
     set_bytes = 0
     weighted = 0
+    size = 8 * n + tail.size
+    previous = False
     for k in range(n):
         x = words[k]
         copy = k > 0 and x == words[k - 1]
-        m = _nonzero_mask(x)
+        t = x | (x >> np.uint64(4))  # byte j not 0 -> bit 0 of byte j -> bit j of m
+        t |= t >> np.uint64(2)
+        t |= t >> np.uint64(1)
+        m = np.int64(((t & np.uint64(0x0101010101010101)) * np.uint64(0x0102040810204080)) >> np.uint64(56))
         masks[k] = m
         ones += popcount[m] * (1 - copy)
         set_bytes += popcount[m]
-        weighted += popcount[m] * (size - _WORD * k) - positions[m]
+        weighted += popcount[m] * (size - 8 * k) - positions[m]
         bounds[segments] = k
         segments += copy != previous
         previous = copy
@@ -311,70 +268,125 @@ def _two_level(words, tail, v, len_symbol, len_extra, popcount, positions, cl_or
         set_bytes += tail[j] != 0
         weighted += (tail[j] != 0) * (tail.size - j)
     adler = (((size + v * weighted) % 65521) << 16) | ((1 + v * set_bytes) % 65521)
-    freq = np.zeros(286, np.int64)
+
+    # Symbol counts. A copy of r bytes at distance 8 is cut into pieces of 3..258 bytes.
+    freq = tables[0]
     literal_words = 0
-    for i in range(0, segments, 2):
-        literal_words += bounds[i + 1] - bounds[i]
-    state = (np.int64(0), np.int64(0), np.int64(0))
-    for i in range(1, segments, 2):
-        _copy_symbols(_WORD * (bounds[i + 1] - bounds[i]), len_symbol, len_extra, freq, freq, freq, out, state,
-                      False)
+    pieces = 0
+    for i in range(segments):
+        run = 8 * (bounds[i + 1] - bounds[i])
+        if i % 2 == 0:
+            literal_words += bounds[i + 1] - bounds[i]
+            continue
+        while run > 0:
+            take = run if run <= 258 else (258 if run - 258 >= 3 else run - 3)
+            run -= take
+            freq[len_symbol[take]] += 1
+            pieces += 1
     freq[v] += ones
-    freq[0] += _WORD * literal_words - ones
+    freq[0] += 8 * literal_words - ones
     for b in tail:
         freq[b] += 1
     freq[256] += 1
 
-    lengths = _code_lengths(freq, max_bits)
-    if lengths.max() == 0 or lengths[0] > 7 or lengths[v] > 7:  # 4 literals must fit in one 28-bit put
+    lengths, codes = tables[1], tables[2]
+    # 4 literals must fit in one 28-bit unit
+    if not _code_lengths(freq, tables[3], tables[4], lengths, max_bits) or lengths[0] > 7 or lengths[v] > 7:
         return -1, 0
-    codes = _reversed_codes(lengths, max_bits)
-    # a literal word in one put when 8 literals fit in 28 bits (the usual case: 0 and v are the commonest
-    # symbols, 1-3 bits each), else in two of 4
-    group = 8 if 8 * max(lengths[0], lengths[v]) <= 28 else 4
-    group_bits = np.zeros(1 << group, np.int64)  # bits j of the index: byte j is v
-    group_len = np.zeros(1 << group, np.int64)
+    _reversed_codes(lengths, tables[5], tables[6], codes, max_bits)
+    # a literal word as one unit when its 8 literals take at most ``wide`` (3) bits each, so 24 in all (the
+    # usual case: 0 and v are the commonest symbols), else as two units of 4; bit j of the index: byte j is v
+    group = 8 if lengths[0] <= wide and lengths[v] <= wide else 4
+    group_bits, group_len = units[0], units[1]  # the first 256 entries, zeroed by the caller
     for m in range(1 << group):
         for j in range(group):
             b = v if (m >> j) & 1 else 0
             group_bits[m] |= codes[b] << group_len[m]
             group_len[m] += lengths[b]
+
+    # The block as units of at most 28 bits, in order, then packed by one loop.
+    value, nbits = units[0, 256:], units[1, 256:]
     # BFINAL=1, BTYPE=2; HLIT = 286 - 257, HDIST = 6 - 1, HCLEN = 19 - 4; the code-length code gives lengths
     # 0..15 four bits each (code = the length, reversed) and 16..18 none; then the 286 literal/length code
     # lengths, and distance codes 0..5 of which only 5 (distances 7-8) is used.
-    state = _put(out, state, 1 | (2 << 1) | (29 << 3) | (5 << 8) | (15 << 13), 17)
+    value[0] = 1 | (2 << 1) | (29 << 3) | (5 << 8) | (15 << 13)
+    nbits[0] = 17
+    u = 1
     for s in cl_order:
-        state = _put(out, state, 0 if s >= 16 else 4, 3)
+        value[u] = 0 if s >= 16 else 4
+        nbits[u] = 3
+        u += 1
     for s in range(292):
         c = lengths[s] if s < 286 else (1 if s == 291 else 0)
-        state = _put(out, state, ((c & 1) << 3) | ((c & 2) << 1) | ((c & 4) >> 1) | ((c & 8) >> 3), 4)
+        value[u] = ((c & 1) << 3) | ((c & 2) << 1) | ((c & 4) >> 1) | ((c & 8) >> 3)
+        nbits[u] = 4
+        u += 1
     for i in range(segments):
-        if i % 2 == 0 and group == 8:
-            for k in range(bounds[i], bounds[i + 1]):
-                state = _put(out, state, group_bits[masks[k]], group_len[masks[k]])
-        elif i % 2 == 0:
+        if i % 2 == 0:
             for k in range(bounds[i], bounds[i + 1]):
                 m = masks[k]
-                state = _put(out, state, group_bits[m & 15], group_len[m & 15])
-                state = _put(out, state, group_bits[m >> 4], group_len[m >> 4])
-        else:
-            state = _copy_symbols(_WORD * (bounds[i + 1] - bounds[i]), len_symbol, len_extra, freq, codes,
-                                  lengths, out, state, True)
+                if group == 8:
+                    value[u] = group_bits[m]
+                    nbits[u] = group_len[m]
+                    u += 1
+                else:
+                    value[u] = group_bits[m & 15]
+                    nbits[u] = group_len[m & 15]
+                    value[u + 1] = group_bits[m >> 4]
+                    nbits[u + 1] = group_len[m >> 4]
+                    u += 2
+            continue
+        run = 8 * (bounds[i + 1] - bounds[i])
+        while run > 0:
+            take = run if run <= 258 else (258 if run - 258 >= 3 else run - 3)
+            run -= take
+            s = len_symbol[take]
+            e = len_extra[take]
+            c = lengths[s]
+            extra = e & 15
+            # the length code, its extra bits, distance code 5 ("0", 1 bit) and its extra bit (1: distance 8)
+            value[u] = codes[s] | ((e >> 4) << c) | (1 << (c + extra + 1))
+            nbits[u] = c + extra + 2
+            u += 1
     for b in tail:
-        state = _put(out, state, codes[b], lengths[b])
-    acc, nbits, pos = _put(out, state, codes[256], lengths[256])
-    out[pos] = acc  # the bits past the last full word
-    return 4 * pos + (nbits + 7) // 8, adler
+        value[u] = codes[b]
+        nbits[u] = lengths[b]
+        u += 1
+    value[u] = codes[256]
+    nbits[u] = lengths[256]
+    u += 1
+    # Pack LSB first: the low 32 bits are stored every time and the position moves when they are full (no
+    # branch: a mispredicted one per unit cost more than the rest).
+    acc = 0
+    held = 0
+    pos = 0
+    for t in range(u):
+        acc |= value[t] << held
+        held += nbits[t]
+        out[pos] = acc & 0xFFFFFFFF
+        full = held >> 5
+        acc >>= full << 5
+        held -= full << 5
+        pos += full
+    out[pos] = acc
+    return 4 * pos + (held + 7) // 8, adler
 
 
-def _deflate_two_level(raw: np.ndarray, v: int) -> bytes | None:
-    """A zlib stream of scanlines holding only bytes 0 and ``v``; None if the Huffman code is too deep."""
+def _deflate_two_level(raw: np.ndarray, v: int, wide: int = 3) -> bytes | None:
+    """A zlib stream of scanlines holding only bytes 0 and ``v``; None if the Huffman code is too deep.
+
+    ``wide``: literal code lengths up to which a word's 8 literals are written as one unit (tests pass 0 to
+    exercise the 4-literal path)."""
     flat = raw.reshape(-1)
     whole = flat.size // _WORD * _WORD
     words = flat[:whole].view(np.uint64)
     out = np.empty(flat.size // 4 + 256, np.uint32)  # a byte costs at most 7 bits as a literal; + the header
+    n = words.size
+    units = np.empty((2, 3 * n + 1024), np.int64)  # 256 table entries, 312 of header, <= 2 n words + copies
+    units[:, :256] = 0
     size, adler = _two_level(words, flat[whole:], v, LEN_SYMBOL, LEN_EXTRA, _POPCOUNT, _POSITIONS, _CL_ORDER,
-                             _MAX_BITS, out)
+                             _MAX_BITS, out, np.empty(n + 2, np.int64), np.empty(n, np.int64),
+                             np.zeros((8, 286), np.int64), units, wide)
     if size < 0:
         return None
     return b"\x78\x01" + out.view(np.uint8)[:size].tobytes() + struct.pack(">I", adler)
