@@ -15,7 +15,7 @@ is 8 literals from a table, all in one dynamic-Huffman block. It encodes the def
 the old 1-bit path did (``make bench`` prints both, with the sizes: about 1.5x the 1-bit PNG, 1.1x zlib's
 best on the same 8-bit data); ``tests/test_encode.py`` checks the stream with zlib and the image with every
 reader. Other images (noise, photos, more grey levels) go through zlib at level 6, as before. The kernels
-cost about 1.5-2 CPU-seconds of JIT compilation the first time a machine builds (cached in NUMBA_CACHE_DIR
+cost about 2 CPU-seconds of JIT compilation the first time a machine builds (cached in NUMBA_CACHE_DIR
 afterwards); they allocate nothing themselves, since numba's first np.zeros alone compiles for half a second.
 """
 
