@@ -55,10 +55,10 @@ def stage_costs(args) -> dict:
 
     from fracgen import render
     from fracgen.build import BuildConfig, make_plan
-    from fracgen.encode import encode_png
+    from fracgen.encode import encode_palette_png, encode_png
     from fracgen.perturb import perturb
-    from fracgen.presets import render_sample
-    from fracgen.search import choice_uniforms, draw_masks
+    from fracgen.samples import render_sample
+    from fracgen.seeds import choice_uniforms, draw_masks
 
     plan = make_plan(BuildConfig(L=args.L, size=args.size, points=args.points))
     base = plan.systems[0]
@@ -80,20 +80,36 @@ def stage_costs(args) -> dict:
         return (time.perf_counter() - start) / n * 1e3
 
     chaos = timed(lambda m: render.chaos_game(m, cum, uniforms, canvas.points))
-    ours, released = [], []
-    for index in range(min(n, 50)):  # bytes per image: ours against the released code's RGB PNG by Pillow
+    images = []
+    for index in range(min(n, 50)):
         image, _ = render_sample(plan, index, canvas)
-        ours.append(len(encode_png(image, levels)))
+        images.append(image.copy())
+    released = []
+    for image in images:  # the released code's RGB PNG by Pillow
         buf = io.BytesIO()
         Image.fromarray(np.repeat(image[..., None], 3, axis=2)).save(buf, "PNG")
         released.append(len(buf.getvalue()))
+    # The image format before issue 10 (1-bit palette) against today's (8-bit grey), on the same images and
+    # alternated, so that the ratio compares like with like on a busy machine: the fastest of the rounds.
+    encoders = {"before": encode_palette_png, "now": encode_png}
+    seconds = {name: [] for name in encoders}
+    for _ in range(args.repeats * 2 + 1):
+        for name, encoder in encoders.items():
+            start = time.perf_counter()
+            for image in images:
+                encoder(image, levels)
+            seconds[name].append((time.perf_counter() - start) / len(images) * 1e3)
     return {
         "chaos game": chaos,
         "patch masks (numpy)": timed(lambda m: draw_masks(rng, args.points)),
         "raster, reference look": timed(lambda m: render.raster_reference(canvas.points, masks, canvas.image)),
-        "PNG encode (1-bit)": timed(lambda m: encode_png(canvas.image, levels)),
+        "PNG encode (8-bit grey)": min(seconds["now"]),
+        "PNG encode before issue 10 (1-bit palette)": min(seconds["before"]),
         "chaos_images_per_s": 1e3 / chaos,
-        "png_kb": (np.mean(ours) / 1024, np.mean(released) / 1024, len(ours)),
+        "png_kb": {name: np.mean([len(encoder(im, levels)) for im in images]) / 1024
+                   for name, encoder in encoders.items()} | {"released": np.mean(released) / 1024},
+        "png_images": len(images),
+        "encode_ratio": min(seconds["now"]) / min(seconds["before"]),
     }
 
 
@@ -119,7 +135,7 @@ def main() -> None:
     images = args.L
     rate_warm = images / med("build")
     chaos = stages.pop("chaos_images_per_s")
-    ours_kb, released_kb, png_n = stages.pop("png_kb")
+    kb, png_n, encode_ratio = stages.pop("png_kb"), stages.pop("png_images"), stages.pop("encode_ratio")
     import numba
     import numpy
 
@@ -141,8 +157,10 @@ def main() -> None:
     print(f"imports in the build process: {med('import'):.2f} s")
     print(f"peak memory: build process {med('rss_self_mb'):.0f} MB, each worker at most {med('rss_worker_mb'):.0f} MB "
           f"(total at most {med('rss_self_mb') + args.workers * med('rss_worker_mb'):.0f} MB)\n")
-    print(f"PNG size: {ours_kb:.1f} KB per image (1-bit palette) against {released_kb:.1f} KB as the released code "
-          f"saves it (RGB PNG by Pillow), mean of {png_n} images\n")
+    print(f"PNG size: {kb['now']:.1f} KB per image (8-bit grey, {kb['now'] * 1024:.0f} bytes) against "
+          f"{kb['before']:.1f} KB before issue 10 (1-bit palette) and {kb['released']:.1f} KB as the released code "
+          f"saves it (RGB PNG by Pillow), mean of {png_n} images")
+    print(f"PNG encode time, 8-bit grey / 1-bit palette (before issue 10), same images: {encode_ratio:.2f}\n")
     print("| stage, one image, one core | ms |")
     print("|---|---:|")
     for name, ms in stages.items():

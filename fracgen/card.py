@@ -13,16 +13,34 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fracgen import dataset
 from fracgen.errors import UsageError
 from fracgen.presets import DEFAULT_PRESET, PRESETS
 
 logger = logging.getLogger(__name__)
 
-CARDS_DIR = Path(__file__).resolve().parent.parent / "datasets_cards"
+# An installed wheel carries the templates as fracgen/cards (pyproject.toml maps datasets_cards/ there); a
+# checkout has them at the top of the repository.
+_PACKAGED = Path(__file__).resolve().parent / "cards"
+CARDS_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "datasets_cards"
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 LICENSE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
+# What `fracgen push-to-hub` passes while its --license still has a default; the card itself asks for one.
 DEFAULT_LICENSE = "cc-by-4.0"
+# How fracgen is installed, as its README says (it is installed from a checkout of its repository).
+INSTALL = (
+    "fracgen is installed from a checkout of its repository: `make install` creates `.venv` with the builder "
+    "(or run `pip install .` in the checkout; `make install-dev` adds the trainer and test tools)"
+)
+_OPTION_LABELS = {
+    "sigma": "sigma (sigma-factor of the base system)", "delta": "Delta (perturbation degree)",
+    "L": "L (perturbation classes)", "maps": "N (affine maps per system)", "fractals": "base systems (classes)",
+    "instances": "images per class", "perturbation": "perturbation mode", "style": "raster style",
+    "points": "chaos-game points per image", "min_fill": "minimum fill", "edges": "edges",
+    "color": "colour", "transform": "geometric transform",
+}
 # The Hub's size_categories buckets, by upper bound on the number of samples.
 _SIZE_BUCKETS = [
     (1_000, "n<1K"),
@@ -43,9 +61,14 @@ def size_category(num_samples: int) -> str:
     return "n>1B"
 
 
+def _config(build: dict[str, Any]) -> dict[str, Any]:
+    config = build.get("config")
+    return config if isinstance(config, dict) else {}
+
+
 def preset_of(build: dict[str, Any]) -> str:
     """The build's preset; builds from before presets existed are 1p-frac."""
-    return str((build.get("config") or {}).get("preset", DEFAULT_PRESET))
+    return str(_config(build).get("preset", DEFAULT_PRESET))
 
 
 def relevant_options(preset: str, config: dict[str, Any]) -> set[str]:
@@ -56,7 +79,7 @@ def relevant_options(preset: str, config: dict[str, Any]) -> set[str]:
 
 def template_for(build: dict[str, Any]) -> Path:
     """The preset's own card for a one-fractal build (`1p-frac.md`), `generic.md` for anything else."""
-    config = build.get("config") or {}
+    config = _config(build)
     family = PRESETS.get(preset_of(build))
     own = family.card if family and config.get("fractals", 1) == 1 else None
     return CARDS_DIR / (own or "generic.md")
@@ -88,17 +111,103 @@ def _table(rows: dict[str, Any], header: tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _build_time(timing: dict[str, Any]) -> str:
-    """The measured timings in words: every entry of build.json `timing`, seconds rounded."""
-    if not timing:
+def _seconds(seconds: float) -> str:
+    """A duration in words: '0.8 seconds', '2 minutes 5 seconds', '3 hours 12 minutes'."""
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.2g} seconds" if seconds < 10 else f"{seconds:.0f} seconds"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} minute{'s' * (minutes != 1)} {rest} seconds"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} hour{'s' * (hours != 1)} {minutes} minutes"
+
+
+def _build_time(timing: dict[str, Any], num_samples: int) -> str:
+    """build.json's ``timing`` in words: wall time, workers, search time and images of the last call."""
+    try:
+        wall = float(timing["wall_seconds_this_call"])
+        workers = int(timing.get("workers", 1))
+        images = int(timing.get("images_this_call", num_samples))
+        search = float(timing.get("search_seconds", 0.0))
+    except (KeyError, TypeError, ValueError):
         return "not recorded"
-    parts = []
-    for key, value in timing.items():
-        label = key.replace("_", " ")
-        if isinstance(value, float):
-            value = f"{value:.3g}"
-        parts.append(f"{label}: {value}")
-    return "; ".join(parts)
+    text = f"{_seconds(wall)} on {workers} worker{'s' * (workers != 1)}"
+    if search >= 0.05:
+        text += f", of which {_seconds(search)} searching the base systems"
+    if images != num_samples:
+        return f"{text}, for the last {images:,} of {num_samples:,} images (the build was resumed)"
+    return text + f", for {images:,} images"
+
+
+def _feature(value: Any) -> dict[str, Any]:
+    """The `datasets` feature (YAML form) of one decoded JSON value."""
+    if isinstance(value, bool):
+        return {"dtype": "bool"}
+    if isinstance(value, int):
+        return {"dtype": "int64"}
+    if isinstance(value, float):
+        return {"dtype": "float64"}
+    if isinstance(value, str):
+        return {"dtype": "string"}
+    if isinstance(value, dict):
+        return {"struct": [{"name": k, **_feature(v)} for k, v in sorted(value.items())]}
+    if isinstance(value, list) and value:
+        inner = _merge([_feature(v) for v in value])
+        return {"list": inner["dtype"] if set(inner) == {"dtype"} else inner}
+    raise ValueError(f"no feature for {value!r:.40}")
+
+
+def _merge(features: list[dict[str, Any]]) -> dict[str, Any]:
+    """One feature for several values: int64 and float64 make float64; anything else must agree."""
+    kinds = {json.dumps(f, sort_keys=True) for f in features}
+    if kinds <= {'{"dtype": "int64"}', '{"dtype": "float64"}'}:
+        return {"dtype": "float64" if len(kinds) > 1 else features[0]["dtype"]}
+    if len(kinds) != 1:
+        raise ValueError("values of different types")
+    return features[0]
+
+
+def dataset_info(root: Path, build: dict[str, Any], num_classes: int, samples: int = 16) -> dict[str, Any]:
+    """The card's ``dataset_info``: features `png` (Image), `cls` (ClassLabel over the labels) and `json`
+    (its fields, read from the first samples of the first shard), and the train split's size.
+
+    ``datasets.load_dataset`` on the Hub repo (or a folder shaped like it) then yields these types.
+
+    Raises:
+        UsageError: the first shard cannot be read or its json fields have no single type.
+    """
+    shards = build["shards"]
+    metas = []
+    try:
+        for sample in dataset.iter_shard(root / str(shards[0]["filename"])):
+            metas.append(json.loads(sample["json"]))
+            if len(metas) == samples:
+                break
+        fields = sorted({k for meta in metas for k in meta})
+        struct = [{"name": k, **_merge([_feature(m[k]) for m in metas if k in m])} for k in fields]
+    except (dataset.DatasetError, KeyError, IndexError, ValueError) as err:
+        raise UsageError(f"cannot describe the samples' json for the card ({err})") from None
+    return {
+        "features": [
+            {"name": "cls", "dtype": {"class_label": {"names": {str(k): str(k) for k in range(num_classes)}}}},
+            {"name": "json", "struct": struct},
+            {"name": "png", "dtype": "image"},
+        ],
+        "splits": [{"name": dataset.SPLIT, "num_bytes": sum(int(r.get("bytes", 0)) for r in shards),
+                    "num_examples": sum(int(r.get("num_samples", 0)) for r in shards)}],
+    }
+
+
+def _image(preset: str, config: dict[str, Any]) -> str:
+    """What one image is, for the card's table."""
+    family = PRESETS.get(preset)
+    size = config.get("size", "?")
+    if family is not None and family.renders_fractals:
+        return f"{size} x {size} 8-bit greyscale PNG, values {{0, 127}}"
+    if family is not None and family.sampler == "real-image" and config.get("color") == "grey":
+        return f"{size} x {size} 8-bit greyscale PNG"
+    return f"{size} x {size} 8-bit RGB PNG"
 
 
 def _shard_pattern(filenames: list[str]) -> str:
@@ -143,8 +252,8 @@ def differences(config: dict[str, Any], preset: str = DEFAULT_PRESET) -> str:
         raster = (
             "**Raster: the released look**: x and y scaled independently to [6, size - 6] (aspect not kept), "
             "truncated, a 3 x 3 patch with a random 9-bit mask of value 127 pasted at each point, then flipped top "
-            "to bottom. Stored as a 1-bit grey PNG with values {0, 127} rather than the released RGB PNG with equal "
-            "channels (same pixel values)."
+            "to bottom. Stored as an 8-bit greyscale PNG with values {0, 127} rather than the released RGB PNG with "
+            "equal channels (same pixel values in every decoder)."
         )
     else:
         raster = (
@@ -175,22 +284,61 @@ def differences(config: dict[str, Any], preset: str = DEFAULT_PRESET) -> str:
     return "\n".join(f"- {item}" for item in items)
 
 
+def _source_section(config: dict[str, Any], source_license: str | None, source_url: str | None) -> str:
+    """The real-image preset's source photo: file, checksum, licence and where it comes from."""
+    source = str(config.get("source") or "")
+    if not source:
+        return ""
+    unknown = "**not stated** by whoever published this card: ask them before using these images"
+    return (
+        "## Source image\n\n"
+        "Every image of this set is derived from one photo, so its licence applies to them too.\n\n"
+        "| | |\n|---|---|\n"
+        f"| file (in this repo; the rebuild command reads it) | `{source}` |\n"
+        f"| sha256 | `{config.get('source_sha256', '?')}` |\n"
+        f"| licence of the photo | {f'`{source_license}`' if source_license else unknown} |\n"
+        f"| provenance (where the photo comes from) | {source_url or unknown} |\n"
+    )
+
+
 def card_context(
-    root: Path | str, *, license: str = DEFAULT_LICENSE, repo_id: str = "USER/NAME"
+    root: Path | str,
+    *,
+    license: str | None = None,
+    repo_id: str = "USER/NAME",
+    source_license: str | None = None,
+    source_url: str | None = None,
 ) -> dict[str, str]:
-    """Every placeholder value of a card, from the dataset's build.json and params.json.
+    """Every placeholder value of a card, from the dataset's build.json, params.json and first shard.
+
+    Args:
+        root: a complete dataset folder.
+        license: the licence id the publisher chose for the dataset (required).
+        repo_id: the Hub repo the card will live in.
+        source_license: real-image builds: the licence id of the source photo.
+        source_url: real-image builds: where the photo comes from (URL or citation).
 
     Raises:
-        UsageError: `license` is not a license id, or `root` holds no complete build.
+        UsageError: no licence or a malformed one, or `root` holds no complete build.
     """
-    if not LICENSE_RE.match(license):
-        raise UsageError(f"--license must be a lower-case license id such as cc-by-4.0, got {license!r}")
+    if license is None:
+        raise UsageError("choose the dataset's licence for its card: --license ID (e.g. cc-by-4.0, cc0-1.0, mit)")
+    for option, value in (("--license", license), ("--source-license", source_license)):
+        if value is not None and not LICENSE_RE.match(value):
+            raise UsageError(f"{option} must be a lower-case license id such as cc-by-4.0, got {value!r}")
+    if source_url is not None and not source_url.isprintable():
+        raise UsageError(f"--source-url must be one line of text, got {source_url!r}")
     root = Path(root)
     build = dataset.read_build(root)
-    config = build.get("config") or {}
+    config = build.get("config")
+    if not isinstance(config, dict):
+        raise UsageError(f"{root / dataset.BUILD_JSON} has no config object; run `fracgen verify {root}`")
     filenames = [str(r["filename"]) for r in build["shards"]]
-    num_samples = int(build.get("num_samples", sum(r.get("num_samples", 0) for r in build["shards"])))
-    name = str(build.get("name") or root.name)
+    num_samples = sum(int(r.get("num_samples", 0)) for r in build["shards"])
+    num_classes = build.get("num_classes")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise UsageError(f"{root / dataset.BUILD_JSON} num_classes {num_classes!r} is not a positive integer")
+    name = " ".join(str(build.get("name") or root.name).split())  # one line, whatever build.json holds
     maps = config.get("maps")
     params = dataset.read_params(root) if maps is None else None
     if params is not None:
@@ -217,15 +365,12 @@ def card_context(
         return str(config.get(key, default))
 
     family = PRESETS.get(preset)
+    real = family is not None and family.sampler == "real-image"
     tags = ["synthetic"] + (["fractals"] if family and family.renders_fractals else [])
-    tags += ["formula-driven", "webdataset", preset]
-    source = str(config.get("source") or "")
-    source_note = (
-        f"The source image `{source}` (sha256 `{config.get('source_sha256', '?')}`) is part of this repo; the "
-        "rebuild command reads it from the folder it runs in."
-        if source
-        else ""
-    )
+    tags += ([] if real else ["formula-driven"]) + ["webdataset", preset]
+    shown = [k for k in config if k in relevant or k in ("preset", "source", "source_sha256")]
+    rows = {label: config[k] for k, label in _OPTION_LABELS.items() if k in relevant and k in config}
+    info = yaml.safe_dump({"dataset_info": dataset_info(root, build, num_classes)}, sort_keys=False).rstrip()
     context = {
         "license": license,
         "size_category": size_category(num_samples),
@@ -234,14 +379,16 @@ def card_context(
         "name": name,
         "repo_id": repo_id,
         "tags": "\n".join(f"- {tag}" for tag in dict.fromkeys(tags)),
+        "dataset_info": info,
         "description": family.description if family else f"the {preset} preset of fracgen.",
-        "source_note": source_note,
+        "source_note": _source_section(config, source_license, source_url),
         "num_samples": str(num_samples),
-        "num_classes": str(build.get("num_classes", "?")),
+        "num_classes": str(num_classes),
         "num_shards": str(len(filenames)),
         "total_size": _human_bytes(sum(int(r.get("bytes", 0)) for r in build["shards"])),
         "shard_pattern": _shard_pattern(filenames),
         "size": str(config.get("size", "?")),
+        "image": _image(preset, config),
         "style": option("style"),
         "sigma": option("sigma"),
         "delta": option("delta"),
@@ -250,11 +397,13 @@ def card_context(
         "perturbation": option("perturbation", "not recorded"),
         "points": option("points"),
         "seed": str(config.get("seed", "?")),
-        "build_time": _build_time(build.get("timing") or {}),
+        "parameter_rows": "\n".join(f"| {label} | {value} |" for label, value in rows.items()),
+        "build_time": _build_time(build.get("timing") or {}, num_samples),
         "command": str(command),
+        "install": INSTALL,
         "fracgen_version": str(versions.get("fracgen", "?")),
         "versions": _table(versions, ("package", "version")) if versions else "not recorded",
-        "config_table": _table(config, ("option", "value")) if config else "not recorded",
+        "config_table": _table({k: config[k] for k in shown}, ("option", "value")) if shown else "not recorded",
         "differences": differences(config, preset),
     }
     return context
@@ -263,24 +412,28 @@ def card_context(
 def render_card(
     root: Path | str,
     *,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
     repo_id: str = "USER/NAME",
     template: Path | str | None = None,
+    source_license: str | None = None,
+    source_url: str | None = None,
 ) -> str:
     """The dataset card of a build, as Markdown with a YAML header.
 
     Args:
         root: a complete dataset folder.
-        license: license id for the YAML header.
+        license: the licence id the publisher chose, for the YAML header (required).
         repo_id: the Hub repo the card will live in (used in the loading snippets).
         template: a template file; default: `datasets_cards/1p-frac.md` for one-fractal builds, else
             `datasets_cards/generic.md`.
+        source_license: real-image builds: the licence id of the source photo.
+        source_url: real-image builds: where the photo comes from.
 
     Returns:
         The card text.
 
     Raises:
-        UsageError: no complete build, a bad license id, a missing template or an unknown placeholder.
+        UsageError: no complete build, no or a bad license id, a missing template or an unknown placeholder.
     """
     build = dataset.read_build(root)
     path = Path(template) if template is not None else template_for(build)
@@ -288,6 +441,8 @@ def render_card(
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise UsageError(f"card template {path} is missing") from err
-    card = render_template(text, card_context(root, license=license, repo_id=repo_id))
+    context = card_context(root, license=license, repo_id=repo_id, source_license=source_license,
+                           source_url=source_url)
+    card = render_template(text, context)
     logger.debug("rendered card from %s (%d chars)", path, len(card))
     return card

@@ -9,14 +9,10 @@ A dataset folder (see `fracgen/ARCHITECTURE.md`)::
     .fracgen/config.json        the stored options (resume), .fracgen/systems.json the base systems,
     .fracgen/stats/NNNNNN.json  one completion marker per shard
 
-Writing: every file is written under a temporary name and renamed, so a reader never sees half of it. Shards are
-written with the standard library's ``tarfile`` in the layout of ``webdataset.TarWriter`` (entries
-``{key}.{ext}``, extensions of a sample in sorted order, fixed mtime, owner and mode): importing webdataset
-imports torch when it is installed, which costs about 1.3 s and 600 MB in every build process.
-
-Reading: ``iter_shard`` groups tar members into samples the way webdataset does (the key is the member's path
-up to the first dot of its base name; a sample ends when the key changes), again without webdataset or torch,
-so `fracgen verify` and `fracgen preview` stay light. Nothing here imports numba or torch.
+Every file is written under a temporary name and renamed. Shards use the standard library's ``tarfile`` in
+``webdataset.TarWriter``'s layout (``{key}.{ext}``, extensions sorted, fixed mtime/owner/mode) and ``iter_shard``
+groups members as webdataset does (key = path up to the base name's first dot): importing webdataset imports
+torch (1.3 s, 600 MB per process), and nothing here imports numba or torch, so verify and preview stay light.
 """
 
 from __future__ import annotations
@@ -476,14 +472,9 @@ def remove_partials(root: Path, shard_ids: Iterable[int] | None = None) -> list[
 
 
 def decode_image(data: bytes, mode: str = "L") -> np.ndarray:
-    """PNG (or any Pillow-readable) bytes -> uint8 array, fully decoded so truncated data fails.
+    """Image bytes -> uint8 array, fully decoded so truncated data fails (DatasetError if it does not decode).
 
-    Args:
-        data: the encoded image.
-        mode: "L" for (H, W) grey (a 1-bit palette image decodes to {0, 127}), "RGB" for (H, W, 3).
-
-    Raises:
-        DatasetError: the bytes do not decode.
+    ``mode`` "L" gives (H, W) grey (old builds' palette PNGs too: {0, 127}), "RGB" gives (H, W, 3).
     """
     from PIL import Image  # Pillow costs ~50 ms to import; the writer never needs it
 
@@ -497,3 +488,11 @@ def decode_image(data: bytes, mode: str = "L") -> np.ndarray:
 def decode_grey(data: bytes) -> np.ndarray:
     """PNG bytes -> (H, W) uint8 grey, as every reader of the shards sees a sample (DatasetError if undecodable)."""
     return decode_image(data, "L")
+
+
+PNG_GREY, PNG_RGB, PNG_PALETTE = 0, 2, 3  # PNG colour types; palette: the images written before issue 10
+
+
+def png_colour_type(data: bytes) -> int | None:
+    """The colour type in a PNG's header (``PNG_GREY``, ``PNG_RGB``, ``PNG_PALETTE``...), None if not a PNG."""
+    return data[25] if len(data) > 25 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" else None

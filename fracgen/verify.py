@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ class VerifyReport:
         num_classes: classes recorded in build.json.
         shard_problems: shard filename -> what is wrong with it (one string per problem).
         dataset_problems: problems that belong to no single shard (records disagree, a class is missing).
+        palette_images: images stored as palette PNGs, the format before issue 10.
     """
 
     root: Path
@@ -48,6 +50,7 @@ class VerifyReport:
     num_classes: int = 0
     shard_problems: dict[str, list[str]] = field(default_factory=dict)
     dataset_problems: list[str] = field(default_factory=list)
+    palette_images: int = 0
 
     @property
     def ok(self) -> bool:
@@ -71,12 +74,12 @@ class VerifyReport:
         )
 
     def lines(self) -> list[str]:
-        """The summary, then one line per problem, each naming its shard."""
+        """The summary, then one line per problem, each naming its shard (line breaks in names escaped)."""
         out = [self.summary()]
         for shard in sorted(self.shard_problems):
             out.extend(f"{shard}: {problem}" for problem in self.shard_problems[shard])
         out.extend(f"dataset: {problem}" for problem in self.dataset_problems)
-        return out
+        return [line.replace("\r", "\\r").replace("\n", "\\n") for line in out]
 
 
 def _image_size(data: bytes) -> tuple[int, int]:
@@ -129,6 +132,8 @@ def _check_shard(
             if missing:
                 report.add(name, f"sample {key} lacks {', '.join(missing)}")
                 continue
+            if dataset.png_colour_type(sample["png"]) == dataset.PNG_PALETTE:
+                report.palette_images += 1
             try:
                 width_height = _image_size(sample["png"])
                 if size is not None and width_height != (size, size):
@@ -218,6 +223,8 @@ def _recorded_classes(report: VerifyReport, root: Path) -> dict[int, dict[str, A
     """Class records of `params.json` by label ({} when the dataset has no such records)."""
     path = root / PARAMS_JSON
     if not path.exists():
+        report.dataset_problems.append(f"{PARAMS_JSON} is missing (every build writes it: the base systems and "
+                                       "each class's parameters)")
         return {}
     try:
         params = dataset.read_json(path)
@@ -266,14 +273,12 @@ def verify(root: Path | str) -> VerifyReport:
     """
     root = Path(root)
     build = dataset.read_build(root)
-    records = build["shards"]
-    report = VerifyReport(root=root, num_shards=len(records))
-    try:
-        shard_names = [str(r["filename"]) for r in records]
-    except (KeyError, TypeError) as err:
-        raise UsageError(f"{root / BUILD_JSON}: every shard needs a filename ({err})") from err
-    config = build.get("config") or {}
-    _check_config(report, config)
+    report = VerifyReport(root=root, num_shards=len(build["shards"]))
+    config, records = _typed_build(report, root, build)
+    shard_names = [r["filename"] for r in records]
+    if config is not None:
+        _check_config(report, config)
+    config = config or {}
     size = config.get("size")
     num_classes = build.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -311,8 +316,61 @@ def verify(root: Path | str) -> VerifyReport:
         _check_source(report, root, source, config.get("source_sha256"))
     if not report.shard_problems and num_classes:
         _check_label_counts(report, labels, num_classes)
+    if report.palette_images:
+        report.dataset_problems.append(_old_format(root, report.palette_images, config))
     logger.info(report.summary())
     return report
+
+
+def _typed_build(report: VerifyReport, root: Path, build: dict[str, Any]) -> tuple[dict | None, list[dict]]:
+    """build.json's config (None when it is not an object) and its shard records, each field verify reads
+    checked for its type: a wrong one is reported and dropped, so the checks below never trip over it.
+
+    Raises:
+        UsageError: a shard record is not an object with a file name.
+    """
+    name = build.get("name")
+    if name is not None and (not isinstance(name, str) or not name.isprintable()):
+        report.dataset_problems.append(f"{BUILD_JSON} name {name!r} is not one line of printable text")
+    config = build.get("config")
+    if not isinstance(config, dict):
+        report.dataset_problems.append(f"{BUILD_JSON} config is not an object (got {config!r:.60})")
+        config = None
+    records = []
+    for i, record in enumerate(build["shards"]):
+        if not isinstance(record, dict) or not isinstance(record.get("filename"), str):
+            raise UsageError(f"{root / BUILD_JSON}: shards[{i}] is not an object with a filename")
+        record = dict(record)
+        for key, kind in (("num_samples", int), ("bytes", int), ("sha256", str)):
+            value = record.get(key)
+            if key in record and (not isinstance(value, kind) or isinstance(value, bool)):
+                report.add(record["filename"], f"{BUILD_JSON} records {key} {value!r:.40}, not {kind.__name__}")
+                del record[key]
+        records.append(record)
+    num_samples = build.get("num_samples")
+    if "num_samples" in build and (not isinstance(num_samples, int) or isinstance(num_samples, bool)):
+        report.dataset_problems.append(f"{BUILD_JSON} num_samples {num_samples!r:.40} is not an integer")
+        del build["num_samples"]
+    return config, records
+
+
+def _old_format(root: Path, count: int, config: dict[str, Any]) -> str:
+    """One line for a dataset built before issue 10, with the command that rebuilds it beside it."""
+    from fracgen.config import BuildConfig
+
+    new = root.with_name(f"{root.name}-8bit")
+    try:
+        cfg = BuildConfig.from_json(config)
+        if cfg.source:
+            cfg = replace(cfg, source=str(root / cfg.source))
+        parts = shlex.split(cfg.command(out=str(new)))
+    except (TypeError, ValueError, UsageError):
+        return (f"{count} image(s) are palette PNGs, the format of earlier fracgen builds (most readers decode them to "
+                f"{{0, 1}}); rebuild with a current fracgen using the options in {BUILD_JSON}")
+    if "--params" in parts:
+        parts[parts.index("--params") + 1] = str(root / PARAMS_JSON)
+    return (f"{count} image(s) are palette PNGs, the format of earlier fracgen builds (np.asarray, torchvision and "
+            f"datasets decode them to {{0, 1}}, not grey values); rebuild with: {shlex.join(parts)}")
 
 
 def _check_source(report: VerifyReport, root: Path, source: str, expected: Any) -> None:

@@ -244,20 +244,32 @@ def test_timm_reads_the_dataset(tiny_dataset):
     assert sorted(seen) == list(range(16))
 
 
-# sha256 of the files a build publishes, measured on main before the dataset contract moved (3d6daf6): a
-# refactor must not change a byte. If a deliberate change of the format or the renderer moves them, say so in
-# the commit and update them here.
+# sha256 of the files a build publishes. Issue 10 changed the image format (8-bit greyscale PNG instead of a
+# 1-bit palette PNG), which moved the shards' sums; _info.json and params.json are as measured on main before
+# the dataset contract moved (3d6daf6). A refactor must not change a byte. If a deliberate change of the format
+# or the renderer moves them, say so in the commit and update them here.
 PINNED = {
     "tiny": {
-        "train-000000.tar": "dde2aa4a26a6af1da546cd07517716586203f3bb5ef6bac8e985c67f33ad5627",
-        "train-000001.tar": "d3f539bb59e19ce7236ac4b4930c8f0e6f58488e489edcaab0a84d447a4c0496",
+        "train-000000.tar": "db3b70e438d11593a699cbcf8845785ed7b7bd9c5afba2ac780c11e529eec5a7",
+        "train-000001.tar": "8f702d07848e3cb4e37fdfc6f710cedcc6d9193dce870d9b7b4c82f526e0a308",
         "_info.json": "7ff18efbac6a9ff5dfe32dafb581568204bbd0a9cce710dabb3bb6c00e51eecb",
         "params.json": "7f70c66b9baa53a56671b50c648aebbae3458000429f6a63fd917e13917d0995",
     },
     "default options, L=16": {
-        "train-000000.tar": "bea3cc1b8d6d077988bc0b4225582f5ca8bf9f56e2c202a31f462667d791dad9",
+        "train-000000.tar": "54f75fe466172b866dca08db48d928092f2b4372001e744512359783769fcf2c",
         "_info.json": "c796c419a1ef5d3b4cf2e2e8b23c46b0fd97f0c3878e30bfcc7ddc487c390779",
         "params.json": "58295e8210d9afb9db8f10d215c2c5c3b337b5537779ac930343d4f29fde1a3f",
+    },
+}
+# The same builds with the images encoded as before issue 10 (fracgen.encode.encode_palette_png): the shards'
+# sums measured on main at 3d6daf6. They check that the renderer still draws the same pixels.
+PINNED_PALETTE = {
+    "tiny": {
+        "train-000000.tar": "dde2aa4a26a6af1da546cd07517716586203f3bb5ef6bac8e985c67f33ad5627",
+        "train-000001.tar": "d3f539bb59e19ce7236ac4b4930c8f0e6f58488e489edcaab0a84d447a4c0496",
+    },
+    "default options, L=16": {
+        "train-000000.tar": "bea3cc1b8d6d077988bc0b4225582f5ca8bf9f56e2c202a31f462667d791dad9",
     },
 }
 
@@ -268,3 +280,14 @@ def test_the_default_builds_bytes_are_pinned(tiny_dataset, tmp_path):
     build(BuildConfig(L=16), tmp_path / "default", workers=1)  # 512 px, 100,000 points: ~0.2 s
     for case, root in (("tiny", tiny_dataset), ("default options, L=16", tmp_path / "default")):
         assert {name: sha256_file(root / name) for name in PINNED[case]} == PINNED[case], case
+
+
+def test_the_old_format_s_bytes_are_pinned(tmp_path, monkeypatch):
+    from fracgen.dataset import sha256_file
+    from fracgen.encode import encode_palette_png
+
+    monkeypatch.setattr(shard_mod, "encode_png", encode_palette_png)
+    for case, cfg in (("tiny", CFG), ("default options, L=16", BuildConfig(L=16))):
+        build(cfg, tmp_path / case, workers=1)
+        got = {name: sha256_file(tmp_path / case / name) for name in PINNED_PALETTE[case]}
+        assert got == PINNED_PALETTE[case], case

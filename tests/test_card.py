@@ -19,7 +19,7 @@ def _split(card: str) -> tuple[dict, str]:
 
 def test_1p_frac_card_header_and_body(tiny_dataset: Path) -> None:
     build = json.loads((tiny_dataset / "build.json").read_text())
-    card = render_card(tiny_dataset, repo_id="alice/one-frac")
+    card = render_card(tiny_dataset, license="cc-by-4.0", repo_id="alice/one-frac")
     header, body = _split(card)
     assert header["license"] == "cc-by-4.0"
     assert header["task_categories"] == ["image-classification"]
@@ -43,7 +43,7 @@ def test_1p_frac_card_header_and_body(tiny_dataset: Path) -> None:
     assert "| L (perturbations per fractal) | 16 |" in body
     assert "| N (affine maps per system) | 2 |" in body
     assert "| perturbation mode | multiplicative |" in body
-    assert "search seconds" in body  # the measured timings
+    assert re.search(r"\| build time \| [0-9.]+ seconds on 1 worker, .*for 16 images \|", body)
     assert "![preview" in body and "(preview.png)" in body
     assert 'load_dataset("webdataset"' in body and 'load_dataset("alice/one-frac"' in body
     assert 'create_dataset("wds/' in body and "wds.WebDataset(" in body
@@ -57,6 +57,8 @@ def test_license_option_and_bad_license(tiny_dataset: Path) -> None:
     assert header["license"] == "mit"
     with pytest.raises(UsageError, match="--license"):
         render_card(tiny_dataset, license="CC BY: 4.0")
+    with pytest.raises(UsageError, match="choose the dataset's licence"):
+        render_card(tiny_dataset)  # nobody chose one: no default
 
 
 def test_generic_template_for_many_fractals_and_additive_mode(tiny_copy: Path) -> None:
@@ -65,7 +67,7 @@ def test_generic_template_for_many_fractals_and_additive_mode(tiny_copy: Path) -
     build["name"] = "fractals2-test: a 'quoted' name"
     (tiny_copy / "build.json").write_text(json.dumps(build))
     assert template_for(build) == CARDS_DIR / "generic.md"
-    header, body = _split(render_card(tiny_copy))
+    header, body = _split(render_card(tiny_copy, license="cc-by-4.0"))
     assert header["pretty_name"] == "fractals2-test: a 'quoted' name"  # JSON-quoted: YAML-safe
     assert "formula-driven" in header["tags"]
     assert "| option | value |" in body and "| fractals | `2` |" in body
@@ -92,8 +94,92 @@ def test_noise_preset_gets_the_generic_card(tmp_path: Path) -> None:
 
     root = tmp_path / "noise"
     build(BuildConfig(preset="gaussian-noise", L=4, size=16, shard_size=4, seed=0), root, workers=1)
-    header, body = _split(render_card(root))
+    header, body = _split(render_card(root, license="cc0-1.0"))
     assert "fractals" not in header["tags"]
     assert {"synthetic", "formula-driven", "webdataset", "gaussian-noise"} <= set(header["tags"])
     assert "Gaussian noise baseline" in body
-    assert "| sigma | n/a (gaussian-noise) |" in body and "| Delta (perturbation degree) | 0.1 |" in body
+    assert "| Delta (perturbation degree) | 0.1 |" in body and "| image | 16 x 16 8-bit RGB PNG |" in body
+    for ifs_option in ("sigma", "maps", "points", "style", "perturbation", "fractals", "min_fill"):
+        assert f"| {ifs_option} |" not in body and f"| `{ifs_option}`" not in body, ifs_option
+    assert "affine maps" not in body and "chaos-game points" not in body
+
+
+def _photo(path: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    photo = np.zeros((48, 48, 3), np.uint8)
+    photo[8:40, 12:36] = rng.integers(40, 255, 3, dtype=np.uint8)
+    Image.fromarray(photo).save(path)
+    return path
+
+
+def test_real_image_card_names_the_photo_s_licence_and_provenance(tmp_path: Path) -> None:
+    from fracgen.build import BuildConfig, build
+
+    root = tmp_path / "real"
+    build(BuildConfig(preset="real", L=3, size=16, shard_size=4, seed=0), root, workers=1,
+          source=_photo(tmp_path / "photo.png"))
+    header, body = _split(render_card(root, license="cc-by-4.0", source_license="cc-by-sa-4.0",
+                                      source_url="https://example.org/photo"))
+    assert "formula-driven" not in header["tags"] and "fractals" not in header["tags"]
+    assert "| licence of the photo | `cc-by-sa-4.0` |" in body
+    assert "| provenance (where the photo comes from) | https://example.org/photo |" in body
+    for ifs_option in ("sigma", "maps", "points", "style", "perturbation", "min_fill"):
+        assert f"| `{ifs_option}`" not in body and f"| {ifs_option} |" not in body, ifs_option
+    assert "| geometric transform | affine |" in body
+    _, unstated = _split(render_card(root, license="cc-by-4.0"))
+    assert "| licence of the photo | **not stated**" in unstated
+    with pytest.raises(UsageError, match="--source-license"):
+        render_card(root, license="cc-by-4.0", source_license="Some Licence")
+
+
+def test_build_time_in_words() -> None:
+    from fracgen.card import _build_time
+
+    timing = {"wall_seconds_this_call": 125.4, "workers": 2, "images_this_call": 1000, "search_seconds": 0.3}
+    assert _build_time(timing, 1000) == ("2 minutes 5 seconds on 2 workers, of which 0.3 seconds searching the "
+                                         "base systems, for 1,000 images")
+    timing.update(wall_seconds_this_call=7300, images_this_call=10, search_seconds=0)
+    assert _build_time(timing, 1000) == "2 hours 1 minutes on 2 workers, for the last 10 of 1,000 images (the " \
+        "build was resumed)"
+    assert _build_time({}, 5) == "not recorded"
+
+
+def _hub_folder(root: Path, out: Path, **card) -> Path:
+    """A folder shaped like the Hub repo: the card as README.md beside the shards and records."""
+    import shutil
+
+    out.mkdir()
+    for path in root.iterdir():
+        if path.is_file():
+            shutil.copy(path, out / path.name)
+    (out / "README.md").write_text(render_card(root, license="cc-by-4.0", **card), encoding="utf-8")
+    return out
+
+
+@pytest.mark.parametrize("preset", ["1p-frac", "fractaldb", "gaussian-noise", "real"])
+def test_a_hub_shaped_folder_loads_with_a_class_label(preset: str, tmp_path: Path, tiny_dataset: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    from fracgen.build import BuildConfig, build
+
+    if preset == "1p-frac":
+        root = tiny_dataset
+    else:
+        root = tmp_path / "ds"
+        options = {"fractaldb": dict(fractals=2, instances=2, points=3000, min_fill=0.05),
+                   "gaussian-noise": dict(L=3), "real": dict(L=3)}[preset]
+        build(BuildConfig(preset=preset, size=32, shard_size=4, seed=0, **options), root, workers=1,
+              source=_photo(tmp_path / "photo.png") if preset == "real" else None)
+    built = json.loads((root / "build.json").read_text())
+    hub = _hub_folder(root, tmp_path / "hub")
+    ds = datasets.load_dataset(str(hub), split="train", cache_dir=str(tmp_path / "cache"))
+    cls = ds.features["cls"]
+    assert isinstance(cls, datasets.ClassLabel) and cls.num_classes == built["num_classes"]
+    assert cls.names == [str(k) for k in range(built["num_classes"])]
+    assert isinstance(ds.features["png"], datasets.Image)
+    assert len(ds) == built["num_samples"]
+    row = ds[0]
+    assert row["json"]["label"] == row["cls"]
+    assert row["png"].size == (built["config"]["size"],) * 2

@@ -100,3 +100,61 @@ def test_a_build_json_without_its_config_fails(tiny_copy: Path) -> None:
     (tiny_copy / "build.json").write_text(json.dumps(build))
     result = CliRunner().invoke(cli, ["verify", str(tiny_copy)])
     assert result.exit_code != 0 and "config lacks sigma" in result.output
+
+
+def test_a_dataset_of_the_old_image_format_is_named_with_the_command_that_rebuilds_it(tmp_path, monkeypatch):
+    from conftest import TINY
+
+    from fracgen import shard as shard_mod
+    from fracgen.build import BuildConfig, build
+    from fracgen.encode import encode_palette_png
+
+    old = tmp_path / "old"
+    with monkeypatch.context() as m:
+        m.setattr(shard_mod, "encode_png", encode_palette_png)
+        build(BuildConfig(**TINY), old, workers=1)
+    result = CliRunner().invoke(cli, ["verify", str(old)])
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("dataset: 16 image(s) are palette PNGs"), lines
+    command = lines[1].split("rebuild with: ", 1)[1]
+    import shlex
+
+    args = shlex.split(command)
+    assert args[:2] == ["fracgen", "build"] and args[-1] == str(tmp_path / "old-8bit")
+    rebuilt = CliRunner().invoke(cli, args[1:])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert verify(tmp_path / "old-8bit").ok
+    assert (old / "params.json").read_bytes() == (tmp_path / "old-8bit" / "params.json").read_bytes()
+
+
+def test_a_deleted_params_json_fails(tiny_copy: Path) -> None:
+    (tiny_copy / "params.json").unlink()
+    result = CliRunner().invoke(cli, ["verify", str(tiny_copy)])
+    assert result.exit_code == 1
+    assert "dataset: params.json is missing" in result.output
+
+
+@pytest.mark.parametrize("change,expected", [
+    (lambda b: b.update(config="x"), "build.json config is not an object (got 'x')"),
+    (lambda b: b["shards"][0].update(num_samples="8"), "build.json records num_samples '8', not int"),
+    (lambda b: b.update(num_samples="16"), "build.json num_samples '16' is not an integer"),
+    (lambda b: b.update(name="two\nlines"), "build.json name 'two\\nlines' is not one line of printable text"),
+])
+def test_malformed_build_json_gives_one_line_per_fault(tiny_copy: Path, change, expected) -> None:
+    build = _build(tiny_copy)
+    change(build)
+    (tiny_copy / "build.json").write_text(json.dumps(build))
+    result = CliRunner().invoke(cli, ["verify", str(tiny_copy)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert any(line.endswith(expected) for line in result.output.splitlines()), result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_shard_record_without_a_filename_is_one_usage_error(tiny_copy: Path) -> None:
+    build = _build(tiny_copy)
+    build["shards"][0] = "train-000000.tar"
+    (tiny_copy / "build.json").write_text(json.dumps(build))
+    result = CliRunner().invoke(cli, ["verify", str(tiny_copy)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "shards[0] is not an object with a filename" in result.output
