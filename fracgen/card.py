@@ -27,8 +27,6 @@ _PACKAGED = Path(__file__).resolve().parent / "cards"
 CARDS_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "datasets_cards"
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 LICENSE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
-# What `fracgen push-to-hub` passes while its --license still has a default; the card itself asks for one.
-DEFAULT_LICENSE = "cc-by-4.0"
 # How fracgen is installed, as its README says (it is installed from a checkout of its repository).
 INSTALL = (
     "fracgen is installed from a checkout of its repository: `make install` creates `.venv` with the builder "

@@ -349,10 +349,11 @@ def preview_command(root: Path, out: Path | None, count: int) -> None:
 @click.option(
     "--license",
     "license_",
-    default="cc-by-4.0",
-    show_default=True,
-    help="License id for the card's YAML header.",
+    required=True,
+    help="The dataset's licence id for the card (your choice, e.g. cc-by-4.0, cc0-1.0, mit).",
 )
+@click.option("--source-license", default=None, help="build-real datasets: the licence id of the source photo.")
+@click.option("--source-url", default=None, help="build-real datasets: where the photo comes from (URL or citation).")
 def push_to_hub_command(
     root: Path,
     repo_id: str,
@@ -363,6 +364,8 @@ def push_to_hub_command(
     endpoint: str | None,
     dry_run: Path | None,
     license_: str,
+    source_license: str | None,
+    source_url: str | None,
 ) -> None:
     """Verify ROOT, then upload it with its card and preview to a Hub dataset repo in one commit."""
     from fracgen.publish import REPO_ID_RE, push_to_hub
@@ -389,6 +392,8 @@ def push_to_hub_command(
         endpoint=endpoint,
         dry_run=dry_run,
         license=license_,
+        source_license=source_license,
+        source_url=source_url,
     )
     if dry_run is not None:
         click.echo(

@@ -32,7 +32,7 @@ import yaml
 
 import fracgen
 from fracgen import dataset, hub
-from fracgen.card import DEFAULT_LICENSE, render_card
+from fracgen.card import render_card
 from fracgen.dataset import BUILD_JSON, INFO_JSON, PARAMS_JSON, sha256_file
 from fracgen.errors import FracgenError, UsageError
 from fracgen.verify import verify
@@ -76,7 +76,8 @@ def _scrub(text: str, token: str | None) -> str:
 
 
 def stage(
-    root: Path | str, workdir: Path, *, license: str = DEFAULT_LICENSE, repo_id: str = "USER/NAME"
+    root: Path | str, workdir: Path, *, license: str | None = None, repo_id: str = "USER/NAME",
+    source_license: str | None = None, source_url: str | None = None,
 ) -> list[StagedFile]:
     """The exact files of an upload, with sizes and sha256 (call it on a verified dataset).
 
@@ -86,8 +87,9 @@ def stage(
     Args:
         root: a complete dataset folder.
         workdir: a folder for generated files.
-        license: license id for the card.
+        license: the dataset's licence id for the card (required: the card refuses to guess one).
         repo_id: the target repo, named in the card's loading snippets.
+        source_license, source_url: real-image builds: the photo's licence and provenance, for the card.
 
     Returns:
         Shards in build.json order, then `_info.json`, `params.json`, `build.json`, the source image of a
@@ -100,7 +102,7 @@ def stage(
             f"{len(build['shards'])} shards are more than one Hub commit takes ({MAX_COMMIT_FILES}); "
             "rebuild with a larger --shard-size"
         )
-    card = render_card(root, license=license, repo_id=repo_id)
+    card = render_card(root, license=license, repo_id=repo_id, source_license=source_license, source_url=source_url)
     _check_card_header(card)
     (workdir / "README.md").write_text(card, encoding="utf-8")
     preview_path = root / "preview.png"
@@ -331,7 +333,9 @@ def push_to_hub(
     token: str | None = None,
     endpoint: str | None = None,
     dry_run: Path | str | None = None,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
+    source_license: str | None = None,
+    source_url: str | None = None,
 ) -> str:
     """Verify a dataset and upload it to a Hub dataset repo in one commit.
 
@@ -344,7 +348,8 @@ def push_to_hub(
         token: Hub token; default HF_TOKEN, then the login stored by `hf auth login`.
         endpoint: Hub URL; default HF_ENDPOINT or https://huggingface.co.
         dry_run: a folder: write the file list and the card there and contact nothing.
-        license: license id for the card's YAML header.
+        license: the dataset's licence id for the card's YAML header (required).
+        source_license, source_url: real-image builds: the photo's licence and provenance, for the card.
 
     Returns:
         The dataset's URL, or for a dry run the folder written.
@@ -370,7 +375,8 @@ def push_to_hub(
         f"(fracgen {fracgen.__version__})"
     )
     with tempfile.TemporaryDirectory(prefix="fracgen-publish-") as tmp:
-        files = stage(root, Path(tmp), license=license, repo_id=repo_id)
+        files = stage(root, Path(tmp), license=license, repo_id=repo_id, source_license=source_license,
+                      source_url=source_url)
         if dry_run is not None:
             summary = {
                 "private": private,

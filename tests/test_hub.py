@@ -94,7 +94,7 @@ def test_a_newline_in_repo_id_or_license_is_refused(tiny_copy, fake_hub, tmp_pat
     from fracgen.cli import cli
 
     base = ["push-to-hub", str(tiny_copy), "--dry-run", str(tmp_path / "dry"), "--repo-id", "alice/b"]
-    result = CliRunner().invoke(cli, base + args)
+    result = CliRunner().invoke(cli, base + (args if "--license" in args else [*args, "--license", "mit"]))
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert not (tmp_path / "dry").exists()
 

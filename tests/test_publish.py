@@ -59,7 +59,8 @@ def hub() -> Iterator[FakeHub]:
 
 
 def _push(root: Path, hub_url: str, *extra: str) -> object:
-    args = [str(root), "--repo-id", "alice/one-frac", "--endpoint", hub_url, *extra]
+    license = [] if "--license" in extra else ["--license", "cc-by-4.0"]
+    args = [str(root), "--repo-id", "alice/one-frac", "--endpoint", hub_url, *license, *extra]
     return CliRunner().invoke(cli, ["push-to-hub", *args])
 
 
@@ -178,7 +179,8 @@ def test_repo_of_someone_else_is_one_clear_line(tiny_copy: Path, hub: FakeHub) -
     hub.add_repo("bob/frac", owner="bob")
     result = CliRunner().invoke(
         cli,
-        ["push-to-hub", str(tiny_copy), "--repo-id", "bob/frac", "--endpoint", hub.url, "--token", TOKEN],
+        ["push-to-hub", str(tiny_copy), "--repo-id", "bob/frac", "--endpoint", hub.url, "--token", TOKEN,
+         "--license", "mit"],
     )
     _assert_one_line_error(result, "'bob'", "--repo-id alice/frac")
     assert hub.files("bob/frac") == {}
@@ -189,7 +191,8 @@ def test_forbidden_by_the_hub_is_one_clear_line(tiny_copy: Path, hub: FakeHub) -
     hub.fail("POST", r"^/api/repos/create$", 403)
     result = CliRunner().invoke(
         cli,
-        ["push-to-hub", str(tiny_copy), "--repo-id", "fracorg/frac", "--endpoint", hub.url, "--token", TOKEN],
+        ["push-to-hub", str(tiny_copy), "--repo-id", "fracorg/frac", "--endpoint", hub.url, "--token", TOKEN,
+         "--license", "mit"],
     )
     _assert_one_line_error(result, "403", "read-only")
 
@@ -244,7 +247,7 @@ def test_refuses_a_broken_dataset(tiny_copy: Path, hub: FakeHub) -> None:
     data[-2000] ^= 0xFF
     (tiny_copy / name).write_bytes(bytes(data))
     with pytest.raises(UsageError, match=rf"refusing to publish .*{name}"):
-        publish.push_to_hub(tiny_copy, "alice/one-frac", token=TOKEN, endpoint=hub.url)
+        publish.push_to_hub(tiny_copy, "alice/one-frac", token=TOKEN, endpoint=hub.url, license="mit")
     assert hub.requests == []
 
 
@@ -285,7 +288,7 @@ def test_real_image_source_travels_and_is_verified(tmp_path: Path) -> None:
     build(BuildConfig(preset="real", L=3, size=32, shard_size=4, seed=0), root, workers=1, source=source)
     name = json.loads((root / "build.json").read_text())["config"]["source"]
     out = tmp_path / "dry"
-    assert publish.push_to_hub(root, "alice/real", dry_run=out) == str(out)
+    assert publish.push_to_hub(root, "alice/real", dry_run=out, license="cc0-1.0") == str(out)
     listing = json.loads((out / "files.json").read_text())["files"]
     assert name in [f["path_in_repo"] for f in listing]
     (root / name).write_bytes(b"not the source")

@@ -71,7 +71,7 @@ def test_build_and_dry_run_push_from_the_installed_wheel(installed: Path, tmp_pa
     _run([*cli, "build", "--sigma", "3.5", "--delta", "0.1", "--L", "4", "--size", "32", "--points", "2000",
           "--shard-size", "2", "--workers", "1", "out"], work, env)
     _run([*cli, "verify", "out"], work, env)
-    _run([*cli, "push-to-hub", "out", "--repo-id", "alice/tiny", "--dry-run", "dry"], work, env)
+    _run([*cli, "push-to-hub", "out", "--repo-id", "alice/tiny", "--license", "cc-by-4.0", "--dry-run", "dry"], work, env)
     card = (work / "dry" / "README.md").read_text()
     assert card.startswith("---\n") and "dataset_info:" in card and "class_label:" in card
     listing = json.loads((work / "dry" / "files.json").read_text())["files"]
