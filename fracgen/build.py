@@ -268,6 +268,7 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
     records = []
 
     def samples():
+        presets.render_ahead(plan, plan.shard_samples[shard], canvas)
         for index in plan.shard_samples[shard]:
             image, meta = render_sample(plan, index, canvas)
             if cfg.instances == 1:

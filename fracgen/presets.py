@@ -123,8 +123,36 @@ def render_fill(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks
         canvas.image.size
 
 
+def render_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
+    """Render a shard's 1p-frac samples of the reference look together, fractal by fractal (their chains share
+    the map choices, see ``perturb.render_perturbations``); ``render_sample`` then hands them out. Same bytes."""
+    cfg = plan.config
+    if cfg.preset != "1p-frac" or cfg.style != "reference":
+        return
+    by_fractal: dict[int, list[int]] = {}
+    for label in sorted({i // cfg.instances for i in indices}):
+        by_fractal.setdefault(label // cfg.L, []).append(label)
+    for fractal, labels in by_fractal.items():
+        base = plan.systems[fractal]
+        rngs = [generator(cfg.seed, CLASS, fractal, label % cfg.L) for label in labels]
+        done = perturb_mod.render_perturbations(
+            base.maps, base.probabilities, choice_uniforms(cfg.seed, fractal, cfg.points), rngs, delta=cfg.delta,
+            mode=cfg.perturbation, points=cfg.points, size=cfg.size, min_fill=cfg.min_fill,
+            max_redraws=cfg.max_redraws)
+        for label, result in zip(labels, done, strict=True):
+            if not isinstance(result, int):
+                bits, maps, redraws, fill = result
+                canvas.ready[label] = (bits, {"label": label, "fractal": fractal, "perturbation": label % cfg.L,
+                                              "maps": maps.tolist(), "redraws": redraws, "fill": fill})
+            # a class with no accepted draw is left to _one_p_frac, which redraws it alone and raises
+
+
 def _one_p_frac(plan, label: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
     cfg = plan.config
+    if label in canvas.ready:
+        bits, meta = canvas.ready.pop(label)
+        render.expand_bits(bits, canvas.image)
+        return canvas.image, meta
     fractal, k = divmod(label, cfg.L)
     base = plan.systems[fractal]
     rng = generator(cfg.seed, CLASS, fractal, k)
