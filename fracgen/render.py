@@ -22,6 +22,16 @@ VALUE = 127  # the released grey level
 MIN_SIZE = 2 * PAD + 4
 
 
+@numba.njit(inline="always")
+def _choose(r: float, cumprob: np.ndarray) -> int:
+    """The first map whose cumulative probability is >= r, else the last: cumprob ascends, so that is the
+    number of maps (but the last) it exceeds. Counted without branches, which a random r mispredicts."""
+    j = 0
+    for m in range(cumprob.shape[0] - 1):
+        j += r > cumprob[m]
+    return j
+
+
 @numba.njit(cache=True, nogil=True)
 def chaos_game(maps: np.ndarray, cumprob: np.ndarray, uniforms: np.ndarray, points: np.ndarray) -> bool:
     """Run the chaos game from (0, 0); point t + 1 = w_j(point t) with j the first map whose cumulative
@@ -40,18 +50,12 @@ def chaos_game(maps: np.ndarray, cumprob: np.ndarray, uniforms: np.ndarray, poin
     Returns:
         True when every point is finite.
     """
-    n = maps.shape[0]
     x = 0.0
     y = 0.0
     points[0, 0] = 0.0
     points[0, 1] = 0.0
     for t in range(points.shape[0] - 1):
-        r = uniforms[t]
-        j = n - 1
-        for k in range(n):
-            if r <= cumprob[k]:
-                j = k
-                break
+        j = _choose(uniforms[t], cumprob)
         nx = maps[j, 0] * x + maps[j, 1] * y + maps[j, 4]
         y = maps[j, 2] * x + maps[j, 3] * y + maps[j, 5]
         x = nx
@@ -88,6 +92,7 @@ def _row_bits_table() -> np.ndarray:
 
 
 ROW_BITS = _row_bits_table()
+_BLOCK = 256  # points whose places are computed at once (vectorised), then pasted; 4 chains x 2 x 256 float64 = 16 KB
 
 
 def words_per_row(size: int) -> int:
@@ -95,30 +100,43 @@ def words_per_row(size: int) -> int:
     return -(-size // 64)
 
 
+# The three rows of a mask's patch packed in 9 bits (row i in bits 3 i .. 3 i + 2): one table load per point.
+PATCH_FIELDS = (ROW_BITS[:, 0] | (ROW_BITS[:, 1] << np.uint64(3)) | (ROW_BITS[:, 2] << np.uint64(6))).astype(np.uint64)
+
+
 @numba.njit(inline="always")
-def _paste_patch(flat: np.ndarray, words: int, top: int, px: int, py: int, mask: int) -> None:
+def _patch_place(px: int, py: int, top: int, words: int) -> tuple[int, int]:
+    """Where a point's patch goes in a flattened bit image: the word of its top row and the bit of its left
+    column. Integer arithmetic only, so a loop of these vectorises."""
+    col = px + 1
+    return (top - py - 1) * words + (col >> 6), col & 63
+
+
+@numba.njit(inline="always")
+def _paste_patch(flat: np.ndarray, words: int, index: int, shift: int, mask: int) -> None:
     """Paste one point's 3 x 3 patch into a flattened bit image (``words`` uint64 per row).
 
     Each patch row is one read-modify-write of a 3-bit field instead of three byte stores, and the bit image
     of a 512 px canvas is 32 KB, so it stays in L1 where the byte image (256 KB) did not. Unsigned indices
     spare numba's negative-index fix-up on every access.
     """
-    col = px + 1
-    base = np.uint64((top - py - 1) * words + (col >> 6))
+    base = np.uint64(index)
     step = np.uint64(words)
-    s = np.uint64(col & 63)
+    s = np.uint64(shift)
     seven = np.uint64(7)
+    three = np.uint64(3)
+    f = PATCH_FIELDS[mask]
     keep = ~(seven << s)
-    flat[base] = (flat[base] & keep) | (ROW_BITS[mask, 0] << s)
-    flat[base - step] = (flat[base - step] & keep) | (ROW_BITS[mask, 1] << s)
-    flat[base - 2 * step] = (flat[base - 2 * step] & keep) | (ROW_BITS[mask, 2] << s)
+    flat[base] = (flat[base] & keep) | ((f & seven) << s)
+    flat[base - step] = (flat[base - step] & keep) | (((f >> three) & seven) << s)
+    flat[base - step - step] = (flat[base - step - step] & keep) | ((f >> (three + three)) << s)
     if s > np.uint64(61):  # the fields straddle two words (2 of 64 columns)
         r = np.uint64(64) - s
         keep = ~(seven >> r)
         base += np.uint64(1)
-        flat[base] = (flat[base] & keep) | (ROW_BITS[mask, 0] >> r)
-        flat[base - step] = (flat[base - step] & keep) | (ROW_BITS[mask, 1] >> r)
-        flat[base - 2 * step] = (flat[base - 2 * step] & keep) | (ROW_BITS[mask, 2] >> r)
+        flat[base] = (flat[base] & keep) | ((f & seven) >> r)
+        flat[base - step] = (flat[base - step] & keep) | (((f >> three) & seven) >> r)
+        flat[base - step - step] = (flat[base - step - step] & keep) | ((f >> (three + three)) >> r)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -158,10 +176,15 @@ def raster_reference_bits(points: np.ndarray, masks: np.ndarray, bits: np.ndarra
     top = size - 1
     flat = bits.ravel()
     words = bits.shape[1]
-    for t in range(points.shape[0]):
-        px = int((points[t, 0] - xmin) / wx * span + PAD)
-        py = int((points[t, 1] - ymin) / wy * span + PAD)
-        _paste_patch(flat, words, top, px, py, masks[t])
+    index = np.empty(_BLOCK, np.int64)
+    shift = np.empty(_BLOCK, np.int64)
+    for start in range(0, points.shape[0], _BLOCK):
+        count = min(_BLOCK, points.shape[0] - start)
+        for i in range(count):  # vectorised
+            index[i], shift[i] = _patch_place(int((points[start + i, 0] - xmin) / wx * span + PAD),
+                                              int((points[start + i, 1] - ymin) / wy * span + PAD), top, words)
+        for i in range(count):
+            _paste_patch(flat, words, index[i], shift[i], masks[start + i])
     return _popcount(bits)
 
 
@@ -231,16 +254,6 @@ def _count_lit(image: np.ndarray) -> int:
 
 
 LANES = 4  # chains run together: enough independent steps to hide one step's latency (about 12 cycles)
-_BLOCK = 256  # steps per block of the raster pass: its points (4 chains x 2 x 256 float64, 16 KB) stay in L1
-
-
-@numba.njit(inline="always")
-def _choose(r: float, cumprob: np.ndarray) -> int:
-    n = cumprob.shape[0]
-    for m in range(n):
-        if r <= cumprob[m]:
-            return m
-    return n - 1
 
 
 @numba.njit(inline="always")
@@ -309,8 +322,8 @@ def _chains_raster(coef: np.ndarray, cumprob: np.ndarray, uniforms: np.ndarray, 
     if not ok.any():
         return
     pts = np.zeros((LANES, 2, _BLOCK))  # pts[:, :, 0] = (0, 0), point 0
-    px = np.empty(_BLOCK, np.int32)
-    py = np.empty(_BLOCK, np.int32)
+    index = np.empty(_BLOCK, np.int64)
+    shift = np.empty(_BLOCK, np.int64)
     x0 = y0 = x1 = y1 = x2 = y2 = x3 = y3 = 0.0
     total = uniforms.shape[0] + 1
     first = 1  # the block starting at point 0 has (0, 0) already in place
@@ -332,12 +345,12 @@ def _chains_raster(coef: np.ndarray, cumprob: np.ndarray, uniforms: np.ndarray, 
             ys = pts[c, 1]
             ax, ay, sx, sy = xmin[c], ymin[c], wx[c], wy[c]
             for i in range(count):  # vectorised: 8 divisions at once
-                px[i] = np.int32((xs[i] - ax) / sx * span + PAD)
-                py[i] = np.int32((ys[i] - ay) / sy * span + PAD)
+                index[i], shift[i] = _patch_place(int((xs[i] - ax) / sx * span + PAD),
+                                                  int((ys[i] - ay) / sy * span + PAD), top, words)
             image = bits[c].ravel()
             row = masks[c, start:start + count]
             for i in range(count):
-                _paste_patch(image, words, top, px[i], py[i], row[i])
+                _paste_patch(image, words, index[i], shift[i], row[i])
     for c in range(LANES):
         if ok[c]:
             lit[c] = _popcount(bits[c])
