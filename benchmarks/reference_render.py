@@ -5,8 +5,7 @@ PNG, tar, metadata) should take no longer than this script's render of the same 
 processes. It reads a finished build's ``params.json`` (each class's accepted maps and its redraw count),
 replays each class's generator to get the accepted patch masks, and then, timed, runs the straightforward
 kernels (a copy of fracgen's at commit 3d6daf6: one chain per image, a patch lookup and one byte store per
-patch pixel) on
-a pool of already-started processes. Not timed: imports, JIT, the pool start and the mask replay (the masks
+patch pixel) on a pool of already-started processes. Not timed: imports, JIT, the pool start and the mask replay (the masks
 are drawn into memory before the clock starts), so the reference is the bare arithmetic of the images.
 
 Run: ``python benchmarks/reference_render.py OUT [--workers 2] [--check 20]``; prints seconds and images/s.
@@ -93,8 +92,10 @@ def plain_patch_raster(points, masks, image):
 _work: dict = {}
 
 
-def _render(part: int) -> int:
-    """Render one process's share of the images; returns the lit pixels summed (so nothing is optimised away)."""
+def _render(part: int) -> tuple[int, float]:
+    """Render one process's share of the images; returns the lit pixels summed (so nothing is optimised away)
+    and the CPU seconds it took."""
+    start = time.process_time()
     w = _work
     image = np.zeros((w["size"], w["size"]), np.uint8)
     points = np.empty((w["points"], 2))
@@ -102,7 +103,7 @@ def _render(part: int) -> int:
     for i in range(part, len(w["maps"]), w["workers"]):
         plain_chaos_game(w["maps"][i], w["cumprob"], w["uniforms"], points)
         lit += plain_patch_raster(points, w["masks"][i], image)
-    return lit
+    return lit, time.process_time() - start
 
 
 def load_images(root: Path) -> dict:
@@ -151,8 +152,9 @@ def check(root: Path, work: dict, n: int) -> None:
         assert np.array_equal(stored, image), f"image {sample['__key__']} differs from the reference render"
 
 
-def reference_seconds(root: Path, workers: int, repeats: int = 1, check_images: int = 0) -> list[float]:
-    """Seconds the plain reference takes to render every image of the build in ``root`` (see the docstring)."""
+def reference_seconds(root: Path, workers: int, repeats: int = 1, check_images: int = 0) -> list[tuple[float, float]]:
+    """Wall and CPU seconds (all processes) the plain reference takes to render every image of the build in
+    ``root``, once per repeat (see the module docstring)."""
     global _work
     _work = dict(load_images(Path(root)), workers=workers)
     if check_images:
@@ -165,8 +167,8 @@ def reference_seconds(root: Path, workers: int, repeats: int = 1, check_images: 
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            pool.map(_render, range(workers), chunksize=1)
-            times.append(time.perf_counter() - start)
+            parts = pool.map(_render, range(workers), chunksize=1)
+            times.append((time.perf_counter() - start, sum(cpu for _, cpu in parts)))
     return times
 
 
@@ -179,8 +181,8 @@ def main() -> None:
     args = parser.parse_args()
     times = reference_seconds(args.out, args.workers, args.repeats, args.check)
     n = len(_work["maps"])
-    print(json.dumps({"images": n, "workers": args.workers, "seconds": times,
-                      "images_per_s": n / min(times)}))
+    print(json.dumps({"images": n, "workers": args.workers, "seconds": [wall for wall, _ in times],
+                      "cpu_seconds": [cpu for _, cpu in times], "images_per_s": n / min(w for w, _ in times)}))
 
 
 if __name__ == "__main__":

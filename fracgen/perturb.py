@@ -58,6 +58,7 @@ def render_perturbations(base_maps: np.ndarray, probs: np.ndarray, uniforms: np.
     from fracgen import render
     from fracgen.search import draw_masks
 
+    choices = render.map_choices(uniforms, np.cumsum(probs))
     results: list = [None] * len(rngs)
     draws = [0] * len(rngs)
     pending = list(range(len(rngs)))
@@ -71,7 +72,7 @@ def render_perturbations(base_maps: np.ndarray, probs: np.ndarray, uniforms: np.
             maps[lane] = perturb(base_maps, delta, mode, rngs[i])
             masks[lane] = draw_masks(rngs[i], points)
             draws[i] += 1
-        fills = render.render_chains(maps, probs, uniforms, masks[:len(batch)], bits[:len(batch)])
+        fills = render.render_chains(maps, choices, masks[:len(batch)], bits[:len(batch)])
         for lane, i in enumerate(batch):
             if fills[lane] >= min_fill:
                 results[i] = (bits[lane].copy(), maps[lane], draws[i] - 1, float(fills[lane]))

@@ -127,6 +127,8 @@ def render_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
     """Render a shard's 1p-frac samples of the reference look together, fractal by fractal (their chains share
     the map choices, see ``perturb.render_perturbations``); ``render_sample`` then hands them out. Same bytes."""
     cfg = plan.config
+    if cfg.preset in ("fractaldb", "ofdb") and cfg.style == "reference":
+        return _fractaldb_ahead(plan, indices, canvas)
     if cfg.preset != "1p-frac" or cfg.style != "reference":
         return
     by_fractal: dict[int, list[int]] = {}
@@ -145,6 +147,40 @@ def render_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
                 canvas.ready[label] = (bits, {"label": label, "fractal": fractal, "perturbation": label % cfg.L,
                                               "maps": maps.tolist(), "redraws": redraws, "fill": fill})
             # a class with no accepted draw is left to _one_p_frac, which redraws it alone and raises
+
+
+def _fractaldb_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
+    """FractalDB/OFDB samples of a shard rendered LANES at a time, each chain with its category's map choices.
+    A sample whose chain diverges is left to ``_fractaldb`` (it draws the truncated chain, as the released code)."""
+    cfg = plan.config
+    choices, masks = {}, {}
+    samples = []
+    for index in indices:
+        label, instance = divmod(index, cfg.instances)
+        row, patch, flip = fractaldb_instance(instance, cfg.instances)
+        base = plan.systems[label]
+        if label not in choices:
+            choices[label] = render.map_choices(choice_uniforms(cfg.seed, label, cfg.points),
+                                                np.cumsum(base.probabilities))
+        if (label, patch) not in masks:
+            masks[label, patch] = draw_masks(generator(cfg.seed, CLASS, label, patch), cfg.points)
+        samples.append((index, label, instance, row, patch, flip))
+    weights = fractaldb_weights()
+    most = max(len(plan.systems[s[1]].maps) for s in samples)
+    for start in range(0, len(samples), render.LANES):
+        batch = samples[start:start + render.LANES]
+        maps = np.zeros((len(batch), most, 6))  # rows past a system's maps are never chosen
+        for lane, (_, label, _, row, _, _) in enumerate(batch):
+            base = plan.systems[label].maps
+            maps[lane, :len(base)] = base * weights[row]
+        bits = np.empty((len(batch), cfg.size, render.words_per_row(cfg.size)), np.uint64)
+        fills = render.render_chains(maps, np.stack([choices[s[1]] for s in batch]),
+                                     np.stack([masks[s[1], s[4]] for s in batch]), bits)
+        for lane, (index, label, instance, row, patch, flip) in enumerate(batch):
+            if fills[lane] >= 0:
+                canvas.ready[index] = (bits[lane], {"label": label, "fractal": label, "instance": instance,
+                                                    "weights": row, "patch": patch, "flip": flip,
+                                                    "fill": float(fills[lane])})
 
 
 def _one_p_frac(plan, label: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
@@ -175,6 +211,11 @@ _FLIPS = (lambda im: im, lambda im: im[::-1], lambda im: im[:, ::-1], lambda im:
 
 def _fractaldb(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
     cfg = plan.config
+    index = label * cfg.instances + instance
+    if index in canvas.ready:
+        bits, meta = canvas.ready.pop(index)
+        render.expand_bits(bits, canvas.image)
+        return _FLIPS[meta["flip"]](canvas.image), meta
     base = plan.systems[label]
     row, patch, flip = fractaldb_instance(instance, cfg.instances)
     maps = base.maps * fractaldb_weights()[row]

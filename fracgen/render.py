@@ -263,7 +263,7 @@ def _step(coef: np.ndarray, c: int, j: int, x: float, y: float) -> tuple[float, 
 
 
 @numba.njit(cache=True, nogil=True)
-def _chains_bounds(coef: np.ndarray, cumprob: np.ndarray, uniforms: np.ndarray, bounds: np.ndarray) -> None:
+def _chains_bounds(coef: np.ndarray, choices: np.ndarray, rows: np.ndarray, bounds: np.ndarray) -> None:
     """First pass of ``render_chains``: the bounding box of each of LANES chains, their points not stored.
 
     The chains are independent, so their steps overlap instead of each waiting on its own previous point; every
@@ -271,14 +271,14 @@ def _chains_bounds(coef: np.ndarray, cumprob: np.ndarray, uniforms: np.ndarray, 
     """
     x0 = y0 = x1 = y1 = x2 = y2 = x3 = y3 = 0.0  # point 0 is (0, 0)
     a0 = b0 = c0 = d0 = a1 = b1 = c1 = d1 = a2 = b2 = c2 = d2 = a3 = b3 = c3 = d3 = 0.0  # xmin, xmax, ymin, ymax
-    steps = uniforms.shape[0]
+    steps = choices.shape[1]
+    r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
     for start in range(0, steps, 4 * _BLOCK):
         for t in range(start, min(start + 4 * _BLOCK, steps)):
-            j = _choose(uniforms[t], cumprob)
-            x0, y0 = _step(coef, 0, j, x0, y0)
-            x1, y1 = _step(coef, 1, j, x1, y1)
-            x2, y2 = _step(coef, 2, j, x2, y2)
-            x3, y3 = _step(coef, 3, j, x3, y3)
+            x0, y0 = _step(coef, 0, choices[r0, t], x0, y0)
+            x1, y1 = _step(coef, 1, choices[r1, t], x1, y1)
+            x2, y2 = _step(coef, 2, choices[r2, t], x2, y2)
+            x3, y3 = _step(coef, 3, choices[r3, t], x3, y3)
             a0, b0, c0, d0 = min(a0, x0), max(b0, x0), min(c0, y0), max(d0, y0)
             a1, b1, c1, d1 = min(a1, x1), max(b1, x1), min(c1, y1), max(d1, y1)
             a2, b2, c2, d2 = min(a2, x2), max(b2, x2), min(c2, y2), max(d2, y2)
@@ -295,7 +295,7 @@ def _chains_bounds(coef: np.ndarray, cumprob: np.ndarray, uniforms: np.ndarray, 
 
 
 @numba.njit(cache=True, nogil=True)
-def _chains_raster(coef: np.ndarray, cumprob: np.ndarray, uniforms: np.ndarray, masks: np.ndarray,
+def _chains_raster(coef: np.ndarray, choices: np.ndarray, rows: np.ndarray, masks: np.ndarray,
                    bounds: np.ndarray, bits: np.ndarray, lit: np.ndarray) -> None:
     """Second pass of ``render_chains``: run the chains again (the same arithmetic gives the same points) and
     paste every point's patch, instead of storing 1.6 MB of points per image and reading them back."""
@@ -325,16 +325,17 @@ def _chains_raster(coef: np.ndarray, cumprob: np.ndarray, uniforms: np.ndarray, 
     index = np.empty(_BLOCK, np.int64)
     shift = np.empty(_BLOCK, np.int64)
     x0 = y0 = x1 = y1 = x2 = y2 = x3 = y3 = 0.0
-    total = uniforms.shape[0] + 1
+    total = choices.shape[1] + 1
+    r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
     first = 1  # the block starting at point 0 has (0, 0) already in place
     for start in range(0, total, _BLOCK):
         count = min(_BLOCK, total - start)
         for i in range(first, count):
-            j = _choose(uniforms[start + i - 1], cumprob)
-            x0, y0 = _step(coef, 0, j, x0, y0)
-            x1, y1 = _step(coef, 1, j, x1, y1)
-            x2, y2 = _step(coef, 2, j, x2, y2)
-            x3, y3 = _step(coef, 3, j, x3, y3)
+            t = start + i - 1
+            x0, y0 = _step(coef, 0, choices[r0, t], x0, y0)
+            x1, y1 = _step(coef, 1, choices[r1, t], x1, y1)
+            x2, y2 = _step(coef, 2, choices[r2, t], x2, y2)
+            x3, y3 = _step(coef, 3, choices[r3, t], x3, y3)
             pts[0, 0, i], pts[0, 1, i], pts[1, 0, i], pts[1, 1, i] = x0, y0, x1, y1
             pts[2, 0, i], pts[2, 1, i], pts[3, 0, i], pts[3, 1, i] = x2, y2, x3, y3
         first = 0
@@ -356,15 +357,23 @@ def _chains_raster(coef: np.ndarray, cumprob: np.ndarray, uniforms: np.ndarray, 
             lit[c] = _popcount(bits[c])
 
 
-def render_chains(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks: np.ndarray,
-                  bits: np.ndarray) -> np.ndarray:
-    """Render several systems that share one map-choice sequence (the perturbations of one fractal) together,
-    in the reference look, each into its own bit image. Same pixels as ``render`` of each system alone.
+@numba.njit(cache=True, nogil=True)
+def map_choices(uniforms: np.ndarray, cumprob: np.ndarray) -> np.ndarray:
+    """The map index of every chaos-game step: (T - 1,) uint8, the rule of ``chaos_game`` (at most 256 maps)."""
+    out = np.empty(uniforms.shape[0], np.uint8)
+    for t in range(uniforms.shape[0]):
+        out[t] = _choose(uniforms[t], cumprob)
+    return out
+
+
+def render_chains(maps: np.ndarray, choices: np.ndarray, masks: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Render several systems together in the reference look, each into its own bit image; same pixels as
+    ``render`` of each system alone. Their steps are independent, so LANES chains run in one loop.
 
     Args:
-        maps: (K, N, 6) float64, one system per chain.
-        probs: (N,) float64 map probabilities, shared.
-        uniforms: (T - 1,) float64 map-choice draws, shared.
+        maps: (K, N, 6) float64, one system per chain (N the largest map count; unused rows are never chosen).
+        choices: (T - 1,) uint8 map choices shared by every chain (``map_choices``: the perturbations of one
+            fractal share them), or (K, T - 1), one row per chain.
         masks: (K, T) uint16 patch masks, one row per chain.
         bits: (K, size, words_per_row(size)) uint64, overwritten (see ``raster_reference_bits``).
 
@@ -372,18 +381,20 @@ def render_chains(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, mas
         (K,) float64: each image's fill (lit pixels / size^2), or -1.0 where the chain diverged.
     """
     k = len(maps)
-    cumprob = np.cumsum(probs)
     size = bits.shape[1]
+    shared = choices.ndim == 1
+    choices = choices.reshape(1, -1) if shared else choices
     lit = np.empty(k, np.int64)
     bounds = np.empty((LANES, 4))
     part = np.empty(LANES, np.int64)
     for start in range(0, k, LANES):
         lanes = min(LANES, k - start)
         pick = np.arange(start, start + LANES).clip(max=k - 1)  # a short batch repeats its last chain
+        rows = np.zeros(LANES, np.int64) if shared else pick
         coef = np.ascontiguousarray(maps[pick])
         lane_bits = bits[start:start + LANES] if lanes == LANES else np.empty((LANES,) + bits.shape[1:], np.uint64)
-        _chains_bounds(coef, cumprob, uniforms, bounds)
-        _chains_raster(coef, cumprob, uniforms, masks[pick], bounds, lane_bits, part)
+        _chains_bounds(coef, choices, rows, bounds)
+        _chains_raster(coef, choices, rows, masks[pick], bounds, lane_bits, part)
         if lanes < LANES:
             bits[start:] = lane_bits[:lanes]
         lit[start:start + lanes] = part[:lanes]

@@ -119,7 +119,7 @@ def test_chains_rendered_together_match_each_alone(size, chains):
     uniforms = rng.random(2999)
     masks = draw_masks(rng, 3000 * chains).reshape(chains, 3000)
     bits = np.empty((chains, size, render.words_per_row(size)), np.uint64)
-    fills = render.render_chains(maps, probs, uniforms, masks, bits)
+    fills = render.render_chains(maps, render.map_choices(uniforms, np.cumsum(probs)), masks, bits)
     canvas = render.Canvas(size, 3000)
     image = np.empty((size, size), np.uint8)
     for c in range(chains):
