@@ -9,6 +9,12 @@ Styles:
         bit = top-left), value 127 where on and 0 where off (the paste overwrites what is there); the image is
         then flipped top to bottom.
     points: one pixel of value 127 per point, aspect ratio kept, centred, flipped top to bottom.
+
+Speed (issue 13): ``render_chains`` runs LANES systems in one loop (their steps are independent, where one chain
+waits about 12 cycles on its previous point), in two passes (bounding boxes, then the same chains again with
+their points pasted) so no points are stored, and pastes into a 1-bit image (32 KB at 512 px, in L1) with one
+read-modify-write per patch row. The perturbations of a fractal share their map choices; FractalDB samples
+each bring their category's. ``render`` is the one-image path (search, checks, truncated FractalDB chains).
 """
 
 from __future__ import annotations
