@@ -124,8 +124,9 @@ def render_fill(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks
 
 
 def render_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
-    """Render a shard's 1p-frac samples of the reference look together, fractal by fractal (their chains share
-    the map choices, see ``perturb.render_perturbations``); ``render_sample`` then hands them out. Same bytes."""
+    """Render a shard's fractal samples of the reference look LANES at a time (``render.render_chains``); 1p-frac
+    classes go fractal by fractal (their chains share the map choices, see ``perturb.render_perturbations``).
+    ``render_sample`` then hands them out from ``canvas.ready``; the bytes are those of rendering each alone."""
     cfg = plan.config
     if cfg.preset in ("fractaldb", "ofdb") and cfg.style == "reference":
         return _fractaldb_ahead(plan, indices, canvas)
