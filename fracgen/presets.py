@@ -123,10 +123,29 @@ def render_fill(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks
         canvas.image.size
 
 
+AHEAD = 64  # samples rendered together: bounds the memory a shard's images, masks and choices hold at once
+
+
 def render_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
-    """Render a shard's fractal samples of the reference look LANES at a time (``render.render_chains``); 1p-frac
-    classes go fractal by fractal (their chains share the map choices, see ``perturb.render_perturbations``).
-    ``render_sample`` then hands them out from ``canvas.ready``; the bytes are those of rendering each alone."""
+    """Announce the samples ``render_sample`` will be asked for, in order, so that fractal samples of the
+    reference look are rendered AHEAD at a time, LANES chains together (``render.render_chains``); the bytes are
+    those of rendering each alone."""
+    canvas.order = list(indices)
+    canvas.pending = {index: at for at, index in enumerate(canvas.order)}
+
+
+def _take_ready(plan, index: int, canvas: render.Canvas) -> tuple[np.ndarray, dict] | None:
+    """The bits and metadata of a sample rendered ahead, rendering the next AHEAD announced ones if needed."""
+    if index not in canvas.ready and index in canvas.pending:
+        at = canvas.pending[index]
+        chunk = [i for i in canvas.order[at:at + AHEAD] if canvas.pending.pop(i, None) is not None]
+        _render_chunk(plan, chunk, canvas)
+    return canvas.ready.pop(index, None)
+
+
+def _render_chunk(plan, indices: list[int], canvas: render.Canvas) -> None:
+    """Render samples together into ``canvas.ready``; 1p-frac classes go fractal by fractal (their chains share
+    the map choices, see ``perturb.render_perturbations``)."""
     cfg = plan.config
     if cfg.preset in ("fractaldb", "ofdb") and cfg.style == "reference":
         return _fractaldb_ahead(plan, indices, canvas)
@@ -186,10 +205,10 @@ def _fractaldb_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
 
 def _one_p_frac(plan, label: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
     cfg = plan.config
-    if label in canvas.ready:
-        bits, meta = canvas.ready.pop(label)
-        render.expand_bits(bits, canvas.image)
-        return canvas.image, meta
+    ready = _take_ready(plan, label, canvas)
+    if ready is not None:
+        render.expand_bits(ready[0], canvas.image)
+        return canvas.image, ready[1]
     fractal, k = divmod(label, cfg.L)
     base = plan.systems[fractal]
     rng = generator(cfg.seed, CLASS, fractal, k)
@@ -212,11 +231,10 @@ _FLIPS = (lambda im: im, lambda im: im[::-1], lambda im: im[:, ::-1], lambda im:
 
 def _fractaldb(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
     cfg = plan.config
-    index = label * cfg.instances + instance
-    if index in canvas.ready:
-        bits, meta = canvas.ready.pop(index)
-        render.expand_bits(bits, canvas.image)
-        return _FLIPS[meta["flip"]](canvas.image), meta
+    ready = _take_ready(plan, label * cfg.instances + instance, canvas)
+    if ready is not None:
+        render.expand_bits(ready[0], canvas.image)
+        return _FLIPS[ready[1]["flip"]](canvas.image), ready[1]
     base = plan.systems[label]
     row, patch, flip = fractaldb_instance(instance, cfg.instances)
     maps = base.maps * fractaldb_weights()[row]

@@ -458,4 +458,8 @@ class Canvas:
         self.image = np.zeros((size, size), np.uint8)
         self.points = np.empty((points, 2), np.float64)
         self.bits = np.empty((size, words_per_row(size)), np.uint64)
-        self.ready: dict = {}  # images rendered ahead (presets.render_ahead): label -> (bits, metadata)
+        # samples rendered ahead (presets.render_ahead): index -> (bits, metadata); the announced ones not yet
+        # rendered: index -> position in order
+        self.ready: dict = {}
+        self.pending: dict = {}
+        self.order: list = []
