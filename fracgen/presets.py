@@ -156,6 +156,8 @@ def _render_chunk(plan, indices: list[int], canvas: render.Canvas) -> None:
         by_fractal.setdefault(label // cfg.L, []).append(label)
     for fractal, labels in by_fractal.items():
         base = plan.systems[fractal]
+        if len(base.maps) > render.MAX_CHAIN_MAPS:
+            continue  # left to the one-image path
         rngs = [generator(cfg.seed, CLASS, fractal, label % cfg.L) for label in labels]
         done = perturb_mod.render_perturbations(
             base.maps, base.probabilities, choice_uniforms(cfg.seed, fractal, cfg.points), rngs, delta=cfg.delta,
@@ -177,6 +179,8 @@ def _fractaldb_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
     samples = []
     for index in indices:
         label, instance = divmod(index, cfg.instances)
+        if len(plan.systems[label].maps) > render.MAX_CHAIN_MAPS:
+            continue  # left to the one-image path
         row, patch, flip = fractaldb_instance(instance, cfg.instances)
         base = plan.systems[label]
         if label not in choices:
@@ -185,6 +189,8 @@ def _fractaldb_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
         if (label, patch) not in masks:
             masks[label, patch] = draw_masks(generator(cfg.seed, CLASS, label, patch), cfg.points)
         samples.append((index, label, instance, row, patch, flip))
+    if not samples:
+        return
     weights = fractaldb_weights()
     most = max(len(plan.systems[s[1]].maps) for s in samples)
     for start in range(0, len(samples), render.LANES):

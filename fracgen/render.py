@@ -259,6 +259,7 @@ def _count_lit(image: np.ndarray) -> int:
     return lit
 
 
+MAX_CHAIN_MAPS = 256  # map choices are uint8
 LANES = 4  # chains run together: enough independent steps to hide one step's latency (about 12 cycles)
 
 
