@@ -7,6 +7,13 @@ Run with ``make bench`` (or ``python benchmarks/bench_build.py [--L 1000] [--wor
 - chaos game alone: the numba chaos game for the same number of images on one core (the physical limit: every
   build must at least run it), and the ratio of the build's per-core rate to it.
 - per-stage costs of one image (one core), and the peak resident memory of the build processes.
+- the whole command against the plain reference render (issue 13): ``fracgen build --sigma 3.5 --delta 0.1 --L L``
+  in a new process (interpreter, imports, search, redraws, PNG, tar, metadata), then
+  ``benchmarks/reference_render.py`` on the images it wrote (chaos game + patch raster only, warm pool, same
+  workers); wall and CPU ratios per round, ``--rounds`` rounds alternated so both see the same machine load.
+- a FractalDB-1k-scale row: FractalDB images at 362 px and 200,000 points, about one image per category in each
+  shard as in a 1,000 x 1,000 build, rendered and written by ``run_shard`` on one core (images per CPU-second;
+  the search is not counted: it is paid once per category, the images 1,000 times).
 
 Figures are medians of ``--repeats`` runs measured in this one invocation, so ratios compare like with like.
 """
@@ -39,6 +46,28 @@ print(json.dumps({{"import": t1 - t0, "build": t2 - t1, "images": r.images, "red
 """
 
 
+FRACTALDB_CHILD = r"""
+import json, sys, time
+from pathlib import Path
+from fracgen.config import BuildConfig
+from fracgen.output import check_writable
+from fracgen.plan import make_plan
+from fracgen.shard import run_shard
+cfg = BuildConfig(preset="fractaldb", fractals={fractals}, instances={instances}, size=362, points=200_000,
+                  shard_size={shard_size})
+plan = make_plan(cfg)
+root = Path(sys.argv[1])
+check_writable(root)
+run_shard(plan, 0, root)  # JIT warm
+cpu = []
+for shard in range(cfg.num_shards):
+    start = time.process_time()
+    run_shard(plan, shard, root)
+    cpu.append(time.process_time() - start)
+print(json.dumps({{"images": cfg.num_samples, "cpu": sum(cpu)}}))
+"""
+
+
 def run_build(args, cache: Path, out: Path) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
     code = CHILD.format(L=args.L, size=args.size, points=args.points, workers=args.workers)
@@ -48,15 +77,50 @@ def run_build(args, cache: Path, out: Path) -> dict:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]), wall=wall)
 
 
+def whole_vs_reference(args, cache: Path, out: Path) -> list[dict]:
+    """Rounds of (whole command, plain reference render of its images): wall and CPU seconds of each."""
+    import resource
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+    command = [sys.executable, "-m", "fracgen.cli", "build", "--sigma", "3.5", "--delta", "0.1", "--L", str(args.L),
+               "--size", str(args.size), "--points", str(args.points), "--workers", str(args.workers),
+               "--overwrite", str(out)]
+    reference = [sys.executable, str(Path(__file__).with_name("reference_render.py")), str(out), "--workers",
+                 str(args.workers), "--repeats", "1"]
+    rounds = []
+    for _ in range(args.rounds):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(command, env=env, check=True, capture_output=True)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        proc = subprocess.run(reference, env=env, check=True, capture_output=True, text=True)
+        ref = json.loads(proc.stdout.strip().splitlines()[-1])
+        rounds.append({"wall": wall, "cpu": cpu, "ref_wall": ref["seconds"][0], "ref_cpu": ref["cpu_seconds"][0]})
+    return rounds
+
+
+def fractaldb_rate(args, cache: Path, out: Path) -> float:
+    """FractalDB images per CPU-second (one core) at 362 px and 200,000 points (see the module docstring)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+    code = FRACTALDB_CHILD.format(fractals=args.fractaldb_categories, instances=args.fractaldb_instances,
+                                  shard_size=args.fractaldb_categories * args.fractaldb_instances // 2)
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result["images"] / result["cpu"]
+
+
 def stage_costs(args) -> dict:
     """Milliseconds per image for each stage, on one core, and the chaos game's images/s."""
     import numpy as np
     from PIL import Image
 
     from fracgen import render
-    from fracgen.build import BuildConfig, make_plan
+    from fracgen.config import BuildConfig
     from fracgen.encode import encode_palette_png, encode_png
     from fracgen.perturb import perturb
+    from fracgen.plan import make_plan
     from fracgen.samples import render_sample
     from fracgen.seeds import choice_uniforms, draw_masks
 
@@ -71,6 +135,12 @@ def stage_costs(args) -> dict:
     masks = draw_masks(rng, args.points)
     render.chaos_game(maps[0], cum, uniforms, canvas.points)  # compile or load before timing
     render.raster_reference(canvas.points, masks, canvas.image)
+    lanes = render.LANES
+    lane_maps = np.array(maps[:lanes])
+    lane_masks = np.stack([masks] * lanes)
+    lane_bits = np.empty((lanes,) + canvas.bits.shape, np.uint64)
+    choices = render.map_choices(uniforms, cum)
+    render.render_chains(lane_maps, choices, lane_masks, lane_bits)
     levels = np.array([0, render.VALUE], np.uint8)
 
     def timed(fn) -> float:
@@ -103,6 +173,8 @@ def stage_costs(args) -> dict:
         "chaos game": chaos,
         "patch masks (numpy)": timed(lambda m: draw_masks(rng, args.points)),
         "raster, reference look": timed(lambda m: render.raster_reference(canvas.points, masks, canvas.image)),
+        f"chaos game + raster, {render.LANES} perturbations together (per image)": timed(
+            lambda m: render.render_chains(lane_maps, choices, lane_masks, lane_bits)) / lanes,
         "PNG encode (8-bit grey)": min(seconds["now"]),
         "PNG encode before issue 10 (1-bit palette)": min(seconds["before"]),
         "chaos_images_per_s": 1e3 / chaos,
@@ -121,12 +193,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stage-images", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5, help="whole command vs reference render, alternated")
+    # 64 categories x 2 instances in shards of 64: each shard holds about one image per category, as the shards
+    # of FractalDB-1k (1,000 x 1,000 in shards of 100) do, so nothing per category is reused within a shard
+    parser.add_argument("--fractaldb-categories", type=int, default=64)
+    parser.add_argument("--fractaldb-instances", type=int, default=2)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cold = run_build(args, tmp / "cache", tmp / "out")
         warm = [run_build(args, tmp / "cache", tmp / "out") for _ in range(args.repeats)]
+        rounds = whole_vs_reference(args, tmp / "cache", tmp / "ratio")
+        fractaldb = fractaldb_rate(args, tmp / "cache", tmp / "fractaldb")
     stages = stage_costs(args)
 
     def med(key: str) -> float:
@@ -161,6 +240,18 @@ def main() -> None:
           f"{kb['before']:.1f} KB before issue 10 (1-bit palette) and {kb['released']:.1f} KB as the released code "
           f"saves it (RGB PNG by Pillow), mean of {png_n} images")
     print(f"PNG encode time, 8-bit grey / 1-bit palette (before issue 10), same images: {encode_ratio:.2f}\n")
+    wall_ratios = [r["wall"] / r["ref_wall"] for r in rounds]
+    cpu_ratios = [r["cpu"] / r["ref_cpu"] for r in rounds]
+    print(f"whole command / plain reference render (benchmarks/reference_render.py), {len(rounds)} rounds alternated:")
+    print("| round | whole command s (CPU s) | reference render s (CPU s) | wall ratio | CPU ratio |")
+    print("|---|---:|---:|---:|---:|")
+    for i, r in enumerate(rounds):
+        print(f"| {i + 1} | {r['wall']:.2f} ({r['cpu']:.2f}) | {r['ref_wall']:.2f} ({r['ref_cpu']:.2f}) | "
+              f"{r['wall'] / r['ref_wall']:.2f} | {r['cpu'] / r['ref_cpu']:.2f} |")
+    print(f"\nwall ratio: median {statistics.median(wall_ratios):.2f} (range {min(wall_ratios):.2f}-{max(wall_ratios):.2f}); "
+          f"CPU ratio: median {statistics.median(cpu_ratios):.2f} (range {min(cpu_ratios):.2f}-{max(cpu_ratios):.2f})\n")
+    print(f"FractalDB-1k scale ({args.fractaldb_categories} categories x {args.fractaldb_instances} instances, 362 px, "
+          f"200,000 points, render + PNG + tar, one core): {fractaldb:.1f} images/s per core\n")
     print("| stage, one image, one core | ms |")
     print("|---|---:|")
     for name, ms in stages.items():

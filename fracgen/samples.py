@@ -6,6 +6,11 @@
   10 patch-mask instances and flips; a render that blows up is truncated as the released FractalDB code does.
 - ``noise``: the shared standard draws shaped by the class's distribution parameters.
 - ``real-image``: the source image under the class's geometric transform.
+
+Fractal samples of the reference look are rendered ahead (issue 13): ``shard`` announces a shard's samples with
+``render_ahead``, and the first ``render_sample`` of a chunk renders AHEAD of them together, ``render.LANES``
+chains at a time (``render.render_chains``), with the bytes of rendering each alone. A sampler with no entry in
+``BATCHED``, the points look, and systems of more maps than a map choice holds take the one-image path.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ def render_fill(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks
 
 def _perturbed_ifs(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
     cfg = plan.config
+    ready = _take_ready(plan, label, canvas)
+    if ready is not None:
+        render.expand_bits(ready[0], canvas.image)
+        return canvas.image, ready[1]
     fractal, k = divmod(label, cfg.L)
     base = plan.systems[fractal]
     rng = generator(cfg.seed, CLASS, fractal, k)
@@ -64,6 +73,10 @@ _FLIPS = (lambda im: im, lambda im: im[::-1], lambda im: im[:, ::-1], lambda im:
 
 def _fractaldb(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
     cfg = plan.config
+    ready = _take_ready(plan, label * cfg.instances + instance, canvas)
+    if ready is not None:
+        render.expand_bits(ready[0], canvas.image)
+        return _FLIPS[ready[1]["flip"]](canvas.image), ready[1]
     base = plan.systems[label]
     row, patch, flip = fractaldb_instance(instance, cfg.instances)
     maps = base.maps * fractaldb_weights()[row]
@@ -72,6 +85,68 @@ def _fractaldb(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[
                        truncate=True)
     return _FLIPS[flip](canvas.image), {"label": label, "fractal": label, "instance": instance, "weights": row,
                                         "patch": patch, "flip": flip, "fill": fill}
+
+
+def _perturbed_ifs_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
+    """1p-frac classes rendered fractal by fractal: their chains share the map choices (see
+    ``perturb.render_perturbations``). One image per class, so sample index = label."""
+    cfg = plan.config
+    by_fractal: dict[int, list[int]] = {}
+    for label in sorted({i // cfg.instances for i in indices}):
+        by_fractal.setdefault(label // cfg.L, []).append(label)
+    for fractal, labels in by_fractal.items():
+        base = plan.systems[fractal]
+        if len(base.maps) > render.MAX_CHAIN_MAPS:
+            continue  # left to the one-image path
+        rngs = [generator(cfg.seed, CLASS, fractal, label % cfg.L) for label in labels]
+        done = perturb_mod.render_perturbations(
+            base.maps, base.probabilities, choice_uniforms(cfg.seed, fractal, cfg.points), rngs, delta=cfg.delta,
+            mode=cfg.perturbation, points=cfg.points, size=cfg.size, min_fill=cfg.min_fill,
+            max_redraws=cfg.max_redraws)
+        for label, result in zip(labels, done, strict=True):
+            if not isinstance(result, int):
+                bits, maps, redraws, fill = result
+                canvas.ready[label] = (bits, {"label": label, "fractal": fractal, "perturbation": label % cfg.L,
+                                              "maps": maps.tolist(), "redraws": redraws, "fill": fill})
+            # a class with no accepted draw is left to _perturbed_ifs, which redraws it alone and raises
+
+
+def _fractaldb_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
+    """FractalDB/OFDB samples rendered LANES at a time, each chain with its category's map choices. A sample
+    whose chain diverges is left to ``_fractaldb`` (it draws the truncated chain, as the released code)."""
+    cfg = plan.config
+    choices, masks = {}, {}
+    samples = []
+    for index in indices:
+        label, instance = divmod(index, cfg.instances)
+        base = plan.systems[label]
+        if len(base.maps) > render.MAX_CHAIN_MAPS:
+            continue  # left to the one-image path
+        row, patch, flip = fractaldb_instance(instance, cfg.instances)
+        if label not in choices:
+            choices[label] = render.map_choices(choice_uniforms(cfg.seed, label, cfg.points),
+                                                np.cumsum(base.probabilities))
+        if (label, patch) not in masks:
+            masks[label, patch] = draw_masks(generator(cfg.seed, CLASS, label, patch), cfg.points)
+        samples.append((index, label, instance, row, patch, flip))
+    if not samples:
+        return
+    weights = fractaldb_weights()
+    most = max(len(plan.systems[s[1]].maps) for s in samples)
+    for start in range(0, len(samples), render.LANES):
+        batch = samples[start:start + render.LANES]
+        maps = np.zeros((len(batch), most, 6))  # rows past a system's maps are never chosen
+        for lane, (_, label, _, row, _, _) in enumerate(batch):
+            base = plan.systems[label].maps
+            maps[lane, :len(base)] = base * weights[row]
+        bits = np.empty((len(batch), cfg.size, render.words_per_row(cfg.size)), np.uint64)
+        fills = render.render_chains(maps, np.stack([choices[s[1]] for s in batch]),
+                                     np.stack([masks[s[1], s[4]] for s in batch]), bits)
+        for lane, (index, label, instance, row, patch, flip) in enumerate(batch):
+            if fills[lane] >= 0:
+                canvas.ready[index] = (bits[lane], {"label": label, "fractal": label, "instance": instance,
+                                                    "weights": row, "patch": patch, "flip": flip,
+                                                    "fill": float(fills[lane])})
 
 
 @lru_cache(maxsize=2)
@@ -116,6 +191,29 @@ def _real(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.nd
 
 
 SAMPLERS = {"perturbed-ifs": _perturbed_ifs, "fractaldb": _fractaldb, "noise": _noise, "real-image": _real}
+# Samplers that render several samples together (reference look only: the chains kernel draws that look).
+BATCHED = {"perturbed-ifs": _perturbed_ifs_ahead, "fractaldb": _fractaldb_ahead}
+AHEAD = 64  # samples rendered together: bounds the memory a shard's images, masks and choices hold at once
+
+
+def render_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
+    """Announce the samples ``render_sample`` will be asked for, in order, so that the fractal samples of the
+    reference look are rendered AHEAD at a time (see the module docstring); the bytes are those of
+    rendering each alone."""
+    canvas.order = list(indices)
+    canvas.pending = {index: at for at, index in enumerate(canvas.order)}
+
+
+def _take_ready(plan, index: int, canvas: render.Canvas) -> tuple[np.ndarray, dict] | None:
+    """The bits and metadata of a sample rendered ahead, rendering the next AHEAD announced ones if
+    needed; None when the sample is left to the one-image path."""
+    if index not in canvas.ready and index in canvas.pending:
+        at = canvas.pending[index]
+        chunk = [i for i in canvas.order[at:at + AHEAD] if canvas.pending.pop(i, None) is not None]
+        batched = BATCHED.get(PRESETS[plan.config.preset].sampler)
+        if batched is not None and plan.config.style == "reference":
+            batched(plan, chunk, canvas)
+    return canvas.ready.pop(index, None)
 
 
 def render_sample(plan, index: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:

@@ -15,7 +15,7 @@ import numpy as np
 from fracgen import dataset, render
 from fracgen.encode import encode_png
 from fracgen.plan import Plan
-from fracgen.samples import render_sample
+from fracgen.samples import render_ahead, render_sample
 
 _LEVELS = np.array([0, render.VALUE], np.uint8)  # the fractal looks: known, so no histogram per image
 
@@ -40,6 +40,7 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
     records = []
 
     def samples():
+        render_ahead(plan, plan.shard_samples[shard], canvas)
         for index in plan.shard_samples[shard]:
             image, meta = render_sample(plan, index, canvas)
             if cfg.instances == 1:

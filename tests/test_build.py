@@ -100,7 +100,17 @@ def test_redraws_are_bounded_and_recorded(tmp_path, monkeypatch):
         calls["n"] += 1
         return -1.0 if calls["n"] % 2 == 1 else real(*args, **kwargs)
 
+    real_chains = render_mod.render_chains
+
+    def flaky_chains(*args, **kwargs):  # the same for the classes rendered together (samples.render_ahead)
+        fills = real_chains(*args, **kwargs)
+        for lane in range(len(fills)):
+            calls["n"] += 1
+            fills[lane] = -1.0 if calls["n"] % 2 == 1 else fills[lane]
+        return fills
+
     monkeypatch.setattr(render_mod, "render", flaky)
+    monkeypatch.setattr(render_mod, "render_chains", flaky_chains)
     build(CFG, tmp_path / "r", workers=1, params=None)
     params = json.loads((tmp_path / "r" / "params.json").read_text())
     assert params["total_redraws"] >= 16
@@ -112,6 +122,7 @@ def test_redraws_are_bounded_and_recorded(tmp_path, monkeypatch):
         return real(*args, **kwargs) if len(checked) == 1 else -1.0
 
     monkeypatch.setattr(render_mod, "render", only_base)
+    monkeypatch.setattr(render_mod, "render_chains", lambda maps, *args: np.full(len(maps), -1.0))
     with pytest.raises(FracgenError, match="no perturbation"):
         build(BuildConfig(**{**TINY, "max_redraws": 3}), tmp_path / "never", workers=1,
               params=tmp_path / "r" / "params.json")

@@ -103,3 +103,40 @@ def test_degenerate_system_has_zero_fill():
                          draw_masks(np.random.default_rng(1), 100), canvas.image, canvas.points, "reference")
     assert fill == 0.0
     assert not canvas.image.any()
+
+
+@pytest.mark.parametrize("size", [16, 40, 64, 65, 130])
+@pytest.mark.parametrize("chains", [1, 3, 4, 9])
+def test_chains_rendered_together_match_each_alone(size, chains):
+    # the batched kernel: same fills and pixels as render(), with a diverging and a degenerate chain mixed in
+    rng = np.random.default_rng(size * 10 + chains)
+    base, _ = ifs.sample_system(3, 3.5, rng)
+    probs = ifs.probabilities(base)
+    maps = base * (1 + rng.uniform(-0.3, 0.3, (chains, 3, 6)))
+    if chains > 2:
+        maps[1] *= 4.0  # diverges
+        maps[2] = 0.0  # one point: no extent
+    uniforms = rng.random(2999)
+    masks = draw_masks(rng, 3000 * chains).reshape(chains, 3000)
+    bits = np.empty((chains, size, render.words_per_row(size)), np.uint64)
+    fills = render.render_chains(maps, render.map_choices(uniforms, np.cumsum(probs)), masks, bits)
+    canvas = render.Canvas(size, 3000)
+    image = np.empty((size, size), np.uint8)
+    for c in range(chains):
+        fill = render.render(maps[c], probs, uniforms, masks[c], canvas.image, canvas.points, "reference")
+        assert fills[c] == fill
+        if fill >= 0:
+            render.expand_bits(bits[c], image)
+            np.testing.assert_array_equal(image, canvas.image)
+    if chains > 2:
+        assert fills[1] == -1.0 and fills[2] == 0.0
+
+
+def test_chaos_game_stops_at_the_first_non_finite_point():
+    maps = np.array([[3.0, 0, 0, 3.0, 1, 1], [2.5, 0.1, 0, 2.5, -1, 0]])
+    points = np.full((5000, 2), 7.0)
+    assert not render.chaos_game(maps, np.cumsum(ifs.probabilities(maps)), np.random.default_rng(0).random(4999),
+                                 points)
+    bad = np.flatnonzero(~np.isfinite(points).all(axis=1))
+    assert len(bad) == 1 and 100 < bad[0] < 4999  # written up to the first non-finite point, the rest untouched
+    assert np.all(np.isfinite(points[: bad[0]])) and np.all(points[bad[0] + 1:] == 7.0)

@@ -1,0 +1,73 @@
+"""The speed work of issue 13 changes no pixel: small builds of every fractal preset, pinned to the images and
+metadata that commit 3d6daf6 (before the batched kernels) produced, whatever the worker count.
+
+The digests cover decoded pixels, shapes, tar member names and the cls/json payloads, not the PNG bytes, so they
+hold on any zlib. Regenerate only for a deliberate change of the look: build each case with the old code and
+print ``_digest`` of the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fracgen.build import BuildConfig, build
+
+CASES = {
+    "1p-frac": (dict(L=24, size=48, points=3000, shard_size=5, delta=0.3), "f50a3ec8fa147855"),
+    "additive": (dict(L=12, size=40, points=2000, shard_size=5, delta=0.4, perturbation="additive", fractals=2),
+                 "bc85bc9ab960bdff"),
+    "points": (dict(L=8, size=40, points=2000, shard_size=5, style="points"), "3c861dd0ce69340f"),
+    "fractaldb": (dict(preset="fractaldb", fractals=3, instances=6, size=40, points=2000, shard_size=5),
+                  "1e23262ae1185dc0"),
+    "ofdb": (dict(preset="ofdb", fractals=4, size=40, points=2000, shard_size=3), "2c894144178a4dc5"),
+    # Delta 1.2: most draws diverge or under-fill (249 redraws), so early stops and redraws are pinned too
+    "diverging": (dict(L=16, size=40, points=2000, shard_size=5, delta=1.2, min_fill=0.1), "d1ff30d40b638cc2"),
+    "fractaldb-wide": (dict(preset="fractaldb", fractals=2, instances=40, size=32, points=1500, shard_size=9),
+                       "e67793405fa5a27a"),
+}
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for tar in sorted(root.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for member in tf.getmembers():
+                data = tf.extractfile(member).read()
+                if member.name.endswith(".png"):
+                    image = np.asarray(Image.open(io.BytesIO(data)))
+                    data = image.tobytes() + str(image.shape).encode()
+                h.update(member.name.encode() + data)
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_pixels_and_metadata_match_the_pinned_build(case, tmp_path):
+    options, expected = CASES[case]
+    build(BuildConfig(**options), tmp_path / "one", workers=1)
+    assert _digest(tmp_path / "one") == expected
+    if case in ("1p-frac", "diverging"):
+        build(BuildConfig(**options), tmp_path / "two", workers=2)
+        assert _digest(tmp_path / "two") == expected
+        assert (json.loads((tmp_path / "one" / "params.json").read_text())
+                == json.loads((tmp_path / "two" / "params.json").read_text()))
+
+
+def test_systems_of_more_maps_than_a_choice_byte_holds_render_alone(tmp_path, monkeypatch):
+    # a --params system of 300 maps cannot go through the uint8 map choices of the batched path
+    from fracgen import render
+
+    monkeypatch.setattr(render, "MAX_CHAIN_MAPS", 1)  # every system now counts as too large
+    options, expected = CASES["1p-frac"]
+    build(BuildConfig(**options), tmp_path / "alone", workers=1)
+    assert _digest(tmp_path / "alone") == expected
+    options, expected = CASES["fractaldb"]
+    build(BuildConfig(**options), tmp_path / "fdb", workers=1)
+    assert _digest(tmp_path / "fdb") == expected
