@@ -201,3 +201,12 @@ def test_bad_image_folders_are_one_line(damage, fragment, tmp_path):
     with pytest.raises(TrainError, match=fragment) as info:
         open_downstream(cfg)
     assert "\n" not in str(info.value)
+
+
+def test_a_damaged_torchvision_folder_is_not_replaced(tmp_path, offline):
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    (folder / "data_batch_1").write_bytes(b"half")
+    with pytest.raises(TrainError, match="cifar-10-batches-py is there but incomplete or damaged"):
+        resolve_downstream("cifar10", tmp_path / "data")
+    assert [p.name for p in folder.iterdir()] == ["data_batch_1"] and not offline

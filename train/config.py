@@ -43,13 +43,14 @@ class DataConfig:
 
     Attributes:
         path: pre-training: a fracgen dataset (folder with ``_info.json``, a brace pattern or URL of shards);
-            fine-tuning: an ImageFolder root (``train/`` and ``test/`` or ``val/``), a torchvision name
-            (``cifar10``, ``cifar100``) or a WebDataset folder.
+            fine-tuning: a torchvision name (``cifar10``, ``cifar100``: downloaded into ``root`` once), an
+            ImageFolder root (``train/`` and ``test/`` or ``val/``), a CIFAR-style tarball (unpacked into
+            ``root`` once) or a WebDataset folder (``train/downstream.py``).
         source: ``auto`` (resident when ``train.resident`` exists and the data fit, else stream),
             ``stream`` or ``resident``.
         workers: DataLoader worker processes per rank (0: load in the main process).
         shuffle_buffer: samples in the WebDataset shuffle buffer.
-        root: download folder for torchvision datasets.
+        root: where torchvision datasets are downloaded and fine-tuning tarballs unpacked (``data/``).
         eval_path: pre-training accuracy is measured on this dataset (default: ``path`` itself, whose
             classes are the perturbations); empty to skip.
         eval_samples: at most this many samples for pre-training accuracy.

@@ -96,9 +96,9 @@ def _remove_empty(folders: list[Path]) -> None:
 def fetch_torchvision(name: str, data_root: str | Path, option: str = "--data") -> Path:
     """Make sure torchvision's ``name`` (``cifar10``, ``cifar100``) is in ``data_root``, downloading it once.
 
-    The archive is downloaded and unpacked into a temporary folder inside ``data_root`` and moved into place
-    when complete, so an interrupted or failed download leaves nothing (not even ``data_root``, when this
-    call created it).
+    The archive is downloaded and unpacked into a temporary folder inside ``data_root`` (one per process, so
+    DDP ranks may race) and moved into place when complete, so an interrupted or failed download leaves
+    nothing (not even ``data_root``, when this call created it).
 
     Returns:
         ``data_root`` as a Path.
@@ -113,6 +113,10 @@ def fetch_torchvision(name: str, data_root: str | Path, option: str = "--data") 
     if _tv_present(name, root):
         return root
     cls = _tv_class(name)
+    target = root / cls.base_folder
+    if target.exists():  # not ours to replace: torchvision's folder, incomplete or changed (md5 differs)
+        raise TrainError(f"{target} is there but incomplete or damaged (torchvision's md5 check fails): remove it "
+                         f"to download {title} again, or pass {option} with {_WHAT_TO_PASS}")
     created = _missing_parents(root)
     tmp = root / f".download-{name}-{os.getpid()}"
     timeout = socket.getdefaulttimeout()
@@ -123,10 +127,8 @@ def fetch_torchvision(name: str, data_root: str | Path, option: str = "--data") 
         download_and_extract_archive(cls.url, str(tmp), filename=cls.filename, md5=cls.tgz_md5, remove_finished=True)
         if not _tv_present(name, tmp):
             raise RuntimeError("the downloaded archive does not hold the expected files")
-        target = root / cls.base_folder
-        if target.exists():  # torchvision's own folder, incomplete or damaged (it failed the md5 check)
-            shutil.rmtree(target)
-        os.replace(tmp / cls.base_folder, target)
+        if not _tv_present(name, root):  # another rank or process may have finished first: keep theirs
+            os.replace(tmp / cls.base_folder, target)
     except Exception as e:  # noqa: BLE001 - urllib, http.client, tarfile and torchvision raise many kinds
         reason = (str(e).strip().splitlines() or [""])[0][:160]
         raise TrainError(f"{title} is not in {root}/ and could not be downloaded ({type(e).__name__}: {reason}); "
