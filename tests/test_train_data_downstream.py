@@ -210,3 +210,10 @@ def test_a_damaged_torchvision_folder_is_not_replaced(tmp_path, offline):
     with pytest.raises(TrainError, match="cifar-10-batches-py is there but incomplete or damaged"):
         resolve_downstream("cifar10", tmp_path / "data")
     assert [p.name for p in folder.iterdir()] == ["data_batch_1"] and not offline
+
+
+def test_repro_small_with_a_missing_dataset_leaves_nothing(tmp_path, monkeypatch, capsys, offline):
+    monkeypatch.chdir(tmp_path)
+    code, err = _run(monkeypatch, capsys, "repro-small", "--cpu-check", "--dataset", "out/typo", "--out", "runs/r")
+    assert code == 2 and err.count("\n") == 1 and "dataset out/typo: no such folder" in err
+    assert list(tmp_path.iterdir()) == [] and not offline
