@@ -78,7 +78,7 @@ def test_on_a_cpu_it_says_so_and_shows_progress_from_the_first_step(tiny_dataset
                      "--set", "model.kwargs={patch_size: 8, depth: 2}"])
     assert rc == 0
     err = capsys.readouterr().err
-    assert err.startswith("on a CPU (CPU ") and "no CUDA device" in err and "--img-size 64" in err
+    assert err.startswith("on a CPU (no CUDA device), CPU ") and "--img-size 64" in err
     updates = err.replace("\r", "\n")
     # the bar is drawn at step 0, before the first (slow) step, then after every step
     assert "model only (warm-up):   0%" in updates and "0/3" in updates

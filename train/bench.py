@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     paths = args.paths.split(",")
     progress = not args.no_progress
     if device.type == "cpu":
-        _say(f"on a CPU ({device_name(device)}), no CUDA device: {cfg.model.name} at {cfg.model.img_size} px, batch "
+        _say(f"on a CPU (no CUDA device), {device_name(device)}: {cfg.model.name} at {cfg.model.img_size} px, batch "
              f"{micro}, {args.warmup} + {args.steps} steps per path; a step can take minutes here (for a quick look: "
              "--img-size 64 --batch 32 --warmup 1 --steps 5)")
 
@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if args.data is None:
-                _say(f"building a small dataset (64 images, {min(args.img_size * 2, 512)} px) ...")
+                _say(f"building a small dataset (64 images, {min(args.img_size * 2, 512)} px; compiling the renderer "
+                     "can take a minute the first time) ...")
                 args.data = _build_default(Path(tmp), min(args.img_size * 2, 512), not args.no_progress)
             rows, context = run(args)
     except TrainError as e:
