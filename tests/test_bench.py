@@ -69,3 +69,27 @@ def test_bad_options_are_refused(capsys: pytest.CaptureFixture) -> None:
     assert "unknown ['gpu']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.parse_args(["--steps", "0"])
+
+
+def test_on_a_cpu_it_says_so_and_shows_progress_from_the_first_step(tiny_dataset: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    rc = bench.main(["--data", str(tiny_dataset), "--device", "cpu", "--paths", "model", "--img-size", "32",
+                     "--batch", "8", "--steps", "2", "--warmup", "1",
+                     "--set", "model.kwargs={patch_size: 8, depth: 2}"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert err.startswith("on a CPU (no CUDA device), CPU ") and "--img-size 64" in err
+    updates = err.replace("\r", "\n")
+    # the bar is drawn at step 0, before the first (slow) step, then after every step
+    assert "model only (warm-up):   0%" in updates and "0/3" in updates
+    assert "1/3" in updates and "3/3" in updates and "images/s" in updates
+    assert updates.index("0/3") < updates.index("1/3") < updates.index("3/3")
+
+
+def test_no_progress_keeps_stderr_to_the_cpu_notice(tiny_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = bench.main(["--data", str(tiny_dataset), "--device", "cpu", "--paths", "model", "--img-size", "32",
+                     "--batch", "8", "--steps", "1", "--warmup", "0", "--no-progress",
+                     "--set", "model.kwargs={patch_size: 8, depth: 2}"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "on a CPU" in err and "/1" not in err

@@ -63,7 +63,7 @@ def test_toy_sweep_runs_end_to_end_and_reruns_from_its_results(spec_file, tmp_pa
     torch.set_num_threads(1)
     spec = load_sweep(spec_file(tmp_path))
     out = tmp_path / "sweep"
-    rows = run_sweep(spec, out)
+    rows = run_sweep(spec, out, tmp_path / "data")
     assert [r["point"] for r in rows] == ["scratch", "delta0.001", "delta0.1"]
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
@@ -78,5 +78,19 @@ def test_toy_sweep_runs_end_to_end_and_reruns_from_its_results(spec_file, tmp_pa
         assert (out / "datasets" / name / "build.json").is_file()
         assert (out / "runs" / name / "pretrain" / "model.safetensors").is_file()
     stamp = (out / "runs" / "delta0.1" / "pretrain" / "metrics.json").stat().st_mtime_ns
-    assert run_sweep(spec, out) == rows  # complete parts are reused, not trained again
+    assert run_sweep(spec, out, tmp_path / "data") == rows  # complete parts are reused, not trained again
     assert (out / "runs" / "delta0.1" / "pretrain" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_finetune_data_defaults_to_cifar10_and_data_overrides_it(spec_file, tmp_path):
+    spec = yaml.safe_load(spec_file(tmp_path).read_text())
+    del spec["finetune"]["data"]
+    path = tmp_path / "no-data.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert load_sweep(path)["finetune"]["data"] == "cifar10"
+    proc = subprocess.run([sys.executable, "-m", "train", "sweep", str(path), "--out", str(tmp_path / "o"),
+                           "--data", str(tmp_path / "missing.tar.gz"), "--data-root", str(tmp_path / "data")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "unknown dataset" in proc.stderr and "(--data)" in proc.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "data").exists()

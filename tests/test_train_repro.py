@@ -1,18 +1,17 @@
 """``repro-small --cpu-check``: the GPU script runs end to end at toy scale (no figures asserted)."""
 
 import json
-from pathlib import Path
 
-import pytest
 import torch
 
 from train.repro import repro_small
+
 
 def test_repro_small_cpu_check(tiny_dataset, cifar_mini_tarball, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "repro"
     repro_small.main(["--cpu-check", "--out", str(out), "--dataset", str(tiny_dataset),
-                      "--cifar", str(cifar_mini_tarball), "--budgets", "1,2",
+                      "--cifar", str(cifar_mini_tarball), "--data-root", str(tmp_path / "data"), "--budgets", "1,2",
                       "--finetune-seconds", "1", "--variant", "lr:optim.lr=1e-3"], standalone_mode=False)
     report = json.loads((out / "repro.json").read_text())
     assert [r["name"] for r in report["runs"]] == ["budget1s", "budget2s", "lr"]
@@ -20,4 +19,6 @@ def test_repro_small_cpu_check(tiny_dataset, cifar_mini_tarball, tmp_path):
     assert report["pretrain_rate"] > 0 and report["released_schedule_estimate_min"] > 0
     assert all(0 <= r["finetune_top1"] <= 100 for r in report["runs"]) and report["scratch_top1"] is not None
     table = (out / "repro.md").read_text()
-    assert "CPU CHECK" in table and "JPEG" in table and "| lr optim.lr=1e-3 |" in table
+    assert "CPU CHECK" in table and f"fine-tuning data: {cifar_mini_tarball}" in table
+    assert "| lr optim.lr=1e-3 |" in table
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [cifar_mini_tarball.name.split(".")[0]]

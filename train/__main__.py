@@ -46,11 +46,11 @@ def _values(**flags) -> dict:
             "batch_size": "train.batch_size", "accum_steps": "train.accum_steps", "lr": "optim.lr",
             "workers": "data.workers", "device": "train.device", "seed": "train.seed",
             "source": "data.source", "checkpoint": "finetune.checkpoint", "epochs": "train.epochs",
-            "probe_blocks": "finetune.probe_blocks"}
+            "probe_blocks": "finetune.probe_blocks", "verify_data": "data.verify"}
     return {keys[k]: v for k, v in flags.items() if k in keys and v is not None}
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:
     """Pre-train timm models on fracgen datasets (LPCE) and fine-tune them on real images."""
@@ -60,6 +60,9 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @_common
 @click.option("--source", type=click.Choice(["auto", "stream", "resident"]), default=None, help="Data path.")
+@click.option("--verify-data/--no-verify-data", default=None,
+              help="Check every shard's sha256 against build.json before step 1 [default: when the dataset is "
+                   "a local build of at most 4 GiB]; sizes, sample counts and labels are always checked.")
 def pretrain(config, out, resume, overrides, **flags) -> None:
     """LPCE pre-training on a fracgen dataset (default config: the released recipe)."""
     from train.pretrain import pretrain as run
@@ -98,13 +101,21 @@ cli.add_command(repro_small)
 cli.add_command(sweep)
 
 
+def _one_line(message: str) -> str:
+    """The message itself when torch re-raised it from a DataLoader worker with the worker's traceback."""
+    if "Traceback (most recent call last)" not in message:
+        return message
+    lines = [ln for ln in message.strip().splitlines() if ln.strip()]
+    return lines[-1].split("TrainError: ", 1)[-1] if lines else message
+
+
 def main() -> None:
     """Entry point: one-line errors, exit status 2."""
     try:
         cli.main(standalone_mode=False, prog_name="python -m train")
     except TrainError as e:
         if os.environ.get("RANK", "0") == "0":  # every rank raises the same one line
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {_one_line(str(e))}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)

@@ -80,22 +80,37 @@ def _forever(source: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def time_steps(step: Callable[[torch.Tensor, torch.Tensor], None] | None, batches: Iterator,
-               warmup: int, steps: int, device: torch.device) -> float:
-    """Images per second over ``steps`` steps after ``warmup`` untimed ones (``step`` None: batches alone)."""
+               warmup: int, steps: int, device: torch.device, label: str = "", progress: bool = False) -> float:
+    """Images per second over ``steps`` steps after ``warmup`` untimed ones (``step`` None: batches alone).
+
+    ``progress`` draws a bar on stderr from before the first step (on a CPU a step can take a minute); it
+    adds no device sync, so GPU figures are unchanged.
+    """
+    from tqdm import tqdm
+
     n = 0
+    bar = tqdm(total=warmup + steps, desc=f"{label} (warm-up)" if warmup else label, unit="step", file=sys.stderr,
+               disable=not progress, mininterval=0, smoothing=0, dynamic_ncols=True)
+    bar.refresh()  # shown at 0 now, not after the first (slow) step
     for _ in range(warmup):
         images, targets = next(batches)
         if step is not None:
             step(images, targets)
+        bar.update()
     _sync(device)
+    bar.set_description(label)
     start = time.perf_counter()
     for _ in range(steps):
         images, targets = next(batches)
         if step is not None:
             step(images, targets)
         n += images.shape[0]
+        bar.update()
     _sync(device)
-    return n / (time.perf_counter() - start)
+    rate = n / (time.perf_counter() - start)
+    bar.set_postfix_str(f"{rate:,.0f} images/s")
+    bar.close()
+    return rate
 
 
 def _random_batches(cfg: Any, num_classes: int, device: torch.device, micro: int) -> Iterator:
@@ -108,11 +123,11 @@ def _random_batches(cfg: Any, num_classes: int, device: torch.device, micro: int
         k += 1
 
 
-def _build_default(folder: Path, size: int) -> Path:
+def _build_default(folder: Path, size: int, progress: bool = False) -> Path:
     from fracgen.build import BuildConfig, build
 
     out = folder / "1p-frac-bench"
-    build(BuildConfig(L=64, size=size, points=20_000, seed=0, shard_size=32), out, workers=1)
+    build(BuildConfig(L=64, size=size, points=20_000, seed=0, shard_size=32), out, workers=1, progress=progress)
     return out
 
 
@@ -141,6 +156,11 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     trainer.start()
     rows: list[Row] = []
     paths = args.paths.split(",")
+    progress = not args.no_progress
+    if device.type == "cpu":
+        _say(f"on a CPU (no CUDA device), {device_name(device)}: {cfg.model.name} at {cfg.model.img_size} px, batch "
+             f"{micro}, {args.warmup} + {args.steps} steps per path; a step can take minutes here (for a quick look: "
+             "--img-size 64 --batch 32 --warmup 1 --steps 5)")
 
     def peak() -> str:
         if device.type != "cuda":
@@ -152,7 +172,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     peak()
     if "model" in paths:
         rate = time_steps(trainer.train_step, _random_batches(cfg, num_classes, device, micro), args.warmup, args.steps,
-                          device)
+                          device, "model only", progress)
         rows.append(Row("model only (random tensors on the device)", rate, peak()))
     for path in ("stream", "resident"):
         if path not in paths:
@@ -160,15 +180,18 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
         cfg.data.source = path
         try:
             start = time.perf_counter()
+            if progress:
+                _say(f"{path}: reading the dataset ...")
             source = make_source(cfg, device, 0, 1)
             ready = time.perf_counter() - start
             kind = type(source).__name__
-            rate = time_steps(trainer.train_step, _forever(source), args.warmup, args.steps, device)
+            rate = time_steps(trainer.train_step, _forever(source), args.warmup, args.steps, device, path, progress)
             note = f"{kind}, set-up {ready:.1f} s" + (f", {cfg.data.workers} workers" if path == "stream" else "")
             note = ", ".join(x for x in (note, peak()) if x)
             rows.append(Row(f"{path} loader" if path == "stream" else "GPU-resident source", rate, note))
             if path == "resident":
-                alone = time_steps(None, _forever(source), args.warmup, args.steps, device)
+                alone = time_steps(None, _forever(source), args.warmup, args.steps, device, "resident, no model",
+                                   progress)
                 rows.append(Row("resident augmentation alone (no model)", alone, kind))
             source.close()
             del source
@@ -188,6 +211,10 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
                   f"cutmix {cfg.aug.cutmix}",
     }
     return rows, context
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _duration(seconds: float) -> str:
@@ -235,6 +262,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="config override, e.g. --set model.kwargs='{patch_size: 8}' (repeatable)")
     p.add_argument("--out", type=Path, help="append the table to this Markdown file")
     p.add_argument("--json", type=Path, help="write rows and context as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     args = p.parse_args(argv)
     for name in ("batch", "steps", "img_size"):
         if getattr(args, name) < 1:
@@ -258,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if args.data is None:
-                print(f"building a small dataset (64 images, {min(args.img_size * 2, 512)} px) ...", file=sys.stderr)
-                args.data = _build_default(Path(tmp), min(args.img_size * 2, 512))
+                _say(f"building a small dataset (64 images, {min(args.img_size * 2, 512)} px; compiling the renderer "
+                     "can take a minute the first time) ...")
+                args.data = _build_default(Path(tmp), min(args.img_size * 2, 512), not args.no_progress)
             rows, context = run(args)
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)

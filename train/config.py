@@ -43,17 +43,21 @@ class DataConfig:
 
     Attributes:
         path: pre-training: a fracgen dataset (folder with ``_info.json``, a brace pattern or URL of shards);
-            fine-tuning: an ImageFolder root (``train/`` and ``test/`` or ``val/``), a torchvision name
-            (``cifar10``, ``cifar100``) or a WebDataset folder.
+            fine-tuning: a torchvision name (``cifar10``, ``cifar100``: downloaded into ``root`` once), an
+            ImageFolder root (``train/`` and ``test/`` or ``val/``), a CIFAR-style tarball (unpacked into
+            ``root`` once) or a WebDataset folder (``train/downstream.py``).
         source: ``auto`` (resident when ``train.resident`` exists and the data fit, else stream),
             ``stream`` or ``resident``.
         workers: DataLoader worker processes per rank (0: load in the main process).
         shuffle_buffer: samples in the WebDataset shuffle buffer.
-        root: download folder for torchvision datasets.
+        root: where torchvision datasets are downloaded and fine-tuning tarballs unpacked (``data/``).
         eval_path: pre-training accuracy is measured on this dataset (default: ``path`` itself, whose
             classes are the perturbations); empty to skip.
         eval_samples: at most this many samples for pre-training accuracy.
         resident: options of the GPU-resident source (``train/resident.py``), free-form.
+        verify: check each shard's sha256 against ``build.json`` while it is read before the first step:
+            ``auto`` (when the dataset is a local build of at most 4 GiB), ``true`` or ``false``
+            (``train/shards.py``; sizes, sample counts and labels are always checked).
     """
 
     path: str = ""
@@ -64,6 +68,7 @@ class DataConfig:
     eval_path: str | None = None
     eval_samples: int = 1000
     resident: dict[str, Any] = field(default_factory=dict)
+    verify: str | bool = "auto"
 
 
 @dataclass
@@ -276,6 +281,7 @@ def validate(cfg: Config) -> None:
     t, a, o = cfg.train, cfg.aug, cfg.optim
     checks = [
         (cfg.data.source in ("auto", "stream", "resident"), "data.source must be auto, stream or resident"),
+        (cfg.data.verify == "auto" or isinstance(cfg.data.verify, bool), "data.verify must be auto, true or false"),
         (t.amp in ("bf16", "fp16", "none"), "train.amp must be bf16, fp16 or none"),
         (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), "train.device must be auto, cpu or cuda"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),

@@ -42,7 +42,10 @@ for it: ``read_info`` (the typed ``_info.json``), ``shard_urls``, ``micro_batch_
 
 The format on disk (file names, ``_info.json``, the tar layout, PNG decoding) is ``fracgen.dataset``'s alone;
 this module only maps its errors to one-line ``TrainError`` messages. Before the first step each source reads
-every shard once: the stream checks them (``check_shards``), the resident source loads them.
+every local shard once through ``train.shards.checked_samples`` (the stream checks them with ``check_shards``,
+the resident source loads them): sizes against ``build.json``, sample counts against ``_info.json``, sha256
+with ``data.verify``, labels in range, a warning for a single class. ``make_source`` hands the sources the
+``ShardSet`` (``train.shards.plan_shards``) it made from one read of ``_info.json``.
 """
 
 from __future__ import annotations
@@ -50,12 +53,10 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import braceexpand
 import numpy as np
 import torch
 from PIL import Image
@@ -67,6 +68,18 @@ from fracgen.dataset import DatasetError, DatasetInfo
 from train.augment import make_eval_transform, make_train_transform
 from train.config import Config
 from train.errors import DoesNotFit, TrainError
+from train.shards import (
+    ShardSet,
+    checked_samples,
+    is_remote,
+    plan_shards,
+    sample_label,
+    shard_samples,
+    shard_urls,
+)
+
+__all__ = ["Batch", "Source", "StreamSource", "check_shards", "iter_samples", "last_line",
+           "make_pretrain_eval_loader", "make_source", "micro_batch_size", "read_info", "shard_samples", "shard_urls"]
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +106,9 @@ class Source(Protocol):
 # The dataset on disk: fracgen.dataset (shards + _info.json in timm's schema)
 
 
-def _is_remote(path: str) -> bool:
-    return bool(re.match(r"^[a-z][a-z0-9+.-]*:", path)) and not re.match(r"^[A-Za-z]:\\", path)
-
-
 def _info_location(path: str) -> str:
     """``_info.json`` of a dataset folder, or the one beside a brace pattern / shard URL."""
-    if not _is_remote(path) and Path(path).is_dir():
+    if not is_remote(path) and Path(path).is_dir():
         return str(Path(path) / dataset.INFO_JSON)
     head = path.rsplit("/", 1)[0] if "/" in path else "."
     return f"{head}/{dataset.INFO_JSON}"
@@ -121,7 +130,7 @@ def read_info(path: str) -> DatasetInfo:
     if not path:
         raise TrainError("no dataset given: pass --data DIR (a fracgen build folder)")
     location = _info_location(path)
-    if not _is_remote(path):
+    if not is_remote(path):
         if ("{" not in path and not Path(path).exists()) or not Path(location).parent.exists():
             raise TrainError(f"dataset {path}: no such folder")
         if not Path(location).is_file():
@@ -138,81 +147,35 @@ def read_info(path: str) -> DatasetInfo:
         raise TrainError(f"dataset {path}: {e}") from None
 
 
-def shard_urls(path: str, info: DatasetInfo, split: str = "train") -> list[str]:
-    """The shard files or URLs of ``split``: from ``_info.json`` for a folder, else the expanded pattern."""
-    if not _is_remote(path) and Path(path).is_dir():
-        names = info.splits[split].filenames if split in info.splits else ()
-        urls = [str(Path(path) / n) for n in names]
-    else:
-        urls = list(braceexpand.braceexpand(path))
-    if not urls:
-        raise TrainError(f"dataset {path}: no {split} shards")
-    return urls
+def check_shards(shards: ShardSet, keep: int = 0) -> list[dict[str, Any]] | None:
+    """Read the local shards once, checked (``train.shards.checked_samples``), before training.
 
-
-def shard_samples(url: str) -> Iterator[dict[str, Any]]:
-    """The raw samples of one shard (``fracgen.dataset.iter_shard``), a local path or a URL gopen reads.
-
-    Yields:
-        ``{"__key__", "__url__", "png": bytes, "cls": bytes, ...}`` in tar order.
-
-    Raises:
-        TrainError: ``shard <url>: missing`` or ``shard <url>: corrupt tar (...)`` (after the samples before
-            the damage).
-    """
-    remote = _is_remote(url)
-    if not remote and not Path(url).is_file():
-        raise TrainError(f"shard {url}: missing")
-    try:
-        if remote:
-            with gopen(url, "rb") as stream:
-                for sample in dataset.iter_shard(stream):
-                    yield {**sample, "__url__": url}
-        else:
-            yield from dataset.iter_shard(url)
-    except (DatasetError, OSError) as e:
-        cause = str(e).removeprefix(f"shard {url}: ")
-        raise TrainError(f"shard {url}: corrupt tar ({cause})") from None
-
-
-def check_shards(urls: list[str], keep: int = 0) -> list[dict[str, Any]] | None:
-    """Read local shards once so that a missing or corrupt one is named before training.
-
-    Remote shards are not checked here; a read error while streaming names them too.
+    Remote shards are not read here; the stream checks their labels as it decodes them.
 
     Args:
-        urls: the shards, in order.
+        shards: the dataset's shards and their records.
         keep: return the first ``keep`` raw samples read (the source's ``head``).
 
     Returns:
         Those samples, or None when a shard is remote (it was not read).
 
     Raises:
-        TrainError: ``shard <path>: ...``.
+        TrainError: ``shard <path>: ...`` naming the damage.
     """
-    head: list[dict[str, Any]] | None = []
-    for url in urls:
-        if _is_remote(url):
-            head = None
-            continue
-        found = False
-        for sample in shard_samples(url):  # read to the end: a damaged tail is named now
-            found = found or "png" in sample
-            if head is not None and len(head) < keep:
-                head.append(sample)
-        if not found:
-            raise TrainError(f"shard {url}: no .png samples")
-    return head
+    head: list[dict[str, Any]] = []
+    for sample in checked_samples(shards):
+        if len(head) < keep:
+            head.append(sample)
+    return None if any(is_remote(u) for u in shards.urls) else head
 
 
-def _decode(sample: dict[str, Any]) -> tuple[np.ndarray, int]:
+def _decode(sample: dict[str, Any], num_classes: int | None = None) -> tuple[np.ndarray, int]:
     """A shard sample -> (uint8 grey (H, W) array, label); a bad sample is an error naming shard and key."""
-    where = f"shard {sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
-    if "png" not in sample or "cls" not in sample:
-        raise TrainError(f"{where}: needs png and cls entries, has {sorted(k for k in sample if k[0] != '_')}")
+    label = sample_label(sample, num_classes)
     try:
-        return dataset.decode_grey(sample["png"]), int(sample["cls"])
-    except (DatasetError, ValueError) as e:
+        return dataset.decode_grey(sample["png"]), label
+    except DatasetError as e:
+        where = f"shard {sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
         raise TrainError(f"{where}: cannot decode ({type(e).__name__}: {e})") from None
 
 
@@ -278,8 +241,8 @@ class _ShardStream(IterableDataset):
     """
 
     def __init__(self, urls: list[str], transform: Callable, rank: int, world_size: int, seed: int,
-                 epoch: int, shuffle_buffer: int):
-        self.urls, self.transform = urls, transform
+                 epoch: int, shuffle_buffer: int, num_classes: int | None = None):
+        self.urls, self.transform, self.num_classes = urls, transform, num_classes
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
         self.shuffle_buffer = max(1, shuffle_buffer)
 
@@ -299,7 +262,7 @@ class _ShardStream(IterableDataset):
             for i, sample in enumerate(s for url in mine for s in shard_samples(url)):
                 if not by_shard and i % readers != reader:
                     continue
-                image, label = _decode(sample)
+                image, label = _decode(sample, self.num_classes)
                 buffer.append((image, label))
                 if len(buffer) >= self.shuffle_buffer:
                     image, label = buffer.pop(rng.randrange(len(buffer)))
@@ -318,16 +281,18 @@ def _rgb(grey: np.ndarray) -> Image.Image:
 class StreamSource:
     """Shards streamed through DataLoader workers with timm's per-sample transforms; see module docstring.
 
-    ``info`` is the dataset's ``_info.json`` when the caller has read it already; local shards are read once
-    here (``check_shards``) so that a bad one is named before the first step.
+    ``info`` is the dataset's ``_info.json`` and ``shards`` its shards with their records, when the caller has
+    them already; local shards are read once here (``check_shards``) so that a bad one is named before the
+    first step.
     """
 
     def __init__(self, cfg: Config, device: torch.device, rank: int, world_size: int,
-                 info: DatasetInfo | None = None):
+                 info: DatasetInfo | None = None, shards: ShardSet | None = None):
         self.cfg, self.device, self.rank, self.world_size = cfg, device, rank, world_size
         info = info or read_info(cfg.data.path)
-        self.urls = shard_urls(cfg.data.path, info)
-        self.head = check_shards(self.urls, keep=cfg.data.eval_samples if cfg.data.eval_path is None else 0)
+        shards = shards or plan_shards(cfg.data.path, info, cfg.data.verify)
+        self.urls = shards.urls
+        self.head = check_shards(shards, keep=cfg.data.eval_samples if cfg.data.eval_path is None else 0)
         self.num_classes = info.num_classes
         self.num_samples = info.splits["train"].num_samples if "train" in info.splits else 0
         self.micro_batch = micro_batch_size(cfg, world_size)
@@ -343,7 +308,7 @@ class StreamSource:
         """Micro-batches ``start..len-1`` of ``epoch`` on the device (skipping costs decoding them)."""
         cfg = self.cfg
         stream = _ShardStream(self.urls, self.transform, self.rank, self.world_size, cfg.train.seed, epoch,
-                              cfg.data.shuffle_buffer)
+                              cfg.data.shuffle_buffer, self.num_classes)
         loader = DataLoader(
             stream, batch_size=self.micro_batch, num_workers=cfg.data.workers,
             pin_memory=self.device.type == "cuda", drop_last=True,
@@ -360,36 +325,38 @@ class StreamSource:
                 yield (images.to(self.device, non_blocking=non_blocking),
                        targets.to(self.device, dtype=torch.int64, non_blocking=non_blocking))
         except TrainError as e:  # from a worker: torch wraps the message in the worker's traceback
-            raise TrainError(_last_line(str(e))) from None
+            raise TrainError(last_line(str(e))) from None
 
     def close(self) -> None:
         """Nothing to release: workers end with each epoch's loader."""
 
 
-def _last_line(message: str) -> str:
+def last_line(message: str) -> str:
+    """The one line of a ``TrainError`` that torch re-raised from a DataLoader worker with its traceback."""
     lines = [ln for ln in message.strip().splitlines() if ln.strip()]
     last = lines[-1] if lines else message
     return last.split("TrainError: ", 1)[-1]
 
 
 def make_stream_source(cfg: Config, device: torch.device, rank: int, world_size: int,
-                       info: DatasetInfo | None = None) -> StreamSource:
+                       info: DatasetInfo | None = None, shards: ShardSet | None = None) -> StreamSource:
     """The streaming source of ``cfg.data.path`` for this rank (shards checked up front)."""
-    return StreamSource(cfg, device, rank, world_size, info)
+    return StreamSource(cfg, device, rank, world_size, info, shards)
 
 
 def make_source(cfg: Config, device: torch.device, rank: int, world_size: int) -> Source:
     """Pick the pre-training source for ``cfg.data.source`` (``auto | stream | resident``).
 
-    ``_info.json`` is read once here and handed to the source, which reads every shard once before the first
-    step (``shard_samples`` gives both sources the same one-line errors for a bad shard).
+    ``_info.json`` (and ``build.json``) are read once here and handed to the source, which reads every local
+    shard once before the first step through ``train.shards.checked_samples``: both sources refuse the same
+    damage (size, sample count, sha256 with ``data.verify``, labels out of range) with the same one line.
 
     Raises:
         TrainError: bad dataset, or ``resident`` forced but impossible.
     """
     mode = cfg.data.source
     info = read_info(cfg.data.path)
-    shard_urls(cfg.data.path, info)
+    shards = plan_shards(cfg.data.path, info, cfg.data.verify)
     micro_batch_size(cfg, world_size)
     if mode in ("auto", "resident"):
         try:
@@ -400,12 +367,12 @@ def make_source(cfg: Config, device: torch.device, rank: int, world_size: int) -
             resident = None
         if resident is not None:
             try:
-                return resident.make_resident_source(cfg, device, rank, world_size, info=info)
+                return resident.make_resident_source(cfg, device, rank, world_size, info=info, shards=shards)
             except DoesNotFit as e:
                 if mode == "resident":
                     raise
                 log.info("streaming instead of the resident source: %s", e)
-    return make_stream_source(cfg, device, rank, world_size, info)
+    return make_stream_source(cfg, device, rank, world_size, info, shards)
 
 
 class _SampleList(Dataset):

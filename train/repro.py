@@ -1,7 +1,9 @@
 """``make repro-small``: does 1p-frac pre-training beat scratch on CIFAR-10 within a short GPU budget?
 
-1. Build the default 1p-frac dataset (sigma 3.5, Delta 0.1, L = 1000, 512 px) with ``fracgen.build`` unless
-   ``--dataset`` names one, and unpack the CIFAR-10 JPEG copy from ``../shared/data``.
+1. Make the fine-tuning data local first (``--cifar``, default torchvision's CIFAR-10, downloaded into
+   ``--data-root`` once; or an ImageFolder root or a CIFAR-style tarball: ``train.downstream``), so a machine
+   without it stops with one line and leaves nothing; then build the default 1p-frac dataset (sigma 3.5,
+   Delta 0.1, L = 1000, 512 px) with ``fracgen.build`` unless ``--dataset`` names one.
 2. Measure the pre-training and fine-tuning rates with short calibration runs (warm-up excluded), and turn
    every time budget into a step count, so the cosine schedules end where the budget ends.
 3. Pre-train ViT-Tiny once per ``--budgets`` entry (seconds), plus once per ``--variant`` at the smallest
@@ -9,8 +11,9 @@
 4. Fine-tune each pre-trained model and one scratch model with an identical step budget; print and write
    the table (``repro.md``, ``repro.json``) with the full released schedule's time estimated from the rate.
 
-``--cpu-check`` runs the same steps at toy scale (tiny build, mini CIFAR-10, a 4-block ViT at 64 px, budgets of
-seconds) to check the script without a GPU; its figures mean nothing about transfer.
+``--cpu-check`` runs the same steps at toy scale (tiny build, a 4-block ViT at 64 px, budgets of seconds) to
+check the script without a GPU; its figures mean nothing about transfer (``--cifar`` with the mini copy,
+``../shared/data/cifar10-jpeg-mini.tar.gz``, makes it faster).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,23 +33,8 @@ from train.errors import TrainError
 
 log = logging.getLogger(__name__)
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 RELEASED_STEPS = 240_000
 RELEASED_BATCH = 256
-
-
-def unpack_cifar(tarball: Path, dest: Path) -> Path:
-    """Unpack a CIFAR tarball once (a marker file says it is complete); returns the ImageFolder root."""
-    if not tarball.is_file():
-        raise TrainError(f"CIFAR-10 copy {tarball} not found (expected ../shared/data beside the repo)")
-    marker = dest / ".unpacked"
-    if not marker.exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(tarball) as tar:
-            tar.extractall(dest, filter="data")
-        marker.write_text(tarball.name)
-    children = [p for p in dest.iterdir() if p.is_dir()]
-    return dest if (dest / "train").is_dir() else children[0]
 
 
 def _build_dataset(out: Path, cpu_check: bool, overrides: dict[str, Any]) -> Path:
@@ -74,8 +61,12 @@ def _steps(seconds: float, rate: float, batch: int) -> int:
 @click.command("repro-small")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/repro-small"), show_default=True)
 @click.option("--dataset", default=None, help="A fracgen dataset folder (default: build the default 1p-frac).")
-@click.option("--cifar", type=click.Path(path_type=Path), default=None,
-              help="CIFAR-10 JPEG tarball (default: ../shared/data/cifar10-jpeg.tar.gz, mini with --cpu-check).")
+@click.option("--cifar", default="cifar10", show_default=True,
+              help="Fine-tuning data: cifar10 / cifar100 (torchvision, downloaded into --data-root once), an "
+                   "ImageFolder root (train/, test/) or a CIFAR-style tarball, e.g. "
+                   "../shared/data/cifar10-jpeg.tar.gz.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
+              help="Where torchvision downloads and unpacked tarballs go.")
 # The defaults fit one 10-minute GPU call: 80 s scratch + (60 + 80) + (150 + 80) s, plus calibration and data.
 @click.option("--budgets", default="60,150", show_default=True, help="Pre-training budgets in seconds.")
 @click.option("--finetune-seconds", type=click.FloatRange(min=1), default=80, show_default=True)
@@ -86,12 +77,18 @@ def _steps(seconds: float, rate: float, batch: int) -> int:
 @click.option("--pretrain-set", multiple=True, metavar="KEY=VALUE", help="Override for every pre-training.")
 @click.option("--finetune-set", multiple=True, metavar="KEY=VALUE", help="Override for every fine-tuning.")
 @click.option("--cpu-check", is_flag=True, help="Toy scale on CPU, to check the script without a GPU.")
-def repro_small(out: Path, dataset: str | None, cifar: Path | None, budgets: str, finetune_seconds: float,
+def repro_small(out: Path, dataset: str | None, cifar: str, data_root: Path, budgets: str, finetune_seconds: float,
                 pretrain_img_size: int | None, variants: tuple[str, ...], pretrain_set: tuple[str, ...],
                 finetune_set: tuple[str, ...], cpu_check: bool) -> None:
-    """Pre-train on 1p-frac for a few budgets, fine-tune against scratch on CIFAR-10, print the gain."""
+    """Pre-train on 1p-frac for a few budgets, fine-tune against scratch on CIFAR-10, print the gain.
+
+    Without --cifar it fine-tunes on torchvision's CIFAR-10, downloaded into --data-root once; on a machine
+    without internet pass --cifar with a local copy.
+    """
     import torch
 
+    from train.data import read_info
+    from train.downstream import resolve_downstream
     from train.finetune import finetune
     from train.pretrain import pretrain
 
@@ -107,9 +104,11 @@ def repro_small(out: Path, dataset: str | None, cifar: Path | None, budgets: str
         if not name or not sets:
             raise TrainError(f"--variant {v!r}: expected NAME:KEY=VAL[,KEY=VAL]")
         parsed_variants.append((name, [s.strip() for s in sets.split(",") if s.strip()]))
+    if dataset:
+        read_info(dataset)  # a typo'd --dataset is one line before anything is written
+    # the fine-tuning data first: without it (no internet, no copy) nothing is built or written
+    cifar_root = resolve_downstream(cifar, data_root, "--cifar")
     out.mkdir(parents=True, exist_ok=True)
-    cifar = cifar or SHARED / ("cifar10-jpeg-mini.tar.gz" if cpu_check else "cifar10-jpeg.tar.gz")
-    cifar_root = unpack_cifar(cifar, out / "cifar10")
     ds = Path(dataset) if dataset else _build_dataset(out, cpu_check, {})
 
     pt_base, ft_base = ("tiny", "tiny-finetune") if cpu_check else ("pretrain", "finetune")
@@ -129,7 +128,8 @@ def repro_small(out: Path, dataset: str | None, cifar: Path | None, budgets: str
     def ft_cfg(steps: int, ckpt: Path | None) -> Config:
         return load_config(ft_base, [*ft_common, f"train.steps={steps}",
                                      f"optim.warmup_steps={max(1, steps // 10)}",
-                                     f"finetune.checkpoint={ckpt or 'null'}"], {"data.path": str(cifar_root)})
+                                     f"finetune.checkpoint={ckpt or 'null'}"],
+                           {"data.path": str(cifar_root), "data.root": str(data_root)})
 
     # calibration: images/s of the last log window (after warm-up and compilation)
     calib_steps = 40 if not cpu_check else 20
@@ -202,13 +202,14 @@ def _table(r: dict[str, Any]) -> str:
     lines = [
         f"repro-small on {r['device']} ({', '.join(f'{k} {v}' for k, v in r['versions'].items())})"
         + (" -- CPU CHECK AT TOY SCALE, NOT A RESULT" if r["cpu_check"] else ""),
-        f"CIFAR-10 is the JPEG q75 copy ({Path(r['cifar']).name}): figures sit slightly below published ones.",
+        f"fine-tuning data: {r['cifar']}" + (" (a JPEG q75 copy: figures sit slightly below published ones)"
+                                             if "jpeg" in str(r["cifar"]).lower() else ""),
         f"pre-training {r['pretrain_rate']:.0f} images/s; the released schedule (240k steps of 256) would take "
         f"about {r['released_schedule_estimate_min']:.0f} min at this rate",
         f"fine-tuning: {r['finetune_steps']} steps of {r['finetune_batch']} for every row; scratch top-1 "
         f"{r['scratch_top1']:.2f}%",
         "",
-        "| run | pre-train s | steps | top-1 on its classes | CIFAR-10 top-1 | gain over scratch |",
+        "| run | pre-train s | steps | top-1 on its classes | fine-tuned top-1 | gain over scratch |",
         "|---|---|---|---|---|---|",
     ]
     for run in r["runs"]:

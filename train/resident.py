@@ -35,9 +35,9 @@ from torch import Tensor
 
 from fracgen import dataset
 from fracgen.dataset import DatasetError, DatasetInfo
-from train.data import shard_samples
 from train.device_augment import DeviceAugment
 from train.errors import DoesNotFit, TrainError
+from train.shards import ShardSet, checked_samples, plan_shards
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +67,7 @@ def _read_info(root: Path) -> DatasetInfo:
 
 
 Member = dict[str, Any]
-"""One sample as ``train.data.shard_samples`` reads it (``__key__``, ``__url__``, ``png``, ``cls``, ...)."""
-
-
-def _shard_members(url: str) -> list[Member]:
-    """Every sample of one shard, in tar order, checked to have a png and an integer cls; the shard is read once."""
-    members = []
-    for sample in shard_samples(url):
-        key = sample["__key__"]
-        if "png" not in sample or "cls" not in sample:
-            raise TrainError(f"shard {url}: sample {key!r} lacks png or cls")
-        try:
-            int(sample["cls"])
-        except ValueError:
-            raise TrainError(f"shard {url}: sample {key}: cls {sample['cls'][:20]!r} is not an integer") from None
-        members.append(sample)
-    return members
+"""One sample as ``train.shards.read_shard`` reads it (``__key__``, ``__url__``, ``png``, ``cls``, ...)."""
 
 
 def _decode(member: Member) -> np.ndarray:
@@ -130,11 +115,11 @@ def load_images(root: str | Path, *, rank: int = 0, world_size: int = 1, split_r
         images (N, H, W) uint8 and labels (N,) int64, in key order.
 
     Raises:
-        TrainError: unreadable shard, a sample without png/cls, or images of different sizes.
+        TrainError: a damaged shard (``train.shards``), or images of different sizes.
     """
     root = Path(root)
     info = info or _read_info(root)
-    members = [m for name in info.train.filenames for m in _shard_members(str(root / name))]
+    members = list(checked_samples(plan_shards(str(root), info)))
     return _decode_members(root, members, rank, world_size, split_ranks, workers)
 
 
@@ -285,11 +270,12 @@ class ResidentSource:
 
 
 def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1,
-                         info: DatasetInfo | None = None) -> ResidentSource:
+                         info: DatasetInfo | None = None, shards: ShardSet | None = None) -> ResidentSource:
     """The resident source of a run config (``train.config.Config``), as ``train.data.make_source`` asks for it.
 
-    ``_info.json`` (``info``, when the caller has read it) and every shard are read once: the first shard tells
-    the image size, so the memory budget is checked before the others are read.
+    ``_info.json`` (``info``, when the caller has read it), the shard records (``shards``, likewise) and every
+    shard are read once, checked (``train.shards.checked_samples``): the first sample tells the image size, so
+    the memory budget is checked before the rest is read.
 
     Raises:
         DoesNotFit: the images exceed the memory budget, the device ran out of memory while loading them, or
@@ -308,13 +294,12 @@ def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_si
     if not root.is_dir():
         raise DoesNotFit(f"resident source: data.path {cfg.data.path!r} is not a local dataset folder")
     info = info or _read_info(root)
-    names = info.train.filenames
-    if not names:
+    if not info.train.filenames:
         raise TrainError(f"{root}: {dataset.INFO_JSON} lists no shards")
-    first = _shard_members(str(root / names[0]))
-    if not first:
-        raise TrainError(f"shard {root / names[0]}: empty")
-    height, width = _decode(first[0]).shape
+    shards = shards or plan_shards(str(root), info, getattr(cfg.data, "verify", "auto"))
+    samples = checked_samples(shards)
+    first = next(samples)  # read_shard refuses an empty shard, so there is one
+    height, width = _decode(first).shape
     num_samples = info.train.num_samples
     n_local = math.ceil(num_samples / world_size) if split else num_samples
     need = dataset_bytes(n_local, height, width, antialias)
@@ -326,11 +311,11 @@ def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_si
             f"resident source: {n_local} images of {height}x{width} need {need / 2**30:.2f} GiB "
             f"on {device}, over the budget of {budget / 2**30:.2f} GiB (data.resident.memory_budget_gb{hint})")
     augment = DeviceAugment(cfg.aug, cfg.model.img_size, device)
-    members = first + [m for name in names[1:] for m in _shard_members(str(root / name))]
+    members = [first, *samples]
     # the evaluation set (data.eval_path unset) is the first samples in shard order: keep their bytes for it
     head = members[:cfg.data.eval_samples] if getattr(cfg.data, "eval_path", "") is None else []
     images, labels = _decode_members(root, members, rank, world_size, split, opts.get("load_workers"))
-    del first, members  # the encoded bytes of every other sample
+    del first, members, samples  # the encoded bytes of every other sample
     try:
         source = ResidentSource(images, labels, info.num_classes, augment, antialias=antialias,
                                 batch_size=cfg.train.batch_size, accum_steps=cfg.train.accum_steps,

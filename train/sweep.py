@@ -8,9 +8,14 @@ and fine-tuning budgets in steps (the same for every point, so the points compar
     grid: {delta: [0.001, 0.01, 0.05, 0.1, 0.2, 1.0]}   # several keys: their cartesian product
     build: {L: 1000}
     pretrain: {config: pretrain, steps: 5000, set: ["train.batch_size=256"]}
-    finetune: {config: finetune, data: ../shared/data/cifar10-jpeg.tar.gz, steps: 2000, set: []}
+    finetune: {config: finetune, data: cifar10, steps: 2000, set: []}  # data: the default
     scratch: true                                    # fine-tune from scratch once: the baseline
     paper: {title: "CIFAR-100, paper Table 5", values: {0.001: 1.2, 0.1: 84.2}}
+
+``finetune.data`` (or ``--data``, which overrides it) is anything ``train.downstream.resolve_downstream`` takes:
+``cifar10`` / ``cifar100`` (torchvision, downloaded into ``--data-root`` once; the default), an ImageFolder root
+or a CIFAR-style tarball such as ``../shared/data/cifar10-jpeg.tar.gz``. It is made local before anything is
+built, so a machine without it stops with one line and leaves nothing.
 
 Every point's dataset, pre-training and fine-tuning go in their own folders under ``--out``; a rerun reuses the
 complete ones (a dataset with ``build.json``, a run with ``metrics.json``), so an interrupted sweep continues.
@@ -69,8 +74,11 @@ def load_sweep(name_or_path: str | Path) -> dict[str, Any]:
         steps = (spec.get(stage) or {}).get("steps")
         if not isinstance(steps, int) or steps < 1:
             raise TrainError(f"sweep config {path}: {stage}.steps must be a positive integer (the budget)")
-    if not (spec.get("finetune") or {}).get("data"):
-        raise TrainError(f"sweep config {path}: finetune.data must name the real dataset")
+    data = (spec.get("finetune") or {}).get("data", "cifar10")
+    if not isinstance(data, str) or not data:
+        raise TrainError(f"sweep config {path}: finetune.data must name the real dataset (cifar10, cifar100, an "
+                         "ImageFolder root or a tarball)")
+    spec["finetune"]["data"] = data
     spec.setdefault("name", path.stem)
     spec["_path"] = str(path)
     return spec
@@ -86,16 +94,6 @@ def _label(point: dict[str, Any]) -> str:
     return "-".join(f"{k}{v}" for k, v in point.items()).replace("/", "_")
 
 
-def _finetune_data(spec: dict[str, Any], out: Path) -> str:
-    from train.repro import unpack_cifar
-
-    data = str(spec["finetune"]["data"])
-    path = Path(data)
-    if data.endswith((".tar.gz", ".tgz")):
-        return str(unpack_cifar(path, out / "finetune-data"))
-    return str(path) if path.exists() else data  # a folder, or a torchvision name
-
-
 def _done(run: Path) -> dict[str, Any] | None:
     metrics = run / "metrics.json"
     return json.loads(metrics.read_text()) if metrics.is_file() else None
@@ -107,23 +105,28 @@ def _fresh(run: Path) -> Path:
     return run
 
 
-def run_sweep(spec: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+def run_sweep(spec: dict[str, Any], out: Path, data_root: str | Path = "data",
+              option: str = "finetune.data") -> list[dict[str, Any]]:
     """Run every point of a sweep (skipping complete parts) and write the results.
 
     Args:
         spec: a checked sweep (``load_sweep``).
         out: the sweep's folder. Relative paths in the spec are taken from the current folder.
+        data_root: where torchvision downloads and unpacked tarballs go.
+        option: how the user sets the fine-tuning data, named in errors.
 
     Returns:
         One row per point (and one for the scratch baseline).
     """
     from fracgen.build import BuildConfig, build
     from train.config import load_config
+    from train.downstream import resolve_downstream
     from train.finetune import finetune
     from train.pretrain import pretrain
 
+    # the fine-tuning data first: without it nothing is built and no folder is made
+    ft_data = resolve_downstream(str(spec["finetune"]["data"]), data_root, option)
     out.mkdir(parents=True, exist_ok=True)
-    ft_data = _finetune_data(spec, out)
     pt, ft = spec["pretrain"], spec["finetune"]
 
     def ft_run(name: str, ckpt: Path | None) -> dict[str, Any]:
@@ -131,7 +134,8 @@ def run_sweep(spec: dict[str, Any], out: Path) -> list[dict[str, Any]]:
         if (m := _done(run)) is None:
             cfg = load_config(ft.get("config", "finetune"),
                               [*ft.get("set", []), "train.epochs=0", f"train.steps={ft['steps']}",
-                               f"finetune.checkpoint={ckpt or 'null'}"], {"data.path": ft_data})
+                               f"finetune.checkpoint={ckpt or 'null'}"],
+                              {"data.path": ft_data, "data.root": str(data_root)})
             m = finetune(cfg, _fresh(run))
         return m
 
@@ -220,10 +224,21 @@ def _plot(spec, rows, keys, reference, scratch, path: Path) -> None:
 @click.command("sweep")
 @click.argument("config")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Sweep folder [default: runs/sweep-NAME].")
-def sweep(config: str, out: Path | None) -> None:
-    """Run the grid of build + pre-train + fine-tune in CONFIG (a YAML path or a name in train/configs/)."""
+@click.option("--data", default=None,
+              help="Fine-tuning data, overriding the YAML's finetune.data: cifar10 / cifar100 (downloaded into "
+                   "--data-root once), an ImageFolder root or a CIFAR-style tarball.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
+              help="Where torchvision downloads and unpacked tarballs go.")
+def sweep(config: str, out: Path | None, data: str | None, data_root: Path) -> None:
+    """Run the grid of build + pre-train + fine-tune in CONFIG (a YAML path or a name in train/configs/).
+
+    Fine-tunes on the YAML's finetune.data (default cifar10, downloaded once); on a machine without internet
+    pass --data with a local copy.
+    """
     spec = load_sweep(config)
+    if data:
+        spec["finetune"]["data"] = data
     out = out or Path("runs") / f"sweep-{spec['name']}"
-    rows = run_sweep(spec, out)
+    rows = run_sweep(spec, out, data_root, "--data" if data else f"--data (or finetune.data in {spec['_path']})")
     click.echo((out / "results.md").read_text())
     click.echo(f"{len(rows)} rows: {out / 'results.csv'}, {out / 'results.png'}")

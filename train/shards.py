@@ -1,0 +1,300 @@
+"""A fracgen dataset's shards, read once before the first step and checked against what the build recorded.
+
+Every pre-training source (``train/data.py``'s stream, ``train/resident.py``) reads its shards through
+``checked_samples``, so each gets the same checks from its one read:
+
+- before a shard is read, its size against ``build.json`` (a cut or replaced file is refused unread);
+- while it is read, every sample has a ``png`` and an integer ``cls`` in ``[0, num_classes)`` (a label out of
+  range is one line naming the shard and the key, not a CUDA assert or a RuntimeError in the loss);
+- after it is read, its sample count against ``_info.json`` (a tar cut at a member boundary reads as a
+  valid, shorter tar) and, when ``data.verify`` is on, its sha256 against ``build.json``, hashed while read
+  (a flipped byte inside a PNG that still decodes);
+- after all, a warning when the dataset has a single class (top-1 is then 100 % by construction).
+
+``data.verify`` (``--verify-data`` / ``--no-verify-data``): ``auto`` checks sha256 when the dataset is a local
+folder with a ``build.json`` and its shards add up to at most ``VERIFY_AUTO_MAX_BYTES``; ``true`` insists
+(an error when there is nothing to check against); ``false`` skips it. Remote shards are not read before
+training; the streaming source checks their labels as it decodes them.
+
+The format on disk is ``fracgen.dataset``'s: this module only compares and maps its errors to ``TrainError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import braceexpand
+from webdataset.gopen import gopen
+
+from fracgen import dataset
+from fracgen.dataset import DatasetError, DatasetInfo
+from fracgen.errors import FracgenError
+from train.errors import TrainError
+
+log = logging.getLogger(__name__)
+
+VERIFY_AUTO_MAX_BYTES = 4 * 2**30
+"""``data.verify: auto`` hashes the shards when they add up to at most this (about 2 s per GB here)."""
+
+_CHUNK = 1 << 20
+
+
+def is_remote(path: str) -> bool:
+    """True for a URL webdataset opens (``https://``, ``pipe:``, ``s3://``...), false for a local path."""
+    return bool(re.match(r"^[a-z][a-z0-9+.-]*:", path)) and not re.match(r"^[A-Za-z]:\\", path)
+
+
+def shard_urls(path: str, info: DatasetInfo, split: str = "train") -> list[str]:
+    """The shard files or URLs of ``split``: from ``_info.json`` for a folder, else the expanded pattern.
+
+    Raises:
+        TrainError: no shards, or a file name in ``_info.json`` that points outside the folder.
+    """
+    if not is_remote(path) and Path(path).is_dir():
+        root = Path(path)
+        names = info.splits[split].filenames if split in info.splits else ()
+        for name in names:  # a hostile _info.json must not make the trainer read files elsewhere
+            if Path(name).is_absolute() or not (root / name).resolve().is_relative_to(root.resolve()):
+                raise TrainError(f"dataset {path}: {dataset.INFO_JSON} names shard {name!r} outside the folder")
+        urls = [str(root / n) for n in names]
+    else:
+        urls = list(braceexpand.braceexpand(path))
+    if not urls:
+        raise TrainError(f"dataset {path}: no {split} shards")
+    return urls
+
+
+def shard_samples(url: str) -> Iterator[dict[str, Any]]:
+    """The raw samples of one shard (``fracgen.dataset.iter_shard``), a local path or a URL gopen reads.
+
+    Unchecked: ``read_shard`` is the checked read.
+
+    Yields:
+        ``{"__key__", "__url__", "png": bytes, "cls": bytes, ...}`` in tar order.
+
+    Raises:
+        TrainError: ``shard <url>: missing`` or ``shard <url>: corrupt tar (...)`` (after the samples before
+            the damage).
+    """
+    remote = is_remote(url)
+    if not remote and not Path(url).is_file():
+        raise TrainError(f"shard {url}: missing")
+    try:
+        if remote:
+            with gopen(url, "rb") as stream:
+                for sample in dataset.iter_shard(stream):
+                    yield {**sample, "__url__": url}
+        else:
+            yield from dataset.iter_shard(url)
+    except (DatasetError, OSError) as e:
+        raise TrainError(f"shard {url}: corrupt tar ({_cause(e, url)})") from None
+
+
+def _cause(e: Exception, url: str) -> str:
+    return str(e).removeprefix(f"shard {url}: ")
+
+
+def sample_label(sample: dict[str, Any], num_classes: int | None = None) -> int:
+    """The integer label of a raw sample, checked to be in ``[0, num_classes)``.
+
+    Raises:
+        TrainError: naming the shard and the key: no png/cls, a cls that is not an integer, or out of range.
+    """
+    where = f"shard {sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
+    if "png" not in sample or "cls" not in sample:
+        raise TrainError(f"{where}: needs png and cls entries, has {sorted(k for k in sample if k[0] != '_')}")
+    try:
+        label = int(sample["cls"])
+    except ValueError:
+        raise TrainError(f"{where}: cls {sample['cls'][:20]!r} is not an integer") from None
+    if num_classes is not None and not 0 <= label < num_classes:
+        raise TrainError(f"{where}: label {label} is out of range for the {num_classes} classes of "
+                         f"{dataset.INFO_JSON} (num_classes); the dataset is damaged or mislabelled")
+    return label
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard and what the dataset recorded about it (None: not recorded, not checked)."""
+
+    url: str
+    num_samples: int | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class ShardSet:
+    """The shards of a dataset's train split, with the records they are checked against.
+
+    Attributes:
+        path: the dataset as given (folder, brace pattern or URL).
+        num_classes: from ``_info.json``.
+        shards: in ``_info.json`` order (folder) or pattern order.
+        verify: sha256 is checked while reading.
+        labels: the distinct labels met by ``checked_samples`` so far.
+    """
+
+    path: str
+    num_classes: int
+    shards: list[Shard]
+    verify: bool = False
+    labels: set[int] = field(default_factory=set)
+
+    @property
+    def urls(self) -> list[str]:
+        """The shards' paths or URLs, in order."""
+        return [s.url for s in self.shards]
+
+
+def _build_records(folder: Path) -> dict[str, dict[str, Any]] | None:
+    """``build.json``'s shard records by file name, or None when the folder holds no build.json."""
+    if not dataset.is_complete(folder):
+        return None
+    try:
+        build = dataset.read_build(folder)
+    except FracgenError as e:
+        raise TrainError(f"dataset {folder}: {e}") from None
+    return {str(r.get("filename")): r for r in build["shards"] if isinstance(r, dict)}
+
+
+def _parse_verify(verify: str | bool) -> str:
+    value = ("true" if verify else "false") if isinstance(verify, bool) else str(verify).lower()
+    if value not in ("auto", "true", "false"):
+        raise TrainError(f"data.verify must be auto, true or false (got {verify!r})")
+    return value
+
+
+def plan_shards(path: str, info: DatasetInfo, verify: str | bool = "auto") -> ShardSet:
+    """The train shards of ``path`` with their expected counts (``_info.json``) and sizes/sha256 (``build.json``).
+
+    Args:
+        path: a dataset folder, a brace pattern of shards or a URL.
+        info: its ``_info.json``.
+        verify: ``auto``, ``true`` or ``false`` (see the module docstring).
+
+    Raises:
+        TrainError: bad ``build.json``, or ``verify`` true with nothing to check against.
+    """
+    mode = _parse_verify(verify)
+    urls = shard_urls(path, info)
+    split = info.splits.get("train")
+    counts = dict(zip(split.filenames, split.shard_lengths, strict=True)) if split else {}
+    local = not any(is_remote(u) for u in urls)
+    folder = Path(path) if local and Path(path).is_dir() else Path(urls[0]).parent
+    records = _build_records(folder) if local else None
+    shards = []
+    for url in urls:
+        name = url.rsplit("/", 1)[-1]
+        record = (records or {}).get(name, {})
+        size, digest = record.get("bytes"), record.get("sha256")
+        shards.append(Shard(url, counts.get(name), size if isinstance(size, int) else None,
+                            digest if isinstance(digest, str) else None))
+    hashed = [s for s in shards if s.sha256]
+    if mode == "true" and (not local or len(hashed) != len(shards)):
+        raise TrainError(f"data.verify=true: {path} has no {dataset.BUILD_JSON} with the sha256 of every shard "
+                         "to check against (a local fracgen build has one); pass --no-verify-data")
+    on = False
+    if mode == "true":
+        on = True
+    elif mode == "auto" and hashed and len(hashed) == len(shards):
+        total = sum(s.bytes or 0 for s in shards)
+        on = total <= VERIFY_AUTO_MAX_BYTES
+        if not on:
+            log.info("data.verify=auto: %.1f GB of shards, sha256 not checked (--verify-data checks it)",
+                     total / 1e9)
+    if not on:
+        shards = [Shard(s.url, s.num_samples, s.bytes) for s in shards]
+    return ShardSet(path, info.num_classes, shards, verify=on)
+
+
+class _HashingReader:
+    """A read-only binary stream over a file that hashes every byte read (the shard is read once)."""
+
+    def __init__(self, f: IO[bytes], name: str, digest: Any):
+        self._f, self.name, self._digest = f, name, digest
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        if self._digest is not None:
+            self._digest.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        """The sha256 of the bytes read so far."""
+        return self._digest.hexdigest()
+
+    def drain(self) -> None:
+        """Read what the tar reader left (end-of-archive blocks), so the digest covers the whole file."""
+        while self.read(_CHUNK):
+            pass
+
+
+def read_shard(shard: Shard, num_classes: int, labels: set[int] | None = None) -> Iterator[dict[str, Any]]:
+    """The samples of one local shard, read once and checked (see the module docstring).
+
+    Args:
+        shard: the shard and its records.
+        num_classes: labels must be in ``[0, num_classes)``.
+        labels: when given, the labels met are added to it.
+
+    Yields:
+        The raw samples (``fracgen.dataset.iter_shard`` dicts), in tar order.
+
+    Raises:
+        TrainError: one line naming the shard (and the key, for a bad sample) and the damage.
+    """
+    url = shard.url
+    path = Path(url)
+    if not path.is_file():
+        raise TrainError(f"shard {url}: missing")
+    size = path.stat().st_size
+    if shard.bytes is not None and size != shard.bytes:
+        raise TrainError(f"shard {url}: {size} bytes, {dataset.BUILD_JSON} records {shard.bytes} (cut short or "
+                         f"replaced since the build; `fracgen verify {path.parent}` checks the whole dataset)")
+    count = 0
+    try:
+        with open(path, "rb") as f:
+            reader = _HashingReader(f, url, hashlib.sha256() if shard.sha256 else None)
+            for sample in dataset.iter_shard(reader):
+                label = sample_label(sample, num_classes)
+                if labels is not None:
+                    labels.add(label)
+                count += 1
+                yield sample
+            reader.drain()
+    except (DatasetError, OSError) as e:
+        raise TrainError(f"shard {url}: corrupt tar ({_cause(e, url)})") from None
+    if count == 0:
+        raise TrainError(f"shard {url}: no samples")
+    if shard.num_samples is not None and count != shard.num_samples:
+        raise TrainError(f"shard {url}: {count} samples, {dataset.INFO_JSON} lists {shard.num_samples} (cut short "
+                         f"or replaced since the build; `fracgen verify {path.parent}` checks the whole dataset)")
+    if shard.sha256 is not None:
+        digest = reader.hexdigest()
+        if digest != shard.sha256:
+            raise TrainError(f"shard {url}: sha256 {digest[:12]}... does not match {dataset.BUILD_JSON} "
+                             f"({shard.sha256[:12]}...): its bytes changed since the build (--no-verify-data "
+                             "trains on it anyway)")
+
+
+def checked_samples(shards: ShardSet) -> Iterator[dict[str, Any]]:
+    """Every sample of the local shards of ``shards``, each shard read once and checked, in order.
+
+    Remote shards are skipped (they are read while streaming). At the end, a dataset of one class is warned
+    about.
+    """
+    for shard in shards.shards:
+        if not is_remote(shard.url):
+            yield from read_shard(shard, shards.num_classes, shards.labels)
+    if shards.num_classes == 1 or len(shards.labels) == 1:
+        label = next(iter(shards.labels), 0)
+        log.warning("dataset %s has a single class (label %d of num_classes %d): every image has the same label, "
+                    "so pre-training on it learns nothing and top-1 is 100%% by construction", shards.path, label,
+                    shards.num_classes)
