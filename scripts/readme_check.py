@@ -9,7 +9,8 @@
   need a token) are listed as not run: they need a GPU, the network or minutes of CPU.
 - `fracgen build` and `build-real` run at toy size: `--L`, `--fractals`, `--instances`, `--categories`, `--size`
   and `--points` are capped (the preset's own records say which options it takes, so a missing `--size` is
-  added only where the preset reads it). Folders, options and their order stay as written, so two blocks that
+  added only where the preset reads it; a `--shard-range` command keeps its class counts, which decide the
+  shards). Folders, options and their order stay as written, so two blocks that
   write into one folder still collide here as they would for the user.
 - `photo.jpg`, the image the README's `build-real` examples name, is made first (any photo works for a user).
 - Fenced `python` blocks run too (in a fresh interpreter, in the scratch folder), except a block right after an
@@ -84,6 +85,8 @@ def toy(words: list[str]) -> list[str]:
     words = list(words)
     for option, cap in TOY_CAPS.items():
         flag = f"--{option}"
+        if flag in words and "--shard-range" in words and option in ("L", "fractals", "instances", "categories"):
+            continue  # the shard count decides which ranges exist: keep the example's
         if flag in words:
             k = words.index(flag) + 1
             try:
