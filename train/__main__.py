@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -89,7 +90,10 @@ def _report(metrics: dict, out: Path, summary) -> None:
     if os.environ.get("RANK", "0") != "0":
         return
     if metrics.get("stopped"):
-        click.echo(f"stopped at step {metrics['steps']} (train.stop_at); continue with --resume --out {out}")
+        reason = metrics.get("reason", "train.stop_at")
+        click.echo(f"stopped at step {metrics['steps']} ({reason}); continue with --resume --out {out}")
+        if reason.startswith("SIG"):  # stopped by a signal: the shell's convention, 128 + its number
+            sys.exit(128 + signal.Signals[reason].value)
     else:
         click.echo(summary())
 
