@@ -163,6 +163,13 @@ def test_run_folder_loads_in_timm_alone_with_the_trainers_logits(tiny_dataset, t
         random_init = timm.create_model(f"local-dir:{tmp_path / 'run'}").eval()
         assert not torch.allclose(random_init(x), trained(x))  # the weights came from the folder
     assert tuple(timm.data.resolve_data_config({}, model=model)["mean"]) == (0.25, 0.5, 0.75)
+    # what timm's push_to_hf_hub uploads (save_for_hf of the loaded model) loads back the same
+    from timm.models import save_for_hf
+
+    save_for_hf(model, str(tmp_path / "pushed"), safe_serialization=True)
+    again = timm.create_model(f"local-dir:{tmp_path / 'pushed'}", pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.equal(again(x), trained(x))
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,7 @@ def pretrain(config, out, resume, overrides, **flags) -> None:
 
 @cli.command()
 @_common
-@click.option("--checkpoint", default=None, help="Pre-trained model.safetensors (omit: from scratch).")
+@click.option("--checkpoint", default=None, help="Pre-trained run folder or its model.safetensors (omit: from scratch).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Fine-tuning epochs.")
 @click.option("--probe-blocks", type=click.IntRange(min=0), default=None,
               help="Freeze embeddings + first k blocks (k = depth: linear probe).")

@@ -43,11 +43,6 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     check_model_name(cfg.model.name)
     check_tensorboard(cfg)
     env = setup(cfg)
-    if env.device.type == "cpu" and env.is_main:
-        log.warning("pre-training on the CPU (no CUDA device is visible): %d steps of %d images at %d px. The released "
-                    "recipe (240,000 steps of 256 at 224 px) is sized for GPUs; the time of the first step, logged "
-                    "next, gives this run's length here. For a CPU run use --config tiny (64 px, 300 steps)",
-                    cfg.train.steps, cfg.train.batch_size, cfg.model.img_size)
     seed_everything(cfg.train.seed)
     source = make_source(cfg, env.device, env.rank, env.world_size)
     model = create_model(cfg, source.num_classes)
@@ -55,6 +50,8 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     # source kept their bytes from its one read of the shards (its ``head``), and need not hold them longer
     head, source.head = getattr(source, "head", None), None
     eval_loader = make_pretrain_eval_loader(cfg, head) if env.is_main else None
+    if env.device.type == "cpu" and env.is_main:
+        _say_cpu(cfg)
     from_checkpoint = start_run_folder(out, cfg, resume, env.is_main)
     amp = amp_dtype(cfg.train.amp, env.device)
 
@@ -81,3 +78,20 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     if not result.get("stopped") and not result["steps"]:
         raise TrainError("no step was trained")
     return result
+
+
+# the tiny config's work (steps x batch x pixels), which a CPU does in minutes
+_CPU_SIZED = 300 * 32 * 64 * 64
+
+
+def _say_cpu(cfg: Config) -> None:
+    """Say that the run is on the CPU; a warning with the released recipe's scale when it is far beyond tiny."""
+    t, px = cfg.train, cfg.model.img_size
+    if t.steps * t.batch_size * px * px <= 10 * _CPU_SIZED:
+        log.info("pre-training on the CPU (no CUDA device is visible): %d steps of %d images at %d px",
+                 t.steps, t.batch_size, px)
+        return
+    log.warning("pre-training on the CPU (no CUDA device is visible): %d steps of %d images at %d px. The released "
+                "recipe (240,000 steps of 256 at 224 px) is sized for GPUs; the time of the first step, logged "
+                "next, gives this run's length here. For a CPU run use --config tiny (64 px, 300 steps)",
+                t.steps, t.batch_size, px)
