@@ -227,3 +227,26 @@ def test_tensorboard_scalars_and_the_missing_package(tiny_dataset, tmp_path, mon
     assert scalars[0] == ("dir", str(tmp_path / "tb" / "tensorboard"), None)
     assert [s[2] for s in scalars if s[0] == "train/loss"] == [1, 2, 3]
     assert {s[0] for s in scalars} >= {"train/lr", "train/images_per_s", "closed"}
+
+
+def test_sigterm_under_torchrun_stops_every_rank_at_one_step(tiny_dataset, tmp_path):
+    """2 CPU ranks (gloo): torchrun forwards SIGTERM, the ranks agree on the step, --resume ends where a straight
+    run ends."""
+    def cmd(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29563",
+                "-m", "train", "pretrain", "--config", "tiny", "--data", str(tiny_dataset), "--out", str(out),
+                "--steps", "30", *[a for o in QUICK for a in ("--set", o)], *extra]
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd(tmp_path / "stopped"), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_step(proc, tmp_path / "stopped", 3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    status = json.loads((tmp_path / "stopped" / "run.json").read_text())
+    assert status["status"] == "stopped" and status["reason"] == "SIGTERM", stderr[-2000:]
+    assert stderr.count(f"stopped at step {status['step']} of 30 (SIGTERM)") == 2  # both ranks, the same step
+    for out, extra in ((tmp_path / "stopped", ["--resume"]), (tmp_path / "straight", [])):
+        done = subprocess.run(cmd(out, *extra), cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_weights(tmp_path / "straight", tmp_path / "stopped")

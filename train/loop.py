@@ -6,8 +6,8 @@ The loop only sees a source (``train.data`` module docstring): ``source.batches(
 
 SIGTERM and SIGINT (Ctrl-C, a cluster's time limit) do not kill the run: the step under way finishes, a
 checkpoint is written and the run ends "stopped", so that ``--resume`` continues exactly. A second SIGINT
-interrupts at once (the last checkpoint stands). Under ``torchrun`` the ranks agree on the stop at the next
-log row, where they synchronise anyway.
+interrupts at once (the last checkpoint stands). Under ``torchrun`` the ranks agree on the stop one step
+later (``StopRequest.agreed``).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def evaluate(model: torch.nn.Module, loader: Any, device: torch.device, amp_dtyp
 
 
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+_flag_group: Any = None  # the gloo process group the ranks' stop flags are reduced on
 
 
 class StopRequest:
@@ -63,6 +64,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signal: int | None = None
         self.pid = os.getpid()
+        self.pending: tuple[torch.Tensor, Any] | None = None
 
     def handle(self, signum: int, frame: Any) -> None:
         if os.getpid() != self.pid:
@@ -74,14 +76,32 @@ class StopRequest:
                     signal.Signals(signum).name)
 
     def agreed(self, env: Dist) -> bool:
-        """Whether any rank was asked to stop (a collective: every rank must call at the same step)."""
+        """Whether the run stops after this step: any rank was asked to, as all ranks learn at the same step.
+
+        Every rank calls it once per step. Across ranks the flags are reduced on a gloo group, asynchronously:
+        the answer of step n arrives at step n + 1, so no step waits for it (and the GPU is never synced).
+        """
         if env.world_size == 1:
             return self.signal is not None
-        flag = torch.tensor([0 if self.signal is None else self.signal], device=env.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if self.signal is None and flag.item():
-            self.signal = int(flag.item())
-        return bool(flag.item())
+        global _flag_group
+        if _flag_group is None:  # made once per process, by every rank at the same point (its first step)
+            _flag_group = dist.new_group(backend="gloo")
+        if self.pending is not None:
+            flag, work = self.pending
+            work.wait()
+            self.pending = None
+            if flag.item():
+                self.signal = self.signal or int(flag.item())
+                return True
+        flag = torch.tensor([self.signal or 0])
+        self.pending = (flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_flag_group, async_op=True))
+        return False
+
+    def settle(self) -> None:
+        """Wait for the last reduction (every rank posted it), so none is left behind at the end of the run."""
+        if self.pending is not None:
+            self.pending[1].wait()
+            self.pending = None
 
     @property
     def reason(self) -> str:
@@ -94,10 +114,12 @@ def stop_on_signals() -> Iterator[StopRequest]:
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
+        request.settle()
         return
     previous = {s: signal.signal(s, request.handle) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield request
+        request.settle()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -205,10 +227,7 @@ def _train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, 
                 progress.row(step, last_loss, trainer.lr, last_rate)
                 loss_sum.zero_()
                 window_steps, window_images, window_t0 = 0, 0, now
-                # ranks agree where they synchronise anyway; one process looks at every step
-                stopping = stop.agreed(env)
-            else:
-                stopping = env.world_size == 1 and stop.agreed(env)
+            stopping = stop.agreed(env)
             progress.step(step, trainer.lr, lambda s=loss_sum, n=window_steps, i=window_images, t0=window_t0: (
                 s.item() / max(n, 1), i / max(time.perf_counter() - t0, 1e-9)))
             if t.ckpt_every and step % t.ckpt_every == 0 and step < total_steps and not stopping:
