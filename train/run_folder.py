@@ -19,7 +19,6 @@ While it trains, rank 0 shows progress on stderr: a tqdm bar on a terminal, plai
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
 import logging
 import os
@@ -31,6 +30,11 @@ from typing import Any
 
 import torch.distributed as dist
 from tqdm import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no guard against a second process in the same folder
+    fcntl = None
 
 from train.checkpoint import checkpoint_files
 from train.config import Config
@@ -52,6 +56,8 @@ _locks: dict[Path, int] = {}  # run folder -> the descriptor holding its flock, 
 
 def _take_lock(out: Path) -> str:
     """Hold ``out/.lock`` for this process; an error message when another process holds it."""
+    if fcntl is None:
+        return ""
     fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
