@@ -91,7 +91,7 @@ def _report(metrics: dict, out: Path, summary) -> None:
         return
     if metrics.get("stopped"):
         reason = metrics.get("reason", "train.stop_at")
-        click.echo(f"stopped at step {metrics['steps']} ({reason}); continue with --resume --out {out}")
+        click.echo(f"stopped at step {metrics['steps']} ({reason}); a checkpoint is in {out}: the same command with --resume continues")
         if reason.startswith("SIG"):  # stopped by a signal: the shell's convention, 128 + its number
             sys.exit(128 + signal.Signals[reason].value)
     else:
