@@ -199,7 +199,7 @@ def test_finetune_takes_the_architecture_from_a_run_folder_and_reloads_with_its_
     loader = torch.utils.data.DataLoader(test_set, batch_size=100)
     assert evaluate(model, loader, torch.device("cpu"), None) == m["top1"]  # the head came back with it
 
-    with pytest.raises(TrainError, match="drop depth"):
+    with pytest.raises(TrainError, match=r"drop model.kwargs.depth \(the checkpoint's kwargs are used\)"):
         finetune(load_config("tiny-finetune", ["model.kwargs={depth: 2}", f"finetune.checkpoint={tmp_path / 'pt'}"],
                              {"data.path": str(cifar_mini)}), tmp_path / "bad")
 

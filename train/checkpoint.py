@@ -245,9 +245,10 @@ def adopt_architecture(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
     arch = read_architecture(checkpoint)
     clash = {k: v for k, v in cfg.model.kwargs.items() if k not in arch["kwargs"] or arch["kwargs"][k] != v}
     if arch["model"] != cfg.model.name or clash:
+        fix = (f"set model.name={arch['model']} (--model)" if arch["model"] != cfg.model.name else
+               f"drop {', '.join('model.kwargs.' + k for k in clash)} (the checkpoint's kwargs are used)")
         raise TrainError(f"checkpoint {arch['path']} is a {arch['model']} {arch['kwargs'] or ''} model, this run "
-                         f"builds {cfg.model.name} {cfg.model.kwargs or ''}: drop {', '.join(clash) or 'model.name'} "
-                         f"or set {'model.name=' + arch['model'] if arch['model'] != cfg.model.name else 'it'} to match")
+                         f"builds {cfg.model.name} {cfg.model.kwargs or ''}: {fix}")
     cfg.model.kwargs = dict(arch["kwargs"])
     return arch
 
