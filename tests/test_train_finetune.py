@@ -14,6 +14,7 @@ from train.errors import TrainError
 from train.finetune import finetune
 from train.pretrain import pretrain
 
+
 @pytest.fixture(scope="module")
 def cifar_mini(cifar_mini_tarball, tmp_path_factory) -> Path:
     """The mini CIFAR-10 (100 train + 20 test images per class) unpacked as an ImageFolder root."""

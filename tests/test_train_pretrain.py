@@ -77,7 +77,7 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path):
               "aug.rrc_scale=[0.08,1.0]", "model.drop_path=0.1", "data.eval_path=''"]
     pretrain(tiny_cfg(tiny_dataset, *recipe), tmp_path / "straight")
     stopped = pretrain(tiny_cfg(tiny_dataset, *recipe, "train.stop_at=3"), tmp_path / "resumed")
-    assert stopped == {"stopped": True, "steps": 3}
+    assert stopped == {"stopped": True, "steps": 3, "reason": "train.stop_at"}
     assert json.loads((tmp_path / "resumed" / "run.json").read_text())["status"] == "stopped"
     pretrain(tiny_cfg(tiny_dataset, *recipe), tmp_path / "resumed", resume=True)
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def pretrain(config, out, resume, overrides, **flags) -> None:
 
 @cli.command()
 @_common
-@click.option("--checkpoint", default=None, help="Pre-trained model.safetensors (omit: from scratch).")
+@click.option("--checkpoint", default=None, help="Pre-trained run folder or its model.safetensors (omit: from scratch).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Fine-tuning epochs.")
 @click.option("--probe-blocks", type=click.IntRange(min=0), default=None,
               help="Freeze embeddings + first k blocks (k = depth: linear probe).")
@@ -92,7 +93,10 @@ def _report(metrics: dict, out: Path, summary) -> None:
     if os.environ.get("RANK", "0") != "0":
         return
     if metrics.get("stopped"):
-        click.echo(f"stopped at step {metrics['steps']} (train.stop_at); continue with --resume --out {out}")
+        reason = metrics.get("reason", "train.stop_at")
+        click.echo(f"stopped at step {metrics['steps']} ({reason}); a checkpoint is in {out}: the same command with --resume continues")
+        if reason.startswith("SIG"):  # stopped by a signal: the shell's convention, 128 + its number
+            sys.exit(128 + signal.Signals[reason].value)
     else:
         click.echo(summary())
 

@@ -1,8 +1,15 @@
-"""Checkpoints: the model as safetensors with its context, the training state for ``--resume``, and loading both.
+"""Checkpoints: the model in timm's folder layout, the training state for ``--resume``, and loading both.
 
 In a run folder (``train/run_folder.py``):
+    config.json        timm's model config (``timm.models.save_config_for_hf``): architecture, num_classes,
+                       model_args (the run's kwargs, img_size), mean/std; ``timm.create_model("local-dir:RUN",
+                       pretrained=True)`` rebuilds the trained model from it and model.safetensors
     model.safetensors  the model (metadata: model name, timm kwargs, img_size, num_classes, step, config as JSON)
     state.pt           optimizer, scheduler, scaler, step, epoch, every rank's RNG states: what ``--resume`` needs
+
+Every file is written under a temporary name and renamed, mode 0644 (safetensors writes 0600). The three are
+renamed one after the other, so a kill between two renames leaves files of different steps: ``--resume``
+compares the steps and refuses such a pair.
 """
 
 from __future__ import annotations
@@ -31,6 +38,17 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
+TIMM_CONFIG_FILE = "config.json"
+# kwargs timm records that are not the architecture: the head and resolution are chosen by each run
+_NOT_ARCHITECTURE = ("num_classes", "img_size", "pretrained_model_args")
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename a finished temporary file into place with the mode the user's umask gives new files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -76,35 +94,80 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
 
 
 def save_model(model: torch.nn.Module, path: Path, cfg: Config, num_classes: int, step: int,
-               extra: dict[str, Any] | None = None) -> None:
-    """Write the model as safetensors with its name, timm kwargs and config in the metadata (atomically)."""
+               extra: dict[str, Any] | None = None, publish: bool = True) -> Path:
+    """Write the model as safetensors with its name, timm kwargs and config in the metadata.
+
+    Returns:
+        ``path``, or with ``publish=False`` the temporary file still to be renamed onto it (``_publish``).
+    """
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
     meta = {"model": cfg.model.name, "kwargs": json.dumps(cfg.model.kwargs), "img_size": str(cfg.model.img_size),
             "num_classes": str(num_classes), "step": str(step), "config": json.dumps(cfg.to_dict()),
             "format": "pt"}
     meta.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra or {}).items()})
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    if not publish:
+        return tmp
+    _publish(tmp, path)
+    return path
+
+
+def write_timm_config(model: torch.nn.Module, out: Path, cfg: Config, step: int) -> Path:
+    """Write ``config.json`` with timm's own exporter (``save_config_for_hf``) into a temporary file.
+
+    The exporter records the architecture, ``num_classes``, the factory's kwargs (``model_args``) and the
+    preprocessing (``cfg.aug`` mean/std, interpolation, eval crop). The tag and licence it inherits from the
+    architecture's default weights describe other weights, so they are replaced by this run's.
+
+    Returns:
+        The temporary file; ``_publish`` it to ``out/config.json``.
+    """
+    from timm.models._hub import save_config_for_hf
+
+    tmp = out / (TIMM_CONFIG_FILE + ".tmp")
+    a = cfg.aug
+    save_config_for_hf(unwrap(model), str(tmp), data_config={
+        "mean": tuple(a.mean), "std": tuple(a.std), "interpolation": a.interpolation, "crop_pct": a.eval_crop_pct})
+    config = json.loads(tmp.read_text())
+    pretrained = config.get("pretrained_cfg", {})
+    pretrained.pop("license", None)
+    pretrained["tag"] = "fracgen"
+    config["fracgen"] = {"step": step, "model": cfg.model.name, "kwargs": cfg.model.kwargs}
+    tmp.write_text(json.dumps(config, indent=2))
+    return tmp
 
 
 def save_checkpoint(out: Path, trainer: TrainStep, cfg: Config, num_classes: int, steps_per_epoch: int,
                     env: Dist) -> None:
-    """Write ``model.safetensors`` and ``state.pt`` at ``trainer.step`` (rank 0 writes; every rank must call)."""
+    """Write ``model.safetensors``, ``config.json`` and ``state.pt`` at ``trainer.step``.
+
+    Rank 0 writes; every rank must call (the RNG states are gathered).
+    """
     step = trainer.step
-    if env.is_main:
-        save_model(trainer.model, out / MODEL_FILE, cfg, num_classes, step)
     rngs = [rng_state()]
     if env.world_size > 1:
         gathered: list[Any] = [None] * env.world_size
         dist.all_gather_object(gathered, rngs[0])
         rngs = gathered
-    if env.is_main:
-        tmp = out / (STATE_FILE + ".tmp")
-        torch.save({"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
-                    "scaler": trainer.scaler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
-                    "rng": rngs, "config": cfg.to_dict()}, tmp)
-        os.replace(tmp, out / STATE_FILE)
+    if not env.is_main:
+        return
+    model_tmp = save_model(trainer.model, out / MODEL_FILE, cfg, num_classes, step, publish=False)
+    config_tmp = write_timm_config(trainer.model, out, cfg, step)
+    state_tmp = out / (STATE_FILE + ".tmp")
+    torch.save({"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+                "scaler": trainer.scaler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
+                "rng": rngs, "config": cfg.to_dict()}, state_tmp)
+    # everything is on disk before the first rename: a kill now leaves a pair of different steps at worst,
+    # which resume refuses, never a half-written file
+    _publish(state_tmp, out / STATE_FILE)
+    _publish(model_tmp, out / MODEL_FILE)
+    _publish(config_tmp, out / TIMM_CONFIG_FILE)
+
+
+def checkpoint_files(out: Path) -> tuple[bool, bool]:
+    """Whether ``out`` holds ``model.safetensors`` and ``state.pt``."""
+    return (out / MODEL_FILE).is_file(), (out / STATE_FILE).is_file()
 
 
 def load_checkpoint(out: Path, trainer: TrainStep, env: Dist) -> int:
@@ -112,8 +175,19 @@ def load_checkpoint(out: Path, trainer: TrainStep, env: Dist) -> int:
 
     Returns:
         The step the checkpoint was written at.
+
+    Raises:
+        TrainError: one of the two files is missing, or they were written at different steps.
     """
+    has_model, has_state = checkpoint_files(out)
+    if not (has_model and has_state):
+        missing, there = (MODEL_FILE, STATE_FILE) if has_state else (STATE_FILE, MODEL_FILE)
+        raise TrainError(f"--resume: {out} has {there} but no {missing}; the checkpoint is incomplete")
     state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+    model_step = read_checkpoint_meta(out / MODEL_FILE)["step"]
+    if model_step != int(state["step"]):
+        raise TrainError(f"--resume: {out}/{MODEL_FILE} is from step {model_step} but {STATE_FILE} from step "
+                         f"{state['step']} (a checkpoint cut short); resume cannot continue exactly")
     unwrap(trainer.model).load_state_dict(load_file(str(out / MODEL_FILE), device=str(env.device)))
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
@@ -122,32 +196,87 @@ def load_checkpoint(out: Path, trainer: TrainStep, env: Dist) -> int:
     return int(state["step"])
 
 
-def load_pretrained(cfg: Config, checkpoint: str | Path, num_classes: int) -> torch.nn.Module:
-    """A timm model initialised from a fracgen checkpoint with a new ``num_classes`` head.
+def read_architecture(checkpoint: str | Path) -> dict[str, Any]:
+    """The architecture a checkpoint was trained with: ``{"model", "kwargs", "path"}`` (path: the weights file).
 
+    ``checkpoint`` is a run folder or its ``model.safetensors``. A fracgen checkpoint's metadata names the
+    model and the run's kwargs; a folder written by timm alone (``save_for_hf``) is read through timm's
+    ``load_model_config_from_path``, its ``model_args`` less the head and resolution.
+
+    Raises:
+        TrainError: no weights file, not safetensors, or nothing naming the architecture.
+    """
+    path = Path(checkpoint)
+    weights = path / MODEL_FILE if path.is_dir() else path
+    if not weights.is_file():
+        raise TrainError(f"checkpoint {path}: no {MODEL_FILE} there" if path.is_dir() else
+                         f"checkpoint {path}: no such file or run folder")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TrainError(f"checkpoint {weights}: not a safetensors file ({e})") from None
+    if "model" in meta:
+        return {"model": meta["model"], "kwargs": json.loads(meta.get("kwargs", "{}")), "path": str(weights)}
+    if not (weights.parent / TIMM_CONFIG_FILE).is_file():
+        raise TrainError(f"checkpoint {weights}: no model name in its metadata and no {TIMM_CONFIG_FILE} beside it")
+    from timm.models._hub import load_model_config_from_path
+
+    try:
+        _, name, model_args = load_model_config_from_path(weights.parent)
+    except (KeyError, ValueError, OSError) as e:
+        raise TrainError(f"checkpoint {weights.parent / TIMM_CONFIG_FILE}: not a timm config ({e})") from None
+    kwargs = {k: v for k, v in (model_args or {}).items() if k not in _NOT_ARCHITECTURE}
+    return {"model": name, "kwargs": kwargs, "path": str(weights)}
+
+
+def adopt_architecture(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
+    """Take the model name and kwargs from ``checkpoint`` into ``cfg.model`` (so nobody retypes them).
+
+    Kwargs the config sets must be ones the checkpoint was trained with; the config may leave any out.
+    ``img_size``, the head and ``drop_path`` stay the run's own.
+
+    Returns:
+        ``read_architecture``'s answer.
+
+    Raises:
+        TrainError: the config names another model, or a kwarg the checkpoint has not (or has otherwise).
+    """
+    arch = read_architecture(checkpoint)
+    clash = {k: v for k, v in cfg.model.kwargs.items() if k not in arch["kwargs"] or arch["kwargs"][k] != v}
+    if arch["model"] != cfg.model.name or clash:
+        fix = (f"set model.name={arch['model']} (--model)" if arch["model"] != cfg.model.name else
+               f"drop {', '.join('model.kwargs.' + k for k in clash)} (the checkpoint's kwargs are used)")
+        raise TrainError(f"checkpoint {arch['path']} is a {arch['model']} {arch['kwargs'] or ''} model, this run "
+                         f"builds {cfg.model.name} {cfg.model.kwargs or ''}: {fix}")
+    cfg.model.kwargs = dict(arch["kwargs"])
+    return arch
+
+
+def load_pretrained(cfg: Config, checkpoint: str | Path, num_classes: int) -> torch.nn.Module:
+    """A timm model initialised from a checkpoint (run folder or ``model.safetensors``), ``num_classes`` outputs.
+
+    The architecture comes from the checkpoint (``adopt_architecture`` writes it into ``cfg.model.kwargs``).
     Uses timm's own path (``pretrained_cfg_overlay=dict(file=..., num_classes=-1)``), which also resamples
     position embeddings when ``cfg.model.img_size`` differs from the pre-training resolution.
 
     Raises:
         TrainError: the checkpoint is of another architecture than ``cfg.model``.
     """
-    meta = read_checkpoint_meta(checkpoint)
     check_model_name(cfg.model.name)
-    if meta["model"] != cfg.model.name or meta["kwargs"] != cfg.model.kwargs:
-        raise TrainError(f"checkpoint {meta['path']} is a {meta['model']} {meta['kwargs'] or ''} model, this run "
-                         f"builds {cfg.model.name} {cfg.model.kwargs or ''}: set model.name/model.kwargs to match")
+    path = adopt_architecture(cfg, checkpoint)["path"]
     try:
         model = timm.create_model(
-            cfg.model.name, pretrained=True, pretrained_cfg_overlay=dict(file=meta["path"], num_classes=-1),
+            cfg.model.name, pretrained=True, pretrained_cfg_overlay=dict(file=path, num_classes=-1),
             num_classes=num_classes, drop_path_rate=cfg.model.drop_path, img_size=cfg.model.img_size,
             **cfg.model.kwargs)
-    except RuntimeError as e:
-        raise TrainError(f"checkpoint {meta['path']} does not fit {cfg.model.name}: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, TypeError) as e:
+        raise TrainError(f"checkpoint {path} does not fit {cfg.model.name}: {str(e).splitlines()[0]}") from None
     # timm loads non-strictly once the head is dropped: check that every other tensor was there
     head = unwrap(model).default_cfg.get("classifier", "head")
-    keys = {k for k in load_file(meta["path"]) if not k.startswith(head + ".")}
+    keys = {k for k in load_file(path) if not k.startswith(head + ".")}
     wanted = {k for k in model.state_dict() if not k.startswith(head + ".")}
     if keys != wanted:
-        raise TrainError(f"checkpoint {meta['path']} does not fit {cfg.model.name}: "
+        raise TrainError(f"checkpoint {path} does not fit {cfg.model.name}: "
                          f"{len(wanted - keys)} missing and {len(keys - wanted)} unexpected tensors")
     return model

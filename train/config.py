@@ -164,6 +164,18 @@ class FinetuneConfig:
 
 
 @dataclass
+class LogConfig:
+    """What the run logs besides ``log.csv``.
+
+    Attributes:
+        tensorboard: also write the log rows as TensorBoard scalars to ``RUN/tensorboard/`` (needs the
+            ``tensorboard`` package).
+    """
+
+    tensorboard: bool = False
+
+
+@dataclass
 class Config:
     """A whole run."""
 
@@ -173,6 +185,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), ready for YAML/JSON."""
@@ -194,7 +207,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             raise TrainError(f"config: unknown key {where + key!r} (known: {', '.join(fields)})")
         sub = fields[key].type
         nested = {"ModelConfig": ModelConfig, "DataConfig": DataConfig, "AugConfig": AugConfig,
-                  "OptimConfig": OptimConfig, "TrainConfig": TrainConfig, "FinetuneConfig": FinetuneConfig}
+                  "OptimConfig": OptimConfig, "TrainConfig": TrainConfig, "FinetuneConfig": FinetuneConfig, "LogConfig": LogConfig}
         if isinstance(sub, str) and sub in nested:
             kwargs[key] = _build(nested[sub], value or {}, f"{where}{key}.")
         elif isinstance(value, list):

@@ -21,7 +21,7 @@ from train.downstream import MapSource, open_downstream
 from train.errors import TrainError
 from train.loop import evaluate, train_loop
 from train.model import check_model_name, create_model
-from train.run_folder import run_job, start_run_folder
+from train.run_folder import check_tensorboard, run_job, start_run_folder
 from train.step import amp_dtype
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     """Fine-tune (or probe) ``cfg.model`` on ``cfg.data.path``; top-1 on the test split every epoch.
 
     Args:
-        cfg: resolved config; ``finetune.checkpoint`` empty means from scratch.
+        cfg: resolved config; ``finetune.checkpoint`` (a run folder or its ``model.safetensors``) gives the
+            architecture (model name and kwargs, written back into ``cfg.model``); empty means from scratch.
         out: run folder.
         resume: continue the run in ``out``.
 
@@ -72,6 +73,7 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     """
     out = Path(out)
     check_model_name(cfg.model.name)
+    check_tensorboard(cfg)
     env = setup(cfg)
     train_set, test_set, num_classes = open_downstream(cfg)
     seed_everything(cfg.train.seed)
@@ -82,14 +84,14 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     steps_per_epoch = len(source) // cfg.train.accum_steps
     total = cfg.train.epochs * steps_per_epoch if cfg.train.epochs > 0 else cfg.train.steps
     test_loader = DataLoader(test_set, batch_size=cfg.finetune.eval_batch_size, num_workers=cfg.data.workers)
-    start_run_folder(out, cfg, resume, env.is_main)
+    from_checkpoint = start_run_folder(out, cfg, resume, env.is_main)
     log.info("fine-tuning %s (%s) on %s: %d train / %d test images, %d classes, %d steps, %d trainable params",
              cfg.model.name, ckpt or "scratch", cfg.data.path, len(train_set), len(test_set), num_classes, total,
              trainable)
     amp = amp_dtype(cfg.train.amp, env.device)
 
     def train() -> dict[str, Any]:
-        return train_loop(cfg, model, source, out, env, total_steps=total, resume=resume,
+        return train_loop(cfg, model, source, out, env, total_steps=total, resume=from_checkpoint,
                           eval_fn=lambda m: {"eval_top1": evaluate(m, test_loader, env.device, amp)},
                           eval_every_epoch=True)
 

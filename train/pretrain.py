@@ -17,7 +17,7 @@ from train.distributed import seed_everything, setup
 from train.errors import TrainError
 from train.loop import evaluate, train_loop
 from train.model import check_model_name, create_model
-from train.run_folder import run_job, start_run_folder
+from train.run_folder import check_tensorboard, run_job, start_run_folder
 from train.step import amp_dtype
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     Args:
         cfg: resolved config (``train.config.load_config``).
         out: run folder (created; must not hold another run unless ``resume``).
-        resume: continue the run in ``out`` exactly where its last checkpoint left it.
+        resume: continue the run in ``out`` exactly where its last checkpoint left it (from step 0 when it
+            stopped before its first checkpoint).
 
     Returns:
         The metrics written to ``out/metrics.json``: final loss, top-1 on the perturbation classes
@@ -40,6 +41,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     """
     out = Path(out)
     check_model_name(cfg.model.name)
+    check_tensorboard(cfg)
     env = setup(cfg)
     seed_everything(cfg.train.seed)
     source = make_source(cfg, env.device, env.rank, env.world_size)
@@ -48,7 +50,9 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     # source kept their bytes from its one read of the shards (its ``head``), and need not hold them longer
     head, source.head = getattr(source, "head", None), None
     eval_loader = make_pretrain_eval_loader(cfg, head) if env.is_main else None
-    start_run_folder(out, cfg, resume, env.is_main)
+    if env.device.type == "cpu" and env.is_main:
+        _say_cpu(cfg)
+    from_checkpoint = start_run_folder(out, cfg, resume, env.is_main)
     amp = amp_dtype(cfg.train.amp, env.device)
 
     def eval_fn(m: Any) -> dict[str, float]:
@@ -56,7 +60,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
 
     def train() -> dict[str, Any]:
         try:
-            return train_loop(cfg, model, source, out, env, total_steps=cfg.train.steps, resume=resume,
+            return train_loop(cfg, model, source, out, env, total_steps=cfg.train.steps, resume=from_checkpoint,
                               eval_fn=eval_fn)
         finally:
             source.close()
@@ -74,3 +78,20 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     if not result.get("stopped") and not result["steps"]:
         raise TrainError("no step was trained")
     return result
+
+
+# the tiny config's work (steps x batch x pixels), which a CPU does in minutes
+_CPU_SIZED = 300 * 32 * 64 * 64
+
+
+def _say_cpu(cfg: Config) -> None:
+    """Say that the run is on the CPU; a warning with the released recipe's scale when it is far beyond tiny."""
+    t, px = cfg.train, cfg.model.img_size
+    if t.steps * t.batch_size * px * px <= 10 * _CPU_SIZED:
+        log.info("pre-training on the CPU (no CUDA device is visible): %d steps of %d images at %d px",
+                 t.steps, t.batch_size, px)
+        return
+    log.warning("pre-training on the CPU (no CUDA device is visible): %d steps of %d images at %d px. The released "
+                "recipe (240,000 steps of 256 at 224 px) is sized for GPUs; the time of the first step, logged "
+                "next, gives this run's length here. For a CPU run use --config tiny (64 px, 300 steps)",
+                t.steps, t.batch_size, px)

@@ -2,64 +2,141 @@
 
 Only rank 0 writes:
     config.yaml        the resolved config
-    run.json           {"status": "running" | "stopped" | "failed" | "complete", ...}; "complete" is written last
+    run.json           {"status": "running" | "stopped" | "failed" | "complete", ...}; "complete" is written last;
+                       "stopped" after SIGTERM/SIGINT or ``train.stop_at``, with a checkpoint ``--resume`` continues
     log.csv            step, epoch, loss, lr, images_per_s, elapsed_s, eval_top1 every log_every steps
                        (and a row per evaluation without images_per_s)
-    model.safetensors, state.pt   the checkpoint (``train/checkpoint.py``)
+    tensorboard/       the same rows as TensorBoard scalars (``log.tensorboard=true``)
+    config.json, model.safetensors, state.pt   the checkpoint in timm's layout (``train/checkpoint.py``)
     metrics.json       the job's results, written before run.json says complete
     curves.png         loss / lr / accuracy curves, drawn at the end
+    .lock              held (flock) by the process training in the folder, so that a second one is refused
+
+While it trains, rank 0 shows progress on stderr: a tqdm bar on a terminal, plain log lines otherwise
+(``Progress``), so that a log file holds one line per report.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+from tqdm import tqdm
 
-from train.checkpoint import STATE_FILE
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no guard against a second process in the same folder
+    fcntl = None
+
+from train.checkpoint import checkpoint_files
 from train.config import Config
 from train.distributed import Dist
 from train.errors import TrainError
+
+log = logging.getLogger(__name__)
 
 STATUS_FILE = "run.json"
 LOG_FILE = "log.csv"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
+TENSORBOARD_DIR = "tensorboard"
+LOCK_FILE = ".lock"
+PLAIN_EVERY_S = 60.0  # without a terminal, a progress line at least this often between log rows
+
+_locks: dict[Path, int] = {}  # run folder -> the descriptor holding its flock, for the job's duration
 
 
-def start_run_folder(out: Path, cfg: Config, resume: bool, is_main: bool) -> None:
-    """Create (or, on resume, check) the run folder; refuse to mix a new run into an old one.
+def _take_lock(out: Path) -> str:
+    """Hold ``out/.lock`` for this process; an error message when another process holds it."""
+    if fcntl is None:
+        return ""
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        return f"run folder {out} is in use by another training process (pid {holder}); wait for it or use another --out"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _locks[out.resolve()] = fd
+    return ""
 
-    Rank 0 decides and tells the others, so that a refusal stops every rank instead of leaving them waiting.
+
+def release_run_folder(out: Path) -> None:
+    """Let go of the folder's lock (the job is over, however it ended)."""
+    fd = _locks.pop(Path(out).resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def check_tensorboard(cfg: Config) -> None:
+    """Refuse ``log.tensorboard=true`` up front when the ``tensorboard`` package is missing.
+
+    Raises:
+        TrainError: asked for and not installed.
     """
-    error = ""
+    if not cfg.log.tensorboard:
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise TrainError("log.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+
+
+def start_run_folder(out: Path, cfg: Config, resume: bool, is_main: bool) -> bool:
+    """Create (or, on resume, check) the run folder and take its lock; refuse to mix a new run into an old one.
+
+    A folder whose run ended before its first checkpoint (killed, failed, stopped early) holds nothing to
+    keep: ``--resume`` and a plain rerun both start it again from step 0. Rank 0 decides and tells the others,
+    so that a refusal stops every rank instead of leaving them waiting.
+
+    Returns:
+        Whether there is a checkpoint to resume from (False: train from step 0).
+
+    Raises:
+        TrainError: a run with a checkpoint without ``--resume``, nothing to resume, or a folder in use.
+    """
+    error, from_checkpoint = "", False
     if is_main:
-        status = out / STATUS_FILE
-        if resume and not (out / STATE_FILE).is_file():
-            error = f"--resume: {out} has no {STATE_FILE} to resume from"
-        elif not resume and status.exists():
+        has_model, has_state = checkpoint_files(out) if out.is_dir() else (False, False)
+        started = (out / STATUS_FILE).is_file() or (out / "config.yaml").is_file()
+        if resume and not (started or has_model or has_state):
+            error = f"--resume: {out} holds no run to resume; run without --resume to start one"
+        elif not resume and (has_model or has_state):
             error = f"run folder {out} already holds a run: pass --resume or another --out"
         else:
             out.mkdir(parents=True, exist_ok=True)
+            error = _take_lock(out)
+        if not error:
+            from_checkpoint = resume and (has_model or has_state)
+            if started and not from_checkpoint:
+                log.warning("%s: the run there ended before its first checkpoint; starting it again from step 0",
+                            out)
             (out / "config.yaml").write_text(cfg.to_yaml())
             write_status(out, "running")
     if dist.is_initialized():
-        box = [error]
+        box = [error, from_checkpoint]
         dist.broadcast_object_list(box, src=0)
-        error = box[0]
+        error, from_checkpoint = box
     if error:
         raise TrainError(error)
+    return from_checkpoint
 
 
 def write_status(out: Path, status: str, **extra: Any) -> None:
-    """``run.json``: "complete" only once everything else is written."""
-    (out / STATUS_FILE).write_text(json.dumps({"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                               **extra}, indent=1))
+    """``run.json`` (replaced atomically): "complete" only once everything else is written."""
+    tmp = out / (STATUS_FILE + ".tmp")
+    tmp.write_text(json.dumps({"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}, indent=1))
+    os.replace(tmp, out / STATUS_FILE)
 
 
 def run_job(out: Path, env: Dist, train: Callable[[], dict[str, Any]],
@@ -74,23 +151,32 @@ def run_job(out: Path, env: Dist, train: Callable[[], dict[str, Any]],
         complete: the metrics key repeated in the "complete" status (e.g. ``steps``, ``top1``).
 
     Returns:
-        The metrics, or ``{"stopped": True, "steps": n}`` when ``train.stop_at`` ended the run early.
+        The metrics, or ``{"stopped": True, "steps": n, "reason": why}`` when a signal (``SIGTERM``,
+        ``SIGINT``) or ``train.stop_at`` ended the run early with a checkpoint.
     """
     try:
-        result = train()
-    except (Exception, KeyboardInterrupt) as e:
+        try:
+            result = train()
+        except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint at this step, the last one stands
+            if env.is_main:
+                write_status(out, "stopped", reason="interrupted", checkpoint="the last one written, if any")
+            raise
+        except Exception as e:
+            if env.is_main:
+                write_status(out, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise
+        if result.get("stopped"):
+            if env.is_main:
+                write_status(out, "stopped", step=result["step"], reason=result["reason"])
+            return {"stopped": True, "steps": result["step"], "reason": result["reason"]}
+        values = metrics(result)
         if env.is_main:
-            write_status(out, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise
-    if result.get("stopped"):
+            (out / METRICS_FILE).write_text(json.dumps(values, indent=1))
+            write_status(out, "complete", **{complete: values[complete]})
+        return values
+    finally:
         if env.is_main:
-            write_status(out, "stopped", step=result["step"])
-        return {"stopped": True, "steps": result["step"]}
-    values = metrics(result)
-    if env.is_main:
-        (out / METRICS_FILE).write_text(json.dumps(values, indent=1))
-        write_status(out, "complete", **{complete: values[complete]})
-    return values
+            release_run_folder(out)
 
 
 class CsvLog:
@@ -100,14 +186,20 @@ class CsvLog:
         out: the run folder.
         step: the step the run starts at (rows a crashed run wrote after its last checkpoint are redone).
         enabled: False on ranks other than 0 (nothing is read or written).
+        tensorboard: also write each row as scalars to ``out/tensorboard`` (``check_tensorboard`` first).
     """
 
     FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s", "eval_top1")
 
-    def __init__(self, out: Path, step: int, enabled: bool = True) -> None:
-        self.path, self.enabled = out / LOG_FILE, enabled
+    def __init__(self, out: Path, step: int, enabled: bool = True, tensorboard: bool = False) -> None:
+        self.path, self.enabled, self.writer = out / LOG_FILE, enabled, None
         if not enabled:
             return
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a crashed run wrote after the checkpoint resumed from
+            self.writer = SummaryWriter(str(out / TENSORBOARD_DIR), purge_step=step + 1 if step else None)
         rows = []
         if self.path.is_file():
             with open(self.path) as f:
@@ -127,6 +219,77 @@ class CsvLog:
                "elapsed_s": f"{elapsed_s:.1f}", "eval_top1": "" if eval_top1 is None else eval_top1}
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.FIELDS).writerow(row)
+        if self.writer is not None:
+            if images_per_s is not None:
+                self.writer.add_scalar("train/loss", loss, step)
+                self.writer.add_scalar("train/lr", lr, step)
+                self.writer.add_scalar("train/images_per_s", images_per_s, step)
+            if eval_top1 is not None:
+                self.writer.add_scalar("eval/top1", eval_top1, step)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer, if any."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def duration(seconds: float) -> str:
+    """``3d 4h``, ``2h 05m``, ``4m 10s``, ``12s``."""
+    s = int(seconds)
+    if s >= 86400:
+        return f"{s // 86400}d {s % 86400 // 3600}h"
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class Progress:
+    """Progress on stderr from rank 0: a tqdm bar on a terminal, plain log lines when stderr is a file or pipe.
+
+    The plain lines (``step 10/300  loss 2.345  lr 4.0e-04  images/s 350  elapsed 12s  eta 5m 40s``) come at the
+    first step, at every log row and at least every ``every_s`` seconds between rows.
+
+    Args:
+        total: optimizer steps of the run.
+        initial: the step it starts at.
+        enabled: False on ranks other than 0.
+        every_s: the longest silence between plain lines.
+    """
+
+    def __init__(self, total: int, initial: int, enabled: bool, every_s: float = PLAIN_EVERY_S) -> None:
+        self.total, self.initial, self.enabled, self.every_s = total, initial, enabled, every_s
+        tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True) if enabled and tty else None
+        self.t0 = self.last = time.perf_counter()
+        self.shown = initial
+
+    def step(self, step: int, lr: float, window: Callable[[], tuple[float, float]]) -> None:
+        """After each optimizer step; ``window()`` gives this rank's (loss, images/s) since the last row."""
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.enabled and step > self.shown and (
+                step == self.initial + 1 or time.perf_counter() - self.last >= self.every_s):
+            self._line(step, *window(), lr)
+
+    def row(self, step: int, loss: float, lr: float, images_per_s: float) -> None:
+        """At each log row (the loss averaged over ranks)."""
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{images_per_s:.0f}")
+        elif self.enabled and step > self.shown:
+            self._line(step, loss, images_per_s, lr)
+
+    def _line(self, step: int, loss: float, images_per_s: float, lr: float) -> None:
+        now = time.perf_counter()
+        elapsed = now - self.t0
+        eta = elapsed / (step - self.initial) * (self.total - step)
+        log.info("step %d/%d  loss %.4f  lr %.3e  images/s %.1f  elapsed %s  eta %s", step, self.total, loss, lr,
+                 images_per_s, duration(elapsed), duration(eta))
+        self.shown, self.last = step, now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def plot_curves(out: Path) -> None:
