@@ -17,8 +17,8 @@ Parameters (JSON keys; released names in brackets; "i" marks a per-instance para
         radius R in [10, 60]; wave1 n1 [nami1] in [0, 20]; wave2 n2 in [0, 20], redrawn while n2 == n1 unless
         n1 == 0; oval_x, oval_y in [1, 2); i: centre_y, centre_x = (size + n) / 2, n in [-512, 512].
         Ring greys in [0, 255].
-Integer ranges are inclusive. Strokes: per ring one grey, then 2V uniforms in [0, 10000) (x then y), the
-arguments of ``pnoise1``.
+Integer ranges are inclusive. Strokes: per ring one grey, then 2V uniforms u in [0, 1) (x then y); the
+released ``uniform(0, 10000)`` Perlin argument is ``PERLIN_MAX * u``.
 
 LPCE (paper section 4.1, "perturbations to the radii"; the 1p-frac repository has no code for RCDB or
 VisualAtom): one base image (category ``base``, instance 0) and its strokes are shared by all L classes; class l
@@ -30,6 +30,8 @@ classes, so the base moves to the next category with a non-zero radius (recorded
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from fracgen.contours import KINDS
@@ -37,7 +39,6 @@ from fracgen.contours import KINDS
 # Purposes, apart from search.py's 0-4 so that no contour stream can coincide with an IFS stream of the same seed.
 CATEGORY, IMAGE, LPCE = 20, 21, 22
 LPCE_MODES = ("vertex", "scalar")
-PERLIN_MAX = 10000.0  # the released uniform(0, 10000) Perlin arguments
 CENTRE_SPREAD = {"rcdb": 400, "visualatom": 512}  # the released start_pos
 
 
@@ -114,17 +115,24 @@ def draw_strokes(kind: str, rng: np.random.Generator, vertices: int, rings: int,
     Returns:
         greys: (rings,) int64, in [0, size // 2] for rcdb (the released ``randint(0, image_size / 2)``) and in
             [0, 255] for visualatom.
-        uniforms: (rings, 2, vertices) float64 in [0, PERLIN_MAX); [k, 0] moves x, [k, 1] moves y.
+        uniforms: (rings, 2, vertices) float64 in [0, 1); [k, 0] moves x, [k, 1] moves y, by pnoise1 of
+            PERLIN_MAX times the value (what ``rng.uniform(0, PERLIN_MAX)`` would give, one numpy pass faster).
     """
     _check_kind(kind)
     top = size // 2 if kind == "rcdb" else 255
     greys = rng.integers(0, top + 1, rings, dtype=np.int64)
-    uniforms = rng.uniform(0.0, PERLIN_MAX, (rings, 2, vertices))
+    uniforms = rng.random((rings, 2, vertices))
     return greys, uniforms
 
 
 def category_params(kind: str, seed: int, category: int) -> dict:
-    """Category ``category`` of a build with ``seed`` (what a build saves per class)."""
+    """Category ``category`` of a build with ``seed`` (what a build saves per class); a fresh dict."""
+    return dict(_category_params(kind, seed, category))
+
+
+@lru_cache(maxsize=64)
+def _category_params(kind: str, seed: int, category: int) -> dict:
+    # Cached: the instances of a category reuse it (a generator and its draws cost about 15 us per image).
     return draw_category(kind, generator(seed, CATEGORY, category))
 
 

@@ -25,6 +25,9 @@ import numpy as np
 
 KINDS = ("rcdb", "visualatom")
 BACKGROUND = {"rcdb": 255, "visualatom": 0}
+# The released Perlin arguments are random.uniform(0, 10000) = 0 + 10000 * random(): the kernels take the
+# random() values and multiply, which numpy's Generator.uniform(0, 10000) would also give, bit for bit.
+PERLIN_MAX = 10000.0
 # noise's PERM table (_noise.h; Ken Perlin's permutation). noise indexes it with (i & 255), so 256 entries do.
 PERM = np.array([
     151, 160, 137, 91, 90, 15, 131, 13, 201, 95, 96, 53, 194, 233, 7, 225, 140, 36, 103, 30, 69, 142, 8, 99, 37,
@@ -86,25 +89,12 @@ def pnoise1(x: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _point(img: np.ndarray, x: int, y: int, ink: np.uint8) -> None:
-    if 0 <= x < img.shape[1] and 0 <= y < img.shape[0]:
-        img[y, x] = ink
+def _bresenham(img: np.ndarray, x0: int, y0: int, x1: int, y1: int, ink: np.uint8, inside: bool) -> None:
+    """Pillow's ``line32`` without its end point; ``inside`` says both ends are on the canvas (no pixel checks).
 
-
-@numba.njit(cache=True, nogil=True)
-def draw_line(img: np.ndarray, x0: int, y0: int, x1: int, y1: int, ink: int) -> None:
-    """Pillow's ``line32`` followed by the end point, as ``ImageDraw.line`` draws one width-1 segment.
-
-    Args:
-        img: (H, W) uint8, drawn in place (row y, column x).
-        x0, y0, x1, y1: integer pixel coordinates (already truncated), any value; off-canvas pixels are skipped.
-        ink: grey level in [0, 255].
+    Pillow sends dx == dy to its vertical branch and this to the horizontal one: both step both axes every pixel.
     """
     h, w = img.shape
-    # Every Bresenham pixel lies in the end points' bounding box: a segment wholly beyond one edge draws nothing.
-    if (x0 < 0 and x1 < 0) or (y0 < 0 and y1 < 0) or (x0 >= w and x1 >= w) or (y0 >= h and y1 >= h):
-        return
-    g = np.uint8(ink)
     dx = x1 - x0
     xs = 1
     if dx < 0:
@@ -117,33 +107,71 @@ def draw_line(img: np.ndarray, x0: int, y0: int, x1: int, y1: int, ink: int) -> 
         ys = -1
     x = x0
     y = y0
-    if dx == 0:
-        for _ in range(dy):
-            _point(img, x, y, g)
-            y += ys
-    elif dy == 0:
-        for _ in range(dx):
-            _point(img, x, y, g)
-            x += xs
-    elif dx > dy:
+    if dx >= dy:
         e = 2 * dy - dx
-        for _ in range(dx):
-            _point(img, x, y, g)
-            if e >= 0:
-                y += ys
-                e -= 2 * dx
-            e += 2 * dy
-            x += xs
+        if inside:
+            for _ in range(dx):
+                img[y, x] = ink
+                if e >= 0:
+                    y += ys
+                    e -= 2 * dx
+                e += 2 * dy
+                x += xs
+        else:
+            for _ in range(dx):
+                if 0 <= x < w and 0 <= y < h:
+                    img[y, x] = ink
+                if e >= 0:
+                    y += ys
+                    e -= 2 * dx
+                e += 2 * dy
+                x += xs
     else:
         e = 2 * dx - dy
-        for _ in range(dy):
-            _point(img, x, y, g)
-            if e >= 0:
-                x += xs
-                e -= 2 * dy
-            e += 2 * dx
-            y += ys
-    _point(img, x1, y1, g)
+        if inside:
+            for _ in range(dy):
+                img[y, x] = ink
+                if e >= 0:
+                    x += xs
+                    e -= 2 * dy
+                e += 2 * dx
+                y += ys
+        else:
+            for _ in range(dy):
+                if 0 <= x < w and 0 <= y < h:
+                    img[y, x] = ink
+                if e >= 0:
+                    x += xs
+                    e -= 2 * dy
+                e += 2 * dx
+                y += ys
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _outcode(x: int, y: int, w: int, h: int) -> int:
+    """Which canvas edges (x, y) lies beyond: bits left, right, top, bottom (0 = on the canvas)."""
+    return (x < 0) | ((x >= w) << 1) | ((y < 0) << 2) | ((y >= h) << 3)
+
+
+@numba.njit(cache=True, nogil=True)
+def draw_line(img: np.ndarray, x0: int, y0: int, x1: int, y1: int, ink: int) -> None:
+    """Pillow's ``line32`` followed by the end point, as ``ImageDraw.line`` draws one width-1 segment.
+
+    Args:
+        img: (H, W) uint8, drawn in place (row y, column x).
+        x0, y0, x1, y1: integer pixel coordinates (already truncated), any value; off-canvas pixels are skipped.
+        ink: grey level in [0, 255].
+    """
+    h, w = img.shape
+    c0 = _outcode(x0, y0, w, h)
+    c1 = _outcode(x1, y1, w, h)
+    # Every Bresenham pixel lies in the end points' bounding box: a segment wholly beyond one edge draws nothing.
+    if c0 & c1:
+        return
+    g = np.uint8(ink)
+    _bresenham(img, x0, y0, x1, y1, g, (c0 | c1) == 0)
+    if c1 == 0:
+        img[y1, x1] = g
 
 
 @numba.njit(cache=True, nogil=True)
@@ -165,26 +193,38 @@ def _rings(
 ) -> None:
     """Push the polygon (x, y) outward once per ring and draw it; x and y are updated in place.
 
-    The push of vertex v is ``((p * coef) * gain - coef) - wave1[v] - wave2[v]`` with p = pnoise1(uniform):
+    The push of vertex v is ``((p * coef) * gain - coef) - wave1[v] - wave2[v]`` with p = pnoise1(PERLIN_MAX * u):
     RCDB has gain 2 and no waves (subtracting 0.0 and multiplying by 1.0 are exact, so one kernel serves both).
     """
+    h, w = img.shape
     nv = x.shape[0]
-    ix = np.empty(nv, np.int64)
-    iy = np.empty(nv, np.int64)
+    ix = np.empty(nv + 1, np.int64)
+    iy = np.empty(nv + 1, np.int64)
+    code = np.empty(nv + 1, np.int64)
     for k in range(greys.shape[0]):
-        ink = min(greys[k], 255)  # Pillow clips a tuple ink to 8 bits (RCDB draws up to 256)
+        ink = np.uint8(min(greys[k], 255))  # Pillow clips a tuple ink to 8 bits (RCDB draws up to 256)
         for v in range(nv):
-            px = np.float64(pnoise1_f32(np.float32(uniforms[k, 0, v])))
-            py = np.float64(pnoise1_f32(np.float32(uniforms[k, 1, v])))
+            px = np.float64(pnoise1_f32(np.float32(PERLIN_MAX * uniforms[k, 0, v])))
+            py = np.float64(pnoise1_f32(np.float32(PERLIN_MAX * uniforms[k, 1, v])))
             nx = (px * coef) * gain - coef - wave1[v] - wave2[v]
             ny = (py * coef) * gain - coef - wave1[v] - wave2[v]
             x[v] -= cosv[v] * (nx - lw)
             y[v] -= sinv[v] * (ny - lw)
             ix[v] = np.int64(x[v] + offx)  # C's (int) cast: toward zero
             iy[v] = np.int64(y[v] + offy)
-        for v in range(nv - 1):
-            draw_line(img, ix[v], iy[v], ix[v + 1], iy[v + 1], ink)
-        draw_line(img, ix[nv - 1], iy[nv - 1], ix[0], iy[0], ink)
+            code[v] = _outcode(ix[v], iy[v], w, h)
+        ix[nv] = ix[0]
+        iy[nv] = iy[0]
+        code[nv] = code[0]
+        # draw_line inlined: outcodes are computed once per vertex rather than twice per segment.
+        for v in range(nv):
+            c0 = code[v]
+            c1 = code[v + 1]
+            if c0 & c1:
+                continue
+            _bresenham(img, ix[v], iy[v], ix[v + 1], iy[v + 1], ink, (c0 | c1) == 0)
+            if c1 == 0:
+                img[iy[v + 1], ix[v + 1]] = ink
 
 
 @numba.njit(cache=True, nogil=True)
@@ -225,7 +265,8 @@ def render(
         params: the image's parameters (category and instance keys of ``contour_params``): vertices V, rings K,
             perlin c, line_width lw, radius R, oval_x, oval_y, centre_x, centre_y, and for VisualAtom wave1, wave2.
         greys: (K,) int, ring greys in [0, 256] (256 draws as 255).
-        uniforms: (K, 2, V) float64, the Perlin arguments of each ring, x then y, in [0, 10000).
+        uniforms: (K, 2, V) float64 in [0, 1): ring k moves x by pnoise1(PERLIN_MAX * uniforms[k, 0, v]), y by
+            pnoise1(PERLIN_MAX * uniforms[k, 1, v]).
         size: canvas side in pixels.
         scale: (V,) float64 multipliers of the start polygon's per-vertex radii (the LPCE classes); None = 1.
 

@@ -53,6 +53,11 @@ def pnoise1(u: float) -> float:
     return f32(f32(a + f32(fx * f32(b - a))) * f32(0.4))
 
 
+def uniform(r: float, a: float = 0.0, b: float = 10000.0) -> float:
+    """CPython's ``random.uniform(a, b)`` for the ``random()`` value r."""
+    return a + (b - a) * float(r)
+
+
 def draw_released(
     kind: str, params: dict, greys, uniforms, size: int = 512, scale=None, perlin=pnoise1
 ) -> np.ndarray:
@@ -61,7 +66,8 @@ def draw_released(
     Args:
         kind: "rcdb" or "visualatom".
         params: the merged category + instance parameters (``fracgen.contour_params`` keys).
-        greys: K ints; uniforms: (K, 2, V) floats (per ring, x then y).
+        greys: K ints; uniforms: (K, 2, V) floats in [0, 1), the ``random()`` values behind the released
+            ``uniform(0, 10000)`` Perlin arguments (per ring, x then y).
         scale: V radius multipliers (the LPCE classes) or None for the released start polygon.
         perlin: the pnoise1 to use (this module's, or ``noise.pnoise1``).
 
@@ -90,13 +96,13 @@ def draw_released(
     for k in range(nk):
         g = int(greys[k])
         if rcdb:  # make_rcdb.py:100-106
-            noise_x = [perlin(float(uniforms[k][0][v])) * c * 2 - c for v in range(nv)]
-            noise_y = [perlin(float(uniforms[k][1][v])) * c * 2 - c for v in range(nv)]
+            noise_x = [perlin(uniform(uniforms[k][0][v])) * c * 2 - c for v in range(nv)]
+            noise_y = [perlin(uniform(uniforms[k][1][v])) * c * 2 - c for v in range(nv)]
         else:  # render_VisualAtom.py:101-107
             n1, n2 = params["wave1"], params["wave2"]
-            noise_x = [perlin(float(uniforms[k][0][v])) * c - c - 0.5 * math.sin(angle * v * n1)
+            noise_x = [perlin(uniform(uniforms[k][0][v])) * c - c - 0.5 * math.sin(angle * v * n1)
                        - 0.5 * math.sin(angle * v * n2) for v in range(nv)]
-            noise_y = [perlin(float(uniforms[k][1][v])) * c - c - 0.5 * math.sin(angle * v * n1)
+            noise_y = [perlin(uniform(uniforms[k][1][v])) * c - c - 0.5 * math.sin(angle * v * n1)
                        - 0.5 * math.sin(angle * v * n2) for v in range(nv)]
         for vertex in range(nv):
             vertex_x[vertex] -= math.cos(angle * vertex) * (noise_x[vertex] - lw)

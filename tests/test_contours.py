@@ -10,11 +10,11 @@ import math
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from released_contours import draw_released
+from released_contours import pnoise1 as plain_pnoise1
 
 from fracgen import contour_params as cp
 from fracgen import contours
-from released_contours import draw_released
-from released_contours import pnoise1 as plain_pnoise1
 
 
 def released(kind, params, strokes, size=512, scale=None):
@@ -195,7 +195,7 @@ def test_draws_are_reproducible_and_independent_of_other_images():
     a = cp.image_params("visualatom", 3, 10, 4)
     cp.image_params("visualatom", 3, 10, 5)
     b = cp.image_params("visualatom", 3, 10, 4)
-    assert a[0] == b[0] and all(np.array_equal(x, y) for x, y in zip(a[1], b[1]))
+    assert a[0] == b[0] and all(np.array_equal(x, y) for x, y in zip(a[1], b[1], strict=True))
     other = cp.image_params("visualatom", 3, 10, 5)
     assert other[0]["vertices"] == a[0]["vertices"]  # same category, another instance
     assert (other[0]["centre_x"], other[0]["centre_y"]) != (a[0]["centre_x"], a[0]["centre_y"])
@@ -270,4 +270,10 @@ def test_strokes_follow_the_released_ranges(kind, top):
     greys, uniforms = cp.draw_strokes(kind, np.random.default_rng(0), 500, 4000)
     assert greys.shape == (4000,) and uniforms.shape == (4000, 2, 500)
     _integers_ok(greys, 0, top)
-    _uniform_ok(uniforms.reshape(-1), 0, cp.PERLIN_MAX)
+    _uniform_ok(uniforms.reshape(-1), 0, 1)
+
+
+def test_perlin_arguments_are_numpys_uniform_bit_for_bit():
+    """The kernels multiply random() by PERLIN_MAX: the same numbers as uniform(0, 10000) on the same state."""
+    r = np.random.default_rng(5).random(100_000)
+    assert np.array_equal(contours.PERLIN_MAX * r, np.random.default_rng(5).uniform(0, 10000, 100_000))
