@@ -18,7 +18,7 @@ Parameters (JSON keys; released names in brackets; "i" marks a per-instance para
         n1 == 0; oval_x, oval_y in [1, 2); i: centre_y, centre_x = (size + n) / 2, n in [-512, 512].
         Ring greys in [0, 255].
 Integer ranges are inclusive. Strokes: per ring one grey, then 2V uniforms u in [0, 1) (x then y); the
-released ``uniform(0, 10000)`` Perlin argument is ``PERLIN_MAX * u``.
+released ``uniform(0, 10000)`` Perlin argument is ``contours.PERLIN_MAX * u``.
 
 LPCE (paper section 4.1, "perturbations to the radii"; the 1p-frac repository has no code for RCDB or
 VisualAtom): one base image (category ``base``, instance 0) and its strokes are shared by all L classes; class l
@@ -34,6 +34,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from fracgen import contours
 from fracgen.contours import KINDS
 
 # Purposes, apart from search.py's 0-4 so that no contour stream can coincide with an IFS stream of the same seed.
@@ -116,7 +117,7 @@ def draw_strokes(kind: str, rng: np.random.Generator, vertices: int, rings: int,
         greys: (rings,) int64, in [0, size // 2] for rcdb (the released ``randint(0, image_size / 2)``) and in
             [0, 255] for visualatom.
         uniforms: (rings, 2, vertices) float64 in [0, 1); [k, 0] moves x, [k, 1] moves y, by pnoise1 of
-            PERLIN_MAX times the value (what ``rng.uniform(0, PERLIN_MAX)`` would give, one numpy pass faster).
+            contours.PERLIN_MAX times the value (what ``rng.uniform(0, 10000)`` gives, one numpy pass faster).
     """
     _check_kind(kind)
     top = size // 2 if kind == "rcdb" else 255
@@ -148,16 +149,32 @@ def image_params(kind: str, seed: int, category: int, instance: int, size: int =
     return params, draw_strokes(kind, rng, params["vertices"], params["rings"], size)
 
 
+def render_image(kind: str, seed: int, category: int, instance: int, size: int = 512) -> tuple[np.ndarray, dict]:
+    """Image ``instance`` of category ``category``: ((size, size) uint8 grey, its JSON-able parameters)."""
+    params, strokes = image_params(kind, seed, category, instance, size)
+    return contours.render(kind, params, *strokes, size=size), params
+
+
 def lpce_base(kind: str, seed: int, base: int = 0, size: int = 512) -> tuple[dict, tuple]:
     """The image all LPCE classes perturb: instance 0 of category ``base`` (or the next with a radius > 0).
+
+    Cached, since every class reuses it: the stroke arrays are read-only, and the dict is a fresh copy.
 
     Returns:
         (params with an added "category" key, (greys, uniforms)), as ``image_params``.
     """
+    params, strokes = _lpce_base(kind, seed, base, size)
+    return dict(params), strokes
+
+
+@lru_cache(maxsize=4)
+def _lpce_base(kind: str, seed: int, base: int, size: int) -> tuple[dict, tuple]:
     category = base
     while True:
         params, strokes = image_params(kind, seed, category, 0, size)
         if params["radius"] > 0:
+            for array in strokes:
+                array.flags.writeable = False
             return dict(params, category=category), strokes
         category += 1
 
@@ -189,6 +206,15 @@ def lpce_classes(kind: str, seed: int, L: int, delta: float, mode: str = "vertex
     """The L class perturbations of an LPCE build; class l draws from ``generator(seed, LPCE, l)``."""
     params, _ = lpce_base(kind, seed, base)
     return [draw_lpce_class(kind, params, delta, mode, generator(seed, LPCE, label)) for label in range(L)]
+
+
+def render_lpce(
+    kind: str, seed: int, label: int, delta: float, mode: str = "vertex", base: int = 0, size: int = 512
+) -> tuple[np.ndarray, dict]:
+    """Class ``label`` of an LPCE build: ((size, size) uint8 grey, its JSON-able perturbation ``{"mode", "u"}``)."""
+    params, strokes = lpce_base(kind, seed, base, size)
+    cls = draw_lpce_class(kind, params, delta, mode, generator(seed, LPCE, label))
+    return contours.render(kind, params, *strokes, size=size, scale=lpce_scale(params, cls)), cls
 
 
 def lpce_scale(base: dict, cls: dict) -> np.ndarray:

@@ -167,6 +167,19 @@ def test_lpce_delta_zero_is_the_base_image_and_classes_share_strokes(kind):
     assert np.all(cp.lpce_scale(base, scalar[0]) == 1 + s[0])
 
 
+@pytest.mark.parametrize("kind", contours.KINDS)
+def test_render_conveniences_agree_with_the_parts(kind):
+    img, params = cp.render_image(kind, 2, 5, 1, size=256)
+    p, strokes = cp.image_params(kind, 2, 5, 1, size=256)
+    assert params == p and np.array_equal(img, contours.render(kind, p, *strokes, size=256))
+    assert img.shape == (256, 256)
+    img, cls = cp.render_lpce(kind, 2, 3, 0.2, mode="scalar", base=1)
+    base, strokes = cp.lpce_base(kind, 2, base=1)
+    assert cls == cp.lpce_classes(kind, 2, L=4, delta=0.2, mode="scalar", base=1)[3]
+    assert np.array_equal(img, contours.render(kind, base, *strokes, scale=cp.lpce_scale(base, cls)))
+    assert not strokes[1].flags.writeable  # the cached base is shared by every class
+
+
 def test_lpce_rcdb_base_skips_a_zero_radius():
     seed = next(s for s in range(5000) if cp.image_params("rcdb", s, 0, 0)[0]["radius"] == 0)
     base, _ = cp.lpce_base("rcdb", seed, base=0)
