@@ -78,6 +78,19 @@ def test_draw_line_equals_pillow():
             assert np.array_equal(ours, np.asarray(im)[..., 0]), n
 
 
+def test_draw_line_named_cases_equal_pillow():
+    """Horizontal, vertical, both diagonals, single points, both directions, and (-1, 0) truncating to column 0."""
+    cases = [(2, 5, 17, 5), (17, 5, 2, 5), (4, 1, 4, 18), (4, 18, 4, 1), (1, 1, 15, 15), (15, 1, 1, 15),
+             (6, 6, 6, 6), (-0.9, 3.5, 9.99, -0.5), (19.7, 19.2, 25.0, 30.0), (3, 2, 18, 9), (3, 2, 10, 19),
+             (-30, 10, 50, 11), (10, -30, 11, 50), (-5, -5, 25, 25)]
+    for x0, y0, x1, y1 in cases:
+        ours = np.zeros((20, 20), np.uint8)
+        contours.draw_line(ours, int(x0), int(y0), int(x1), int(y1), 200)
+        im = Image.new("RGB", (20, 20))
+        ImageDraw.Draw(im).line((x0, y0, x1, y1), fill=(200, 200, 200), width=1)
+        assert np.array_equal(ours, np.asarray(im)[..., 0]), (x0, y0, x1, y1)
+
+
 # --- whole images against the restatement ----------------------------------------------------------------------
 
 
@@ -127,6 +140,21 @@ def test_visualatom_edge_cases_equal_the_released_drawing():
     for waves in ((0, 0), (20, 19), (0, 7)):
         p = dict(params, wave1=waves[0], wave2=waves[1])
         assert np.array_equal(contours.render("visualatom", p, *strokes), released("visualatom", p, strokes))
+    p = dict(params, centre_x=100.5, centre_y=77.0)
+    small = contours.render("visualatom", p, *strokes, size=160)
+    assert small.shape == (160, 160) and np.array_equal(small, released("visualatom", p, strokes, size=160))
+
+
+@pytest.mark.parametrize("kind", contours.KINDS)
+def test_render_is_pure(kind):
+    """No state between calls, and the inputs (shared by LPCE classes) stay untouched."""
+    params, (greys, uniforms) = cp.image_params(kind, 9, 1, 2)
+    before = (dict(params), greys.copy(), uniforms.copy())
+    first = contours.render(kind, params, greys, uniforms)
+    other, other_strokes = cp.image_params(kind, 9, 2, 0)
+    contours.render(kind, other, *other_strokes)
+    assert np.array_equal(contours.render(kind, params, greys, uniforms), first)
+    assert params == before[0] and np.array_equal(greys, before[1]) and np.array_equal(uniforms, before[2])
 
 
 @pytest.mark.parametrize("kind", contours.KINDS)
