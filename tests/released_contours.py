@@ -9,6 +9,7 @@ one can be fed the same numbers.
 from __future__ import annotations
 
 import math
+import random
 import struct
 
 import numpy as np
@@ -117,3 +118,51 @@ def draw_released(
                 xy = (vertex_x[i], vertex_y[i], vertex_x[i + 1], vertex_y[i + 1])
             draw.line(xy, fill=(g, g, g), width=1)
     return np.asarray(im)
+
+
+def released_stream(kind: str, categories: int, instances: int, seed: int = 1, size: int = 512):
+    """The released scripts' own random draws, in their order: ``random.seed(seed)`` (thread_num + 1), then per
+    category its parameters and per instance its strokes, re-drawing the per-instance geometry after each one
+    (``make_rcdb.py:54-67, 95-106, 126-130``; ``render_VisualAtom.py:61-77, 96-107, 127-128``).
+
+    Yields:
+        (category, instance, params, greys, uniforms): fracgen's parameter keys; greys (K,) int; uniforms
+        (K, 2, V) float64, the ``random()`` values behind each ``uniform(0, 10000)``. Reseeds the global ``random``.
+    """
+    rcdb = kind == "rcdb"
+    spread = 400 if rcdb else 512
+    random.seed(seed)
+    for category in range(categories):
+        if rcdb:
+            while True:
+                vertices = int(random.expovariate(1 / 100))
+                if 2 < vertices <= 200:
+                    break
+        else:
+            vertices = random.randint(200, 1000)
+        params = dict(vertices=vertices, rings=random.randint(1, 200), perlin=random.uniform(0, 4),
+                      line_width=random.uniform(0.0, 0.1))
+        params["radius"] = random.randint(0, 100) if rcdb else random.randint(10, 60)
+        if not rcdb:
+            params["wave1"] = random.randint(0, 20)
+            while True:
+                params["wave2"] = random.randint(0, 20)
+                if params["wave2"] != params["wave1"] or params["wave1"] == 0:
+                    break
+        params["oval_x"], params["oval_y"] = random.uniform(1, 2), random.uniform(1, 2)
+        params["centre_y"] = (size + random.randint(-spread, spread)) / 2
+        params["centre_x"] = (size + random.randint(-spread, spread)) / 2
+        for instance in range(instances):
+            greys = np.empty(params["rings"], np.int64)
+            uniforms = np.empty((params["rings"], 2, vertices))
+            for k in range(params["rings"]):
+                greys[k] = random.randint(0, size // 2) if rcdb else random.randint(0, 255)
+                for axis in range(2):
+                    for v in range(vertices):
+                        uniforms[k, axis, v] = random.random()  # uniform(0, 10000) = 0 + 10000 * random()
+            yield category, instance, dict(params), greys, uniforms
+            if rcdb:
+                params["oval_x"], params["oval_y"] = random.uniform(1, 2), random.uniform(1, 2)
+                params["radius"] = random.randint(0, 100)
+            params["centre_y"] = (size + random.randint(-spread, spread)) / 2
+            params["centre_x"] = (size + random.randint(-spread, spread)) / 2

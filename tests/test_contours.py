@@ -6,11 +6,12 @@ float32 Perlin noise and Pillow's own ``ImageDraw.line``, fed the same draws as 
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from released_contours import draw_released
+from released_contours import draw_released, released_stream
 from released_contours import pnoise1 as plain_pnoise1
 
 from fracgen import contour_params as cp
@@ -155,6 +156,28 @@ def test_render_is_pure(kind):
     contours.render(kind, other, *other_strokes)
     assert np.array_equal(contours.render(kind, params, greys, uniforms), first)
     assert params == before[0] and np.array_equal(greys, before[1]) and np.array_equal(uniforms, before[2])
+
+
+SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "rcdb-visualatom-samples.png"
+
+
+def test_released_random_stream_reproduces_the_authors_samples():
+    """Fed the released scripts' own CPython draws, the kernels redraw the reference samples rendered by the
+    released scripts (top row RCDB categories 0-3 of ``random.seed(1)`` at 3 instances per category, bottom row
+    VisualAtom's at 2), as Pillow's bicubic 256-px thumbnails of them, pixel for pixel."""
+    if not SAMPLES.exists():
+        pytest.skip("the reference samples live outside the repository (../shared/reference)")
+    grid = np.asarray(Image.open(SAMPLES))
+    for row, (kind, instances) in enumerate([("rcdb", 3), ("visualatom", 2)]):
+        for category, instance, params, greys, uniforms in released_stream(kind, 4, instances):
+            if instance:
+                continue
+            img = contours.render(kind, params, greys, uniforms)
+            if kind == "rcdb":
+                assert np.array_equal(img, released(kind, params, (greys, uniforms)))
+            thumb = np.asarray(Image.fromarray(img).resize((256, 256), Image.BICUBIC))
+            cell = grid[row * 256:(row + 1) * 256, category * 256:(category + 1) * 256]
+            assert np.array_equal(thumb, cell), (kind, category)
 
 
 @pytest.mark.parametrize("kind", contours.KINDS)
