@@ -202,9 +202,11 @@ def draw_lpce_class(kind: str, base: dict, delta: float, mode: str, rng: np.rand
     return {"mode": mode, "u": float(rng.uniform(-delta, delta))}
 
 
-def lpce_classes(kind: str, seed: int, L: int, delta: float, mode: str = "vertex", base: int = 0) -> list[dict]:
+def lpce_classes(
+    kind: str, seed: int, L: int, delta: float, mode: str = "vertex", base: int = 0, size: int = 512
+) -> list[dict]:
     """The L class perturbations of an LPCE build; class l draws from ``generator(seed, LPCE, l)``."""
-    params, _ = lpce_base(kind, seed, base)
+    params, _ = lpce_base(kind, seed, base, size)
     return [draw_lpce_class(kind, params, delta, mode, generator(seed, LPCE, label)) for label in range(L)]
 
 
