@@ -278,6 +278,8 @@ def render(
     if kind not in KINDS:
         raise ValueError(f"unknown contour kind {kind!r}; expected one of {KINDS}")
     nv, nk = int(params["vertices"]), int(params["rings"])
+    if nv < 1 or nk < 0 or size < 1:
+        raise ValueError(f"need vertices >= 1, rings >= 0 and size >= 1; got {nv}, {nk}, {size}")
     greys = np.ascontiguousarray(greys, dtype=np.int64)
     uniforms = np.ascontiguousarray(uniforms, dtype=np.float64)
     if greys.shape != (nk,) or uniforms.shape != (nk, 2, nv):

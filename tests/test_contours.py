@@ -244,6 +244,10 @@ def test_bad_arguments_raise():
         contours.render("fractal", params, *strokes)
     with pytest.raises(ValueError, match="do not fit"):
         contours.render("rcdb", dict(params, rings=params["rings"] + 1), *strokes)
+    with pytest.raises(ValueError, match="vertices >= 1"):
+        contours.render("rcdb", dict(params, vertices=0), strokes[0], strokes[1][:, :, :0])
+    with pytest.raises(ValueError, match="size >= 1"):
+        contours.render("rcdb", params, *strokes, size=0)
     with pytest.raises(ValueError, match="scale"):
         contours.render("rcdb", params, *strokes, scale=np.ones(params["vertices"] + 1))
     with pytest.raises(ValueError, match="mode"):
