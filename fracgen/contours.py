@@ -204,7 +204,7 @@ def _rings(
     iy = np.empty(nv + 1, np.int64)
     code = np.empty(nv + 1, np.int64)
     for k in range(greys.shape[0]):
-        ink = np.uint8(min(greys[k], 255))  # Pillow clips a tuple ink to 8 bits (RCDB draws up to 256)
+        ink = np.uint8(max(0, min(greys[k], 255)))  # Pillow clips a tuple ink to 8 bits (RCDB draws up to 256)
         for v in range(nv):
             px = np.float64(pnoise1_f32(np.float32(PERLIN_MAX * uniforms[k, 0, v])))
             py = np.float64(pnoise1_f32(np.float32(PERLIN_MAX * uniforms[k, 1, v])))
@@ -266,7 +266,7 @@ def render(
         kind: "rcdb" or "visualatom".
         params: the image's parameters (category and instance keys of ``contour_params``): vertices V, rings K,
             perlin c, line_width lw, radius R, oval_x, oval_y, centre_x, centre_y, and for VisualAtom wave1, wave2.
-        greys: (K,) int, ring greys in [0, 256] (256 draws as 255).
+        greys: (K,) int, ring greys in [0, 256], clipped into [0, 255] as Pillow clips an ink tuple.
         uniforms: (K, 2, V) float64 in [0, 1): ring k moves x by pnoise1(PERLIN_MAX * uniforms[k, 0, v]), y by
             pnoise1(PERLIN_MAX * uniforms[k, 1, v]).
         size: canvas side in pixels.

@@ -120,6 +120,7 @@ def test_rcdb_edge_cases_equal_the_released_drawing():
     params, (greys, uniforms) = cp.image_params("rcdb", 7, 0, 0)
     greys = greys.copy()
     greys[::2] = 256
+    greys[1] = -3  # never drawn, but Pillow clips it to 0 like any ink
     cases = [
         (dict(params, radius=0), (greys, uniforms), 512),
         (dict(params, centre_x=56.0, centre_y=456.5), (greys, uniforms), 512),
