@@ -125,7 +125,10 @@ def build(
                 f"--shard-range {i}:{j} must satisfy 0 <= i < j <= {config.num_shards} (the shard count)"
             )
     search_start = time.perf_counter()
-    plan = make_plan(config, systems, source=str(source) if source_bytes is not None else "")
+    from fracgen.distribute import default_workers
+
+    plan = make_plan(config, systems, source=str(source) if source_bytes is not None else "",
+                     workers=workers or default_workers(), progress=progress)
     search_seconds = time.perf_counter() - search_start
     if overwrite:
         clear_output(root)

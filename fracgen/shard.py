@@ -42,7 +42,7 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
     def samples():
         for index in plan.shard_samples[shard]:
             image, meta = render_sample(plan, index, canvas)
-            if cfg.instances == 1:
+            if cfg.instances == 1 and index % cfg.per_class == 0:  # one record per class: its first image
                 records.append(meta)
             yield {
                 "__key__": dataset.sample_key(index),
