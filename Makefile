@@ -7,7 +7,7 @@ OUT ?= out/1p-frac
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev demo publish-dry test bench lint pretrain finetune repro-small bench-train sweep clean
+.PHONY: help install install-dev demo publish-dry test bench bench-contours bench-search lint pretrain finetune repro-small bench-train sweep clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,12 @@ test: install-dev ## Run the test suite (CPU only, no network).
 
 bench: install ## Builder speed: default build cold and warm, chaos game alone, per-stage costs, memory.
 	$(BIN)/python benchmarks/bench_build.py
+
+bench-contours: install ## RCDB and VisualAtom per image against the released drawing restated (goal: 100x).
+	$(BIN)/python benchmarks/bench_contours.py --images 40
+
+bench-search: install ## FractalDB/OFDB category search: 1000 categories across the cores (goal: < 15 s on 2).
+	$(BIN)/python benchmarks/bench_search.py --categories 1000
 
 lint: install-dev ## ruff over the packages and tests.
 	$(BIN)/ruff check fracgen train tests benchmarks

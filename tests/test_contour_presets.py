@@ -135,3 +135,16 @@ def test_contour_defaults_follow_the_released_scripts():
         assert (cfg.size, cfg.categories, cfg.instances, cfg.num_classes) == (512, 1000, 1, 1000)
     lpce = BuildConfig(preset="rcdb-lpce")
     assert (lpce.num_classes, lpce.delta, lpce.radius_perturbation) == (1000, 0.1, "vertex")
+
+
+def test_the_table3_sweep_names_valid_builds():
+    from train.sweep import load_sweep, points
+
+    spec = load_sweep("sweep-table3")
+    built = []
+    for point in points(spec):
+        config = BuildConfig(**{**spec["build"], **point})
+        config.validate()
+        built.append((config.preset, config.num_classes))
+    assert built == [(p, 1000) for p in ("rcdb", "rcdb-lpce", "visualatom", "visualatom-lpce", "1p-frac")]
+    assert set(spec["paper"]["values"]) == {p for p, _ in built}

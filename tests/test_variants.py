@@ -207,3 +207,15 @@ def test_bad_variant_options_are_one_line_exit_2(tmp_path, args, fragment):
     line = result.output.strip()
     assert line.startswith("Error:") and fragment.lower() in line.lower() and "\n" not in line
     assert not (tmp_path / "out").exists()
+
+
+def test_the_search_benchmark_prints_its_row():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_search.py"), "--categories", "2",
+                           "--workers", "1"], capture_output=True, text=True, timeout=300, check=True)
+    row = done.stdout.strip().splitlines()[-1].split("|")
+    assert row[1].strip() == "2" and row[2].strip() == "1" and float(row[3]) > 0
