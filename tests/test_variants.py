@@ -138,12 +138,15 @@ def released_fill(maps: np.ndarray, uniforms: np.ndarray) -> float:
 
 def test_the_category_search_counts_as_the_released_search():
     from fracgen import ifs
-    from fracgen.category_search import SEARCH_POINTS, _draw, point_lit
+    from fracgen.category_search import SEARCH_POINTS, point_lit
     from fracgen.seeds import generator
 
     rng = generator(7, 99)
+
+    def _draw(rng):
+        return rng.uniform(-1.0, 1.0, (int(rng.integers(2, 8)), 6))
     uniforms = generator(7, 98).random(SEARCH_POINTS - 1)
-    points, image = np.empty((SEARCH_POINTS, 2)), np.zeros((512, 512), np.uint8)
+    points, image = np.empty((2, SEARCH_POINTS)), np.zeros((512, 512), np.uint8)
     seen = {"diverged": 0, "counted": 0}
     for _ in range(6):
         maps = _draw(rng)
@@ -161,6 +164,27 @@ def test_the_category_search_counts_as_the_released_search():
     full = point_lit(maps, np.cumsum(ifs.probabilities(maps)), uniforms, points, image, 0)
     need = max(full, 0) + 1
     assert point_lit(maps, np.cumsum(ifs.probabilities(maps)), uniforms, points, image, need) < need
+
+
+def test_the_search_accepts_the_first_candidate_of_its_stream_that_fills_enough():
+    from fracgen import ifs
+    from fracgen.category_search import BATCH, SEARCH_POINTS, point_lit, search_category
+    from fracgen.seeds import SEARCH, choice_uniforms, generator
+
+    system = search_category(3, 0, 0.2, 1000)
+    rng = generator(0, SEARCH, 3)
+    uniforms = choice_uniforms(0, 3, SEARCH_POINTS)
+    points, image = np.empty((2, SEARCH_POINTS)), np.zeros((512, 512), np.uint8)
+    need = math.ceil(0.2 * image.size)
+    for start in range(0, system.attempts, BATCH):
+        counts, params = rng.integers(2, 8, BATCH), rng.uniform(-1.0, 1.0, (BATCH, 7, 6))
+        for b in range(min(BATCH, system.attempts - start)):
+            maps = params[b, :counts[b]]
+            lit = point_lit(maps, np.cumsum(ifs.probabilities(maps)), uniforms, points, image, need)
+            if start + b + 1 < system.attempts:
+                assert lit < need
+            else:
+                assert lit >= need and np.array_equal(maps, system.maps) and system.fill == lit / image.size
 
 
 def test_the_category_search_is_the_same_across_workers():
