@@ -174,6 +174,15 @@ def search_category(category: int, seed: int, min_fill: float, max_attempts: int
                      "--max-attempts")
 
 
+def category_fill(system: System, seed: int, category: int) -> float:
+    """The fill the search measures for a given system as category ``category`` (-1.0 when it diverges)."""
+    points = np.empty((2, SEARCH_POINTS))
+    image = np.zeros((SEARCH_SIZE, SEARCH_SIZE), np.uint8)
+    lit = point_lit(system.maps, np.cumsum(system.probabilities), choice_uniforms(seed, category, SEARCH_POINTS),
+                    points, image, 0)
+    return lit / image.size if lit >= 0 else -1.0
+
+
 _task: tuple[int, float, int] | None = None
 
 

@@ -114,10 +114,16 @@ def check_systems(systems: list[System], config) -> None:
         UsageError: naming the first bad system.
     """
     canvas = render.Canvas(config.size, config.points)
+    fractaldb = PRESETS[config.preset].systems == "fractaldb"
     for f, system in enumerate(systems):
-        masks = draw_masks(generator(config.seed, CHECK, f), config.points)
-        fill = render.render(system.maps, system.probabilities, choice_uniforms(config.seed, f, config.points),
-                             masks, canvas.image, canvas.points, config.style)
+        if fractaldb:  # the test the categories were searched with, so a build's own params.json passes
+            from fracgen.category_search import category_fill
+
+            fill = category_fill(system, config.seed, f)
+        else:
+            masks = draw_masks(generator(config.seed, CHECK, f), config.points)
+            fill = render.render(system.maps, system.probabilities, choice_uniforms(config.seed, f, config.points),
+                                 masks, canvas.image, canvas.points, config.style)
         if fill < 0:
             raise UsageError(f"--params: system {f} diverges (its chaos game leaves the finite numbers)")
         floor, option = ((config.base_min_fill, "--base-min-fill") if PRESETS[config.preset].systems == "sigma"

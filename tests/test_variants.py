@@ -243,3 +243,21 @@ def test_the_search_benchmark_prints_its_row():
                            "--workers", "1"], capture_output=True, text=True, timeout=300, check=True)
     row = done.stdout.strip().splitlines()[-1].split("|")
     assert row[1].strip() == "2" and row[2].strip() == "1" and float(row[3]) > 0
+
+
+def test_a_fractaldb_build_resumes_and_rebuilds_from_its_params(tmp_path):
+    cfg = BuildConfig(preset="ofdb", fractals=2, **SMALL)
+    build(cfg, tmp_path / "a", workers=1)
+    build(cfg, tmp_path / "b", workers=1, params=tmp_path / "a" / "params.json")
+    assert [p.read_bytes() for p in sorted((tmp_path / "a").glob("train-*.tar"))] == [
+        p.read_bytes() for p in sorted((tmp_path / "b").glob("train-*.tar"))]
+    from fracgen.category_search import category_fill
+    from fracgen.systems import System
+
+    bad = System(maps=np.array([[0.1, 0, 0, 0.1, 0, 0], [0.1, 0, 0, 0.1, 0.5, 0.5]]),
+                 probabilities=np.array([0.5, 0.5]), sigma=0.4, fill=0.0)
+    assert 0 <= category_fill(bad, 0, 0) < 0.2
+    (tmp_path / "bad.json").write_text(json.dumps(bad.to_json()))
+    with pytest.raises(FracgenError, match="under --min-fill 0.2"):
+        build(BuildConfig(preset="ofdb", fractals=1, **SMALL), tmp_path / "c", workers=1,
+              params=tmp_path / "bad.json")
