@@ -39,7 +39,8 @@ class BuildConfig:
         maps: affine maps N per system.
         fractals: base systems C (1p-frac: every (fractal, perturbation) pair is a class; FractalDB/OFDB:
             every system is a class).
-        instances: images per class (FractalDB: up to 1,000, default 1,000; every other preset: 1).
+        instances: images per class (FractalDB: up to 1,000, default 1,000; rcdb/visualatom: up to 100,000,
+            default 1; every other preset: 1). With ``patch_variants`` K a class has instances x K images.
         perturbation: "multiplicative" (released code, default) or "additive" (paper Eq. 9).
         style: "reference" (released look) or "points".
         size: image side in pixels.

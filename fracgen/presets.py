@@ -89,7 +89,7 @@ class Preset:
         naming: the dataset's name from its config (``_info.json``, the card).
         description: one sentence for the generic card.
         min_fill: default ``--min-fill``.
-        max_instances: the largest ``--instances`` (images per class); the default too.
+        max_instances: the largest ``--instances`` (images per class); the default too unless ``instances``.
         card: the card template of a one-system build, when the family has its own.
         instances: default ``--instances`` when it is not ``max_instances``.
         size: default ``--size``.
