@@ -7,7 +7,7 @@ OUT ?= out/1p-frac
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev demo publish-dry test bench bench-contours bench-search lint pretrain finetune repro-small bench-train sweep clean
+.PHONY: help install install-dev demo publish-dry test bench bench-contours bench-search bench-released lint pretrain finetune repro-small bench-train sweep clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ bench-contours: install ## RCDB and VisualAtom per image against the released dr
 
 bench-search: install ## FractalDB/OFDB category search: 1000 categories across the cores (goal: < 15 s on 2).
 	$(BIN)/python benchmarks/bench_search.py --categories 1000
+
+bench-released: install ## 1p-frac: CPU time against the released generator restated, per image and per render.
+	$(BIN)/python benchmarks/bench_released.py --images 5
 
 lint: install-dev ## ruff over the packages and tests.
 	$(BIN)/ruff check fracgen train tests benchmarks
