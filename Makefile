@@ -7,7 +7,7 @@ OUT ?= out/1p-frac
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev demo publish-dry test readme-check bench lint pretrain finetune repro-small bench-train sweep clean
+.PHONY: help install install-dev demo publish-dry test readme-check bench bench-contours bench-search bench-released lint pretrain finetune repro-small bench-train sweep clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(OUT)|$(OUT)|g' \
@@ -44,6 +44,15 @@ readme-check: install-dev ## Run the README's builder and publishing blocks in o
 
 bench: install ## Builder speed: default build cold and warm, chaos game alone, per-stage costs, memory.
 	$(BIN)/python benchmarks/bench_build.py
+
+bench-contours: install ## RCDB and VisualAtom per image against the released drawing restated (goal: 100x).
+	$(BIN)/python benchmarks/bench_contours.py --images 40
+
+bench-search: install ## FractalDB/OFDB category search: 1000 categories across the cores (goal: < 15 s on 2).
+	$(BIN)/python benchmarks/bench_search.py --categories 1000
+
+bench-released: install ## 1p-frac: CPU time against the released generator restated, per image and per render.
+	$(BIN)/python benchmarks/bench_released.py --images 5
 
 lint: install-dev ## ruff over the packages and tests.
 	$(BIN)/ruff check fracgen train tests benchmarks

@@ -142,7 +142,8 @@ def build(
     search_start = time.perf_counter()
     source_name = str(source) if source_bytes is not None else ""
     if overwrite:  # plan before deleting anything, so a failing search keeps the old build
-        plan = make_plan(config, systems, source=source_name, accepted=accepted is not None)
+        plan = make_plan(config, systems, source=source_name, accepted=accepted is not None,
+                         workers=workers, progress=progress)
         clear_output(root)
     existed = root.exists()
     check_writable(root)
@@ -152,7 +153,8 @@ def build(
                          f"pass --resume to finish it")
     if not overwrite:
         try:
-            plan = make_plan(config, systems, source=source_name, accepted=accepted is not None)
+            plan = make_plan(config, systems, source=source_name, accepted=accepted is not None, workers=workers,
+                             progress=progress)
         except BaseException:
             if stored is None:
                 release(root, created_root=not existed)

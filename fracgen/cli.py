@@ -17,7 +17,7 @@ import click
 
 from fracgen import config as options_mod
 from fracgen.errors import FracgenError, UsageError
-from fracgen.presets import DEFAULT_PRESET, PRESETS
+from fracgen.presets import DEFAULT_PRESET, OFDB_WEIGHTS, PRESETS
 
 
 class _Group(click.Group):
@@ -153,6 +153,29 @@ def _operational(f):
 
 
 _MOST_INSTANCES = max(p.max_instances for p in PRESETS.values())
+
+
+def _new_preset_options(f):
+    """Options of the contour presets, patch variants, OFDB weights and the 1p-frac base fill."""
+    for option in reversed([
+        click.option("--categories", type=click.IntRange(min=1), default=1000, show_default=True,
+                     help="rcdb/visualatom: categories C (C x --instances images; 1000 x 1 = the 1K sets)."),
+        click.option("--radius-perturbation", type=click.Choice(options_mod.RADIUS_PERTURBATIONS), default="vertex",
+                     show_default=True, help="rcdb-lpce/visualatom-lpce: one u ~ U(-Delta, Delta) per start vertex "
+                     "(the paper's 'radii') or one for the whole start polygon."),
+        click.option("--base-category", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="rcdb-lpce/visualatom-lpce: the category of the base image."),
+        click.option("--patch-variants", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="1p-frac/ofdb: images per class, each with fresh patch masks over the class's points "
+                     "(Table 13 'w/ Aug.')."),
+        click.option("--ofdb-weights", type=click.Choice(tuple(OFDB_WEIGHTS)), default="identity", show_default=True,
+                     help="ofdb: identity (the paper's text) or released (parameter a x 0.2, the shipped scripts)."),
+        click.option("--base-min-fill", type=_Number(0, 1), default=None,
+                     help="1p-frac: lit fraction the base fractal's render must reach [default: --min-fill]; 0 "
+                     "takes the first finite draw, as the released code."),
+    ]):
+        f = option(f)
+    return f
 _delta = click.option("--delta", type=_Number(0), default=0.1, show_default=True,
                       help="Perturbation degree Delta >= 0.")
 _L = click.option("--L", "L", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -173,14 +196,16 @@ _shard_size = click.option("--shard-size", type=click.IntRange(min=1), default=1
 @click.option("--fractals", type=click.IntRange(min=1), default=1, show_default=True,
               help="Base systems C (1p-frac: C x L classes; fractaldb/ofdb: C categories).")
 @click.option("--instances", type=click.IntRange(1, _MOST_INSTANCES), default=None,
-              help=f"fractaldb: images per category, spread over its {_MOST_INSTANCES} variations "
-                   f"[default: {_MOST_INSTANCES}].")
+              help="fractaldb: images per category over its 1000 variations (25 weights x 10 patches x 4 flips, "
+                   "flips first) [default: 1000]; rcdb/visualatom: images per category [default: 1].")
 @click.option("--perturbation", type=click.Choice(options_mod.MODES), default="multiplicative", show_default=True,
               help="multiplicative: theta*(1+u), u~U(-D,D) (released code, the paper's numbers); "
                    "additive: theta+eps, eps~U(-D/2,D/2) (paper Eq. 9).")
 @_style
-@_size
-@_points
+@click.option("--size", type=click.IntRange(min=options_mod.MIN_SIZE), default=None,
+              help=f"Image side in pixels (>= {options_mod.MIN_SIZE}) [default: 512; fractaldb and ofdb 362].")
+@click.option("--points", type=click.IntRange(min=1), default=None,
+              help="Chaos-game points per image [default: 100000; fractaldb and ofdb 200000].")
 @click.option("--min-fill", type=_Number(0, 1), default=None,
               help="Lit fraction every render must reach [default: 0.05; fractaldb and ofdb 0.2].")
 @_margin
@@ -192,6 +217,7 @@ _shard_size = click.option("--shard-size", type=click.IntRange(min=1), default=1
               help="Systems the search draws per fractal before it gives up.")
 @click.option("--params", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Base systems from this JSON (fracgen search output or a build's params.json) instead of searching.")
+@_new_preset_options
 @_operational
 @click.pass_context
 def build_command(ctx: click.Context, out: Path, params: Path | None, **options) -> None:

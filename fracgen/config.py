@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from fracgen.dataset import PARAMS_JSON
 from fracgen.errors import UsageError
 from fracgen.perturb import MODES
-from fracgen.presets import DEFAULT_MIN_FILL, DEFAULT_PRESET, PRESETS, Preset
+from fracgen.presets import DEFAULT_MIN_FILL, DEFAULT_PRESET, OFDB_WEIGHTS, PRESETS, Preset
 
 # The raster's limits, as fracgen.render states them (render imports numba; tests/test_presets checks they agree).
 STYLES = ("reference", "points")
@@ -26,6 +26,7 @@ TRANSFORMS = ("affine", "elastic", "polynomial")
 MAX_DELTA = 100.0
 SEARCH_ONLY = ("sigma", "maps", "margin", "max_attempts")  # options that only steer the search (not --params)
 MAX_MAPS = 1000
+RADIUS_PERTURBATIONS = ("vertex", "scalar")  # fracgen.contour_params.LPCE_MODES (that module imports numba)
 _INSTANCES = ", ".join(f"[1, {p.max_instances}] for {p.name}" for p in PRESETS.values() if p.max_instances > 1) + \
     " and 1"
 
@@ -42,7 +43,8 @@ class BuildConfig:
         maps: affine maps N per system.
         fractals: base systems C (1p-frac: every (fractal, perturbation) pair is a class; FractalDB/OFDB:
             every system is a class).
-        instances: images per class (FractalDB: up to 1,000, default 1,000; every other preset: 1).
+        instances: images per class (FractalDB: up to 1,000, default 1,000; rcdb/visualatom: up to 100,000,
+            default 1; every other preset: 1). With ``patch_variants`` K a class has instances x K images.
         perturbation: "multiplicative" (released code, default) or "additive" (paper Eq. 9).
         style: "reference" (released look) or "points".
         size: image side in pixels.
@@ -59,6 +61,14 @@ class BuildConfig:
         edges: real-image preset: "canny" or "none".
         color: real-image preset: "grey" or "rgb".
         transform: real-image preset: "affine", "elastic" or "polynomial".
+        categories: contour presets (rcdb, visualatom): categories C.
+        radius_perturbation: contour LPCE presets: "vertex" (one u per start vertex, default) or "scalar".
+        base_category: contour LPCE presets: the base image's category (the next with a radius > 0 if its is 0).
+        patch_variants: 1p-frac and OFDB: images per class, each with freshly drawn patch masks over the class's
+            points (paper Table 13 "w/ Aug."); the label stays the class.
+        ofdb_weights: OFDB: "identity" (the paper's text) or "released" (parameter a x 0.2, the shipped scripts).
+        base_min_fill: 1p-frac: lit fraction the base system's own render must reach (default: ``min_fill``;
+            0 accepts the first finite draw, as the released code, which never renders the base).
     """
 
     preset: str = DEFAULT_PRESET
@@ -70,8 +80,8 @@ class BuildConfig:
     instances: int | None = None
     perturbation: str = "multiplicative"
     style: str = "reference"
-    size: int = 512
-    points: int = 100_000
+    size: int | None = None
+    points: int | None = None
     min_fill: float | None = None
     margin: float = 0.1
     seed: int = 0
@@ -84,13 +94,25 @@ class BuildConfig:
     edges: str = "canny"
     color: str = "grey"
     transform: str = "affine"
+    categories: int = 1000
+    radius_perturbation: str = "vertex"
+    base_category: int = 0
+    patch_variants: int = 1
+    ofdb_weights: str = "identity"
+    base_min_fill: float | None = None
 
     def __post_init__(self):
         family = PRESETS.get(self.preset)  # validate() names an unknown preset
         if self.min_fill is None:
             object.__setattr__(self, "min_fill", family.min_fill if family else DEFAULT_MIN_FILL)
         if self.instances is None:
-            object.__setattr__(self, "instances", family.max_instances if family else 1)
+            object.__setattr__(self, "instances", family.default_instances if family else 1)
+        if self.size is None:
+            object.__setattr__(self, "size", family.size if family else 512)
+        if self.points is None:
+            object.__setattr__(self, "points", family.points if family else 100_000)
+        if self.base_min_fill is None:
+            object.__setattr__(self, "base_min_fill", self.min_fill)
 
     @property
     def family(self) -> Preset:
@@ -102,8 +124,13 @@ class BuildConfig:
         return self.family.num_classes(self)
 
     @property
+    def per_class(self) -> int:
+        """Images per class: instances x patch variants (label = sample index // per_class)."""
+        return self.instances * self.patch_variants
+
+    @property
     def num_samples(self) -> int:
-        return self.num_classes * self.instances
+        return self.num_classes * self.per_class
 
     @property
     def num_shards(self) -> int:
@@ -164,10 +191,35 @@ class BuildConfig:
                 self.transform in TRANSFORMS,
                 f"must be affine, elastic or polynomial, got {self.transform!r}",
             ),
+            *self._more_checks(),
         ]
         for option, ok, message in checks:
             if not ok:
                 raise UsageError(f"{option} {message}")
+
+    def _more_checks(self) -> list[tuple[str, bool, str]]:
+        """The checks of the options added with the contour presets, patch variants and OFDB weights."""
+        return [
+            ("--categories", self.categories >= 1, f"must be >= 1, got {self.categories}"),
+            (
+                "--radius-perturbation",
+                self.radius_perturbation in RADIUS_PERTURBATIONS,
+                f"must be one of {', '.join(RADIUS_PERTURBATIONS)}, got {self.radius_perturbation!r}",
+            ),
+            ("--base-category", self.base_category >= 0, f"must be >= 0, got {self.base_category}"),
+            ("--patch-variants", self.patch_variants >= 1, f"must be >= 1, got {self.patch_variants}"),
+            (
+                "--patch-variants",
+                self.patch_variants == 1 or self.style == "reference",
+                f"needs --style reference (the points style has no patch masks), got {self.style!r}",
+            ),
+            (
+                "--ofdb-weights",
+                self.ofdb_weights in OFDB_WEIGHTS,
+                f"must be one of {', '.join(OFDB_WEIGHTS)}, got {self.ofdb_weights!r}",
+            ),
+            ("--base-min-fill", 0 <= self.base_min_fill <= 1, f"must be in [0, 1], got {self.base_min_fill}"),
+        ]
 
     def to_json(self) -> dict:
         return asdict(self)

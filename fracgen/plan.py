@@ -23,7 +23,7 @@ class Plan:
     Attributes:
         config: the resolved options.
         systems: base systems (fractal presets).
-        shard_samples: sample indices of every shard, sorted; label = index // instances.
+        shard_samples: sample indices of every shard, sorted; label = index // per_class.
         source: real-image preset: the path the source image is read from.
     """
 
@@ -34,7 +34,7 @@ class Plan:
 
 
 def make_plan(config: BuildConfig, systems: list[System] | None = None, source: str = "",
-              accepted: bool = False) -> Plan:
+              accepted: bool = False, *, workers: int = 1, progress: bool = False) -> Plan:
     """Search the base systems (or check the given ones) and spread the samples across shards in a seeded order.
 
     Args:
@@ -44,6 +44,8 @@ def make_plan(config: BuildConfig, systems: list[System] | None = None, source: 
         source: real-image preset: where to read the source image.
         accepted: ``systems`` are the ones this build stored when it accepted them (a resume): not judged again,
             since a fill near ``min_fill`` may fall either side under the check's own draws.
+        workers: processes for a search that runs in parallel (FractalDB/OFDB categories); no effect on the result.
+        progress: show the search's progress bar.
 
     Returns:
         The plan. Samples are numbered in label order; shards hold them sorted.
@@ -55,7 +57,7 @@ def make_plan(config: BuildConfig, systems: list[System] | None = None, source: 
         from fracgen import search  # numba: only a preset that renders fractals pays for it
 
         if systems is None:
-            systems = search.search_systems(config)
+            systems = search.search_systems(config, workers=workers, progress=progress)
         elif not accepted:
             search.check_systems(systems, config)
     elif systems is None:

@@ -9,7 +9,11 @@ differ by family, how its base systems are drawn (``fracgen.search``), how one s
 - ``fractaldb``: ``C`` categories found by the FractalDB search (N ~ U{2..7}, parameters ~ U(-1, 1), kept when
   the render fills at least 0.2), each with up to 1,000 instances: 25 weight rows (the identity, and each of the
   6 parameters of every map scaled by 1-2k, 1-k, 1+k, 1+2k, k = 0.4) x 10 patch-mask instances x 4 flips.
-- ``ofdb``: the same categories, one image each (weights identity, first patch instance, no flip).
+- ``ofdb``: the same categories, one image each (weights identity, first patch instance, no flip; ``--ofdb-weights
+  released`` scales parameter a by 0.2, what the shipped OFDB scripts render; ``--patch-variants K``: K images
+  per category with freshly drawn patch masks, the "w/ Aug." of the paper's Table 13).
+- ``rcdb`` / ``visualatom``: C contour categories x I instances (``fracgen.contour_params``), 512 px.
+- ``rcdb-lpce`` / ``visualatom-lpce``: one base contour image, L classes perturbing its start polygon's radii.
 - ``gaussian-noise`` / ``uniform-noise``: one noise image whose distribution parameters are perturbed into ``L``
   classes (paper Table 4); every class shares the same standard draws.
 - ``real``: one real image (grey, RGB or Canny edges) whose geometry is perturbed (affine, elastic or
@@ -31,6 +35,13 @@ FRACTALDB_FLIPS = 4
 FRACTALDB_MAPS = (2, 8)  # N ~ U{2..7}
 FRACTALDB_MIN_FILL = 0.2
 DEFAULT_MIN_FILL = 0.05
+# FractalDB's and OFDB's released render scripts: 362 px, 200,000 points.
+FRACTALDB_SIZE, FRACTALDB_POINTS = 362, 200_000
+DEFAULT_SIZE, DEFAULT_POINTS = 512, 100_000
+# OFDB weights: "identity" (the paper's text) or "released" (row 0 of the shipped weights_0.4.csv, (0.2, 1, 1, 1,
+# 1, 1), which is row 1 of fractaldb_weights()).
+OFDB_WEIGHTS = {"identity": 0, "released": 1}
+CONTOUR_MAX_INSTANCES = 100_000
 
 
 def fractaldb_weights(k: float = FRACTALDB_K) -> np.ndarray:
@@ -39,7 +50,7 @@ def fractaldb_weights(k: float = FRACTALDB_K) -> np.ndarray:
     for j in range(6):
         for scale in (1 - 2 * k, 1 - k, 1 + k, 1 + 2 * k):
             row = np.ones(6)
-            row[j] = scale
+            row[j] = round(scale, 12)  # the decimals of the released weights_0.4.csv (0.2, not 1 - 0.8)
             rows.append(row)
     return np.array(rows)
 
@@ -48,9 +59,18 @@ FRACTALDB_GRID = len(fractaldb_weights()) * FRACTALDB_PATCHES * FRACTALDB_FLIPS 
 
 
 def fractaldb_instance(instance: int, instances: int) -> tuple[int, int, int]:
-    """(weight row, patch instance, flip) of instance i of M, spread evenly over the 1,000-instance grid."""
-    g = instance * FRACTALDB_GRID // instances
-    return g // (FRACTALDB_PATCHES * FRACTALDB_FLIPS), (g // FRACTALDB_FLIPS) % FRACTALDB_PATCHES, g % FRACTALDB_FLIPS
+    """(weight row, patch instance, flip) of instance i of M, as FractalDB's own subsets take them.
+
+    FractalDB renders, per patch instance, every weight row in all 4 flips (its 100-instance set is 25 weights x
+    4 flips, the 1,000-instance set adds 10 patch instances). So instance i takes patch i // 100, and within a
+    round of n <= 100 instances the flip cycles fastest and the n / 4 weight slots spread evenly over the 25 rows:
+    any M >= 4 covers all 4 flips, M = 100 all 25 rows x 4 flips, M = 1,000 the whole grid once.
+    """
+    cells = len(fractaldb_weights()) * FRACTALDB_FLIPS  # 100 per patch instance
+    patch, j = divmod(instance, cells)
+    n = min(cells, instances - patch * cells)
+    slots = -(-n // FRACTALDB_FLIPS)
+    return (j // FRACTALDB_FLIPS) * len(fractaldb_weights()) // slots, patch, j % FRACTALDB_FLIPS
 
 
 @dataclass(frozen=True)
@@ -60,7 +80,8 @@ class Preset:
     Attributes:
         name: the ``--preset`` value (and ``config.preset``).
         options: the options it reads; the CLI refuses the others so a contradiction never passes silently.
-        classes: what a class is: "fractal x perturbation" (C x L classes), "system" (C) or "perturbation" (L).
+        classes: what a class is: "fractal x perturbation" (C x L classes), "system" (C), "perturbation" (L) or
+            "category" (``--categories`` C, the contour presets).
         systems: how its base systems are drawn: "sigma" (by sigma-factor), "fractaldb" (the FractalDB search),
             or None (it renders no fractal).
         sampler: how one sample is rendered: a key of ``fracgen.samples.SAMPLERS``.
@@ -68,8 +89,12 @@ class Preset:
         naming: the dataset's name from its config (``_info.json``, the card).
         description: one sentence for the generic card.
         min_fill: default ``--min-fill``.
-        max_instances: the largest ``--instances`` (images per class); the default too.
+        max_instances: the largest ``--instances`` (images per class); the default too unless ``instances``.
         card: the card template of a one-system build, when the family has its own.
+        instances: default ``--instances`` when it is not ``max_instances``.
+        size: default ``--size``.
+        points: default ``--points`` (chaos-game presets).
+        tags: extra card tags (the Hub's ``tags``), beside the generic ones.
     """
 
     name: str
@@ -83,6 +108,10 @@ class Preset:
     min_fill: float = DEFAULT_MIN_FILL
     max_instances: int = 1
     card: str | None = None
+    instances: int | None = None
+    size: int = DEFAULT_SIZE
+    points: int = DEFAULT_POINTS
+    tags: tuple[str, ...] = ()
 
     @property
     def renders_fractals(self) -> bool:
@@ -95,7 +124,14 @@ class Preset:
             return config.fractals * config.L
         if self.classes == "system":
             return config.fractals
+        if self.classes == "category":
+            return config.categories
         return config.L
+
+    @property
+    def default_instances(self) -> int:
+        """``--instances`` when not given."""
+        return self.instances if self.instances is not None else self.max_instances
 
 
 _FRACTAL = {"style", "size", "points", "min_fill", "seed", "shard_size", "max_attempts"}
@@ -111,6 +147,28 @@ def _noise_name(c) -> str:
     return f"{c.preset}-delta{c.delta}-L{c.L}"
 
 
+def _ofdb_name(c) -> str:
+    weights = "" if c.ofdb_weights == "identity" else f"-{c.ofdb_weights}"
+    variants = "" if c.patch_variants == 1 else f"-aug{c.patch_variants}"
+    return f"ofdb-{c.fractals}{weights}{variants}"
+
+
+_CONTOUR = {"categories", "instances", "size", "seed", "shard_size"}
+_CONTOUR_LPCE = {"delta", "L", "size", "seed", "shard_size", "radius_perturbation", "base_category"}
+_RCDB = ("RCDB, radial contour images (Kataoka et al., CVPR 2022, released renderer of "
+         "masora1030/CVPR2022-Pretrained-ViT-PyTorch)")
+_VISUALATOM = ("VisualAtom, contours with two sine waves (Takashima et al., CVPR 2023, released renderer of "
+               "masora1030/CVPR2023-FDSL-on-VisualAtom)")
+_LPCE_TEXT = (", LPCE variant of the 1p-frac paper (Table 3): one base image whose start polygon's radii are "
+              "multiplied by (1 + u), u ~ U(-Delta, Delta), into L classes that share its noise and ring greys "
+              "(fracgen's reading of the paper: no code was released for it).")
+
+
+def _lpce_name(c) -> str:
+    mode = "" if c.radius_perturbation == "vertex" else f"-{c.radius_perturbation}"
+    return f"{c.preset}{mode}-delta{c.delta}-L{c.L}"
+
+
 _NOISE_TEXT = ("noise baseline of the 1p-frac paper (Table 4): one noise image whose distribution parameters are "
                "perturbed into L classes that share the same standard draws.")
 
@@ -118,7 +176,7 @@ _RECORDS = [
     Preset(
         name="1p-frac",
         options=frozenset(_FRACTAL | {"sigma", "delta", "L", "maps", "fractals", "perturbation", "margin",
-                                      "max_redraws"}),
+                                      "max_redraws", "patch_variants", "base_min_fill"}),
         classes="fractal x perturbation", systems="sigma", sampler="perturbed-ifs", command="build",
         naming=_one_p_frac_name, card="1p-frac.md",
         description="1p-frac (Nakamura et al., ECCV 2024): L perturbations of the parameters of each base fractal, "
@@ -128,16 +186,42 @@ _RECORDS = [
         name="fractaldb", options=frozenset(_FRACTAL | {"fractals", "instances"}),
         classes="system", systems="fractaldb", sampler="fractaldb", command="build",
         naming=lambda c: f"fractaldb-{c.fractals}-x{c.instances}",
-        min_fill=FRACTALDB_MIN_FILL, max_instances=FRACTALDB_GRID,
+        min_fill=FRACTALDB_MIN_FILL, max_instances=FRACTALDB_GRID, size=FRACTALDB_SIZE, points=FRACTALDB_POINTS,
+        tags=("fractaldb",),
         description="FractalDB (Kataoka et al., ACCV 2020 / IJCV 2022): C categories, each an iterated function "
         "system found by the FractalDB search, each with instances from scaled parameters, patch masks and flips.",
     ),
     Preset(
-        name="ofdb", options=frozenset(_FRACTAL | {"fractals"}),
+        name="ofdb", options=frozenset(_FRACTAL | {"fractals", "patch_variants", "ofdb_weights"}),
         classes="system", systems="fractaldb", sampler="fractaldb", command="build",
-        naming=lambda c: f"ofdb-{c.fractals}", min_fill=FRACTALDB_MIN_FILL,
+        naming=_ofdb_name, min_fill=FRACTALDB_MIN_FILL, size=FRACTALDB_SIZE, points=FRACTALDB_POINTS,
+        tags=("ofdb",),
         description="OFDB, the one-instance FractalDataBase (Nakamura et al., ICCV 2023): C fractal categories, one "
         "image each.",
+    ),
+    Preset(
+        name="rcdb", options=frozenset(_CONTOUR), classes="category", systems=None, sampler="contour",
+        command="build", naming=lambda c: f"rcdb-{c.categories}-x{c.instances}", min_fill=0.0,
+        max_instances=CONTOUR_MAX_INSTANCES, instances=1, tags=("contours", "rcdb"),
+        description=_RCDB + ": C categories of nested polygon rings pushed out by Perlin noise, I instances each "
+        "(new size, stretch and centre).",
+    ),
+    Preset(
+        name="visualatom", options=frozenset(_CONTOUR), classes="category", systems=None, sampler="contour",
+        command="build", naming=lambda c: f"visualatom-{c.categories}-x{c.instances}", min_fill=0.0,
+        max_instances=CONTOUR_MAX_INSTANCES, instances=1, tags=("contours", "visualatom"),
+        description=_VISUALATOM + ": C categories of nested rings shaped by Perlin noise and two sine waves, I "
+        "instances each (new centre).",
+    ),
+    Preset(
+        name="rcdb-lpce", options=frozenset(_CONTOUR_LPCE), classes="perturbation", systems=None,
+        sampler="contour-lpce", command="build", naming=_lpce_name, min_fill=0.0, tags=("contours", "rcdb", "lpce"),
+        description=_RCDB + _LPCE_TEXT,
+    ),
+    Preset(
+        name="visualatom-lpce", options=frozenset(_CONTOUR_LPCE), classes="perturbation", systems=None,
+        sampler="contour-lpce", command="build", naming=_lpce_name, min_fill=0.0,
+        tags=("contours", "visualatom", "lpce"), description=_VISUALATOM + _LPCE_TEXT,
     ),
     Preset(
         name="gaussian-noise", options=frozenset(_NOISE), classes="perturbation", systems=None, sampler="noise",

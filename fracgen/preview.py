@@ -228,6 +228,7 @@ def caption(build: dict[str, Any]) -> str:
         ("delta", "Delta"),
         ("L", "L"),
         ("fractals", "C"),
+        ("categories", "C"),
         ("instances", "instances"),
         ("seed", "seed"),
         ("size", "size"),

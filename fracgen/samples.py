@@ -4,7 +4,10 @@
   until the render is finite and fills enough.
 - ``fractaldb`` (FractalDB, OFDB): instance i of category c scales the base maps by a weight row, draws one of
   10 patch-mask instances and flips; a render that blows up is truncated as the released FractalDB code does.
+  With ``--patch-variants K`` (1p-frac, OFDB) variant v keeps the class's points and draws fresh patch masks.
 - ``noise``: the shared standard draws shaped by the class's distribution parameters.
+- ``contour`` (RCDB, VisualAtom): instance i of category c (``fracgen.contour_params``, ``fracgen.contours``).
+- ``contour-lpce``: class l perturbs the radii of the shared base contour image.
 - ``real-image``: the source image under the class's geometric transform.
 
 Fractal samples of the reference look are rendered ahead (issue 13): ``shard`` announces a shard's samples with
@@ -22,7 +25,7 @@ import numpy as np
 from fracgen import perturb as perturb_mod
 from fracgen import render
 from fracgen.errors import FracgenError
-from fracgen.presets import PRESETS, fractaldb_instance, fractaldb_weights
+from fracgen.presets import OFDB_WEIGHTS, PRESETS, fractaldb_instance, fractaldb_weights
 from fracgen.seeds import CHOICES, CLASS, choice_uniforms, draw_masks, generator
 
 
@@ -60,8 +63,14 @@ def _perturbed_ifs(plan, label: int, instance: int, canvas: render.Canvas) -> tu
         masks = draw_masks(rng, cfg.points) if cfg.style == "reference" else None
         fill = render_fill(maps, base.probabilities, uniforms, masks, canvas, cfg.style)
         if fill >= cfg.min_fill:
-            return canvas.image, {"label": label, "fractal": fractal, "perturbation": k, "maps": maps.tolist(),
-                                  "redraws": redraws, "fill": fill}
+            meta = {"label": label, "fractal": fractal, "perturbation": k, "maps": maps.tolist(),
+                    "redraws": redraws, "fill": fill}
+            if cfg.patch_variants == 1:
+                return canvas.image, meta
+            if instance > 0:  # the class's points, fresh masks; the fill may differ a little from variant 0's
+                masks = draw_masks(generator(cfg.seed, CLASS, fractal, k, instance), cfg.points)
+                meta["fill"] = render_fill(maps, base.probabilities, uniforms, masks, canvas, cfg.style)
+            return canvas.image, dict(meta, variant=instance)
     raise FracgenError(
         f"class {label} (fractal {fractal}, perturbation {k}): no perturbation with a finite chaos game and fill "
         f">= {cfg.min_fill} in {cfg.max_redraws + 1} draws; lower --delta or --min-fill"
@@ -78,13 +87,20 @@ def _fractaldb(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[
         render.expand_bits(ready[0], canvas.image)
         return _FLIPS[ready[1]["flip"]](canvas.image), ready[1]
     base = plan.systems[label]
-    row, patch, flip = fractaldb_instance(instance, cfg.instances)
+    if cfg.patch_variants > 1 or cfg.ofdb_weights != "identity":
+        # OFDB: variant v draws the masks of FractalDB's patch instance v over the same weights, unflipped.
+        row, patch, flip = OFDB_WEIGHTS[cfg.ofdb_weights], instance, 0
+    else:
+        row, patch, flip = fractaldb_instance(instance, cfg.instances)
     maps = base.maps * fractaldb_weights()[row]
     masks = draw_masks(generator(cfg.seed, CLASS, label, patch), cfg.points) if cfg.style == "reference" else None
     fill = render_fill(maps, base.probabilities, choice_uniforms(cfg.seed, label, cfg.points), masks, canvas, cfg.style,
                        truncate=True)
-    return _FLIPS[flip](canvas.image), {"label": label, "fractal": label, "instance": instance, "weights": row,
-                                        "patch": patch, "flip": flip, "fill": fill}
+    meta = {"label": label, "fractal": label, "instance": instance, "weights": row, "patch": patch, "flip": flip,
+            "fill": fill}
+    if cfg.patch_variants > 1:
+        meta["variant"] = instance
+    return _FLIPS[flip](canvas.image), meta
 
 
 def _perturbed_ifs_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
@@ -190,7 +206,56 @@ def _real(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.nd
                        f"view in {cfg.max_redraws + 1} draws; lower --delta")
 
 
-SAMPLERS = {"perturbed-ifs": _perturbed_ifs, "fractaldb": _fractaldb, "noise": _noise, "real-image": _real}
+def _contour(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+    from fracgen import contour_params
+
+    cfg = plan.config
+    image, params = contour_params.render_image(cfg.preset, cfg.seed, label, instance, cfg.size)
+    return image, {"label": label, "category": label, "instance": instance, "params": params}
+
+
+def _contour_lpce(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+    from fracgen import contour_params
+
+    cfg = plan.config
+    image, cls = contour_params.render_lpce(cfg.preset.removesuffix("-lpce"), cfg.seed, label, cfg.delta,
+                                            cfg.radius_perturbation, cfg.base_category, cfg.size)
+    return image, {"label": label, "perturbation": label, **cls}
+
+
+SAMPLERS = {"perturbed-ifs": _perturbed_ifs, "fractaldb": _fractaldb, "noise": _noise, "real-image": _real,
+            "contour": _contour, "contour-lpce": _contour_lpce}
+
+
+def class_records(plan) -> list[dict] | None:
+    """params.json's class records computed from the plan, for the presets whose per-sample json is not one
+    record per class (contours: the category's draws; contour LPCE: the perturbations); None for the others."""
+    cfg = plan.config
+    sampler = PRESETS[cfg.preset].sampler
+    if sampler not in ("contour", "contour-lpce"):
+        return None
+    from fracgen import contour_params
+
+    if sampler == "contour":
+        return [{"label": c, "category": c, "instances": cfg.instances,
+                 "params": contour_params.category_params(cfg.preset, cfg.seed, c)} for c in range(cfg.categories)]
+    kind = cfg.preset.removesuffix("-lpce")
+    perturbations = contour_params.lpce_classes(kind, cfg.seed, cfg.L, cfg.delta, cfg.radius_perturbation,
+                                                cfg.base_category, cfg.size)
+    return [{"label": k, "perturbation": k, **p} for k, p in enumerate(perturbations)]
+
+
+def lpce_base_record(plan) -> dict | None:
+    """The base image's parameters of a contour LPCE build (params.json "base"), else None."""
+    cfg = plan.config
+    if PRESETS[cfg.preset].sampler != "contour-lpce":
+        return None
+    from fracgen import contour_params
+
+    params, _ = contour_params.lpce_base(cfg.preset.removesuffix("-lpce"), cfg.seed, cfg.base_category, cfg.size)
+    return params
+
+
 # Samplers that render several samples together (reference look only: the chains kernel draws that look).
 BATCHED = {"perturbed-ifs": _perturbed_ifs_ahead, "fractaldb": _fractaldb_ahead}
 AHEAD = 64  # samples rendered together: bounds the memory a shard's images, masks and choices hold at once
@@ -210,8 +275,12 @@ def _take_ready(plan, index: int, canvas: render.Canvas) -> tuple[np.ndarray, di
     if index not in canvas.ready and index in canvas.pending:
         at = canvas.pending[index]
         chunk = [i for i in canvas.order[at:at + AHEAD] if canvas.pending.pop(i, None) is not None]
-        batched = BATCHED.get(PRESETS[plan.config.preset].sampler)
-        if batched is not None and plan.config.style == "reference":
+        cfg = plan.config
+        batched = BATCHED.get(PRESETS[cfg.preset].sampler)
+        # the batched kernels draw one image per (class, instance) of the reference look; patch variants and
+        # OFDB's released weights take the one-image path
+        if batched is not None and cfg.style == "reference" and cfg.patch_variants == 1 and \
+                cfg.ofdb_weights == "identity":
             batched(plan, chunk, canvas)
     return canvas.ready.pop(index, None)
 
@@ -221,11 +290,11 @@ def render_sample(plan, index: int, canvas: render.Canvas) -> tuple[np.ndarray, 
 
     Args:
         plan: the build's plan.
-        index: sample index; label = index // instances, instance = index % instances.
+        index: sample index; label = index // per_class, instance (or patch variant) = index % per_class.
         canvas: reusable buffers (the returned image may be a view of ``canvas.image``).
 
     Returns:
         The image ((size, size) uint8 grey, or (size, size, 3) uint8) and the sample's metadata (its ``json``).
     """
-    label, instance = divmod(index, plan.config.instances)
+    label, instance = divmod(index, plan.config.per_class)
     return SAMPLERS[PRESETS[plan.config.preset].sampler](plan, label, instance, canvas)

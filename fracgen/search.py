@@ -1,8 +1,8 @@
 """Finding acceptable base systems: a finite chaos game and a render that fills enough of the canvas.
 
-One loop serves every preset that has base systems; the presets differ only in how a candidate is drawn:
-1p-frac draws N maps with a target sigma-factor (Anderson & Farrell), FractalDB draws N ~ U{2..7} maps with
-parameters ~ U(-1, 1). System f draws from ``generator(seed, SEARCH, f)``, so it is the same whatever other
+1p-frac draws N maps with a target sigma-factor (Anderson & Farrell) and renders them as the dataset does;
+FractalDB/OFDB categories (N ~ U{2..7} maps, parameters ~ U(-1, 1)) use FractalDB's own acceptance test, in
+``fracgen.category_search``. System f draws from ``generator(seed, SEARCH, f)``, so it is the same whatever other
 systems, workers or shard ranges the build has. ``check_systems`` applies the same test to systems given in a
 params file.
 """
@@ -15,7 +15,7 @@ import numpy as np
 
 from fracgen import ifs, render
 from fracgen.errors import UsageError
-from fracgen.presets import FRACTALDB_MAPS, PRESETS
+from fracgen.presets import PRESETS
 from fracgen.seeds import CHECK, SEARCH, choice_uniforms, draw_masks, generator
 from fracgen.systems import System
 
@@ -87,37 +87,23 @@ def search(
     )
 
 
-def _fractaldb_draw(rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    n = int(rng.integers(*FRACTALDB_MAPS))
-    maps = rng.uniform(-1.0, 1.0, (n, 6))
-    return maps, ifs.sigma_factor(maps)
+def search_systems(config, workers: int = 1, progress: bool = False) -> list[System]:
+    """The plan's base systems for a preset (none for presets without systems: noise, real images).
 
-
-def fractaldb_search(category: int, *, seed: int, size: int, points: int, style: str, min_fill: float,
-                     max_attempts: int) -> System:
-    """FractalDB's category search: random unconstrained systems until one renders finite and fills enough.
-
-    Raises:
-        UsageError: nothing acceptable within ``max_attempts``.
+    1p-frac's bases must fill ``base_min_fill`` (default ``min_fill``); FractalDB/OFDB categories use FractalDB's
+    own acceptance test (``fracgen.category_search``), across ``workers`` processes.
     """
-    found = _first_acceptable(_fractaldb_draw, category, seed=seed, size=size, points=points, style=style,
-                              min_fill=min_fill, max_attempts=max_attempts)
-    if isinstance(found, System):
-        return found
-    raise UsageError(f"FractalDB search: category {category} found nothing filling --min-fill {min_fill} in "
-                     f"{max_attempts} attempts (best {found:.3f}); lower --min-fill or raise --max-attempts")
-
-
-def search_systems(config) -> list[System]:
-    """The plan's base systems for a preset (none for presets without systems: noise, real images)."""
     common = dict(seed=config.seed, size=config.size, points=config.points, style=config.style,
                   min_fill=config.min_fill, max_attempts=config.max_attempts)
     how = PRESETS[config.preset].systems
     if how == "sigma":
+        common["min_fill"] = config.base_min_fill
         return [search(config.sigma, maps=config.maps, fractal=f, margin=config.margin, **common)
                 for f in range(config.fractals)]
     if how == "fractaldb":
-        return [fractaldb_search(c, **common) for c in range(config.fractals)]
+        from fracgen.category_search import search_categories
+
+        return search_categories(config, workers=workers, progress=progress)
     return []
 
 
@@ -128,15 +114,21 @@ def check_systems(systems: list[System], config) -> None:
         UsageError: naming the first bad system.
     """
     canvas = render.Canvas(config.size, config.points)
+    fractaldb = PRESETS[config.preset].systems == "fractaldb"
     for f, system in enumerate(systems):
-        masks = draw_masks(generator(config.seed, CHECK, f), config.points)
-        fill = render.render(system.maps, system.probabilities, choice_uniforms(config.seed, f, config.points),
-                             masks, canvas.image, canvas.points, config.style)
+        if fractaldb:  # the test the categories were searched with, so a build's own params.json passes
+            from fracgen.category_search import category_fill
+
+            fill = category_fill(system, config.seed, f)
+        else:
+            masks = draw_masks(generator(config.seed, CHECK, f), config.points)
+            fill = render.render(system.maps, system.probabilities, choice_uniforms(config.seed, f, config.points),
+                                 masks, canvas.image, canvas.points, config.style)
         if fill < 0:
             raise UsageError(f"--params: system {f} diverges (its chaos game leaves the finite numbers)")
-        if fill < config.min_fill:
-            raise UsageError(
-                f"--params: system {f} fills {fill:.4f} of the image, under --min-fill {config.min_fill}"
-            )
+        floor, option = ((config.base_min_fill, "--base-min-fill") if PRESETS[config.preset].systems == "sigma"
+                         else (config.min_fill, "--min-fill"))
+        if fill < floor:
+            raise UsageError(f"--params: system {f} fills {fill:.4f} of the image, under {option} {floor}")
         if not np.isfinite(system.fill):  # a params file without fills: record the one measured here
             system.fill = fill

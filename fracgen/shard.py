@@ -43,7 +43,7 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
         render_ahead(plan, plan.shard_samples[shard], canvas)
         for index in plan.shard_samples[shard]:
             image, meta = render_sample(plan, index, canvas)
-            if cfg.instances == 1:
+            if cfg.instances == 1 and index % cfg.per_class == 0:  # one record per class: its first image
                 records.append(meta)
             yield {
                 "__key__": dataset.sample_key(index),

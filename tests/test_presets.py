@@ -29,7 +29,19 @@ def test_fractaldb_instances_cover_the_grid_once():
     cells = {fractaldb_instance(i, FRACTALDB_GRID) for i in range(FRACTALDB_GRID)}
     assert len(cells) == FRACTALDB_GRID == 1000
     assert {c[0] for c in cells} == set(range(25)) and {c[2] for c in cells} == set(range(4))
-    assert len({fractaldb_instance(i, 10)[0] for i in range(10)}) == 10  # a subset still spans the weight rows
+    assert {fractaldb_instance(i, 10)[0] for i in range(10)} == {0, 8, 16}  # a subset spreads over the rows
+
+
+@pytest.mark.parametrize("instances", [4, 10, 100, 250, 999])
+def test_fractaldb_subsets_cover_all_four_flips_as_fractaldb_does(instances):
+    cells = [fractaldb_instance(i, instances) for i in range(instances)]
+    assert len(set(cells)) == instances
+    assert {c[2] for c in cells} == {0, 1, 2, 3}
+    if instances >= 100:  # FractalDB's 100-instance set: 25 weight rows x 4 flips, one patch instance
+        hundred = cells[:100]
+        assert {(c[0], c[2]) for c in hundred} == {(w, f) for w in range(25) for f in range(4)}
+        assert {c[1] for c in hundred} == {0}
+    assert all(0 <= w < 25 and 0 <= p < 10 for w, p, _ in cells)
 
 
 def samples(root, mode="l8"):
@@ -184,6 +196,7 @@ def test_every_preset_record_is_complete():
         assert family.name == name and family.sampler in SAMPLERS
         assert family.systems in ("sigma", "fractaldb", None)
         assert family.options <= {f for f in BuildConfig.__dataclass_fields__}
-        cfg = BuildConfig(preset=name, fractals=3, L=5)
-        assert cfg.num_classes == {"fractal x perturbation": 15, "system": 3, "perturbation": 5}[family.classes]
+        cfg = BuildConfig(preset=name, fractals=3, L=5, categories=7)
+        assert cfg.num_classes == {"fractal x perturbation": 15, "system": 3, "perturbation": 5,
+                                   "category": 7}[family.classes]
         assert cfg.name() and cfg.command().startswith(f"fracgen {family.command} ")
