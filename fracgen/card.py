@@ -203,7 +203,8 @@ def _image(preset: str, config: dict[str, Any]) -> str:
     size = config.get("size", "?")
     if family is not None and family.renders_fractals:
         return f"{size} x {size} 8-bit greyscale PNG, values {{0, 127}}"
-    if family is not None and family.sampler == "real-image" and config.get("color") == "grey":
+    if family is not None and (family.sampler.startswith("contour")
+                               or (family.sampler == "real-image" and config.get("color") == "grey")):
         return f"{size} x {size} 8-bit greyscale PNG"
     return f"{size} x {size} 8-bit RGB PNG"
 
@@ -216,6 +217,25 @@ def _shard_pattern(filenames: list[str]) -> str:
     return filenames[0] if len(filenames) == 1 else dataset.SHARD_GLOB
 
 
+_CONTOUR_DIFFERENCES = (
+    "- **Renderer**: fracgen's numba re-implementation of the released RCDB / VisualAtom drawing (Pillow "
+    "`ImageDraw.line` semantics, the `noise` package's float32 `pnoise1`), pixel-identical to it for the same "
+    "random draws (the tests restate the released drawing with Pillow).\n"
+    "- **Random draws**: numpy generators seeded from (seed, category, instance) instead of one global "
+    "`random.seed(thread + 1)` stream per process, so an image does not depend on the thread or worker count and "
+    "instance 0 of a C x I build is the image of the C x 1 build; the parameter distributions are the released "
+    "ones, so the images follow them without being the released dataset's images.\n"
+    "- **Output**: one grey channel (the released PNGs are RGB with R = G = B); every class's parameters are saved "
+    "in `params.json` (the released scripts save instance 0's geometry only)."
+)
+_CONTOUR_LPCE = (
+    "\n- **LPCE classes**: one base image; class l scales the start polygon's per-vertex radii by (1 + u), "
+    "u ~ U(-Delta, Delta), with the base image's noise and greys shared by all classes. This is fracgen's reading "
+    "of the paper's \"perturbations to the radii\": the 1p-frac repository has no code for it "
+    "(`--radius-perturbation scalar` scales all radii by one u instead)."
+)
+
+
 def differences(config: dict[str, Any], preset: str = DEFAULT_PRESET) -> str:
     """Markdown list: what this build does where the paper and the released 1p-frac code differ.
 
@@ -223,6 +243,8 @@ def differences(config: dict[str, Any], preset: str = DEFAULT_PRESET) -> str:
     perturbation, so their list leaves that item out.
     """
     family = PRESETS.get(preset)
+    if family is not None and family.sampler.startswith("contour"):
+        return _CONTOUR_DIFFERENCES + (_CONTOUR_LPCE if family.sampler == "contour-lpce" else "")
     if family is None or not family.renders_fractals:
         return (
             f"- The `{preset}` preset renders no fractal, so the differences in the IFS pipeline do not apply. Its "
@@ -365,7 +387,7 @@ def card_context(
     family = PRESETS.get(preset)
     real = family is not None and family.sampler == "real-image"
     tags = ["synthetic"] + (["fractals"] if family and family.renders_fractals else [])
-    tags += ([] if real else ["formula-driven"]) + ["webdataset", preset]
+    tags += ([] if real else ["formula-driven"]) + ["webdataset", preset] + list(family.tags if family else ())
     shown = [k for k in config if k in relevant or k in ("preset", "source", "source_sha256")]
     rows = {label: config[k] for k, label in _OPTION_LABELS.items() if k in relevant and k in config}
     info = yaml.safe_dump({"dataset_info": dataset_info(root, build, num_classes)}, sort_keys=False).rstrip()

@@ -242,7 +242,10 @@ def _check_config(report: VerifyReport, config: dict[str, Any]) -> None:
 
     from fracgen.config import BuildConfig
 
-    missing = sorted({f.name for f in fields(BuildConfig)} - {"min_fill", "instances"} - set(config))
+    # options added after a dataset was built take their defaults, which are what such a build used (issue 11)
+    later = {"min_fill", "instances", "categories", "radius_perturbation", "base_category", "patch_variants",
+             "ofdb_weights", "base_min_fill"}
+    missing = sorted({f.name for f in fields(BuildConfig)} - later - set(config))
     if missing:
         report.dataset_problems.append(f"{BUILD_JSON} config lacks {', '.join(missing)}")
         return
