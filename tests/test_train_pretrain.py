@@ -186,3 +186,13 @@ def test_corrupt_png_inside_a_shard_is_named(tmp_path, source):
         assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
     else:
         assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_the_command_that_stopped_runs_to_the_end(tiny_dataset, tmp_path):
+    """`train.stop_at=N` stops at N; the same command with --resume continues to the end (not one step more)."""
+    args = ["data.source=stream", "train.steps=6", "train.batch_size=8", "train.log_every=1", "data.eval_path=''",
+            "train.stop_at=3"]
+    assert pretrain(tiny_cfg(tiny_dataset, *args), tmp_path / "run")["steps"] == 3
+    done = pretrain(tiny_cfg(tiny_dataset, *args), tmp_path / "run", resume=True)
+    assert done.get("steps", done.get("step")) == 6 and not done.get("stopped"), done
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "complete"

@@ -170,6 +170,9 @@ def _train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, 
     csv_log = CsvLog(out, step, enabled=env.is_main, tensorboard=cfg.log.tensorboard)
     progress = Progress(total_steps, step, enabled=env.is_main)
     first_step = step + 1
+    # a stop_at already reached (a resumed run started with the command that stopped it) no longer applies:
+    # "the same command with --resume continues" must run to the end, not one step per call
+    stop_at = t.stop_at if t.stop_at and t.stop_at > step else 0
     evals: list[dict[str, float]] = []
     loss_sum = torch.zeros((), device=device)
     window_steps, window_images, window_t0 = 0, 0, time.perf_counter()
@@ -235,9 +238,9 @@ def _train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, 
             if stopping and step < total_steps:
                 reason = stop.reason
                 break
-            if step >= total_steps or (t.stop_at and step >= t.stop_at):
+            if step >= total_steps or (stop_at and step >= stop_at):
                 break
-        if not reason and t.stop_at and step >= t.stop_at and step < total_steps:
+        if not reason and stop_at and step >= stop_at and step < total_steps:
             reason = "train.stop_at"
         if reason:
             save()
