@@ -283,6 +283,11 @@ def _run_build(ctx: click.Context, out: Path, options: dict, params: Path | None
         if "sigma" in PRESETS[preset].options:
             _check_sigma(options["sigma"], options["maps"])
         config = BuildConfig(**options)
+    effective = config or stored
+    if effective is not None and PRESETS[preset].sampler.startswith("contour") and effective.size < 512:
+        # the released centre spread (+-400 px RCDB, +-512 px VisualAtom) is in pixels, meant for 512 px
+        click.echo(f"warning: --size {effective.size} is under the 512 px the {preset} renderer is made for: its "
+                   "centres and radii are in pixels, so many images will be blank or cut", err=True)
     result = build(config, out, workers=run["workers"], resume=run["resume"], overwrite=run["overwrite"],
                    shard_range=run["shard_range"], params=params, source=source, progress=not run["no_progress"])
     # the rate counts the rendering stage only (render, encode, write): search, planning and JIT are apart
