@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 from concurrent.futures import ProcessPoolExecutor
 
 import numba
@@ -208,7 +209,10 @@ def category_fill(system: System, seed: int, category: int) -> float:
 _task: tuple[int, float, int] | None = None
 
 
-def _init(task: tuple[int, float, int]) -> None:
+def _init(task: tuple[int, float, int], parent: int) -> None:
+    from fracgen.distribute import _die_with
+
+    _die_with(parent)  # a killed build takes its search workers with it, as it does its shard workers
     global _task
     _task = task
 
@@ -240,7 +244,7 @@ def search_categories(config, workers: int = 1, progress: bool = False) -> list[
             return systems
         search_category(0, task[0], 0.0, 1)  # compile in the parent, so forked workers inherit the kernel
         with ProcessPoolExecutor(min(workers, count), mp_context=mp.get_context("fork"), initializer=_init,
-                                 initargs=(task,)) as pool:
+                                 initargs=(task, os.getpid())) as pool:
             systems = []
             for system in pool.map(_one, range(count), chunksize=max(1, min(16, count // (4 * workers)))):
                 systems.append(system)
