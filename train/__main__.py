@@ -22,7 +22,9 @@ from train.sweep import sweep
 def _common(f):
     options = [
         click.option("--config", "config", default=None, help="YAML in train/configs/ (by name) or a path."),
-        click.option("--data", default=None, help="Dataset: folder, brace pattern, URL or torchvision name."),
+        click.option("--data", default=None,
+                     help="pretrain: a fracgen dataset folder, brace pattern or URL; finetune: cifar10, cifar100, "
+                          "an ImageFolder root (train/ and test/), or a tarball of one."),
         click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder."),
         click.option("--model", default=None, help="timm model name."),
         click.option("--img-size", type=click.IntRange(min=8), default=None, help="Training resolution (px)."),

@@ -359,19 +359,14 @@ def make_source(cfg: Config, device: torch.device, rank: int, world_size: int) -
     shards = plan_shards(cfg.data.path, info, cfg.data.verify)
     micro_batch_size(cfg, world_size)
     if mode in ("auto", "resident"):
+        from train import resident
+
         try:
-            from train import resident  # issue 5: the GPU-resident path, when it exists
-        except ImportError:
+            return resident.make_resident_source(cfg, device, rank, world_size, info=info, shards=shards)
+        except DoesNotFit as e:
             if mode == "resident":
-                raise TrainError("data.source=resident: train.resident is not available in this version") from None
-            resident = None
-        if resident is not None:
-            try:
-                return resident.make_resident_source(cfg, device, rank, world_size, info=info, shards=shards)
-            except DoesNotFit as e:
-                if mode == "resident":
-                    raise
-                log.info("streaming instead of the resident source: %s", e)
+                raise
+            log.info("streaming instead of the resident source: %s", e)
     return make_stream_source(cfg, device, rank, world_size, info, shards)
 
 
