@@ -1,4 +1,5 @@
-"""The process pool, the progress bar and the retries. The only module that owns worker processes.
+"""The shards' process pool, the progress bar and the retries. (The FractalDB/OFDB category search, before
+the shards, runs in a pool of its own in ``fracgen.category_search``.)
 
 Workers are forked, so they inherit the parent's imported modules and compiled numba kernels instead of
 re-importing them (about 0.5 s per process), and the job is handed over once at fork time, not pickled per shard.

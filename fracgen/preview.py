@@ -1,8 +1,9 @@
 """Draw `preview.png`: what a dataset's images look like and how little its classes differ.
 
-Layout, top to bottom: a caption (sigma, Delta, L, seed, size, maps); the base fractal (re-rendered from
-`params.json`) beside a grid of the first perturbations (classes 0, 1, ...); then one difference tile per
-perturbation against its neighbour, in colour, so that differences of a few pixels stay visible.
+Layout, top to bottom: a caption (the build's name and the options its preset reads: sigma, Delta, L, C,
+instances, seed, size); the base fractal (re-rendered from `params.json` by `plain_render`, for the fractal
+presets; otherwise the first class's image) beside a grid of the first images of classes 0, 1, ...; then one
+difference tile per class against its neighbour, in colour, so that differences of a few pixels stay visible.
 """
 
 from __future__ import annotations

@@ -28,17 +28,18 @@ Source interface (``Source`` protocol below)
 Mixup/cutmix and label smoothing are *not* the source's job: the loop applies timm's ``Mixup`` on the
 device to every source's batches (``train.augment.make_mixup``), so both paths share it.
 
-Choosing a source: ``cfg.data.source`` is ``auto | stream | resident``. ``make_source`` imports
-``train.resident`` if it exists and calls::
+Choosing a source: ``cfg.data.source`` is ``auto | stream | resident``. For ``auto`` and ``resident``,
+``make_source`` calls::
 
-    train.resident.make_resident_source(cfg, device, rank, world_size) -> Source
+    train.resident.make_resident_source(cfg, device, rank, world_size, info=info, shards=shards) -> Source
 
 which raises ``train.errors.DoesNotFit`` when the data exceed its memory budget (``auto`` then logs the
 message and streams; ``resident`` lets it propagate) and ``train.errors.TrainError`` for other bad input.
-``auto`` streams when ``train.resident`` does not exist yet. The resident path may read its own options from
-``cfg.data.resident`` (a free-form dict in the YAML, e.g. ``{memory_budget_gb: 20}``). Useful helpers here
-for it: ``read_info`` (the typed ``_info.json``), ``shard_urls``, ``micro_batch_size``, ``shard_samples``
-(one shard's raw samples) and ``iter_samples`` (decoded ``(uint8 grey HxW array, label)`` pairs of shards).
+The resident path reads its own options from ``cfg.data.resident`` (a free-form dict in the YAML, e.g.
+``{memory_budget_gb: 20}``; see ``train/resident.py``). Helpers here: ``read_info`` (the typed ``_info.json``
+of a folder, brace pattern or URL), ``micro_batch_size``, ``iter_samples`` (decoded ``(uint8 grey HxW array,
+label)`` pairs of shards), and, re-exported from ``train.shards``, ``shard_urls`` and ``shard_samples`` (one
+shard's raw samples).
 
 The format on disk (file names, ``_info.json``, the tar layout, PNG decoding) is ``fracgen.dataset``'s alone;
 this module only maps its errors to one-line ``TrainError`` messages. Before the first step each source reads
