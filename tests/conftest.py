@@ -45,6 +45,16 @@ def make_cifar_like(dest: Path, train_per_class: int = 100, test_per_class: int 
     return tarball
 
 
+def free_port() -> str:
+    """A TCP port nobody listens on now, for a torchrun rendezvous (a fixed port collides with a suite running
+    beside this one, and gloo then aborts a rank)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def cifar_mini_tarball(tmp_path_factory) -> Path:
     """The mini CIFAR-10 tarball (100 train + 20 test JPEGs per class, ImageFolder layout inside).

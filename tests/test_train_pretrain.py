@@ -17,6 +17,8 @@ from train.config import load_config
 from train.errors import TrainError
 from train.pretrain import pretrain
 
+from conftest import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -157,7 +159,7 @@ def test_toy_dataset_matches_contract(tmp_path):
 
 def test_ddp_two_ranks_on_cpu(tiny_dataset, tmp_path):
     """torchrun with 2 CPU ranks (gloo): shards split by rank, no hang, rank 0 writes, a refusal stops both."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
            "-m", "train", "pretrain", "--config", "tiny", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"),
            "--steps", "6", "--batch-size", "8", "--set", "data.source=stream", "--set", "train.log_every=2"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)

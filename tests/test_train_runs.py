@@ -21,6 +21,8 @@ from train.config import load_config
 from train.errors import TrainError
 from train.pretrain import pretrain
 
+from conftest import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 # 8 images of 64 px per step on the stream source, no evaluation: a step takes a fraction of a second
 QUICK = ["data.source=stream", "train.batch_size=8", "train.log_every=1", "data.eval_path=''"]
@@ -233,7 +235,7 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step(tiny_dataset, tmp_p
     """2 CPU ranks (gloo): torchrun forwards SIGTERM, the ranks agree on the step, --resume ends where a straight
     run ends."""
     def cmd(out: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29563",
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
                 "-m", "train", "pretrain", "--config", "tiny", "--data", str(tiny_dataset), "--out", str(out),
                 "--steps", "30", *[a for o in QUICK for a in ("--set", o)], *extra]
 
