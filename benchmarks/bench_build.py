@@ -119,6 +119,7 @@ def stage_costs(args) -> dict:
     from fracgen import render
     from fracgen.config import BuildConfig
     from fracgen.encode import encode_palette_png, encode_png
+    from fracgen.masks import draw_masks_fast
     from fracgen.perturb import perturb
     from fracgen.plan import make_plan
     from fracgen.samples import render_sample
@@ -172,6 +173,8 @@ def stage_costs(args) -> dict:
     return {
         "chaos game": chaos,
         "patch masks (numpy)": timed(lambda m: draw_masks(rng, args.points)),
+        "patch masks (the same draw replayed in numba, as the build draws them)": timed(
+            lambda m: draw_masks_fast(rng, args.points)),
         "raster, reference look": timed(lambda m: render.raster_reference(canvas.points, masks, canvas.image)),
         f"chaos game + raster, {render.LANES} perturbations together (per image)": timed(
             lambda m: render.render_chains(lane_maps, choices, lane_masks, lane_bits)) / lanes,

@@ -9,7 +9,7 @@ A dataset folder (see `fracgen/ARCHITECTURE.md`)::
     .fracgen/config.json        the stored options (resume), .fracgen/systems.json the base systems,
     .fracgen/stats/NNNNNN.json  one completion marker per shard
 
-Every file is written under a temporary name and renamed. Shards use the standard library's ``tarfile`` in
+Every file is written under a temporary name and renamed. Shards hold ``tarfile``'s bytes (headers by ``ustar``) in
 ``webdataset.TarWriter``'s layout (``{key}.{ext}``, extensions sorted, fixed mtime/owner/mode) and ``iter_shard``
 groups members as webdataset does (key = path up to the base name's first dot): importing webdataset imports
 torch (1.3 s, 600 MB per process), and nothing here imports numba or torch, so verify and preview stay light.
@@ -17,7 +17,6 @@ torch (1.3 s, 600 MB per process), and nothing here imports numba or torch, so v
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import io
@@ -33,6 +32,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from fracgen import ustar
 from fracgen.errors import FracgenError, UsageError
 
 INFO_JSON = "_info.json"
@@ -346,16 +346,12 @@ def write_shard(root: Path, shard: int, samples: Iterable[dict]) -> tuple[str, i
     digest = hashlib.sha256()
     try:
         with open(tmp, "wb") as f:
-            tar = tarfile.open(fileobj=_Hashing(f, digest), mode="w|", format=tarfile.USTAR_FORMAT)
-            try:
-                for sample in samples:
-                    _add_sample(tar, sample)
-                    count += 1
-            except BaseException:
-                with contextlib.suppress(Exception):  # else the tar stream flushes into a closed file at GC
-                    tar.close()
-                raise
-            tar.close()
+            out = _Hashing(f, digest)
+            offset = 0
+            for sample in samples:
+                offset += _add_sample(out, sample)
+                count += 1
+            out.write(ustar.end_of_archive(offset))
         os.replace(tmp, final)
     except OSError as e:
         raise _os_error(e, final) from None
@@ -364,16 +360,19 @@ def write_shard(root: Path, shard: int, samples: Iterable[dict]) -> tuple[str, i
     return digest.hexdigest(), count, final.stat().st_size
 
 
-def _add_sample(tar: tarfile.TarFile, sample: dict) -> None:
+def _add_sample(out, sample: dict) -> int:
+    """Write one sample's tar entries (extensions in sorted order); returns the bytes written."""
     key = sample["__key__"]
     if "." in key:
         raise ValueError(f"sample key {key!r} contains a dot; webdataset would split it")
+    written = 0
     for ext in sorted(k for k in sample if not k.startswith("_")):
         data = sample[ext]
-        info = tarfile.TarInfo(f"{key}.{ext}")
-        info.size, info.mtime, info.mode = len(data), MTIME, 0o444
-        info.uname = info.gname = "fracgen"
-        tar.addfile(info, io.BytesIO(data))
+        header = ustar.entry_header(f"{key}.{ext}", len(data), MTIME, 0o444, "fracgen")
+        entry = header + data + bytes(-len(data) % ustar.BLOCKSIZE)
+        out.write(entry)
+        written += len(entry)
+    return written
 
 
 class _Hashing:

@@ -248,18 +248,24 @@ def _two_level(words, tail, v, len_symbol, len_extra, popcount, positions, cl_or
     set_bytes = 0
     weighted = 0
     size = 8 * n + tail.size
-    previous = False
-    for k in range(n):
+    one = np.uint64(0x0101010101010101)
+    for k in range(n):  # vectorised: arithmetic only (table lookups here kept it scalar, at twice the time)
         x = words[k]
-        copy = k > 0 and x == words[k - 1]
-        t = x | (x >> np.uint64(4))  # byte j not 0 -> bit 0 of byte j -> bit j of m
+        t = x | (x >> np.uint64(4))  # byte j not 0 -> bit 0 of byte j
         t |= t >> np.uint64(2)
         t |= t >> np.uint64(1)
-        m = np.int64(((t & np.uint64(0x0101010101010101)) * np.uint64(0x0102040810204080)) >> np.uint64(56))
-        masks[k] = m
-        ones += popcount[m] * (1 - copy)
-        set_bytes += popcount[m]
-        weighted += popcount[m] * (size - 8 * k) - positions[m]
+        t &= one
+        m = np.int64((t * np.uint64(0x0102040810204080)) >> np.uint64(56))  # bit j: byte j is not 0
+        count = np.int64((t * one) >> np.uint64(56))  # bytes not 0
+        at = np.int64((t * np.uint64(0x0001020304050607)) >> np.uint64(56))  # sum of their positions j
+        copy = np.int64(k > 0) & np.int64(x == words[max(k - 1, 0)])
+        masks[k] = m | (copy << 8)  # the copy flag for the segment pass below
+        ones += count * (1 - copy)
+        set_bytes += count
+        weighted += count * (size - 8 * k) - at
+    previous = False
+    for k in range(n):
+        copy = masks[k] > 255
         bounds[segments] = k
         segments += copy != previous
         previous = copy
@@ -324,7 +330,7 @@ def _two_level(words, tail, v, len_symbol, len_extra, popcount, positions, cl_or
     for i in range(segments):
         if i % 2 == 0:
             for k in range(bounds[i], bounds[i + 1]):
-                m = masks[k]
+                m = masks[k] & 255
                 if group == 8:
                     value[u] = group_bits[m]
                     nbits[u] = group_len[m]

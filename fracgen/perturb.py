@@ -56,7 +56,7 @@ def render_perturbations(base_maps: np.ndarray, probs: np.ndarray, uniforms: np.
         number of draws made when no draw within ``max_redraws + 1`` was accepted.
     """
     from fracgen import render
-    from fracgen.seeds import draw_masks
+    from fracgen.masks import draw_masks_fast
 
     choices = render.map_choices(uniforms, np.cumsum(probs))
     results: list = [None] * len(rngs)
@@ -70,7 +70,7 @@ def render_perturbations(base_maps: np.ndarray, probs: np.ndarray, uniforms: np.
         maps = np.empty((len(batch),) + base_maps.shape)
         for lane, i in enumerate(batch):
             maps[lane] = perturb(base_maps, delta, mode, rngs[i])
-            masks[lane] = draw_masks(rngs[i], points)
+            masks[lane] = draw_masks_fast(rngs[i], points)
             draws[i] += 1
         fills = render.render_chains(maps, choices, masks[:len(batch)], bits[:len(batch)])
         for lane, i in enumerate(batch):

@@ -33,5 +33,9 @@ def choice_uniforms(seed: int, fractal: int, points: int) -> np.ndarray:
 
 
 def draw_masks(rng: np.random.Generator, points: int) -> np.ndarray:
-    """One random non-empty 9-bit patch mask per point: (points,) uint16 in [1, 511]."""
+    """One random non-empty 9-bit patch mask per point: (points,) uint16 in [1, 511].
+
+    ``fracgen.masks.draw_masks_fast`` draws the same values and leaves ``rng`` in the same state, faster (numba;
+    this module imports none, so that readers such as ``preview`` can draw masks without it).
+    """
     return rng.integers(1, 512, points, dtype=np.uint16)
