@@ -48,7 +48,8 @@ class BuildResult:
         seconds: wall time of this call.
         images: images this call rendered.
         render_seconds: wall time of the rendering stage alone (shards: render, encode, write), the time a
-            rate in images/s is measured over; the search, planning and JIT compilation are not in it.
+            rate in images/s is measured over; the search and planning are not in it (a cold numba cache adds
+            the workers' compilation of the kernels to it, once per machine).
         search_seconds: wall time of the search and planning stage.
     """
 

@@ -290,7 +290,8 @@ def _run_build(ctx: click.Context, out: Path, options: dict, params: Path | None
                    "centres and radii are in pixels, so many images will be blank or cut", err=True)
     result = build(config, out, workers=run["workers"], resume=run["resume"], overwrite=run["overwrite"],
                    shard_range=run["shard_range"], params=params, source=source, progress=not run["no_progress"])
-    # the rate counts the rendering stage only (render, encode, write): search, planning and JIT are apart
+    # the rate counts the rendering stage only (render, encode, write; on a cold numba cache also the workers'
+    # compilation of the kernels, a few seconds once per machine): search and planning are apart
     rate = result.images / result.render_seconds if result.render_seconds > 0 else 0.0
     timing = (f"{result.images} images in {result.render_seconds:.1f} s of rendering, {rate:.0f} images/s; "
               f"search and planning {result.search_seconds:.1f} s, whole call {result.seconds:.1f} s")
