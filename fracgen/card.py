@@ -321,6 +321,16 @@ def _source_section(config: dict[str, Any], source_license: str | None, source_u
     )
 
 
+def _per_class_text(config: dict[str, Any]) -> dict[str, str]:
+    """The 1p-frac card's words for the images of a class: one, or K patch variants (``--patch-variants``)."""
+    variants = config.get("patch_variants", 1)
+    if not isinstance(variants, int) or variants <= 1:
+        return {"per_class": "one image per perturbation", "variant_field": ""}
+    return {"per_class": f"{variants} images per class (the same points under freshly drawn 3 x 3 patch masks, the "
+                         "paper's Table 13 \"w/ Aug.\")",
+            "variant_field": ", and `variant`, which of the class's patch-mask draws the image is"}
+
+
 def card_context(
     root: Path | str,
     *,
@@ -425,6 +435,7 @@ def card_context(
         "versions": _table(versions, ("package", "version")) if versions else "not recorded",
         "config_table": _table({k: config[k] for k in shown}, ("option", "value")) if shown else "not recorded",
         "differences": differences(config, preset),
+        **_per_class_text(config),
     }
     return context
 

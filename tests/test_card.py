@@ -183,3 +183,22 @@ def test_a_hub_shaped_folder_loads_with_a_class_label(preset: str, tmp_path: Pat
     row = ds[0]
     assert row["json"]["label"] == row["cls"]
     assert row["png"].size == (built["config"]["size"],) * 2
+
+
+def test_a_patch_variants_card_says_images_per_class_and_loads_with_its_class_count(tmp_path: Path) -> None:
+    """--patch-variants K: K images a class; the card must not say "one image per perturbation", must name the
+    `variant` field, and a Hub-shaped folder loads with a ClassLabel of L classes over L x K samples."""
+    from fracgen.build import BuildConfig, build
+
+    root = tmp_path / "aug"
+    build(BuildConfig(L=4, patch_variants=3, size=32, points=2000, shard_size=5, seed=0), root, workers=1)
+    header, body = _split(render_card(root, license="cc0-1.0"))
+    assert "one image per perturbation" not in body
+    assert "3 images per class" in body and "`variant`" in body
+    assert "| images (samples) | 12 |" in body and "| classes | 4 " in body
+    datasets = pytest.importorskip("datasets")
+    hub = _hub_folder(root, tmp_path / "hub")
+    ds = datasets.load_dataset(str(hub), split="train", cache_dir=str(tmp_path / "cache"))
+    assert ds.features["cls"].num_classes == 4 and len(ds) == 12
+    assert sorted(ds["cls"]) == [c for c in range(4) for _ in range(3)]
+    assert sorted(row["json"]["variant"] for row in ds) == [v for v in range(3) for _ in range(4)]
