@@ -281,6 +281,8 @@ def differences(config: dict[str, Any], preset: str = DEFAULT_PRESET) -> str:
             "independently); see fracgen's render module."
         )
     points = config.get("points", "?")
+    if family.systems == "fractaldb":
+        return "\n".join(f"- {item}" for item in _fractaldb_items(config, raster, points))
     items = [
         *([perturb] if "perturbation" in family.options else []),
         "**Map probabilities** p_i = |det A_i| / sum_j |det A_j| of the base maps, not recomputed after "
@@ -302,6 +304,25 @@ def differences(config: dict[str, Any], preset: str = DEFAULT_PRESET) -> str:
         "saved, class folders named '%02d' so their order differs from the label).",
     ]
     return "\n".join(f"- {item}" for item in items)
+
+
+def _fractaldb_items(config: dict[str, Any], raster: str, points: Any) -> list[str]:
+    """FractalDB/OFDB: the differences from their released scripts (no perturbation, no redraw: a category search)."""
+    return [
+        "**Map probabilities** p_i = |det A_i| / sum_j |det A_j| of the category's maps, as the released code.",
+        f"**Chaos game**: {points} points from (0, 0), no burn-in, one map-choice sequence per category (released "
+        "FractalDB/OFDB scripts: 200,000 points); a variation whose chaos game diverges is drawn from its finite "
+        "prefix, as FractalDB's code does.",
+        raster,
+        f"**Image size** {config.get('size', '?')} px (released: 362).",
+        f"**Categories** from FractalDB's search: N ~ U{{2..7}} maps, parameters ~ U(-1, 1), kept when a render at "
+        f"the search's own fixed settings (100,000 points, one pixel per point, 512 x 512) lights at least "
+        f"{config.get('min_fill', 0.2)} of the pixels, whatever the images' size and points; a system whose "
+        "chaos game leaves the finite numbers is refused.",
+        "**Seeds and records**: every draw comes from a generator seeded by (seed, category) for the map choices "
+        "and (seed, category, patch instance) for the patch masks, and every category's system is saved in "
+        "`params.json` (the released scripts draw from global random streams and save parameters as CSV).",
+    ]
 
 
 def _source_section(config: dict[str, Any], source_license: str | None, source_url: str | None) -> str:
