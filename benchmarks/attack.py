@@ -217,6 +217,12 @@ def cases() -> list[Case]:
              _write("ds/NOTES.md", "mine"), dataset="rcdb"),
         Case("build --resume of rcdb with --patch-variants", ["build", "--resume", "--patch-variants", "2", "{ds}"],
              dataset="rcdb"),
+        *[Case(f"build --resume with config.json {key} {value!r}", ["build", "--resume", "{ds}"],
+               _edit_json(".fracgen/config.json", _set(key, value)), dataset=ds)
+          for ds, key, value in [("rcdb", "categories", True), ("rcdb", "categories", 2.5), ("rcdb", "size", 64.5),
+                                 ("rcdb", "instances", 1.5), ("rcdb", "seed", 1.5), ("rcdb", "shard_size", 2.5),
+                                 ("tiny", "patch_variants", 2.5), ("tiny", "L", 2.5), ("tiny", "delta", "0.1"),
+                                 ("tiny", "base_min_fill", True), ("tiny", "preset", 3)]],
         # ----------------------------------------------------------------- build-real
         Case("build-real of a 1x1 image", ["build-real", "{dir}/one.png", "{dir}/out", *SMALL[:2], "--L", "4"],
              _image("one.png", (1, 1), 200)),

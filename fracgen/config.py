@@ -137,7 +137,8 @@ class BuildConfig:
         return math.ceil(self.num_samples / self.shard_size)
 
     def validate(self) -> None:
-        """Raise UsageError naming the first option outside its allowed range."""
+        """Raise UsageError naming the first option of the wrong type or outside its allowed range."""
+        self._check_types()
         most = self.family.max_instances if self.preset in PRESETS else 1
         checks = [
             (
@@ -196,6 +197,18 @@ class BuildConfig:
         for option, ok, message in checks:
             if not ok:
                 raise UsageError(f"{option} {message}")
+
+    def _check_types(self) -> None:
+        """Every option has its field's type: a stored config.json or build.json may hold anything (``true`` for
+        an integer, ``2.5`` for a count), which the range checks would pass and the renderer or a resume would
+        then misread (a count of True is 1: a resume rewrote build.json over half the shards)."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type).split(" | ")[0]
+            ok = {"int": type(value) is int, "str": type(value) is str,
+                  "float": isinstance(value, (int, float)) and not isinstance(value, bool)}.get(kind, True)
+            if not ok:
+                wanted = {"int": "an integer", "float": "a number"}.get(kind, "text")
+                raise UsageError(f"--{f.name.replace('_', '-')} must be {wanted}, got {value!r}")
 
     def _more_checks(self) -> list[tuple[str, bool, str]]:
         """The checks of the options added with the contour presets, patch variants and OFDB weights."""
