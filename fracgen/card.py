@@ -316,9 +316,8 @@ def _fractaldb_items(config: dict[str, Any], raster: str, points: Any) -> list[s
         raster,
         f"**Image size** {config.get('size', '?')} px (released: 362).",
         f"**Categories** from FractalDB's search: N ~ U{{2..7}} maps, parameters ~ U(-1, 1), kept when a render at "
-        f"the search's own fixed settings (100,000 points, one pixel per point, 512 x 512) lights at least "
-        f"{config.get('min_fill', 0.2)} of the pixels, whatever the images' size and points; a system whose "
-        "chaos game leaves the finite numbers is refused.",
+        f"its fixed settings (100,000 points, one pixel per point, 512 x 512) lights at least "
+        f"{config.get('min_fill', 0.2)} of the pixels, whatever the images' size and points, and stays finite.",
         "**Seeds and records**: every draw comes from a generator seeded by (seed, category) for the map choices "
         "and (seed, category, patch instance) for the patch masks, and every category's system is saved in "
         "`params.json` (the released scripts draw from global random streams and save parameters as CSV).",
@@ -343,12 +342,12 @@ def _source_section(config: dict[str, Any], source_license: str | None, source_u
 
 
 def _per_class_text(config: dict[str, Any]) -> dict[str, str]:
-    """The 1p-frac card's words for the images of a class: one, or K patch variants (``--patch-variants``)."""
-    variants = config.get("patch_variants", 1)
-    if not isinstance(variants, int) or variants <= 1:
-        return {"per_class": "one image per perturbation", "variant_field": ""}
-    return {"per_class": f"{variants} images per class (the same points under freshly drawn 3 x 3 patch masks, the "
-                         "paper's Table 13 \"w/ Aug.\")",
+    """The 1p-frac card's words for a class's images: one, or K patch variants (``--patch-variants``)."""
+    k = config.get("patch_variants", 1)
+    if not isinstance(k, int) or k <= 1:
+        return {"per_class": "one image per perturbation", "variant_field": "", "variants_title": ""}
+    return {"per_class": f"{k} images per class (the same points under freshly drawn 3 x 3 patch masks, the "
+            "paper's Table 13 \"w/ Aug.\")", "variants_title": f", {k} patch variants",
             "variant_field": ", and `variant`, which of the class's patch-mask draws the image is"}
 
 
@@ -404,7 +403,8 @@ def card_context(
 
         command = shlex.join(command)
     if template_for(build).name == "1p-frac.md":
-        pretty = f"1p-frac (sigma {config['sigma']}, Delta {config['delta']}, L {config['L']})"
+        pretty = (f"1p-frac (sigma {config['sigma']}, Delta {config['delta']}, L {config['L']}"
+                  f"{_per_class_text(config)['variants_title']})")
     else:
         pretty = name
     preset = preset_of(build)

@@ -217,3 +217,13 @@ def test_fractaldb_and_ofdb_cards_describe_their_own_search_not_1p_frac_redraws(
     assert "perturbation is drawn again" not in text and "(seed, fractal, perturbation)" not in text
     assert "FractalDB's search" in text and "0.2" in text
     assert "released: 362" in text and "200,000 points" in text
+
+
+def test_a_patch_variants_build_is_not_named_like_the_plain_one() -> None:
+    """`_info.json`'s name (timm's `wds/NAME`) and the card's title tell a K-variant 1p-frac from the plain build
+    of the same sigma, Delta and L, as OFDB's `-augK` does."""
+    from fracgen.config import BuildConfig
+
+    plain, aug = BuildConfig(L=4), BuildConfig(L=4, patch_variants=3)
+    assert plain.name() == "1p-frac-sigma3.5-delta0.1-L4" and aug.name() == "1p-frac-sigma3.5-delta0.1-L4-aug3"
+    assert BuildConfig(preset="ofdb", fractals=2, patch_variants=3).name() == "ofdb-2-aug3"
