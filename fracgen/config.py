@@ -26,6 +26,9 @@ TRANSFORMS = ("affine", "elastic", "polynomial")
 MAX_DELTA = 100.0
 SEARCH_ONLY = ("sigma", "maps", "margin", "max_attempts")  # options that only steer the search (not --params)
 MAX_MAPS = 1000
+# Options added after datasets were first built (issue 11): an older build's records lack them.
+LATER_OPTIONS = frozenset({"min_fill", "instances", "categories", "radius_perturbation", "base_category",
+                           "patch_variants", "ofdb_weights", "base_min_fill"})
 RADIUS_PERTURBATIONS = ("vertex", "scalar")  # fracgen.contour_params.LPCE_MODES (that module imports numba)
 _INSTANCES = ", ".join(f"[1, {p.max_instances}] for {p.name}" for p in PRESETS.values() if p.max_instances > 1) + \
     " and 1"

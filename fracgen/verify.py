@@ -252,12 +252,10 @@ def _check_config(report: VerifyReport, config: dict[str, Any]) -> None:
     """build.json's config must be a complete, valid build configuration (the card and a rebuild need it)."""
     from dataclasses import fields
 
-    from fracgen.config import BuildConfig
+    from fracgen.config import LATER_OPTIONS, BuildConfig
 
     # options added after a dataset was built take their defaults, which are what such a build used (issue 11)
-    later = {"min_fill", "instances", "categories", "radius_perturbation", "base_category", "patch_variants",
-             "ofdb_weights", "base_min_fill"}
-    missing = sorted({f.name for f in fields(BuildConfig)} - later - set(config))
+    missing = sorted({f.name for f in fields(BuildConfig)} - LATER_OPTIONS - set(config))
     if missing:
         report.dataset_problems.append(f"{BUILD_JSON} config lacks {', '.join(missing)}")
         return
