@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--size", "64", "--points", "2000", "--shard-size", "8", "--workers", "1", "--no-progress"]
+CONTOUR = ["--size", "32", "--shard-size", "8", "--workers", "1", "--no-progress"]  # presets that take no --points
 SIERPINSKI = [[0.5, 0, 0, 0.5, 0, 0], [0.5, 0, 0, 0.5, 0.5, 0], [0.5, 0, 0, 0.5, 0.25, 0.5]]
 UNWRITABLE = "/proc/fracgen-attack/x"  # a path no one can create, root included
 
@@ -40,7 +41,8 @@ class Case:
         name: what it tries.
         args: the command line after ``fracgen``; ``{ds}`` is the case's dataset copy, ``{dir}`` its folder.
         setup: prepares the case's folder (receives it and the dataset copy, or None).
-        dataset: the case needs a private copy of the tiny dataset (``real``: of the tiny real-image one).
+        dataset: the case needs a private copy of a tiny dataset: ``tiny`` (1p-frac), ``real`` (real image) or
+            ``rcdb``.
         codes: the exit statuses that count as a refusal.
         owner: the part of the tool that answers for it.
         writes: exit 0 is a correct answer too, and then may write (a record that is odd but harmless).
@@ -167,6 +169,60 @@ def cases() -> list[Case]:
         Case("build --params not JSON", ["build", *SMALL, "--L", "8", "--params", PARAMS, "{dir}/out"],
              _write("params.json", "{not json")),
         Case("build --params missing", ["build", *SMALL, "--L", "8", "--params", "{dir}/none.json", "{dir}/out"]),
+        # ----------------------------------------------------------------- build: the issue-11 presets and options
+        Case("build rcdb --categories 0", ["build", *CONTOUR, "--preset", "rcdb", "--categories", "0", "{dir}/out"]),
+        Case("build rcdb --categories 1e8", ["build", *CONTOUR, "--preset", "rcdb", "--categories", "100000000",
+                                             "{dir}/out"]),
+        Case("build rcdb --instances 100001", ["build", *CONTOUR, "--preset", "rcdb", "--categories", "2",
+                                               "--instances", "100001", "{dir}/out"]),
+        Case("build visualatom-lpce --L 1e6", ["build", *CONTOUR, "--preset", "visualatom-lpce", "--L", "1000000",
+                                               "{dir}/out"]),
+        Case("build rcdb --radius-perturbation", ["build", *CONTOUR, "--preset", "rcdb", "--radius-perturbation",
+                                                  "scalar", "{dir}/out"]),
+        Case("build rcdb --points", ["build", *CONTOUR, "--preset", "rcdb", "--points", "5000", "{dir}/out"]),
+        Case("build rcdb-lpce --base-category -1", ["build", *CONTOUR, "--preset", "rcdb-lpce", "--base-category",
+                                                    "-1", "{dir}/out"]),
+        Case("build rcdb-lpce --delta 200", ["build", *CONTOUR, "--preset", "rcdb-lpce", "--delta", "200",
+                                             "{dir}/out"]),
+        Case("build rcdb --shard-range past the end", ["build", *CONTOUR, "--preset", "rcdb", "--categories", "3",
+                                                       "--instances", "2", "--shard-range", "5:9", "{dir}/out"]),
+        Case("build --patch-variants 0", ["build", *SMALL, "--L", "8", "--patch-variants", "0", "{dir}/out"]),
+        Case("build --patch-variants 1e9", ["build", *SMALL, "--L", "8", "--patch-variants", "1000000000",
+                                            "{dir}/out"]),
+        Case("build --patch-variants with --style points", ["build", *SMALL, "--L", "8", "--patch-variants", "2",
+                                                            "--style", "points", "{dir}/out"]),
+        Case("build fractaldb --patch-variants", ["build", *SMALL, "--preset", "fractaldb", "--patch-variants", "2",
+                                                  "{dir}/out"]),
+        Case("build gaussian-noise --patch-variants", ["build", *CONTOUR, "--preset", "gaussian-noise", "--L", "4",
+                                                       "--patch-variants", "2", "{dir}/out"]),
+        Case("build 1p-frac --ofdb-weights released", ["build", *SMALL, "--L", "8", "--ofdb-weights", "released",
+                                                       "{dir}/out"]),
+        Case("build ofdb --ofdb-weights bogus", ["build", *SMALL, "--preset", "ofdb", "--ofdb-weights", "bogus",
+                                                 "{dir}/out"]),
+        Case("build fractaldb --base-min-fill 0", ["build", *SMALL, "--preset", "fractaldb", "--base-min-fill", "0",
+                                                   "{dir}/out"]),
+        Case("build --base-min-fill 2", ["build", *SMALL, "--L", "8", "--base-min-fill", "2", "{dir}/out"]),
+        Case("build --base-min-fill nan", ["build", *SMALL, "--L", "8", "--base-min-fill", "nan", "{dir}/out"]),
+        Case("build --resume of 1p-frac with --categories", ["build", "--resume", "--categories", "4", "{ds}"],
+             dataset="tiny"),
+        Case("build --resume of rcdb with other --categories", ["build", "--resume", "--categories", "5", "{ds}"],
+             dataset="rcdb"),
+        Case("build --resume of rcdb as visualatom", ["build", "--resume", "--preset", "visualatom", "{ds}"],
+             dataset="rcdb"),
+        Case("build --shard-range into rcdb with other --categories",
+             ["build", *CONTOUR, "--preset", "rcdb", "--categories", "6", "--resume", "--shard-range", "0:1", "{ds}"],
+             dataset="rcdb"),
+        Case("build --overwrite of an rcdb build holding NOTES.md",
+             ["build", *CONTOUR, "--preset", "rcdb", "--categories", "4", "--overwrite", "{ds}"],
+             _write("ds/NOTES.md", "mine"), dataset="rcdb"),
+        Case("build --resume of rcdb with --patch-variants", ["build", "--resume", "--patch-variants", "2", "{ds}"],
+             dataset="rcdb"),
+        *[Case(f"build --resume with config.json {key} {value!r}", ["build", "--resume", "{ds}"],
+               _edit_json(".fracgen/config.json", _set(key, value)), dataset=ds)
+          for ds, key, value in [("rcdb", "categories", True), ("rcdb", "categories", 2.5), ("rcdb", "size", 64.5),
+                                 ("rcdb", "instances", 1.5), ("rcdb", "seed", 1.5), ("rcdb", "shard_size", 2.5),
+                                 ("tiny", "patch_variants", 2.5), ("tiny", "L", 2.5), ("tiny", "delta", "0.1"),
+                                 ("tiny", "base_min_fill", True), ("tiny", "preset", 3)]],
         # ----------------------------------------------------------------- build-real
         Case("build-real of a 1x1 image", ["build-real", "{dir}/one.png", "{dir}/out", *SMALL[:2], "--L", "4"],
              _image("one.png", (1, 1), 200)),
@@ -278,7 +334,7 @@ def run_case(case: Case, folder: Path, datasets: dict[str, Path], env: dict[str,
 
 
 def make_datasets(base: Path) -> dict[str, Path]:
-    """The tiny datasets the cases copy: 1p-frac (L 16, 2 shards) and real-image (one shard of two)."""
+    """The tiny datasets the cases copy: 1p-frac (L 16, 2 shards), real-image (one shard of two), rcdb (4 x 1)."""
     sys.path.insert(0, str(ROOT))
     from fracgen.build import BuildConfig, build
 
@@ -289,7 +345,9 @@ def make_datasets(base: Path) -> dict[str, Path]:
     build(BuildConfig(preset="real", L=4, size=32, shard_size=2, edges="none"), real, workers=1,
           source=base / "c.png", shard_range=(0, 1))
     (base / "victim.png").write_bytes((base / "c.png").read_bytes())
-    return {"tiny": tiny, "real": real}
+    rcdb = base / "rcdb"
+    build(BuildConfig(preset="rcdb", categories=4, size=32, shard_size=2), rcdb, workers=1)
+    return {"tiny": tiny, "real": real, "rcdb": rcdb}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -281,6 +281,8 @@ def differences(config: dict[str, Any], preset: str = DEFAULT_PRESET) -> str:
             "independently); see fracgen's render module."
         )
     points = config.get("points", "?")
+    if family.systems == "fractaldb":
+        return "\n".join(f"- {item}" for item in _fractaldb_items(config, raster, points))
     items = [
         *([perturb] if "perturbation" in family.options else []),
         "**Map probabilities** p_i = |det A_i| / sum_j |det A_j| of the base maps, not recomputed after "
@@ -304,6 +306,24 @@ def differences(config: dict[str, Any], preset: str = DEFAULT_PRESET) -> str:
     return "\n".join(f"- {item}" for item in items)
 
 
+def _fractaldb_items(config: dict[str, Any], raster: str, points: Any) -> list[str]:
+    """FractalDB/OFDB: the differences from their released scripts (no perturbation, no redraw: a category search)."""
+    return [
+        "**Map probabilities** p_i = |det A_i| / sum_j |det A_j| of the category's maps, as the released code.",
+        f"**Chaos game**: {points} points from (0, 0), no burn-in, one map-choice sequence per category (released "
+        "FractalDB/OFDB scripts: 200,000 points); a variation whose chaos game diverges is drawn from its finite "
+        "prefix, as FractalDB's code does.",
+        raster,
+        f"**Image size** {config.get('size', '?')} px (released: 362).",
+        f"**Categories** from FractalDB's search: N ~ U{{2..7}} maps, parameters ~ U(-1, 1), kept when a render at "
+        f"its fixed settings (100,000 points, one pixel per point, 512 x 512) lights at least "
+        f"{config.get('min_fill', 0.2)} of the pixels, whatever the images' size and points, and stays finite.",
+        "**Seeds and records**: every draw comes from a generator seeded by (seed, category) for the map choices "
+        "and (seed, category, patch instance) for the patch masks, and every category's system is saved in "
+        "`params.json` (the released scripts draw from global random streams and save parameters as CSV).",
+    ]
+
+
 def _source_section(config: dict[str, Any], source_license: str | None, source_url: str | None) -> str:
     """The real-image preset's source photo: file, checksum, licence and where it comes from."""
     source = str(config.get("source") or "")
@@ -319,6 +339,16 @@ def _source_section(config: dict[str, Any], source_license: str | None, source_u
         f"| licence of the photo | {f'`{source_license}`' if source_license else unknown} |\n"
         f"| provenance (where the photo comes from) | {source_url or unknown} |\n"
     )
+
+
+def _per_class_text(config: dict[str, Any]) -> dict[str, str]:
+    """The 1p-frac card's words for a class's images: one, or K patch variants (``--patch-variants``)."""
+    k = config.get("patch_variants", 1)
+    if not isinstance(k, int) or k <= 1:
+        return {"per_class": "one image per perturbation", "variant_field": "", "variants_title": ""}
+    return {"per_class": f"{k} images per class (the same points under freshly drawn 3 x 3 patch masks, the "
+            "paper's Table 13 \"w/ Aug.\")", "variants_title": f", {k} patch variants",
+            "variant_field": ", and `variant`, which of the class's patch-mask draws the image is"}
 
 
 def card_context(
@@ -373,7 +403,8 @@ def card_context(
 
         command = shlex.join(command)
     if template_for(build).name == "1p-frac.md":
-        pretty = f"1p-frac (sigma {config['sigma']}, Delta {config['delta']}, L {config['L']})"
+        pretty = (f"1p-frac (sigma {config['sigma']}, Delta {config['delta']}, L {config['L']}"
+                  f"{_per_class_text(config)['variants_title']})")
     else:
         pretty = name
     preset = preset_of(build)
@@ -425,6 +456,7 @@ def card_context(
         "versions": _table(versions, ("package", "version")) if versions else "not recorded",
         "config_table": _table({k: config[k] for k in shown}, ("option", "value")) if shown else "not recorded",
         "differences": differences(config, preset),
+        **_per_class_text(config),
     }
     return context
 

@@ -26,6 +26,9 @@ TRANSFORMS = ("affine", "elastic", "polynomial")
 MAX_DELTA = 100.0
 SEARCH_ONLY = ("sigma", "maps", "margin", "max_attempts")  # options that only steer the search (not --params)
 MAX_MAPS = 1000
+# Options added after datasets were first built (issue 11): an older build's records lack them.
+LATER_OPTIONS = frozenset({"min_fill", "instances", "categories", "radius_perturbation", "base_category",
+                           "patch_variants", "ofdb_weights", "base_min_fill"})
 RADIUS_PERTURBATIONS = ("vertex", "scalar")  # fracgen.contour_params.LPCE_MODES (that module imports numba)
 _INSTANCES = ", ".join(f"[1, {p.max_instances}] for {p.name}" for p in PRESETS.values() if p.max_instances > 1) + \
     " and 1"
@@ -137,7 +140,8 @@ class BuildConfig:
         return math.ceil(self.num_samples / self.shard_size)
 
     def validate(self) -> None:
-        """Raise UsageError naming the first option outside its allowed range."""
+        """Raise UsageError naming the first option of the wrong type or outside its allowed range."""
+        self._check_types()
         most = self.family.max_instances if self.preset in PRESETS else 1
         checks = [
             (
@@ -197,6 +201,18 @@ class BuildConfig:
             if not ok:
                 raise UsageError(f"{option} {message}")
 
+    def _check_types(self) -> None:
+        """Every option has its field's type: a stored config.json or build.json may hold anything (``true`` for
+        an integer, ``2.5`` for a count), which the range checks would pass and the renderer or a resume would
+        then misread (a count of True is 1: a resume rewrote build.json over half the shards)."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type).split(" | ")[0]
+            ok = {"int": type(value) is int, "str": type(value) is str,
+                  "float": isinstance(value, (int, float)) and not isinstance(value, bool)}.get(kind, True)
+            if not ok:
+                wanted = {"int": "an integer", "float": "a number"}.get(kind, "text")
+                raise UsageError(f"--{f.name.replace('_', '-')} must be {wanted}, got {value!r}")
+
     def _more_checks(self) -> list[tuple[str, bool, str]]:
         """The checks of the options added with the contour presets, patch variants and OFDB weights."""
         return [
@@ -254,13 +270,32 @@ class BuildConfig:
         return self.family.naming(self)
 
 
-# Bytes each unit of an option costs (measured roughly, rounded up): the plan holds every sample index in an int64
-# permutation and Python lists; the parent holds every class's perturbed maps (Python floats) and their JSON;
-# a worker holds its canvas, chaos-game points, map choices and masks, and the real-image preset float copies.
-_PER_SAMPLE = 96
-_PER_MAP_OF_A_CLASS = 6 * 96
+# Bytes each unit of an option costs, measured as the peak RSS of whole commands (python 3.11, 100,000 classes
+# or samples against 10) and rounded up: the plan holds every sample index in an int64 permutation and Python
+# lists, the shards' markers and the metadata a record per class (params.json); a worker holds its canvas,
+# chaos-game points, map choices and masks, and the real-image preset float copies.
+_PER_SAMPLE = 512
+_PER_CLASS = 1024  # a class's record without its maps or radii
+_PER_MAP_OF_A_CLASS = 2048  # 1p-frac/OFDB: a class's maps (measured 4.1-4.5 KB a class of 2 maps, all included)
+_PER_CATEGORY = 6144  # rcdb/visualatom: a category's draws (measured 3-4.3 KB)
+_PER_NOISE_CLASS = 6144  # noise and real image: a class's parameters (measured 4.6 KB)
+_PER_RADIUS = 256  # contour LPCE "vertex": a u per start vertex (visualatom-lpce, 902 vertices: 177 KB a class)
+_MOST_VERTICES = {"rcdb-lpce": 200, "visualatom-lpce": 1000}  # the released vertex ranges (contour_params)
 _PER_POINT = 64
 _PER_PIXEL = {"fractal": 8, "real": 96}
+
+
+def _per_class_record(config: BuildConfig) -> float:
+    """Bytes the parent keeps for one class's record (params.json), by what the preset records."""
+    family = config.family
+    if family.renders_fractals:
+        return _PER_CLASS + config.maps * _PER_MAP_OF_A_CLASS if config.instances == 1 else _PER_CLASS
+    if family.classes == "category":
+        return _PER_CATEGORY
+    if config.preset in _MOST_VERTICES:
+        vertex = config.radius_perturbation == "vertex"
+        return _PER_CLASS + (_PER_RADIUS * _MOST_VERTICES[config.preset] if vertex else 0)
+    return _PER_NOISE_CLASS
 
 
 def available_memory() -> int | None:
@@ -279,16 +314,37 @@ def available_memory() -> int | None:
 
 
 def memory_needs(config: BuildConfig, workers: int = 1) -> dict[str, float]:
-    """What a build asks of memory, in bytes: "classes" (the plan and the class records, which grow with the
-    class count and, per class, with --maps), "size" (each worker's canvas) and "points" (each worker's chaos game)."""
+    """What a build asks of memory, in bytes: "classes" (the plan, which grows with the sample count, and the
+    class records, which grow with the class count and each with what its preset records: maps, radii, draws),
+    "size" (each worker's canvas) and "points" (each worker's chaos game)."""
     fractal = config.family.renders_fractals
     per_pixel = _PER_PIXEL["fractal" if fractal else "real"] * (3 if config.color == "rgb" else 1)
-    records = config.num_classes if config.instances == 1 and fractal else 0
     return {
-        "classes": float(config.num_samples) * _PER_SAMPLE + float(records) * config.maps * _PER_MAP_OF_A_CLASS,
+        "classes": float(config.num_samples) * _PER_SAMPLE + float(config.num_classes) * _per_class_record(config),
         "size": float(workers) * config.size ** 2 * per_pixel,
         "points": float(workers) * config.points * _PER_POINT if fractal else 0.0,
     }
+
+
+# The options that multiply the "classes" term: what each scales ("samples", "records" or both).
+_SCALES = {"L": ("samples", "records"), "fractals": ("samples", "records"), "categories": ("samples", "records"),
+           "instances": ("samples",), "patch_variants": ("samples",), "maps": ("records",)}
+
+
+def _classes_option(config: BuildConfig, room: float) -> tuple[str, int]:
+    """The option of the "classes" term furthest above its default, and the largest value of it that fits."""
+    defaults = BuildConfig(preset=config.preset)
+    names = [n for n in _SCALES if n in config.family.options]
+    name = max(names, key=lambda n: getattr(config, n) / max(1, getattr(defaults, n)))
+    value = getattr(config, name)
+    samples = float(config.num_samples) * _PER_SAMPLE
+    records = float(config.num_classes) * _per_class_record(config)
+    if name == "maps":  # only the maps' share of each class record grows with it
+        scaling = float(config.num_classes) * config.maps * _PER_MAP_OF_A_CLASS
+    else:
+        scaling = samples * ("samples" in _SCALES[name]) + records * ("records" in _SCALES[name])
+    fixed = samples + records - scaling
+    return name, int(value * max(0.0, room - fixed) / scaling) if scaling > 0 else 0
 
 
 def check_memory(config: BuildConfig, workers: int = 1, available: int | None = None) -> None:
@@ -309,15 +365,8 @@ def check_memory(config: BuildConfig, workers: int = 1, available: int | None = 
     term = max(needs, key=needs.get)
     room = max(0.0, budget - (total - needs[term]))
     if term == "classes":
-        defaults = BuildConfig(preset=config.preset)
-        names = [n for n in ("L", "fractals", "instances", "maps") if n in config.family.options]
-        name = max(names, key=lambda n: getattr(config, n) / max(1, getattr(defaults, n)))
+        name, fits = _classes_option(config, room)
         value = getattr(config, name)
-        per_class = needs["classes"] - float(config.num_samples) * _PER_SAMPLE
-        if name == "maps":
-            fits = int(value * max(0.0, room - config.num_samples * _PER_SAMPLE) / per_class)
-        else:
-            fits = int(value * room / needs["classes"])
     else:
         name, value = term, getattr(config, term)
         fits = int(value * (math.sqrt(room / needs[term]) if term == "size" else room / needs[term]))

@@ -18,7 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from fracgen import dataset
-from fracgen.config import BuildConfig
+from fracgen.config import LATER_OPTIONS, BuildConfig
 from fracgen.errors import UsageError
 from fracgen.systems import System, load_systems
 
@@ -229,7 +229,14 @@ def stored_config(root: str | Path) -> BuildConfig | None:
         return None
     try:
         data = json.loads(path.read_text())
-        missing = {f.name for f in fields(BuildConfig)} - set(data) if isinstance(data, dict) else {"all"}
+    except (OSError, ValueError, RecursionError) as e:
+        raise UsageError(f"{path} is damaged ({e}); rebuild with --overwrite") from None
+    missing = {f.name for f in fields(BuildConfig)} - set(data) if isinstance(data, dict) else {"all"}
+    if missing and missing <= LATER_OPTIONS:  # resumed with these versions' defaults, its shards could mix
+        raise UsageError(f"{root} holds a build started by an older fracgen (its options lack "
+                         f"{', '.join(sorted(missing))}; this version's images may differ): finish it with the "
+                         "fracgen that started it, or rebuild with --overwrite")
+    try:
         if missing:
             raise ValueError(f"no {', '.join(sorted(missing))}")
         config = BuildConfig.from_json(data)
@@ -240,21 +247,22 @@ def stored_config(root: str | Path) -> BuildConfig | None:
 
 
 def _owner(root: Path) -> BuildConfig | None:
-    """The options of the build in ``root`` from its config, or from build.json when the config is damaged."""
-    try:
-        return stored_config(root)
-    except UsageError:
-        pass
-    path = root / dataset.BUILD_JSON
-    try:
-        data = json.loads(path.read_text())["config"]
-        if {f.name for f in fields(BuildConfig)} - set(data):
-            return None
-        config = BuildConfig.from_json(data)
-        config.validate()
-        return config
-    except (OSError, ValueError, TypeError, KeyError, RecursionError, UsageError):
-        return None
+    """The options of the build in ``root`` from its config, or from build.json when the config is damaged; a
+    build started by an older fracgen (options added since missing) takes their defaults, so it can be replaced."""
+    for path, inner in ((root / dataset.CONFIG_JSON, False), (root / dataset.BUILD_JSON, True)):
+        if path.is_symlink():
+            continue  # fracgen writes no links
+        try:
+            data = json.loads(path.read_text())
+            data = data["config"] if inner else data
+            if {f.name for f in fields(BuildConfig)} - set(data) - LATER_OPTIONS:
+                continue
+            config = BuildConfig.from_json(data)
+            config.validate()
+            return config
+        except (OSError, ValueError, TypeError, KeyError, RecursionError, UsageError):
+            continue
+    return None
 
 
 def stored_systems(root: Path) -> list[System] | None:

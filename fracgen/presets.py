@@ -140,7 +140,8 @@ _NOISE = {"delta", "L", "size", "seed", "shard_size"}
 
 def _one_p_frac_name(c) -> str:
     head = "1p-frac" if c.fractals == 1 else f"{c.fractals}p-frac"
-    return f"{head}-sigma{c.sigma}-delta{c.delta}-L{c.L}"
+    variants = "" if c.patch_variants == 1 else f"-aug{c.patch_variants}"  # as OFDB's name
+    return f"{head}-sigma{c.sigma}-delta{c.delta}-L{c.L}{variants}"
 
 
 def _noise_name(c) -> str:

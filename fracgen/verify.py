@@ -182,13 +182,25 @@ def _label_problem(sample: dict[str, Any], num_classes: int, classes: dict[int, 
         return f"sample {key} json label {meta.get('label') if isinstance(meta, dict) else None} != cls {label}"
     recorded = classes.get(label)
     if recorded is not None:
-        for field_name in ("fractal", "perturbation"):
-            if field_name in recorded and field_name in meta and recorded[field_name] != meta[field_name]:
+        for field_name in _CLASS_FIELDS:
+            if field_name in recorded and field_name in meta and not _agrees(recorded[field_name], meta[field_name]):
                 return (
-                    f"sample {key} {field_name} {meta[field_name]} != {PARAMS_JSON} class {label} "
-                    f"{field_name} {recorded[field_name]}"
+                    f"sample {key} {field_name} {str(meta[field_name])[:60]} != {PARAMS_JSON} class {label} "
+                    f"{field_name} {str(recorded[field_name])[:60]}"
                 )
     return ""
+
+
+# A class's parameters, as params.json records them and every image of the class carries them in its json.
+_CLASS_FIELDS = ("fractal", "perturbation", "category", "maps", "mode", "u", "params")
+
+
+def _agrees(recorded: Any, carried: Any) -> bool:
+    """A class record's value against a sample's: equal, or for a dict (a contour category's draws) every recorded
+    key equal in the sample's (which adds its instance's own draws)."""
+    if isinstance(recorded, dict) and isinstance(carried, dict):
+        return all(k in carried and carried[k] == v for k, v in recorded.items())
+    return recorded == carried
 
 
 def _info_counts(report: VerifyReport, root: Path, shard_names: list[str]) -> dict[str, int]:
@@ -240,12 +252,10 @@ def _check_config(report: VerifyReport, config: dict[str, Any]) -> None:
     """build.json's config must be a complete, valid build configuration (the card and a rebuild need it)."""
     from dataclasses import fields
 
-    from fracgen.config import BuildConfig
+    from fracgen.config import LATER_OPTIONS, BuildConfig
 
     # options added after a dataset was built take their defaults, which are what such a build used (issue 11)
-    later = {"min_fill", "instances", "categories", "radius_perturbation", "base_category", "patch_variants",
-             "ofdb_weights", "base_min_fill"}
-    missing = sorted({f.name for f in fields(BuildConfig)} - later - set(config))
+    missing = sorted({f.name for f in fields(BuildConfig)} - LATER_OPTIONS - set(config))
     if missing:
         report.dataset_problems.append(f"{BUILD_JSON} config lacks {', '.join(missing)}")
         return

@@ -16,7 +16,8 @@
 - Fenced `python` blocks run too (in a fresh interpreter, in the scratch folder), except a block right after an
   HTML comment `<!-- readme-check: skip (why) -->`, which is listed as not run with the reason.
 
-Prints one line per command and a closing `N passed, M failed` line; exits 1 when anything failed.
+Prints one line per command and a closing `N passed, M failed` line; exits 1 when anything failed, 2 when
+`--work` names a folder that is not empty (the blocks write `photo.jpg` and `out/` there).
 """
 
 from __future__ import annotations
@@ -78,11 +79,12 @@ def toy(words: list[str]) -> list[str]:
 
     if len(words) < 2 or words[1] not in ("build", "build-real"):
         return words
+    # `--L=1000` is `--L 1000` to click: split it so that it is capped like the other spelling
+    words = [part for w in words for part in (w.split("=", 1) if w.startswith("--") and "=" in w else [w])]
     preset = "real" if words[1] == "build-real" else "1p-frac"
-    if "--preset" in words:
+    if "--preset" in words[:-1]:
         preset = words[words.index("--preset") + 1]
     accepted = PRESETS[preset].options if preset in PRESETS else frozenset()
-    words = list(words)
     for option, cap in TOY_CAPS.items():
         flag = f"--{option}"
         if flag in words and "--shard-range" in words and option in ("L", "fractals", "instances", "categories"):
@@ -132,7 +134,7 @@ def run(readme: Path, work: Path, verbose: bool = False) -> int:
             todo.extend((c, skip) for c in commands(body))
     for cmd, skip in todo:
         if cmd.startswith("python:"):
-            label = "python block: " + cmd[7:].strip().splitlines()[0][:70]
+            label = "python block: " + (cmd[7:].strip().splitlines() or ["(empty)"])[0][:70]
             if skip is not None:
                 print(f"not run  {label} ({skip})")
                 continue
@@ -149,7 +151,10 @@ def run(readme: Path, work: Path, verbose: bool = False) -> int:
                 continue
             argv = fracgen_argv() + toy(words)[1:]
             label = shlex.join(["fracgen", *toy(words)[1:]])
-        proc = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        try:
+            proc = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            proc = subprocess.CompletedProcess(argv, 124, "", "no answer in 600 s")
         if proc.returncode == 0:
             passed += 1
             print(f"ok       {label}")
@@ -172,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.work is not None:
+        if args.work.exists() and (not args.work.is_dir() or any(args.work.iterdir())):
+            print(f"readme_check: --work {args.work} is not empty: the README's blocks write photo.jpg and out/ "
+                  "there (and replace out/1p-frac); give a new or empty folder", file=sys.stderr)
+            return 2
         args.work.mkdir(parents=True, exist_ok=True)
         return 1 if run(args.readme, args.work, args.verbose) else 0
     with tempfile.TemporaryDirectory(prefix="readme-check-") as work:

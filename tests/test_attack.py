@@ -17,4 +17,4 @@ def test_every_builder_case_is_a_clean_refusal(capsys):
     out = capsys.readouterr().out
     assert status == 0, "\n".join(line for line in out.splitlines() if not line.startswith("clean"))
     tried = int(out.split("tried ")[-1].split(",")[0])
-    assert tried >= 50 and f"tried {tried}, clean {tried}" in out
+    assert tried >= 75 and f"tried {tried}, clean {tried}" in out

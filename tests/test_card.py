@@ -183,3 +183,47 @@ def test_a_hub_shaped_folder_loads_with_a_class_label(preset: str, tmp_path: Pat
     row = ds[0]
     assert row["json"]["label"] == row["cls"]
     assert row["png"].size == (built["config"]["size"],) * 2
+
+
+def test_a_patch_variants_card_says_images_per_class_and_loads_with_its_class_count(tmp_path: Path) -> None:
+    """--patch-variants K: K images a class; the card must not say "one image per perturbation", must name the
+    `variant` field, and a Hub-shaped folder loads with a ClassLabel of L classes over L x K samples."""
+    from fracgen.build import BuildConfig, build
+
+    root = tmp_path / "aug"
+    build(BuildConfig(L=4, patch_variants=3, size=32, points=2000, shard_size=5, seed=0), root, workers=1)
+    header, body = _split(render_card(root, license="cc0-1.0"))
+    assert "one image per perturbation" not in body
+    assert "3 images per class" in body and "`variant`" in body
+    assert "| images (samples) | 12 |" in body and "| classes | 4 " in body
+    datasets = pytest.importorskip("datasets")
+    hub = _hub_folder(root, tmp_path / "hub")
+    ds = datasets.load_dataset(str(hub), split="train", cache_dir=str(tmp_path / "cache"))
+    assert ds.features["cls"].num_classes == 4 and len(ds) == 12
+    assert sorted(ds["cls"]) == [c for c in range(4) for _ in range(3)]
+    assert sorted(row["json"]["variant"] for row in ds) == [v for v in range(3) for _ in range(4)]
+
+
+@pytest.mark.parametrize("preset", ["fractaldb", "ofdb"])
+def test_fractaldb_and_ofdb_cards_describe_their_own_search_not_1p_frac_redraws(preset: str) -> None:
+    """FractalDB/OFDB draw no perturbation: their fill is the category search's criterion (FractalDB's own render
+    at fixed settings), their seeds are (seed, category, patch instance), and their released scripts render 362 px
+    with 200,000 points; the 1p-frac wording (a perturbation redrawn, seeds by perturbation) would be false."""
+    from fracgen.card import differences
+
+    config = {"preset": preset, "fractals": 3, "min_fill": 0.2, "points": 5000, "size": 64, "style": "reference",
+              "max_redraws": 100}
+    text = differences(config, preset)
+    assert "perturbation is drawn again" not in text and "(seed, fractal, perturbation)" not in text
+    assert "FractalDB's search" in text and "0.2" in text
+    assert "released: 362" in text and "200,000 points" in text
+
+
+def test_a_patch_variants_build_is_not_named_like_the_plain_one() -> None:
+    """`_info.json`'s name (timm's `wds/NAME`) and the card's title tell a K-variant 1p-frac from the plain build
+    of the same sigma, Delta and L, as OFDB's `-augK` does."""
+    from fracgen.config import BuildConfig
+
+    plain, aug = BuildConfig(L=4), BuildConfig(L=4, patch_variants=3)
+    assert plain.name() == "1p-frac-sigma3.5-delta0.1-L4" and aug.name() == "1p-frac-sigma3.5-delta0.1-L4-aug3"
+    assert BuildConfig(preset="ofdb", fractals=2, patch_variants=3).name() == "ofdb-2-aug3"

@@ -148,3 +148,13 @@ def test_the_table3_sweep_names_valid_builds():
         built.append((config.preset, config.num_classes))
     assert built == [(p, 1000) for p in ("rcdb", "rcdb-lpce", "visualatom", "visualatom-lpce", "1p-frac")]
     assert set(spec["paper"]["values"]) == {p for p, _ in built}
+
+
+def test_the_table3_sweep_fine_tunes_on_what_its_paper_column_reports_and_needs_no_shared_copy():
+    """The paper column is CIFAR-100 top-1: fine-tuning on CIFAR-10 would set the two side by side wrongly; and
+    a user has no ../shared (issue 15: sweeps default to torchvision's CIFAR, a local copy by option)."""
+    from train.sweep import load_sweep
+
+    spec = load_sweep("sweep-table3")
+    assert "CIFAR-100" in spec["paper"]["title"]
+    assert spec["finetune"]["data"] == "cifar100"

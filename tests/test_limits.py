@@ -59,3 +59,38 @@ def test_an_out_name_over_255_characters_is_one_line(tmp_path):
 
 def test_search_refuses_what_cannot_fit():
     one_line(CliRunner().invoke(cli, ["search", "--points", "10000000000"]), "--points 10000000000 needs about")
+
+
+@pytest.mark.parametrize("options,option", [
+    (dict(preset="rcdb", categories=10**9), "--categories"),
+    (dict(preset="visualatom", categories=10**4, instances=10**5), "--instances"),
+    (dict(L=1000, patch_variants=10**9), "--patch-variants"),
+    (dict(preset="ofdb", fractals=2, patch_variants=10**9), "--patch-variants"),
+])
+def test_the_refusal_names_the_option_that_grew_and_its_advice_holds(options, option):
+    """Categories and patch variants multiply the samples too: the refusal names them (not an option left at
+    its default, with 'at most 0 fits'), and the value it says fits does fit."""
+    cfg = BuildConfig(size=64, points=2000, **options)
+    with pytest.raises(UsageError, match=rf"^{option} \d+ needs about .* at most {option} (\d+) fits") as err:
+        check_memory(cfg, available=16 * GIB)
+    fits = int(str(err.value).split(f"at most {option} ")[1].split()[0])
+    name = option[2:].replace("-", "_")
+    check_memory(BuildConfig(size=64, points=2000, **dict(options, **{name: fits})), available=16 * GIB)
+
+
+@pytest.mark.parametrize("options,classes", [
+    # measured on this machine (peak RSS of the whole command, python 3.11): VisualAtom-LPCE keeps a u per start
+    # vertex (up to 1,000) for every class, about 180 KB a class at 902 vertices; a contour category about 4 KB
+    (dict(preset="visualatom-lpce"), "L"),
+    (dict(preset="rcdb-lpce"), "L"),
+    (dict(preset="visualatom"), "categories"),
+    (dict(preset="gaussian-noise"), "L"),
+])
+def test_the_estimate_counts_each_presets_class_records(options, classes):
+    """What a class costs the parent (its record in params.json) is counted for every preset: 100,000 classes
+    of VisualAtom-LPCE need about 18 GB, which the old 96 bytes a sample put at 10 MB."""
+    measured = {"visualatom-lpce": 180_000, "rcdb-lpce": 11_000, "visualatom": 4_000, "gaussian-noise": 4_500}
+    cfg = BuildConfig(size=64, **options, **{classes: 100_000})
+    from fracgen.config import memory_needs
+
+    assert memory_needs(cfg)["classes"] >= 100_000 * measured[options["preset"]]

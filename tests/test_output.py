@@ -174,3 +174,47 @@ def test_resume_after_a_kill_during_planning_builds_the_recorded_options(tmp_pat
     monkeypatch.undo()
     assert build(None, out, workers=1, resume=True).complete
     assert files(out) == files(tiny_dataset)
+
+
+def test_resuming_a_build_started_by_an_older_fracgen_says_so(tmp_path) -> None:
+    """A build interrupted before an upgrade lacks the options added since (issue 11): the refusal says the build
+    is older, not that its config is damaged (its images would differ from this version's anyway)."""
+    import json
+
+    from fracgen.build import BuildConfig, build
+    from fracgen.output import stored_config
+
+    root = tmp_path / "old"
+    build(BuildConfig(L=4, size=32, points=2000, shard_size=2), root, workers=1, shard_range=(0, 1))
+    path = root / ".fracgen" / "config.json"
+    data = json.loads(path.read_text())
+    for key in ("categories", "radius_perturbation", "base_category", "patch_variants", "ofdb_weights",
+                "base_min_fill"):
+        data.pop(key)
+    path.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match="started by an older fracgen") as err:
+        stored_config(root)
+    assert "damaged" not in str(err.value) and "--overwrite" in str(err.value)
+
+
+def test_a_build_started_by_an_older_fracgen_can_be_overwritten(tmp_path) -> None:
+    """The refusal above advises --overwrite: it must work on such a build, complete or interrupted."""
+    import json
+
+    from fracgen.build import BuildConfig, build
+
+    for complete in (True, False):
+        root = tmp_path / f"old-{complete}"
+        build(BuildConfig(L=4, size=32, points=2000, shard_size=2), root, workers=1,
+              shard_range=None if complete else (0, 1))
+        for rel in (".fracgen/config.json", "build.json"):
+            path = root / rel
+            if not path.exists():
+                continue
+            data = json.loads(path.read_text())
+            inner = data["config"] if rel == "build.json" else data
+            for key in ("categories", "patch_variants", "base_min_fill"):
+                inner.pop(key)
+            path.write_text(json.dumps(data))
+        result = build(BuildConfig(L=4, size=32, points=2000, shard_size=2), root, workers=1, overwrite=True)
+        assert result.complete

@@ -36,3 +36,31 @@ def test_toy_sizes_follow_the_presets_records(line, expect):
         assert f"{a} {b}" in joined, joined
     if "noise" in line:
         assert "--points" not in words  # the noise presets refuse --points
+
+
+def _script(*args, **kwargs):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "readme_check.py"), *args], capture_output=True,
+                          text=True, timeout=300, **kwargs)
+
+
+def test_a_work_folder_holding_files_is_refused_and_left_alone(tmp_path):
+    """`--work .` in a user's folder would overwrite their photo.jpg and `--overwrite` their out/1p-frac."""
+    (tmp_path / "photo.jpg").write_bytes(b"my holiday")
+    proc = _script("--work", str(tmp_path))
+    assert proc.returncode == 2 and "not empty" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["photo.jpg"]
+    assert (tmp_path / "photo.jpg").read_bytes() == b"my holiday"
+
+
+def test_odd_readme_blocks_are_reported_not_crashed_on(tmp_path):
+    """An empty python block, `--L=N` spelled with '=', and `--preset` as the last word: a line each, no
+    traceback; the '=' form is capped like the other (a full-size build would take minutes)."""
+    readme = tmp_path / "README.md"
+    readme.write_text("```\nmake demo\n```\n\n```python\n```\n\n```\nfracgen build --L=100000 --points=100000 "
+                      "out/eq\nfracgen build out/x --preset\n```\n")
+    work = tmp_path / "work"
+    proc = _script("--readme", str(readme), "--work", str(work))
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert "ok       fracgen build --size 64 --L 8 --points 5000 out/eq" in proc.stdout, proc.stdout
+    assert "FAILED   fracgen build --points 5000 --size 64 out/x --preset" in proc.stdout, proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].endswith("1 failed")

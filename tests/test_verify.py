@@ -158,3 +158,24 @@ def test_a_shard_record_without_a_filename_is_one_usage_error(tiny_copy: Path) -
     result = CliRunner().invoke(cli, ["verify", str(tiny_copy)])
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert "shards[0] is not an object with a filename" in result.output
+
+
+@pytest.mark.parametrize("options,tamper", [
+    (dict(L=4, patch_variants=2, size=32, points=2000), lambda c: c["maps"][0].__setitem__(0, c["maps"][0][0] + 0.5)),
+    (dict(preset="rcdb", categories=3, instances=2, size=32), lambda c: c["params"].update(rings=c["params"]["rings"] + 1)),
+    (dict(preset="rcdb-lpce", L=3, size=32), lambda c: c.update(u=[2 * u for u in c["u"]])),
+    (dict(preset="gaussian-noise", L=3, size=16), lambda c: c.update(params={"tampered": 1})),
+])
+def test_a_class_record_that_disagrees_with_its_images_is_named(tmp_path: Path, options, tamper) -> None:
+    """params.json is the dataset's record of every class's parameters (the card says so): a class whose record
+    no longer matches the parameters its images carry (maps, contour draws, LPCE radii, noise parameters) fails."""
+    from fracgen.build import BuildConfig, build
+
+    root = tmp_path / "ds"
+    build(BuildConfig(shard_size=4, seed=0, **options), root, workers=1)
+    assert verify(root).ok
+    params = json.loads((root / "params.json").read_text())
+    tamper(params["classes"][1])
+    (root / "params.json").write_text(json.dumps(params))
+    report = verify(root)
+    assert not report.ok and any("params.json class 1" in line for line in report.lines()), report.lines()
