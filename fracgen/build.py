@@ -129,7 +129,7 @@ def build(
         source_bytes, config = _read_source(Path(source), config)
     if stored is not None and config != stored:
         raise UsageError(f"{root} belongs to a build whose options differ: {differences(config, stored)}; "
-                         "use another folder, or the same options")
+                         "use another folder, the same options, or --overwrite to replace that build")
     if shard_range is not None:
         i, j = shard_range
         if not 0 <= i < j <= config.num_shards:

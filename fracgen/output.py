@@ -152,7 +152,7 @@ def claim(root: Path, config: BuildConfig) -> bool:
         stored = stored_config(root)
         if stored != config:
             raise UsageError(f"{root} belongs to a build whose options differ: {differences(config, stored)}; "
-                             "use another folder, or the same options")
+                             "use another folder, the same options, or --overwrite to replace that build")
     return created
 
 
