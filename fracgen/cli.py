@@ -283,11 +283,6 @@ def _run_build(ctx: click.Context, out: Path, options: dict, params: Path | None
         if "sigma" in PRESETS[preset].options:
             _check_sigma(options["sigma"], options["maps"])
         config = BuildConfig(**options)
-    effective = config or stored
-    if effective is not None and PRESETS[preset].sampler.startswith("contour") and effective.size < 512:
-        # the released centre spread (+-400 px RCDB, +-512 px VisualAtom) is in pixels, meant for 512 px
-        click.echo(f"warning: --size {effective.size} is under the 512 px the {preset} renderer is made for: its "
-                   "centres and radii are in pixels, so many images will be blank or cut", err=True)
     result = build(config, out, workers=run["workers"], resume=run["resume"], overwrite=run["overwrite"],
                    shard_range=run["shard_range"], params=params, source=source, progress=not run["no_progress"])
     # the rate counts the rendering stage only (render, encode, write; on a cold numba cache also the workers'
@@ -295,6 +290,12 @@ def _run_build(ctx: click.Context, out: Path, options: dict, params: Path | None
     rate = result.images / result.render_seconds if result.render_seconds > 0 else 0.0
     timing = (f"{result.images} images in {result.render_seconds:.1f} s of rendering, {rate:.0f} images/s; "
               f"search and planning {result.search_seconds:.1f} s, whole call {result.seconds:.1f} s")
+    effective = config or stored
+    if effective is not None and PRESETS[preset].sampler.startswith("contour") and effective.size < 512:
+        # the released centre spread (+-400 px RCDB, +-512 px VisualAtom) is in pixels, meant for 512 px; said
+        # after the build so that a refusal stays one line
+        click.echo(f"warning: --size {effective.size} is under the 512 px the {preset} renderer is made for: its "
+                   "centres and radii are in pixels, so many images are blank or cut", err=True)
     if result.complete:
         click.echo(f"built {out}: {result.num_shards} shards, {len(result.built)} rendered now, "
                    f"{len(result.skipped)} already complete ({timing})")
