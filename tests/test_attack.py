@@ -1,5 +1,5 @@
-"""The bad-input table of benchmarks/attack.py, run against the command line in subprocesses: every case the
-builder answers for is a clean refusal (issue 9: one line, exit 2, nothing written or half-written)."""
+"""The bad-input table of benchmarks/attack.py, run against the command line in subprocesses: every case is a
+clean refusal (issue 9: one line, exit 2, nothing written or half-written; a failed verify: its report, exit 1)."""
 
 import importlib.util
 import sys
@@ -8,13 +8,13 @@ from pathlib import Path
 ATTACK = Path(__file__).resolve().parents[1] / "benchmarks" / "attack.py"
 
 
-def test_every_builder_case_is_a_clean_refusal(capsys):
+def test_every_case_is_a_clean_refusal(capsys):
     spec = importlib.util.spec_from_file_location("attack", ATTACK)
     attack = importlib.util.module_from_spec(spec)
     sys.modules["attack"] = attack  # dataclasses look their module up there
     spec.loader.exec_module(attack)
-    status = attack.main(["--owner", "builder", "--jobs", "4"])
+    status = attack.main(["--jobs", "4"])
     out = capsys.readouterr().out
     assert status == 0, "\n".join(line for line in out.splitlines() if not line.startswith("clean"))
     tried = int(out.split("tried ")[-1].split(",")[0])
-    assert tried >= 75 and f"tried {tried}, clean {tried}" in out
+    assert tried >= 90 and f"tried {tried}, clean {tried}" in out
