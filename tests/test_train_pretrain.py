@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import free_port
 from safetensors.torch import load_file
 
 from train.checkpoint import read_checkpoint_meta
 from train.config import load_config
 from train.errors import TrainError
 from train.pretrain import pretrain
-
-from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import free_port
 from safetensors.torch import load_file
 
 from train.config import load_config
 from train.errors import TrainError
 from train.pretrain import pretrain
-
-from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 images of 64 px per step on the stream source, no evaluation: a step takes a fraction of a second
