@@ -11,7 +11,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(OUT)|$(OUT)|g' \
-		| awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+		| awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,7 +63,7 @@ pretrain: install-dev ## LPCE pre-training on a fracgen dataset (DATA=$(OUT) RUN
 finetune: install-dev ## Fine-tune on FT_DATA (default cifar10) from CKPT=...; omit CKPT for the scratch baseline.
 	$(BIN)/python -m train finetune --data $(or $(FT_DATA),cifar10) $(if $(CKPT),--checkpoint $(CKPT)) --out $(or $(RUN),runs/finetune) $(ARGS)
 
-repro-small: install-dev ## GPU: 1p-frac pre-training vs scratch on the JPEG CIFAR-10 copy, for several budgets.
+repro-small: install-dev ## GPU: 1p-frac pre-training vs scratch on CIFAR-10 (torchvision, or ARGS="--cifar DIR|TARBALL"), several budgets.
 	$(BIN)/python -m train repro-small --out runs/repro-small $(ARGS)
 
 sweep: install-dev ## Build + pre-train + fine-tune over a grid (SWEEP=sweep-delta | sweep-L | sweep-sigma | a YAML path).
