@@ -45,24 +45,26 @@ timeout 180 python3 - "$DATA" <<'PY' || echo "resident GPU check failed (exit $?
 import itertools, sys, time
 import torch
 import torch.nn.functional as F
-from train.resident import BatchParams, DeviceAugment, Recipe, ResidentSource, load_images
+from train.config import AugConfig
+from train.device_augment import BatchParams, DeviceAugment
+from train.resident import ResidentSource, load_images
 
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 greys, labels = load_images(sys.argv[1])
 print(f"loaded {greys.shape} uint8 from {sys.argv[1]}")
-recipe = Recipe.from_config({"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.0}, 224)
+recipe = AugConfig(auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.0)
 n = min(64, len(greys))
 imgs = torch.from_numpy(greys[:n]).unsqueeze(1)
 mip = F.avg_pool2d(imgs.float(), 2).round().to(torch.uint8)
-p = DeviceAugment(recipe, torch.device("cpu")).sample(torch.Generator().manual_seed(0), n, *imgs.shape[2:])
-a = DeviceAugment(recipe, torch.device("cpu")).apply(imgs, p, mip)
+p = DeviceAugment(recipe, 224, torch.device("cpu")).sample(torch.Generator().manual_seed(0), n, *imgs.shape[2:])
+a = DeviceAugment(recipe, 224, torch.device("cpu")).apply(imgs, p, mip)
 pg = BatchParams(**{k: v.to(dev) for k, v in vars(p).items()})
-b = DeviceAugment(recipe, dev).apply(imgs.to(dev), pg, mip.to(dev)).cpu()
+b = DeviceAugment(recipe, 224, dev).apply(imgs.to(dev), pg, mip.to(dev)).cpu()
 diff = (a - b).abs()
 print(f"CPU vs {dev} on the same draws: max |diff| {diff.max():.4f}, pixels off by > 2.5 grey levels "
       f"{(diff > 0.02).float().mean():.4%} ({'OK' if (diff > 0.02).float().mean() < 0.01 else 'CHECK'})")
-full = Recipe.from_config({"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.5}, 224)
-src = ResidentSource(greys, labels, int(labels.max()) + 1, full, dev, batch_size=256)
+full = DeviceAugment(AugConfig(auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.5), 224, dev)
+src = ResidentSource(greys, labels, int(labels.max()) + 1, full, batch_size=256)
 list(itertools.islice(src.batches(0), 2))
 if dev.type == "cuda":
     torch.cuda.set_sync_debug_mode("error")
