@@ -6,8 +6,8 @@ repro-small, ``finetune.data`` / ``--data`` of a sweep) into a local dataset bef
 - ``cifar10`` / ``cifar100`` (the default everywhere): torchvision's copy in ``data_root`` (``data/``),
   downloaded there once when the machine has internet (into a temporary folder, moved in when complete);
 - a tarball (``.tar.gz``/``.tgz``/``.tar``): unpacked once into ``data_root/<name>/`` (atomically, with a
-  stamp of the tarball), holding either an ImageFolder layout (``train/``, ``test/``: the JPEG CIFAR-10 copy
-  in ``../shared/data``) or torchvision's own archive (``cifar-10-python.tar.gz``, ``cifar-100-python.tar.gz``);
+  stamp of the tarball), holding either an ImageFolder layout (``train/``, ``test/``, e.g. a JPEG copy of
+  CIFAR-10) or torchvision's own archive (``cifar-10-python.tar.gz``, ``cifar-100-python.tar.gz``);
 - a folder: an ImageFolder root (``train/`` and ``test/`` or ``val/``), a folder holding torchvision's
   ``cifar-10-batches-py`` / ``cifar-100-python``, or a WebDataset folder with ``_info.json``.
 

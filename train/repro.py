@@ -12,8 +12,8 @@
    the table (``repro.md``, ``repro.json``) with the full released schedule's time estimated from the rate.
 
 ``--cpu-check`` runs the same steps at toy scale (tiny build, a 4-block ViT at 64 px, budgets of seconds) to
-check the script without a GPU; its figures mean nothing about transfer (``--cifar`` with the mini copy,
-``../shared/data/cifar10-jpeg-mini.tar.gz``, makes it faster).
+check the script without a GPU; its figures mean nothing about transfer (``--cifar`` with a small local
+ImageFolder or tarball makes it faster than the torchvision download).
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def _steps(seconds: float, rate: float, batch: int) -> int:
 @click.option("--dataset", default=None, help="A fracgen dataset folder (default: build the default 1p-frac).")
 @click.option("--cifar", default="cifar10", show_default=True,
               help="Fine-tuning data: cifar10 / cifar100 (torchvision, downloaded into --data-root once), an "
-                   "ImageFolder root (train/, test/) or a CIFAR-style tarball, e.g. "
-                   "../shared/data/cifar10-jpeg.tar.gz.")
+                   "ImageFolder root (train/, test/) or a CIFAR-style tarball (a packed ImageFolder, or "
+                   "cifar-10-python.tar.gz).")
 @click.option("--data-root", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
               help="Where torchvision downloads and unpacked tarballs go.")
 # The defaults fit one 10-minute GPU call: 80 s scratch + (60 + 80) + (150 + 80) s, plus calibration and data.

@@ -14,7 +14,7 @@ and fine-tuning budgets in steps (the same for every point, so the points compar
 
 ``finetune.data`` (or ``--data``, which overrides it) is anything ``train.downstream.resolve_downstream`` takes:
 ``cifar10`` / ``cifar100`` (torchvision, downloaded into ``--data-root`` once; the default), an ImageFolder root
-or a CIFAR-style tarball such as ``../shared/data/cifar10-jpeg.tar.gz``. It is made local before anything is
+or a CIFAR-style tarball (an ImageFolder packed as ``.tar.gz``, or ``cifar-10-python.tar.gz``). It is made local before anything is
 built, so a machine without it stops with one line and leaves nothing.
 
 Every point's dataset, pre-training and fine-tuning go in their own folders under ``--out``; a rerun reuses the
