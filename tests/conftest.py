@@ -45,6 +45,15 @@ def make_cifar_like(dest: Path, train_per_class: int = 100, test_per_class: int 
     return tarball
 
 
+def one_line(result, *fragments):
+    """A click result that is a clean refusal: exit 2, one ``Error:`` line holding every fragment, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 def free_port() -> str:
     """A TCP port nobody listens on now, for a torchrun rendezvous (a fixed port collides with a suite running
     beside this one, and gloo then aborts a rank)."""

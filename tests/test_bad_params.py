@@ -4,7 +4,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import TINY
+from conftest import TINY, one_line
 from test_output import TINY_ARGS
 
 from fracgen import dataset, search
@@ -13,14 +13,6 @@ from fracgen.cli import cli
 from fracgen.errors import FracgenError, UsageError
 
 CFG = BuildConfig(**TINY)
-
-
-def one_line(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def system(**extra):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import one_line
 
 from fracgen import shard as shard_mod
 from fracgen.cli import cli
@@ -16,15 +17,6 @@ TINY_ARGS = ["--L", "8", "--size", "64", "--points", "3000", "--shard-size", "4"
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("args,fragments", [
@@ -45,7 +37,7 @@ def one_line_error(result, *fragments):
 ])
 def test_bad_options(tmp_path, args, fragments):
     out = tmp_path / "out"
-    one_line_error(run("build", *TINY_ARGS, *args, out), *fragments)
+    one_line(run("build", *TINY_ARGS, *args, out), *fragments)
     assert not out.exists()
 
 
@@ -55,15 +47,15 @@ def test_build_then_refuse_a_non_empty_folder(tmp_path):
     assert result.exit_code == 0, result.output
     assert "2 shards" in result.output and (out / "build.json").is_file()
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    one_line_error(run("build", *TINY_ARGS, out), "not empty", "--resume", "--overwrite")
+    one_line(run("build", *TINY_ARGS, out), "not empty", "--resume", "--overwrite")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
-    one_line_error(run("build", "--resume", "--L", "9", out), "differ", "--L 9")
+    one_line(run("build", "--resume", "--L", "9", out), "differ", "--L 9")
     result = run("build", "--resume", out)
     assert result.exit_code == 0 and "0 rendered now" in result.output
 
 
 def test_shard_range_outside_the_build(tmp_path):
-    one_line_error(run("build", *TINY_ARGS, "--shard-range", "0:5", tmp_path / "o"), "--shard-range", "2")
+    one_line(run("build", *TINY_ARGS, "--shard-range", "0:5", tmp_path / "o"), "--shard-range", "2")
     assert not (tmp_path / "o").exists()
 
 
@@ -87,19 +79,19 @@ def test_shard_range_leaves_an_incomplete_build_that_resume_finishes(tmp_path):
 def test_bad_params_file(tmp_path, content, fragment):
     params = tmp_path / "p.json"
     params.write_text(content)
-    one_line_error(run("build", *TINY_ARGS, "--params", params, tmp_path / "out"), "--params", fragment)
+    one_line(run("build", *TINY_ARGS, "--params", params, tmp_path / "out"), "--params", fragment)
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_params_file(tmp_path):
-    one_line_error(run("build", *TINY_ARGS, "--params", tmp_path / "nope.json", tmp_path / "out"), "cannot read")
+    one_line(run("build", *TINY_ARGS, "--params", tmp_path / "nope.json", tmp_path / "out"), "cannot read")
 
 
 def test_unwritable_output(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    one_line_error(run("build", *TINY_ARGS, blocker / "out"), "cannot be written")
-    one_line_error(run("build", *TINY_ARGS, blocker), "not a folder")
+    one_line(run("build", *TINY_ARGS, blocker / "out"), "cannot be written")
+    one_line(run("build", *TINY_ARGS, blocker), "not a folder")
 
 
 def test_disk_full_is_one_line_and_leaves_no_partial_shard(tmp_path, monkeypatch):
@@ -108,7 +100,7 @@ def test_disk_full_is_one_line_and_leaves_no_partial_shard(tmp_path, monkeypatch
 
     monkeypatch.setattr(shard_mod, "encode_png", full)
     out = tmp_path / "out"
-    one_line_error(run("build", *TINY_ARGS, out), "disk full", "--resume")
+    one_line(run("build", *TINY_ARGS, out), "disk full", "--resume")
     assert not list(out.glob("*.tar*")) and not (out / "build.json").exists()
 
 
@@ -127,7 +119,7 @@ def test_search_prints_and_writes_params(tmp_path):
 
 
 def test_search_that_cannot_succeed_says_what_to_change():
-    one_line_error(run("search", "--sigma", "0.5", "--max-attempts", "5", "--size", "64", "--points", "2000"),
+    one_line(run("search", "--sigma", "0.5", "--max-attempts", "5", "--size", "64", "--points", "2000"),
                    "--min-fill", "5 attempts")
 
 
@@ -136,7 +128,7 @@ def test_damaged_stored_config_is_one_line_on_resume(tmp_path, content):
     out = tmp_path / "out"
     assert run("build", *TINY_ARGS, out).exit_code == 0
     (out / ".fracgen" / "config.json").write_text(content)
-    one_line_error(run("build", "--resume", out), "damaged", "--overwrite")
+    one_line(run("build", "--resume", out), "damaged", "--overwrite")
     assert (out / "build.json").is_file()
     assert run("build", *TINY_ARGS, "--overwrite", out).exit_code == 0
 

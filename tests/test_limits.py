@@ -3,6 +3,7 @@ what fits; names the system cannot take are one line (issue 9, item 11)."""
 
 import pytest
 from click.testing import CliRunner
+from conftest import one_line
 
 from fracgen.cli import cli
 from fracgen.config import BuildConfig, check_memory
@@ -10,14 +11,6 @@ from fracgen.errors import UsageError
 
 GIB = 1 << 30
 SMALL = ["--size", "64", "--points", "2000", "--shard-size", "8", "--workers", "1", "--no-progress"]
-
-
-def one_line(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -6,20 +6,13 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import one_line
 from PIL import Image
 
 from fracgen import dataset
 from fracgen.build import BuildConfig, build
 from fracgen.cli import cli
 from fracgen.errors import FracgenError
-
-
-def one_line(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("name", ["../victim.png", "/etc/passwd", "", "sub/../../victim.png"])

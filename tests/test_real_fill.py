@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import one_line
 from PIL import Image
 
 from fracgen import realimage
@@ -11,14 +12,6 @@ from fracgen.cli import cli
 from fracgen.errors import FracgenError
 
 ARGS = ["--L", "4", "--size", "32", "--shard-size", "2", "--workers", "1", "--no-progress"]
-
-
-def one_line(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def checker(tmp_path, shape=(48, 48)):
