@@ -118,3 +118,14 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def cifar_mini(cifar_mini_tarball, tmp_path_factory) -> Path:
+    """The mini CIFAR-10 tarball unpacked as an ImageFolder root (train/, test/)."""
+    import tarfile
+
+    root = tmp_path_factory.mktemp("cifar")
+    with tarfile.open(cifar_mini_tarball) as tar:
+        tar.extractall(root, filter="data")
+    return root

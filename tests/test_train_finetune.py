@@ -2,7 +2,6 @@
 checkpoint, linear probe of the first k blocks, and the one-line errors. One torch thread, tiny ViT."""
 
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,6 @@ from train.config import load_config
 from train.errors import TrainError
 from train.finetune import finetune
 from train.pretrain import pretrain
-
-
-@pytest.fixture(scope="module")
-def cifar_mini(cifar_mini_tarball, tmp_path_factory) -> Path:
-    """The mini CIFAR-10 (100 train + 20 test images per class) unpacked as an ImageFolder root."""
-    root = tmp_path_factory.mktemp("cifar")
-    with tarfile.open(cifar_mini_tarball) as tar:
-        tar.extractall(root, filter="data")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 import types
 from pathlib import Path
@@ -171,14 +170,6 @@ def test_run_folder_loads_in_timm_alone_with_the_trainers_logits(tiny_dataset, t
     again = timm.create_model(f"local-dir:{tmp_path / 'pushed'}", pretrained=True).eval()
     with torch.no_grad():
         assert torch.equal(again(x), trained(x))
-
-
-@pytest.fixture(scope="module")
-def cifar_mini(cifar_mini_tarball, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cifar")
-    with tarfile.open(cifar_mini_tarball) as tar:
-        tar.extractall(root, filter="data")
-    return root
 
 
 def test_finetune_takes_the_architecture_from_a_run_folder_and_reloads_with_its_head(tiny_dataset, cifar_mini,
