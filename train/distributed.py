@@ -60,6 +60,22 @@ def setup(cfg: Config) -> Dist:
     return Dist(rank, world_size, local_rank, device)
 
 
+def leave(env: Dist, wait: bool = True) -> None:
+    """Leave the process group at the end of a job (nothing to do in a single process).
+
+    Every rank first waits for the others (``wait``), since rank 0 writes the run folder's last files after the
+    loop, then the group is destroyed. A rank that simply exited while another still held its gloo
+    connection aborted at exit about half the time ("terminate called without an active exception",
+    SIGABRT), and torchrun then ended the other ranks and the job with exit 1. ``wait=False`` on a failure:
+    the other ranks may never reach the barrier.
+    """
+    if env.world_size == 1 or not dist.is_initialized():
+        return
+    if wait:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (per rank the caller adds the rank)."""
     random.seed(seed)

@@ -38,7 +38,7 @@ except ImportError:  # Windows: no flock, so no guard against a second process i
 
 from train.checkpoint import checkpoint_files
 from train.config import Config
-from train.distributed import Dist
+from train.distributed import Dist, leave
 from train.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -152,8 +152,10 @@ def run_job(out: Path, env: Dist, train: Callable[[], dict[str, Any]],
 
     Returns:
         The metrics, or ``{"stopped": True, "steps": n, "reason": why}`` when a signal (``SIGTERM``,
-        ``SIGINT``) or ``train.stop_at`` ended the run early with a checkpoint.
+        ``SIGINT``) or ``train.stop_at`` ended the run early with a checkpoint. Every rank has left the
+        process group by then (``distributed.leave``), after waiting for rank 0's last writes.
     """
+    ended = False  # without an exception: every rank then waits for the others before leaving the group
     try:
         try:
             result = train()
@@ -168,15 +170,18 @@ def run_job(out: Path, env: Dist, train: Callable[[], dict[str, Any]],
         if result.get("stopped"):
             if env.is_main:
                 write_status(out, "stopped", step=result["step"], reason=result["reason"])
+            ended = True
             return {"stopped": True, "steps": result["step"], "reason": result["reason"]}
         values = metrics(result)
         if env.is_main:
             (out / METRICS_FILE).write_text(json.dumps(values, indent=1))
             write_status(out, "complete", **{complete: values[complete]})
+        ended = True
         return values
     finally:
         if env.is_main:
             release_run_folder(out)
+        leave(env, wait=ended)
 
 
 class CsvLog:
