@@ -58,11 +58,11 @@ def test_two_level_images_are_8_bit_grey_and_decode_exactly(image):
 
 @pytest.mark.parametrize("wide", [0, 3])
 def test_both_literal_word_writers_give_a_valid_stream(wide):
-    from fracgen.encode import _deflate_two_level
+    from fracgen.deflate import deflate_two_level
 
     for image in list(two_level_images())[:20]:
         raw = np.hstack([np.zeros((image.shape[0], 1), np.uint8), image])
-        stream = _deflate_two_level(raw, int(image.max()) or 127, wide=wide)
+        stream = deflate_two_level(raw, int(image.max()) or 127, wide=wide)
         assert stream is not None and zlib.decompress(stream) == raw.tobytes()
 
 
