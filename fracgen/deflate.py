@@ -10,10 +10,7 @@ import sys
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import types
 from numba.cpython.unsafe.numbers import trailing_zeros
-from numba.extending import intrinsic
 
 # Deflate's length symbols (RFC 1951, 3.2.5): for a copy of length 3..258, its symbol, extra bits and value.
 _LEN_BASE = np.array([3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115,
@@ -25,6 +22,7 @@ LEN_SYMBOL = (257 + _LEN_INDEX).astype(np.uint16)
 # extra value << 4 | extra bit count
 LEN_EXTRA = (((_LENGTHS - _LEN_BASE[_LEN_INDEX]).clip(0) << 4) | _LEN_EXTRA[_LEN_INDEX]).astype(np.uint16)
 _MAX_BITS = 15  # the longest Huffman code deflate allows
+_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 
 
 # ------------------------------------------------------------------------------- two-level deflate
@@ -297,205 +295,39 @@ def deflate_two_level(raw: np.ndarray, v: int, wide: int = 3) -> bytes | None:
     return b"\x78\x01" + out.view(np.uint8)[:size].tobytes() + struct.pack(">I", adler)
 
 
-# ------------------------------------------------------------------------------- many-level deflate
-#
-# Greedy LZ77 over a few fixed candidate distances: 1 (a run of the byte before) and the row stride and its
-# neighbours (the pixels above). Contour images (RCDB, VisualAtom) are mostly runs of the background with
-# one-pixel lines of many greys, so these distances find most copies zlib finds, without a hash table. Matches
-# are extended 8 bytes at a time by unaligned 64-bit loads. One pass writes tokens and counts symbols, a
-# second writes one dynamic-Huffman block; Adler-32 is a third, vectorised pass.
-
-MAX_DISTANCE = 32768  # deflate's window: row strides beyond it only use distance 1
-_DIST_BASE = np.array([1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537,
-                       2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577])
-_SYMBOL_EXTRA = np.zeros(286, np.int64)  # extra bits of each literal/length symbol
-_SYMBOL_EXTRA[257:] = _LEN_EXTRA
-_ADLER_BLOCK = 4096  # bytes summed per block: 255 * 4096 * 4097 / 2 < 2 ** 31
-ABOVE = (-1, 0, 1)  # the candidate distances beside distance 1: stride + each
-
-
-@intrinsic
-def _load64(typingctx, data, index):
-    """The 8 bytes of ``data`` from ``index`` as one uint64 (native order), at any alignment."""
-
-    def codegen(context, builder, signature, args):
-        array = context.make_array(signature.args[0])(context, builder, args[0])
-        pointer = builder.bitcast(builder.gep(array.data, [args[1]]), ir.IntType(64).as_pointer())
-        return builder.load(pointer, align=1)
-
-    return types.uint64(data, index), codegen
+@numba.njit(cache=True, nogil=True)
+def _zero_bytes(x):  # pragma: no cover - compiled
+    """Bit 7 of each byte of ``x`` that is zero (exact: no carries between bytes)."""
+    return ~(((x & _LOW7) + _LOW7) | x | _LOW7)
 
 
 @numba.njit(cache=True, nogil=True)
-def _match(data, pos, back, limit):  # pragma: no cover - compiled
-    """How many bytes from ``pos`` equal those ``back`` bytes before them, up to ``limit``."""
-    n = 8  # the first 8 are known equal
-    while n < limit:
-        x = _load64(data, pos + n) ^ _load64(data, pos + n - back)
+def _two_level_value(words, tail):  # pragma: no cover - compiled
+    """v when every byte of ``words`` (uint64) then ``tail`` (uint8) is 0 or v (0 when all are 0); else -1."""
+    v = np.uint64(0)
+    for x in words:  # the first byte that is not 0
         if x:
-            return min(n + (np.int64(trailing_zeros(x)) >> 3), limit)
-        n += 8
-    return limit
+            v = (x >> np.uint64(trailing_zeros(x) & 56)) & np.uint64(255)
+            break
+    for b in tail:
+        if v == 0 and b != 0:
+            v = np.uint64(b)
+    high = np.uint64(0x8080808080808080)
+    every = v * np.uint64(0x0101010101010101)
+    for x in words:  # a word passes when each byte is 0 or v (one predictable branch per word)
+        if _zero_bytes(x) | _zero_bytes(x ^ every) != high:
+            return -1
+    for b in tail:
+        if b != 0 and b != v:
+            return -1
+    return np.int64(v)
 
 
-@numba.njit(cache=True, nogil=True)
-def _write(out, at, acc, held, value, bits):  # pragma: no cover - compiled
-    """Add ``bits`` (<= 32) bits to the accumulator (< 32 held), storing its low 32 bits every time and moving
-    on when they are full (no branch: a mispredicted one per token cost more than the rest)."""
-    acc |= value << held
-    held += bits
-    out[at] = acc & 0xFFFFFFFF
-    full = held >> 5
-    return at + full, acc >> (full << 5), held - (full << 5)
-
-
-@numba.njit(cache=True, nogil=True)
-def _many_level(data, front, size, backs, len_symbol, len_extra, symbol_extra, cl_order, max_bits, tokens, tables,
-                out):  # pragma: no cover - compiled
-    """One final dynamic-Huffman deflate block of ``data[:size]`` into ``out`` (uint32, little-endian); returns
-    its size in bytes and the Adler-32 of the bytes.
-
-    Args:
-        data: uint8: ``front`` bytes of anything, the scanlines, then at least 8 bytes of anything (read,
-            never matched).
-        front: at least the largest distance + 8.
-        size: the scanlines' length.
-        backs: (4,) int64, the candidate distances (1 first, each <= 32768, repeats allowed); a longer match
-            wins, an equal one goes to the earlier distance.
-        len_symbol, len_extra, symbol_extra, cl_order, max_bits: the module's tables.
-        tokens: int32 scratch, at least ``size``.
-        tables: int64 scratch of zeros, (12, 320).
-        out: uint32 scratch, at least ``size`` + 160.
-    """
-    freq, lengths, codes = tables[0], tables[1], tables[2]
-    # Tokens: a literal is its byte; a copy is its length symbol | extra value << 9 | k << 14 with backs[k - 1]
-    # its distance. ``data`` starts with ``front`` bytes before the scanlines, so that every candidate can be
-    # loaded at every position; a candidate reaching before the scanlines is masked instead of branched on.
-    uses = tables[8]
-    three = np.uint64(0xFFFFFF)
-    count = 0
-    pos = 0
-    while pos < size:
-        p = front + pos
-        here = _load64(data, p)
-        # x_k: zero bytes where the next 8 bytes equal those backs[k] before; any of the first 3 not equal
-        # rules a copy out. All four at once, one branch (a literal is the common case in line pixels).
-        x0 = here ^ _load64(data, p - backs[0]) | np.uint64(-np.int64(pos < backs[0]))
-        x1 = here ^ _load64(data, p - backs[1]) | np.uint64(-np.int64(pos < backs[1]))
-        x2 = here ^ _load64(data, p - backs[2]) | np.uint64(-np.int64(pos < backs[2]))
-        x3 = here ^ _load64(data, p - backs[3]) | np.uint64(-np.int64(pos < backs[3]))
-        if (x0 & three != 0) & (x1 & three != 0) & (x2 & three != 0) & (x3 & three != 0) | (size - pos < 3):
-            b = data[p]
-            tokens[count] = b
-            freq[b] += 1
-            pos += 1
-            count += 1
-            continue
-        limit = min(258, size - pos)
-        best = 0
-        kind = 0
-        for k, x in enumerate((x0, x1, x2, x3)):
-            n = min(np.int64(trailing_zeros(x)) >> 3, limit) if x else _match(data, p, backs[k], limit)
-            if n > best:
-                best = n
-                kind = k + 1
-        s = len_symbol[best]
-        tokens[count] = s | ((len_extra[best] >> 4) << 9) | (kind << 14)
-        freq[s] += 1
-        uses[kind] += 1
-        pos += best
-        count += 1
-    freq[256] += 1
-
-    # Code lengths of at most max_bits: halve the counts until they fit (rarely needed, close to optimal).
-    weights = tables[3]
-    weights[:] = freq
-    while not _code_lengths(weights, tables[4], tables[5], lengths, max_bits):
-        for s in range(286):
-            weights[s] = (weights[s] + 1) >> 1
-    tables[4, :] = 0
-    tables[5, :] = 0
-    _reversed_codes(lengths[:286], tables[4], tables[5], codes, max_bits)
-    # The distance code: each candidate's symbol, with symbols 0 and 1 kept so that at least two are coded.
-    d_freq, d_lengths, d_codes = tables[6, :30], tables[7, :30], tables[9, :30]
-    d_freq[0] += 1
-    d_freq[1] += 1
-    last = 1
-    for k in range(backs.size):
-        symbol = np.searchsorted(_DIST_BASE, backs[k], side="right") - 1
-        d_freq[symbol] += uses[k + 1]
-        last = max(last, symbol)
-    _code_lengths(d_freq, tables[4, :30], tables[5, :30], d_lengths, max_bits)  # <= 17 symbols: <= 15 deep
-    tables[4, :] = 0
-    tables[5, :] = 0
-    _reversed_codes(d_lengths, tables[4], tables[5], d_codes, max_bits)
-    unit_value, unit_bits = tables[10], tables[11]  # distance code and extra bits of each kind (0: none)
-    for k in range(backs.size):
-        symbol = np.searchsorted(_DIST_BASE, backs[k], side="right") - 1
-        extra = max(symbol // 2 - 1, 0)
-        unit_value[k + 1] = d_codes[symbol] | ((backs[k] - _DIST_BASE[symbol]) << d_lengths[symbol])
-        unit_bits[k + 1] = d_lengths[symbol] + extra
-
-    # Header: BFINAL=1, BTYPE=2; HLIT = 286 - 257; HDIST = last - 0; HCLEN = 19 - 4; a code-length code giving
-    # lengths 0..15 four bits each (code = the length, reversed) and 16..18 none; then the code lengths.
-    at, acc, held = _write(out, 0, 0, 0, 1 | (2 << 1) | (29 << 3) | (last << 8) | (15 << 13), 17)
-    for s in cl_order:
-        at, acc, held = _write(out, at, acc, held, 0 if s >= 16 else 4, 3)
-    for s in range(287 + last):
-        c = lengths[s] if s < 286 else d_lengths[s - 286]
-        at, acc, held = _write(out, at, acc, held, ((c & 1) << 3) | ((c & 2) << 1) | ((c & 4) >> 1) | ((c & 8) >> 3), 4)
-    for i in range(count):
-        t = tokens[i]
-        s = t & 511
-        k = t >> 14
-        c = lengths[s]
-        at, acc, held = _write(out, at, acc, held, codes[s] | (((t >> 9) & 31) << c), c + symbol_extra[s])
-        at, acc, held = _write(out, at, acc, held, unit_value[k], unit_bits[k])
-    at, acc, held = _write(out, at, acc, held, codes[256], lengths[256])
-    out[at] = acc
-
-    # Adler-32 (RFC 1950) by blocks: s2 gains n s1 + sum (n - j) b_j, sums a vector unit takes (iterating a
-    # slice: indexing by a signed integer kept numba from vectorising, at 8x the time).
-    s1 = 1
-    s2 = 0
-    for start in range(front, front + size, _ADLER_BLOCK):
-        n = min(_ADLER_BLOCK, front + size - start)
-        plain = 0
-        weighted = 0
-        w = n
-        for b in data[start:start + n]:
-            plain += b
-            weighted += w * b
-            w -= 1
-        s2 = (s2 + n * s1 + weighted) % 65521
-        s1 = (s1 + plain) % 65521
-    return 4 * at + (held + 7) // 8, (s2 << 16) | s1
-
-
-def deflate_grey(image: np.ndarray, above: tuple[int, ...] = ABOVE) -> bytes | None:
-    """A zlib stream of an image's PNG scanlines (filter 0) by the few-distance LZ77 kernel.
-
-    Args:
-        image: (h, w) or (h, w, c) uint8.
-        above: the candidate distances beside 1, as offsets from the row stride (those outside 2..32768 are
-            dropped).
-
-    Returns:
-        The stream, or None on a big-endian machine.
-    """
-    if sys.byteorder != "little":  # the kernel reads 8 bytes as one little-endian word
-        return None
-    rows = image.reshape(image.shape[0], -1)
-    h, stride = rows.shape[0], rows.shape[1] + 1
-    size = h * stride
-    backs = [1] + [stride + d for d in above if 1 < stride + d <= MAX_DISTANCE]
-    backs = np.array((backs + [1] * 4)[:4], np.int64)
-    front = int(backs.max()) + 8
-    data = np.empty(front + size + 8, np.uint8)
-    raw = data[front:front + size].reshape(h, stride)
-    raw[:, 0] = 0
-    raw[:, 1:] = rows
-    out = np.empty(size + 160, np.uint32)
-    nbytes, adler = _many_level(data, front, size, backs, LEN_SYMBOL, LEN_EXTRA, _SYMBOL_EXTRA, _CL_ORDER,
-                                _MAX_BITS, np.empty(size, np.int32), np.zeros((12, 320), np.int64), out)
-    return b"\x78\x01" + out.view(np.uint8)[:nbytes].tobytes() + struct.pack(">I", adler)
+def two_level_value(image: np.ndarray) -> int | None:
+    """v when the image holds only 0 and v (0: all zero), else None: the PNG's filter bytes (0) and the image
+    have at most two values. A numba scan that stops at the third value (np.bincount took as long as the
+    many-level deflate)."""
+    flat = np.ascontiguousarray(image).reshape(-1)
+    whole = flat.size // _WORD * _WORD
+    v = _two_level_value(flat[:whole].view(np.uint64), flat[whole:])
+    return None if v < 0 else int(v)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,13 @@ import numpy as np
 from fracgen import dataset, render
 from fracgen.encode import encode_png
 from fracgen.plan import Plan
+from fracgen.presets import PRESETS
 from fracgen.samples import render_ahead, render_sample
 
-_LEVELS = np.array([0, render.VALUE], np.uint8)  # the fractal looks: known, so no histogram per image
+_LEVELS = np.array([0, render.VALUE], np.uint8)  # the fractal looks: known, so no scan per image
+# The contour looks (many grey levels on one background) and noise take fracgen's own deflate: zlib level 6
+# cost the contours 10-20x their drawing time (fracgen/encode.py).
+_FAST_PNG = frozenset({"contour", "contour-lpce", "noise"})
 
 
 def run_shard(plan: Plan, shard: int, root: Path) -> dict:
@@ -37,6 +42,7 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
     fractal = cfg.family.renders_fractals
     canvas = render.Canvas(cfg.size, cfg.points if fractal else 1)
     levels = _LEVELS if fractal else None
+    encode = partial(encode_png, fast=True) if PRESETS[cfg.preset].sampler in _FAST_PNG else encode_png
     records = []
 
     def samples():
@@ -47,7 +53,7 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
                 records.append(meta)
             yield {
                 "__key__": dataset.sample_key(index),
-                "png": encode_png(image, levels),
+                "png": encode(image, levels),
                 "cls": str(meta["label"]).encode(),
                 "json": json.dumps({k: v for k, v in meta.items() if k != "fill"}, sort_keys=True).encode(),
             }

@@ -1,0 +1,291 @@
+"""Deflate of grey images with many levels (RCDB, VisualAtom): greedy LZ77 over a few fixed distances.
+
+See ``fracgen/encode.py`` for which images take it and the figures; the Huffman helpers are in ``deflate.py``.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import threading
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.extending import intrinsic
+
+from fracgen.deflate import (
+    _CL_ORDER,
+    _LEN_EXTRA,
+    _MAX_BITS,
+    LEN_EXTRA,
+    LEN_SYMBOL,
+    _code_lengths,
+    _reversed_codes,
+    _zero_bytes,
+)
+
+# Greedy LZ77 over a few fixed candidate distances: 1 (a run of the byte before) and the row stride and its
+# neighbours (the pixels above). Contour images (RCDB, VisualAtom) are mostly runs of the background with
+# one-pixel lines of many greys, so these distances find most copies zlib finds, without a hash table. Matches
+# are extended 8 bytes at a time by unaligned 64-bit loads. One pass writes tokens and counts symbols, a
+# second writes one dynamic-Huffman block; Adler-32 is a third, vectorised pass.
+
+MAX_DISTANCE = 32768  # deflate's window: row strides beyond it only use distance 1
+_DIST_BASE = np.array([1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537,
+                       2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577])
+_SYMBOL_EXTRA = np.zeros(286, np.int64)  # extra bits of each literal/length symbol
+_SYMBOL_EXTRA[257:] = _LEN_EXTRA
+_ADLER_BLOCK = 4096  # bytes summed per block: 255 * 4096 * 4097 / 2 < 2 ** 31
+ABOVE = (-1, 0, 1)
+_SIX = np.uint64(0x808080808080)  # bit 7 of bytes 0..5: the positions whose 3 bytes one load covers
+_THREE = np.uint64(0xFFFFFF)  # the candidate distances beside distance 1: stride + each
+
+
+@intrinsic
+def _load64(typingctx, data, index):
+    """The 8 bytes of ``data`` from ``index`` as one uint64 (native order), at any alignment."""
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        pointer = builder.bitcast(builder.gep(array.data, [args[1]]), ir.IntType(64).as_pointer())
+        return builder.load(pointer, align=1)
+
+    return types.uint64(data, index), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def _match(data, pos, back, limit):  # pragma: no cover - compiled
+    """How many bytes from ``pos`` equal those ``back`` bytes before them, up to ``limit``."""
+    n = 8  # the first 8 are known equal
+    while n < limit:
+        x = _load64(data, pos + n) ^ _load64(data, pos + n - back)
+        if x:
+            return min(n + (np.int64(trailing_zeros(x)) >> 3), limit)
+        n += 8
+    return limit
+
+
+@numba.njit(cache=True, nogil=True)
+def _differs(data, p, pos, back):  # pragma: no cover - compiled
+    """Zero bytes where the 8 bytes from ``data[p]`` equal those ``back`` before; all bits set when ``back``
+    reaches before the scanlines (``pos`` < ``back``), masked rather than branched on."""
+    return (_load64(data, p) ^ _load64(data, p - back)) | np.uint64(-np.int64(pos < back))
+
+
+@numba.njit(cache=True, nogil=True)
+def _three_equal(x):  # pragma: no cover - compiled
+    """Bit 7 of byte j set where bytes j, j + 1 and j + 2 of ``x`` are zero (exact, no carries between bytes)."""
+    zero = _zero_bytes(x)
+    return zero & (zero >> np.uint64(8)) & (zero >> np.uint64(16))
+
+
+@numba.njit(cache=True, nogil=True)
+def _write(out, at, acc, held, value, bits):  # pragma: no cover - compiled
+    """Add ``bits`` (<= 32) bits to the accumulator (< 32 held), storing its low 32 bits every time and moving
+    on when they are full (no branch: a mispredicted one per token cost more than the rest)."""
+    acc |= value << held
+    held += bits
+    out[at] = acc & 0xFFFFFFFF
+    full = held >> 5
+    return at + full, acc >> (full << 5), held - (full << 5)
+
+
+@numba.njit(cache=True, nogil=True)
+def _many_level(data, front, size, backs, len_symbol, len_extra, symbol_extra, cl_order, max_bits, tokens, tables,
+                out):  # pragma: no cover - compiled
+    """One final dynamic-Huffman deflate block of ``data[:size]`` into ``out`` (uint32, little-endian); returns
+    its size in bytes and the Adler-32 of the bytes.
+
+    Args:
+        data: uint8: ``front`` bytes of anything, the scanlines, then at least 8 bytes of anything (read,
+            never matched).
+        front: at least the largest distance + 8.
+        size: the scanlines' length.
+        backs: (4,) int64, the candidate distances (1 first, each <= 32768, repeats allowed); a longer match
+            wins, an equal one goes to the earlier distance.
+        len_symbol, len_extra, symbol_extra, cl_order, max_bits: the module's tables.
+        tokens: int32 scratch, at least ``size``.
+        tables: int64 scratch of zeros, (12, 320).
+        out: uint32 scratch, at least ``size`` + 160.
+    """
+    freq, lengths, codes = tables[0], tables[1], tables[2]
+    # Tokens: a literal is its byte; a copy is its length symbol | extra value << 9 | k << 14 with backs[k - 1]
+    # its distance. ``data`` starts with ``front`` bytes before the scanlines, so that every candidate can be
+    # loaded at every position; a candidate reaching before the scanlines is masked instead of branched on.
+    uses = tables[8]
+    count = 0
+    pos = 0
+    while pos < size:
+        p = front + pos
+        x0 = _differs(data, p, pos, backs[0])
+        x1 = _differs(data, p, pos, backs[1])
+        x2 = _differs(data, p, pos, backs[2])
+        x3 = _differs(data, p, pos, backs[3])
+        if size - pos >= 8:
+            # Literals up to the first of the next 6 positions where some candidate copies 3 bytes: one branch
+            # per 6 literals in the line pixels, where a branch per byte (mispredicted at each copy) was most
+            # of the encoder's time.
+            starts = (_three_equal(x0) | _three_equal(x1) | _three_equal(x2) | _three_equal(x3)) & _SIX
+            run = min(np.int64(trailing_zeros(starts)) >> 3, 6)
+            for i in range(run):
+                b = data[p + i]
+                tokens[count + i] = b
+                freq[b] += 1
+            pos += run
+            count += run
+            if run == 6:
+                continue
+            p = front + pos
+            x0 = _differs(data, p, pos, backs[0])
+            x1 = _differs(data, p, pos, backs[1])
+            x2 = _differs(data, p, pos, backs[2])
+            x3 = _differs(data, p, pos, backs[3])
+        elif (x0 & _THREE != 0) & (x1 & _THREE != 0) & (x2 & _THREE != 0) & (x3 & _THREE != 0) | (size - pos < 3):
+            b = data[p]
+            tokens[count] = b
+            freq[b] += 1
+            pos += 1
+            count += 1
+            continue
+        limit = min(258, size - pos)
+        best = 0
+        kind = 0
+        for k, x in enumerate((x0, x1, x2, x3)):
+            if x:
+                n = min(np.int64(trailing_zeros(x)) >> 3, limit)
+            elif best < 8 or _load64(data, p + best - 7) == _load64(data, p + best - 7 - backs[k]):
+                n = _match(data, p, backs[k], limit)
+            else:  # it differs within the best copy so far: not longer (extending every candidate through a
+                n = 0  # long background run cost most of the encoder's time)
+            if n > best:
+                best = n
+                kind = k + 1
+        s = len_symbol[best]
+        tokens[count] = s | ((len_extra[best] >> 4) << 9) | (kind << 14)
+        freq[s] += 1
+        uses[kind] += 1
+        pos += best
+        count += 1
+    freq[256] += 1
+
+    # Code lengths of at most max_bits: halve the counts until they fit (rarely needed, close to optimal).
+    weights = tables[3]
+    weights[:] = freq
+    while not _code_lengths(weights, tables[4], tables[5], lengths, max_bits):
+        for s in range(286):
+            weights[s] = (weights[s] + 1) >> 1
+    tables[4, :] = 0
+    tables[5, :] = 0
+    _reversed_codes(lengths[:286], tables[4], tables[5], codes, max_bits)
+    # The distance code: each candidate's symbol, with symbols 0 and 1 kept so that at least two are coded.
+    d_freq, d_lengths, d_codes = tables[6, :30], tables[7, :30], tables[9, :30]
+    d_freq[0] += 1
+    d_freq[1] += 1
+    last = 1
+    for k in range(backs.size):
+        symbol = np.searchsorted(_DIST_BASE, backs[k], side="right") - 1
+        d_freq[symbol] += uses[k + 1]
+        last = max(last, symbol)
+    _code_lengths(d_freq, tables[4, :30], tables[5, :30], d_lengths, max_bits)  # <= 17 symbols: <= 15 deep
+    tables[4, :] = 0
+    tables[5, :] = 0
+    _reversed_codes(d_lengths, tables[4], tables[5], d_codes, max_bits)
+    unit_value, unit_bits = tables[10], tables[11]  # distance code and extra bits of each kind (0: none)
+    for k in range(backs.size):
+        symbol = np.searchsorted(_DIST_BASE, backs[k], side="right") - 1
+        extra = max(symbol // 2 - 1, 0)
+        unit_value[k + 1] = d_codes[symbol] | ((backs[k] - _DIST_BASE[symbol]) << d_lengths[symbol])
+        unit_bits[k + 1] = d_lengths[symbol] + extra
+
+    # Header: BFINAL=1, BTYPE=2; HLIT = 286 - 257; HDIST = last - 0; HCLEN = 19 - 4; a code-length code giving
+    # lengths 0..15 four bits each (code = the length, reversed) and 16..18 none; then the code lengths.
+    at, acc, held = _write(out, 0, 0, 0, 1 | (2 << 1) | (29 << 3) | (last << 8) | (15 << 13), 17)
+    for s in cl_order:
+        at, acc, held = _write(out, at, acc, held, 0 if s >= 16 else 4, 3)
+    for s in range(287 + last):
+        c = lengths[s] if s < 286 else d_lengths[s - 286]
+        at, acc, held = _write(out, at, acc, held, ((c & 1) << 3) | ((c & 2) << 1) | ((c & 4) >> 1) | ((c & 8) >> 3), 4)
+    widest = 0
+    for s in range(286):
+        widest = max(widest, (lengths[s] + symbol_extra[s]) * (lengths[s] > 0))
+    if widest + unit_bits[:backs.size + 1].max() <= 32:  # a token as one unit: one dependent chain, not two
+        for i in range(count):
+            t = tokens[i]
+            s = t & 511
+            k = t >> 14
+            c = lengths[s]
+            e = c + symbol_extra[s]
+            at, acc, held = _write(out, at, acc, held, codes[s] | (((t >> 9) & 31) << c) | (unit_value[k] << e),
+                                   e + unit_bits[k])
+    else:
+        for i in range(count):
+            t = tokens[i]
+            s = t & 511
+            k = t >> 14
+            c = lengths[s]
+            at, acc, held = _write(out, at, acc, held, codes[s] | (((t >> 9) & 31) << c), c + symbol_extra[s])
+            at, acc, held = _write(out, at, acc, held, unit_value[k], unit_bits[k])
+    at, acc, held = _write(out, at, acc, held, codes[256], lengths[256])
+    out[at] = acc
+
+    # Adler-32 (RFC 1950) by blocks: s2 gains n s1 + sum (n - j) b_j, sums a vector unit takes (iterating a
+    # slice: indexing by a signed integer kept numba from vectorising, at 8x the time).
+    s1 = 1
+    s2 = 0
+    for start in range(front, front + size, _ADLER_BLOCK):
+        n = min(_ADLER_BLOCK, front + size - start)
+        plain = 0
+        weighted = 0
+        w = n
+        for b in data[start:start + n]:
+            plain += b
+            weighted += w * b
+            w -= 1
+        s2 = (s2 + n * s1 + weighted) % 65521
+        s1 = (s1 + plain) % 65521
+    return 4 * at + (held + 7) // 8, (s2 << 16) | s1
+
+
+_SCRATCH = threading.local()
+
+
+def _buffers(data_size: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kernel's buffers, kept per thread from one image to the next: fresh ones cost more than the kernel
+    (the system maps and zeroes a fresh page at every first touch)."""
+    held = getattr(_SCRATCH, "buffers", None)
+    if held is None or held[0].size < data_size or held[1].size < size:
+        held = (np.empty(data_size, np.uint8), np.empty(size, np.int32), np.empty(size + 160, np.uint32))
+        _SCRATCH.buffers = held
+    data, tokens, out = held
+    return data[:data_size], tokens, out
+
+
+def deflate_grey(image: np.ndarray, above: tuple[int, ...] = ABOVE) -> bytes | None:
+    """A zlib stream of an image's PNG scanlines (filter 0) by the few-distance LZ77 kernel.
+
+    Args:
+        image: (h, w) or (h, w, c) uint8.
+        above: the candidate distances beside 1, as offsets from the row stride (those outside 2..32768 are
+            dropped).
+
+    Returns:
+        The stream, or None on a big-endian machine.
+    """
+    if sys.byteorder != "little":  # the kernel reads 8 bytes as one little-endian word
+        return None
+    rows = image.reshape(image.shape[0], -1)
+    h, stride = rows.shape[0], rows.shape[1] + 1
+    size = h * stride
+    backs = [1] + [stride + d for d in above if 1 < stride + d <= MAX_DISTANCE]
+    backs = np.array((backs + [1] * 4)[:4], np.int64)
+    front = int(backs.max()) + 8
+    data, tokens, out = _buffers(front + size + 8, size)
+    raw = data[front:front + size].reshape(h, stride)
+    raw[:, 0] = 0
+    raw[:, 1:] = rows
+    nbytes, adler = _many_level(data, front, size, backs, LEN_SYMBOL, LEN_EXTRA, _SYMBOL_EXTRA, _CL_ORDER,
+                                _MAX_BITS, tokens, np.zeros((12, 320), np.int64), out)
+    return b"\x78\x01" + out.view(np.uint8)[:nbytes].tobytes() + struct.pack(">I", adler)
