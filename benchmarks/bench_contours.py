@@ -9,10 +9,17 @@ Pillow ``ImageDraw.line`` per segment on an RGB canvas.
 Both paths draw the same images: the category and instance parameters of ``contour_params.image_params(kind,
 seed, c, 0)`` for c = 0 .. images - 1 (what an image costs depends mostly on V x K), each path with its own stroke
 draws. The fast path's time covers everything one image needs: deriving its generators, the numpy draws and
-the numba drawing. PNG encoding (the released scripts save each image) is timed apart, since either path can
-pair with any encoder. Times are CPU time of this process (``time.process_time``), so other load on the machine
-does not count; the released path runs once per image, the fast path ``--repeats`` times (median); the ratio is
-total released time over total fast time. JIT compilation happens before timing.
+the numba drawing. A stored image also needs its PNG: the released scripts save an RGB PNG with Pillow (timed
+on the released image), fracgen encodes its grey image with its own ``encode_png(image, fast=True)``, as a
+build does (``fracgen/encode.py``). Two ratios per stored image (drawing + PNG): (a) against the released
+drawing + RGB PNG measured in the same run; (b) against the issue's released per-image CPU times (RCDB 42-60 ms,
+VisualAtom 0.27-0.34 s, measured with the released scripts; issue 11), low end and high end.
+
+Times are CPU time of this process (``time.process_time``), so other load on the machine does not count; the
+released path runs once per image, the fast path ``--repeats`` times (median); ratios are total over total. JIT
+compilation happens before timing. ``--build N`` (default 40; 0 skips) also times ``fracgen build --preset KIND
+--categories N --instances 1 --workers 1`` end to end (CPU time of the whole command: interpreter start,
+imports, numba's cache, shards, metadata) and ``build()`` alone in this process, per stored image.
 """
 
 from __future__ import annotations
@@ -23,10 +30,14 @@ import math
 import os
 import platform
 import random
+import resource
 import statistics
 import struct
+import subprocess
 import sys
+import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +45,10 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fracgen import contour_params, contours  # noqa: E402
+from fracgen.encode import encode_png  # noqa: E402
+
+# The issue's released per-image CPU times (issue 11, "Speed"), low end and high end, ms.
+ISSUE_MS = {"rcdb": (42.0, 60.0), "visualatom": (270.0, 340.0)}
 
 _F = struct.Struct("f")
 
@@ -115,41 +130,73 @@ def fast_image(kind: str, seed: int, category: int, size: int) -> np.ndarray:
     return contours.render(kind, params, *strokes, size=size)
 
 
-def png_ms(image: Image.Image, repeats: int = 3) -> float:
+def cpu_ms(task, repeats: int) -> float:
+    """Median CPU time of ``task()`` over ``repeats`` runs, ms."""
     times = []
     for _ in range(repeats):
         start = time.process_time()
-        image.save(io.BytesIO(), "PNG")
+        task()
         times.append(time.process_time() - start)
     return statistics.median(times) * 1e3
 
 
 def measure(kind: str, args, pnoise1) -> dict:
     params = [contour_params.image_params(kind, args.seed, c, 0, args.size)[0] for c in range(args.images)]
-    fast_image(kind, args.seed, 0, args.size)  # compile or load the kernels
+    encode_png(fast_image(kind, args.seed, 0, args.size), fast=True)  # compile or load the kernels
     random.seed(1)  # the released thread 0
-    released, fast, png_released, png_fast = [], [], [], []
+    released, fast, png_released, png_fast, kb_fast, kb_zlib = [], [], [], [], [], []
     for c, p in enumerate(params):
         start = time.process_time()
         im = released_image(kind, p, args.size, pnoise1)
         released.append(time.process_time() - start)
-        runs = []
-        for _ in range(args.repeats):
-            start = time.process_time()
-            img = fast_image(kind, args.seed, c, args.size)
-            runs.append(time.process_time() - start)
-        fast.append(statistics.median(runs))
-        png_released.append(png_ms(im))
-        png_fast.append(png_ms(Image.fromarray(img)))
+        fast.append(cpu_ms(partial(fast_image, kind, args.seed, c, args.size), args.repeats) / 1e3)
+        img = fast_image(kind, args.seed, c, args.size)
+        png_released.append(cpu_ms(partial(im.save, io.BytesIO(), "PNG"), 3) / 1e3)
+        png_fast.append(cpu_ms(partial(encode_png, img, fast=True), args.repeats) / 1e3)
+        kb_fast.append(len(encode_png(img, fast=True)) / 1e3)
+        kb_zlib.append(len(encode_png(img)) / 1e3)  # zlib level 6, what fracgen stored before
+    stored = sum(fast) + sum(png_fast)
+    n = len(params)
     return {
         "V": np.mean([p["vertices"] for p in params]),
         "K": np.mean([p["rings"] for p in params]),
-        "released_ms": np.mean(released) * 1e3,
-        "fast_ms": np.mean(fast) * 1e3,
+        "released_ms": sum(released) / n * 1e3,
+        "fast_ms": sum(fast) / n * 1e3,
         "ratio": sum(released) / sum(fast),
-        "png_released_ms": np.mean(png_released),
-        "png_fast_ms": np.mean(png_fast),
+        "png_released_ms": sum(png_released) / n * 1e3,
+        "png_fast_ms": sum(png_fast) / n * 1e3,
+        "stored_ms": stored / n * 1e3,
+        "ratio_same_run": (sum(released) + sum(png_released)) / stored,
+        "ratio_issue": tuple(ms / (stored / n * 1e3) for ms in ISSUE_MS[kind]),
+        "kb_fast": np.mean(kb_fast),
+        "kb_zlib": np.mean(kb_zlib),
     }
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure_build(kind: str, categories: int, seed: int) -> tuple[float, float]:
+    """CPU ms per stored image of ``fracgen build`` (the whole command) and of ``build()`` alone, one worker."""
+    from fracgen.build import build
+    from fracgen.config import BuildConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        command = [sys.executable, "-m", "fracgen.cli", "build", "--preset", kind, "--categories", str(categories),
+                   "--instances", "1", "--workers", "1", "--seed", str(seed), str(Path(tmp) / "cli")]
+        subprocess.run(command, env=env, check=True, capture_output=True)  # numba's cache, warm
+        start = children_cpu()
+        subprocess.run([*command[:-1], str(Path(tmp) / "cli2")], env=env, check=True, capture_output=True)
+        whole = children_cpu() - start
+        config = BuildConfig(preset=kind, categories=categories, instances=1, seed=seed)
+        build(config, Path(tmp) / "warm", workers=1)
+        start, start_children = time.process_time(), children_cpu()
+        build(config, Path(tmp) / "api", workers=1)
+        alone = time.process_time() - start + children_cpu() - start_children
+    return whole / categories * 1e3, alone / categories * 1e3
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,9 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kinds", default=",".join(contours.KINDS))
+    parser.add_argument("--build", type=int, default=40, help="categories of the timed build (0: skip it)")
     args = parser.parse_args(argv)
-    if args.images < 1 or args.repeats < 1:
-        parser.error("--images and --repeats must be >= 1")
+    if args.images < 1 or args.repeats < 1 or args.build < 0:
+        parser.error("--images and --repeats must be >= 1, --build >= 0")
     kinds = args.kinds.split(",")
     if set(kinds) - set(contours.KINDS):
         parser.error(f"--kinds: unknown {sorted(set(kinds) - set(contours.KINDS))}; expected {contours.KINDS}")
@@ -178,12 +226,32 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
           f"numpy {np.__version__}, numba {numba.__version__}, Pillow {PIL.__version__}; released Perlin: {perlin}; "
           f"{args.images} images per kind, fast path median of {args.repeats} runs\n")
-    print("| kind | mean V | mean K | released ms/image | fracgen ms/image | ratio | PNG encode ms (released RGB / grey) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for kind in kinds:
-        r = measure(kind, args, pnoise1)
+    rows = {kind: measure(kind, args, pnoise1) for kind in kinds}
+    print("Drawing alone (released drawing restated vs fracgen params + draw):\n")
+    print("| kind | mean V | mean K | released ms/image | fracgen ms/image | ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for kind, r in rows.items():
         print(f"| {kind} | {r['V']:.0f} | {r['K']:.0f} | {r['released_ms']:.1f} | {r['fast_ms']:.3f} | "
-              f"{r['ratio']:.0f}x | {r['png_released_ms']:.1f} / {r['png_fast_ms']:.1f} |")
+              f"{r['ratio']:.0f}x |")
+    print("\nPer stored image (drawing + PNG). Released: drawing + Pillow RGB PNG save; fracgen: params + draw + "
+          "encode_png(fast=True). (a) against the released side of this run; (b) against the issue's released "
+          "per-image CPU times (low / high end):\n")
+    print("| kind | released draw + PNG ms | fracgen PNG ms | fracgen stored ms | (a) this run | (b) issue low / high "
+          "| PNG KB fracgen / zlib 6 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for kind, r in rows.items():
+        low, high = r["ratio_issue"]
+        print(f"| {kind} | {r['released_ms'] + r['png_released_ms']:.1f} | {r['png_fast_ms']:.3f} | "
+              f"{r['stored_ms']:.3f} | {r['ratio_same_run']:.0f}x | {low:.0f}x / {high:.0f}x | "
+              f"{r['kb_fast']:.1f} / {r['kb_zlib']:.1f} |")
+    if args.build:
+        print(f"\nShard path, CPU ms per stored image, `fracgen build --preset KIND --categories {args.build} "
+              "--instances 1 --workers 1` (whole command, warm numba cache) and build() alone:\n")
+        print("| kind | whole command | build() alone |")
+        print("|---|---:|---:|")
+        for kind in kinds:
+            whole, alone = measure_build(kind, args.build, args.seed)
+            print(f"| {kind} | {whole:.2f} | {alone:.2f} |")
 
 
 if __name__ == "__main__":
