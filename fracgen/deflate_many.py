@@ -88,7 +88,7 @@ def _write(out, at, acc, held, value, bits):  # pragma: no cover - compiled
     on when they are full (no branch: a mispredicted one per token cost more than the rest)."""
     acc |= value << held
     held += bits
-    out[at] = acc & 0xFFFFFFFF
+    out[np.uint64(at)] = acc & 0xFFFFFFFF
     full = held >> 5
     return at + full, acc >> (full << 5), held - (full << 5)
 
@@ -130,9 +130,9 @@ def _many_level(data, front, size, backs, len_symbol, len_extra, symbol_extra, c
             # of the encoder's time.
             starts = (_three_equal(x0) | _three_equal(x1) | _three_equal(x2) | _three_equal(x3)) & _SIX
             run = min(np.int64(trailing_zeros(starts)) >> 3, 6)
-            for i in range(run):
-                b = data[p + i]
-                tokens[count + i] = b
+            for i in range(run):  # unsigned indices here and below: numba then skips its negative-index
+                b = data[np.uint64(p + i)]  # fix-up (6-10% of the encoder's time)
+                tokens[np.uint64(count + i)] = b
                 freq[b] += 1
             pos += run
             count += run
@@ -163,10 +163,10 @@ def _many_level(data, front, size, backs, len_symbol, len_extra, symbol_extra, c
             if n > best:
                 best = n
                 kind = k + 1
-        s = len_symbol[best]
-        tokens[count] = s | ((len_extra[best] >> 4) << 9) | (kind << 14)
+        s = len_symbol[np.uint64(best)]
+        tokens[np.uint64(count)] = s | ((len_extra[np.uint64(best)] >> 4) << 9) | (kind << 14)
         freq[s] += 1
-        uses[kind] += 1
+        uses[np.uint64(kind)] += 1
         pos += best
         count += 1
     freq[256] += 1
@@ -207,19 +207,20 @@ def _many_level(data, front, size, backs, len_symbol, len_extra, symbol_extra, c
         at, acc, held = _write(out, at, acc, held, 0 if s >= 16 else 4, 3)
     for s in range(287 + last):
         c = lengths[s] if s < 286 else d_lengths[s - 286]
-        at, acc, held = _write(out, at, acc, held, ((c & 1) << 3) | ((c & 2) << 1) | ((c & 4) >> 1) | ((c & 8) >> 3), 4)
+        reversed_c = ((c & 1) << 3) | ((c & 2) << 1) | ((c & 4) >> 1) | ((c & 8) >> 3)
+        at, acc, held = _write(out, at, acc, held, reversed_c, 4)
     widest = 0
     for s in range(286):
         widest = max(widest, (lengths[s] + symbol_extra[s]) * (lengths[s] > 0))
     if widest + unit_bits[:backs.size + 1].max() <= 32:  # a token as one unit: one dependent chain, not two
         for i in range(count):
-            t = tokens[i]
-            s = t & 511
-            k = t >> 14
+            t = np.uint64(tokens[i])
+            s = t & np.uint64(511)
+            k = t >> np.uint64(14)
             c = lengths[s]
             e = c + symbol_extra[s]
-            at, acc, held = _write(out, at, acc, held, codes[s] | (((t >> 9) & 31) << c) | (unit_value[k] << e),
-                                   e + unit_bits[k])
+            value = codes[s] | ((np.int64(t >> np.uint64(9)) & 31) << c) | (unit_value[k] << e)
+            at, acc, held = _write(out, at, acc, held, value, e + unit_bits[k])
     else:
         for i in range(count):
             t = tokens[i]

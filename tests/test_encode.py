@@ -115,6 +115,11 @@ def many_level_images():
     contour[30, :] = 90
     yield "lines", contour
     yield "wide rows (stride > 32768)", np.tile(rng.integers(0, 5, (3, 1), dtype=np.uint8) * 50, (1, 40000))
+    skewed = rng.permutation(np.repeat(np.arange(20, dtype=np.uint8) * 7, 2 ** np.arange(20) // 16 + 1))
+    wide = skewed[:60000].reshape(2, 30000)
+    wide[0, 100:350] = rng.integers(0, 256, 250)
+    wide[1, 100:350] = wide[0, 100:350]  # a copy from 30,001 bytes back (13 extra bits) with a rare length code
+    yield "token wider than 32 bits", wide
     skew = np.repeat(np.arange(19, dtype=np.uint8), 2 ** np.arange(19) // 8 + 1)
     yield "skewed counts", rng.permutation(skew)[: skew.size // 256 * 256].reshape(-1, 256)
 
