@@ -21,7 +21,7 @@ from fracgen.samples import render_ahead, render_sample
 
 _LEVELS = np.array([0, render.VALUE], np.uint8)  # the fractal looks: known, so no scan per image
 # The contour looks (many grey levels on one background) and noise take fracgen's own deflate: zlib level 6
-# cost the contours 10-20x their drawing time (fracgen/encode.py).
+# cost the contours 5-20x their drawing time (fracgen/encode.py).
 _FAST_PNG = frozenset({"contour", "contour-lpce", "noise"})
 
 
