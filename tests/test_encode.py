@@ -147,6 +147,13 @@ def test_the_few_distance_deflate_compresses_runs_and_rows():
     assert len(deflate_grey(diagonals)) < 0.6 * len(deflate_grey(diagonals, (0,)))  # stride -+ 1 pays
 
 
+def test_the_kernel_takes_at_most_three_offsets():
+    from fracgen.deflate_many import deflate_grey
+
+    with pytest.raises(ValueError, match="at most 3"):
+        deflate_grey(np.zeros((4, 4), np.uint8), (-2, -1, 0, 1))
+
+
 def test_rgb_through_the_kernel():
     image = np.random.default_rng(5).integers(0, 256, (19, 21, 3), dtype=np.uint8)
     data = encode_png(image, fast=True)
