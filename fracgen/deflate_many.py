@@ -157,6 +157,8 @@ def _many_level(data, front, size, backs, len_symbol, len_extra, symbol_extra, c
         best = 0
         kind = 0
         for k, x in enumerate((x0, x1, x2, x3)):
+            if best == limit:  # nothing can be longer, and a tie goes to the earlier distance (the same bytes)
+                break
             if x:
                 n = min(np.int64(trailing_zeros(x)) >> 3, limit)
             elif best < 8 or _load64(data, p + best - 7) == _load64(data, p + best - 7 - backs[k]):
