@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 import sys
 import threading
+from functools import lru_cache
 
 import numba
 import numpy as np
@@ -291,6 +292,40 @@ def _buffers(data_size: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return data[:data_size], tokens, out
 
 
+@lru_cache(maxsize=16)
+def _candidates(stride: int, above: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """The kernel's 4 distances for a row stride (read-only) and the bytes it needs before the scanlines."""
+    if len(above) > 3:
+        raise ValueError(f"at most 3 offsets from the row stride, got {above}")
+    backs = [1] + [stride + d for d in above if 1 < stride + d <= MAX_DISTANCE]
+    backs = np.array((backs + [1] * 4)[:4], np.int64)
+    backs.flags.writeable = False
+    return backs, int(backs.max()) + 8
+
+
+def deflate_grey_parts(image: np.ndarray, above: tuple[int, ...] = ABOVE) -> list | None:
+    """``deflate_grey``'s stream as pieces to join: the 2-byte header, the deflate data (a view of this thread's
+    scratch buffer, valid until the next call on the same thread) and the Adler-32. A PNG writer joins them once
+    with its chunk framing instead of copying the stream for each layer (about 10 us a 35 KB image).
+
+    Returns:
+        [bytes, memoryview, bytes], or None on a big-endian machine.
+    """
+    rows = image.reshape(image.shape[0], -1)
+    h, stride = rows.shape[0], rows.shape[1] + 1
+    backs, front = _candidates(stride, tuple(above))
+    if sys.byteorder != "little":  # the kernel reads 8 bytes as one little-endian word
+        return None
+    size = h * stride
+    data, tokens, out = _buffers(front + size + 8, size)
+    raw = data[front:front + size].reshape(h, stride)
+    raw[:, 0] = 0
+    raw[:, 1:] = rows
+    nbytes, adler = _many_level(data, front, size, backs, LEN_SYMBOL, LEN_EXTRA, _SYMBOL_EXTRA, _CL_ORDER,
+                                _MAX_BITS, tokens, np.zeros((12, 320), np.int64), out)
+    return [b"\x78\x01", memoryview(out.view(np.uint8)[:nbytes]), struct.pack(">I", adler)]
+
+
 def deflate_grey(image: np.ndarray, above: tuple[int, ...] = ABOVE) -> bytes | None:
     """A zlib stream of an image's PNG scanlines (filter 0) by the few-distance LZ77 kernel.
 
@@ -302,20 +337,5 @@ def deflate_grey(image: np.ndarray, above: tuple[int, ...] = ABOVE) -> bytes | N
     Returns:
         The stream, or None on a big-endian machine.
     """
-    if len(above) > 3:
-        raise ValueError(f"at most 3 offsets from the row stride, got {above}")
-    if sys.byteorder != "little":  # the kernel reads 8 bytes as one little-endian word
-        return None
-    rows = image.reshape(image.shape[0], -1)
-    h, stride = rows.shape[0], rows.shape[1] + 1
-    size = h * stride
-    backs = [1] + [stride + d for d in above if 1 < stride + d <= MAX_DISTANCE]
-    backs = np.array((backs + [1] * 4)[:4], np.int64)
-    front = int(backs.max()) + 8
-    data, tokens, out = _buffers(front + size + 8, size)
-    raw = data[front:front + size].reshape(h, stride)
-    raw[:, 0] = 0
-    raw[:, 1:] = rows
-    nbytes, adler = _many_level(data, front, size, backs, LEN_SYMBOL, LEN_EXTRA, _SYMBOL_EXTRA, _CL_ORDER,
-                                _MAX_BITS, tokens, np.zeros((12, 320), np.int64), out)
-    return b"\x78\x01" + out.view(np.uint8)[:nbytes].tobytes() + struct.pack(">I", adler)
+    parts = deflate_grey_parts(image, above)
+    return None if parts is None else b"".join(parts)
