@@ -90,7 +90,8 @@ def _differs(data, p, back):  # pragma: no cover - compiled
 def _fence(data, front, size, backs):  # pragma: no cover - compiled
     """Fill the bytes before the scanlines so that no candidate matches its first byte where it would reach
     before them: each such byte gets a value (0..4) that differs from the <= 4 scanline bytes it is compared
-    with. A copy then never starts there, and the scan needs no mask per load (1-3% faster; a copy the mask hid near the first row may now be found)."""
+    with. A copy then never starts there, and the scan needs no mask per load (1-3% faster; a copy that the
+    mask hid near the end of the first row may now be found)."""
     for j in range(1, backs.max() + 1):
         v = 0
         clash = True
