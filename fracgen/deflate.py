@@ -303,20 +303,28 @@ def _zero_bytes(x):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def _two_level_value(words, tail):  # pragma: no cover - compiled
-    """v when every byte of ``words`` (uint64) then ``tail`` (uint8) is 0 or v (0 when all are 0); else -1."""
+    """v when every byte of ``words`` (uint64) then ``tail`` (uint8) is 0 or v (0 when all are 0); else -1.
+
+    Both scans start at the middle word and wrap (the answer does not depend on the order): a drawing's third
+    value is usually near the centre, not in the blank rows at the top (5.5 to 4 us an RCDB image)."""
+    mid = words.size // 2
     v = np.uint64(0)
-    for x in words:  # the first byte that is not 0
-        if x:
-            v = (x >> np.uint64(trailing_zeros(x) & 56)) & np.uint64(255)
+    for half in (words[mid:], words[:mid]):
+        for x in half:  # a byte that is not 0
+            if x:
+                v = (x >> np.uint64(trailing_zeros(x) & 56)) & np.uint64(255)
+                break
+        if v:
             break
     for b in tail:
         if v == 0 and b != 0:
             v = np.uint64(b)
     high = np.uint64(0x8080808080808080)
     every = v * np.uint64(0x0101010101010101)
-    for x in words:  # a word passes when each byte is 0 or v (one predictable branch per word)
-        if _zero_bytes(x) | _zero_bytes(x ^ every) != high:
-            return -1
+    for half in (words[mid:], words[:mid]):
+        for x in half:  # a word passes when each byte is 0 or v (one predictable branch per word)
+            if _zero_bytes(x) | _zero_bytes(x ^ every) != high:
+                return -1
     for b in tail:
         if b != 0 and b != v:
             return -1

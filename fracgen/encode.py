@@ -19,7 +19,7 @@ value (``np.bincount`` took 0.37 ms a 512 px image, as long as the encoder).
 The contour looks (RCDB, VisualAtom: a background and one-pixel lines of about 80 greys) cost 4.8 ms (RCDB) and
 7.2 ms (VisualAtom) a 512 px image through zlib level 6, 20x and 5x their drawing. With ``fast=True`` (the build
 sets it for the contour and noise presets) they go through ``deflate_many.py``, a greedy LZ77 over four
-distances (1 and the row stride -1, 0, +1): about 0.42 ms and 0.68 ms (CPU, 2-core AMD EPYC VM), 1.5x and
+distances (1 and the row stride -1, 0, +1): about 0.38 ms and 0.62 ms (CPU, 2-core AMD EPYC VM), 1.5x and
 1.2x zlib 6's bytes on average (up to 3x on some sparse RCDB images); noise (RGB) about 4x faster at the same size.
 Photos stay on zlib: the kernel gave 1.05-1.6x their bytes. ``tests/test_encode.py`` checks every stream with
 zlib and the images with Pillow; ``benchmarks/bench_contours.py`` measures the contour figures. The kernels cost
@@ -34,9 +34,10 @@ import zlib
 import numpy as np
 
 from fracgen.deflate import deflate_two_level, two_level_value
-from fracgen.deflate_many import deflate_grey
+from fracgen.deflate_many import deflate_grey_parts
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_IEND = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
 ZLIB_LEVEL = 6
 # The old palette format: zlib's run-length strategy was both the smallest and the fastest choice measured for
 # 1p-frac images packed to 1 bit; up to 16 grey levels were packed.
@@ -74,7 +75,7 @@ def encode_png(image: np.ndarray, levels: np.ndarray | None = None, *, fast: boo
         h, w, c = image.shape
         if c != 3:
             raise ValueError(f"expected (h, w, 3) RGB, got {image.shape}")
-        idat = (deflate_grey(image) if fast else None) or _zlib(_scanlines(image.reshape(h, w * 3)))
+        idat = (deflate_grey_parts(image) if fast else None) or _zlib(_scanlines(image.reshape(h, w * 3)))
         return _png(struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0), b"", idat)
     h, w = image.shape
     if levels is None:
@@ -85,7 +86,7 @@ def encode_png(image: np.ndarray, levels: np.ndarray | None = None, *, fast: boo
     if v is not None:
         idat = deflate_two_level(_scanlines(image), v)
     else:
-        idat = deflate_grey(image) if fast else None
+        idat = deflate_grey_parts(image) if fast else None
     return _png(struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0), b"", idat or _zlib(_scanlines(image)))
 
 
@@ -135,5 +136,12 @@ def _zlib(raw: np.ndarray, setting: tuple[int, int] = (ZLIB_LEVEL, zlib.Z_DEFAUL
     return deflate.compress(raw.tobytes()) + deflate.flush()
 
 
-def _png(header: bytes, palette: bytes, idat: bytes) -> bytes:
-    return _SIGNATURE + _chunk(b"IHDR", header) + palette + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+def _png(header: bytes, palette: bytes, idat: bytes | list) -> bytes:
+    """The PNG file; ``idat`` is the zlib stream or its pieces (joined here, once: ``deflate_grey_parts``)."""
+    pieces = [idat] if isinstance(idat, bytes) else idat
+    crc = zlib.crc32(b"IDAT")
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+    return b"".join([_SIGNATURE, _chunk(b"IHDR", header), palette,
+                     struct.pack(">I", sum(len(piece) for piece in pieces)), b"IDAT", *pieces,
+                     struct.pack(">I", crc & 0xFFFFFFFF), _IEND])
