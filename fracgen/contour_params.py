@@ -36,7 +36,6 @@ import numpy as np
 
 from fracgen import contours
 from fracgen.contours import KINDS
-from fracgen.reseed import reused_generator
 
 # Purposes, apart from search.py's 0-4 so that no contour stream can coincide with an IFS stream of the same seed.
 CATEGORY, IMAGE, LPCE = 20, 21, 22
@@ -134,8 +133,8 @@ def category_params(kind: str, seed: int, category: int) -> dict:
 
 @lru_cache(maxsize=64)
 def _category_params(kind: str, seed: int, category: int) -> dict:
-    # Cached: the instances of a category reuse it (its draws cost about 8 us per image).
-    return draw_category(kind, reused_generator(seed, CATEGORY, category))
+    # Cached: the instances of a category reuse it (a generator and its draws cost about 15 us per image).
+    return draw_category(kind, generator(seed, CATEGORY, category))
 
 
 def image_params(kind: str, seed: int, category: int, instance: int, size: int = 512) -> tuple[dict, tuple]:
@@ -145,7 +144,7 @@ def image_params(kind: str, seed: int, category: int, instance: int, size: int =
         (params, (greys, uniforms)); ``contours.render(kind, params, greys, uniforms, size)`` draws it.
     """
     params = category_params(kind, seed, category)
-    rng = reused_generator(seed, IMAGE, category, instance)  # generator()'s stream, 8 us cheaper (reseed.py)
+    rng = generator(seed, IMAGE, category, instance)
     params.update(draw_instance(kind, rng, size))
     return params, draw_strokes(kind, rng, params["vertices"], params["rings"], size)
 
