@@ -27,6 +27,7 @@ from fracgen.output import (
     release,
     stored_config,
     stored_systems,
+    unclaim,
 )
 from fracgen.plan import Plan, make_plan
 from fracgen.shard import ShardJob, run_shard
@@ -176,8 +177,15 @@ def build(
     from fracgen.distribute import run_shards
 
     # a failure from here on keeps the claim: a full disk or a kill is finished with --resume
-    for marker in run_shards(job, todo, [len(plan.shard_samples[s]) for s in todo], workers, progress):
-        markers[marker["shard"]] = marker
+    try:
+        for marker in run_shards(job, todo, [len(plan.shard_samples[s]) for s in todo], workers, progress):
+            markers[marker["shard"]] = marker
+    except UsageError as e:
+        # but the options themselves cannot render (a class never fills) and a rerun fails alike: a fresh build
+        # that completed nothing leaves the folder as it found it, so the corrected command needs no --overwrite
+        if created and stored is None and shard_range is None and not markers and unclaim(root, config, not existed):
+            raise UsageError(f"{e} (nothing was kept in {root})") from None
+        raise
     render_seconds = time.perf_counter() - render_start
     images = sum(len(plan.shard_samples[s]) for s in todo)
     complete = len(markers) == config.num_shards

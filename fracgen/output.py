@@ -166,6 +166,26 @@ def release(root: Path, created_root: bool) -> None:
             break  # not empty: another job of the same options is using it
 
 
+def unclaim(root: Path, config: BuildConfig, created_root: bool) -> bool:
+    """Undo the claim of a fresh build that its own options failed before any shard was complete.
+
+    A class that never fills fails the same way on every rerun, so there is nothing for ``--resume`` to finish:
+    the files the build wrote go and the folder is left as it was found, so that the corrected command needs no
+    ``--overwrite``.
+
+    Returns:
+        False, touching nothing, when a shard is complete (a job of the same options joined and finished one).
+    """
+    if any((root / dataset.STATS).glob("*.json")):
+        return False
+    dataset.remove_partials(root)
+    for path in recorded(root, config) - {root / dataset.CONFIG_JSON}:
+        if path.is_file() and not path.is_symlink():  # fracgen writes no links
+            path.unlink()
+    release(root, created_root)
+    return True
+
+
 def claim_systems(root: Path, systems: list[System]) -> None:
     """Store the base systems once; a job whose systems differ (another --params file) is refused."""
     data = dataset.dump_json({"systems": [s.to_json() for s in systems]})
@@ -278,4 +298,4 @@ def stored_systems(root: Path) -> list[System] | None:
 
 
 __all__ = ["check_writable", "claim", "claim_systems", "clear_output", "differences", "inspect_output",
-           "recorded", "release", "stored_config", "stored_systems", "unrecorded"]
+           "recorded", "release", "stored_config", "stored_systems", "unclaim", "unrecorded"]

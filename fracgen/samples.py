@@ -24,7 +24,7 @@ import numpy as np
 
 from fracgen import perturb as perturb_mod
 from fracgen import render
-from fracgen.errors import FracgenError
+from fracgen.errors import UsageError
 from fracgen.presets import OFDB_WEIGHTS, PRESETS, fractaldb_instance, fractaldb_weights
 from fracgen.seeds import CHOICES, CLASS, choice_uniforms, draw_masks, generator
 
@@ -71,7 +71,7 @@ def _perturbed_ifs(plan, label: int, instance: int, canvas: render.Canvas) -> tu
                 masks = draw_masks(generator(cfg.seed, CLASS, fractal, k, instance), cfg.points)
                 meta["fill"] = render_fill(maps, base.probabilities, uniforms, masks, canvas, cfg.style)
             return canvas.image, dict(meta, variant=instance)
-    raise FracgenError(
+    raise UsageError(
         f"class {label} (fractal {fractal}, perturbation {k}): no perturbation with a finite chaos game and fill "
         f">= {cfg.min_fill} in {cfg.max_redraws + 1} draws; lower --delta or --min-fill"
     )
@@ -202,7 +202,7 @@ def _real(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.nd
         if realimage.fill(image) >= wanted:
             meta = {"label": label, "perturbation": label, "transform": cfg.transform, "params": params}
             return image, meta | ({"redraws": redraws} if redraws else {})
-    raise FracgenError(f"class {label}: no {cfg.transform} transform within --delta {cfg.delta} kept the image in "
+    raise UsageError(f"class {label}: no {cfg.transform} transform within --delta {cfg.delta} kept the image in "
                        f"view in {cfg.max_redraws + 1} draws; lower --delta")
 
 

@@ -158,6 +158,26 @@ def test_resume_of_nothing_says_what_to_run(tmp_path):
         build(None, tmp_path / "started", resume=True)
 
 
+def test_options_that_cannot_render_leave_the_folder_as_found(tmp_path):
+    """A class that never fills fails every rerun alike: a fresh build keeps nothing, so the corrected command
+    needs no --overwrite; a split build keeps its claim (another job of its options may finish shards)."""
+    never = BuildConfig(**{**TINY, "min_fill": 0.99, "base_min_fill": 0.05, "max_redraws": 0})
+    with pytest.raises(UsageError, match=r"no perturbation .* \(nothing was kept in .*fresh\)"):
+        build(never, tmp_path / "fresh", workers=2)
+    assert not (tmp_path / "fresh").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match="nothing was kept"):
+        build(never, empty, workers=1)
+    assert list(empty.iterdir()) == []
+    assert build(CFG, empty, workers=1).complete
+
+    with pytest.raises(UsageError, match="no perturbation") as refused:
+        build(never, tmp_path / "split", workers=1, shard_range=(0, 1))
+    assert "nothing was kept" not in str(refused.value)
+    assert (tmp_path / "split" / ".fracgen" / "config.json").is_file()
+
+
 def test_resume_after_a_kill_during_planning_builds_the_recorded_options(tmp_path, tiny_dataset, monkeypatch):
     out = tmp_path / "out"
 
