@@ -42,8 +42,9 @@ test: install-dev ## Run the test suite (CPU only, no network).
 readme-check: install-dev ## Run the README's builder and publishing blocks in order, at toy size, in a scratch folder.
 	$(BIN)/python scripts/readme_check.py
 
-bench: install ## Builder speed: default build cold and warm, chaos game alone, per-stage costs, memory.
+bench: install ## Builder speed: default build cold and warm, chaos game alone, per-stage costs, memory; RCDB and VisualAtom per stored image.
 	$(BIN)/python benchmarks/bench_build.py
+	$(BIN)/python benchmarks/bench_contours.py --images 20 --build 0
 
 bench-contours: install ## RCDB and VisualAtom per image against the released drawing restated (goal: 100x).
 	$(BIN)/python benchmarks/bench_contours.py --images 40
