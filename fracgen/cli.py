@@ -32,6 +32,10 @@ class _Group(click.Group):
         except FracgenError as e:
             click.echo(f"Error: {' '.join(str(e).split())}", err=True)
             sys.exit(2)
+        except OSError as e:  # what the checks could not foresee: a file made unreadable, a failing disk
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"Error: {where}{e.strerror or e}", err=True)
+            sys.exit(2)
         except click.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(130)
@@ -61,7 +65,7 @@ class _Number(click.ParamType):
         if not math.isfinite(number) or (self.lo is not None and number < self.lo) or (
                 self.hi is not None and number > self.hi):
             self.fail(f"must be {self.describe()}, got {value!r}", param, ctx)
-        return number
+        return number + 0.0  # -0.0 is 0: numpy refuses uniform(0.0, -0.0), the bounds of a zero Delta
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

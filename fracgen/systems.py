@@ -77,6 +77,8 @@ class System:
 
 def load_systems(path: Path) -> list[System]:
     """Base systems from a params file: one system (``fracgen search``) or ``{"systems": [...]}`` (params.json)."""
+    if Path(path).exists() and not Path(path).is_file():  # a device or a pipe would be read without end
+        raise UsageError(f"--params {path}: not a regular file; give a params JSON file")
     try:
         data = json.loads(Path(path).read_text())
     except OSError as e:

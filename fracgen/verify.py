@@ -104,6 +104,12 @@ def _check_shard(
     if not path.is_file():
         report.add(name, "missing")
         return 0
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        report.add(name, f"cannot be read ({err.strerror or err})")
+        return 0
     actual_bytes = path.stat().st_size
     for key in ("bytes", "sha256", "num_samples"):
         if key not in record:
@@ -203,11 +209,13 @@ def _agrees(recorded: Any, carried: Any) -> bool:
     return recorded == carried
 
 
-def _info_counts(report: VerifyReport, root: Path, shard_names: list[str]) -> dict[str, int]:
+def _info_counts(report: VerifyReport, root: Path, shard_names: list[str], num_classes: int) -> dict[str, int]:
     """Per-shard counts from `_info.json`; records disagreements with build.json as dataset problems."""
     try:
         info = dataset.read_json(root / INFO_JSON)
         split = info["splits"]["train"]
+        if not isinstance(split["filenames"], list) or not isinstance(split["shard_lengths"], list):
+            raise TypeError("they are not lists")
         filenames = list(split["filenames"])
         lengths = [int(n) for n in split["shard_lengths"]]
     except UsageError as err:
@@ -216,6 +224,9 @@ def _info_counts(report: VerifyReport, root: Path, shard_names: list[str]) -> di
     except (KeyError, TypeError, ValueError) as err:
         report.dataset_problems.append(f"{INFO_JSON} lacks splits.train filenames/shard_lengths ({err})")
         return {}
+    if info.get("num_classes") != num_classes:  # timm's wds reader sizes its head from it
+        report.dataset_problems.append(
+            f"{INFO_JSON} num_classes {info.get('num_classes')!r:.40} != {BUILD_JSON} num_classes {num_classes}")
     if len(filenames) != len(lengths):
         report.dataset_problems.append(
             f"{INFO_JSON} has {len(filenames)} filenames but {len(lengths)} shard_lengths"
@@ -248,8 +259,9 @@ def _recorded_classes(report: VerifyReport, root: Path) -> dict[int, dict[str, A
     return {}
 
 
-def _check_config(report: VerifyReport, config: dict[str, Any]) -> None:
-    """build.json's config must be a complete, valid build configuration (the card and a rebuild need it)."""
+def _check_config(report: VerifyReport, config: dict[str, Any], build: dict[str, Any]) -> None:
+    """build.json's config must be a complete, valid build configuration (the card and a rebuild need it) that
+    makes the classes and samples build.json counts."""
     from dataclasses import fields
 
     from fracgen.config import LATER_OPTIONS, BuildConfig
@@ -260,9 +272,15 @@ def _check_config(report: VerifyReport, config: dict[str, Any]) -> None:
         report.dataset_problems.append(f"{BUILD_JSON} config lacks {', '.join(missing)}")
         return
     try:
-        BuildConfig.from_json(config).validate()
+        cfg = BuildConfig.from_json(config)
+        cfg.validate()
     except (TypeError, ValueError, UsageError) as err:
         report.dataset_problems.append(f"{BUILD_JSON} config is invalid ({err})")
+        return
+    for key in ("num_classes", "num_samples"):
+        if key in build and build[key] != getattr(cfg, key):
+            report.dataset_problems.append(f"{BUILD_JSON} config makes {getattr(cfg, key)} {key[4:]}, but "
+                                           f"{BUILD_JSON} {key} is {build[key]!r:.40}")
 
 
 def verify(root: Path | str) -> VerifyReport:
@@ -290,7 +308,7 @@ def verify(root: Path | str) -> VerifyReport:
     config, records = _typed_build(report, root, build)
     shard_names = [r["filename"] for r in records]
     if config is not None:
-        _check_config(report, config)
+        _check_config(report, config, build)
     config = config or {}
     size = config.get("size")
     num_classes = build.get("num_classes")
@@ -298,7 +316,7 @@ def verify(root: Path | str) -> VerifyReport:
         report.dataset_problems.append(f"{BUILD_JSON} num_classes {num_classes!r} is not a positive integer")
         num_classes = 0
     report.num_classes = num_classes
-    info_counts = _info_counts(report, root, shard_names)
+    info_counts = _info_counts(report, root, shard_names, num_classes)
     classes = _recorded_classes(report, root)
     if classes and sorted(classes) != list(range(num_classes)):
         report.dataset_problems.append(
@@ -327,6 +345,7 @@ def verify(root: Path | str) -> VerifyReport:
     source = str(config.get("source") or "")
     if source:
         _check_source(report, root, source, config.get("source_sha256"))
+    _check_records(report, root, build.get("records", {}))
     if not report.shard_problems and num_classes:
         _check_label_counts(report, labels, num_classes)
     if report.palette_images:
@@ -393,6 +412,19 @@ def _check_source(report: VerifyReport, root: Path, source: str, expected: Any) 
         report.dataset_problems.append(f"source image {source} (config.source) is missing")
     elif expected and sha256_file(path) != expected:
         report.dataset_problems.append(f"source image {source} does not match config.source_sha256")
+
+
+def _check_records(report: VerifyReport, root: Path, records: Any) -> None:
+    """params.json and _info.json as the build wrote them (build.json records their sha256; builds before
+    these records have none, and keep the structural checks only)."""
+    if not isinstance(records, dict):
+        report.dataset_problems.append(f"{BUILD_JSON} records is not an object (got {records!r:.60})")
+        return
+    for name in (PARAMS_JSON, INFO_JSON):
+        path = root / name
+        if name in records and path.is_file() and sha256_file(path) != records[name]:
+            report.dataset_problems.append(f"{name} was changed after the build: its sha256 is not the one "
+                                           f"{BUILD_JSON} records")
 
 
 def _check_label_counts(report: VerifyReport, labels: Counter[int], num_classes: int) -> None:
