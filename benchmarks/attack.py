@@ -243,6 +243,8 @@ def cases() -> list[Case]:
         # ----------------------------------------------------------------- search
         Case("search --points 1e10", ["search", "--points", "10000000000"]),
         Case("search --maps 1e6", ["search", "--maps", "1000000"]),
+        Case("search -o ''", ["search", "--size", "64", "--points", "2000", "-o", ""]),
+        Case("preview --out ''", ["preview", "{ds}", "--out", ""], dataset="tiny"),
         Case("search -o on an unwritable path", ["search", "--size", "64", "--points", "2000", "-o", UNWRITABLE]),
         Case("search --sigma 100", ["search", "--sigma", "100"]),
         # ----------------------------------------------------------------- preview

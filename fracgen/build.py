@@ -125,7 +125,9 @@ def build(
     source_bytes = None
     if config.family.command == "build-real":
         if stored is not None:
-            source = dataset.inside(root, config.source, f"{root / dataset.CONFIG_JSON}: 'source'")
+            given, source = source, dataset.inside(root, config.source, f"{root / dataset.CONFIG_JSON}: 'source'")
+            if given is not None:
+                _same_source(Path(given), config.source_sha256, root)
         if source is None:
             raise UsageError("the real-image preset needs a source image (fracgen build-real IMAGE OUT)")
         source_bytes, config = _read_source(Path(source), config)
@@ -236,6 +238,19 @@ def _marker_fits(plan: Plan, shard: int, marker: dict) -> bool:
     return (marker.get("shard") == shard and marker.get("filename") == dataset.shard_name(shard)
             and marker.get("num_samples") == len(indices) and isinstance(records, list)
             and [r.get("label") if isinstance(r, dict) else None for r in records] == labels)
+
+
+def _same_source(given: Path, stored_sha256: str, root: Path) -> None:
+    """A resume of a real-image build names the image it was built from, or none (its stored copy is used)."""
+    if given.exists() and not given.is_file():
+        raise UsageError(f"IMAGE {given}: not a regular file; give an image file")
+    try:
+        digest = dataset.sha256_file(given)
+    except OSError as e:
+        raise UsageError(f"IMAGE {given}: cannot read it ({e.strerror or e})") from None
+    if digest != stored_sha256:
+        raise UsageError(f"{root} was built from another image (sha256 {stored_sha256[:12]}..., {given} has "
+                         f"{digest[:12]}...); use --overwrite or another folder")
 
 
 def _read_source(path: Path, config: BuildConfig) -> tuple[bytes, BuildConfig]:

@@ -15,6 +15,8 @@ import errno
 import json
 import os
 import re
+import socket
+import time
 from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
@@ -118,9 +120,35 @@ def remove_partials(root: Path, shard_ids: Iterable[int] | None = None) -> list[
         found = [p for s in shard_ids for p in [*root.glob(f"{dataset.shard_name(s)}{dataset.TMP_SUFFIX}*"),
                  *dataset.marker_path(root, s).parent.glob(f"{s:06d}.json{dataset.TMP_SUFFIX}*")]
                  if is_temporary(p, root)]
+    found = [p for p in found if _abandoned(p)]
     for path in found:
         path.unlink(missing_ok=True)
     return found
+
+
+OTHER_HOST_GRACE = 600.0  # seconds: a temporary of another host untouched this long is taken as abandoned
+
+
+def _abandoned(path: Path) -> bool:
+    """Whether a temporary's writer is gone: on this host its PID no longer runs; another host's job cannot be
+    asked, so its file counts as abandoned once unmodified for OTHER_HOST_GRACE (a writer appends as it goes).
+    A job resumed beside a live one must not pull the file from under it."""
+    host, _, pid = path.name.rpartition(dataset.TMP_SUFFIX + "-")[2].rpartition("-")
+    if host == socket.gethostname():
+        number = int(pid)
+        if not 0 < number < 1 << 31:
+            return True  # no process has it
+        try:
+            os.kill(number, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # another user's live process
+        return False
+    try:
+        return time.time() - path.stat().st_mtime > OTHER_HOST_GRACE
+    except OSError:
+        return False
 
 
 def _is_ours(path: Path, root: Path, known: set[Path]) -> bool:

@@ -3,9 +3,14 @@ links where fracgen writes, markers that lie, stray shards, edited records, unre
 stop 18)."""
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import one_line
@@ -28,15 +33,29 @@ def test_resume_removes_only_fracgen_temporaries(tiny_copy: Path) -> None:
     users = {"card.tmpl": "my template", "notes.tmp.md": "my notes", "x.tmp-host-12": "not a name fracgen writes"}
     for name, text in users.items():
         (tiny_copy / name).write_text(text)
-    leftovers = [tiny_copy / "train-000001.tar.tmp-otherhost-99", tiny_copy / ".fracgen/stats/000001.json.tmp-h-7",
-                 tiny_copy / ".fracgen/config.json.tmp-h-3.tmp-h-3"]
+    host, dead = socket.gethostname(), _dead_pid()
+    leftovers = [tiny_copy / f"train-000001.tar.tmp-{host}-{dead}", tiny_copy / ".fracgen/stats/000001.json.tmp-h-7",
+                 tiny_copy / f".fracgen/config.json.tmp-{host}-{dead}.tmp-{host}-{dead}"]
     for path in leftovers:
         path.write_bytes(b"half")
+    old = time.time() - output.OTHER_HOST_GRACE - 60
+    os.utime(leftovers[1], (old, old))  # another host's, untouched for longer than a live writer would be
+    # a live writer's: this process (the resume runs in it), and another host's written a moment ago
+    live = [tiny_copy / f"train-000000.tar.tmp-{host}-{os.getpid()}", tiny_copy / "params.json.tmp-h-8"]
+    for path in live:
+        path.write_bytes(b"being written")
     result = _resume(tiny_copy)
     assert result.exit_code == 0, result.output
     assert {name: (tiny_copy / name).read_text() for name in users} == users
     assert not any(path.exists() for path in leftovers)
+    assert all(path.read_bytes() == b"being written" for path in live)
     assert verify(tiny_copy).ok
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid  # reaped: no process has it (until the system reuses it, which takes a while)
 
 
 def test_is_temporary_knows_fracgen_names_only(tmp_path: Path) -> None:
@@ -137,3 +156,65 @@ def test_negative_zero_delta_is_zero(tmp_path: Path) -> None:
     assert _digests(tmp_path / "neg") == _digests(tmp_path / "zero")
     with pytest.raises(Exception, match="--delta"):
         BuildConfig(**tiny, delta=-0.0).validate()
+
+
+def test_resume_of_a_real_image_build_refuses_another_image(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / name)
+    out = tmp_path / "out"
+    args = ["build-real", "--L", "2", "--size", "32", "--shard-size", "2", "--workers", "1", "--no-progress"]
+    assert CliRunner().invoke(cli, [*args[:1], str(tmp_path / "a.png"), str(out), *args[1:]]).exit_code == 0
+    (out / "build.json").unlink()
+    one_line(CliRunner().invoke(cli, [args[0], str(tmp_path / "b.png"), str(out), *args[1:], "--resume"]),
+             "built from another image")
+    for image in (tmp_path / "a.png", out / "source.png"):  # the same picture: resumed
+        (out / "build.json").unlink(missing_ok=True)
+        result = CliRunner().invoke(cli, [args[0], str(image), str(out), *args[1:], "--resume"])
+        assert result.exit_code == 0, result.output
+    assert verify(out).ok
+
+
+def _png(array) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _repack(root: Path, change) -> None:
+    """Rewrite shard 0 with its second sample changed, and record the new checksum (what a re-packing tool
+    leaves): only the content checks can tell."""
+    samples = [{k: v for k, v in s.items() if k != "__url__"} for s in dataset.iter_shard(root / "train-000000.tar")]
+    change(samples[1])
+    digest, count, size = dataset.write_shard(root, 0, samples)
+    build_json = json.loads((root / "build.json").read_text())
+    build_json["shards"][0].update(sha256=digest, bytes=size, num_samples=count)
+    (root / "build.json").write_text(json.dumps(build_json))
+
+
+def _grey(sample: dict):
+    return dataset.decode_grey(sample["png"])
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda s: s.update(png=_png(np.repeat(_grey(s)[..., None], 3, axis=2))), "colour type 2"),
+    (lambda s: s.update(png=_png(_grey(s).astype(np.uint16) * 257)), "16-bit"),
+    (lambda s: s.update(png=_png(_grey(s) * 2)), "other than the fractal looks' 0 and 127"),
+    (lambda s: s.update(png=_png(np.zeros_like(_grey(s)))), "none lit"),
+    (lambda s: s.update(png=b"\xff\xd8\xff\xe0" + s["png"][4:]), "not a PNG"),
+    (lambda s: s.update(__key__="99999999"), "is not its index"),
+    (lambda s: s.update(cls=b" " + s["cls"]), "plain digits"),
+    (lambda s: s.update(txt=b"note"), "holds members no build writes: txt"),
+])
+def test_verify_names_a_repacked_sample(tiny_copy: Path, change, fragment) -> None:
+    assert verify(tiny_copy).ok
+    _repack(tiny_copy, change)
+    report = verify(tiny_copy)
+    assert not report.ok and any(fragment in line for line in report.lines()), report.lines()
