@@ -162,6 +162,10 @@ def cases() -> list[Case]:
              _write("params.json", json.dumps(system)[:-1] + ', "attempts": 1e999}')),
         Case("build --params nested 100k deep", ["build", *SMALL, "--L", "8", "--params", PARAMS, "{dir}/out"],
              _write("params.json", "[" * 100_000 + "]" * 100_000)),
+        Case("build --params 10**400 in maps", ["build", *SMALL, "--L", "8", "--params", PARAMS, "{dir}/out"],
+             _write("params.json", '{"maps": [[1' + "0" * 400 + ', 0, 0, 0.5, 0, 0]]}')),
+        Case("build --params 1e308 maps", ["build", *SMALL, "--L", "8", "--params", PARAMS, "{dir}/out"],
+             _write("params.json", json.dumps({"maps": [[1e308, 0, 0, 1e308, 0, 0]] * 2}))),
         Case("build --params NaN sigma", ["build", *SMALL, "--L", "8", "--params", PARAMS, "{dir}/out"],
              _write("params.json", json.dumps(system)[:-1] + ', "sigma": NaN}')),
         Case("build --params beside --sigma", ["build", *SMALL, "--L", "8", "--sigma", "2", "--params", PARAMS,
@@ -169,6 +173,8 @@ def cases() -> list[Case]:
         Case("build --params not JSON", ["build", *SMALL, "--L", "8", "--params", PARAMS, "{dir}/out"],
              _write("params.json", "{not json")),
         Case("build --params missing", ["build", *SMALL, "--L", "8", "--params", "{dir}/none.json", "{dir}/out"]),
+        Case("build --params /dev/zero", ["build", *SMALL, "--L", "8", "--params", "/dev/zero", "{dir}/out"]),
+        Case("build-real /dev/zero", ["build-real", "/dev/zero", "{dir}/out", *SMALL[:2], "--L", "4"]),
         # ----------------------------------------------------------------- build: the issue-11 presets and options
         Case("build rcdb --categories 0", ["build", *CONTOUR, "--preset", "rcdb", "--categories", "0", "{dir}/out"]),
         Case("build rcdb --categories 1e8", ["build", *CONTOUR, "--preset", "rcdb", "--categories", "100000000",
@@ -237,6 +243,8 @@ def cases() -> list[Case]:
         # ----------------------------------------------------------------- search
         Case("search --points 1e10", ["search", "--points", "10000000000"]),
         Case("search --maps 1e6", ["search", "--maps", "1000000"]),
+        Case("search -o ''", ["search", "--size", "64", "--points", "2000", "-o", ""]),
+        Case("preview --out ''", ["preview", "{ds}", "--out", ""], dataset="tiny"),
         Case("search -o on an unwritable path", ["search", "--size", "64", "--points", "2000", "-o", UNWRITABLE]),
         Case("search --sigma 100", ["search", "--sigma", "100"]),
         # ----------------------------------------------------------------- preview

@@ -25,6 +25,7 @@ from fracgen.output import (
     differences,
     inspect_output,
     release,
+    remove_partials,
     stored_config,
     stored_systems,
     unclaim,
@@ -124,7 +125,9 @@ def build(
     source_bytes = None
     if config.family.command == "build-real":
         if stored is not None:
-            source = dataset.inside(root, config.source, f"{root / dataset.CONFIG_JSON}: 'source'")
+            given, source = source, dataset.inside(root, config.source, f"{root / dataset.CONFIG_JSON}: 'source'")
+            if given is not None:
+                _same_source(Path(given), config.source_sha256, root)
         if source is None:
             raise UsageError("the real-image preset needs a source image (fracgen build-real IMAGE OUT)")
         source_bytes, config = _read_source(Path(source), config)
@@ -137,6 +140,8 @@ def build(
             raise UsageError(
                 f"--shard-range {i}:{j} must satisfy 0 <= i < j <= {config.num_shards} (the shard count)"
             )
+    if stored is not None:
+        _refuse_strays(root, config)
     from fracgen.distribute import default_workers
 
     workers = workers or default_workers()
@@ -166,10 +171,11 @@ def build(
     if source_bytes is not None and not (root / config.source).is_file():
         dataset.write_atomic(root / config.source, source_bytes)
     wanted = range(*shard_range) if shard_range else range(config.num_shards)
-    markers = {s: m for s in range(config.num_shards) if (m := dataset.read_marker(root, s)) is not None}
+    markers = {s: m for s in range(config.num_shards)
+               if (m := dataset.read_marker(root, s)) is not None and _marker_fits(plan, s, m)}
     todo = [s for s in wanted if s not in markers]
     skipped = [s for s in wanted if s in markers]
-    dataset.remove_partials(root, todo if shard_range else None)
+    remove_partials(root, todo if shard_range else None)
     if todo:
         (root / dataset.BUILD_JSON).unlink(missing_ok=True)  # the build is incomplete until every shard is
     render_start = time.perf_counter()
@@ -213,10 +219,46 @@ def build(
     )
 
 
+def _refuse_strays(root: Path, config: BuildConfig) -> None:
+    """A shard-named file this build does not write would be loaded by a ``train-*.tar`` glob beside its own."""
+    ours = {dataset.shard_name(s) for s in range(config.num_shards)}
+    strays = sorted(p.name for p in root.glob(dataset.SHARD_GLOB) if p.name not in ours)
+    if strays:
+        raise UsageError(f"{root} holds {', '.join(strays[:3])}{', ...' if len(strays) > 3 else ''}, which this "
+                         f"build does not write (a {dataset.SHARD_GLOB} glob would load it); move it away first")
+
+
+def _marker_fits(plan: Plan, shard: int, marker: dict) -> bool:
+    """Whether a complete shard's marker records what the plan puts in it (its checksum verified already): a
+    marker edited or left by other code is not trusted, and its shard is built again."""
+    indices = plan.shard_samples[shard]
+    per_class = plan.config.per_class
+    labels = [i // per_class for i in indices if i % per_class == 0] if plan.config.instances == 1 else []
+    records = marker.get("samples")
+    return (marker.get("shard") == shard and marker.get("filename") == dataset.shard_name(shard)
+            and marker.get("num_samples") == len(indices) and isinstance(records, list)
+            and [r.get("label") if isinstance(r, dict) else None for r in records] == labels)
+
+
+def _same_source(given: Path, stored_sha256: str, root: Path) -> None:
+    """A resume of a real-image build names the image it was built from, or none (its stored copy is used)."""
+    if given.exists() and not given.is_file():
+        raise UsageError(f"IMAGE {given}: not a regular file; give an image file")
+    try:
+        digest = dataset.sha256_file(given)
+    except OSError as e:
+        raise UsageError(f"IMAGE {given}: cannot read it ({e.strerror or e})") from None
+    if digest != stored_sha256:
+        raise UsageError(f"{root} was built from another image (sha256 {stored_sha256[:12]}..., {given} has "
+                         f"{digest[:12]}...); use --overwrite or another folder")
+
+
 def _read_source(path: Path, config: BuildConfig) -> tuple[bytes, BuildConfig]:
     """The source image's bytes, checked to decode, and the config with its name and checksum."""
     from fracgen import realimage
 
+    if path.exists() and not path.is_file():  # a device or a pipe would be read without end
+        raise UsageError(f"IMAGE {path}: not a regular file; give an image file")
     try:
         data = path.read_bytes()
     except OSError as e:

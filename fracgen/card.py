@@ -328,6 +328,9 @@ def _source_section(config: dict[str, Any], source_license: str | None, source_u
     """The real-image preset's source photo: file, checksum, licence and where it comes from."""
     source = str(config.get("source") or "")
     if not source:
+        if source_license or source_url:
+            raise UsageError("--source-license and --source-url describe the photo of a build-real dataset; this "
+                             "dataset has none")
         return ""
     unknown = "**not stated** by whoever published this card: ask them before using these images"
     return (

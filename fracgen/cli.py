@@ -32,6 +32,10 @@ class _Group(click.Group):
         except FracgenError as e:
             click.echo(f"Error: {' '.join(str(e).split())}", err=True)
             sys.exit(2)
+        except OSError as e:  # what the checks could not foresee: a file made unreadable, a failing disk
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"Error: {where}{e.strerror or e}", err=True)
+            sys.exit(2)
         except click.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(130)
@@ -61,7 +65,7 @@ class _Number(click.ParamType):
         if not math.isfinite(number) or (self.lo is not None and number < self.lo) or (
                 self.hi is not None and number > self.hi):
             self.fail(f"must be {self.describe()}, got {value!r}", param, ctx)
-        return number
+        return number + 0.0  # -0.0 is 0: numpy refuses uniform(0.0, -0.0), the bounds of a zero Delta
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -88,6 +92,13 @@ _style = click.option("--style", type=click.Choice(options_mod.STYLES), default=
                       help="reference: the released 1p-frac look (3x3 random patches); points: plain points.")
 
 
+def _file_name(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """An output file option as a Path; an empty one is refused (Path("") would be the current folder)."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must name a file, got an empty path")
+    return None if value is None else Path(value)
+
+
 @cli.command("search")
 @_sigma
 @_maps
@@ -99,8 +110,8 @@ _style = click.option("--style", type=click.Choice(options_mod.STYLES), default=
 @_style
 @click.option("--max-attempts", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Systems drawn before giving up.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the params JSON here (default: print it).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, callback=_file_name,
+              help="Write the params JSON here (default, or -: print it).")
 def search_command(sigma, maps, seed, margin, min_fill, size, points, style, max_attempts, output) -> None:
     """Sample an IFS with a target sigma-factor (Anderson & Farrell) and print or write its params JSON."""
     from fracgen.search import search
@@ -111,7 +122,7 @@ def search_command(sigma, maps, seed, margin, min_fill, size, points, style, max
                     style=style, max_attempts=max_attempts)
     data = dict(system.to_json(), seed=seed, sigma_target=sigma, margin=margin)
     text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-    if output is None:
+    if output is None or str(output) == "-":
         click.echo(text, nl=False)
         return
     from fracgen.dataset import write_atomic
@@ -330,8 +341,9 @@ def verify_command(root: Path) -> None:
 @click.option(
     "--out",
     "out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False),
     default=None,
+    callback=_file_name,
     help="Where to write the image (default: ROOT/preview.png).",
 )
 @click.option(

@@ -158,7 +158,7 @@ class BuildConfig:
             ),
             (
                 "--delta",
-                math.isfinite(self.delta) and 0 <= self.delta <= MAX_DELTA,
+                math.isfinite(self.delta) and 0 <= self.delta <= MAX_DELTA and math.copysign(1.0, self.delta) > 0,
                 f"must be a number in [0, {MAX_DELTA:g}] (beyond it every perturbation diverges or leaves the "
                 f"image), got {self.delta}",
             ),

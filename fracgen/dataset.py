@@ -140,6 +140,8 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise UsageError(f"{path} is missing") from err
+    except OSError as err:  # a folder or an unreadable file where the record should be
+        raise UsageError(f"{path} cannot be read: {err.strerror or err}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise UsageError(f"{path} is not valid JSON ({type(err).__name__}: {err})") from None
 
@@ -446,25 +448,6 @@ def read_marker(root: Path, shard: int) -> dict | None:
 def write_marker(root: Path, marker: dict) -> None:
     """Write a shard's completion marker (after the shard itself)."""
     write_json(marker_path(root, marker["shard"]), marker)
-
-
-def remove_partials(root: Path, shard_ids: Iterable[int] | None = None) -> list[Path]:
-    """Delete temporary files left by an interrupted build; returns what was removed.
-
-    Args:
-        root: dataset folder.
-        shard_ids: only the partial tars and markers of these shards (the ones this call builds), so a build
-            of another shard range writing into the same folder keeps its own; None: every temporary file.
-    """
-    root = Path(root)
-    if shard_ids is None:
-        found = list(root.glob(f"*{TMP_SUFFIX}*")) + list((root / INTERNAL).rglob(f"*{TMP_SUFFIX}*"))
-    else:
-        found = [p for s in shard_ids for p in [*root.glob(f"{shard_name(s)}{TMP_SUFFIX}*"),
-                                                 *marker_path(root, s).parent.glob(f"{s:06d}.json{TMP_SUFFIX}*")]]
-    for path in found:
-        path.unlink(missing_ok=True)
-    return found
 
 
 # ------------------------------------------------------------------------------------------------ images

@@ -6,6 +6,7 @@ build.json comes last: its presence is what marks a complete build.
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 import numpy as np
 
@@ -72,5 +73,7 @@ def write_metadata(root, plan: Plan, markers: list[dict], timing: dict) -> dict:
     }
     dataset.write_params(root, params)
     dataset.write_info(root, dataset.DatasetInfo.from_shards(name, cfg.num_classes, shard_rows))
+    # their checksums, so that verify names an edit of either (timm reads _info.json; the card, params.json)
+    build["records"] = {n: dataset.sha256_file(Path(root) / n) for n in (dataset.PARAMS_JSON, dataset.INFO_JSON)}
     dataset.write_build(root, build)
     return build

@@ -14,6 +14,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import socket
+import time
+from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
 
@@ -44,6 +48,10 @@ def inspect_output(root: Path, *, resume: bool, overwrite: bool, joining: bool =
     probe(root)
     if root.is_symlink() or (root.exists() and not root.is_dir()):
         raise UsageError(f"output {root} exists and is not a folder")
+    for inner in (root / dataset.INTERNAL, root / dataset.STATS):  # written into, so never through a link
+        if inner.is_symlink() or (inner.exists() and not inner.is_dir()):
+            raise UsageError(f"{inner} is not a plain folder (fracgen writes only real folders there); "
+                             "move it away first")
     # a folder holding only the internal folder is a build another shard range is just starting
     occupied = root.exists() and any(p.name != dataset.INTERNAL for p in root.iterdir())
     if resume:
@@ -77,15 +85,78 @@ def recorded(root: Path, config: BuildConfig) -> set[Path]:
     return {root / n for n in names}
 
 
+# NAME.tmp-HOST-PID (``dataset.tmp_path``; the claim's own temporary adds a second suffix) and the names fracgen
+# writes in each of its folders: only these count as an interrupted writer's leftovers, never a user's "notes.tmp".
+_TEMPORARY = re.compile(rf"(.+?)(?:{re.escape(dataset.TMP_SUFFIX)}-.+-\d+)+")
+_WRITES = {
+    "": re.compile(r"train-\d{6,}\.tar|_info\.json|params\.json|build\.json|preview\.png|source\.[^/]*|probe"),
+    dataset.INTERNAL: re.compile(r"config\.json|systems\.json|probe"),
+    dataset.STATS: re.compile(r"\d{6,}\.json|probe"),
+}
+
+
+def is_temporary(path: Path, root: Path) -> bool:
+    """Whether ``path`` is a temporary file a fracgen writer leaves in ``root`` when interrupted."""
+    match = _TEMPORARY.fullmatch(path.name)
+    for folder, names in _WRITES.items():
+        if match and path.parent == root / folder and names.fullmatch(match.group(1)):
+            return path.is_file() and not path.is_symlink()
+    return False
+
+
+def remove_partials(root: Path, shard_ids: Iterable[int] | None = None) -> list[Path]:
+    """Delete the temporary files an interrupted build left (``is_temporary``); returns what was removed.
+
+    Args:
+        root: dataset folder.
+        shard_ids: only the partial tars and markers of these shards (the ones this call builds), so a build
+            of another shard range writing into the same folder keeps its own; None: every temporary file.
+    """
+    root = Path(root)
+    if shard_ids is None:
+        found = [p for folder in _WRITES if (root / folder).is_dir() and not (root / folder).is_symlink()
+                 for p in (root / folder).iterdir() if is_temporary(p, root)]
+    else:
+        found = [p for s in shard_ids for p in [*root.glob(f"{dataset.shard_name(s)}{dataset.TMP_SUFFIX}*"),
+                 *dataset.marker_path(root, s).parent.glob(f"{s:06d}.json{dataset.TMP_SUFFIX}*")]
+                 if is_temporary(p, root)]
+    found = [p for p in found if _abandoned(p)]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
+OTHER_HOST_GRACE = 600.0  # seconds: a temporary of another host untouched this long is taken as abandoned
+
+
+def _abandoned(path: Path) -> bool:
+    """Whether a temporary's writer is gone: on this host its PID no longer runs; another host's job cannot be
+    asked, so its file counts as abandoned once unmodified for OTHER_HOST_GRACE (a writer appends as it goes).
+    A job resumed beside a live one must not pull the file from under it."""
+    host, _, pid = path.name.rpartition(dataset.TMP_SUFFIX + "-")[2].rpartition("-")
+    if host == socket.gethostname():
+        number = int(pid)
+        if not 0 < number < 1 << 31:
+            return True  # no process has it
+        try:
+            os.kill(number, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # another user's live process
+        return False
+    try:
+        return time.time() - path.stat().st_mtime > OTHER_HOST_GRACE
+    except OSError:
+        return False
+
+
 def _is_ours(path: Path, root: Path, known: set[Path]) -> bool:
     if path.is_symlink() or not path.is_file():
         return False  # fracgen writes no links, folders only .fracgen and its stats
-    if path in known:
+    if path in known or is_temporary(path, root):
         return True
-    name = path.name
-    if dataset.TMP_SUFFIX + "-" in name:  # NAME.tmp-HOST-PID: an interrupted writer's leftover
-        return True
-    return path.parent == root / dataset.STATS and name.endswith(".json") and name[:-5].isdigit()
+    return path.parent == root / dataset.STATS and path.name.endswith(".json") and path.name[:-5].isdigit()
 
 
 def unrecorded(root: Path, config: BuildConfig) -> list[Path]:
@@ -116,14 +187,27 @@ def clear_output(root: Path) -> None:
     if unrecorded(root, stored):  # something appeared since the check: leave everything
         raise UsageError(f"--overwrite: {root} changed while being checked; rerun")
     stats, internal = root / dataset.STATS, root / dataset.INTERNAL
-    for folder in (stats, internal, root):
-        if folder.is_dir():
-            for path in folder.iterdir():
-                if not path.is_dir() or path.is_symlink():
-                    path.unlink(missing_ok=True)
+    folders = [f for f in (root, stats, internal) if f.is_dir()]
+    for folder in folders:  # a folder that refuses a new file refuses deletions too: fail before any
+        _try_writing(folder, "--overwrite cannot delete the previous build: ")
+    # the claim (.fracgen/config.json) goes last, so a failure part-way still leaves a build --overwrite knows
+    for folder in folders:
+        for path in folder.iterdir():
+            if not path.is_dir() or path.is_symlink():
+                path.unlink(missing_ok=True)
     for folder in (stats, internal):
         if folder.is_dir():
             folder.rmdir()
+
+
+def _try_writing(folder: Path, context: str = "") -> None:
+    """Create and delete a temporary file in ``folder``; UsageError naming it when that fails."""
+    probe = dataset.tmp_path(folder / "probe")
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"{context}{folder} cannot be written: {e.strerror or e}") from None
 
 
 def check_writable(root: Path) -> None:
@@ -178,7 +262,7 @@ def unclaim(root: Path, config: BuildConfig, created_root: bool) -> bool:
     """
     if any((root / dataset.STATS).glob("*.json")):
         return False
-    dataset.remove_partials(root)
+    remove_partials(root)
     for path in recorded(root, config) - {root / dataset.CONFIG_JSON}:
         if path.is_file() and not path.is_symlink():  # fracgen writes no links
             path.unlink()

@@ -360,6 +360,14 @@ def push_to_hub(
     """
     if not REPO_ID_RE.match(repo_id):
         raise UsageError(f"--repo-id must look like USER/NAME, got {repo_id!r}")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:  # the Hub's own rules (no "--" or "..", no ".git" ending...): a dry run refuses what a push would
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise UsageError(f"--repo-id {repo_id!r}: {' '.join(str(err).split())}") from None
+    if revision is not None and not re.fullmatch(r"(?!.*\.\.)(?!-)[\w./-]*\w", revision):
+        raise UsageError(f"--revision must be a branch name such as main or v1, got {revision!r}")
     root = Path(root)
     report = verify(root)
     if not report.ok:

@@ -55,7 +55,7 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
+            im = _to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -70,6 +70,15 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
     left, top = (width - side) // 2, (height - side) // 2
     im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(im, np.uint8).copy()
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB of any mode; 16-bit grey ("I;16*", and "I" as Pillow opens some 16-bit files) scaled to 8 bits by
+    1/257, rounded, where Pillow's own conversion would clip every value over 255 to white."""
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        wide = np.clip(np.asarray(im, np.int64), 0, 65535)
+        return Image.fromarray(((wide * 2 + 257) // 514).astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:

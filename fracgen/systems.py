@@ -50,20 +50,22 @@ class System:
         """Read a system; raises UsageError naming what is malformed."""
         try:
             maps = np.asarray(data["maps"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise UsageError(f"a system needs 'maps', a list of [a, b, c, d, e, f] rows ({e})") from None
         if maps.ndim != 2 or maps.shape[1] != 6 or len(maps) < 1 or not np.all(np.isfinite(maps)):
             raise UsageError(f"'maps' must be N >= 1 rows of 6 finite numbers, got shape {maps.shape}")
+        with np.errstate(all="ignore"):  # coefficients near 1e308 overflow: refused below, no numpy warning
+            derived = ifs.probabilities(maps), ifs.sigma_factor(maps)
         probs = data.get("probabilities")
         try:
-            probs = ifs.probabilities(maps) if probs is None else np.asarray(probs, dtype=np.float64)
-        except (TypeError, ValueError):
+            probs = derived[0] if probs is None else np.asarray(probs, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
             probs = np.array([-1.0])
         if probs.shape != (len(maps),) or np.any(probs < 0) or not np.isclose(probs.sum(), 1.0):
             raise UsageError("'probabilities' must be one non-negative number per map, summing to 1")
         known = {"maps", "probabilities", "sigma", "fill", "attempts"}
         values = {}
-        for key, kind, default in (("sigma", float, ifs.sigma_factor(maps)), ("fill", float, float("nan")),
+        for key, kind, default in (("sigma", float, derived[1]), ("fill", float, float("nan")),
                                    ("attempts", int, 1)):
             try:
                 values[key] = kind(data.get(key, default))
@@ -77,6 +79,8 @@ class System:
 
 def load_systems(path: Path) -> list[System]:
     """Base systems from a params file: one system (``fracgen search``) or ``{"systems": [...]}`` (params.json)."""
+    if Path(path).exists() and not Path(path).is_file():  # a device or a pipe would be read without end
+        raise UsageError(f"--params {path}: not a regular file; give a params JSON file")
     try:
         data = json.loads(Path(path).read_text())
     except OSError as e:

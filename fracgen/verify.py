@@ -82,10 +82,31 @@ class VerifyReport:
         return [line.replace("\r", "\\r").replace("\n", "\\n") for line in out]
 
 
-def _image_size(data: bytes) -> tuple[int, int]:
-    """Decode an image fully (so truncated data fails) and return (width, height)."""
-    height, width = dataset.decode_grey(data).shape
-    return width, height
+@dataclass
+class _Expect:
+    """What every sample of this dataset must be (from build.json's config; None: not known)."""
+
+    size: int | None = None
+    per_class: int | None = None  # label = index // per_class
+    fractal: bool = False  # the fractal looks: grey values {0, 127}, something lit
+    formats: set = field(default_factory=set)  # (bit depth, colour type) seen: one per dataset
+
+
+def _image_problem(key: str, data: bytes, expect: _Expect) -> str:
+    """Why a sample's PNG is not what the readers rely on, or ''; decodes it fully (truncated data fails)."""
+    if dataset.png_colour_type(data) is None:
+        return f"sample {key} png is not a PNG"
+    depth, colour = data[24], data[25]
+    if colour != dataset.PNG_PALETTE:  # palette: the format before issue 10, named apart
+        if depth != 8 or colour not in (dataset.PNG_GREY, dataset.PNG_RGB) or (expect.fractal and colour):
+            return f"sample {key} png is {depth}-bit of colour type {colour}, not the build's 8-bit grey or RGB"
+        expect.formats.add((depth, colour))
+    pixels = dataset.decode_grey(data)
+    if expect.size is not None and pixels.shape != (expect.size, expect.size):
+        return f"sample {key} is {pixels.shape[1]}x{pixels.shape[0]}, expected {expect.size}x{expect.size}"
+    if expect.fractal and (not pixels.any() or ((pixels != 0) & (pixels != 127)).any()):
+        return f"sample {key} has grey values other than the fractal looks' 0 and 127, or none lit"
+    return ""
 
 
 def _check_shard(
@@ -93,7 +114,7 @@ def _check_shard(
     path: Path,
     record: dict[str, Any],
     info_count: int | None,
-    size: int | None,
+    expect: _Expect,
     num_classes: int,
     classes: dict[int, dict[str, Any]],
     labels: Counter[int],
@@ -103,6 +124,12 @@ def _check_shard(
     name = record["filename"]
     if not path.is_file():
         report.add(name, "missing")
+        return 0
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        report.add(name, f"cannot be read ({err.strerror or err})")
         return 0
     actual_bytes = path.stat().st_size
     for key in ("bytes", "sha256", "num_samples"):
@@ -129,24 +156,24 @@ def _check_shard(
                 report.add(name, f"sample key {key} also appears earlier")
             keys.add(key)
             missing = [ext for ext in SAMPLE_EXTS if ext not in sample]
-            if missing:
-                report.add(name, f"sample {key} lacks {', '.join(missing)}")
+            extra = sorted(set(sample) - {"__key__", "__url__", *SAMPLE_EXTS})
+            if missing or extra:
+                report.add(name, f"sample {key} " + (f"lacks {', '.join(missing)}" if missing else
+                                                     f"holds members no build writes: {', '.join(extra)}"))
                 continue
             if dataset.png_colour_type(sample["png"]) == dataset.PNG_PALETTE:
                 report.palette_images += 1
             try:
-                width_height = _image_size(sample["png"])
-                if size is not None and width_height != (size, size):
-                    bad_images += 1
-                    first_image_problem = first_image_problem or (
-                        f"sample {key} is {width_height[0]}x{width_height[1]}, expected {size}x{size}"
-                    )
+                problem = _image_problem(key, sample["png"], expect)
             except Exception as err:  # noqa: BLE001 - any decoder failure means a bad image
+                problem = f"sample {key} png does not decode ({err})"
+            if problem:
                 bad_images += 1
-                first_image_problem = (
-                    first_image_problem or f"sample {key} png does not decode ({err})"
-                )
+                first_image_problem = first_image_problem or problem
             problem = _label_problem(sample, num_classes, classes)
+            if not problem and expect.per_class and KEY_RE.match(key) and int(key) // expect.per_class != int(
+                    sample["cls"]):
+                problem = f"sample {key} label {int(sample['cls'])} is not its index // {expect.per_class}"
             if problem:
                 bad_labels += 1
                 first_label_problem = first_label_problem or problem
@@ -169,9 +196,11 @@ def _label_problem(sample: dict[str, Any], num_classes: int, classes: dict[int, 
     """Why a sample's label is wrong, or '' when it is right."""
     key = sample["__key__"]
     try:
-        label = int(sample["cls"].decode("ascii").strip())
+        label = int(sample["cls"].decode("ascii"))
     except (UnicodeDecodeError, ValueError):
-        return f"sample {key} cls {sample['cls'][:20]!r} is not an integer"
+        label = -1
+    if str(label).encode() != sample["cls"] or label < 0:
+        return f"sample {key} cls {sample['cls'][:20]!r} is not a label's plain digits"
     if not 0 <= label < num_classes:
         return f"sample {key} label {label} is outside 0..{num_classes - 1}"
     try:
@@ -203,11 +232,13 @@ def _agrees(recorded: Any, carried: Any) -> bool:
     return recorded == carried
 
 
-def _info_counts(report: VerifyReport, root: Path, shard_names: list[str]) -> dict[str, int]:
+def _info_counts(report: VerifyReport, root: Path, shard_names: list[str], num_classes: int) -> dict[str, int]:
     """Per-shard counts from `_info.json`; records disagreements with build.json as dataset problems."""
     try:
         info = dataset.read_json(root / INFO_JSON)
         split = info["splits"]["train"]
+        if not isinstance(split["filenames"], list) or not isinstance(split["shard_lengths"], list):
+            raise TypeError("they are not lists")
         filenames = list(split["filenames"])
         lengths = [int(n) for n in split["shard_lengths"]]
     except UsageError as err:
@@ -216,6 +247,9 @@ def _info_counts(report: VerifyReport, root: Path, shard_names: list[str]) -> di
     except (KeyError, TypeError, ValueError) as err:
         report.dataset_problems.append(f"{INFO_JSON} lacks splits.train filenames/shard_lengths ({err})")
         return {}
+    if info.get("num_classes") != num_classes:  # timm's wds reader sizes its head from it
+        report.dataset_problems.append(
+            f"{INFO_JSON} num_classes {info.get('num_classes')!r:.40} != {BUILD_JSON} num_classes {num_classes}")
     if len(filenames) != len(lengths):
         report.dataset_problems.append(
             f"{INFO_JSON} has {len(filenames)} filenames but {len(lengths)} shard_lengths"
@@ -248,8 +282,9 @@ def _recorded_classes(report: VerifyReport, root: Path) -> dict[int, dict[str, A
     return {}
 
 
-def _check_config(report: VerifyReport, config: dict[str, Any]) -> None:
-    """build.json's config must be a complete, valid build configuration (the card and a rebuild need it)."""
+def _check_config(report: VerifyReport, config: dict[str, Any], build: dict[str, Any]) -> None:
+    """build.json's config must be a complete, valid build configuration (the card and a rebuild need it) that
+    makes the classes and samples build.json counts."""
     from dataclasses import fields
 
     from fracgen.config import LATER_OPTIONS, BuildConfig
@@ -260,20 +295,29 @@ def _check_config(report: VerifyReport, config: dict[str, Any]) -> None:
         report.dataset_problems.append(f"{BUILD_JSON} config lacks {', '.join(missing)}")
         return
     try:
-        BuildConfig.from_json(config).validate()
+        cfg = BuildConfig.from_json(config)
+        cfg.validate()
     except (TypeError, ValueError, UsageError) as err:
         report.dataset_problems.append(f"{BUILD_JSON} config is invalid ({err})")
+        return
+    for key in ("num_classes", "num_samples"):
+        if key in build and build[key] != getattr(cfg, key):
+            report.dataset_problems.append(f"{BUILD_JSON} config makes {getattr(cfg, key)} {key[4:]}, but "
+                                           f"{BUILD_JSON} {key} is {build[key]!r:.40}")
 
 
 def verify(root: Path | str) -> VerifyReport:
     """Re-read every shard of a dataset and check it against `build.json`, `_info.json` and `params.json`.
 
     Checks: each listed shard exists with the recorded bytes and sha256; its sample count matches
-    build.json and _info.json; every image decodes to `size` x `size` (build.json `config.size`); every
-    `cls` is an integer label in [0, num_classes) equal to the `json` label and to the params.json class;
+    build.json and _info.json; every sample holds png, cls and json and nothing else; every image is an 8-bit
+    grey or RGB PNG (one format per dataset; the fractal looks grey with values {0, 127}, something lit) that
+    decodes to `size` x `size` (build.json `config.size`); every `cls` is a label's plain digits in
+    [0, num_classes), equal to the `json` label, to the params.json class and to the key's index // per class;
     every recorded class is present, as often as the others when the total divides evenly; no stray
-    `train-*.tar` sits beside the listed shards (a `train-*.tar` glob would load it); a real-image build's
-    source image is there with its recorded sha256.
+    `train-*.tar` sits beside the listed shards (a `train-*.tar` glob would load it); params.json and
+    _info.json have the sha256 build.json records, and the config makes its class and sample counts; a
+    real-image build's source image is there with its recorded sha256.
 
     Args:
         root: the dataset folder (what `fracgen build` wrote).
@@ -290,15 +334,15 @@ def verify(root: Path | str) -> VerifyReport:
     config, records = _typed_build(report, root, build)
     shard_names = [r["filename"] for r in records]
     if config is not None:
-        _check_config(report, config)
+        _check_config(report, config, build)
     config = config or {}
-    size = config.get("size")
+    expect = _expectations(config)
     num_classes = build.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 1:
         report.dataset_problems.append(f"{BUILD_JSON} num_classes {num_classes!r} is not a positive integer")
         num_classes = 0
     report.num_classes = num_classes
-    info_counts = _info_counts(report, root, shard_names)
+    info_counts = _info_counts(report, root, shard_names, num_classes)
     classes = _recorded_classes(report, root)
     if classes and sorted(classes) != list(range(num_classes)):
         report.dataset_problems.append(
@@ -314,8 +358,11 @@ def verify(root: Path | str) -> VerifyReport:
             report.add(name, "filename is not a plain file name in the dataset folder")
             continue
         report.num_samples += _check_shard(
-            report, root / name, record, info_counts.get(name), size, num_classes, classes, labels, keys
+            report, root / name, record, info_counts.get(name), expect, num_classes, classes, labels, keys
         )
+    if len(expect.formats) > 1:
+        report.dataset_problems.append("images mix PNG formats (bit depth, colour type): "
+                                       f"{sorted(expect.formats)}; a build writes one")
 
     for stray in sorted(p.name for p in root.glob(dataset.SHARD_GLOB) if p.name not in set(shard_names)):
         report.add(stray, f"not listed in {BUILD_JSON} (a {SHARD_GLOB} glob would load it)")
@@ -327,6 +374,7 @@ def verify(root: Path | str) -> VerifyReport:
     source = str(config.get("source") or "")
     if source:
         _check_source(report, root, source, config.get("source_sha256"))
+    _check_records(report, root, build.get("records", {}))
     if not report.shard_problems and num_classes:
         _check_label_counts(report, labels, num_classes)
     if report.palette_images:
@@ -393,6 +441,33 @@ def _check_source(report: VerifyReport, root: Path, source: str, expected: Any) 
         report.dataset_problems.append(f"source image {source} (config.source) is missing")
     elif expected and sha256_file(path) != expected:
         report.dataset_problems.append(f"source image {source} does not match config.source_sha256")
+
+
+def _expectations(config: dict[str, Any]) -> _Expect:
+    """What build.json's config says every sample must be; only the size when the config is not valid."""
+    from fracgen.config import BuildConfig
+    from fracgen.presets import PRESETS
+
+    size = config.get("size")
+    try:
+        cfg = BuildConfig.from_json(config)
+        cfg.validate()
+    except (TypeError, ValueError, UsageError):
+        return _Expect(size=size if isinstance(size, int) else None)
+    return _Expect(size=cfg.size, per_class=cfg.per_class, fractal=PRESETS[cfg.preset].renders_fractals)
+
+
+def _check_records(report: VerifyReport, root: Path, records: Any) -> None:
+    """params.json and _info.json as the build wrote them (build.json records their sha256; builds before
+    these records have none, and keep the structural checks only)."""
+    if not isinstance(records, dict):
+        report.dataset_problems.append(f"{BUILD_JSON} records is not an object (got {records!r:.60})")
+        return
+    for name in (PARAMS_JSON, INFO_JSON):
+        path = root / name
+        if name in records and path.is_file() and sha256_file(path) != records[name]:
+            report.dataset_problems.append(f"{name} was changed after the build: its sha256 is not the one "
+                                           f"{BUILD_JSON} records")
 
 
 def _check_label_counts(report: VerifyReport, labels: Counter[int], num_classes: int) -> None:

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import webdataset as wds
 from conftest import TINY
 
+from fracgen import output
 from fracgen import render as render_mod
 from fracgen import shard as shard_mod
 from fracgen.build import BuildConfig, build
@@ -189,12 +191,17 @@ def test_a_shard_range_leaves_other_builds_partial_files_alone(tiny_dataset, tmp
     build(CFG, out, workers=1, shard_range=(1, 2))
     theirs = out / "train-000000.tar.tmp-otherhost-4242"  # shard 0, still being written elsewhere
     theirs.write_bytes(b"half a tar")
-    stale = out / "train-000001.tar.tmp-otherhost-99"  # this range's shard, from a crashed run
+    stale = out / "train-000001.tar.tmp-otherhost-99"  # this range's shard, from a crashed run long ago
     stale.write_bytes(b"junk")
+    long_ago = time.time() - output.OTHER_HOST_GRACE - 1
+    os.utime(stale, (long_ago, long_ago))
     (out / "train-000001.tar").unlink()
     build(CFG, out, workers=1, resume=True, shard_range=(1, 2))
     assert theirs.exists() and not stale.exists()
     build(CFG, out, workers=1, resume=True, shard_range=(0, 1))
+    assert theirs.exists()  # written a moment ago on another host: its writer may still be at it
+    os.utime(theirs, (long_ago, long_ago))  # until it has sat untouched for longer than any writer pauses
+    build(CFG, out, workers=1, resume=True)
     assert not theirs.exists()
     assert files(out) == files(tiny_dataset)
 

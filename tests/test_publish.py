@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import one_line
 from hub_server import FakeHub
 
 from fracgen import publish
@@ -239,6 +240,18 @@ def test_dry_run_contacts_nothing(tiny_copy: Path, hub: FakeHub, tmp_path: Path)
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
     assert _card_header((out / "README.md").read_text())["license"] == "mit"
     assert not (tiny_copy / "preview.png").exists()  # the dataset folder is left as it was
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--repo-id", "alice/b--c"], "Cannot have -- or .."),
+    (["--repo-id", "alice/b.git"], ".git"),
+    (["--revision", ""], "--revision must be a branch name"),
+    (["--revision", "a..b"], "--revision must be a branch name"),
+    (["--source-license", "cc0-1.0"], "describe the photo of a build-real dataset"),
+])
+def test_dry_run_refuses_what_the_push_would(tiny_copy: Path, hub: FakeHub, tmp_path: Path, extra, fragment) -> None:
+    one_line(_push(tiny_copy, hub.url, "--dry-run", str(tmp_path / "dry"), *extra), fragment)
+    assert hub.requests == [] and not (tmp_path / "dry").exists()
 
 
 def test_refuses_a_broken_dataset(tiny_copy: Path, hub: FakeHub) -> None:

@@ -53,6 +53,15 @@ def test_load_image_converts_grey_and_alpha_to_rgb(tmp_path):
     assert np.array_equal(ri.load_image(tmp_path / "alpha.png", SIZE), photo())
 
 
+def test_load_image_scales_16_bit_grey_to_8_bits(tmp_path):
+    # Pillow's own convert("RGB") clips every 16-bit value over 255 to white
+    grey = (np.arange(48 * 40).reshape(48, 40) * 7 % 256).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "g8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    np.testing.assert_array_equal(ri.load_image(tmp_path / "g16.png", 24), ri.load_image(tmp_path / "g8.png", 24))
+
+
 def test_load_image_reads_a_jpeg(tmp_path):
     Image.fromarray(photo(128)).save(tmp_path / "p.jpg", quality=95)
     img = ri.load_image(tmp_path / "p.jpg", SIZE)

@@ -1,0 +1,220 @@
+"""What a resume, an overwrite and verify do with a folder someone changed: user files that look like fracgen's,
+links where fracgen writes, markers that lie, stray shards, edited records, unreadable files (attack round of
+stop 18)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import one_line
+
+from fracgen import dataset, output
+from fracgen.build import BuildConfig, build
+from fracgen.cli import cli
+from fracgen.verify import verify
+
+
+def _resume(root: Path):
+    return CliRunner().invoke(cli, ["build", "--resume", "--no-progress", "--workers", "1", str(root)])
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {p.name: dataset.sha256_file(p) for p in sorted(root.glob("train-*.tar"))}
+
+
+def test_resume_removes_only_fracgen_temporaries(tiny_copy: Path) -> None:
+    users = {"card.tmpl": "my template", "notes.tmp.md": "my notes", "x.tmp-host-12": "not a name fracgen writes"}
+    for name, text in users.items():
+        (tiny_copy / name).write_text(text)
+    host, dead = socket.gethostname(), _dead_pid()
+    leftovers = [tiny_copy / f"train-000001.tar.tmp-{host}-{dead}", tiny_copy / ".fracgen/stats/000001.json.tmp-h-7",
+                 tiny_copy / f".fracgen/config.json.tmp-{host}-{dead}.tmp-{host}-{dead}"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    old = time.time() - output.OTHER_HOST_GRACE - 60
+    os.utime(leftovers[1], (old, old))  # another host's, untouched for longer than a live writer would be
+    # a live writer's: this process (the resume runs in it), and another host's written a moment ago
+    live = [tiny_copy / f"train-000000.tar.tmp-{host}-{os.getpid()}", tiny_copy / "params.json.tmp-h-8"]
+    for path in live:
+        path.write_bytes(b"being written")
+    result = _resume(tiny_copy)
+    assert result.exit_code == 0, result.output
+    assert {name: (tiny_copy / name).read_text() for name in users} == users
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.read_bytes() == b"being written" for path in live)
+    assert verify(tiny_copy).ok
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid  # reaped: no process has it (until the system reuses it, which takes a while)
+
+
+def test_is_temporary_knows_fracgen_names_only(tmp_path: Path) -> None:
+    cases = {"train-000003.tar.tmp-a-b-1": True, "params.json.tmp-host-22": True, "source.jpeg.tmp-h-1": True,
+             ".fracgen/config.json.tmp-h-1.tmp-h-1": True, ".fracgen/stats/000002.json.tmp-h-5": True,
+             "notes.tmp.md": False, "card.tmpl": False, "mine.tmp-h-1": False, "params.json.tmp": False,
+             ".fracgen/stats/notes.json.tmp-h-1": False, "train-000003.tar.tmp-h-x": False}
+    for name, expected in cases.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        assert output.is_temporary(path, tmp_path) is expected, name
+
+
+def test_resume_refuses_a_linked_stats_folder(tiny_copy: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "000001.json").write_text("keep")
+    shutil.rmtree(tiny_copy / ".fracgen/stats")
+    (tiny_copy / ".fracgen/stats").symlink_to(mine)
+    (tiny_copy / "build.json").unlink()
+    one_line(_resume(tiny_copy), ".fracgen/stats", "not a plain folder")
+    assert [p.name for p in mine.iterdir()] == ["000001.json"] and (mine / "000001.json").read_text() == "keep"
+
+
+def test_resume_rebuilds_a_shard_whose_marker_lies(tiny_dataset: Path, tiny_copy: Path) -> None:
+    marker = tiny_copy / ".fracgen/stats/000001.json"
+    data = json.loads(marker.read_text())
+    data["num_samples"] -= 1
+    data["samples"][0]["label"] += 1
+    marker.write_text(json.dumps(data))
+    (tiny_copy / "build.json").unlink()
+    result = _resume(tiny_copy)
+    assert result.exit_code == 0 and "1 already complete" in result.output, result.output
+    assert verify(tiny_copy).ok
+    assert _digests(tiny_copy) == _digests(tiny_dataset)
+    assert (tiny_copy / "params.json").read_bytes() == (tiny_dataset / "params.json").read_bytes()
+
+
+def test_resume_refuses_a_stray_shard(tiny_copy: Path) -> None:
+    shutil.copy(tiny_copy / "train-000000.tar", tiny_copy / "train-000099.tar")
+    one_line(_resume(tiny_copy), "train-000099.tar", "move it away")
+    assert (tiny_copy / "train-000099.tar").is_file()
+
+
+def test_overwrite_that_cannot_delete_keeps_the_claim(tiny_copy: Path, monkeypatch) -> None:
+    real_unlink = Path.unlink
+
+    def unlink(path: Path, missing_ok: bool = False) -> None:
+        if path.name == "train-000001.tar":
+            raise PermissionError(13, "Permission denied", str(path))
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(PermissionError):
+        output.clear_output(tiny_copy)
+    assert output.stored_config(tiny_copy) is not None  # still a build --overwrite and --resume recognise
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda root: (root / "_info.json").unlink() or (root / "_info.json").mkdir(), "_info.json cannot be read"),
+    (lambda root: (root / "params.json").unlink() or (root / "params.json").mkdir(), "params.json cannot be read"),
+    (lambda root: _edit(root / "_info.json", lambda d: d.update(num_classes=7)), "_info.json num_classes 7"),
+    (lambda root: _edit(root / "_info.json", lambda d: d["splits"]["train"].update(shard_lengths="88")),
+     "not lists"),
+    (lambda root: _edit(root / "params.json", lambda d: d["systems"][0]["maps"][0].__setitem__(0, 0.5)),
+     "params.json was changed after the build"),
+    (lambda root: _edit(root / "build.json", lambda d: d["config"].update(L=17)),
+     "config makes 17 classes, but build.json num_classes is 16"),
+])
+def test_verify_names_edited_records(tiny_copy: Path, change, fragment) -> None:
+    change(tiny_copy)
+    report = verify(tiny_copy)
+    assert not report.ok and any(fragment in line for line in report.lines()), report.lines()
+
+
+def _edit(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=1))
+
+
+def test_unreadable_files_are_one_line(tiny_copy: Path, monkeypatch) -> None:
+    def denied(path) -> str:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    (tiny_copy / "build.json").unlink()
+    monkeypatch.setattr(dataset, "sha256_file", denied)
+    one_line(_resume(tiny_copy), "Permission denied", "train-000000.tar")
+
+
+def test_negative_zero_delta_is_zero(tmp_path: Path) -> None:
+    tiny = {"L": 2, "size": 32, "points": 500, "shard_size": 2}
+    build(BuildConfig(**tiny, delta=0.0), tmp_path / "zero", workers=1)
+    result = CliRunner().invoke(cli, ["build", "--L", "2", "--size", "32", "--points", "500", "--shard-size", "2",
+                                      "--workers", "1", "--no-progress", "--delta", "-0.0", str(tmp_path / "neg")])
+    assert result.exit_code == 0, result.output
+    assert _digests(tmp_path / "neg") == _digests(tmp_path / "zero")
+    with pytest.raises(Exception, match="--delta"):
+        BuildConfig(**tiny, delta=-0.0).validate()
+
+
+def test_resume_of_a_real_image_build_refuses_another_image(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / name)
+    out = tmp_path / "out"
+    args = ["build-real", "--L", "2", "--size", "32", "--shard-size", "2", "--workers", "1", "--no-progress"]
+    assert CliRunner().invoke(cli, [*args[:1], str(tmp_path / "a.png"), str(out), *args[1:]]).exit_code == 0
+    (out / "build.json").unlink()
+    one_line(CliRunner().invoke(cli, [args[0], str(tmp_path / "b.png"), str(out), *args[1:], "--resume"]),
+             "built from another image")
+    for image in (tmp_path / "a.png", out / "source.png"):  # the same picture: resumed
+        (out / "build.json").unlink(missing_ok=True)
+        result = CliRunner().invoke(cli, [args[0], str(image), str(out), *args[1:], "--resume"])
+        assert result.exit_code == 0, result.output
+    assert verify(out).ok
+
+
+def _png(array) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _repack(root: Path, change) -> None:
+    """Rewrite shard 0 with its second sample changed, and record the new checksum (what a re-packing tool
+    leaves): only the content checks can tell."""
+    samples = [{k: v for k, v in s.items() if k != "__url__"} for s in dataset.iter_shard(root / "train-000000.tar")]
+    change(samples[1])
+    digest, count, size = dataset.write_shard(root, 0, samples)
+    build_json = json.loads((root / "build.json").read_text())
+    build_json["shards"][0].update(sha256=digest, bytes=size, num_samples=count)
+    (root / "build.json").write_text(json.dumps(build_json))
+
+
+def _grey(sample: dict):
+    return dataset.decode_grey(sample["png"])
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda s: s.update(png=_png(np.repeat(_grey(s)[..., None], 3, axis=2))), "colour type 2"),
+    (lambda s: s.update(png=_png(_grey(s).astype(np.uint16) * 257)), "16-bit"),
+    (lambda s: s.update(png=_png(_grey(s) * 2)), "other than the fractal looks' 0 and 127"),
+    (lambda s: s.update(png=_png(np.zeros_like(_grey(s)))), "none lit"),
+    (lambda s: s.update(png=b"\xff\xd8\xff\xe0" + s["png"][4:]), "not a PNG"),
+    (lambda s: s.update(__key__="99999999"), "is not its index"),
+    (lambda s: s.update(cls=b" " + s["cls"]), "plain digits"),
+    (lambda s: s.update(txt=b"note"), "holds members no build writes: txt"),
+])
+def test_verify_names_a_repacked_sample(tiny_copy: Path, change, fragment) -> None:
+    assert verify(tiny_copy).ok
+    _repack(tiny_copy, change)
+    report = verify(tiny_copy)
+    assert not report.ok and any(fragment in line for line in report.lines()), report.lines()
