@@ -44,6 +44,7 @@ from train.errors import TrainError
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "run.json"
+STATUSES = ("running", "stopped", "failed", "complete")  # what write_status writes
 LOG_FILE = "log.csv"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
@@ -92,6 +93,41 @@ def check_tensorboard(cfg: Config) -> None:
         raise TrainError("log.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
 
 
+def trainer_status(out: Path) -> dict[str, Any] | None:
+    """``out/run.json`` when this trainer wrote it (a JSON object with its status and time), else None."""
+    try:
+        status = json.loads((out / STATUS_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    ours = isinstance(status, dict) and status.get("status") in STATUSES and isinstance(status.get("time"), str)
+    return status if ours else None
+
+
+def _inspect(out: Path, resume: bool) -> tuple[str, bool, bool]:
+    """What ``out`` holds: (why it cannot be used or "", whether a run started there, whether it has a checkpoint).
+
+    Only a folder that is absent, empty or a run folder this trainer wrote (its ``run.json``) is used: a user's
+    own files, even ones named like the trainer's (``config.yaml``, ``log.csv``), are never written over.
+    """
+    if out.exists() and not out.is_dir():
+        return f"--out {out}: not a folder", False, False
+    try:
+        names = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) if out.is_dir() else []
+    except OSError as e:
+        return f"--out {out}: cannot read the folder ({e.strerror or e})", False, False
+    started = trainer_status(out) is not None
+    if names and not started:
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        return (f"--out {out} holds files that are not a run of this trainer ({shown}); pass an empty or new "
+                "folder", False, False)
+    has_checkpoint = any(checkpoint_files(out)) if started else False
+    if resume and not started:
+        return f"--resume: {out} holds no run to resume; run without --resume to start one", False, False
+    if not resume and has_checkpoint:
+        return f"run folder {out} already holds a run: pass --resume or another --out", started, has_checkpoint
+    return "", started, has_checkpoint
+
+
 def start_run_folder(out: Path, cfg: Config, resume: bool, is_main: bool) -> bool:
     """Create (or, on resume, check) the run folder and take its lock; refuse to mix a new run into an old one.
 
@@ -103,21 +139,21 @@ def start_run_folder(out: Path, cfg: Config, resume: bool, is_main: bool) -> boo
         Whether there is a checkpoint to resume from (False: train from step 0).
 
     Raises:
-        TrainError: a run with a checkpoint without ``--resume``, nothing to resume, or a folder in use.
+        TrainError: a run with a checkpoint without ``--resume``, nothing to resume, a folder in use, or an
+            ``out`` that is a file, cannot be created or holds files that are not a run (``_inspect``).
     """
     error, from_checkpoint = "", False
     if is_main:
-        has_model, has_state = checkpoint_files(out) if out.is_dir() else (False, False)
-        started = (out / STATUS_FILE).is_file() or (out / "config.yaml").is_file()
-        if resume and not (started or has_model or has_state):
-            error = f"--resume: {out} holds no run to resume; run without --resume to start one"
-        elif not resume and (has_model or has_state):
-            error = f"run folder {out} already holds a run: pass --resume or another --out"
-        else:
-            out.mkdir(parents=True, exist_ok=True)
+        error, started, has_checkpoint = _inspect(out, resume)
+        if not error:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                error = f"--out {out}: cannot create the folder ({e.strerror or e})"
+        if not error:
             error = _take_lock(out)
         if not error:
-            from_checkpoint = resume and (has_model or has_state)
+            from_checkpoint = resume and has_checkpoint
             if started and not from_checkpoint:
                 log.warning("%s: the run there ended before its first checkpoint; starting it again from step 0",
                             out)

@@ -1,0 +1,90 @@
+"""Inputs a hostile user gives the trainer: a ``--out`` holding the user's own files or that cannot be a folder,
+bad config values, a damaged fine-tuning folder, datasets whose records disagree. Each is one line, exit 2."""
+
+import json
+import sys
+
+import pytest
+
+from train.config import load_config
+from train.errors import TrainError
+from train.run_folder import start_run_folder, write_status
+
+USER_FILES = {"notes.txt": "my precious notes", "config.yaml": "my: config", "log.csv": "mine",
+              "metrics.json": '{"mine": 1}', "curves.png": "mine", "config.json": "mine"}
+
+
+def cli(argv, capsys):
+    """``python -m train ARGV`` in this process: (exit status, stderr)."""
+    from train.__main__ import main
+
+    old = sys.argv
+    sys.argv = ["python -m train", *map(str, argv)]
+    try:
+        with pytest.raises(SystemExit) as e:
+            main()
+    finally:
+        sys.argv = old
+    return e.value.code, capsys.readouterr().err
+
+
+def assert_one_line(code, err, *fragments):
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# ----------------------------------------------------------------------------------------- --out (F-OUT1/2)
+@pytest.mark.parametrize("names", [USER_FILES, {"config.yaml": "my: config"}, {"run.json": '{"mine": 1}'},
+                                   {"run.json": "not json", "config.yaml": "x"}, {"notes.txt": "x"}])
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_folder_of_the_users_files_is_refused_and_kept(names, resume, tmp_path):
+    out = tmp_path / "userdir"
+    out.mkdir()
+    for name, text in names.items():
+        (out / name).write_text(text)
+    with pytest.raises(TrainError, match="holds files that are not a run") as e:
+        start_run_folder(out, load_config("tiny"), resume=resume, is_main=True)
+    assert all(name in str(e.value) for name in names)
+    assert {p.name: p.read_text() for p in out.iterdir()} == names  # nothing written, not even a lock
+
+
+def test_a_run_folder_the_trainer_wrote_is_still_taken(tmp_path):
+    """Empty, absent and trainer-written folders (with a user's extra file) keep their behaviour."""
+    cfg = load_config("tiny")
+    assert start_run_folder(tmp_path / "new", cfg, resume=False, is_main=True) is False
+    (tmp_path / "empty").mkdir()
+    assert start_run_folder(tmp_path / "empty", cfg, resume=False, is_main=True) is False
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    write_status(ours, "failed", error="x")
+    (ours / "notes.txt").write_text("kept")
+    assert start_run_folder(ours, cfg, resume=True, is_main=True) is False  # no checkpoint: from step 0
+    assert json.loads((ours / "run.json").read_text())["status"] == "running"
+    assert (ours / "notes.txt").read_text() == "kept"
+    (ours / "model.safetensors").write_bytes(b"x")
+    (ours / "state.pt").write_bytes(b"x")
+    with pytest.raises(TrainError, match="already holds a run"):
+        start_run_folder(ours, cfg, resume=False, is_main=True)
+
+
+@pytest.mark.parametrize("where, fragment", [("afile", "not a folder"), ("afile/sub", "cannot create"),
+                                             ("/proc/fracgen-nope", "cannot create")])
+def test_an_out_that_cannot_be_a_folder_is_one_line(where, fragment, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / where
+    with pytest.raises(TrainError, match=fragment):
+        start_run_folder(out, load_config("tiny"), resume=False, is_main=True)
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_a_users_folder_on_the_command_line(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "userdir"
+    out.mkdir()
+    (out / "config.yaml").write_text("my: config")
+    code, err = cli(["pretrain", "--config", "tiny", "--data", tiny_dataset, "--out", out, "--steps", "2",
+                     "--set", "data.source=stream"], capsys)
+    assert_one_line(code, err, f"--out {out}", "config.yaml")
+    assert [p.name for p in out.iterdir()] == ["config.yaml"] and (out / "config.yaml").read_text() == "my: config"
