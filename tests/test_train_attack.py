@@ -88,3 +88,78 @@ def test_a_users_folder_on_the_command_line(tiny_dataset, tmp_path, capsys):
                      "--set", "data.source=stream"], capsys)
     assert_one_line(code, err, f"--out {out}", "config.yaml")
     assert [p.name for p in out.iterdir()] == ["config.yaml"] and (out / "config.yaml").read_text() == "my: config"
+
+
+# ------------------------------------------------------------------------ datasets (F-DATA1, F-DATA2)
+def _rewrite_sample(root, shard, index, **entries):
+    """Rewrite shard ``shard`` of ``root`` with sample ``index``'s entries replaced; its key."""
+    from fracgen import dataset
+
+    samples = list(dataset.iter_shard(root / dataset.shard_name(shard)))
+    samples[index].update(entries)
+    dataset.write_shard(root, shard, [{k: v for k, v in s.items() if k != "__url__"} for s in samples])
+    return samples[index]["__key__"]
+
+
+def _png(size):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (size, size), 128).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _pretrain_refused(root, tmp_path, match, *extra):
+    from train.pretrain import pretrain
+
+    cfg = load_config("tiny", ["data.workers=0", "train.steps=2", "train.batch_size=8", "data.verify=false",
+                               *extra], {"data.path": str(root)})
+    with pytest.raises(TrainError, match=match) as e:
+        pretrain(cfg, tmp_path / "run")
+    assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("source", ["stream", "resident"])
+@pytest.mark.parametrize("damage", ["relabel", "onepx", "small"])
+def test_a_sample_unlike_its_json_or_the_build_size_is_refused(tiny_copy, tmp_path, source, damage):
+    """Without sha256 (--no-verify-data, or a dataset over 4 GiB) a relabelled or resized sample is still named."""
+    entries = {"relabel": {"cls": b"5"}, "onepx": {"png": _png(1)}, "small": {"png": _png(8)}}[damage]
+    if damage == "relabel":
+        from fracgen import dataset
+
+        first = next(dataset.iter_shard(tiny_copy / dataset.shard_name(1)))
+        entries = {"cls": str((int(first["cls"]) + 1) % 16).encode()}
+    key = _rewrite_sample(tiny_copy, 1, 0, **entries)
+    match = "but its json says label" if damage == "relabel" else "records size 64"
+    _pretrain_refused(tiny_copy, tmp_path, rf"train-000001.tar: sample {key}: .*{match}", f"data.source={source}")
+
+
+def test_the_stream_checks_each_sample_as_it_decodes(tiny_copy):
+    """Shards read while training (remote ones are not read first) get the same checks, from the PNG header."""
+    from fracgen import dataset
+    from train.data import _decode
+
+    sample = next(dataset.iter_shard(tiny_copy / dataset.shard_name(0)))
+    assert _decode(sample, 16, 64)[0].shape == (64, 64)
+    with pytest.raises(TrainError, match="image is 8x8 px, build.json records size 64"):
+        _decode({**sample, "png": _png(8)}, 16, 64)
+    with pytest.raises(TrainError, match="but its json says label"):
+        _decode({**sample, "cls": str((int(sample["cls"]) + 3) % 16).encode()}, 16, 64)
+
+
+@pytest.mark.parametrize("key, value", [("num_classes", 100), ("num_classes", 17), ("num_samples", 17)])
+def test_info_json_unlike_build_json_is_refused(tiny_copy, tmp_path, key, value):
+    """A raised num_classes trains a head with classes never seen; a raised count (its shard's too) is refused."""
+    path = tiny_copy / "_info.json"
+    info = json.loads(path.read_text())
+    if key == "num_classes":
+        info["num_classes"] = value
+    else:  # consistent inside _info.json, so only build.json can tell
+        info["splits"]["train"]["num_samples"] = value
+        info["splits"]["train"]["shard_lengths"][-1] += value - 16
+    path.write_text(json.dumps(info))
+    build = json.loads((tiny_copy / "build.json").read_text())[key]
+    _pretrain_refused(tiny_copy, tmp_path, rf"_info.json says {key} {value}, build.json says {build}",
+                      "data.source=stream")
