@@ -163,3 +163,70 @@ def test_info_json_unlike_build_json_is_refused(tiny_copy, tmp_path, key, value)
     build = json.loads((tiny_copy / "build.json").read_text())[key]
     _pretrain_refused(tiny_copy, tmp_path, rf"_info.json says {key} {value}, build.json says {build}",
                       "data.source=stream")
+
+
+# ----------------------------------------------------------------------------------- config (F-CFG, F-CFG2)
+BAD_VALUES = [
+    ("train.seed=-1", "train.seed"), ("train.steps=.inf", "train.steps"), ("optim.lr_min=-1", "optim.lr_min"),
+    ("optim.opt=bogus", "optim.opt"), ("aug.std=[0,0,0]", "aug.std"), ("aug.mean=[0.5,0.5]", "aug.mean"),
+    ("aug.mean=5", "aug.mean"), ("aug.rrc_scale=[0.5]", "aug.rrc_scale"), ("aug.rrc_scale=0.5", "aug.rrc_scale"),
+    ("aug.rrc_scale=[a,b]", "aug.rrc_scale"), ("aug.rrc_ratio=[0,0]", "aug.rrc_ratio"),
+    ("aug.rrc_ratio=[2,1]", "aug.rrc_ratio"), ("model.drop_path=2", "model.drop_path"),
+    ("model.kwargs={patch_size: 128}", "model.kwargs.patch_size"), ("model.name=5", "model.name"),
+    ("model.name=null", "model.name"), ("model.kwargs=5", "model.kwargs"), ("train.device=5", "train.device"),
+    ("data.resident=5", "data.resident"), ("optim.lr=.inf", "optim.lr"), ("optim.lr=.nan", "optim.lr"),
+    ("optim.lr=null", "optim.lr"), ("optim.warmup_lr=-1", "optim.warmup_lr"),
+    ("data.eval_samples=-1", "data.eval_samples"), ("optim.weight_decay=-1", "optim.weight_decay"),
+    ("optim.clip_grad=-1", "optim.clip_grad"), ("model.drop_path=-1", "model.drop_path"),
+    ("aug.mixup_prob=5", "aug.mixup_prob"), ("aug.mixup_mode=bogus", "aug.mixup_mode"),
+    ("data.workers=-1", "data.workers"), ("data.shuffle_buffer=-1", "data.shuffle_buffer"),
+    ("train.ckpt_every=-1", "train.ckpt_every"), ("train.eval_every=-1", "train.eval_every"),
+    ("train.threads=-1", "train.threads"), ("train.stop_at=-1", "train.stop_at"),
+    ("model.kwargs={depth: 0}", "model.kwargs.depth"), ("train.device=cuda:abc", "train.device"),
+    ("aug.mean=[0.5,", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("override, key", BAD_VALUES)
+def test_bad_config_values_are_named_before_anything_is_made(override, key, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = cli(["pretrain", "--config", "tiny", "--data", "nowhere", "--out", "runs/x", "--set", override],
+                    capsys)
+    assert_one_line(code, err, f"error: {key}: must be " if "YAML" not in key else key)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("override", ["optim.opt=sgd", "optim.opt=lookahead_adamw", "optim.clip_grad=0",
+                                      "optim.clip_grad=null", "train.device=cuda:1", "data.shuffle_buffer=0",
+                                      "model.kwargs={patch_size: 8, depth: 2}", "aug.mean=[0, 0.1, 1]"])
+def test_good_config_values_still_load(override):
+    load_config("tiny", [override])
+
+
+@pytest.mark.parametrize("content, fragment", [(b"- a\n- b\n", "top level must be a mapping"),
+                                               (b"\xff\xfe\x00garbage", "not UTF-8"), (b"42\n", "got int")])
+def test_a_config_file_that_is_not_a_mapping_of_text(content, fragment, tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_bytes(content)
+    code, err = cli(["pretrain", "--config", tmp_path / "bad.yaml", "--data", "nowhere", "--out", tmp_path / "run"],
+                    capsys)
+    assert_one_line(code, err, "bad.yaml", fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_loss_that_turns_nan_fails_the_run_naming_the_step(tiny_dataset, tmp_path, monkeypatch):
+    from train.pretrain import pretrain
+    from train.step import TrainStep
+
+    real = TrainStep.micro_step
+
+    def poisoned(self, images, targets, last):
+        loss = real(self, images, targets, last)
+        return loss * float("nan") if self.step >= 2 else loss  # from the third step on
+
+    monkeypatch.setattr(TrainStep, "micro_step", poisoned)
+    cfg = load_config("tiny", ["data.source=stream", "train.batch_size=8", "train.log_every=1", "data.eval_path=''",
+                               "train.steps=6"], {"data.path": str(tiny_dataset)})
+    with pytest.raises(TrainError, match=r"the loss became nan by step 3"):
+        pretrain(cfg, tmp_path / "run")
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["status"] == "failed" and "step 3" in status["error"]

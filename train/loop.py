@@ -228,6 +228,9 @@ def _train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, 
                 csv_log.write(step, epoch, last_loss, trainer.lr, now - t_start, images_per_s=last_rate,
                               eval_top1=row_eval.get("eval_top1"))
                 progress.row(step, last_loss, trainer.lr, last_rate)
+                if not math.isfinite(last_loss):  # every rank has the same mean, so every rank stops here
+                    raise TrainError(f"the loss became {last_loss} by step {step}: the run diverged (a lower "
+                                     "optim.lr or optim.clip_grad may help); the last checkpoint, if any, stands")
                 loss_sum.zero_()
                 window_steps, window_images, window_t0 = 0, 0, now
             stopping = stop.agreed(env)
