@@ -119,7 +119,7 @@ def test_verify_auto_skips_sha256_over_the_size_limit_and_true_insists(tiny_data
     assert not plan_shards(str(toy), read_info(str(toy)), "auto").verify
     with pytest.raises(TrainError, match="data.verify=true: .* has no build.json"):
         plan_shards(str(toy), read_info(str(toy)), True)
-    with pytest.raises(TrainError, match="data.verify must be auto, true or false"):
+    with pytest.raises(TrainError, match="data.verify: must be auto, true or false"):
         load_config("tiny", ["data.verify=maybe"])
 
 

@@ -192,6 +192,8 @@ def _image_folder(root: Path) -> Path:
     (lambda r: [p.unlink() for p in (r / "train" / "b").iterdir()], "Found no valid file for the classes b"),
     (lambda r: (r / "train" / "a" / "0.png").write_bytes(b""), "0.png: empty file"),
     (lambda r: (r / "test" / "b" / "1.png").write_text("not an image"), "1.png: not an image Pillow can read"),
+    (lambda r: (r / "train" / "a" / "link.png").symlink_to(r / "nowhere.png"), "link.png: cannot be read"),
+    (lambda r: (r / "test" / "b" / "loop.png").symlink_to(r / "test" / "b" / "loop.png"), "loop.png: cannot be read"),
 ])
 def test_bad_image_folders_are_one_line(damage, fragment, tmp_path):
     root = _image_folder(tmp_path / "ds")

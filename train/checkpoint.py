@@ -139,10 +139,11 @@ def write_timm_config(model: torch.nn.Module, out: Path, cfg: Config, step: int)
 
 
 def save_checkpoint(out: Path, trainer: TrainStep, cfg: Config, num_classes: int, steps_per_epoch: int,
-                    env: Dist) -> None:
+                    env: Dist, record: dict[str, Any] | None = None) -> None:
     """Write ``model.safetensors``, ``config.json`` and ``state.pt`` at ``trainer.step``.
 
-    Rank 0 writes; every rank must call (the RNG states are gathered).
+    Rank 0 writes; every rank must call (the RNG states are gathered). ``record`` (e.g. ``{"dataset": ...}``,
+    ``train.resume.dataset_identity``) goes into the model's metadata beside the config, for ``--resume``.
     """
     step = trainer.step
     rngs = [rng_state()]
@@ -152,7 +153,7 @@ def save_checkpoint(out: Path, trainer: TrainStep, cfg: Config, num_classes: int
         rngs = gathered
     if not env.is_main:
         return
-    model_tmp = save_model(trainer.model, out / MODEL_FILE, cfg, num_classes, step, publish=False)
+    model_tmp = save_model(trainer.model, out / MODEL_FILE, cfg, num_classes, step, extra=record, publish=False)
     config_tmp = write_timm_config(trainer.model, out, cfg, step)
     state_tmp = out / (STATE_FILE + ".tmp")
     torch.save({"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),

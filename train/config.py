@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,8 +234,8 @@ def _coerce(kind: str, value: Any, key: str) -> Any:
             return int(float(value))
         if base == "bool" and not isinstance(value, bool):
             raise ValueError
-    except (TypeError, ValueError):
-        raise TrainError(f"config {key}: expected {kind}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise TrainError(f"{key}: must be {kind} (got {value!r})") from None
     return value
 
 
@@ -269,14 +272,23 @@ def load_config(name_or_path: str | Path = "pretrain", overrides: list[str] | No
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
         raise TrainError(f"config {str(name_or_path)!r} not found (built-in: {known}, or a YAML path)")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise TrainError(f"config {path}: not UTF-8 text (a YAML file is)") from None
     except yaml.YAMLError as e:
         raise TrainError(f"config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise TrainError(f"config {path}: its top level must be a mapping of sections (model:, data:, ...), "
+                         f"got {type(tree).__name__}")
     for item in overrides or []:
         if "=" not in item:
             raise TrainError(f"override {item!r}: expected section.key=value")
         key, raw = item.split("=", 1)
-        _set(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise TrainError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+        _set(tree, key.strip(), value)
     for key, value in (values or {}).items():
         if value is not None:
             _set(tree, key, value)
@@ -285,32 +297,120 @@ def load_config(name_or_path: str | Path = "pretrain", overrides: list[str] | No
     return cfg
 
 
+_MISSING = object()
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    """The value at ``dotted`` (``model.kwargs.depth`` looks into the dict), ``_MISSING`` when absent."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node.get(part, _MISSING) if isinstance(node, dict) else getattr(node, part, _MISSING)
+        if node is _MISSING:
+            break
+    return node
+
+
+def _int(lo: int = 0, hi: float = math.inf) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _num(lo: float = 0.0, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False) -> Callable[[Any], bool]:
+    """A finite real number in the interval (YAML's ``.inf`` and ``.nan`` are refused)."""
+    def ok(v: Any) -> bool:
+        return (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi))
+    return ok
+
+
+def _seq(n: int, item: Callable[[Any], bool], increasing: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (isinstance(v, tuple | list) and len(v) == n and all(item(x) for x in v)
+                      and (not increasing or list(v) == sorted(v)))
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _known_opt(name: Any) -> bool:
+    """A name ``timm.optim.create_optimizer_v2`` takes: a registered optimizer, optionally ``lookahead_``-prefixed."""
+    import timm.optim
+
+    return isinstance(name, str) and name.lower().split("_")[-1] in timm.optim.list_optimizers()
+
+
+_is_str = _optional(lambda v: isinstance(v, str))
+
+
 def validate(cfg: Config) -> None:
-    """Check ranges that do not depend on the machine.
+    """Check types and ranges that do not depend on the machine, before anything is read or written.
 
     Raises:
-        TrainError: naming the key and the allowed range.
+        TrainError: ``<key>: must be <what is allowed> (got <value>)``.
     """
-    t, a, o = cfg.train, cfg.aug, cfg.optim
-    checks = [
-        (cfg.data.source in ("auto", "stream", "resident"), "data.source must be auto, stream or resident"),
-        (cfg.data.verify == "auto" or isinstance(cfg.data.verify, bool), "data.verify must be auto, true or false"),
-        (t.amp in ("bf16", "fp16", "none"), "train.amp must be bf16, fp16 or none"),
-        (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), "train.device must be auto, cpu or cuda"),
-        (t.batch_size >= 1, "train.batch_size must be >= 1"),
-        (t.accum_steps >= 1, "train.accum_steps must be >= 1"),
-        (t.steps >= 1 or t.epochs >= 1, "train.steps or train.epochs must be >= 1"),
-        (t.log_every >= 1, "train.log_every must be >= 1"),
-        (cfg.model.img_size >= 8, "model.img_size must be >= 8"),
-        (0 < a.rrc_scale[0] <= a.rrc_scale[1] <= 1, "aug.rrc_scale must be (min, max) with 0 < min <= max <= 1"),
-        (0 <= a.hflip <= 1 and 0 <= a.vflip <= 1, "aug.hflip and aug.vflip must be in [0, 1]"),
-        (0 <= a.re_prob <= 1, "aug.re_prob must be in [0, 1]"),
-        (a.mixup >= 0 and a.cutmix >= 0, "aug.mixup and aug.cutmix must be >= 0"),
-        (0 <= a.smoothing < 1, "aug.smoothing must be in [0, 1)"),
-        (o.lr > 0, "optim.lr must be > 0"),
-        (o.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
-        (cfg.finetune.probe_blocks >= 0, "finetune.probe_blocks must be >= 0"),
+    t = cfg.train
+    img = cfg.model.img_size if _int(8)(cfg.model.img_size) else math.inf
+    nonneg, prob = "a finite number >= 0", "a number in [0, 1]"
+    checks: list[tuple[str, Callable[[Any], bool], str]] = [
+        ("model.name", lambda v: isinstance(v, str) and bool(v), "a timm model name"),
+        ("model.img_size", _int(8), "an integer >= 8"),
+        ("model.drop_path", _num(0, 1, hi_open=True), "a number in [0, 1)"),
+        ("model.kwargs", lambda v: isinstance(v, dict), "a mapping of timm.create_model keyword arguments"),
+        ("model.kwargs.patch_size", _int(1, img), f"an integer in [1, model.img_size = {img}]"),
+        ("model.kwargs.depth", _int(1), "an integer >= 1"),
+        ("data.path", _is_str, "a string"),
+        ("data.source", lambda v: v in ("auto", "stream", "resident"), "auto, stream or resident"),
+        ("data.workers", _int(0), "an integer >= 0"),
+        ("data.shuffle_buffer", _int(0), "an integer >= 0"),
+        ("data.root", lambda v: isinstance(v, str), "a string"),
+        ("data.eval_path", _is_str, "a string (empty: no evaluation)"),
+        ("data.eval_samples", _int(1), "an integer >= 1 (data.eval_path='' skips evaluation)"),
+        ("data.resident", lambda v: isinstance(v, dict), "a mapping of resident-source options"),
+        ("data.verify", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
+        ("aug.rrc_scale", _seq(2, _num(0, 1, lo_open=True), increasing=True), "[min, max] with 0 < min <= max <= 1"),
+        ("aug.rrc_ratio", _seq(2, _num(0, lo_open=True), increasing=True), "[min, max] with 0 < min <= max"),
+        ("aug.interpolation", lambda v: isinstance(v, str), "a string (bicubic, bilinear, ...)"),
+        ("aug.hflip", _num(0, 1), prob),
+        ("aug.vflip", _num(0, 1), prob),
+        ("aug.auto_augment", _is_str, "a timm RandAugment string or null"),
+        ("aug.re_prob", _num(0, 1), prob),
+        ("aug.re_mode", lambda v: v in ("const", "rand", "pixel"), "const, rand or pixel"),
+        ("aug.mixup", _num(0), nonneg),
+        ("aug.cutmix", _num(0), nonneg),
+        ("aug.mixup_prob", _num(0, 1), prob),
+        ("aug.mixup_switch_prob", _num(0, 1), prob),
+        ("aug.mixup_mode", lambda v: v in ("batch", "pair", "elem"), "batch, pair or elem (timm's Mixup modes)"),
+        ("aug.smoothing", _num(0, 1, hi_open=True), "a number in [0, 1)"),
+        ("aug.mean", _seq(3, _num(-math.inf)), "3 finite numbers"),
+        ("aug.std", _seq(3, _num(0, lo_open=True)), "3 numbers > 0"),
+        ("aug.eval_crop_pct", _num(0, lo_open=True), "a finite number > 0"),
+        ("optim.opt", _known_opt, "a timm optimizer (timm.optim.list_optimizers(), e.g. adamw, sgd, lamb)"),
+        ("optim.lr", _num(0, lo_open=True), "a finite number > 0"),
+        ("optim.weight_decay", _num(0), nonneg),
+        ("optim.momentum", _num(0, 1), prob),
+        ("optim.lr_min", _num(0), nonneg),
+        ("optim.warmup_steps", _int(0), "an integer >= 0"),
+        ("optim.warmup_lr", _num(0), nonneg),
+        ("optim.clip_grad", _optional(_num(0)), "a finite number >= 0 (0 or null: no clipping)"),
+        ("train.steps", _int(0), "an integer >= 0"),
+        ("train.epochs", _int(0), "an integer >= 0"),
+        ("train.batch_size", _int(1), "an integer >= 1"),
+        ("train.accum_steps", _int(1), "an integer >= 1"),
+        ("train.amp", lambda v: v in ("bf16", "fp16", "none"), "bf16, fp16 or none"),
+        ("train.device", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+         "auto, cpu, cuda or cuda:N"),
+        ("train.seed", _int(0, 2**32 - 1), "an integer in [0, 2**32)"),
+        ("train.log_every", _int(1), "an integer >= 1"),
+        ("train.ckpt_every", _int(0), "an integer >= 0 (0: only at the end)"),
+        ("train.eval_every", _int(0), "an integer >= 0 (0: only at the end)"),
+        ("train.threads", _int(0), "an integer >= 0 (0: torch's default)"),
+        ("train.stop_at", _int(0), "an integer >= 0 (0: never)"),
+        ("finetune.checkpoint", _is_str, "a path or null"),
+        ("finetune.probe_blocks", _int(0), "an integer >= 0"),
+        ("finetune.eval_batch_size", _int(1), "an integer >= 1"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise TrainError(message)
+    for key, ok, allowed in checks:
+        value = _get(cfg, key)
+        if value is not _MISSING and not ok(value):
+            raise TrainError(f"{key}: must be {allowed} (got {value!r})")
+    if t.steps < 1 and t.epochs < 1:
+        raise TrainError("train.steps / train.epochs: one must be >= 1")

@@ -170,9 +170,14 @@ def check_shards(shards: ShardSet, keep: int = 0) -> list[dict[str, Any]] | None
     return None if any(is_remote(u) for u in shards.urls) else head
 
 
-def _decode(sample: dict[str, Any], num_classes: int | None = None) -> tuple[np.ndarray, int]:
-    """A shard sample -> (uint8 grey (H, W) array, label); a bad sample is an error naming shard and key."""
-    label = sample_label(sample, num_classes)
+def _decode(sample: dict[str, Any], num_classes: int | None = None,
+            size: int | None = None) -> tuple[np.ndarray, int]:
+    """A shard sample -> (uint8 grey (H, W) array, label); a bad sample is an error naming shard and key.
+
+    ``sample_label`` checks the label against ``num_classes`` and the sample's json, and the PNG header against
+    ``size`` (the build's image size, when known).
+    """
+    label = sample_label(sample, num_classes, size)
     try:
         return dataset.decode_grey(sample["png"]), label
     except DatasetError as e:
@@ -242,8 +247,8 @@ class _ShardStream(IterableDataset):
     """
 
     def __init__(self, urls: list[str], transform: Callable, rank: int, world_size: int, seed: int,
-                 epoch: int, shuffle_buffer: int, num_classes: int | None = None):
-        self.urls, self.transform, self.num_classes = urls, transform, num_classes
+                 epoch: int, shuffle_buffer: int, num_classes: int | None = None, size: int | None = None):
+        self.urls, self.transform, self.num_classes, self.size = urls, transform, num_classes, size
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
         self.shuffle_buffer = max(1, shuffle_buffer)
 
@@ -263,7 +268,7 @@ class _ShardStream(IterableDataset):
             for i, sample in enumerate(s for url in mine for s in shard_samples(url)):
                 if not by_shard and i % readers != reader:
                     continue
-                image, label = _decode(sample, self.num_classes)
+                image, label = _decode(sample, self.num_classes, self.size)
                 buffer.append((image, label))
                 if len(buffer) >= self.shuffle_buffer:
                     image, label = buffer.pop(rng.randrange(len(buffer)))
@@ -292,7 +297,7 @@ class StreamSource:
         self.cfg, self.device, self.rank, self.world_size = cfg, device, rank, world_size
         info = info or read_info(cfg.data.path)
         shards = shards or plan_shards(cfg.data.path, info, cfg.data.verify)
-        self.urls = shards.urls
+        self.urls, self.size = shards.urls, shards.size
         self.head = check_shards(shards, keep=cfg.data.eval_samples if cfg.data.eval_path is None else 0)
         self.num_classes = info.num_classes
         self.num_samples = info.splits["train"].num_samples if "train" in info.splits else 0
@@ -309,7 +314,7 @@ class StreamSource:
         """Micro-batches ``start..len-1`` of ``epoch`` on the device (skipping costs decoding them)."""
         cfg = self.cfg
         stream = _ShardStream(self.urls, self.transform, self.rank, self.world_size, cfg.train.seed, epoch,
-                              cfg.data.shuffle_buffer, self.num_classes)
+                              cfg.data.shuffle_buffer, self.num_classes, self.size)
         loader = DataLoader(
             stream, batch_size=self.micro_batch, num_workers=cfg.data.workers,
             pin_memory=self.device.type == "cuda", drop_last=True,

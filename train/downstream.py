@@ -249,6 +249,14 @@ _CHECKED: set[tuple[str, int, int, int]] = set()
 """ImageFolders whose files were checked in this process (repro-small and sweeps fine-tune many times)."""
 
 
+def _stat(path: str) -> os.stat_result:
+    """``os.stat``, with a file that cannot be reached (a broken symlink, no permission) named in one line."""
+    try:
+        return os.stat(path)
+    except OSError as e:
+        raise TrainError(f"image {path}: cannot be read ({e.strerror or type(e).__name__})") from None
+
+
 def _image_folder(folder: Path, transform: Callable) -> Dataset:
     """torchvision's ImageFolder of ``folder``, each file's header checked now (empty, not an image).
 
@@ -262,7 +270,7 @@ def _image_folder(folder: Path, transform: Callable) -> Dataset:
     except (FileNotFoundError, OSError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise TrainError(f"dataset {folder}: {reason}") from None
-    stats = [os.stat(path) for path, _ in images.samples]  # cheap next to opening them
+    stats = [_stat(path) for path, _ in images.samples]  # cheap next to opening them
     for (path, _), st in zip(images.samples, stats, strict=True):
         if st.st_size == 0:
             raise TrainError(f"image {path}: empty file (0 bytes)")

@@ -127,7 +127,7 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
 def train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, env: Dist, total_steps: int,
                resume: bool = False, eval_fn: EvalFn | None = None, eval_every_epoch: bool = False,
-               ) -> dict[str, Any]:
+               record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` for ``total_steps`` optimizer steps on ``source``, writing the run folder ``out``.
 
     Args:
@@ -141,6 +141,7 @@ def train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, e
         eval_fn: ``model -> {"eval_top1": ...}``, run on rank 0 every ``cfg.train.eval_every`` steps,
             at every epoch end when ``eval_every_epoch``, and at the end.
         eval_every_epoch: evaluate at the end of every source epoch (fine-tuning).
+        record: what every checkpoint records besides the config (``{"dataset": ...}``: ``train.resume``).
 
     Returns:
         ``{"step", "loss", "images_per_s", "eval": [...], "elapsed_s"}`` (loss: mean of the last log window),
@@ -148,11 +149,13 @@ def train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, e
         stopped early with a checkpoint.
     """
     with stop_on_signals() as stop:
-        return _train_loop(cfg, model, source, out, env, total_steps, resume, eval_fn, eval_every_epoch, stop)
+        return _train_loop(cfg, model, source, out, env, total_steps, resume, eval_fn, eval_every_epoch, stop,
+                           record)
 
 
 def _train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, env: Dist, total_steps: int,
-                resume: bool, eval_fn: EvalFn | None, eval_every_epoch: bool, stop: StopRequest) -> dict[str, Any]:
+                resume: bool, eval_fn: EvalFn | None, eval_every_epoch: bool, stop: StopRequest,
+                record: dict[str, Any] | None) -> dict[str, Any]:
     t, device = cfg.train, env.device
     accum = t.accum_steps
     if len(source) % accum or len(source) == 0:
@@ -195,7 +198,7 @@ def _train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, 
                           eval_top1=result.get("eval_top1"))
 
     def save() -> None:
-        save_checkpoint(out, trainer, cfg, source.num_classes, steps_per_epoch, env)
+        save_checkpoint(out, trainer, cfg, source.num_classes, steps_per_epoch, env, record)
 
     while step < total_steps:
         epoch = step // steps_per_epoch
@@ -228,6 +231,9 @@ def _train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, 
                 csv_log.write(step, epoch, last_loss, trainer.lr, now - t_start, images_per_s=last_rate,
                               eval_top1=row_eval.get("eval_top1"))
                 progress.row(step, last_loss, trainer.lr, last_rate)
+                if not math.isfinite(last_loss):  # every rank has the same mean, so every rank stops here
+                    raise TrainError(f"the loss became {last_loss} by step {step}: the run diverged (a lower "
+                                     "optim.lr or optim.clip_grad may help); the last checkpoint, if any, stands")
                 loss_sum.zero_()
                 window_steps, window_images, window_t0 = 0, 0, now
             stopping = stop.agreed(env)

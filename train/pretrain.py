@@ -17,6 +17,7 @@ from train.distributed import seed_everything, setup
 from train.errors import TrainError
 from train.loop import evaluate, train_loop
 from train.model import check_model_name, create_model
+from train.resume import check_resume, dataset_identity
 from train.run_folder import check_tensorboard, run_job, start_run_folder
 from train.step import amp_dtype
 
@@ -42,9 +43,12 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     out = Path(out)
     check_model_name(cfg.model.name)
     check_tensorboard(cfg)
+    if resume:  # another config is refused before the shards are read; the dataset is compared once opened
+        check_resume(out, cfg, compare_data=False)
     env = setup(cfg)
     seed_everything(cfg.train.seed)
     source = make_source(cfg, env.device, env.rank, env.world_size)
+    data = dataset_identity(cfg.data.path, type(source).__name__)
     model = create_model(cfg, source.num_classes)
     # the evaluation set is the first samples of the training set unless data.eval_path says otherwise: the
     # source kept their bytes from its one read of the shards (its ``head``), and need not hold them longer
@@ -52,7 +56,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     eval_loader = make_pretrain_eval_loader(cfg, head) if env.is_main else None
     if env.device.type == "cpu" and env.is_main:
         _say_cpu(cfg)
-    from_checkpoint = start_run_folder(out, cfg, resume, env.is_main)
+    from_checkpoint = start_run_folder(out, cfg, resume, env.is_main, data)
     amp = amp_dtype(cfg.train.amp, env.device)
 
     def eval_fn(m: Any) -> dict[str, float]:
@@ -61,7 +65,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     def train() -> dict[str, Any]:
         try:
             return train_loop(cfg, model, source, out, env, total_steps=cfg.train.steps, resume=from_checkpoint,
-                              eval_fn=eval_fn)
+                              eval_fn=eval_fn, record={"dataset": data})
         finally:
             source.close()
 

@@ -91,6 +91,7 @@ def repro_small(out: Path, dataset: str | None, cifar: str, data_root: Path, bud
     from train.downstream import resolve_downstream
     from train.finetune import finetune
     from train.pretrain import pretrain
+    from train.run_folder import claim_folder
 
     try:
         budget_list = sorted(float(b) for b in budgets.split(",") if b.strip())
@@ -108,7 +109,7 @@ def repro_small(out: Path, dataset: str | None, cifar: str, data_root: Path, bud
         read_info(dataset)  # a typo'd --dataset is one line before anything is written
     # the fine-tuning data first: without it (no internet, no copy) nothing is built or written
     cifar_root = resolve_downstream(cifar, data_root, "--cifar")
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "repro-small")
     ds = Path(dataset) if dataset else _build_dataset(out, cpu_check, {})
 
     pt_base, ft_base = ("tiny", "tiny-finetune") if cpu_check else ("pretrain", "finetune")
@@ -177,12 +178,10 @@ def repro_small(out: Path, dataset: str | None, cifar: str, data_root: Path, bud
 
 
 def _fresh(path: Path) -> Path:
-    """A run folder for this repro run (an old one from a previous repro is replaced)."""
-    import shutil
+    """A run folder for this repro run: an old one from a previous repro is replaced, anything else refused."""
+    from train.run_folder import clear_run_folder
 
-    if path.exists():
-        shutil.rmtree(path)
-    return path
+    return clear_run_folder(path)
 
 
 def _yaml(text: str) -> Any:

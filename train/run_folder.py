@@ -22,6 +22,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -36,14 +37,16 @@ try:
 except ImportError:  # Windows: no flock, so no guard against a second process in the same folder
     fcntl = None
 
-from train.checkpoint import checkpoint_files
+from train.checkpoint import MODEL_FILE, STATE_FILE, TIMM_CONFIG_FILE, checkpoint_files
 from train.config import Config
 from train.distributed import Dist, leave
 from train.errors import TrainError
+from train.resume import check_resume
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "run.json"
+STATUSES = ("running", "stopped", "failed", "complete")  # what write_status writes
 LOG_FILE = "log.csv"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
@@ -92,35 +95,88 @@ def check_tensorboard(cfg: Config) -> None:
         raise TrainError("log.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
 
 
-def start_run_folder(out: Path, cfg: Config, resume: bool, is_main: bool) -> bool:
+def trainer_status(out: Path) -> dict[str, Any] | None:
+    """``out/run.json`` when this trainer wrote it (a JSON object with its status and time), else None."""
+    try:
+        status = json.loads((out / STATUS_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    ours = isinstance(status, dict) and status.get("status") in STATUSES and isinstance(status.get("time"), str)
+    return status if ours else None
+
+
+def _inspect(out: Path, resume: bool) -> tuple[str, bool, bool]:
+    """What ``out`` holds: (why it cannot be used or "", whether a run started there, whether it has a checkpoint).
+
+    Only a folder that is absent, empty or a run folder this trainer wrote (its ``run.json``) is used: a user's
+    own files, even ones named like the trainer's (``config.yaml``, ``log.csv``), are never written over.
+    """
+    if out.exists() and not out.is_dir():
+        return f"--out {out}: not a folder", False, False
+    try:
+        names = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) if out.is_dir() else []
+    except OSError as e:
+        return f"--out {out}: cannot read the folder ({e.strerror or e})", False, False
+    started = trainer_status(out) is not None
+    if names and not started:
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        return (f"--out {out} holds files that are not a run of this trainer ({shown}); pass an empty or new "
+                "folder", False, False)
+    has_checkpoint = any(checkpoint_files(out)) if started else False
+    if not resume and has_checkpoint:
+        return f"run folder {out} already holds a run: pass --resume or another --out", started, has_checkpoint
+    return "", started, has_checkpoint
+
+
+def start_run_folder(out: Path, cfg: Config, resume: bool, is_main: bool,
+                     data: dict[str, Any] | None = None) -> bool:
     """Create (or, on resume, check) the run folder and take its lock; refuse to mix a new run into an old one.
 
-    A folder whose run ended before its first checkpoint (killed, failed, stopped early) holds nothing to
-    keep: ``--resume`` and a plain rerun both start it again from step 0. Rank 0 decides and tells the others,
-    so that a refusal stops every rank instead of leaving them waiting.
+    A folder whose run ended before its first checkpoint (killed, failed, stopped early, or killed before it
+    made the folder at all) holds nothing to keep: ``--resume`` and a plain rerun both start it from step 0,
+    so that a requeue script can always pass ``--resume``. A checkpoint is resumed only with the run's own
+    config and dataset (``train.resume.check_resume``), checked before anything in the folder changes. Rank 0
+    decides and tells the others, so that a refusal stops every rank instead of leaving them waiting.
+
+    Args:
+        out: the run folder.
+        cfg: the command's resolved config (written to ``config.yaml``).
+        resume: continue the checkpoint in ``out``, if any.
+        is_main: rank 0 (the only one that reads and writes the folder).
+        data: ``train.resume.dataset_identity`` of the command's dataset, compared on resume with what the
+            checkpoint recorded (None: compare ``data.path``).
 
     Returns:
         Whether there is a checkpoint to resume from (False: train from step 0).
 
     Raises:
-        TrainError: a run with a checkpoint without ``--resume``, nothing to resume, or a folder in use.
+        TrainError: a run with a checkpoint without ``--resume``, ``--resume`` with another config or dataset
+            than the run's, a folder in use, or an ``out`` that is a file, cannot be created or holds files that
+            are not a run (``_inspect``).
     """
     error, from_checkpoint = "", False
     if is_main:
-        has_model, has_state = checkpoint_files(out) if out.is_dir() else (False, False)
-        started = (out / STATUS_FILE).is_file() or (out / "config.yaml").is_file()
-        if resume and not (started or has_model or has_state):
-            error = f"--resume: {out} holds no run to resume; run without --resume to start one"
-        elif not resume and (has_model or has_state):
-            error = f"run folder {out} already holds a run: pass --resume or another --out"
-        else:
-            out.mkdir(parents=True, exist_ok=True)
+        error, started, has_checkpoint = _inspect(out, resume)
+        if not error and resume and has_checkpoint:
+            try:
+                check_resume(out, cfg, data)
+            except TrainError as e:
+                error = str(e)
+        if not error:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                error = f"--out {out}: cannot create the folder ({e.strerror or e})"
+        if not error:
             error = _take_lock(out)
         if not error:
-            from_checkpoint = resume and (has_model or has_state)
+            from_checkpoint = resume and has_checkpoint
             if started and not from_checkpoint:
                 log.warning("%s: the run there ended before its first checkpoint; starting it again from step 0",
                             out)
+            elif resume and not started:
+                log.warning("--resume: %s holds no run yet (none was started, or it was killed before its "
+                            "folder was made); starting one from step 0", out)
             (out / "config.yaml").write_text(cfg.to_yaml())
             write_status(out, "running")
     if dist.is_initialized():
@@ -130,6 +186,81 @@ def start_run_folder(out: Path, cfg: Config, resume: bool, is_main: bool) -> boo
     if error:
         raise TrainError(error)
     return from_checkpoint
+
+
+JOB_FILE = "job.json"  # marks the --out of a sweep or repro-small as theirs
+# what a run writes into its folder (and the temporary names it writes them under): all a fresh run may remove
+_RUN_FILES = {"config.yaml", STATUS_FILE, LOG_FILE, METRICS_FILE, CURVES_FILE, TENSORBOARD_DIR, LOCK_FILE,
+              MODEL_FILE, STATE_FILE, TIMM_CONFIG_FILE}
+_RUN_FILES |= {name + ".tmp" for name in _RUN_FILES}
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+
+def claim_folder(out: Path, kind: str) -> None:
+    """Make ``out`` the folder of a ``kind`` job (``sweep``, ``repro-small``) that writes run folders inside it.
+
+    Absent or empty, it is created and marked (``job.json``); marked by the same kind, it is reused. Anything
+    else is refused untouched, since the job replaces the run folders it finds inside.
+
+    Raises:
+        TrainError: ``out`` is a file, cannot be created, or holds files that are not this kind's.
+    """
+    marker = out / JOB_FILE
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out {out}: not a folder")
+    try:
+        names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        mine = json.loads(marker.read_text()).get("kind") == kind if marker.is_file() else False
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        mine = False
+    if names and not mine:
+        raise TrainError(f"--out {out} holds files that are not a {kind} folder ({_listing(names)}); pass an "
+                         "empty or new folder")
+    if not names:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"kind": kind, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        except OSError as e:
+            raise TrainError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+
+
+def clear_run_folder(out: Path) -> Path:
+    """Empty ``out`` for a fresh run: it may hold only a run this trainer wrote, whose files alone are removed.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        TrainError: ``out`` holds anything a run does not write, or a process is training there.
+    """
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise TrainError(f"{out}: not a folder; it is left as it is")
+    names = sorted(p.name for p in out.iterdir())
+    foreign = [n for n in names if n not in _RUN_FILES]
+    board = out / TENSORBOARD_DIR
+    if board.is_dir() and not board.is_symlink():
+        foreign += [f"{TENSORBOARD_DIR}/{p.name}" for p in board.iterdir()
+                    if not (p.is_file() and p.name.startswith("events.out.tfevents."))]
+    if foreign or (names and trainer_status(out) is None and set(names) - {LOCK_FILE}):
+        raise TrainError(f"{out} holds files this trainer did not write ({_listing(foreign or names)}); move them "
+                         "or pass another --out")
+    if LOCK_FILE in names:  # a process training there holds it
+        error = _take_lock(out)
+        if error:
+            raise TrainError(error)
+        release_run_folder(out)
+    for name in names:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)  # tensorboard/: event files the run wrote
+        else:
+            path.unlink()
+    return out
 
 
 def write_status(out: Path, status: str, **extra: Any) -> None:

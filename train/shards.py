@@ -3,9 +3,12 @@
 Every pre-training source (``train/data.py``'s stream, ``train/resident.py``) reads its shards through
 ``checked_samples``, so each gets the same checks from its one read:
 
+- before any is read, ``_info.json``'s ``num_classes`` and ``num_samples`` against ``build.json``'s;
 - before a shard is read, its size against ``build.json`` (a cut or replaced file is refused unread);
 - while it is read, every sample has a ``png`` and an integer ``cls`` in ``[0, num_classes)`` (a label out of
-  range is one line naming the shard and the key, not a CUDA assert or a RuntimeError in the loss);
+  range is one line naming the shard and the key, not a CUDA assert or a RuntimeError in the loss), equal to
+  its ``json``'s ``label``, and a PNG header of ``build.json``'s image size (the stream repeats these checks
+  on every sample it decodes, remote shards included);
 - after it is read, its sample count against ``_info.json`` (a tar cut at a member boundary reads as a
   valid, shorter tar) and, when ``data.verify`` is on, its sha256 against ``build.json``, hashed while read
   (a flipped byte inside a PNG that still decodes);
@@ -22,6 +25,7 @@ The format on disk is ``fracgen.dataset``'s: this module only compares and maps 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -100,11 +104,13 @@ def _cause(e: Exception, url: str) -> str:
     return str(e).removeprefix(f"shard {url}: ")
 
 
-def sample_label(sample: dict[str, Any], num_classes: int | None = None) -> int:
-    """The integer label of a raw sample, checked to be in ``[0, num_classes)``.
+def sample_label(sample: dict[str, Any], num_classes: int | None = None, size: int | None = None) -> int:
+    """The integer label of a raw sample, checked to be in ``[0, num_classes)`` and to agree with the sample's own
+    ``json`` (its ``label``); with ``size``, the PNG's header must say ``size`` x ``size`` (read without decoding).
 
     Raises:
-        TrainError: naming the shard and the key: no png/cls, a cls that is not an integer, or out of range.
+        TrainError: naming the shard and the key: no png/cls, a cls that is not an integer, out of range, unlike
+            the json's label, or an image of another size.
     """
     where = f"shard {sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
     if "png" not in sample or "cls" not in sample:
@@ -116,6 +122,20 @@ def sample_label(sample: dict[str, Any], num_classes: int | None = None) -> int:
     if num_classes is not None and not 0 <= label < num_classes:
         raise TrainError(f"{where}: label {label} is out of range for the {num_classes} classes of "
                          f"{dataset.INFO_JSON} (num_classes); the dataset is damaged or mislabelled")
+    if "json" in sample:  # a few hundred bytes: parsing it is small next to the PNG decode
+        try:
+            meta = json.loads(sample["json"])
+        except (UnicodeDecodeError, ValueError):
+            raise TrainError(f"{where}: its json entry is not valid JSON; the dataset is damaged") from None
+        if isinstance(meta, dict) and "label" in meta and meta["label"] != label:
+            raise TrainError(f"{where}: cls {label} but its json says label {meta['label']!r}; the dataset is "
+                             "damaged or mislabelled")
+    png = sample["png"]
+    if size is not None and dataset.png_colour_type(png) is not None:  # not a PNG: decoding names it
+        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        if (width, height) != (size, size):
+            raise TrainError(f"{where}: image is {width}x{height} px, {dataset.BUILD_JSON} records size {size}; "
+                             "the dataset is damaged")
     return label
 
 
@@ -139,6 +159,7 @@ class ShardSet:
         shards: in ``_info.json`` order (folder) or pattern order.
         verify: sha256 is checked while reading.
         labels: the distinct labels met by ``checked_samples`` so far.
+        size: every image is ``size`` x ``size`` px (``build.json``'s config; None: not recorded, not checked).
     """
 
     path: str
@@ -146,6 +167,7 @@ class ShardSet:
     shards: list[Shard]
     verify: bool = False
     labels: set[int] = field(default_factory=set)
+    size: int | None = None
 
     @property
     def urls(self) -> list[str]:
@@ -153,15 +175,26 @@ class ShardSet:
         return [s.url for s in self.shards]
 
 
-def _build_records(folder: Path) -> dict[str, dict[str, Any]] | None:
-    """``build.json``'s shard records by file name, or None when the folder holds no build.json."""
+def _read_build(folder: Path, info: DatasetInfo) -> dict[str, Any] | None:
+    """``build.json`` of ``folder`` (None when it holds none), checked to agree with ``_info.json``.
+
+    Raises:
+        TrainError: an unreadable ``build.json``, or one whose ``num_classes`` / ``num_samples`` differ from
+            ``_info.json``'s (one of the two was changed since the build).
+    """
     if not dataset.is_complete(folder):
         return None
     try:
         build = dataset.read_build(folder)
     except FracgenError as e:
         raise TrainError(f"dataset {folder}: {e}") from None
-    return {str(r.get("filename")): r for r in build["shards"] if isinstance(r, dict)}
+    split = info.splits.get("train")
+    for key, ours in (("num_classes", info.num_classes), ("num_samples", split.num_samples if split else None)):
+        theirs = build.get(key)
+        if ours is not None and isinstance(theirs, int) and theirs != ours:
+            raise TrainError(f"dataset {folder}: {dataset.INFO_JSON} says {key} {ours}, {dataset.BUILD_JSON} "
+                             f"says {theirs}; one was changed since the build (`fracgen verify {folder}`)")
+    return build
 
 
 def _parse_verify(verify: str | bool) -> str:
@@ -188,7 +221,10 @@ def plan_shards(path: str, info: DatasetInfo, verify: str | bool = "auto") -> Sh
     counts = dict(zip(split.filenames, split.shard_lengths, strict=True)) if split else {}
     local = not any(is_remote(u) for u in urls)
     folder = Path(path) if local and Path(path).is_dir() else Path(urls[0]).parent
-    records = _build_records(folder) if local else None
+    build = _read_build(folder, info) if local else None
+    records = {str(r.get("filename")): r for r in build["shards"] if isinstance(r, dict)} if build else None
+    config = build.get("config") if build else None
+    side = config.get("size") if isinstance(config, dict) else None
     shards = []
     for url in urls:
         name = url.rsplit("/", 1)[-1]
@@ -211,7 +247,8 @@ def plan_shards(path: str, info: DatasetInfo, verify: str | bool = "auto") -> Sh
                      total / 1e9)
     if not on:
         shards = [Shard(s.url, s.num_samples, s.bytes) for s in shards]
-    return ShardSet(path, info.num_classes, shards, verify=on)
+    return ShardSet(path, info.num_classes, shards, verify=on,
+                    size=side if isinstance(side, int) and not isinstance(side, bool) else None)
 
 
 class _HashingReader:
@@ -236,13 +273,15 @@ class _HashingReader:
             pass
 
 
-def read_shard(shard: Shard, num_classes: int, labels: set[int] | None = None) -> Iterator[dict[str, Any]]:
+def read_shard(shard: Shard, num_classes: int, labels: set[int] | None = None,
+               side: int | None = None) -> Iterator[dict[str, Any]]:
     """The samples of one local shard, read once and checked (see the module docstring).
 
     Args:
         shard: the shard and its records.
         num_classes: labels must be in ``[0, num_classes)``.
         labels: when given, the labels met are added to it.
+        side: the images' size in px (square), when recorded.
 
     Yields:
         The raw samples (``fracgen.dataset.iter_shard`` dicts), in tar order.
@@ -263,7 +302,7 @@ def read_shard(shard: Shard, num_classes: int, labels: set[int] | None = None) -
         with open(path, "rb") as f:
             reader = _HashingReader(f, url, hashlib.sha256() if shard.sha256 else None)
             for sample in dataset.iter_shard(reader):
-                label = sample_label(sample, num_classes)
+                label = sample_label(sample, num_classes, side)
                 if labels is not None:
                     labels.add(label)
                 count += 1
@@ -292,7 +331,7 @@ def checked_samples(shards: ShardSet) -> Iterator[dict[str, Any]]:
     """
     for shard in shards.shards:
         if not is_remote(shard.url):
-            yield from read_shard(shard, shards.num_classes, shards.labels)
+            yield from read_shard(shard, shards.num_classes, shards.labels, shards.size)
     if shards.num_classes == 1 or len(shards.labels) == 1:
         label = next(iter(shards.labels), 0)
         log.warning("dataset %s has a single class (label %d of num_classes %d): every image has the same label, "

@@ -29,7 +29,6 @@ import csv
 import itertools
 import json
 import logging
-import shutil
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -100,9 +99,10 @@ def _done(run: Path) -> dict[str, Any] | None:
 
 
 def _fresh(run: Path) -> Path:
-    if run.exists():  # an incomplete run of an earlier sweep: start it again
-        shutil.rmtree(run)
-    return run
+    """An incomplete run of an earlier sweep starts again; a folder the trainer did not write is refused."""
+    from train.run_folder import clear_run_folder
+
+    return clear_run_folder(run)
 
 
 def run_sweep(spec: dict[str, Any], out: Path, data_root: str | Path = "data",
@@ -123,10 +123,11 @@ def run_sweep(spec: dict[str, Any], out: Path, data_root: str | Path = "data",
     from train.downstream import resolve_downstream
     from train.finetune import finetune
     from train.pretrain import pretrain
+    from train.run_folder import claim_folder
 
     # the fine-tuning data first: without it nothing is built and no folder is made
     ft_data = resolve_downstream(str(spec["finetune"]["data"]), data_root, option)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "sweep")
     pt, ft = spec["pretrain"], spec["finetune"]
 
     def ft_run(name: str, ckpt: Path | None) -> dict[str, Any]:
