@@ -123,7 +123,9 @@ def main() -> None:
         if os.environ.get("RANK", "0") == "0":  # every rank raises the same one line
             click.echo(f"error: {_one_line(str(e))}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:
+        if isinstance(e.__cause__, EOFError):  # click turns any EOFError into Abort: a fault, not a Ctrl-C
+            raise e.__cause__ from None
         click.echo("error: aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:

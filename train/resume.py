@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 
 from fracgen import dataset
 from fracgen.errors import FracgenError
-from train.checkpoint import MODEL_FILE
+from train.checkpoint import MODEL_FILE, STATE_FILE, check_state_file
 from train.config import Config
 from train.data import read_info
 from train.errors import TrainError
@@ -143,6 +143,8 @@ def _show(value: Any) -> str:
 def check_resume(out: Path, cfg: Config, data: dict[str, Any] | None = None, compare_data: bool = True) -> None:
     """Refuse ``--resume`` of the checkpoint in ``out`` with a config (or dataset) other than the run's.
 
+    An empty or truncated ``state.pt`` is refused here too (``checkpoint.check_state_file``).
+
     Args:
         out: the run folder (nothing is written to it).
         cfg: the command's resolved config.
@@ -150,11 +152,14 @@ def check_resume(out: Path, cfg: Config, data: dict[str, Any] | None = None, com
         compare_data: False before the dataset is opened (an early check of the config alone).
 
     Raises:
-        TrainError: ``--resume: RUN was run with KEY=OLD, this command gives NEW; ...``.
+        TrainError: ``--resume: RUN was run with KEY=OLD, this command gives NEW; ...``, or
+            ``--resume: RUN/state.pt is damaged (...)``.
     """
     stored = stored_run(out)
     if stored is None:
         return
+    if (out / STATE_FILE).is_file():  # an empty or cut-short state.pt, named before anything is read or written
+        check_state_file(out)
     found = differences(stored, cfg, data, compare_data)
     if not found:
         return
