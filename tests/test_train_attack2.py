@@ -2,6 +2,7 @@
 run (F-RES4), a loss or metric that is not finite (F-NAN). Each refusal is one line, exit 2, folder untouched.
 One torch thread, tiny ViT, a few steps."""
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -24,13 +25,15 @@ def cli(argv, capsys):
 
     old = sys.argv
     sys.argv = ["python -m train", *map(str, argv)]
+    code = 0
     try:
-        with pytest.raises(SystemExit) as e:
-            main()
+        main()
+    except SystemExit as e:
+        code = e.code
     finally:
         sys.argv = old
     captured = capsys.readouterr()
-    return e.value.code, captured.out, captured.err
+    return code, captured.out, captured.err
 
 
 def snapshot(folder: Path) -> dict:
@@ -119,3 +122,63 @@ def test_an_eof_error_is_not_taken_for_ctrl_c(monkeypatch, tmp_path):
             main()
     finally:
         sys.argv = old
+
+
+def image_folder(root: Path, classes=("cat", "dog"), train=10, test=4, size=16) -> Path:
+    """A small ImageFolder root (train/, test/) of flat-colour PNGs, one colour per class."""
+    from PIL import Image
+
+    for split, count in (("train", train), ("test", test)):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new("RGB", (size, size), (40 * c + 3 * i, 200 - 40 * c, 90)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def ft_cfg(data, *overrides):
+    return load_config("tiny-finetune", ["train.epochs=1", "train.batch_size=10", "train.log_every=1", *overrides],
+                       {"data.path": str(data)})
+
+
+# ----------------------------------------------------------------------------- --resume of a complete run (F-RES4)
+def test_resume_of_a_complete_run_says_so_and_leaves_the_folder_byte_identical(complete, tiny_dataset, tmp_path,
+                                                                                capsys):
+    run = tmp_path / "run"
+    shutil.copytree(complete, run)
+    before = snapshot(run)
+    code, out, err = cli(resume_argv(tiny_dataset, run), capsys)
+    assert code == 0 and f"{run} is complete (6 steps); nothing to do" in out, (code, out, err)
+    assert snapshot(run) == before
+    # another total is another run, still refused
+    code, _, err = cli([*resume_argv(tiny_dataset, run), "--steps", "9"], capsys)
+    assert_one_line(code, err, "train.steps=6, this command gives 9")
+    assert snapshot(run) == before
+
+
+def test_a_run_killed_after_its_last_checkpoint_reports_its_logged_loss(complete, tiny_dataset, tmp_path):
+    """Killed between the final checkpoint and metrics.json: --resume finishes it with finite metrics."""
+    from train.run_folder import write_status
+
+    run = tmp_path / "run"
+    shutil.copytree(complete, run)
+    (run / "metrics.json").unlink()
+    write_status(run, "running")
+    logged = [line.split(",") for line in (run / "log.csv").read_text().splitlines()[1:] if line.split(",")[4]]
+    m = pretrain(cfg_of(tiny_dataset), run, resume=True)
+    assert m["steps"] == 6 and m["final_loss"] == pytest.approx(float(logged[-1][2]))
+    text = (run / "metrics.json").read_text()
+    assert "NaN" not in text and json.loads(text)["final_loss"] == m["final_loss"]
+    assert "nan" not in (run / "log.csv").read_text()
+
+
+def test_resume_of_a_complete_finetune_does_nothing(complete, tmp_path):
+    from train.finetune import finetune
+
+    data = image_folder(tmp_path / "if")
+    cfg = ft_cfg(data, f"finetune.checkpoint={complete}")
+    first = finetune(cfg, tmp_path / "ft")
+    before = snapshot(tmp_path / "ft")
+    again = finetune(ft_cfg(data, f"finetune.checkpoint={complete}"), tmp_path / "ft", resume=True)
+    assert again["already_complete"] and again["top1"] == first["top1"]
+    assert snapshot(tmp_path / "ft") == before

@@ -94,7 +94,9 @@ def _report(metrics: dict, out: Path, summary) -> None:
     """One line from rank 0: the run's summary, or how to continue a run stopped by train.stop_at."""
     if os.environ.get("RANK", "0") != "0":
         return
-    if metrics.get("stopped"):
+    if metrics.get("already_complete"):
+        click.echo(f"{out} is complete ({metrics.get('steps')} steps); nothing to do")
+    elif metrics.get("stopped"):
         reason = metrics.get("reason", "train.stop_at")
         click.echo(f"stopped at step {metrics['steps']} ({reason}); a checkpoint is in {out}: the same command with --resume continues")
         if reason.startswith("SIG"):  # stopped by a signal: the shell's convention, 128 + its number

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -329,6 +330,7 @@ class CsvLog:
 
     def __init__(self, out: Path, step: int, enabled: bool = True, tensorboard: bool = False) -> None:
         self.path, self.enabled, self.writer = out / LOG_FILE, enabled, None
+        self.last_loss = math.nan  # of the last training row kept (a run resumed at its end reports it)
         if not enabled:
             return
         if tensorboard:
@@ -340,6 +342,11 @@ class CsvLog:
         if self.path.is_file():
             with open(self.path) as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+            kept = [r for r in rows if r.get("images_per_s")]
+            try:
+                self.last_loss = float(kept[-1]["loss"]) if kept else math.nan
+            except (TypeError, ValueError):
+                self.last_loss = math.nan
         with open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.FIELDS)
             writer.writeheader()
