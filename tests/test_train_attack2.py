@@ -182,3 +182,59 @@ def test_resume_of_a_complete_finetune_does_nothing(complete, tmp_path):
     again = finetune(ft_cfg(data, f"finetune.checkpoint={complete}"), tmp_path / "ft", resume=True)
     assert again["already_complete"] and again["top1"] == first["top1"]
     assert snapshot(tmp_path / "ft") == before
+
+
+# ------------------------------------------------------------------------------------ a loss that is not finite (F-NAN)
+def test_a_checkpoint_with_nan_weights_is_refused_before_the_run_folder(complete, tmp_path, capsys):
+    """A checkpoint whose weights hold NaN (metadata kept) would fine-tune to a NaN loss: named up front."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    src = complete / "model.safetensors"
+    with safe_open(str(src), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(src))
+    tensors["blocks.0.attn.qkv.weight"].fill_(float("nan"))
+    save_file(tensors, str(tmp_path / "nan.safetensors"), metadata=meta)
+    data = image_folder(tmp_path / "if")
+    code, _, err = cli(["finetune", "--config", "tiny-finetune", "--data", data, "--checkpoint",
+                        tmp_path / "nan.safetensors", "--out", tmp_path / "ft", "--epochs", "1", "--batch-size", "10"],
+                       capsys)
+    assert_one_line(code, err, "nan.safetensors", "blocks.0.attn.qkv.weight", "NaN or inf")
+    assert not (tmp_path / "ft").exists()
+
+
+def test_a_finetune_whose_loss_becomes_nan_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    from train.step import TrainStep
+
+    real = TrainStep.micro_step
+
+    def poisoned(self, images, targets, last):
+        loss = real(self, images, targets, last)
+        return loss * float("inf") if self.step >= 1 else loss  # from the second step on
+
+    monkeypatch.setattr(TrainStep, "micro_step", poisoned)
+    data = image_folder(tmp_path / "if", train=20)
+    code, _, err = cli(["finetune", "--config", "tiny-finetune", "--data", data, "--out", tmp_path / "ft",
+                        "--epochs", "1", "--batch-size", "10", "--set", "train.log_every=1"], capsys)
+    assert_one_line(code, err, "the loss became inf by step 2")
+    status = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert status["status"] == "failed" and not (tmp_path / "ft" / "metrics.json").exists()
+
+
+def test_metrics_never_hold_nan(tmp_path):
+    """Whatever a job reports, metrics.json is strict JSON: a value that is not finite is written as null."""
+    from train.distributed import Dist
+    from train.run_folder import run_job
+
+    (tmp_path / "run").mkdir()
+    env = Dist(rank=0, world_size=1, local_rank=0, device=__import__("torch").device("cpu"))
+    result = {"step": 3, "loss": float("nan"), "images_per_s": float("inf"), "eval": [], "elapsed_s": 1.0}
+    values = run_job(tmp_path / "run", env, lambda: result,
+                     lambda r: {"steps": r["step"], "final_loss": r["loss"], "images_per_s": r["images_per_s"],
+                                "per_epoch": [{"step": 3, "eval_top1": float("-inf")}]}, complete="steps")
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    written = json.loads(text, parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}"))
+    assert written["final_loss"] is None and written["images_per_s"] is None
+    assert written["per_epoch"][0]["eval_top1"] is None and written["steps"] == 3
+    assert values["final_loss"] is None

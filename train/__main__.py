@@ -71,7 +71,7 @@ def pretrain(config, out, resume, overrides, **flags) -> None:
     from train.pretrain import pretrain as run
 
     m = run(load_config(config or "pretrain", list(overrides), _values(**flags)), out, resume=resume)
-    _report(m, out, lambda: f"pre-trained {m['steps']} steps: loss {m['final_loss']:.3f}, top-1 on its "
+    _report(m, out, lambda: f"pre-trained {m['steps']} steps: loss {_num(m['final_loss'], '.3f')}, top-1 on its "
             f"{m['num_classes']} classes {m['eval_top1']}% (chance {m['chance']:.1f}%); {out}/model.safetensors")
 
 
@@ -88,6 +88,11 @@ def finetune(config, out, resume, overrides, **flags) -> None:
     m = run(load_config(config or "finetune", list(overrides), _values(**flags)), out, resume=resume)
     _report(m, out, lambda: f"fine-tuned {m['steps']} steps ({m['checkpoint'] or 'scratch'}): "
             f"test top-1 {m['top1']:.2f}%")
+
+
+def _num(value: float | None, spec: str) -> str:
+    """A metric as text; None (``metrics.json`` writes a value that is not finite as null) as ``n/a``."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def _report(metrics: dict, out: Path, summary) -> None:

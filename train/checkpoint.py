@@ -297,7 +297,7 @@ def load_pretrained(cfg: Config, checkpoint: str | Path, num_classes: int) -> to
     position embeddings when ``cfg.model.img_size`` differs from the pre-training resolution.
 
     Raises:
-        TrainError: the checkpoint is of another architecture than ``cfg.model``.
+        TrainError: the checkpoint is of another architecture than ``cfg.model``, or holds NaN / inf weights.
     """
     check_model_name(cfg.model.name)
     path = adopt_architecture(cfg, checkpoint)["path"]
@@ -310,7 +310,13 @@ def load_pretrained(cfg: Config, checkpoint: str | Path, num_classes: int) -> to
         raise TrainError(f"checkpoint {path} does not fit {cfg.model.name}: {str(e).splitlines()[0]}") from None
     # timm loads non-strictly once the head is dropped: check that every other tensor was there
     head = unwrap(model).default_cfg.get("classifier", "head")
-    keys = {k for k in load_file(path) if not k.startswith(head + ".")}
+    tensors = load_file(path)
+    # weights that are NaN or inf would train to a NaN loss: named here, before a run folder is made
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise TrainError(f"checkpoint {path}: {len(broken)} tensor(s) hold NaN or inf values ({', '.join(broken[:3])}"
+                         f"{', ...' if len(broken) > 3 else ''}): the run that wrote it diverged")
+    keys = {k for k in tensors if not k.startswith(head + ".")}
     wanted = {k for k in model.state_dict() if not k.startswith(head + ".")}
     if keys != wanted:
         raise TrainError(f"checkpoint {path} does not fit {cfg.model.name}: "

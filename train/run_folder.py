@@ -283,7 +283,8 @@ def run_job(out: Path, env: Dist, train: Callable[[], dict[str, Any]],
         complete: the metrics key repeated in the "complete" status (e.g. ``steps``, ``top1``).
 
     Returns:
-        The metrics, or ``{"stopped": True, "steps": n, "reason": why}`` when a signal (``SIGTERM``,
+        The metrics (a value that is not finite as None, as in ``metrics.json``), or ``{"stopped": True,
+        "steps": n, "reason": why}`` when a signal (``SIGTERM``,
         ``SIGINT``) or ``train.stop_at`` ended the run early with a checkpoint. Every rank has left the
         process group by then (``distributed.leave``), after waiting for rank 0's last writes.
     """
@@ -304,9 +305,9 @@ def run_job(out: Path, env: Dist, train: Callable[[], dict[str, Any]],
                 write_status(out, "stopped", step=result["step"], reason=result["reason"])
             ended = True
             return {"stopped": True, "steps": result["step"], "reason": result["reason"]}
-        values = metrics(result)
+        values = strict_json(metrics(result))
         if env.is_main:
-            (out / METRICS_FILE).write_text(json.dumps(values, indent=1))
+            (out / METRICS_FILE).write_text(json.dumps(values, indent=1, allow_nan=False))
             write_status(out, "complete", **{complete: values[complete]})
         ended = True
         return values
@@ -314,6 +315,17 @@ def run_job(out: Path, env: Dist, train: Callable[[], dict[str, Any]],
         if env.is_main:
             release_run_folder(out)
         leave(env, wait=ended)
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by None: ``metrics.json`` stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 class CsvLog:

@@ -158,7 +158,7 @@ def run_sweep(spec: dict[str, Any], out: Path, data_root: str | Path = "data",
             pm = pretrain(cfg, _fresh(run))
         fm = ft_run(name, run / "model.safetensors")
         rows.append({"point": name, **point, "pretrain_top1": pm["eval_top1"], "chance": round(pm["chance"], 3),
-                     "pretrain_loss": round(pm["final_loss"], 4), "finetune_top1": fm["top1"]})
+                     "pretrain_loss": "" if pm["final_loss"] is None else round(pm["final_loss"], 4), "finetune_top1": fm["top1"]})
     write_results(spec, rows, out)
     return rows
 
