@@ -238,3 +238,61 @@ def test_metrics_never_hold_nan(tmp_path):
     assert written["final_loss"] is None and written["images_per_s"] is None
     assert written["per_epoch"][0]["eval_top1"] is None and written["steps"] == 3
     assert values["final_loss"] is None
+
+
+# -------------------------------------------------------------------------------------- repro-small (F-REPRO)
+@pytest.mark.parametrize("args,fragment", [
+    (["--budgets", "-5"], "--budgets '-5': every budget must be a finite number of seconds > 0"),
+    (["--budgets", "0"], "> 0 (got 0)"),
+    (["--budgets", "inf"], "> 0 (got inf)"),
+    (["--budgets", "1.2,1.7"], "two budgets of the same whole seconds"),
+    (["--variant", "x:bogus.key=1"], "--variant x: "),
+    (["--variant", "x:model.img_size=abc"], "model.img_size"),
+    (["--variant", "x:model.kwargs.patch_size=128"], "model.kwargs.patch_size"),
+    (["--variant", "x:model.name=bogus_net"], "bogus_net"),
+    (["--variant", "x:build.delta=-5"], "--delta"),
+    (["--variant", "x:build.bogus=1"], "unknown build option(s) build.bogus"),
+    (["--variant", "x:optim.lr=1e-3,nokey"], "expected NAME:KEY=VAL"),
+    (["--variant", "a:optim.lr=1e-3", "--variant", "a:optim.lr=1e-4"], "must be unique"),
+    (["--variant", "budget1s:optim.lr=1e-3"], "must be unique"),
+    (["--variant", "../x:optim.lr=1e-3"], "must be unique"),
+    (["--pretrain-set", "train.bogus=1"], "train.bogus"),
+    (["--finetune-set", "optim.lr=-1"], "optim.lr"),
+    (["--pretrain-img-size", "17", "--pretrain-set", "model.kwargs.patch_size=32"], "model.kwargs.patch_size"),
+])
+def test_repro_small_refuses_bad_options_before_any_work(tiny_dataset, cifar_mini_tarball, tmp_path, args, fragment,
+                                                         capsys):
+    out, root = tmp_path / "repro", tmp_path / "data"
+    code, _, err = cli(["repro-small", "--cpu-check", "--out", out, "--dataset", tiny_dataset, "--cifar",
+                        cifar_mini_tarball, "--data-root", root, "--budgets", "1", *args], capsys)
+    assert_one_line(code, err, fragment)
+    assert not out.exists() and not root.exists()  # nothing unpacked, built or trained
+
+
+def test_repro_small_stopped_by_sigterm_ends_cleanly_keeping_what_finished(tiny_dataset, cifar_mini_tarball, tmp_path,
+                                                                           monkeypatch, capsys):
+    """A sub-run stopped by SIGTERM returns no metrics: repro-small says so and exits 143, no KeyError."""
+    import train.finetune
+    import train.pretrain
+
+    calls = []
+
+    def fake_pretrain(cfg, out, resume=False):
+        calls.append(out.name)
+        if out.name == "pretrain-budget2s":
+            return {"stopped": True, "steps": 3, "reason": "SIGTERM"}
+        return {"images_per_s": 100.0, "eval_top1": 50.0, "num_classes": 16, "final_loss": 1.0}
+
+    def fake_finetune(cfg, out, resume=False):
+        return {"images_per_s": 100.0, "top1": 20.0}
+
+    monkeypatch.setattr(train.pretrain, "pretrain", fake_pretrain)
+    monkeypatch.setattr(train.finetune, "finetune", fake_finetune)
+    out = tmp_path / "repro"
+    code, _, err = cli(["repro-small", "--cpu-check", "--out", out, "--dataset", tiny_dataset, "--cifar",
+                        cifar_mini_tarball, "--data-root", tmp_path / "data", "--budgets", "1,2"], capsys)
+    assert code == 143 and "Traceback" not in err and "stopped by SIGTERM" in err, (code, err)
+    assert calls == ["calib-pretrain", "pretrain-budget1s", "pretrain-budget2s"]
+    partial = json.loads((out / "repro-partial.json").read_text())
+    assert partial["stopped"] == "SIGTERM" and [r["name"] for r in partial["runs"]] == ["budget1s"]
+    assert not (out / "repro.json").exists()
