@@ -296,3 +296,29 @@ def test_repro_small_stopped_by_sigterm_ends_cleanly_keeping_what_finished(tiny_
     partial = json.loads((out / "repro-partial.json").read_text())
     assert partial["stopped"] == "SIGTERM" and [r["name"] for r in partial["runs"]] == ["budget1s"]
     assert not (out / "repro.json").exists()
+
+
+# ---------------------------------------------------------------------------- README's plain-timm recipe (F-DOC)
+def test_the_readme_recipe_for_older_checkpoints_loads_the_trained_head(complete, tiny_dataset):
+    """train/README.md's block, run as written on a checkpoint without config.json, gives the trainer's logits."""
+    import re
+
+    import torch
+    from safetensors.torch import load_file
+
+    from train.model import create_model
+
+    readme = (Path(__file__).resolve().parents[1] / "train" / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "pretrained_cfg_overlay" in b)
+    assert 'path = "runs/pt/model.safetensors"' in block
+    scope: dict = {}
+    exec(block.replace("runs/pt/model.safetensors", str(complete / "model.safetensors")), scope)  # noqa: S102
+    model = scope["model"].eval()
+    weights = load_file(str(complete / "model.safetensors"))
+    assert model.state_dict().keys() == weights.keys()
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    trainer = create_model(cfg_of(tiny_dataset), 16)
+    trainer.load_state_dict(weights)
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), trainer.eval()(x))
