@@ -322,3 +322,43 @@ def test_the_readme_recipe_for_older_checkpoints_loads_the_trained_head(complete
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(model(x), trainer.eval()(x))
+
+
+# ------------------------------------------------------------------------------ odd ImageFolders (F-FT2)
+def test_a_one_class_image_folder_fine_tunes_with_a_warning(tmp_path, caplog):
+    """timm's ImageFolder takes one class, so does the trainer; top-1 is 100 % by construction and it says so."""
+    from train.finetune import finetune
+
+    data = image_folder(tmp_path / "if", classes=("only",))
+    with caplog.at_level("WARNING", logger="train.downstream"):
+        m = finetune(ft_cfg(data), tmp_path / "ft")
+    assert m["num_classes"] == 1 and m["top1"] == 100.0
+    warned = [r.getMessage() for r in caplog.records if "single class" in r.getMessage()]
+    assert len(warned) == 1 and str(data) in warned[0]
+
+
+def test_two_classes_give_no_class_warning(tmp_path, caplog):
+    from train.downstream import open_downstream
+
+    data = image_folder(tmp_path / "if")
+    with caplog.at_level("WARNING", logger="train.downstream"):
+        assert open_downstream(ft_cfg(data))[2] == 2
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_images_outside_the_class_folders_are_named(tmp_path, caplog, split):
+    from PIL import Image
+
+    from train.downstream import open_downstream
+
+    data = image_folder(tmp_path / "if")
+    for name in ("loose.png", "stray.JPG"):
+        Image.new("RGB", (16, 16)).save(data / split / name, format="PNG")
+    (data / split / "notes.txt").write_text("not an image")
+    with caplog.at_level("WARNING", logger="train.downstream"):
+        train, test, classes = open_downstream(ft_cfg(data))
+    assert classes == 2 and len(train) == 20 and len(test) == 8
+    warned = [r.getMessage() for r in caplog.records if "outside any class folder" in r.getMessage()]
+    assert len(warned) == 1 and "2 image(s)" in warned[0] and "loose.png" in warned[0] and "stray.JPG" in warned[0]
+    assert str(data / split) in warned[0] and "notes.txt" not in warned[0]
