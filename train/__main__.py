@@ -71,7 +71,7 @@ def pretrain(config, out, resume, overrides, **flags) -> None:
     from train.pretrain import pretrain as run
 
     m = run(load_config(config or "pretrain", list(overrides), _values(**flags)), out, resume=resume)
-    _report(m, out, lambda: f"pre-trained {m['steps']} steps: loss {m['final_loss']:.3f}, top-1 on its "
+    _report(m, out, lambda: f"pre-trained {m['steps']} steps: loss {_num(m['final_loss'], '.3f')}, top-1 on its "
             f"{m['num_classes']} classes {m['eval_top1']}% (chance {m['chance']:.1f}%); {out}/model.safetensors")
 
 
@@ -90,11 +90,18 @@ def finetune(config, out, resume, overrides, **flags) -> None:
             f"test top-1 {m['top1']:.2f}%")
 
 
+def _num(value: float | None, spec: str) -> str:
+    """A metric as text; None (``metrics.json`` writes a value that is not finite as null) as ``n/a``."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def _report(metrics: dict, out: Path, summary) -> None:
     """One line from rank 0: the run's summary, or how to continue a run stopped by train.stop_at."""
     if os.environ.get("RANK", "0") != "0":
         return
-    if metrics.get("stopped"):
+    if metrics.get("already_complete"):
+        click.echo(f"{out} is complete ({metrics.get('steps')} steps); nothing to do")
+    elif metrics.get("stopped"):
         reason = metrics.get("reason", "train.stop_at")
         click.echo(f"stopped at step {metrics['steps']} ({reason}); a checkpoint is in {out}: the same command with --resume continues")
         if reason.startswith("SIG"):  # stopped by a signal: the shell's convention, 128 + its number
@@ -123,7 +130,9 @@ def main() -> None:
         if os.environ.get("RANK", "0") == "0":  # every rank raises the same one line
             click.echo(f"error: {_one_line(str(e))}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:
+        if isinstance(e.__cause__, EOFError):  # click turns any EOFError into Abort: a fault, not a Ctrl-C
+            raise e.__cause__ from None
         click.echo("error: aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +173,32 @@ def checkpoint_files(out: Path) -> tuple[bool, bool]:
     return (out / MODEL_FILE).is_file(), (out / STATE_FILE).is_file()
 
 
+def _damaged(out: Path, why: Any) -> str:
+    text = str(why).splitlines()[0] if str(why) else type(why).__name__
+    return (f"--resume: {out / STATE_FILE} is damaged ({text}); the run cannot continue from it: start it again "
+            "in a new --out (or restore the file)")
+
+
+def check_state_file(out: Path) -> None:
+    """Refuse an empty or truncated ``state.pt`` before the run folder is touched.
+
+    ``torch.save`` writes a zip archive; its central directory is at the end of the file, so opening it (a read
+    of the last bytes, not of the whole file) catches a file cut short or emptied. ``load_checkpoint`` names
+    damage inside the archive when it loads it.
+
+    Raises:
+        TrainError: ``--resume: RUN/state.pt is damaged (...)``.
+    """
+    try:
+        with zipfile.ZipFile(out / STATE_FILE) as archive:
+            if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist()):
+                raise TrainError(_damaged(out, "no data.pkl in the archive: not written by torch.save"))
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        size = (out / STATE_FILE).stat().st_size if (out / STATE_FILE).is_file() else 0
+        why = "empty" if size == 0 else f"{size} bytes, not a whole torch.save archive: cut short? {e}"
+        raise TrainError(_damaged(out, why)) from None
+
+
 def load_checkpoint(out: Path, trainer: TrainStep, env: Dist) -> int:
     """Restore the model, optimizer, scheduler, scaler and this rank's RNG states from ``out``.
 
@@ -178,13 +206,20 @@ def load_checkpoint(out: Path, trainer: TrainStep, env: Dist) -> int:
         The step the checkpoint was written at.
 
     Raises:
-        TrainError: one of the two files is missing, or they were written at different steps.
+        TrainError: one of the two files is missing or damaged, or they were written at different steps.
     """
     has_model, has_state = checkpoint_files(out)
     if not (has_model and has_state):
         missing, there = (MODEL_FILE, STATE_FILE) if has_state else (STATE_FILE, MODEL_FILE)
         raise TrainError(f"--resume: {out} has {there} but no {missing}; the checkpoint is incomplete")
-    state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+    check_state_file(out)
+    try:
+        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, OSError, ValueError, AttributeError, ImportError) as e:
+        # EOFError must not escape: click would take it for Ctrl-C ("aborted")
+        raise TrainError(_damaged(out, e)) from None
+    if not isinstance(state, dict) or not {"optimizer", "scheduler", "scaler", "step", "rng"} <= set(state):
+        raise TrainError(_damaged(out, "not a training state this trainer wrote"))
     model_step = read_checkpoint_meta(out / MODEL_FILE)["step"]
     if model_step != int(state["step"]):
         raise TrainError(f"--resume: {out}/{MODEL_FILE} is from step {model_step} but {STATE_FILE} from step "
@@ -262,7 +297,7 @@ def load_pretrained(cfg: Config, checkpoint: str | Path, num_classes: int) -> to
     position embeddings when ``cfg.model.img_size`` differs from the pre-training resolution.
 
     Raises:
-        TrainError: the checkpoint is of another architecture than ``cfg.model``.
+        TrainError: the checkpoint is of another architecture than ``cfg.model``, or holds NaN / inf weights.
     """
     check_model_name(cfg.model.name)
     path = adopt_architecture(cfg, checkpoint)["path"]
@@ -275,7 +310,13 @@ def load_pretrained(cfg: Config, checkpoint: str | Path, num_classes: int) -> to
         raise TrainError(f"checkpoint {path} does not fit {cfg.model.name}: {str(e).splitlines()[0]}") from None
     # timm loads non-strictly once the head is dropped: check that every other tensor was there
     head = unwrap(model).default_cfg.get("classifier", "head")
-    keys = {k for k in load_file(path) if not k.startswith(head + ".")}
+    tensors = load_file(path)
+    # weights that are NaN or inf would train to a NaN loss: named here, before a run folder is made
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise TrainError(f"checkpoint {path}: {len(broken)} tensor(s) hold NaN or inf values ({', '.join(broken[:3])}"
+                         f"{', ...' if len(broken) > 3 else ''}): the run that wrote it diverged")
+    keys = {k for k in tensors if not k.startswith(head + ".")}
     wanted = {k for k in model.state_dict() if not k.startswith(head + ".")}
     if keys != wanted:
         raise TrainError(f"checkpoint {path} does not fit {cfg.model.name}: "

@@ -270,6 +270,14 @@ def _image_folder(folder: Path, transform: Callable) -> Dataset:
     except (FileNotFoundError, OSError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise TrainError(f"dataset {folder}: {reason}") from None
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    # ImageFolder takes a class from a sample's folder: an image beside the class folders is silently left out
+    stray = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS))
+    if stray:
+        log.warning("dataset %s: %d image(s) lie directly in it, outside any class folder, and are not used (%s%s); "
+                    "an ImageFolder takes each image's class from its folder", folder, len(stray),
+                    ", ".join(stray[:3]), ", ..." if len(stray) > 3 else "")
     stats = [_stat(path) for path, _ in images.samples]  # cheap next to opening them
     for (path, _), st in zip(images.samples, stats, strict=True):
         if st.st_size == 0:
@@ -357,6 +365,7 @@ def open_downstream(cfg: Config, option: str = "--data") -> tuple[Dataset, Datas
                              f"has {list(splits)}")
         train, test = _wds_split(path, info, "train"), _wds_split(path, info, test_name)
         train.transform, test.transform = train_tf, test_tf
+        _warn_one_class(path, info.num_classes)
         return train, test, info.num_classes
     found = _image_folder_root(root)
     if found is None:
@@ -366,7 +375,15 @@ def open_downstream(cfg: Config, option: str = "--data") -> tuple[Dataset, Datas
     test = _image_folder(test_dir, test_tf)
     if train.classes != test.classes:
         raise TrainError(f"dataset {path}: train/ and {test_dir.name}/ have different class folders")
+    _warn_one_class(path, len(train.classes))
     return train, test, len(train.classes)
+
+
+def _warn_one_class(path: str, num_classes: int) -> None:
+    """A one-class dataset trains (timm's ImageFolder takes it) but its top-1 is 100 % by construction: say so."""
+    if num_classes == 1:
+        log.warning("dataset %s has a single class: every image has the same label, so fine-tuning on it learns "
+                    "nothing and test top-1 is 100%% by construction", path)
 
 
 class MapSource:

@@ -14,13 +14,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from train.checkpoint import load_pretrained
+from train.checkpoint import adopt_architecture, load_pretrained
 from train.config import Config
 from train.distributed import seed_everything, setup
 from train.downstream import MapSource, open_downstream
 from train.errors import TrainError
 from train.loop import evaluate, train_loop
 from train.model import check_model_name, create_model
+from train.resume import completed_run
 from train.run_folder import check_tensorboard, run_job, start_run_folder
 from train.step import amp_dtype
 
@@ -66,7 +67,8 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
         resume: continue the run in ``out``.
 
     Returns:
-        The metrics written to ``out/metrics.json``: ``top1`` (final test top-1, percent), ``per_epoch``.
+        The metrics written to ``out/metrics.json``: ``top1`` (final test top-1, percent), ``per_epoch``; on
+        ``--resume`` of a complete run, its ``metrics.json`` with ``already_complete`` (nothing is done).
 
     Raises:
         TrainError: bad dataset, checkpoint of another architecture, bad batch split, bad run folder.
@@ -74,10 +76,15 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     out = Path(out)
     check_model_name(cfg.model.name)
     check_tensorboard(cfg)
+    ckpt = cfg.finetune.checkpoint
+    if resume:
+        if ckpt:  # the run's config holds the checkpoint's kwargs: adopt them before comparing
+            adopt_architecture(cfg, ckpt)
+        if (done := completed_run(out, cfg)) is not None:
+            return done
     env = setup(cfg)
     train_set, test_set, num_classes = open_downstream(cfg)
     seed_everything(cfg.train.seed)
-    ckpt = cfg.finetune.checkpoint
     model = load_pretrained(cfg, ckpt, num_classes) if ckpt else create_model(cfg, num_classes)
     trainable = freeze_first_blocks(model, cfg.finetune.probe_blocks)
     source = MapSource(train_set, num_classes, cfg, env.device, env.rank, env.world_size)

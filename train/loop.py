@@ -180,7 +180,8 @@ def _train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, 
     loss_sum = torch.zeros((), device=device)
     window_steps, window_images, window_t0 = 0, 0, time.perf_counter()
     t_start = time.perf_counter()
-    last_loss = math.nan
+    # resumed at its last step (killed before metrics.json): the loss of the last row it logged
+    last_loss = csv_log.last_loss if step >= total_steps else math.nan
     last_rate = 0.0
     reason = ""
 

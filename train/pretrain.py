@@ -17,7 +17,7 @@ from train.distributed import seed_everything, setup
 from train.errors import TrainError
 from train.loop import evaluate, train_loop
 from train.model import check_model_name, create_model
-from train.resume import check_resume, dataset_identity
+from train.resume import check_resume, completed_run, dataset_identity
 from train.run_folder import check_tensorboard, run_job, start_run_folder
 from train.step import amp_dtype
 
@@ -35,7 +35,8 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
 
     Returns:
         The metrics written to ``out/metrics.json``: final loss, top-1 on the perturbation classes
-        (``eval_top1``, percent), ``chance`` (100 / num_classes), steps, images/s.
+        (``eval_top1``, percent), ``chance`` (100 / num_classes), steps, images/s; on ``--resume`` of a
+        complete run, its ``metrics.json`` with ``already_complete`` (nothing is trained or written).
 
     Raises:
         TrainError: bad dataset, shard, model name, batch split or run folder.
@@ -45,6 +46,8 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     check_tensorboard(cfg)
     if resume:  # another config is refused before the shards are read; the dataset is compared once opened
         check_resume(out, cfg, compare_data=False)
+        if (done := completed_run(out, cfg, compare_data=False)) is not None:
+            return done
     env = setup(cfg)
     seed_everything(cfg.train.seed)
     source = make_source(cfg, env.device, env.rank, env.world_size)

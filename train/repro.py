@@ -20,8 +20,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
+import re
+import signal
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -90,27 +96,14 @@ def repro_small(out: Path, dataset: str | None, cifar: str, data_root: Path, bud
     from train.data import read_info
     from train.downstream import resolve_downstream
     from train.finetune import finetune
+    from train.model import check_model_name
     from train.pretrain import pretrain
     from train.run_folder import claim_folder
 
-    try:
-        budget_list = sorted(float(b) for b in budgets.split(",") if b.strip())
-    except ValueError:
-        raise TrainError(f"--budgets {budgets!r}: expected seconds separated by commas") from None
-    if not budget_list:
-        raise TrainError("--budgets: give at least one budget")
-    parsed_variants = []
-    for v in variants:
-        name, _, sets = v.partition(":")
-        if not name or not sets:
-            raise TrainError(f"--variant {v!r}: expected NAME:KEY=VAL[,KEY=VAL]")
-        parsed_variants.append((name, [s.strip() for s in sets.split(",") if s.strip()]))
+    budget_list = _budgets(budgets)
+    parsed_variants = _variants(variants, budget_list)
     if dataset:
         read_info(dataset)  # a typo'd --dataset is one line before anything is written
-    # the fine-tuning data first: without it (no internet, no copy) nothing is built or written
-    cifar_root = resolve_downstream(cifar, data_root, "--cifar")
-    claim_folder(out, "repro-small")
-    ds = Path(dataset) if dataset else _build_dataset(out, cpu_check, {})
 
     pt_base, ft_base = ("tiny", "tiny-finetune") if cpu_check else ("pretrain", "finetune")
     pt_common = [*pretrain_set, "train.log_every=20", "train.ckpt_every=0"]
@@ -121,21 +114,37 @@ def repro_small(out: Path, dataset: str | None, cifar: str, data_root: Path, bud
         # 224 px as in the paper; batch 256 suits a 100 s budget better than the released 768
         ft_common = ["train.batch_size=256", "optim.lr=0.005", *ft_common]
 
-    def pt_cfg(steps: int, extra: list[str], data: Path) -> Config:
+    def pt_cfg(steps: int, extra: list[str], data: Path | str) -> Config:
         warm = max(1, min(steps // 10, 500))
         return load_config(pt_base, [*pt_common, f"train.steps={steps}", f"optim.warmup_steps={warm}", *extra],
                            {"data.path": str(data)})
 
-    def ft_cfg(steps: int, ckpt: Path | None) -> Config:
+    def ft_cfg(steps: int, ckpt: Path | None, data: Path | str | None = None) -> Config:
         return load_config(ft_base, [*ft_common, f"train.steps={steps}",
                                      f"optim.warmup_steps={max(1, steps // 10)}",
                                      f"finetune.checkpoint={ckpt or 'null'}"],
-                           {"data.path": str(cifar_root), "data.root": str(data_root)})
+                           {"data.path": str(data or cifar_root), "data.root": str(data_root)})
+
+    # every config and build this run will use, checked before anything is downloaded, built or trained
+    check_model_name(ft_cfg(2, None, cifar).model.name)
+    for name, sets in [("", []), *parsed_variants]:
+        build_sets = _build_sets(sets)
+        if build_sets:
+            _check_build(cpu_check, build_sets, name)
+        cfg = _named(name, lambda sets=sets: pt_cfg(2, [s for s in sets if not s.startswith("build.")],
+                                                    dataset or "the dataset"))
+        check_model_name(cfg.model.name)
+
+    # the fine-tuning data first: without it (no internet, no copy) nothing is built or written
+    cifar_root = resolve_downstream(cifar, data_root, "--cifar")
+    claim_folder(out, "repro-small")
+    ds = Path(dataset) if dataset else _build_dataset(out, cpu_check, {})
 
     # calibration: images/s of the last log window (after warm-up and compilation)
     calib_steps = 40 if not cpu_check else 20
-    pt_cal = pretrain(pt_cfg(calib_steps, ["data.eval_path=''", "train.log_every=10"], ds), _fresh(out / "calib-pretrain"))
-    ft_cal = finetune(ft_cfg(calib_steps, None), _fresh(out / "calib-finetune"))
+    pt_cal = _done(pretrain(pt_cfg(calib_steps, ["data.eval_path=''", "train.log_every=10"], ds),
+                            _fresh(out / "calib-pretrain")), out, "calib-pretrain", [])
+    ft_cal = _done(finetune(ft_cfg(calib_steps, None), _fresh(out / "calib-finetune")), out, "calib-finetune", [])
     pt_rate, ft_rate = _rate(pt_cal), _rate(ft_cal)
     if pt_rate <= 0 or ft_rate <= 0:
         raise TrainError("calibration measured no throughput")
@@ -146,20 +155,22 @@ def repro_small(out: Path, dataset: str | None, cifar: str, data_root: Path, bud
              ft_rate, ft_steps)
 
     runs: list[dict[str, Any]] = []
-    scratch = finetune(ft_cfg(ft_steps, None), _fresh(out / "finetune-scratch"))
+    scratch = _done(finetune(ft_cfg(ft_steps, None), _fresh(out / "finetune-scratch")), out, "finetune-scratch", runs)
     plans = [(f"budget{int(b)}s", b, []) for b in budget_list]
     plans += [(name, budget_list[0], sets) for name, sets in parsed_variants]
     for name, seconds, sets in plans:
         data = ds
-        build_sets = {s.split("=", 1)[0][len("build."):]: _yaml(s.split("=", 1)[1]) for s in sets if s.startswith("build.")}
+        build_sets = _build_sets(sets)
         train_sets = [s for s in sets if not s.startswith("build.")]
         if build_sets:
             data = _build_dataset(out, cpu_check, build_sets)
         steps = _steps(seconds, pt_rate, pt_batch)
         t0 = time.perf_counter()
-        pm = pretrain(pt_cfg(steps, train_sets, data), _fresh(out / f"pretrain-{name}"))
+        pm = _done(pretrain(pt_cfg(steps, train_sets, data), _fresh(out / f"pretrain-{name}")), out,
+                   f"pretrain-{name}", runs)
         pt_wall = time.perf_counter() - t0
-        fm = finetune(ft_cfg(ft_steps, out / f"pretrain-{name}" / "model.safetensors"), _fresh(out / f"finetune-{name}"))
+        fm = _done(finetune(ft_cfg(ft_steps, out / f"pretrain-{name}" / "model.safetensors"),
+                            _fresh(out / f"finetune-{name}")), out, f"finetune-{name}", runs)
         runs.append({"name": name, "pretrain_budget_s": seconds, "pretrain_steps": steps, "pretrain_wall_s": pt_wall,
                      "pretrain_images_per_s": pm["images_per_s"], "pretrain_top1": pm["eval_top1"],
                      "num_classes": pm["num_classes"], "finetune_top1": fm["top1"],
@@ -175,6 +186,89 @@ def repro_small(out: Path, dataset: str | None, cifar: str, data_root: Path, bud
     table = _table(report)
     (out / "repro.md").write_text(table + "\n")
     click.echo(table)
+
+
+def _budgets(text: str) -> list[float]:
+    """``--budgets``: seconds > 0, separated by commas, in increasing order."""
+    try:
+        found = sorted(float(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise TrainError(f"--budgets {text!r}: expected seconds separated by commas") from None
+    if not found:
+        raise TrainError("--budgets: give at least one budget")
+    bad = [b for b in found if not (math.isfinite(b) and b > 0)]
+    if bad:
+        raise TrainError(f"--budgets {text!r}: every budget must be a finite number of seconds > 0 (got {bad[0]:g})")
+    if len({int(b) for b in found}) < len(found):  # each names its folders by whole seconds
+        raise TrainError(f"--budgets {text!r}: two budgets of the same whole seconds")
+    return found
+
+
+def _variants(variants: tuple[str, ...], budgets: list[float]) -> list[tuple[str, list[str]]]:
+    """``--variant NAME:KEY=VAL[,KEY=VAL]`` as (name, ["KEY=VAL", ...]); names unique and usable as folders."""
+    parsed: list[tuple[str, list[str]]] = []
+    taken = {f"budget{int(b)}s" for b in budgets}
+    for v in variants:
+        name, _, sets = v.partition(":")
+        items = [s.strip() for s in sets.split(",") if s.strip()]
+        if not name or not items or any("=" not in s for s in items):
+            raise TrainError(f"--variant {v!r}: expected NAME:KEY=VAL[,KEY=VAL]")
+        if name in taken or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise TrainError(f"--variant {v!r}: the name must be unique (not a budget's, {', '.join(sorted(taken))}) "
+                             "and made of letters, digits, '.', '_', '-' (it names the run folders)")
+        taken.add(name)
+        parsed.append((name, items))
+    return parsed
+
+
+def _build_sets(sets: list[str]) -> dict[str, Any]:
+    """The ``build.KEY=VAL`` items of a variant as BuildConfig fields (values parsed as YAML)."""
+    return {s.split("=", 1)[0][len("build."):]: _yaml(s.split("=", 1)[1]) for s in sets if s.startswith("build.")}
+
+
+def _check_build(cpu_check: bool, overrides: dict[str, Any], name: str) -> None:
+    """Refuse a variant whose ``build.*`` options fracgen would refuse, before anything is built."""
+    from fracgen.build import BuildConfig
+    from fracgen.errors import FracgenError
+
+    base = dict(L=16, size=64, points=5000, shard_size=8) if cpu_check else {}
+    known = {f.name for f in fields(BuildConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TrainError(f"--variant {name}: unknown build option(s) {', '.join('build.' + k for k in unknown)}")
+    try:
+        BuildConfig(**{**base, **overrides}).validate()
+    except (FracgenError, TypeError, ValueError) as e:
+        raise TrainError(f"--variant {name}: {str(e).splitlines()[0]}") from None
+
+
+def _named(name: str, make: Callable[[], Any]) -> Any:
+    """``make()``, its TrainError prefixed with the variant it came from."""
+    try:
+        return make()
+    except TrainError as e:
+        raise TrainError(f"--variant {name}: {e}" if name else str(e)) from None
+
+
+def _done(metrics: dict[str, Any], out: Path, run: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A sub-run's metrics; a sub-run stopped by SIGTERM / SIGINT ends repro-small, keeping what finished.
+
+    Raises:
+        SystemExit: 128 + the signal's number, as the trainer exits when a signal stops it.
+        TrainError: the sub-run stopped for another reason (``train.stop_at`` in ``--pretrain-set``).
+    """
+    if not metrics.get("stopped"):
+        return metrics
+    reason = metrics.get("reason", "")
+    if runs:
+        (out / "repro-partial.json").write_text(json.dumps({"stopped": reason, "at": run, "runs": runs}, indent=1))
+    kept = f"; the {len(runs)} finished row(s) are in {out / 'repro-partial.json'}" if runs else ""
+    if not reason.startswith("SIG"):
+        raise TrainError(f"repro-small: {out / run} stopped at step {metrics.get('steps')} ({reason}): a repro run "
+                         "must run to its end (drop train.stop_at)")
+    click.echo(f"repro-small stopped by {reason} during {out / run} (step {metrics.get('steps')}){kept}; "
+               "run it again to redo the rest", err=True)
+    sys.exit(128 + signal.Signals[reason].value)
 
 
 def _fresh(path: Path) -> Path:
@@ -197,6 +291,10 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "timm": timm.__version__, "cuda": str(torch.version.cuda)}
 
 
+def _pct(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else f"{value:{spec}}%"
+
+
 def _table(r: dict[str, Any]) -> str:
     lines = [
         f"repro-small on {r['device']} ({', '.join(f'{k} {v}' for k, v in r['versions'].items())})"
@@ -213,7 +311,7 @@ def _table(r: dict[str, Any]) -> str:
     ]
     for run in r["runs"]:
         lines.append(f"| {run['name']} {' '.join(run['sets'])} | {run['pretrain_wall_s']:.0f} | {run['pretrain_steps']} | "
-                     f"{run['pretrain_top1']:.1f}% of {run['num_classes']} | {run['finetune_top1']:.2f}% | "
+                     f"{_pct(run['pretrain_top1'], '.1f')} of {run['num_classes']} | {run['finetune_top1']:.2f}% | "
                      f"{run['gain']:+.2f} |")
     return "\n".join(lines)
 

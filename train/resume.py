@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 
 from fracgen import dataset
 from fracgen.errors import FracgenError
-from train.checkpoint import MODEL_FILE
+from train.checkpoint import MODEL_FILE, STATE_FILE, check_state_file
 from train.config import Config
 from train.data import read_info
 from train.errors import TrainError
@@ -143,6 +143,8 @@ def _show(value: Any) -> str:
 def check_resume(out: Path, cfg: Config, data: dict[str, Any] | None = None, compare_data: bool = True) -> None:
     """Refuse ``--resume`` of the checkpoint in ``out`` with a config (or dataset) other than the run's.
 
+    An empty or truncated ``state.pt`` is refused here too (``checkpoint.check_state_file``).
+
     Args:
         out: the run folder (nothing is written to it).
         cfg: the command's resolved config.
@@ -150,11 +152,14 @@ def check_resume(out: Path, cfg: Config, data: dict[str, Any] | None = None, com
         compare_data: False before the dataset is opened (an early check of the config alone).
 
     Raises:
-        TrainError: ``--resume: RUN was run with KEY=OLD, this command gives NEW; ...``.
+        TrainError: ``--resume: RUN was run with KEY=OLD, this command gives NEW; ...``, or
+            ``--resume: RUN/state.pt is damaged (...)``.
     """
     stored = stored_run(out)
     if stored is None:
         return
+    if (out / STATE_FILE).is_file():  # an empty or cut-short state.pt, named before anything is read or written
+        check_state_file(out)
     found = differences(stored, cfg, data, compare_data)
     if not found:
         return
@@ -162,3 +167,37 @@ def check_resume(out: Path, cfg: Config, data: dict[str, Any] | None = None, com
     more = f"; and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
     raise TrainError(f"--resume: {out} was run with {shown}{more}. Resume with the run's own settings "
                      f"(--config {out / 'config.yaml'}) or use a new --out (what may change on resume: train/README.md)")
+
+
+def completed_run(out: Path, cfg: Config, compare_data: bool = True) -> dict[str, Any] | None:
+    """On ``--resume``: the metrics of the complete run in ``out``, which has nothing left to do; else None.
+
+    The folder is left byte for byte as it is (no lock, no ``config.yaml``, no checkpoint rewritten), so a
+    requeue script that always passes ``--resume`` may run again after the job ended. The command's config
+    must still be the run's (``check_resume``): another ``train.steps`` is another run, not this one.
+
+    Args:
+        out: the run folder.
+        cfg: the command's resolved config.
+        compare_data: compare ``data.path`` too (False for pre-training, whose dataset is compared by identity).
+
+    Returns:
+        ``metrics.json`` with ``"already_complete": True``, or None when ``out`` holds no complete run.
+
+    Raises:
+        TrainError: another config than the run's, or a run marked complete whose ``metrics.json`` is unreadable.
+    """
+    from train.run_folder import METRICS_FILE, STATUS_FILE, trainer_status  # it imports this module
+
+    status = trainer_status(out) if out.is_dir() else None
+    if status is None or status.get("status") != "complete":
+        return None
+    check_resume(out, cfg, compare_data=compare_data)
+    try:
+        metrics = json.loads((out / METRICS_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        metrics = None
+    if not isinstance(metrics, dict):
+        raise TrainError(f"--resume: {out} is marked complete ({STATUS_FILE}) but its {METRICS_FILE} is missing or "
+                         "unreadable: there is nothing to resume; start the run again in a new --out")
+    return {**metrics, "already_complete": True}

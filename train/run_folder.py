@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -282,7 +283,8 @@ def run_job(out: Path, env: Dist, train: Callable[[], dict[str, Any]],
         complete: the metrics key repeated in the "complete" status (e.g. ``steps``, ``top1``).
 
     Returns:
-        The metrics, or ``{"stopped": True, "steps": n, "reason": why}`` when a signal (``SIGTERM``,
+        The metrics (a value that is not finite as None, as in ``metrics.json``), or ``{"stopped": True,
+        "steps": n, "reason": why}`` when a signal (``SIGTERM``,
         ``SIGINT``) or ``train.stop_at`` ended the run early with a checkpoint. Every rank has left the
         process group by then (``distributed.leave``), after waiting for rank 0's last writes.
     """
@@ -303,9 +305,9 @@ def run_job(out: Path, env: Dist, train: Callable[[], dict[str, Any]],
                 write_status(out, "stopped", step=result["step"], reason=result["reason"])
             ended = True
             return {"stopped": True, "steps": result["step"], "reason": result["reason"]}
-        values = metrics(result)
+        values = strict_json(metrics(result))
         if env.is_main:
-            (out / METRICS_FILE).write_text(json.dumps(values, indent=1))
+            (out / METRICS_FILE).write_text(json.dumps(values, indent=1, allow_nan=False))
             write_status(out, "complete", **{complete: values[complete]})
         ended = True
         return values
@@ -313,6 +315,17 @@ def run_job(out: Path, env: Dist, train: Callable[[], dict[str, Any]],
         if env.is_main:
             release_run_folder(out)
         leave(env, wait=ended)
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by None: ``metrics.json`` stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 class CsvLog:
@@ -329,6 +342,7 @@ class CsvLog:
 
     def __init__(self, out: Path, step: int, enabled: bool = True, tensorboard: bool = False) -> None:
         self.path, self.enabled, self.writer = out / LOG_FILE, enabled, None
+        self.last_loss = math.nan  # of the last training row kept (a run resumed at its end reports it)
         if not enabled:
             return
         if tensorboard:
@@ -340,6 +354,11 @@ class CsvLog:
         if self.path.is_file():
             with open(self.path) as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+            kept = [r for r in rows if r.get("images_per_s")]
+            try:
+                self.last_loss = float(kept[-1]["loss"]) if kept else math.nan
+            except (TypeError, ValueError):
+                self.last_loss = math.nan
         with open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.FIELDS)
             writer.writeheader()

@@ -17,7 +17,9 @@ and fine-tuning budgets in steps (the same for every point, so the points compar
 or a CIFAR-style tarball (an ImageFolder packed as ``.tar.gz``, or ``cifar-10-python.tar.gz``). It is made local before anything is
 built, so a machine without it stops with one line and leaves nothing.
 
-Every point's dataset, pre-training and fine-tuning go in their own folders under ``--out``; a rerun reuses the
+``load_sweep`` checks the whole sweep before anything is built: every grid point is a ``BuildConfig`` fracgen
+accepts (``validate()``) with a folder name of its own, and both stages' configs resolve with their ``set``
+lists. Every point's dataset, pre-training and fine-tuning go in their own folders under ``--out``; a rerun reuses the
 complete ones (a dataset with ``build.json``, a run with ``metrics.json``), so an interrupted sweep continues.
 Results: ``results.csv``, ``results.md`` and ``results.png`` (fine-tuning top-1 against the varied option,
 the scratch baseline and the paper's figures on their own axis, since the paper's dataset may differ).
@@ -58,29 +60,86 @@ def load_sweep(name_or_path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise TrainError(f"sweep config {name_or_path} not found")
     try:
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise TrainError(f"sweep config {path}: not UTF-8 text (a YAML file is)") from None
     except yaml.YAMLError as e:
         raise TrainError(f"sweep config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(spec, dict):
+        raise TrainError(f"sweep config {path}: its top level must be a mapping (name:, grid:, build:, pretrain:, "
+                         f"finetune:), got {type(spec).__name__}")
+    for section in ("build", "pretrain", "finetune", "paper"):
+        if spec.get(section) is not None and not isinstance(spec[section], dict):
+            raise TrainError(f"sweep config {path}: {section} must be a mapping, got {type(spec[section]).__name__}")
     grid = spec.get("grid")
     if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
         raise TrainError(f"sweep config {path}: 'grid' must map at least one build option to a non-empty list")
     known = {f.name for f in fields(BuildConfig)}
-    unknown = sorted((set(grid) | set(spec.get("build") or {})) - known)
+    unknown = sorted((set(grid) | set(spec.get("build") or {})) - known, key=str)
     if unknown:
-        raise TrainError(f"sweep config {path}: unknown build option(s) {', '.join(unknown)} "
+        raise TrainError(f"sweep config {path}: unknown build option(s) {', '.join(map(str, unknown))} "
                          f"(known: {', '.join(sorted(known))})")
     for stage in ("pretrain", "finetune"):
         steps = (spec.get(stage) or {}).get("steps")
-        if not isinstance(steps, int) or steps < 1:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise TrainError(f"sweep config {path}: {stage}.steps must be a positive integer (the budget)")
     data = (spec.get("finetune") or {}).get("data", "cifar10")
     if not isinstance(data, str) or not data:
         raise TrainError(f"sweep config {path}: finetune.data must name the real dataset (cifar10, cifar100, an "
                          "ImageFolder root or a tarball)")
     spec["finetune"]["data"] = data
+    _check_points(spec, path)
+    _check_stages(spec, path)
     spec.setdefault("name", path.stem)
     spec["_path"] = str(path)
     return spec
+
+
+def _check_points(spec: dict[str, Any], path: Path) -> None:
+    """Every grid point must be a build fracgen accepts, with a folder name of its own: checked before any is built.
+
+    Raises:
+        TrainError: ``sweep config PATH: point delta-5: --delta must be ...``.
+    """
+    from fracgen.build import BuildConfig
+    from fracgen.errors import FracgenError
+
+    seen: dict[str, dict[str, Any]] = {}
+    for point in points(spec):
+        name = _label(point)
+        if name in seen:
+            raise TrainError(f"sweep config {path}: grid points {seen[name]} and {point} share the folder name {name}")
+        seen[name] = point
+        try:
+            BuildConfig(**{**(spec.get("build") or {}), **point}).validate()
+        except (FracgenError, TypeError, ValueError) as e:
+            raise TrainError(f"sweep config {path}: point {name}: {str(e).splitlines()[0]}") from None
+
+
+def _check_stages(spec: dict[str, Any], path: Path) -> None:
+    """The pre-training and fine-tuning configs with their ``set`` lists, resolved as the sweep will resolve them.
+
+    Raises:
+        TrainError: ``sweep config PATH: pretrain: <what load_config refuses>`` (a typo in a key, a bad value).
+    """
+    from train.config import load_config
+    from train.model import check_model_name
+
+    for stage, default in (("pretrain", "pretrain"), ("finetune", "finetune")):
+        section = spec[stage]
+        sets = section.get("set") or []
+        name = section.get("config", default)
+        if not isinstance(sets, list) or not all(isinstance(x, str) for x in sets):
+            raise TrainError(f"sweep config {path}: {stage}.set must be a list of KEY=VALUE strings")
+        if not isinstance(name, str) or not name:
+            raise TrainError(f"sweep config {path}: {stage}.config must name a config (e.g. {default}) or a YAML path")
+        extra = ["train.epochs=0"] if stage == "finetune" else []
+        try:
+            cfg = load_config(name, [*sets, *extra, f"train.steps={section['steps']}"],
+                              {"data.path": "the sweep's data"})
+            check_model_name(cfg.model.name)
+        except TrainError as e:
+            raise TrainError(f"sweep config {path}: {stage}: {e}") from None
 
 
 def points(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -158,7 +217,7 @@ def run_sweep(spec: dict[str, Any], out: Path, data_root: str | Path = "data",
             pm = pretrain(cfg, _fresh(run))
         fm = ft_run(name, run / "model.safetensors")
         rows.append({"point": name, **point, "pretrain_top1": pm["eval_top1"], "chance": round(pm["chance"], 3),
-                     "pretrain_loss": round(pm["final_loss"], 4), "finetune_top1": fm["top1"]})
+                     "pretrain_loss": "" if pm["final_loss"] is None else round(pm["final_loss"], 4), "finetune_top1": fm["top1"]})
     write_results(spec, rows, out)
     return rows
 
