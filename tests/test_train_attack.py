@@ -2,9 +2,9 @@
 bad config values, a damaged fine-tuning folder, datasets whose records disagree. Each is one line, exit 2."""
 
 import json
-import sys
 
 import pytest
+from train_helpers import poison_loss, run_cli
 
 from train.config import load_config
 from train.errors import TrainError
@@ -16,16 +16,8 @@ USER_FILES = {"notes.txt": "my precious notes", "config.yaml": "my: config", "lo
 
 def cli(argv, capsys):
     """``python -m train ARGV`` in this process: (exit status, stderr)."""
-    from train.__main__ import main
-
-    old = sys.argv
-    sys.argv = ["python -m train", *map(str, argv)]
-    try:
-        with pytest.raises(SystemExit) as e:
-            main()
-    finally:
-        sys.argv = old
-    return e.value.code, capsys.readouterr().err
+    code, _, err = run_cli(argv, capsys)
+    return code, err
 
 
 def assert_one_line(code, err, *fragments):
@@ -215,15 +207,8 @@ def test_a_config_file_that_is_not_a_mapping_of_text(content, fragment, tmp_path
 
 def test_a_loss_that_turns_nan_fails_the_run_naming_the_step(tiny_dataset, tmp_path, monkeypatch):
     from train.pretrain import pretrain
-    from train.step import TrainStep
 
-    real = TrainStep.micro_step
-
-    def poisoned(self, images, targets, last):
-        loss = real(self, images, targets, last)
-        return loss * float("nan") if self.step >= 2 else loss  # from the third step on
-
-    monkeypatch.setattr(TrainStep, "micro_step", poisoned)
+    poison_loss(monkeypatch, float("nan"), from_step=2)  # from the third step on
     cfg = load_config("tiny", ["data.source=stream", "train.batch_size=8", "train.log_every=1", "data.eval_path=''",
                                "train.steps=6"], {"data.path": str(tiny_dataset)})
     with pytest.raises(TrainError, match=r"the loss became nan by step 3"):

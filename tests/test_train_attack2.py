@@ -8,36 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from train_helpers import QUICK, cfg_of, poison_loss, run_cli, snapshot
 
 from train.config import load_config
 from train.pretrain import pretrain
 
-QUICK = ["data.source=stream", "train.batch_size=8", "train.log_every=1", "data.eval_path=''", "train.steps=6"]
-
-
-def cfg_of(data, *overrides):
-    return load_config("tiny", [*QUICK, *overrides], {"data.path": str(data)})
-
-
-def cli(argv, capsys):
-    """``python -m train ARGV`` in this process: (exit status, stdout, stderr)."""
-    from train.__main__ import main
-
-    old = sys.argv
-    sys.argv = ["python -m train", *map(str, argv)]
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = old
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def snapshot(folder: Path) -> dict:
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()}
+cli = run_cli
 
 
 def assert_one_line(code, err, *fragments):
@@ -205,15 +181,7 @@ def test_a_checkpoint_with_nan_weights_is_refused_before_the_run_folder(complete
 
 
 def test_a_finetune_whose_loss_becomes_nan_stops_with_one_line(tmp_path, monkeypatch, capsys):
-    from train.step import TrainStep
-
-    real = TrainStep.micro_step
-
-    def poisoned(self, images, targets, last):
-        loss = real(self, images, targets, last)
-        return loss * float("inf") if self.step >= 1 else loss  # from the second step on
-
-    monkeypatch.setattr(TrainStep, "micro_step", poisoned)
+    poison_loss(monkeypatch, float("inf"), from_step=1)  # from the second step on
     data = image_folder(tmp_path / "if", train=20)
     code, _, err = cli(["finetune", "--config", "tiny-finetune", "--data", data, "--out", tmp_path / "ft",
                         "--epochs", "1", "--batch-size", "10", "--set", "train.log_every=1"], capsys)

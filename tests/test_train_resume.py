@@ -5,43 +5,23 @@ run folders they wrote. One torch thread, tiny ViT, a few steps."""
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import QUICK, cfg_of, run_cli, snapshot
 
-from train.config import load_config
 from train.errors import TrainError
 from train.pretrain import pretrain
 from train.resume import MAY_CHANGE, check_resume
 from train.run_folder import claim_folder, clear_run_folder, write_status
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = ["data.source=stream", "train.batch_size=8", "train.log_every=1", "data.eval_path=''", "train.steps=6"]
-
-
-def cfg_of(data, *overrides):
-    return load_config("tiny", [*QUICK, *overrides], {"data.path": str(data)})
-
-
 def cli(argv, capsys):
     """``python -m train ARGV`` in this process: (exit status, stderr)."""
-    from train.__main__ import main
-
-    old = sys.argv
-    sys.argv = ["python -m train", *map(str, argv)]
-    try:
-        with pytest.raises(SystemExit) as e:
-            main()
-    finally:
-        sys.argv = old
-    return e.value.code, capsys.readouterr().err
-
-
-def snapshot(folder: Path) -> dict:
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()}
+    code, _, err = run_cli(argv, capsys)
+    return code, err
 
 
 def assert_refused(code, err, *fragments):
