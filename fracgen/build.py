@@ -206,6 +206,8 @@ def build(
             "workers": workers,
         }
         write_metadata(root, plan, ordered, timing)
+        # again at the end: the workers of a build killed just before this call may have outlived its start
+        remove_partials(root, todo if shard_range else None)
     return BuildResult(
         root=root,
         complete=complete,

@@ -135,20 +135,33 @@ def _abandoned(path: Path) -> bool:
     A job resumed beside a live one must not pull the file from under it."""
     host, _, pid = path.name.rpartition(dataset.TMP_SUFFIX + "-")[2].rpartition("-")
     if host == socket.gethostname():
-        number = int(pid)
-        if not 0 < number < 1 << 31:
-            return True  # no process has it
-        try:
-            os.kill(number, 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False  # another user's live process
-        return False
+        return not _running(int(pid))
     try:
         return time.time() - path.stat().st_mtime > OTHER_HOST_GRACE
     except OSError:
         return False
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host. A killed build's workers stay zombies until someone reaps them
+    (seconds in a container whose init is slow to), and a zombie writes nothing: Linux's /proc tells them apart."""
+    if not 0 < pid < 1 << 31:
+        return False
+    if os.path.exists("/proc/self/stat"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return f.read().rpartition(b")")[2].split()[:1] not in ([b"Z"], [b"X"])
+        except FileNotFoundError:
+            return False
+        except OSError:
+            pass
+    try:  # no /proc (macOS): ask the kernel whether the PID exists
+        os.kill(pid, 0)  # signal 0 only asks
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def _is_ours(path: Path, root: Path, known: set[Path]) -> bool:

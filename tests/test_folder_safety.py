@@ -218,3 +218,26 @@ def test_verify_names_a_repacked_sample(tiny_copy: Path, change, fragment) -> No
     _repack(tiny_copy, change)
     report = verify(tiny_copy)
     assert not report.ok and any(fragment in line for line in report.lines()), report.lines()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are told apart through Linux's /proc")
+def test_a_zombie_writer_counts_as_gone(tmp_path: Path) -> None:
+    # a killed build's workers stay zombies until reaped: their files are abandoned, a live writer's are not
+    zombie = subprocess.Popen(["true"])
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        deadline = time.time() + 10
+        while Path(f"/proc/{zombie.pid}").exists() and b") Z" not in Path(f"/proc/{zombie.pid}/stat").read_bytes():
+            assert time.time() < deadline
+            time.sleep(0.01)
+        host = socket.gethostname()
+        (tmp_path / ".fracgen/stats").mkdir(parents=True)
+        gone = tmp_path / f"train-000000.tar.tmp-{host}-{zombie.pid}"
+        kept = tmp_path / f"train-000001.tar.tmp-{host}-{live.pid}"
+        for path in (gone, kept):
+            path.write_bytes(b"half")
+        assert output.remove_partials(tmp_path) == [gone] and kept.exists()
+    finally:
+        live.kill()
+        live.wait()
+        zombie.wait()
