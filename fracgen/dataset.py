@@ -119,9 +119,11 @@ def write_atomic(path: Path, data: bytes, then: str = "rerun with --resume") -> 
         raise _os_error(e, path, then) from None
 
 
-def write_json(path: Path, data: object) -> None:
-    """``data`` as canonical JSON (``dump_json``), written atomically."""
-    write_atomic(path, dump_json(data))
+def write_json(path: Path, data: object) -> str:
+    """``data`` as canonical JSON (``dump_json``), written atomically; returns the sha256 of the bytes written."""
+    text = dump_json(data)
+    write_atomic(path, text)
+    return hashlib.sha256(text).hexdigest()
 
 
 def _os_error(e: OSError, path: Path, then: str = "rerun with --resume") -> FracgenError:
@@ -275,9 +277,9 @@ def read_info(root: Path | str) -> DatasetInfo:
     return parse_info(data, str(path))
 
 
-def write_info(root: Path, info: DatasetInfo) -> None:
-    """Write ``_info.json`` atomically."""
-    write_json(Path(root) / INFO_JSON, info.to_json())
+def write_info(root: Path, info: DatasetInfo) -> str:
+    """Write ``_info.json`` atomically; returns its sha256."""
+    return write_json(Path(root) / INFO_JSON, info.to_json())
 
 
 # -------------------------------------------------------------------------------- params.json, build.json
@@ -289,9 +291,9 @@ def read_params(root: Path | str) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
-def write_params(root: Path, params: dict) -> None:
-    """Write ``params.json`` atomically."""
-    write_json(Path(root) / PARAMS_JSON, params)
+def write_params(root: Path, params: dict) -> str:
+    """Write ``params.json`` atomically; returns its sha256."""
+    return write_json(Path(root) / PARAMS_JSON, params)
 
 
 def read_build(root: Path | str) -> dict[str, Any]:

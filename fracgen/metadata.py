@@ -6,7 +6,6 @@ build.json comes last: its presence is what marks a complete build.
 from __future__ import annotations
 
 import platform
-from pathlib import Path
 
 import numpy as np
 
@@ -71,9 +70,10 @@ def write_metadata(root, plan: Plan, markers: list[dict], timing: dict) -> dict:
         "shards": shard_rows,
         "timing": timing,
     }
-    dataset.write_params(root, params)
-    dataset.write_info(root, dataset.DatasetInfo.from_shards(name, cfg.num_classes, shard_rows))
     # their checksums, so that verify names an edit of either (timm reads _info.json; the card, params.json)
-    build["records"] = {n: dataset.sha256_file(Path(root) / n) for n in (dataset.PARAMS_JSON, dataset.INFO_JSON)}
+    build["records"] = {
+        dataset.PARAMS_JSON: dataset.write_params(root, params),
+        dataset.INFO_JSON: dataset.write_info(root, dataset.DatasetInfo.from_shards(name, cfg.num_classes, shard_rows)),
+    }
     dataset.write_build(root, build)
     return build

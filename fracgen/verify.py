@@ -11,11 +11,12 @@ import json
 import logging
 import shlex
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from fracgen import dataset
+from fracgen.config import LATER_OPTIONS, BuildConfig
 from fracgen.dataset import (
     BUILD_JSON,
     INFO_JSON,
@@ -27,6 +28,7 @@ from fracgen.dataset import (
     sha256_file,
 )
 from fracgen.errors import UsageError
+from fracgen.presets import PRESETS
 
 logger = logging.getLogger(__name__)
 
@@ -282,28 +284,25 @@ def _recorded_classes(report: VerifyReport, root: Path) -> dict[int, dict[str, A
     return {}
 
 
-def _check_config(report: VerifyReport, config: dict[str, Any], build: dict[str, Any]) -> None:
+def _check_config(report: VerifyReport, config: dict[str, Any], build: dict[str, Any]) -> BuildConfig | None:
     """build.json's config must be a complete, valid build configuration (the card and a rebuild need it) that
-    makes the classes and samples build.json counts."""
-    from dataclasses import fields
-
-    from fracgen.config import LATER_OPTIONS, BuildConfig
-
+    makes the classes and samples build.json counts; returns it, or None when it is not one."""
     # options added after a dataset was built take their defaults, which are what such a build used (issue 11)
     missing = sorted({f.name for f in fields(BuildConfig)} - LATER_OPTIONS - set(config))
     if missing:
         report.dataset_problems.append(f"{BUILD_JSON} config lacks {', '.join(missing)}")
-        return
+        return None
     try:
         cfg = BuildConfig.from_json(config)
         cfg.validate()
     except (TypeError, ValueError, UsageError) as err:
         report.dataset_problems.append(f"{BUILD_JSON} config is invalid ({err})")
-        return
+        return None
     for key in ("num_classes", "num_samples"):
         if key in build and build[key] != getattr(cfg, key):
             report.dataset_problems.append(f"{BUILD_JSON} config makes {getattr(cfg, key)} {key[4:]}, but "
                                            f"{BUILD_JSON} {key} is {build[key]!r:.40}")
+    return cfg
 
 
 def verify(root: Path | str) -> VerifyReport:
@@ -333,10 +332,9 @@ def verify(root: Path | str) -> VerifyReport:
     report = VerifyReport(root=root, num_shards=len(build["shards"]))
     config, records = _typed_build(report, root, build)
     shard_names = [r["filename"] for r in records]
-    if config is not None:
-        _check_config(report, config, build)
+    cfg = _check_config(report, config, build) if config is not None else None
     config = config or {}
-    expect = _expectations(config)
+    expect = _expectations(cfg, config)
     num_classes = build.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 1:
         report.dataset_problems.append(f"{BUILD_JSON} num_classes {num_classes!r} is not a positive integer")
@@ -417,8 +415,6 @@ def _typed_build(report: VerifyReport, root: Path, build: dict[str, Any]) -> tup
 
 def _old_format(root: Path, count: int, config: dict[str, Any]) -> str:
     """One line for a dataset built before issue 10, with the command that rebuilds it beside it."""
-    from fracgen.config import BuildConfig
-
     new = root.with_name(f"{root.name}-8bit")
     try:
         cfg = BuildConfig.from_json(config)
@@ -443,17 +439,11 @@ def _check_source(report: VerifyReport, root: Path, source: str, expected: Any) 
         report.dataset_problems.append(f"source image {source} does not match config.source_sha256")
 
 
-def _expectations(config: dict[str, Any]) -> _Expect:
-    """What build.json's config says every sample must be; only the size when the config is not valid."""
-    from fracgen.config import BuildConfig
-    from fracgen.presets import PRESETS
-
-    size = config.get("size")
-    try:
-        cfg = BuildConfig.from_json(config)
-        cfg.validate()
-    except (TypeError, ValueError, UsageError):
-        return _Expect(size=size if isinstance(size, int) else None)
+def _expectations(cfg: BuildConfig | None, config: dict[str, Any]) -> _Expect:
+    """What build.json's config says every sample must be; only the size when it is not a valid config."""
+    if cfg is None:
+        size = config.get("size")
+        return _Expect(size=size if isinstance(size, int) and not isinstance(size, bool) else None)
     return _Expect(size=cfg.size, per_class=cfg.per_class, fractal=PRESETS[cfg.preset].renders_fractals)
 
 
