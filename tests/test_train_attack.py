@@ -4,7 +4,7 @@ bad config values, a damaged fine-tuning folder, datasets whose records disagree
 import json
 
 import pytest
-from train_helpers import poison_loss, run_cli
+from train_helpers import assert_one_line, cli, poison_loss
 
 from train.config import load_config
 from train.errors import TrainError
@@ -12,20 +12,6 @@ from train.run_folder import start_run_folder, write_status
 
 USER_FILES = {"notes.txt": "my precious notes", "config.yaml": "my: config", "log.csv": "mine",
               "metrics.json": '{"mine": 1}', "curves.png": "mine", "config.json": "mine"}
-
-
-def cli(argv, capsys):
-    """``python -m train ARGV`` in this process: (exit status, stderr)."""
-    code, _, err = run_cli(argv, capsys)
-    return code, err
-
-
-def assert_one_line(code, err, *fragments):
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # ----------------------------------------------------------------------------------------- --out (F-OUT1/2)

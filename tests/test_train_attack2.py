@@ -8,19 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_helpers import QUICK, cfg_of, poison_loss, run_cli, snapshot
+from train_helpers import QUICK, assert_one_line, cfg_of, poison_loss, run_cli, snapshot
 
 from train.config import load_config
 from train.pretrain import pretrain
 
 cli = run_cli
-
-
-def assert_one_line(code, err, *fragments):
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def resume_argv(data, out):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import QUICK, cfg_of, run_cli, snapshot
+from train_helpers import QUICK, assert_one_line, cfg_of, cli, snapshot
 
 from train.errors import TrainError
 from train.pretrain import pretrain
@@ -18,17 +18,10 @@ from train.resume import MAY_CHANGE, check_resume
 from train.run_folder import claim_folder, clear_run_folder, write_status
 
 REPO = Path(__file__).resolve().parents[1]
-def cli(argv, capsys):
-    """``python -m train ARGV`` in this process: (exit status, stderr)."""
-    code, _, err = run_cli(argv, capsys)
-    return code, err
 
 
 def assert_refused(code, err, *fragments):
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: --resume: "), (code, err)
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+    assert_one_line(code, err, *fragments, start="error: --resume: ")
 
 
 @pytest.fixture(scope="module")

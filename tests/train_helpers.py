@@ -31,6 +31,21 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def cli(argv, capsys) -> tuple[int, str]:
+    """``run_cli`` without stdout: (exit status, stderr)."""
+    code, _, err = run_cli(argv, capsys)
+    return code, err
+
+
+def assert_one_line(code, err, *fragments, start: str = "error: ") -> None:
+    """A clean refusal: exit 2, one stderr line starting with ``start`` and holding every fragment, no traceback."""
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(start), (code, err)
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 def snapshot(folder: Path) -> dict:
     """Every file of ``folder``: its bytes and modification time."""
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()}
