@@ -4,7 +4,7 @@ bad config values, a damaged fine-tuning folder, datasets whose records disagree
 import json
 
 import pytest
-from train_helpers import assert_one_line, cli, poison_loss
+from train_helpers import assert_one_line, cfg_of, cli, poison_loss
 
 from train.config import load_config
 from train.errors import TrainError
@@ -114,6 +114,17 @@ def test_a_sample_unlike_its_json_or_the_build_size_is_refused(tiny_copy, tmp_pa
     _pretrain_refused(tiny_copy, tmp_path, rf"train-000001.tar: sample {key}: .*{match}", f"data.source={source}")
 
 
+def test_the_stream_reads_only_labels_from_shards_checked_before_step_1(tiny_dataset):
+    import torch
+
+    from train.data import StreamSource
+    from train.shards import shard_samples
+
+    source = StreamSource(cfg_of(tiny_dataset), torch.device("cpu"), 0, 1)
+    assert source.checked == frozenset(source.urls)  # every local shard: check_shards read each sample
+    assert all(next(shard_samples(url))["__url__"] in source.checked for url in source.urls)
+
+
 def test_the_stream_checks_each_sample_as_it_decodes(tiny_copy):
     """Shards read while training (remote ones are not read first) get the same checks, from the PNG header."""
     from fracgen import dataset
@@ -178,7 +189,9 @@ def test_bad_config_values_are_named_before_anything_is_made(override, key, tmp_
                                       "optim.clip_grad=null", "train.device=cuda:1", "data.shuffle_buffer=0",
                                       "model.kwargs={patch_size: 8, depth: 2}", "aug.mean=[0, 0.1, 1]"])
 def test_good_config_values_still_load(override):
-    load_config("tiny", [override])
+    from train.model import check_timm_names
+
+    check_timm_names(load_config("tiny", [override]))
 
 
 @pytest.mark.parametrize("content, fragment", [(b"- a\n- b\n", "top level must be a mapping"),

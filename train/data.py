@@ -178,8 +178,12 @@ def _decode(sample: dict[str, Any], num_classes: int | None = None,
     ``size`` (the build's image size, when known).
     """
     label = sample_label(sample, num_classes, size)
+    return _decode_image(sample), label
+
+
+def _decode_image(sample: dict[str, Any]) -> np.ndarray:
     try:
-        return dataset.decode_grey(sample["png"]), label
+        return dataset.decode_grey(sample["png"])
     except DatasetError as e:
         where = f"shard {sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
         raise TrainError(f"{where}: cannot decode ({type(e).__name__}: {e})") from None
@@ -247,8 +251,10 @@ class _ShardStream(IterableDataset):
     """
 
     def __init__(self, urls: list[str], transform: Callable, rank: int, world_size: int, seed: int,
-                 epoch: int, shuffle_buffer: int, num_classes: int | None = None, size: int | None = None):
+                 epoch: int, shuffle_buffer: int, num_classes: int | None = None, size: int | None = None,
+                 checked: frozenset[str] = frozenset()):
         self.urls, self.transform, self.num_classes, self.size = urls, transform, num_classes, size
+        self.checked = checked  # shards whose every sample was checked before step 1: only their labels are read
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
         self.shuffle_buffer = max(1, shuffle_buffer)
 
@@ -268,7 +274,10 @@ class _ShardStream(IterableDataset):
             for i, sample in enumerate(s for url in mine for s in shard_samples(url)):
                 if not by_shard and i % readers != reader:
                     continue
-                image, label = _decode(sample, self.num_classes, self.size)
+                if sample.get("__url__") in self.checked:
+                    image, label = _decode_image(sample), int(sample["cls"])
+                else:
+                    image, label = _decode(sample, self.num_classes, self.size)
                 buffer.append((image, label))
                 if len(buffer) >= self.shuffle_buffer:
                     image, label = buffer.pop(rng.randrange(len(buffer)))
@@ -299,6 +308,7 @@ class StreamSource:
         shards = shards or plan_shards(cfg.data.path, info, cfg.data.verify)
         self.urls, self.size = shards.urls, shards.size
         self.head = check_shards(shards, keep=cfg.data.eval_samples if cfg.data.eval_path is None else 0)
+        self.checked = frozenset(u for u in self.urls if not is_remote(u))  # check_shards read every sample
         self.num_classes = info.num_classes
         self.num_samples = info.splits["train"].num_samples if "train" in info.splits else 0
         self.micro_batch = micro_batch_size(cfg, world_size)
@@ -314,7 +324,7 @@ class StreamSource:
         """Micro-batches ``start..len-1`` of ``epoch`` on the device (skipping costs decoding them)."""
         cfg = self.cfg
         stream = _ShardStream(self.urls, self.transform, self.rank, self.world_size, cfg.train.seed, epoch,
-                              cfg.data.shuffle_buffer, self.num_classes, self.size)
+                              cfg.data.shuffle_buffer, self.num_classes, self.size, self.checked)
         loader = DataLoader(
             stream, batch_size=self.micro_batch, num_workers=cfg.data.workers,
             pin_memory=self.device.type == "cuda", drop_last=True,

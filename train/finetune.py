@@ -20,7 +20,7 @@ from train.distributed import seed_everything, setup
 from train.downstream import MapSource, open_downstream
 from train.errors import TrainError
 from train.loop import evaluate, train_loop
-from train.model import check_model_name, create_model
+from train.model import check_timm_names, create_model
 from train.resume import completed_run
 from train.run_folder import check_tensorboard, run_job, start_run_folder
 from train.step import amp_dtype
@@ -74,7 +74,7 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
         TrainError: bad dataset, checkpoint of another architecture, bad batch split, bad run folder.
     """
     out = Path(out)
-    check_model_name(cfg.model.name)
+    check_timm_names(cfg)
     check_tensorboard(cfg)
     ckpt = cfg.finetune.checkpoint
     if resume:

@@ -17,6 +17,17 @@ def check_model_name(name: str) -> None:
         raise TrainError(f"unknown timm model {name!r}" + (f" (e.g. {', '.join(close)})" if close else ""))
 
 
+def check_timm_names(cfg: Config) -> None:
+    """The model and optimizer names of ``cfg`` against timm's registries (an optimizer may be ``lookahead_``-
+    prefixed, as ``timm.optim.create_optimizer_v2`` takes it); one-line TrainError naming the key."""
+    import timm.optim
+
+    check_model_name(cfg.model.name)
+    if cfg.optim.opt.lower().split("_")[-1] not in timm.optim.list_optimizers():
+        raise TrainError(f"optim.opt: must be a timm optimizer (timm.optim.list_optimizers(), e.g. adamw, sgd, "
+                         f"lamb) (got {cfg.optim.opt!r})")
+
+
 def create_model(cfg: Config, num_classes: int) -> torch.nn.Module:
     """A fresh timm model for ``cfg.model`` with ``num_classes`` outputs."""
     check_model_name(cfg.model.name)

@@ -16,7 +16,7 @@ from train.data import make_pretrain_eval_loader, make_source
 from train.distributed import seed_everything, setup
 from train.errors import TrainError
 from train.loop import evaluate, train_loop
-from train.model import check_model_name, create_model
+from train.model import check_timm_names, create_model
 from train.resume import check_resume, completed_run, dataset_identity
 from train.run_folder import check_tensorboard, run_job, start_run_folder
 from train.step import amp_dtype
@@ -42,7 +42,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
         TrainError: bad dataset, shard, model name, batch split or run folder.
     """
     out = Path(out)
-    check_model_name(cfg.model.name)
+    check_timm_names(cfg)
     check_tensorboard(cfg)
     if resume:  # another config is refused before the shards are read; the dataset is compared once opened
         check_resume(out, cfg, compare_data=False)

@@ -96,7 +96,7 @@ def repro_small(out: Path, dataset: str | None, cifar: str, data_root: Path, bud
     from train.data import read_info
     from train.downstream import resolve_downstream
     from train.finetune import finetune
-    from train.model import check_model_name
+    from train.model import check_timm_names
     from train.pretrain import pretrain
     from train.run_folder import claim_folder
 
@@ -126,14 +126,14 @@ def repro_small(out: Path, dataset: str | None, cifar: str, data_root: Path, bud
                            {"data.path": str(data or cifar_root), "data.root": str(data_root)})
 
     # every config and build this run will use, checked before anything is downloaded, built or trained
-    check_model_name(ft_cfg(2, None, cifar).model.name)
+    check_timm_names(ft_cfg(2, None, cifar))
     for name, sets in [("", []), *parsed_variants]:
         build_sets = _build_sets(sets)
         if build_sets:
             _check_build(cpu_check, build_sets, name)
         cfg = _named(name, lambda sets=sets: pt_cfg(2, [s for s in sets if not s.startswith("build.")],
                                                     dataset or "the dataset"))
-        check_model_name(cfg.model.name)
+        check_timm_names(cfg)
 
     # the fine-tuning data first: without it (no internet, no copy) nothing is built or written
     cifar_root = resolve_downstream(cifar, data_root, "--cifar")

@@ -123,7 +123,7 @@ def _check_stages(spec: dict[str, Any], path: Path) -> None:
         TrainError: ``sweep config PATH: pretrain: <what load_config refuses>`` (a typo in a key, a bad value).
     """
     from train.config import load_config
-    from train.model import check_model_name
+    from train.model import check_timm_names
 
     for stage, default in (("pretrain", "pretrain"), ("finetune", "finetune")):
         section = spec[stage]
@@ -137,7 +137,7 @@ def _check_stages(spec: dict[str, Any], path: Path) -> None:
         try:
             cfg = load_config(name, [*sets, *extra, f"train.steps={section['steps']}"],
                               {"data.path": "the sweep's data"})
-            check_model_name(cfg.model.name)
+            check_timm_names(cfg)
         except TrainError as e:
             raise TrainError(f"sweep config {path}: {stage}: {e}") from None
 
