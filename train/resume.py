@@ -20,11 +20,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError, safe_open
-
 from fracgen import dataset
 from fracgen.errors import FracgenError
-from train.checkpoint import MODEL_FILE, STATE_FILE, check_state_file
+from train.checkpoint import MODEL_FILE, STATE_FILE, check_state_file, read_checkpoint_meta
 from train.config import Config
 from train.data import read_info
 from train.errors import TrainError
@@ -94,18 +92,16 @@ def dataset_identity(path: str, source: str) -> dict[str, Any]:
 def stored_run(out: Path) -> dict[str, Any] | None:
     """The config (and dataset record, or None) the checkpoint in ``out`` was written with; None without one.
 
-    Read from ``model.safetensors``'s metadata (its header alone); ``load_checkpoint`` checks later that
-    ``state.pt`` is of the same step.
+    Read from ``model.safetensors``'s metadata (``read_checkpoint_meta``: its header alone); ``load_checkpoint``
+    checks later that ``state.pt`` is of the same step.
     """
-    path = out / MODEL_FILE
-    if not path.is_file():
+    if not (out / MODEL_FILE).is_file():
         return None
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
+        meta = read_checkpoint_meta(out)
         config = json.loads(meta["config"])
         data = json.loads(meta["dataset"]) if "dataset" in meta else None
-    except (SafetensorError, OSError, ValueError, KeyError):
+    except (TrainError, ValueError, KeyError):
         return None  # not a checkpoint this trainer wrote whole: load_checkpoint names what is wrong
     return {"config": config, "dataset": data if isinstance(data, dict) else None}
 
