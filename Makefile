@@ -44,10 +44,10 @@ readme-check: install-dev ## Run the README's builder and publishing blocks in o
 
 bench: install ## Builder speed: default build cold and warm, chaos game alone, per-stage costs, memory; RCDB and VisualAtom per stored image.
 	$(BIN)/python benchmarks/bench_build.py
-	$(BIN)/python benchmarks/bench_contours.py --images 20 --build 0
+	$(BIN)/python benchmarks/bench_contours.py --images 100 --build 0
 
 bench-contours: install ## RCDB and VisualAtom per image against the released drawing restated (goal: 100x).
-	$(BIN)/python benchmarks/bench_contours.py --images 40
+	$(BIN)/python benchmarks/bench_contours.py --images 300
 
 bench-search: install ## FractalDB/OFDB category search: 1000 categories across the cores (goal: < 15 s on 2).
 	$(BIN)/python benchmarks/bench_search.py --categories 1000
