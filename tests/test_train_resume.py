@@ -184,3 +184,33 @@ def test_sweep_and_repro_never_delete_a_users_files(cifar_mini_tarball, tmp_path
             assert code == 2 and last.startswith("error: ") and "Traceback" not in err, err
             assert ("not a repro-small folder" if not marked else "did not write") in last
         assert (out / inside / "notes.txt").read_text() == "mine"
+
+
+def test_resume_under_another_process_count_warns_and_gives_new_ranks_their_own_stream(stopped, tiny_dataset,
+                                                                                        caplog):
+    """A checkpoint of one process resumed by two (``torchrun`` with more GPUs, as timm allows): the run goes on
+    with a warning, and rank 1, which the checkpoint has no RNG state for, does not replay rank 0's stream."""
+    from train.checkpoint import load_checkpoint
+    from train.data import micro_batch_size
+    from train.distributed import Dist
+    from train.model import create_model
+    from train.step import TrainStep
+
+    cfg = cfg_of(tiny_dataset, "train.stop_at=2")
+    stored = torch.load(stopped / "state.pt", map_location="cpu", weights_only=False)["rng"]
+    assert len(stored) == 1
+
+    def restore(rank: int) -> torch.Tensor:
+        trainer = TrainStep(cfg, create_model(cfg, 16), 16, micro_batch_size(cfg, 2), torch.device("cpu"), 6)
+        assert load_checkpoint(stopped, trainer, Dist(rank, 2, rank, torch.device("cpu"))) == 2
+        return torch.get_rng_state()
+
+    with caplog.at_level("WARNING", logger="train.checkpoint"):
+        rank0 = restore(0)
+    assert torch.equal(rank0, stored[0]["torch"])
+    assert "written by 1 process(es) and this run has 2" in caplog.text and "from step 2 on" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="train.checkpoint"):
+        rank1 = restore(1)
+    assert not torch.equal(rank1, stored[0]["torch"]) and caplog.text == ""  # rank 0 alone says it
+    assert torch.equal(restore(1), rank1)  # and its own stream is the same on every resume

@@ -31,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from train.config import Config
-from train.distributed import Dist
+from train.distributed import Dist, seed_everything
 from train.errors import TrainError
 from train.model import check_model_name, unwrap
 from train.step import TrainStep
@@ -228,8 +228,26 @@ def load_checkpoint(out: Path, trainer: TrainStep, env: Dist) -> int:
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"][env.rank] if env.rank < len(state["rng"]) else state["rng"][0])
-    return int(state["step"])
+    step = int(state["step"])
+    _restore_rngs(state, env, step, out)
+    return step
+
+
+def _restore_rngs(state: dict[str, Any], env: Dist, step: int, out: Path) -> None:
+    """This rank's RNG states as the checkpoint stored them. Under another process count (more or fewer GPUs,
+    as timm's scripts allow) the global batch and the schedule stay the run's, so the run goes on with a warning;
+    a rank the checkpoint has no state for gets its own seed from (seed, rank, step), not rank 0's stream (every
+    such rank would otherwise draw rank 0's dropout and mixup)."""
+    stored = state["rng"]
+    if len(stored) != env.world_size and env.is_main:
+        log.warning("--resume: %s was written by %d process(es) and this run has %d: the global batch and the "
+                    "schedule are the run's, but from step %d on the samples each process reads and their random "
+                    "augmentations differ from an uninterrupted run", out, len(stored), env.world_size, step)
+    if env.rank < len(stored):
+        set_rng_state(stored[env.rank])
+        return
+    seed = state.get("config", {}).get("train", {}).get("seed", 0)
+    seed_everything(int(np.random.SeedSequence([int(seed), env.rank, step]).generate_state(1)[0]))
 
 
 def read_architecture(checkpoint: str | Path) -> dict[str, Any]:
