@@ -394,14 +394,19 @@ class _Hashing:
         self._f.flush()
 
 
-def iter_shard(source: str | Path | IO[bytes]) -> Iterator[dict[str, Any]]:
+_MEMBER_KINDS = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link", tarfile.DIRTYPE: "folder"}
+
+
+def iter_shard(source: str | Path | IO[bytes], strict: bool = False) -> Iterator[dict[str, Any]]:
     """Yield the samples of one shard in file order, as webdataset groups them.
 
     The key of a member is its path up to the first dot of its base name and the extension the rest; a
-    sample ends when the key changes. Members that are not regular files are skipped.
+    sample ends when the key changes. Members that are not regular files are skipped, as webdataset skips them.
 
     Args:
         source: a shard's path, or a binary file object positioned at its start (read as a stream).
+        strict: raise on a member that is not a regular file (a link, a folder: fracgen writes none), for
+            ``verify``, instead of skipping it.
 
     Yields:
         ``{"__key__": key, "__url__": where, ext: bytes, ...}``, e.g. ``png``, ``cls`` and ``json``.
@@ -416,6 +421,9 @@ def iter_shard(source: str | Path | IO[bytes]) -> Iterator[dict[str, Any]]:
               else tarfile.open(fileobj=source, mode="r|")) as tar:
             for member in tar:
                 if not member.isfile():
+                    if strict:
+                        raise DatasetError(f"shard {where}: member {member.name!r} is not a regular file (a "
+                                           f"{_MEMBER_KINDS.get(member.type, 'special file')}; fracgen writes none)")
                     continue
                 head, _, base = member.name.rpartition("/")
                 stem, _, ext = base.partition(".")

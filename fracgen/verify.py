@@ -149,7 +149,7 @@ def _check_shard(
     bad_images = bad_labels = 0
     first_image_problem = first_label_problem = ""
     try:
-        for sample in dataset.iter_shard(path):
+        for sample in dataset.iter_shard(path, strict=True):
             key = sample["__key__"]
             count += 1
             if not KEY_RE.match(key):

@@ -2,11 +2,13 @@
 links where fracgen writes, markers that lie, stray shards, edited records, unreadable files (attack round of
 stop 18)."""
 
+import io
 import json
 import os
 import shutil
 import socket
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -218,6 +220,27 @@ def test_verify_names_a_repacked_sample(tiny_copy: Path, change, fragment) -> No
     _repack(tiny_copy, change)
     report = verify(tiny_copy)
     assert not report.ok and any(fragment in line for line in report.lines()), report.lines()
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE])
+def test_verify_names_a_member_that_is_not_a_file(tiny_copy: Path, kind: bytes) -> None:
+    # webdataset and the trainer skip such a member; fracgen never writes one, so a shard holding one was altered
+    shard = tiny_copy / "train-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    link = tarfile.TarInfo("00000001.png.orig")
+    link.type, link.linkname = kind, "/etc/passwd"
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, (member, data) in enumerate(members):
+            tar.addfile(member, io.BytesIO(data))
+            if i == 2:
+                tar.addfile(link)
+    build_json = json.loads((tiny_copy / "build.json").read_text())
+    build_json["shards"][0].update(sha256=dataset.sha256_file(shard), bytes=shard.stat().st_size)
+    (tiny_copy / "build.json").write_text(json.dumps(build_json))
+    report = verify(tiny_copy)
+    assert not report.ok
+    assert any("'00000001.png.orig' is not a regular file" in line for line in report.lines()), report.lines()
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are told apart through Linux's /proc")
