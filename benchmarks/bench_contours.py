@@ -10,8 +10,8 @@ Both paths draw the same images: the category and instance parameters of ``conto
 seed, c, 0)`` for c = 0 .. images - 1 (what an image costs depends mostly on V x K), each path with its own stroke
 draws. Both paths' cost follows the rings' length, V x K on average, so the table prints the sample's mean V x K
 against its expectation under the released ranges: a sample lighter than that flatters (b). The first 40
-categories of seed 0 are one (RCDB: 5,122 against 7,114): the 0.57-0.60 ms once quoted from them is 0.75 ms over
-300 images. The fast path's time covers everything one image needs: deriving its generators, the numpy draws and
+categories of seed 0 are one (RCDB: 5,122 against 7,114): the 0.57-0.60 ms once quoted from them is 0.75-0.77 ms
+over 300 images. The fast path's time covers everything one image needs: deriving its generators, the numpy draws and
 the numba drawing. A stored image also needs its PNG: the released scripts save an RGB PNG with Pillow (timed
 on the released image), fracgen encodes its grey image with its own ``encode_png(image, fast=True)``, as a
 build does (``fracgen/encode.py``). Two ratios per stored image (drawing + PNG): (a) against the released

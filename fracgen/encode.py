@@ -20,7 +20,8 @@ The contour looks (RCDB, VisualAtom: a background and one-pixel lines of about 8
 7.2 ms (VisualAtom) a 512 px image through zlib level 6, 20x and 5x their drawing. With ``fast=True`` (the build
 sets it for the contour and noise presets) they go through ``deflate_many.py``, a greedy LZ77 over four
 distances (1 and the row stride -1, 0, +1): about 0.47 ms and 0.56 ms (CPU, 2-core AMD EPYC VM, 300 images),
-1.5x and 1.2x zlib 6's bytes on average (up to 3x on some sparse RCDB images); noise (RGB) about 4x faster at the same size.
+1.5x and 1.2x zlib 6's bytes on average (up to 3x on some sparse RCDB images); noise (RGB) about 4x faster at the
+same size.
 Photos stay on zlib: the kernel gave 1.05-1.6x their bytes. ``tests/test_encode.py`` checks every stream with
 zlib and the images with Pillow; ``benchmarks/bench_contours.py`` measures the contour figures. The kernels cost
 a few CPU-seconds of JIT compilation the first time a machine builds (cached in NUMBA_CACHE_DIR afterwards).

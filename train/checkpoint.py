@@ -246,8 +246,10 @@ def _restore_rngs(state: dict[str, Any], env: Dist, step: int, out: Path) -> Non
     if env.rank < len(stored):
         set_rng_state(stored[env.rank])
         return
-    seed = state.get("config", {}).get("train", {}).get("seed", 0)
-    seed_everything(int(np.random.SeedSequence([int(seed), env.rank, step]).generate_state(1)[0]))
+    train = state.get("config", {}).get("train") if isinstance(state.get("config"), dict) else None
+    seed = train.get("seed") if isinstance(train, dict) else None
+    seed = seed if isinstance(seed, int) and seed >= 0 else 0
+    seed_everything(int(np.random.SeedSequence([seed, env.rank, step]).generate_state(1)[0]))
 
 
 def read_architecture(checkpoint: str | Path) -> dict[str, Any]:
