@@ -107,6 +107,19 @@ def tiny_copy(tiny_dataset, tmp_path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="session")
+def stopped(tiny_dataset, tmp_path_factory) -> Path:
+    """A tiny pre-training run of 6 steps stopped at step 2 with a checkpoint (train.stop_at). Read-only: copy it
+    before changing it."""
+    from train_helpers import cfg_of
+
+    from train.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("stopped") / "st"
+    assert pretrain(cfg_of(tiny_dataset, "train.stop_at=2"), out)["steps"] == 2
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Torch tests run on one thread: two threads on a loaded 2-core machine can be 70x slower."""

@@ -24,14 +24,6 @@ def resume_argv(data, out):
 
 
 @pytest.fixture(scope="module")
-def stopped(tiny_dataset, tmp_path_factory):
-    """A run of 6 steps stopped at step 2 with a checkpoint (train.stop_at)."""
-    out = tmp_path_factory.mktemp("attack2") / "st"
-    assert pretrain(cfg_of(tiny_dataset, "train.stop_at=2"), out)["steps"] == 2
-    return out
-
-
-@pytest.fixture(scope="module")
 def complete(tiny_dataset, tmp_path_factory):
     """A complete run of 6 steps."""
     out = tmp_path_factory.mktemp("attack2") / "done"

@@ -25,14 +25,6 @@ def assert_refused(code, err, *fragments):
 
 
 @pytest.fixture(scope="module")
-def stopped(tiny_dataset, tmp_path_factory):
-    """A run of 6 steps stopped at step 2 with a checkpoint (train.stop_at)."""
-    out = tmp_path_factory.mktemp("resume") / "st"
-    assert pretrain(cfg_of(tiny_dataset, "train.stop_at=2"), out)["steps"] == 2
-    return out
-
-
-@pytest.fixture(scope="module")
 def other_build(tmp_path_factory):
     """Another build with the tiny set's shape (16 classes, 16 samples) but another seed: other images."""
     from conftest import TINY
