@@ -245,6 +245,26 @@ class BuildConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    @classmethod
+    def checked(cls, options: dict, prefix: str = "") -> BuildConfig:
+        """A validated config from option names and values (a sweep's grid point, a repro variant's ``build.*``).
+
+        Raises:
+            UsageError: on one line, the unknown names (each after ``prefix``, as the caller's user spells them)
+                with the known ones, or the first option refused.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known, key=str)
+        if unknown:
+            raise UsageError(f"unknown build option(s) {', '.join(prefix + str(k) for k in unknown)} "
+                             f"(known: {', '.join(sorted(known))})")
+        try:
+            config = cls(**options)
+            config.validate()
+        except (UsageError, TypeError, ValueError) as e:
+            raise UsageError(str(e).splitlines()[0]) from None
+        return config
+
     def command(self, out: str = "OUT") -> str:
         """The CLI command that rebuilds these bytes (with params.json or the source image beside it)."""
         defaults = BuildConfig(preset=self.preset)

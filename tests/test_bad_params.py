@@ -99,3 +99,20 @@ def test_search_disk_full_does_not_suggest_resume(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["search", "-o", str(tmp_path / "p.json")])
     one_line(result, "disk full", "run the search again")
     assert "--resume" not in result.output
+
+
+@pytest.mark.parametrize("options,fragment", [
+    ({"dleta": 0.1, "L": 4}, "unknown build option(s) build.dleta (known: L, "),
+    ({"delta": -5}, "--delta must be"),
+    ({"L": "many"}, "--L"),
+    ({"L": 4, "size": 64, "points": float("nan")}, "--points"),
+])
+def test_options_from_a_mapping_are_refused_on_one_line(options, fragment):
+    """Sweep grid points and repro variants name build options in a mapping: one checker refuses them for both."""
+    with pytest.raises(UsageError) as e:
+        BuildConfig.checked(options, prefix="build.")
+    assert fragment in str(e.value) and "\n" not in str(e.value), e.value
+
+
+def test_options_from_a_mapping_give_the_cli_config():
+    assert BuildConfig.checked(dict(TINY)) == CFG
