@@ -16,7 +16,7 @@ from pathlib import Path
 from fracgen import dataset
 from fracgen.config import BuildConfig, check_memory
 from fracgen.errors import UsageError
-from fracgen.metadata import write_metadata
+from fracgen.metadata import machine, write_metadata
 from fracgen.output import (
     check_writable,
     claim,
@@ -204,6 +204,7 @@ def build(
             "images_this_call": images,
             "wall_seconds_this_call": round(time.perf_counter() - start, 4),
             "workers": workers,
+            "machine": machine(),
         }
         write_metadata(root, plan, ordered, timing)
         # again at the end: the workers of a build killed just before this call may have outlived its start

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from fracgen import dataset
+from fracgen.config import SEARCH_ONLY
 from fracgen.errors import UsageError
 from fracgen.presets import DEFAULT_PRESET, PRESETS
 
@@ -121,8 +122,8 @@ def _seconds(seconds: float) -> str:
     return f"{hours} hour{'s' * (hours != 1)} {minutes} minutes"
 
 
-def _build_time(timing: dict[str, Any], num_samples: int) -> str:
-    """build.json's ``timing`` in words: wall time, workers, search time and images of the last call."""
+def _build_time(timing: dict[str, Any], num_samples: int, from_file: bool = False) -> str:
+    """build.json's ``timing`` in words: wall time, workers and machine, search time and images of the last call."""
     try:
         wall = float(timing["wall_seconds_this_call"])
         workers = int(timing.get("workers", 1))
@@ -131,8 +132,11 @@ def _build_time(timing: dict[str, Any], num_samples: int) -> str:
     except (KeyError, TypeError, ValueError):
         return "not recorded"
     text = f"{_seconds(wall)} on {workers} worker{'s' * (workers != 1)}"
+    if isinstance(timing.get("machine"), str):
+        text += f" ({' '.join(timing['machine'].split())[:120]})"
     if search >= 0.05:
-        text += f", of which {_seconds(search)} searching the base systems"
+        text += f", of which {_seconds(search)} " + (
+            "checking the base systems of the params file" if from_file else "searching the base systems")
     if images != num_samples:
         return f"{text}, for the last {images:,} of {num_samples:,} images (the build was resumed)"
     return text + f", for {images:,} images"
@@ -291,7 +295,10 @@ def differences(config: dict[str, Any], preset: str = DEFAULT_PRESET) -> str:
         "a fractal (released code: 100,000 points, same rules).",
         raster,
         f"**Image size** {config.get('size', '?')} px (released: 512).",
-        f"**sigma target** drawn from U(sigma - {config.get('margin', 0.1)}, sigma + {config.get('margin', 0.1)}) "
+        "**Base systems** read from a params file (`--params`, copied as params.json with their measured "
+        "sigma-factors), not searched: the search options (sigma, margin, N) steered nothing."
+        if family.systems == "sigma" and config.get("params_source") == "file"
+        else f"**sigma target** drawn from U(sigma - {config.get('margin', 0.1)}, sigma + {config.get('margin', 0.1)}) "
         "for the base system, with N = "
         f"{config.get('maps', 2)} maps sampled as in Anderson & Farrell (released: margin 0.1, N = 2)."
         if family.systems == "sigma"
@@ -354,6 +361,19 @@ def _per_class_text(config: dict[str, Any]) -> dict[str, str]:
             "variant_field": ", and `variant`, which of the class's patch-mask draws the image is"}
 
 
+def _measured_sigma(params: dict | None) -> str:
+    """The sigma-factor a params file records for its systems, as the card shows it (a range for several)."""
+    try:
+        values = [float(system["sigma"]) for system in params["systems"]]
+    except (KeyError, TypeError, ValueError):
+        values = []
+    if not values:
+        return "not recorded (the base systems came from a params file)"
+    low, high = min(values), max(values)
+    shown = f"{low:.4g}" if low == high else f"{low:.4g} to {high:.4g}"
+    return f"{shown} (measured; the base system{'s' if len(values) > 1 else ''} came from a params file)"
+
+
 def card_context(
     root: Path | str,
     *,
@@ -392,13 +412,15 @@ def card_context(
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise UsageError(f"{root / dataset.BUILD_JSON} num_classes {num_classes!r} is not a positive integer")
     name = " ".join(str(build.get("name") or root.name).split())  # one line, whatever build.json holds
-    maps = config.get("maps")
+    from_file = config.get("params_source") == "file"  # --params: the recorded sigma and maps steered nothing
+    maps = None if from_file else config.get("maps")
     params = dataset.read_params(root) if maps is None else None
     if params is not None:
         try:
             maps = len(params["systems"][0]["maps"])
         except (KeyError, IndexError, TypeError):
             maps = None
+    sigma = _measured_sigma(params) if from_file else str(config.get("sigma", "?"))
     versions = build.get("versions") or {}
     command = build.get("command", "")
     if isinstance(command, list):
@@ -406,7 +428,8 @@ def card_context(
 
         command = shlex.join(command)
     if template_for(build).name == "1p-frac.md":
-        pretty = (f"1p-frac (sigma {config['sigma']}, Delta {config['delta']}, L {config['L']}"
+        systems = f"params file, sigma {sigma.split(' (')[0]}" if from_file else f"sigma {sigma}"
+        pretty = (f"1p-frac ({systems}, Delta {config['delta']}, L {config['L']}"
                   f"{_per_class_text(config)['variants_title']})")
     else:
         pretty = name
@@ -422,8 +445,12 @@ def card_context(
     real = family is not None and family.sampler == "real-image"
     tags = ["synthetic"] + (["fractals"] if family and family.renders_fractals else [])
     tags += ([] if real else ["formula-driven"]) + ["webdataset", preset] + list(family.tags if family else ())
+    if from_file:
+        relevant -= set(SEARCH_ONLY)
     shown = [k for k in config if k in relevant or k in ("preset", "source", "source_sha256")]
     rows = {label: config[k] for k, label in _OPTION_LABELS.items() if k in relevant and k in config}
+    if from_file and "sigma" in relevant_options(preset, config):
+        rows = {_OPTION_LABELS["sigma"]: sigma, **rows}
     info = yaml.safe_dump({"dataset_info": dataset_info(root, build, num_classes)}, sort_keys=False).rstrip()
     context = {
         "license": license,
@@ -444,15 +471,15 @@ def card_context(
         "size": str(config.get("size", "?")),
         "image": _image(preset, config),
         "style": option("style"),
-        "sigma": option("sigma"),
+        "sigma": sigma if from_file else option("sigma"),
         "delta": option("delta"),
         "L": option("L"),
-        "N": str(maps) if maps is not None and "maps" in relevant else f"n/a ({preset})",
+        "N": str(maps) if maps is not None and "maps" in relevant_options(preset, config) else f"n/a ({preset})",
         "perturbation": option("perturbation", "not recorded"),
         "points": option("points"),
         "seed": str(config.get("seed", "?")),
         "parameter_rows": "\n".join(f"| {label} | {value} |" for label, value in rows.items()),
-        "build_time": _build_time(build.get("timing") or {}, num_samples),
+        "build_time": _build_time(build.get("timing") or {}, num_samples, from_file),
         "command": str(command),
         "install": INSTALL,
         "fracgen_version": str(versions.get("fracgen", "?")),

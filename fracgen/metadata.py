@@ -5,6 +5,7 @@ build.json comes last: its presence is what marks a complete build.
 
 from __future__ import annotations
 
+import os
 import platform
 
 import numpy as np
@@ -24,6 +25,18 @@ def versions() -> dict:
         "numpy": np.__version__,
         "numba": numba.__version__,
     }
+
+
+def machine() -> str:
+    """The CPU model and logical core count, for build.json's timing (what a card's build time ran on)."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            model = next((line.split(":", 1)[1] for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    model = " ".join((model or platform.processor() or platform.machine() or "unknown CPU").split())
+    return f"{model}, {os.cpu_count() or '?'} logical cores"
 
 
 def write_metadata(root, plan: Plan, markers: list[dict], timing: dict) -> dict:

@@ -141,7 +141,8 @@ _NOISE = {"delta", "L", "size", "seed", "shard_size"}
 def _one_p_frac_name(c) -> str:
     head = "1p-frac" if c.fractals == 1 else f"{c.fractals}p-frac"
     variants = "" if c.patch_variants == 1 else f"-aug{c.patch_variants}"  # as OFDB's name
-    return f"{head}-sigma{c.sigma}-delta{c.delta}-L{c.L}{variants}"
+    systems = "params" if c.params_source == "file" else f"sigma{c.sigma}"  # --sigma did not steer a file's systems
+    return f"{head}-{systems}-delta{c.delta}-L{c.L}{variants}"
 
 
 def _noise_name(c) -> str:

@@ -43,7 +43,7 @@ def test_1p_frac_card_header_and_body(tiny_dataset: Path) -> None:
     assert "| L (perturbations per fractal) | 16 |" in body
     assert "| N (affine maps per system) | 2 |" in body
     assert "| perturbation mode | multiplicative |" in body
-    assert re.search(r"\| build time \| [0-9.]+ seconds on 1 worker, .*for 16 images \|", body)
+    assert re.search(r"\| build time \| [0-9.]+ seconds on 1 worker \([^|]+ logical cores\), .*for 16 images \|", body)
     assert "![preview" in body and "(preview.png)" in body
     assert 'load_dataset("webdataset"' in body and 'load_dataset("alice/one-frac"' in body
     assert 'create_dataset("wds/' in body and "wds.WebDataset(" in body
@@ -145,6 +145,10 @@ def test_build_time_in_words() -> None:
     assert _build_time(timing, 1000) == "2 hours 1 minutes on 2 workers, for the last 10 of 1,000 images (the " \
         "build was resumed)"
     assert _build_time({}, 5) == "not recorded"
+    timing.update(search_seconds=0.3, images_this_call=1000, machine="AMD EPYC 7B13,  2 logical cores")
+    assert _build_time(timing, 1000, from_file=True) == (
+        "2 hours 1 minutes on 2 workers (AMD EPYC 7B13, 2 logical cores), of which 0.3 seconds checking the base "
+        "systems of the params file, for 1,000 images")
 
 
 def _hub_folder(root: Path, out: Path, **card) -> Path:
@@ -227,3 +231,25 @@ def test_a_patch_variants_build_is_not_named_like_the_plain_one() -> None:
     plain, aug = BuildConfig(L=4), BuildConfig(L=4, patch_variants=3)
     assert plain.name() == "1p-frac-sigma3.5-delta0.1-L4" and aug.name() == "1p-frac-sigma3.5-delta0.1-L4-aug3"
     assert BuildConfig(preset="ofdb", fractals=2, patch_variants=3).name() == "ofdb-2-aug3"
+
+
+def test_a_params_file_build_shows_the_files_sigma_not_the_search_options(tmp_path: Path) -> None:
+    """--params takes the systems from a file: the card and name show its measured sigma-factor and its maps (3
+    here), not the --sigma / --maps defaults build.json records beside them."""
+    from conftest import TINY
+
+    from fracgen.build import BuildConfig, build
+
+    sierpinski = [[0.5, 0, 0, 0.5, 0, 0], [0.5, 0, 0, 0.5, 0.5, 0], [0.5, 0, 0, 0.5, 0.25, 0.5]]
+    (tmp_path / "p.json").write_text(json.dumps({"maps": sierpinski, "sigma": 4.25}))
+    build(BuildConfig(**{**TINY, "L": 4, "shard_size": 4}), tmp_path / "d", workers=1, params=tmp_path / "p.json")
+    recorded = json.loads((tmp_path / "d" / "build.json").read_text())
+    assert recorded["config"]["sigma"] == 3.5 and recorded["config"]["maps"] == 2  # the defaults, unused
+    assert recorded["name"] == "1p-frac-params-delta0.1-L4"
+    header, body = _split(render_card(tmp_path / "d", license="mit"))
+    assert header["pretty_name"] == "1p-frac (params file, sigma 4.25, Delta 0.1, L 4)"
+    assert "| sigma (sigma-factor of the base system) | 4.25 (measured; the base system came from a params file) |" \
+        in body
+    assert "| N (affine maps per system) | 3 |" in body
+    assert "sigma target" not in body and "read from a params file" in body
+    assert "| sigma | 3.5 |" not in body and "| margin |" not in body  # the recorded config table
