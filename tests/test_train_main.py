@@ -25,3 +25,21 @@ def test_worker_tracebacks_become_their_last_line():
                '  File "x.py", line 1, in f\ntrain.errors.TrainError: image a/b.jpg: cannot decode (OSError: x)\n')
     assert _one_line(wrapped) == "image a/b.jpg: cannot decode (OSError: x)"
     assert _one_line("plain message") == "plain message"
+
+
+def test_finetune_steps_set_the_length_instead_of_the_configs_epochs(tmp_path, capsys, monkeypatch):
+    """`finetune --steps N` used to be ignored whenever the config gives epochs (tiny-finetune: 2): now it wins,
+    and --steps with --epochs is refused on one line."""
+    import train.finetune
+    from train_helpers import assert_one_line, run_cli
+
+    seen = []
+    monkeypatch.setattr(train.finetune, "finetune", lambda cfg, out, resume=False: seen.append(cfg) or
+                        {"steps": cfg.train.steps, "checkpoint": None, "top1": 0.0})
+    base = ["finetune", "--config", "tiny-finetune", "--out", tmp_path / "ft"]
+    code, out, err = run_cli([*base, "--steps", "7"], capsys)
+    assert code == 0, err
+    assert (seen[-1].train.steps, seen[-1].train.epochs) == (7, 0)
+    code, out, err = run_cli(base, capsys)
+    assert code == 0 and seen[-1].train.epochs == 2, err  # the config's epochs when --steps is not given
+    assert_one_line(*run_cli([*base, "--steps", "7", "--epochs", "1"], capsys)[::2], "--steps and --epochs")

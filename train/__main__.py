@@ -82,9 +82,16 @@ def pretrain(config, out, resume, overrides, **flags) -> None:
 @click.option("--probe-blocks", type=click.IntRange(min=0), default=None,
               help="Freeze embeddings + first k blocks (k = depth: linear probe).")
 def finetune(config, out, resume, overrides, **flags) -> None:
-    """Fine-tune or probe on real images (default config: the released fine-tuning recipe)."""
+    """Fine-tune or probe on real images (default config: the released fine-tuning recipe).
+
+    --steps sets the length in steps instead of the config's epochs (which would otherwise win).
+    """
     from train.finetune import finetune as run
 
+    if flags.get("steps") is not None:
+        if flags.get("epochs") is not None:
+            raise TrainError("--steps and --epochs both set the fine-tuning length: give one of them")
+        flags["epochs"] = 0  # train.epochs = 0: the length is train.steps
     m = run(load_config(config or "finetune", list(overrides), _values(**flags)), out, resume=resume)
     _report(m, out, lambda: f"fine-tuned {m['steps']} steps ({m['checkpoint'] or 'scratch'}): "
             f"test top-1 {m['top1']:.2f}%")
