@@ -33,8 +33,9 @@ demo: install ## Build the default 1p-frac dataset (sigma 3.5, Delta 0.1, L 1000
 	$(BIN)/fracgen build --sigma 3.5 --delta 0.1 --L 1000 --overwrite $(OUT)
 	$(BIN)/fracgen verify $(OUT)
 
-publish-dry: install ## List what push-to-hub would send for $(OUT) (REPO=USER/NAME LICENSE=ID; contacts nothing).
-	$(BIN)/fracgen push-to-hub $(OUT) --repo-id $(or $(REPO),USER/NAME) $(if $(LICENSE),--license $(LICENSE)) --dry-run $(OUT)-publish
+publish-dry: install ## List what push-to-hub would send for $(OUT) (LICENSE=ID required, REPO=USER/NAME; contacts nothing).
+	$(if $(LICENSE),,$(error make publish-dry needs the dataset's licence for its card: LICENSE=ID, e.g. LICENSE=cc-by-4.0))
+	$(BIN)/fracgen push-to-hub $(OUT) --repo-id $(or $(REPO),USER/NAME) --license $(LICENSE) --dry-run $(OUT)-publish
 
 test: install-dev ## Run the test suite (CPU only, no network).
 	$(BIN)/python -m pytest -q
