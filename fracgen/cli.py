@@ -323,7 +323,7 @@ _dataset_dir = click.argument(
 @cli.command("verify")
 @_dataset_dir
 def verify_command(root: Path) -> None:
-    """Re-read every shard of ROOT against build.json and _info.json.
+    """Re-read every shard of ROOT against build.json, _info.json and params.json.
 
     Exit 0 with a one-line summary when the dataset is sound; exit 1 naming each bad shard otherwise.
     """
