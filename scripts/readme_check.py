@@ -2,11 +2,13 @@
 
 `make readme-check` (and `tests/test_readme.py`) run this. What it does, so a reader knows what "checked" means:
 
-- It starts where a new user stands after `make demo`: the demo's build (`out/1p-frac`) exists.
+- It starts where a new user stands after `make demo`: it runs the demo's recipe, read from the Makefile (the
+  build of `out/1p-frac` at toy size, then `fracgen verify`).
 - Every fenced shell block after the first (the first is the set-up one: `make demo`, `make test`) is read line
   by line, with `\\` continuations joined and `# comments` dropped. Lines that call `fracgen` run, in order, in
   the scratch folder, and must exit 0. Other lines (`make`, `python -m train`, `torchrun`, `pip`, uploads that
-  need a token) are listed as not run: they need a GPU, the network or minutes of CPU.
+  need a token) are listed as not run: they need a GPU, the network or minutes of CPU. A line that is not valid
+  shell fails.
 - `fracgen build` and `build-real` run at toy size: `--L`, `--fractals`, `--instances`, `--categories`, `--size`
   and `--points` are capped (the preset's own records say which options it takes, so a missing `--size` is
   added only where the preset reads it; a `--shard-range` command keeps its class counts, which decide the
@@ -26,7 +28,6 @@ import argparse
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_CAPS = {"L": 8, "fractals": 3, "instances": 4, "categories": 3, "size": 64, "points": 5000, "patch-variants": 2}
-DEMO = "fracgen build --sigma 3.5 --delta 0.1 --L 1000 --overwrite out/1p-frac"
 SKIP_MARK = re.compile(r"<!--\s*readme-check:\s*skip\s*(.*?)-->")
 
 
@@ -113,9 +113,19 @@ def make_photo(where: Path) -> None:
     Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(where / "photo.jpg", quality=90)
 
 
+def demo_commands(makefile: Path = REPO / "Makefile") -> list[str]:
+    """`make demo`'s recipe as the user's shell runs it, read from the Makefile so the check follows it."""
+    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", makefile.read_text(), re.M)
+    out = re.search(r"^OUT \?= (\S+)", makefile.read_text(), re.M)
+    if not recipe or not out:
+        raise SystemExit(f"{makefile}: no demo recipe or OUT default to run")
+    return [line.strip().replace("$(BIN)/", "").replace("$(OUT)", out.group(1)) for line in recipe.group(1).splitlines()]
+
+
 def fracgen_argv() -> list[str]:
-    exe = shutil.which("fracgen")
-    return [exe] if exe else [sys.executable, "-m", "fracgen.cli"]
+    """The `fracgen` of the interpreter running this (its venv's entry point), not whichever is first on PATH."""
+    exe = Path(sys.executable).parent / "fracgen"
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "fracgen.cli"]
 
 
 def run(readme: Path, work: Path, verbose: bool = False) -> int:
@@ -124,7 +134,7 @@ def run(readme: Path, work: Path, verbose: bool = False) -> int:
     env.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
     make_photo(work)
     passed = failed = 0
-    todo: list[tuple[str, str | None]] = [(DEMO, None)]
+    todo: list[tuple[str, str | None]] = [(c, None) for c in demo_commands()]
     for i, (lang, body, skip) in enumerate(blocks(readme.read_text())):
         if i == 0:
             continue  # the set-up block: make demo / make test
@@ -142,8 +152,10 @@ def run(readme: Path, work: Path, verbose: bool = False) -> int:
         else:
             try:
                 words = shlex.split(cmd)
-            except ValueError:
-                words = []
+            except ValueError as e:
+                failed += 1
+                print(f"FAILED   {cmd} (not a valid shell line: {e})")
+                continue
             if words[:2] == ["fracgen", "push-to-hub"] and "--dry-run" not in words:
                 skip = skip or "uploads: needs a token and the network"
             if skip is not None or not words or words[0] != "fracgen":

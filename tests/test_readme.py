@@ -53,14 +53,17 @@ def test_a_work_folder_holding_files_is_refused_and_left_alone(tmp_path):
 
 
 def test_odd_readme_blocks_are_reported_not_crashed_on(tmp_path):
-    """An empty python block, `--L=N` spelled with '=', and `--preset` as the last word: a line each, no
-    traceback; the '=' form is capped like the other (a full-size build would take minutes)."""
+    """An empty python block, `--L=N` spelled with '=', `--preset` as the last word and a line that is not valid
+    shell: a line each, no traceback; the '=' form is capped like the other (a full-size build would take minutes),
+    the broken line fails rather than being skipped."""
     readme = tmp_path / "README.md"
     readme.write_text("```\nmake demo\n```\n\n```python\n```\n\n```\nfracgen build --L=100000 --points=100000 "
-                      "out/eq\nfracgen build out/x --preset\n```\n")
+                      "out/eq\nfracgen build out/x --preset\nfracgen build 'out/unclosed\n```\n")
     work = tmp_path / "work"
     proc = _script("--readme", str(readme), "--work", str(work))
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert "ok       fracgen build --size 64 --L 8 --points 5000 out/eq" in proc.stdout, proc.stdout
     assert "FAILED   fracgen build --points 5000 --size 64 out/x --preset" in proc.stdout, proc.stdout
-    assert proc.stdout.strip().splitlines()[-1].endswith("1 failed")
+    assert "FAILED   fracgen build 'out/unclosed (not a valid shell line" in proc.stdout, proc.stdout
+    assert "ok       fracgen verify out/1p-frac" in proc.stdout, proc.stdout  # the demo's recipe, from the Makefile
+    assert proc.stdout.strip().splitlines()[-1].endswith("2 failed")
