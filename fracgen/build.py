@@ -163,7 +163,9 @@ def build(
             plan = make_plan(config, systems, source=source_name, accepted=accepted is not None, workers=workers,
                              progress=progress)
         except BaseException:
-            if stored is None:
+            # take back only a claim nobody else may have joined: a split or resuming job's claim is shared
+            # with the other jobs of its options, which may be running in it already
+            if stored is None and created and shard_range is None and not resume:
                 release(root, created_root=not existed)
             raise
     search_seconds = time.perf_counter() - search_start

@@ -188,6 +188,9 @@ def test_resume_after_a_kill_during_planning_builds_the_recorded_options(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         build(CFG, out, workers=1)
     assert not out.exists()  # an interrupted claim is taken back
+    with pytest.raises(KeyboardInterrupt):  # a split job's claim is shared: another job may be building in it
+        build(CFG, tmp_path / "split", workers=1, shard_range=(0, 1))
+    assert output.stored_config(tmp_path / "split") == CFG
     out.mkdir()
     output.check_writable(out)
     output.claim(out, CFG)  # what kill -9 leaves: the options, no systems
