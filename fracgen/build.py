@@ -31,7 +31,7 @@ from fracgen.output import (
     unclaim,
 )
 from fracgen.plan import Plan, make_plan
-from fracgen.shard import ShardJob, run_shard
+from fracgen.shard import ShardJob, records_digest, run_shard
 from fracgen.systems import load_systems
 
 __all__ = ["BuildConfig", "BuildResult", "Plan", "build", "make_plan", "run_shard", "stored_config"]
@@ -235,13 +235,16 @@ def _refuse_strays(root: Path, config: BuildConfig) -> None:
 
 def _marker_fits(plan: Plan, shard: int, marker: dict) -> bool:
     """Whether a complete shard's marker records what the plan puts in it (its checksum verified already): a
-    marker edited or left by other code is not trusted, and its shard is built again."""
+    shard made by a job of other options or base systems (copied in from another folder), or a marker edited or
+    left by other code, is not trusted, and its shard is built again."""
     indices = plan.shard_samples[shard]
     per_class = plan.config.per_class
     labels = [i // per_class for i in indices if i % per_class == 0] if plan.config.instances == 1 else []
     records = marker.get("samples")
     return (marker.get("shard") == shard and marker.get("filename") == dataset.shard_name(shard)
+            and marker.get("plan") == plan.digest
             and marker.get("num_samples") == len(indices) and isinstance(records, list)
+            and marker.get("samples_sha256") == records_digest(records)
             and [r.get("label") if isinstance(r, dict) else None for r in records] == labels)
 
 

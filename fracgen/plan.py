@@ -8,6 +8,8 @@ Importing this module does not import numba; planning a preset with base systems
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 from fracgen.config import BuildConfig
@@ -25,12 +27,23 @@ class Plan:
         systems: base systems (fractal presets).
         shard_samples: sample indices of every shard, sorted; label = index // per_class.
         source: real-image preset: the path the source image is read from.
+        digest: sha256 of the options and base systems, recorded in every shard's marker (see __post_init__).
     """
 
     config: BuildConfig
     systems: list[System]
     shard_samples: list[list[int]] = field(default_factory=list)
     source: str = ""
+
+    digest: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        # sha256 of what decides every shard's bytes besides its index: the options and the base systems. Each
+        # shard's marker records it, so a resume keeps only shards made by this plan (a shard copied in from a
+        # job with other options or other systems is built again). Computed once, before the plan goes to workers.
+        text = json.dumps({"config": self.config.to_json(), "systems": [s.to_json() for s in self.systems]},
+                          sort_keys=True)
+        self.digest = hashlib.sha256(text.encode()).hexdigest()
 
 
 def make_plan(config: BuildConfig, systems: list[System] | None = None, source: str = "",

@@ -5,6 +5,7 @@ Runs in a worker; everything it needs is in the plan, so the shard's bytes depen
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ _LEVELS = np.array([0, render.VALUE], np.uint8)  # the fractal looks: known, so 
 # The contour looks (many grey levels on one background) and noise take fracgen's own deflate: zlib level 6
 # cost the contours 5-20x their drawing time (fracgen/encode.py).
 _FAST_PNG = frozenset({"contour", "contour-lpce", "noise"})
+
+
+def records_digest(records: list) -> str:
+    """sha256 of a marker's class records (what params.json collects), so an edited marker is not trusted."""
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
 
 
 def run_shard(plan: Plan, shard: int, root: Path) -> dict:
@@ -66,7 +72,9 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
         "sha256": sha256,
         "bytes": size,
         "seconds": round(time.perf_counter() - start, 4),
+        "plan": plan.digest,
         "samples": records,
+        "samples_sha256": records_digest(records),
     }
     dataset.write_marker(root, marker)
     return marker

@@ -241,3 +241,34 @@ def test_a_build_started_by_an_older_fracgen_can_be_overwritten(tmp_path) -> Non
             path.write_text(json.dumps(data))
         result = build(BuildConfig(L=4, size=32, points=2000, shard_size=2), root, workers=1, overwrite=True)
         assert result.complete
+
+
+def test_resume_builds_again_shards_copied_in_from_a_job_of_other_options(tmp_path, tiny_dataset):
+    """The README's split into separate folders, with host 2 given another --delta: its shards and markers copied
+    in used to be kept as complete (the labels matched), leaving a dataset of two option sets that verify called
+    OK. Each marker now records the plan's digest (options + base systems), so they are built again."""
+    import shutil
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    build(CFG, one, workers=1, shard_range=(0, 1))
+    build(BuildConfig(**{**TINY, "delta": 0.3}), two, workers=1, shard_range=(1, 2))
+    shutil.copy(two / "train-000001.tar", one)
+    shutil.copy(two / ".fracgen" / "stats" / "000001.json", one / ".fracgen" / "stats")
+    result = build(None, one, workers=1, resume=True)
+    assert result.complete and result.built == [1], result
+    assert files(one) == files(tiny_dataset)
+
+
+def test_resume_builds_again_a_shard_whose_marker_records_were_edited(tmp_path, tiny_dataset):
+    """A marker's class records become params.json: edited ones (checksum of the shard still right) are not
+    trusted, so a resume renders that shard again and params.json is the plan's."""
+    out = tmp_path / "out"
+    build(CFG, out, workers=1)
+    (out / "build.json").unlink()
+    marker = out / ".fracgen" / "stats" / "000000.json"
+    data = json.loads(marker.read_text())
+    data["samples"][0]["maps"] = [[9, 9, 9, 9, 9, 9]]
+    marker.write_text(json.dumps(data))
+    result = build(None, out, workers=1, resume=True)
+    assert result.built == [0], result
+    assert files(out) == files(tiny_dataset)
