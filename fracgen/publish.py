@@ -105,8 +105,8 @@ def stage(
     card = render_card(root, license=license, repo_id=repo_id, source_license=source_license, source_url=source_url)
     _check_card_header(card)
     (workdir / "README.md").write_text(card, encoding="utf-8")
-    preview_path = root / "preview.png"
-    if not preview_path.is_file():
+    preview_path = _own_preview(root)
+    if preview_path is None:
         from fracgen.preview import preview
 
         preview_path = preview(root, out=workdir / "preview.png")
@@ -134,6 +134,25 @@ def _check_card_header(card: str) -> None:
         raise UsageError(f"the rendered card's YAML header does not parse: {err}") from err
     if not isinstance(header, dict) or "license" not in header or "configs" not in header:
         raise UsageError("the rendered card has no YAML header with license and configs")
+
+
+def _own_preview(root: Path) -> Path | None:
+    """``root/preview.png`` when it is a plain PNG file (``fracgen preview`` writes one), None when absent.
+
+    Raises:
+        UsageError: it is a link, not a regular file, or not a PNG: publishing it would send whatever it points
+            to or holds.
+    """
+    path = root / "preview.png"
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink() or not path.is_file():
+        raise UsageError(f"{path} is a link or not a regular file (fracgen writes neither); remove it, or run "
+                         f"`fracgen preview {root}` to draw one")
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            raise UsageError(f"{path} is not a PNG image; remove it, or run `fracgen preview {root}` to draw one")
+    return path
 
 
 DRY_RUN_FILES = ("files.json", "files.tsv", "README.md", "preview.png")

@@ -254,6 +254,20 @@ def test_dry_run_refuses_what_the_push_would(tiny_copy: Path, hub: FakeHub, tmp_
     assert hub.requests == [] and not (tmp_path / "dry").exists()
 
 
+@pytest.mark.parametrize("kind, fragment", [("link", "is a link"), ("text", "is not a PNG")])
+def test_a_preview_that_is_a_link_or_not_a_png_is_refused(tiny_copy: Path, hub: FakeHub, tmp_path: Path, kind,
+                                                          fragment) -> None:
+    """preview.png is published as it is: a link to a private file (or any non-PNG) would be sent to the Hub."""
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY")
+    if kind == "link":
+        (tiny_copy / "preview.png").symlink_to(secret)
+    else:
+        (tiny_copy / "preview.png").write_text("my notes")
+    one_line(_push(tiny_copy, hub.url, "--dry-run", str(tmp_path / "dry"), "--license", "mit"), fragment)
+    assert hub.requests == [] and not (tmp_path / "dry").exists()
+
+
 def test_refuses_a_broken_dataset(tiny_copy: Path, hub: FakeHub) -> None:
     name = _shards(tiny_copy)[0]
     data = bytearray((tiny_copy / name).read_bytes())
