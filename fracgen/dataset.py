@@ -24,6 +24,7 @@ import json
 import os
 import re
 import socket
+import stat
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -136,9 +137,14 @@ def read_json(path: Path) -> Any:
     """Read a JSON record of the dataset.
 
     Raises:
-        UsageError: the file is missing or is not JSON.
+        UsageError: the file is missing, a link or not a regular file (a FIFO would block, a device never end),
+            or is not JSON.
     """
     try:
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a link" if stat.S_ISLNK(mode) else "not a regular file"
+            raise UsageError(f"{path} is {kind} (fracgen writes its records as plain files)")
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise UsageError(f"{path} is missing") from err
@@ -305,10 +311,10 @@ def read_build(root: Path | str) -> dict[str, Any]:
     root = Path(root)
     if not root.is_dir():
         raise UsageError(f"{root} is not a folder; give the output folder of `fracgen build`")
-    if not (root / BUILD_JSON).is_file():
+    if not (root / BUILD_JSON).exists() and not (root / BUILD_JSON).is_symlink():
         raise UsageError(
             f"{root} has no {BUILD_JSON}: the build is incomplete (or this is not a fracgen dataset); "
-            "rerun `fracgen build` to finish it"
+            f"`fracgen build --resume {root}` finishes it"
         )
     build = read_json(root / BUILD_JSON)
     if not isinstance(build, dict) or not isinstance(build.get("shards"), list):

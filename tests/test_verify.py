@@ -179,3 +179,26 @@ def test_a_class_record_that_disagrees_with_its_images_is_named(tmp_path: Path, 
     (root / "params.json").write_text(json.dumps(params))
     report = verify(root)
     assert not report.ok and any("params.json class 1" in line for line in report.lines()), report.lines()
+
+
+@pytest.mark.parametrize("record, kind, fragment", [
+    ("_info.json", "fifo", "_info.json is not a regular file"),
+    ("params.json", "zero", "params.json is a link"),
+])
+def test_a_record_that_is_a_fifo_or_a_device_link_is_named_not_read(tiny_copy: Path, record, kind, fragment):
+    """A FIFO used to block verify for ever and a link to /dev/zero to fill the memory: both are named at once."""
+    import os
+    import subprocess
+    import sys
+
+    path = tiny_copy / record
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "fracgen.cli", "verify", str(tiny_copy)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 1 and fragment in proc.stdout + proc.stderr, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
