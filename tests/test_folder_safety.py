@@ -118,8 +118,8 @@ def test_overwrite_that_cannot_delete_keeps_the_claim(tiny_copy: Path, monkeypat
 
 
 @pytest.mark.parametrize("change, fragment", [
-    (lambda root: (root / "_info.json").unlink() or (root / "_info.json").mkdir(), "_info.json cannot be read"),
-    (lambda root: (root / "params.json").unlink() or (root / "params.json").mkdir(), "params.json cannot be read"),
+    (lambda root: (root / "_info.json").unlink() or (root / "_info.json").mkdir(), "_info.json is not a regular file"),
+    (lambda root: (root / "params.json").unlink() or (root / "params.json").mkdir(), "params.json is not a regular file"),
     (lambda root: _edit(root / "_info.json", lambda d: d.update(num_classes=7)), "_info.json num_classes 7"),
     (lambda root: _edit(root / "_info.json", lambda d: d["splits"]["train"].update(shard_lengths="88")),
      "not lists"),
