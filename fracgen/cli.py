@@ -126,9 +126,20 @@ def search_command(sigma, maps, seed, margin, min_fill, size, points, style, max
         click.echo(text, nl=False)
         return
     from fracgen.dataset import write_atomic
+    from fracgen.output import check_replaceable
 
+    check_replaceable(Path(output), _search_output, "params file written by `fracgen search`")
     write_atomic(output, text.encode(), then="run the search again")  # nothing to resume
     click.echo(f"wrote {output} (sigma {system.sigma:.4f}, fill {system.fill:.3f}, {system.attempts} attempts)")
+
+
+def _search_output(head: bytes) -> bool:
+    """Whether a file's start is a params file of `fracgen search` (a JSON object with its keys)."""
+    try:
+        data = json.loads(head)
+    except ValueError:  # not JSON, or cut at 64 KiB: a params file of two maps is under 1 KiB
+        return False
+    return isinstance(data, dict) and {"maps", "sigma_target", "margin", "seed"} <= set(data)
 
 
 def _check_sigma(sigma: float, maps: int) -> None:

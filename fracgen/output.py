@@ -394,5 +394,29 @@ def stored_systems(root: Path) -> list[System] | None:
                          "rebuild with --overwrite") from None
 
 
-__all__ = ["check_writable", "claim", "claim_systems", "clear_output", "differences", "inspect_output",
+def check_replaceable(path: Path, ours, what: str) -> None:
+    """Refuse to write ``path`` over anything fracgen did not write there (a user's file, a link, a folder).
+
+    Args:
+        path: the file about to be written (atomically replaced).
+        ours: called with the existing file's first 64 KiB: True when it is the kind of file fracgen writes here.
+        what: that kind, for the message ("params file of `fracgen search`").
+
+    Raises:
+        UsageError: ``path`` is a link or not a regular file, or holds something else.
+    """
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UsageError(f"{path} is a link or not a regular file; give another path")
+    if not path.exists():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
+    if not ours(head):
+        raise UsageError(f"{path} exists and is not a {what}; give another path, or remove it first")
+
+
+__all__ = ["check_replaceable", "check_writable", "claim", "claim_systems", "clear_output", "differences", "inspect_output",
            "recorded", "release", "stored_config", "stored_systems", "unclaim", "unrecorded"]

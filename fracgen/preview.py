@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from fracgen import dataset
 from fracgen.errors import UsageError
+from fracgen.output import check_replaceable
 from fracgen.presets import DEFAULT_PRESET, PRESETS
 
 logger = logging.getLogger(__name__)
@@ -258,6 +259,15 @@ def _checked_config(root: Path, build: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SOFTWARE = "fracgen preview"  # a tEXt chunk: what lets a later preview replace this file
+
+
+def _ours(head: bytes) -> bool:
+    """Whether a file's start is a preview fracgen drew (a PNG whose text chunk, before the pixels, says so)."""
+    return head.startswith(PNG_SIGNATURE) and b"Software\x00" + SOFTWARE.encode() in head
+
+
 def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) -> Path:
     """Write the dataset's preview image.
 
@@ -344,9 +354,15 @@ def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) 
         canvas.paste(tile, (x, y))
         draw.text((x, y + TILE + 2), note, fill=TEXT, font=small)
 
-    out = Path(out) if out is not None else root / dataset.PREVIEW_PNG
+    default = root / dataset.PREVIEW_PNG
+    out = Path(out) if out is not None else default
+    # a PNG stands in the dataset's own preview.png (older fracgens wrote no mark); elsewhere only fracgen's own
+    check_replaceable(out, (lambda head: head.startswith(PNG_SIGNATURE)) if out == default else _ours,
+                      "preview drawn by fracgen")
     encoded = io.BytesIO()
-    canvas.save(encoded, format="PNG", optimize=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", SOFTWARE)
+    canvas.save(encoded, format="PNG", optimize=True, pnginfo=info)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -107,3 +107,35 @@ def test_the_plain_renderer_draws_the_kernels_pixels(style: str) -> None:
         if fill >= 0:
             np.testing.assert_array_equal(image, canvas.image)
     assert fill == -1.0  # the check above covered a divergent system too
+
+
+def test_preview_and_search_never_write_over_a_users_file(tiny_copy: Path, tmp_path: Path) -> None:
+    """`--out`/`-o` used to replace whatever stood there: a user's notes, even a shard of the dataset. Now only a
+    file of the same kind fracgen wrote is replaced (the dataset's own preview.png, or a preview or params file
+    written by an earlier run)."""
+    from conftest import one_line
+
+    notes = tmp_path / "notes.png"
+    notes.write_text("mine")
+    shard = sorted(tiny_copy.glob("train-*.tar"))[0]
+    before = shard.read_bytes()
+    runner = CliRunner()
+    for target in (notes, shard):
+        one_line(runner.invoke(cli, ["preview", str(tiny_copy), "--out", str(target)]), "is not a preview drawn")
+    assert notes.read_text() == "mine" and shard.read_bytes() == before
+    again = tmp_path / "p.png"
+    for _ in range(2):  # a preview fracgen drew is replaced by the next
+        assert runner.invoke(cli, ["preview", str(tiny_copy), "--out", str(again)]).exit_code == 0
+    (tiny_copy / "preview.png").symlink_to(notes)
+    one_line(runner.invoke(cli, ["preview", str(tiny_copy)]), "is a link")
+    assert notes.read_text() == "mine"
+
+    params = tmp_path / "params.json"
+    params.write_text('{"my": "notes"}')
+    search = ["search", "--size", "64", "--points", "2000", "-o", str(params)]
+    one_line(runner.invoke(cli, search), "is not a params file written by `fracgen search`")
+    assert params.read_text() == '{"my": "notes"}'
+    params.unlink()
+    for seed in ("0", "1"):  # a params file of an earlier search is replaced
+        assert runner.invoke(cli, [*search, "--seed", seed]).exit_code == 0
+    assert json.loads(params.read_text())["seed"] == 1
