@@ -52,8 +52,9 @@ def inspect_output(root: Path, *, resume: bool, overwrite: bool, joining: bool =
         if inner.is_symlink() or (inner.exists() and not inner.is_dir()):
             raise UsageError(f"{inner} is not a plain folder (fracgen writes only real folders there); "
                              "move it away first")
-    # a folder holding only the internal folder is a build another shard range is just starting
-    occupied = root.exists() and any(p.name != dataset.INTERNAL for p in root.iterdir())
+    # a folder holding only the internal folder is a build another shard range is just starting, unless that
+    # folder holds what fracgen never writes there (a user's own ".fracgen")
+    occupied = root.exists() and (any(p.name != dataset.INTERNAL for p in root.iterdir()) or _foreign_inside(root))
     if resume:
         stored = stored_config(root)
         if stored is None and (occupied or not joining):
@@ -162,6 +163,17 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True  # another user's
     return True
+
+
+def _foreign_inside(root: Path) -> bool:
+    """Whether ``root/.fracgen`` holds anything a build does not write there (files of other names, links)."""
+    internal, stats = root / dataset.INTERNAL, root / dataset.STATS
+    if not internal.is_dir():
+        return False
+    inside = [p for p in internal.iterdir() if p != stats] + (list(stats.iterdir()) if stats.is_dir() else [])
+    return any(path.is_symlink() or not path.is_file() or not (
+        _WRITES[path.parent.relative_to(root).as_posix()].fullmatch(path.name) or is_temporary(path, root))
+        for path in inside)
 
 
 def _is_ours(path: Path, root: Path, known: set[Path]) -> bool:

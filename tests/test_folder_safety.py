@@ -264,3 +264,25 @@ def test_a_zombie_writer_counts_as_gone(tmp_path: Path) -> None:
         live.kill()
         live.wait()
         zombie.wait()
+
+
+def test_a_users_own_fracgen_folder_makes_the_output_occupied(tmp_path: Path) -> None:
+    """A folder holding only `.fracgen/` passes as a build another shard range is starting; one holding a file
+    fracgen never writes there (a user's `.fracgen/notes.txt`) is not fracgen's, and is refused untouched."""
+    from conftest import TINY
+
+    from fracgen.build import BuildConfig, build
+    from fracgen.errors import UsageError
+
+    config = BuildConfig(**{**TINY, "L": 4, "shard_size": 4})
+    theirs = tmp_path / "theirs"
+    (theirs / ".fracgen" / "stats").mkdir(parents=True)
+    (theirs / ".fracgen" / "notes.txt").write_text("mine")
+    for kwargs in ({}, {"resume": True, "shard_range": (0, 1)}):
+        with pytest.raises(UsageError, match="not empty|not a fracgen build"):
+            build(config, theirs, workers=1, **kwargs)
+    assert sorted(p.relative_to(theirs).as_posix() for p in theirs.rglob("*")) == [
+        ".fracgen", ".fracgen/notes.txt", ".fracgen/stats"]
+    starting = tmp_path / "starting"
+    (starting / ".fracgen" / "stats").mkdir(parents=True)  # what a job of another shard range has made so far
+    assert build(config, starting, workers=1, shard_range=(0, 1)).built == [0]
