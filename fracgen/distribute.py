@@ -68,6 +68,18 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def ranges(numbers: list[int], most: int = 6) -> str:
+    """Sorted integers as short ranges, "0-3, 7, 9-12", the first ``most`` of them (a million stay one line)."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    shown = [f"{a}-{b}" if b > a else str(a) for a, b in spans[:most]]
+    return ", ".join(shown) + (f", ... ({len(spans) - most} more ranges)" if len(spans) > most else "")
+
+
 def run_shards(
     job: Callable[[int], dict],
     shard_ids: Sequence[int],
@@ -131,7 +143,8 @@ def run_shards(
 
     except BrokenProcessPool:
         missing = sorted(set(shard_ids) - set(results))
-        raise FracgenError(f"a worker process died; shards {missing} are unfinished: rerun with --resume") from None
+        raise FracgenError(f"a worker process died; {len(missing)} shard(s) unfinished ({ranges(missing)}): "
+                           "rerun with --resume") from None
     finally:
         bar.close()
     elapsed = time.perf_counter() - start

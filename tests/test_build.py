@@ -143,7 +143,7 @@ def test_resume_after_a_killed_worker_gives_the_same_bytes(tiny_dataset, tmp_pat
 
     monkeypatch.setattr(shard_mod, "render_sample", dying)
     out = tmp_path / "killed"
-    with pytest.raises(FracgenError, match="worker process died"):
+    with pytest.raises(FracgenError, match=r"worker process died; \d+ shard\(s\) unfinished \([0-9, -]+\)"):
         build(BuildConfig(**{**TINY, "shard_size": 4}), out, workers=2)
     assert not (out / "build.json").exists()
     monkeypatch.setattr(shard_mod, "render_sample", real)
@@ -309,3 +309,12 @@ def test_the_old_format_s_bytes_are_pinned(tmp_path, monkeypatch):
         build(cfg, tmp_path / case, workers=1)
         got = {name: sha256_file(tmp_path / case / name) for name in PINNED_PALETTE[case]}
         assert got == PINNED_PALETTE[case], case
+
+
+def test_unfinished_shards_are_named_as_ranges():
+    """A dead worker of a FractalDB-1k build leaves thousands of shards: the message stays one short line."""
+    from fracgen.distribute import ranges
+
+    assert ranges([0, 1, 2, 3, 7, 9, 10]) == "0-3, 7, 9-10"
+    assert ranges(list(range(91, 10_000))) == "91-9999"
+    assert ranges(list(range(0, 40, 2))) == "0, 2, 4, 6, 8, 10, ... (14 more ranges)"
