@@ -74,7 +74,14 @@ class System:
         if not math.isfinite(values["sigma"]) or values["sigma"] <= 0 or values["attempts"] < 1:
             raise UsageError(f"'sigma' must be a finite number > 0 and 'attempts' >= 1, got {values['sigma']!r} "
                              f"and {values['attempts']!r}")
-        return cls(maps=maps, probabilities=probs, extra={k: v for k, v in data.items() if k not in known}, **values)
+        extra = {k: v for k, v in data.items() if k not in known}
+        for key, value in extra.items():  # copied into params.json: it must stay standard JSON
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                raise UsageError(f"'{key}' holds a value standard JSON cannot write (NaN or infinity), got "
+                                 f"{str(value)[:60]}") from None
+        return cls(maps=maps, probabilities=probs, extra=extra, **values)
 
 
 def load_systems(path: Path) -> list[System]:

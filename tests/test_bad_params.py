@@ -24,6 +24,8 @@ def system(**extra):
     (system(sigma=float("nan")), "'sigma' must be a finite number"),
     (system(sigma=float("inf")), "'sigma' must be a finite number"),
     (system(attempts=1e999), "'attempts' must be a number"),
+    (system(note=float("nan")), "'note' holds a value standard JSON cannot write"),
+    (system(note={"deep": [1e999]}), "'note' holds a value standard JSON cannot write"),
     ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
 ])
 def test_a_bad_params_file_is_one_line_and_writes_nothing(tmp_path, text, fragment):
