@@ -65,6 +65,11 @@ def inspect_output(root: Path, *, resume: bool, overwrite: bool, joining: bool =
     if occupied:
         if not overwrite:
             raise UsageError(f"output folder {root} is not empty; pass --resume to finish it or --overwrite to replace it")
+        live = [p for p in _temporaries(root) if not _abandoned(p)]
+        if live:
+            raise UsageError(f"--overwrite refuses to delete {root}: a build is writing in it now ({live[0].name}: "
+                             "its process runs on this host, or another host's file changed in the last "
+                             f"{OTHER_HOST_GRACE / 60:.0f} minutes); wait for it to end or stop it first")
         stored = _owner(root)
         if stored is None:
             raise UsageError(f"--overwrite refuses to delete {root}: it is not a fracgen build (no readable "
@@ -115,8 +120,7 @@ def remove_partials(root: Path, shard_ids: Iterable[int] | None = None) -> list[
     """
     root = Path(root)
     if shard_ids is None:
-        found = [p for folder in _WRITES if (root / folder).is_dir() and not (root / folder).is_symlink()
-                 for p in (root / folder).iterdir() if is_temporary(p, root)]
+        found = _temporaries(root)
     else:
         found = [p for s in shard_ids for p in [*root.glob(f"{dataset.shard_name(s)}{dataset.TMP_SUFFIX}*"),
                  *dataset.marker_path(root, s).parent.glob(f"{s:06d}.json{dataset.TMP_SUFFIX}*")]
@@ -125,6 +129,12 @@ def remove_partials(root: Path, shard_ids: Iterable[int] | None = None) -> list[
     for path in found:
         path.unlink(missing_ok=True)
     return found
+
+
+def _temporaries(root: Path) -> list[Path]:
+    """Every temporary file of a fracgen writer in ``root`` and its internal folders (``is_temporary``)."""
+    return [p for folder in _WRITES if (root / folder).is_dir() and not (root / folder).is_symlink()
+            for p in (root / folder).iterdir() if is_temporary(p, root)]
 
 
 OTHER_HOST_GRACE = 600.0  # seconds: a temporary of another host untouched this long is taken as abandoned

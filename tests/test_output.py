@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,8 @@ def test_overwrite_never_follows_a_link(tiny_copy, tmp_path):
 def test_overwrite_replaces_a_genuine_build_with_its_leftovers(tiny_copy):
     (tiny_copy / "preview.png").write_bytes(b"png")
     (tiny_copy / "train-000000.tar.tmp-host-1").write_bytes(b"half")
+    old = time.time() - output.OTHER_HOST_GRACE - 60  # another host's writer, silent long enough to be gone
+    os.utime(tiny_copy / "train-000000.tar.tmp-host-1", (old, old))
     result = build(BuildConfig(**{**TINY, "L": 8}), tiny_copy, overwrite=True, workers=1)
     assert result.complete and result.num_shards == 1
     assert sorted(p.name for p in tiny_copy.iterdir()) == [".fracgen", "_info.json", "build.json", "params.json",
@@ -272,3 +275,17 @@ def test_resume_builds_again_a_shard_whose_marker_records_were_edited(tmp_path, 
     result = build(None, out, workers=1, resume=True)
     assert result.built == [0], result
     assert files(out) == files(tiny_dataset)
+
+
+def test_overwrite_refuses_a_folder_a_build_is_writing_in(tmp_path):
+    """A live writer's temporary (this host, a running PID) means a build is running there: --overwrite says so
+    instead of deleting its files from under it (or naming its temporary as a stranger's file)."""
+    import socket
+
+    out = tmp_path / "out"
+    build(CFG, out, workers=1)
+    partial = out / f"train-000001.tar.tmp-{socket.gethostname()}-{os.getpid()}"
+    partial.write_bytes(b"half a shard")
+    with pytest.raises(UsageError, match=r"a build is writing in it now \(train-000001.tar.tmp-"):
+        build(CFG, out, workers=1, overwrite=True)
+    assert partial.exists() and (out / "build.json").exists()
