@@ -24,6 +24,7 @@ from fracgen.output import (
     clear_output,
     differences,
     inspect_output,
+    missing_folders,
     release,
     remove_partials,
     stored_config,
@@ -152,7 +153,7 @@ def build(
         plan = make_plan(config, systems, source=source_name, accepted=accepted is not None,
                          workers=workers, progress=progress)
         clear_output(root)
-    existed = root.exists()
+    made = missing_folders(root)  # what a fresh build that fails must take away again
     check_writable(root)
     created = claim(root, config)
     if not created and not (resume or shard_range):
@@ -166,7 +167,7 @@ def build(
             # take back only a claim nobody else may have joined: a split or resuming job's claim is shared
             # with the other jobs of its options, which may be running in it already
             if stored is None and created and shard_range is None and not resume:
-                release(root, created_root=not existed)
+                release(root, made)
             raise
     search_seconds = time.perf_counter() - search_start
     claim_systems(root, plan.systems)
@@ -191,7 +192,7 @@ def build(
     except UsageError as e:
         # but the options themselves cannot render (a class never fills) and a rerun fails alike: a fresh build
         # that completed nothing leaves the folder as it found it, so the corrected command needs no --overwrite
-        if created and stored is None and shard_range is None and not markers and unclaim(root, config, not existed):
+        if created and stored is None and shard_range is None and not markers and unclaim(root, config, made):
             raise UsageError(f"{e} (nothing was kept in {root})") from None
         raise
     render_seconds = time.perf_counter() - render_start

@@ -275,17 +275,23 @@ def claim(root: Path, config: BuildConfig) -> bool:
     return created
 
 
-def release(root: Path, created_root: bool) -> None:
-    """Undo a claim whose planning failed (nothing else was written): the folder is left as it was found."""
+def missing_folders(root: Path) -> list[Path]:
+    """``root`` and its ancestors that do not exist yet, nearest first: what creating ``root`` makes."""
+    return [p for p in (root, *root.parents) if not p.exists() and not p.is_symlink()]
+
+
+def release(root: Path, made: list[Path]) -> None:
+    """Undo a claim whose planning failed (nothing else was written): the folder is left as it was found, and
+    the folders ``made`` for it (``missing_folders`` before the build) go again while empty."""
     (root / dataset.CONFIG_JSON).unlink(missing_ok=True)
-    for folder in [root / dataset.STATS, root / dataset.INTERNAL] + ([root] if created_root else []):
+    for folder in [root / dataset.STATS, root / dataset.INTERNAL, *made]:
         try:
             folder.rmdir()
         except OSError:
             break  # not empty: another job of the same options is using it
 
 
-def unclaim(root: Path, config: BuildConfig, created_root: bool) -> bool:
+def unclaim(root: Path, config: BuildConfig, made: list[Path]) -> bool:
     """Undo the claim of a fresh build that its own options failed before any shard was complete.
 
     A class that never fills fails the same way on every rerun, so there is nothing for ``--resume`` to finish:
@@ -301,7 +307,7 @@ def unclaim(root: Path, config: BuildConfig, created_root: bool) -> bool:
     for path in recorded(root, config) - {root / dataset.CONFIG_JSON}:
         if path.is_file() and not path.is_symlink():  # fracgen writes no links
             path.unlink()
-    release(root, created_root)
+    release(root, made)
     return True
 
 
@@ -440,5 +446,6 @@ def check_replaceable(path: Path, ours, what: str) -> None:
         raise UsageError(f"{path} exists and is not a {what}; give another path, or remove it first")
 
 
-__all__ = ["check_replaceable", "check_writable", "claim", "claim_systems", "clear_output", "differences", "inspect_output",
-           "recorded", "release", "stored_config", "stored_systems", "unclaim", "unrecorded"]
+__all__ = ["check_replaceable", "check_writable", "claim", "claim_systems", "clear_output", "differences",
+           "inspect_output", "missing_folders", "recorded", "release", "stored_config", "stored_systems", "unclaim",
+           "unrecorded"]

@@ -166,8 +166,8 @@ def test_options_that_cannot_render_leave_the_folder_as_found(tmp_path):
     needs no --overwrite; a split build keeps its claim (another job of its options may finish shards)."""
     never = BuildConfig(**{**TINY, "min_fill": 0.99, "base_min_fill": 0.05, "max_redraws": 0})
     with pytest.raises(UsageError, match=r"no perturbation .* \(nothing was kept in .*fresh\)"):
-        build(never, tmp_path / "fresh", workers=2)
-    assert not (tmp_path / "fresh").exists()
+        build(never, tmp_path / "new" / "parents" / "fresh", workers=2)
+    assert not (tmp_path / "new").exists()  # nor the parent folders the build made for it
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UsageError, match="nothing was kept"):
