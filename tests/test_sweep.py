@@ -57,6 +57,7 @@ def test_grid_is_the_cartesian_product(spec_file, tmp_path):
     ({"pretrain": {"config": "tiny", "steps": 8, "set": ["model.name=bogus_net"]}}, "pretrain: "),
     ({"pretrain": [1]}, "pretrain must be a mapping"),
     ({"build": [1]}, "build must be a mapping"),
+    ({"paper": {"values": [1, 2]}}, "paper.values must map a grid value"),
 ])
 def test_bad_sweeps_are_refused(spec_file, tmp_path, changes, fragment):
     with pytest.raises(TrainError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
@@ -114,6 +115,26 @@ def test_toy_sweep_runs_end_to_end_and_reruns_from_its_results(spec_file, tmp_pa
     stamp = (out / "runs" / "delta0.1" / "pretrain" / "metrics.json").stat().st_mtime_ns
     assert run_sweep(spec, out, tmp_path / "data") == rows  # complete parts are reused, not trained again
     assert (out / "runs" / "delta0.1" / "pretrain" / "metrics.json").stat().st_mtime_ns == stamp
+    # another budget into the same folder would reuse these runs as its own: refused before anything runs
+    other = load_sweep(spec_file(tmp_path, finetune={**spec["finetune"], "steps": 5}))
+    with pytest.raises(TrainError, match=r"holds a sweep of other settings \(finetune differ\)"):
+        run_sweep(other, out, tmp_path / "data")
+    assert (out / "runs" / "delta0.1" / "pretrain" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_a_stopped_stage_ends_the_sweep_and_nothing_builds_on_it(spec_file, tmp_path):
+    """A pre-training stopped part-way (train.stop_at here, SIGTERM for a user) used to be fine-tuned from as if
+    complete, then the sweep crashed on its missing metrics; a rerun kept that fine-tune. Now the sweep ends on one
+    line and nothing is fine-tuned from the half-trained checkpoint; `set: null` reads as no settings."""
+    torch.set_num_threads(1)
+    spec = load_sweep(spec_file(tmp_path, grid={"delta": [0.1]}, scratch=False,
+                                pretrain={"config": "tiny", "steps": 8, "set": ["train.stop_at=2"]}))
+    out = tmp_path / "sweep"
+    with pytest.raises(TrainError, match=r"sweep: .*pretrain stopped at step 2 \(train.stop_at\)"):
+        run_sweep(spec, out, tmp_path / "data")
+    assert not (out / "runs" / "delta0.1" / "finetune").exists()
+    nulls = load_sweep(spec_file(tmp_path, finetune={"config": "tiny-finetune", "steps": 4, "set": None}))
+    assert nulls["finetune"]["set"] == []
 
 
 def test_finetune_data_defaults_to_cifar10_and_data_overrides_it(spec_file, tmp_path):

@@ -31,6 +31,8 @@ import csv
 import itertools
 import json
 import logging
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,10 @@ def load_sweep(name_or_path: str | Path) -> dict[str, Any]:
         raise TrainError(f"sweep config {path}: finetune.data must name the real dataset (cifar10, cifar100, an "
                          "ImageFolder root or a tarball)")
     spec["finetune"]["data"] = data
+    values = (spec.get("paper") or {}).get("values")
+    if values is not None and not isinstance(values, dict):
+        raise TrainError(f"sweep config {path}: paper.values must map a grid value to the paper's figure, got "
+                         f"{type(values).__name__}")
     _check_points(spec, path)
     _check_stages(spec, path)
     spec.setdefault("name", path.stem)
@@ -123,6 +129,7 @@ def _check_stages(spec: dict[str, Any], path: Path) -> None:
         name = section.get("config", default)
         if not isinstance(sets, list) or not all(isinstance(x, str) for x in sets):
             raise TrainError(f"sweep config {path}: {stage}.set must be a list of KEY=VALUE strings")
+        section["set"] = sets  # `set: null` means none, as the check read it
         if not isinstance(name, str) or not name:
             raise TrainError(f"sweep config {path}: {stage}.config must name a config (e.g. {default}) or a YAML path")
         extra = ["train.epochs=0"] if stage == "finetune" else []
@@ -147,6 +154,54 @@ def _label(point: dict[str, Any]) -> str:
 def _done(run: Path) -> dict[str, Any] | None:
     metrics = run / "metrics.json"
     return json.loads(metrics.read_text()) if metrics.is_file() else None
+
+
+IDENTITY = "sweep.json"  # in the sweep folder: the settings its runs were made with
+
+
+def _claim_settings(spec: dict[str, Any], ft_data: str, out: Path) -> None:
+    """Record what the sweep's runs and datasets are made of, or refuse a folder holding those of other settings.
+
+    The complete parts of an earlier run are reused by their folder names alone, so a rerun with another YAML,
+    budget or fine-tuning data into the same folder would otherwise mix two sweeps in one table.
+
+    Raises:
+        TrainError: ``out`` holds a sweep of other settings (or an unreadable record of them).
+    """
+    settings = {k: spec.get(k) for k in ("grid", "build", "pretrain", "finetune")}
+    settings["scratch"] = spec.get("scratch", True)
+    settings["finetune"] = {**settings["finetune"], "data": ft_data}
+    settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    path = out / IDENTITY
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            stored = None
+        if stored != settings:
+            differ = sorted(k for k in settings if not isinstance(stored, dict) or stored.get(k) != settings[k])
+            raise TrainError(f"--out {out} holds a sweep of other settings ({', '.join(differ)} differ); its runs "
+                             "would be reused as if they were this sweep's: use another --out")
+        return
+    path.write_text(json.dumps(settings, indent=1, sort_keys=True))
+
+
+def _finished(metrics: dict[str, Any], run: Path) -> dict[str, Any]:
+    """A stage's metrics; a stage that stopped ends the sweep, so nothing builds on a half-trained checkpoint.
+
+    Raises:
+        SystemExit: 128 + the signal's number when SIGTERM / SIGINT stopped it (the trainer's convention).
+        TrainError: it stopped for another reason (``train.stop_at`` in a stage's ``set``).
+    """
+    if not metrics.get("stopped"):
+        return metrics
+    reason = str(metrics.get("reason", ""))
+    if not reason.startswith("SIG"):
+        raise TrainError(f"sweep: {run} stopped at step {metrics.get('steps')} ({reason}): a sweep's runs must run "
+                         "to their end (drop train.stop_at)")
+    click.echo(f"sweep stopped by {reason} during {run} (step {metrics.get('steps')}); run the same command again "
+               "to redo it and go on (complete parts are kept)", err=True)
+    sys.exit(128 + signal.Signals[reason].value)
 
 
 def _fresh(run: Path) -> Path:
@@ -179,16 +234,17 @@ def run_sweep(spec: dict[str, Any], out: Path, data_root: str | Path = "data",
     # the fine-tuning data first: without it nothing is built and no folder is made
     ft_data = resolve_downstream(str(spec["finetune"]["data"]), data_root, option)
     claim_folder(out, "sweep")
+    _claim_settings(spec, str(ft_data), out)
     pt, ft = spec["pretrain"], spec["finetune"]
 
-    def ft_run(name: str, ckpt: Path | None) -> dict[str, Any]:
+    def ft_run(name: str, ckpt: Path | None, redo: bool = False) -> dict[str, Any]:
         run = out / "runs" / name / "finetune"
-        if (m := _done(run)) is None:
+        if redo or (m := _done(run)) is None:  # redo: its checkpoint was trained again
             cfg = load_config(ft.get("config", "finetune"),
                               [*ft.get("set", []), "train.epochs=0", f"train.steps={ft['steps']}",
                                f"finetune.checkpoint={ckpt or 'null'}"],
                               {"data.path": ft_data, "data.root": str(data_root)})
-            m = finetune(cfg, _fresh(run))
+            m = _finished(finetune(cfg, _fresh(run)), run)
         return m
 
     rows = []
@@ -203,11 +259,12 @@ def run_sweep(spec: dict[str, Any], out: Path, data_root: str | Path = "data",
             config = BuildConfig(**{**(spec.get("build") or {}), **point})
             build(config, ds, resume=ds.exists(), progress=True)
         run = out / "runs" / name / "pretrain"
-        if (pm := _done(run)) is None:
+        trained = (pm := _done(run)) is None
+        if trained:
             cfg = load_config(pt.get("config", "pretrain"), [*pt.get("set", []), f"train.steps={pt['steps']}"],
                               {"data.path": str(ds)})
-            pm = pretrain(cfg, _fresh(run))
-        fm = ft_run(name, run / "model.safetensors")
+            pm = _finished(pretrain(cfg, _fresh(run)), run)
+        fm = ft_run(name, run / "model.safetensors", redo=trained)
         rows.append({"point": name, **point, "pretrain_top1": pm["eval_top1"], "chance": round(pm["chance"], 3),
                      "pretrain_loss": "" if pm["final_loss"] is None else round(pm["final_loss"], 4), "finetune_top1": fm["top1"]})
     write_results(spec, rows, out)
