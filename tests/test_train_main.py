@@ -30,8 +30,9 @@ def test_worker_tracebacks_become_their_last_line():
 def test_finetune_steps_set_the_length_instead_of_the_configs_epochs(tmp_path, capsys, monkeypatch):
     """`finetune --steps N` used to be ignored whenever the config gives epochs (tiny-finetune: 2): now it wins,
     and --steps with --epochs is refused on one line."""
-    import train.finetune
     from train_helpers import assert_one_line, run_cli
+
+    import train.finetune
 
     seen = []
     monkeypatch.setattr(train.finetune, "finetune", lambda cfg, out, resume=False: seen.append(cfg) or

@@ -22,3 +22,25 @@ def test_repro_small_cpu_check(tiny_dataset, cifar_mini_tarball, tmp_path):
     assert "CPU CHECK" in table and f"fine-tuning data: {cifar_mini_tarball}" in table
     assert "| lr optim.lr=1e-3 |" in table
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [cifar_mini_tarball.name.split(".")[0]]
+
+
+def test_repro_dataset_folder_is_out_ds_and_a_toy_build_is_not_reused_for_the_real_one(tmp_path, monkeypatch):
+    """A relative --out used to put the dataset in OUT/OUT/ds, and a folder holding an earlier --cpu-check's toy
+    set was reused as the default 1p-frac set: the folder is OUT/ds, and a build of other options is replaced."""
+    from pathlib import Path
+
+    import fracgen.build
+    from fracgen.config import BuildConfig
+    from train.repro import _build_dataset
+
+    monkeypatch.chdir(tmp_path)
+    out = Path("runs") / "repro"
+    out.mkdir(parents=True)
+    ds = _build_dataset(out, True, {})  # the toy set of --cpu-check
+    assert ds == out / "ds" and (tmp_path / "runs" / "repro" / "ds" / "build.json").is_file()
+    assert _build_dataset(out, True, {}) == ds  # the same options: reused
+    calls = []
+    monkeypatch.setattr(fracgen.build, "build", lambda config, root, **kw: calls.append((config, root, kw)))
+    _build_dataset(out, False, {})  # the real run: the default 1p-frac set, built over the toy one
+    (config, root, kw), = calls
+    assert config == BuildConfig() and root == ds and kw["overwrite"] and not kw["resume"]

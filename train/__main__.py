@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from fracgen.errors import FracgenError
 from train.config import load_config
 from train.errors import TrainError
 from train.repro import repro_small
@@ -133,7 +134,7 @@ def main() -> None:
     """Entry point: one-line errors, exit status 2."""
     try:
         cli.main(standalone_mode=False, prog_name="python -m train")
-    except TrainError as e:
+    except (TrainError, FracgenError) as e:  # FracgenError: a sweep's or repro's build (a full disk, say)
         if os.environ.get("RANK", "0") == "0":  # every rank raises the same one line
             click.echo(f"error: {_one_line(str(e))}", err=True)
         sys.exit(2)

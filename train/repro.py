@@ -44,13 +44,19 @@ RELEASED_BATCH = 256
 
 def _build_dataset(out: Path, cpu_check: bool, overrides: dict[str, Any]) -> Path:
     from fracgen.build import BuildConfig, build
+    from fracgen.output import stored_config
 
-    ds = out / ("ds-" + "-".join(f"{k}{v}" for k, v in sorted(overrides.items())) if overrides else out / "ds")
-    if dataset.is_complete(ds):
-        return ds
+    name = "ds-" + "-".join(f"{k}{v}" for k, v in sorted(overrides.items())) if overrides else "ds"
+    ds = out / name
     base = dict(L=16, size=64, points=5000, shard_size=8) if cpu_check else {}
+    wanted = BuildConfig(**{**base, **overrides})
+    stored = stored_config(ds)
+    if stored == wanted and dataset.is_complete(ds):
+        return ds
+    if stored is not None and stored != wanted:  # an earlier --cpu-check's toy set, say: this folder's own build
+        log.info("%s holds a build of other options: building it again", ds)
     t0 = time.perf_counter()
-    build(BuildConfig(**{**base, **overrides}), ds, workers=None, resume=ds.exists(), progress=True)
+    build(wanted, ds, workers=None, resume=stored == wanted, overwrite=stored not in (None, wanted), progress=True)
     log.info("built %s in %.0f s", ds, time.perf_counter() - t0)
     return ds
 
