@@ -44,3 +44,15 @@ def test_finetune_steps_set_the_length_instead_of_the_configs_epochs(tmp_path, c
     code, out, err = run_cli(base, capsys)
     assert code == 0 and seen[-1].train.epochs == 2, err  # the config's epochs when --steps is not given
     assert_one_line(*run_cli([*base, "--steps", "7", "--epochs", "1"], capsys)[::2], "--steps and --epochs")
+
+
+def test_pretrain_summary_without_evaluation_says_so(tmp_path, capsys, monkeypatch):
+    """With data.eval_path empty the summary printed "top-1 on its 8 classes None%"."""
+    import train.pretrain
+    from train_helpers import run_cli
+
+    metrics = {"steps": 2, "final_loss": 2.0, "num_classes": 8, "eval_top1": None, "chance": 12.5}
+    monkeypatch.setattr(train.pretrain, "pretrain", lambda cfg, out, resume=False: metrics)
+    code, out, err = run_cli(["pretrain", "--config", "tiny", "--data", tmp_path, "--out", tmp_path / "r"], capsys)
+    assert code == 0, err
+    assert "top-1 on its 8 classes not measured" in out and "None" not in out, out

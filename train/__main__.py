@@ -73,7 +73,9 @@ def pretrain(config, out, resume, overrides, **flags) -> None:
 
     m = run(load_config(config or "pretrain", list(overrides), _values(**flags)), out, resume=resume)
     _report(m, out, lambda: f"pre-trained {m['steps']} steps: loss {_num(m['final_loss'], '.3f')}, top-1 on its "
-            f"{m['num_classes']} classes {m['eval_top1']}% (chance {m['chance']:.1f}%); {out}/model.safetensors")
+            f"{m['num_classes']} classes "
+            + ("not measured (data.eval_path is empty)" if m.get("eval_top1") is None else f"{m['eval_top1']}%")
+            + f" (chance {m['chance']:.1f}%); {out}/model.safetensors")
 
 
 @cli.command()
