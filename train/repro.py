@@ -23,8 +23,6 @@ import logging
 import math
 import platform
 import re
-import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -252,24 +250,14 @@ def _named(name: str, make: Callable[[], Any]) -> Any:
 
 
 def _done(metrics: dict[str, Any], out: Path, run: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """A sub-run's metrics; a sub-run stopped by SIGTERM / SIGINT ends repro-small, keeping what finished.
+    """A sub-run's metrics; a sub-run that stopped ends repro-small, keeping the finished rows (``end_if_stopped``)."""
+    from train.sweep import end_if_stopped
 
-    Raises:
-        SystemExit: 128 + the signal's number, as the trainer exits when a signal stops it.
-        TrainError: the sub-run stopped for another reason (``train.stop_at`` in ``--pretrain-set``).
-    """
-    if not metrics.get("stopped"):
-        return metrics
-    reason = metrics.get("reason", "")
-    if runs:
-        (out / "repro-partial.json").write_text(json.dumps({"stopped": reason, "at": run, "runs": runs}, indent=1))
+    if metrics.get("stopped") and runs:
+        (out / "repro-partial.json").write_text(json.dumps({"stopped": metrics.get("reason", ""), "at": run,
+                                                            "runs": runs}, indent=1))
     kept = f"; the {len(runs)} finished row(s) are in {out / 'repro-partial.json'}" if runs else ""
-    if not reason.startswith("SIG"):
-        raise TrainError(f"repro-small: {out / run} stopped at step {metrics.get('steps')} ({reason}): a repro run "
-                         "must run to its end (drop train.stop_at)")
-    click.echo(f"repro-small stopped by {reason} during {out / run} (step {metrics.get('steps')}){kept}; "
-               "run it again to redo the rest", err=True)
-    sys.exit(128 + signal.Signals[reason].value)
+    return end_if_stopped(metrics, "repro-small", out / run, kept)
 
 
 def _fresh(path: Path) -> Path:

@@ -186,21 +186,28 @@ def _claim_settings(spec: dict[str, Any], ft_data: str, out: Path) -> None:
     path.write_text(json.dumps(settings, indent=1, sort_keys=True))
 
 
-def _finished(metrics: dict[str, Any], run: Path) -> dict[str, Any]:
-    """A stage's metrics; a stage that stopped ends the sweep, so nothing builds on a half-trained checkpoint.
+def end_if_stopped(metrics: dict[str, Any], job: str, where: Path, kept: str = "") -> dict[str, Any]:
+    """A stage's metrics; a stage stopped part-way ends the whole job (a sweep, repro-small), so nothing builds on
+    a half-trained checkpoint.
+
+    Args:
+        metrics: what ``pretrain`` / ``finetune`` returned.
+        job: the job's name for the messages.
+        where: the stage's run folder.
+        kept: said after the stop (where the finished rows went).
 
     Raises:
         SystemExit: 128 + the signal's number when SIGTERM / SIGINT stopped it (the trainer's convention).
-        TrainError: it stopped for another reason (``train.stop_at`` in a stage's ``set``).
+        TrainError: it stopped for another reason (``train.stop_at`` in a stage's settings).
     """
     if not metrics.get("stopped"):
         return metrics
     reason = str(metrics.get("reason", ""))
     if not reason.startswith("SIG"):
-        raise TrainError(f"sweep: {run} stopped at step {metrics.get('steps')} ({reason}): a sweep's runs must run "
-                         "to their end (drop train.stop_at)")
-    click.echo(f"sweep stopped by {reason} during {run} (step {metrics.get('steps')}); run the same command again "
-               "to redo it and go on (complete parts are kept)", err=True)
+        raise TrainError(f"{job}: {where} stopped at step {metrics.get('steps')} ({reason}): a {job} run must run "
+                         "to its end (drop train.stop_at)")
+    click.echo(f"{job} stopped by {reason} during {where} (step {metrics.get('steps')}){kept}; run the same command "
+               "again to redo the rest (complete parts are kept)", err=True)
     sys.exit(128 + signal.Signals[reason].value)
 
 
@@ -244,7 +251,7 @@ def run_sweep(spec: dict[str, Any], out: Path, data_root: str | Path = "data",
                               [*ft.get("set", []), "train.epochs=0", f"train.steps={ft['steps']}",
                                f"finetune.checkpoint={ckpt or 'null'}"],
                               {"data.path": ft_data, "data.root": str(data_root)})
-            m = _finished(finetune(cfg, _fresh(run)), run)
+            m = end_if_stopped(finetune(cfg, _fresh(run)), "sweep", run)
         return m
 
     rows = []
@@ -263,7 +270,7 @@ def run_sweep(spec: dict[str, Any], out: Path, data_root: str | Path = "data",
         if trained:
             cfg = load_config(pt.get("config", "pretrain"), [*pt.get("set", []), f"train.steps={pt['steps']}"],
                               {"data.path": str(ds)})
-            pm = _finished(pretrain(cfg, _fresh(run)), run)
+            pm = end_if_stopped(pretrain(cfg, _fresh(run)), "sweep", run)
         fm = ft_run(name, run / "model.safetensors", redo=trained)
         rows.append({"point": name, **point, "pretrain_top1": pm["eval_top1"], "chance": round(pm["chance"], 3),
                      "pretrain_loss": "" if pm["final_loss"] is None else round(pm["final_loss"], 4), "finetune_top1": fm["top1"]})
