@@ -21,7 +21,7 @@ from train.downstream import MapSource, open_downstream
 from train.errors import TrainError
 from train.loop import evaluate, train_loop
 from train.model import check_timm_names, create_model
-from train.resume import completed_run
+from train.resume import completed_run, downstream_identity
 from train.run_folder import check_tensorboard, run_job, start_run_folder
 from train.step import amp_dtype
 
@@ -84,6 +84,7 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
             return done
     env = setup(cfg)
     train_set, test_set, num_classes = open_downstream(cfg)
+    data = downstream_identity(train_set, test_set, num_classes)
     seed_everything(cfg.train.seed)
     model = load_pretrained(cfg, ckpt, num_classes) if ckpt else create_model(cfg, num_classes)
     trainable = freeze_first_blocks(model, cfg.finetune.probe_blocks)
@@ -91,7 +92,7 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     steps_per_epoch = len(source) // cfg.train.accum_steps
     total = cfg.train.epochs * steps_per_epoch if cfg.train.epochs > 0 else cfg.train.steps
     test_loader = DataLoader(test_set, batch_size=cfg.finetune.eval_batch_size, num_workers=cfg.data.workers)
-    from_checkpoint = start_run_folder(out, cfg, resume, env.is_main)
+    from_checkpoint = start_run_folder(out, cfg, resume, env.is_main, data)
     log.info("fine-tuning %s (%s) on %s: %d train / %d test images, %d classes, %d steps, %d trainable params",
              cfg.model.name, ckpt or "scratch", cfg.data.path, len(train_set), len(test_set), num_classes, total,
              trainable)
@@ -100,7 +101,7 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     def train() -> dict[str, Any]:
         return train_loop(cfg, model, source, out, env, total_steps=total, resume=from_checkpoint,
                           eval_fn=lambda m: {"eval_top1": evaluate(m, test_loader, env.device, amp)},
-                          eval_every_epoch=True)
+                          eval_every_epoch=True, record={"dataset": data})
 
     def metrics(result: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -10,13 +10,18 @@ rate of every step still to come.
 The dataset is compared by what the checkpoint recorded about it (``dataset_identity``: ``build.json``'s name
 and the shards' names, sizes and sha256, the class and sample counts, the source that served it), not by its
 path: a build moved elsewhere resumes, another build of the same shape at the same path does not. A checkpoint
-without that record (fine-tuning, or a run written before it existed) is compared by ``data.path``.
+without that record (a run written before it existed) is compared by ``data.path``, resolved (``./ds`` is ``ds``).
+
+A fine-tuning checkpoint records its downstream data the same way (``downstream_identity``: the class names, the
+split sizes and a digest of every image file's name and size), so an ImageFolder that gained images or a class
+since the run stopped is refused before the run folder is touched, instead of resuming with another schedule.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +94,47 @@ def dataset_identity(path: str, source: str) -> dict[str, Any]:
     return record
 
 
+def _file_rows(split: Any) -> list[Any] | None:
+    """One row per image of a downstream split: (name relative to its folder, bytes, label); None when unknown.
+
+    An ImageFolder (``samples``) is known by its files (``stat`` only, nothing is read), a WebDataset split held
+    in memory (``items``) by its images' sizes and labels; torchvision's CIFAR checks its own md5.
+    """
+    samples = getattr(split, "samples", None)
+    root = getattr(split, "root", None)
+    if isinstance(samples, list) and root is not None:
+        return [(os.path.relpath(path, root), os.stat(path).st_size, label) for path, label in samples]
+    items = getattr(split, "items", None)
+    if isinstance(items, list):
+        return [(len(data), label) for data, label in items]
+    return None
+
+
+def downstream_identity(train: Any, test: Any, num_classes: int) -> dict[str, Any]:
+    """What a fine-tuning checkpoint records about its data, so that ``--resume`` knows it is the same.
+
+    Args:
+        train: the train split (``train.downstream.open_downstream``'s).
+        test: the test split.
+        num_classes: the class count.
+    """
+    record: dict[str, Any] = {"num_classes": num_classes, "classes": getattr(train, "classes", None),
+                              "num_train": len(train), "num_test": len(test)}
+    rows = [_file_rows(train), _file_rows(test)]
+    if all(r is not None for r in rows):
+        record["files_sha256"] = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    return record
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    """``data.path`` of the run and of the command name the same place (``./ds`` and ``ds`` do)."""
+    if a == b:
+        return True
+    if not (isinstance(a, str) and isinstance(b, str) and a and b) or "://" in a or "://" in b:
+        return False
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def stored_run(out: Path) -> dict[str, Any] | None:
     """The config (and dataset record, or None) the checkpoint in ``out`` was written with; None without one.
 
@@ -121,6 +167,8 @@ def differences(stored: dict[str, Any], cfg: Config, data: dict[str, Any] | None
     for key in sorted(set(theirs) | set(ours)):
         if key in MAY_CHANGE or (key == DATA_PATH and (by_identity or not compare_data)):
             continue
+        if key == DATA_PATH and _same_path(theirs.get(key), ours.get(key)):
+            continue
         if theirs.get(key, "unset") != ours.get(key, "unset"):
             found.append((key, theirs.get(key, "unset"), ours.get(key, "unset")))
     if by_identity and compare_data:
@@ -144,7 +192,8 @@ def check_resume(out: Path, cfg: Config, data: dict[str, Any] | None = None, com
     Args:
         out: the run folder (nothing is written to it).
         cfg: the command's resolved config.
-        data: ``dataset_identity`` of the command's dataset (None: fine-tuning; ``data.path`` is compared).
+        data: ``dataset_identity`` (pre-training) or ``downstream_identity`` (fine-tuning) of the command's
+            dataset (None: ``data.path`` is compared).
         compare_data: False before the dataset is opened (an early check of the config alone).
 
     Raises:

