@@ -78,3 +78,19 @@ def test_resume_compares_an_unrecorded_data_path_resolved(tmp_path, monkeypatch)
     other = load_config("tiny-finetune", [], {"data.path": "ds2"})
     assert differences(stored, same, None, True) == []
     assert [k for k, _, _ in differences(stored, other, None, True)] == ["data.path"]
+
+
+@pytest.mark.parametrize("seed", [0, 4_294_967_295])
+def test_every_allowed_seed_streams(seed, tmp_path):
+    from train_helpers import cfg_of
+
+    from train.data import StreamSource, _PrivateRng
+    from train.toy import write_toy_dataset
+
+    data = write_toy_dataset(tmp_path / "ds", num_classes=4, per_class=2, size=32)
+    cfg = cfg_of(data, f"train.seed={seed}", "model.img_size=32", "data.workers=0")
+    source = StreamSource(cfg, torch.device("cpu"), 0, 1)
+    images, targets = next(source.batches(0))
+    assert images.shape == (8, 3, 32, 32) and targets.shape == (8,)
+    # a seed torch took before keeps its generator (resumed and repeated runs stay bit-identical)
+    assert torch.equal(_PrivateRng(2**64 - 1).torch, torch.Generator().manual_seed(2**64 - 1).get_state())
