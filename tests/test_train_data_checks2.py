@@ -94,3 +94,16 @@ def test_every_allowed_seed_streams(seed, tmp_path):
     assert images.shape == (8, 3, 32, 32) and targets.shape == (8,)
     # a seed torch took before keeps its generator (resumed and repeated runs stay bit-identical)
     assert torch.equal(_PrivateRng(2**64 - 1).torch, torch.Generator().manual_seed(2**64 - 1).get_state())
+
+
+@pytest.mark.parametrize("source", ["stream", "resident"])
+def test_an_eval_set_of_other_classes_is_refused(source, tmp_path, capsys):
+    from train.toy import write_toy_dataset
+
+    data = write_toy_dataset(tmp_path / "ds", num_classes=4, per_class=2, size=32)
+    other = write_toy_dataset(tmp_path / "ds8", num_classes=8, per_class=1, size=32)
+    code, _, err = run_cli(["pretrain", "--config", "tiny", "--data", data, "--out", tmp_path / "o", "--set",
+                            "train.steps=2", "--set", f"data.source={source}", "--set", f"data.eval_path={other}",
+                            "--set", "model.img_size=32", "--batch-size", "8"], capsys)
+    assert_one_line(code, err, "data.eval_path", "has 8 classes", "has 4")
+    assert not (tmp_path / "o").exists()

@@ -79,7 +79,7 @@ from train.shards import (
     shard_urls,
 )
 
-__all__ = ["Batch", "Source", "StreamSource", "check_shards", "iter_samples", "last_line",
+__all__ = ["Batch", "Source", "StreamSource", "check_eval_set", "check_shards", "iter_samples", "last_line",
            "make_pretrain_eval_loader", "make_source", "micro_batch_size", "read_info", "shard_samples", "shard_urls"]
 
 log = logging.getLogger(__name__)
@@ -400,6 +400,23 @@ class _SampleList(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image, label = self.samples[i]
         return self.transform(_rgb(image)), label
+
+
+def check_eval_set(cfg: Config) -> None:
+    """Refuse a ``data.eval_path`` whose classes are not the training set's (top-1 on its labels means nothing).
+
+    Only the two ``_info.json`` are read, so this runs on every rank before any shard is.
+
+    Raises:
+        TrainError: ``data.eval_path X has N classes, data.path Y has M``, or a bad ``_info.json``.
+    """
+    if not cfg.data.eval_path:
+        return
+    ours, theirs = read_info(cfg.data.path).num_classes, read_info(cfg.data.eval_path).num_classes
+    if ours != theirs:
+        raise TrainError(f"data.eval_path {cfg.data.eval_path} has {theirs} classes, data.path {cfg.data.path} has "
+                         f"{ours}: top-1 is measured on the training classes, so evaluate on a build of the same "
+                         "L (or data.eval_path='' for none)")
 
 
 def make_pretrain_eval_loader(cfg: Config, head: list[dict[str, Any]] | None = None) -> DataLoader | None:

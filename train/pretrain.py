@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from train.config import Config
-from train.data import make_pretrain_eval_loader, make_source
+from train.data import check_eval_set, make_pretrain_eval_loader, make_source
 from train.distributed import seed_everything, setup
 from train.errors import TrainError
 from train.loop import evaluate, train_loop
@@ -50,6 +50,7 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
             return done
     env = setup(cfg)
     seed_everything(cfg.train.seed)
+    check_eval_set(cfg)
     source = make_source(cfg, env.device, env.rank, env.world_size)
     data = dataset_identity(cfg.data.path, type(source).__name__)
     model = create_model(cfg, source.num_classes)
