@@ -4,6 +4,7 @@ works, and a checkpoint of an unfinished run is named."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -107,3 +108,35 @@ def test_an_eval_set_of_other_classes_is_refused(source, tmp_path, capsys):
                             "--set", "model.img_size=32", "--batch-size", "8"], capsys)
     assert_one_line(code, err, "data.eval_path", "has 8 classes", "has 4")
     assert not (tmp_path / "o").exists()
+
+
+def _wds(root: Path) -> Path:
+    from train.toy import write_toy_dataset
+
+    write_toy_dataset(root, num_classes=4, per_class=4, size=32, shard_size=16)
+    test = write_toy_dataset(root.with_name("t"), num_classes=4, per_class=3, size=32, shard_size=12, seed=1)
+    (test / "train-000000.tar").rename(root / "test-000000.tar")
+    info = json.loads((root / "_info.json").read_text())
+    info["splits"]["test"] = {"name": "test", "num_samples": 12, "filenames": ["test-000000.tar"],
+                              "shard_lengths": [12]}
+    (root / "_info.json").write_text(json.dumps(info))
+    return root
+
+
+def test_finetune_refuses_a_webdataset_shard_cut_short(tmp_path, capsys):
+    import tarfile
+
+    root = _wds(tmp_path / "wds")
+    shard = root / "test-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    keys = sorted({m.name.split(".")[0] for m, _ in members})[:6]
+    cut = tmp_path / "cut.tar"
+    with tarfile.open(cut, "w") as tar:  # a valid tar of the first 6 samples: reads as a shorter shard
+        for m, data in members:
+            if m.name.split(".")[0] in keys:
+                tar.addfile(m, io.BytesIO(data))
+    cut.replace(shard)
+    code, _, err = run_cli(["finetune", *FT, "--data", root, "--out", tmp_path / "fw"], capsys)
+    assert_one_line(code, err, "test-000000.tar: 6 samples", "lists 12")
+    assert not (tmp_path / "fw").exists()

@@ -39,8 +39,9 @@ from fracgen import dataset
 from fracgen.dataset import DatasetError, DatasetInfo
 from train.augment import make_eval_transform, make_train_transform
 from train.config import Config
-from train.data import Batch, last_line, micro_batch_size, read_info, shard_samples, shard_urls
+from train.data import Batch, last_line, micro_batch_size, read_info, shard_samples
 from train.errors import TrainError
+from train.shards import checked_samples, is_remote, plan_shards
 
 log = logging.getLogger(__name__)
 
@@ -315,11 +316,22 @@ class _EncodedImages(Dataset):
         return (self.transform(image) if self.transform else image), label
 
 
-def _wds_split(path: str, info: DatasetInfo, split: str) -> _EncodedImages:
+_IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+
+
+def _wds_split(path: str, info: DatasetInfo, split: str, verify: str | bool = "auto") -> _EncodedImages:
+    """One split of a WebDataset folder, in memory; local shards are read through the checks pre-training uses
+    (``train.shards.checked_samples``: sample counts against ``_info.json``, sizes and sha256 against a
+    ``build.json`` when there is one, labels in range), so a shard cut short is refused, not trained on."""
+    shards = plan_shards(path, info, verify, split_name=split)
+    shards.image_keys = _IMAGE_KEYS
+    local = not any(is_remote(u) for u in shards.urls)
+    samples = (checked_samples(shards, warn_one_class=False) if local
+               else (s for url in shards.urls for s in shard_samples(url)))
     items = []
-    for sample in (s for url in shard_urls(path, info, split) for s in shard_samples(url)):
+    for sample in samples:
         where = f"shard {sample.get('__url__')}: sample {sample.get('__key__')}"
-        ext = next((e for e in ("png", "jpg", "jpeg", "webp") if e in sample), None)
+        ext = next((e for e in _IMAGE_KEYS if e in sample), None)
         if ext is None or "cls" not in sample:
             raise TrainError(f"{where} has no image or cls")
         try:
@@ -363,7 +375,8 @@ def open_downstream(cfg: Config, option: str = "--data") -> tuple[Dataset, Datas
         if "train" not in splits or test_name is None:
             raise TrainError(f"dataset {path}: {dataset.INFO_JSON} needs a train and a test/validation split, "
                              f"has {list(splits)}")
-        train, test = _wds_split(path, info, "train"), _wds_split(path, info, test_name)
+        train = _wds_split(path, info, "train", cfg.data.verify)
+        test = _wds_split(path, info, test_name, cfg.data.verify)
         train.transform, test.transform = train_tf, test_tf
         _warn_one_class(path, info.num_classes)
         return train, test, info.num_classes

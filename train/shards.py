@@ -104,17 +104,19 @@ def _cause(e: Exception, url: str) -> str:
     return str(e).removeprefix(f"shard {url}: ")
 
 
-def sample_label(sample: dict[str, Any], num_classes: int | None = None, size: int | None = None) -> int:
+def sample_label(sample: dict[str, Any], num_classes: int | None = None, size: int | None = None,
+                 image_keys: tuple[str, ...] = ("png",)) -> int:
     """The integer label of a raw sample, checked to be in ``[0, num_classes)`` and to agree with the sample's own
     ``json`` (its ``label``); with ``size``, the PNG's header must say ``size`` x ``size`` (read without decoding).
+    The sample must hold one of ``image_keys`` (fracgen writes ``png``; a downstream WebDataset may hold JPEGs).
 
     Raises:
         TrainError: naming the shard and the key: no png/cls, a cls that is not an integer, out of range, unlike
             the json's label, or an image of another size.
     """
     where = f"shard {sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
-    if "png" not in sample or "cls" not in sample:
-        raise TrainError(f"{where}: needs png and cls entries, has {sorted(k for k in sample if k[0] != '_')}")
+    if not any(k in sample for k in image_keys) or "cls" not in sample:
+        raise TrainError(f"{where}: needs {' or '.join(image_keys)} and cls entries, has {sorted(k for k in sample if k[0] != '_')}")
     try:
         label = int(sample["cls"])
     except ValueError:
@@ -130,8 +132,8 @@ def sample_label(sample: dict[str, Any], num_classes: int | None = None, size: i
         if isinstance(meta, dict) and "label" in meta and meta["label"] != label:
             raise TrainError(f"{where}: cls {label} but its json says label {meta['label']!r}; the dataset is "
                              "damaged or mislabelled")
-    png = sample["png"]
-    if size is not None and dataset.png_colour_type(png) is not None:  # not a PNG: decoding names it
+    png = sample.get("png")
+    if size is not None and png is not None and dataset.png_colour_type(png) is not None:  # not a PNG: decoding names it
         width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
         if (width, height) != (size, size):
             raise TrainError(f"{where}: image is {width}x{height} px, {dataset.BUILD_JSON} records size {size}; "
@@ -160,6 +162,7 @@ class ShardSet:
         verify: sha256 is checked while reading.
         labels: the distinct labels met by ``checked_samples`` so far.
         size: every image is ``size`` x ``size`` px (``build.json``'s config; None: not recorded, not checked).
+        image_keys: the entries a sample may hold its image in (``sample_label``).
     """
 
     path: str
@@ -168,6 +171,7 @@ class ShardSet:
     verify: bool = False
     labels: set[int] = field(default_factory=set)
     size: int | None = None
+    image_keys: tuple[str, ...] = ("png",)
 
     @property
     def urls(self) -> list[str]:
@@ -204,20 +208,21 @@ def _parse_verify(verify: str | bool) -> str:
     return value
 
 
-def plan_shards(path: str, info: DatasetInfo, verify: str | bool = "auto") -> ShardSet:
-    """The train shards of ``path`` with their expected counts (``_info.json``) and sizes/sha256 (``build.json``).
+def plan_shards(path: str, info: DatasetInfo, verify: str | bool = "auto", split_name: str = "train") -> ShardSet:
+    """The shards of ``path``'s ``split_name`` (train unless told) with their expected counts (``_info.json``) and sizes/sha256 (``build.json``).
 
     Args:
         path: a dataset folder, a brace pattern of shards or a URL.
         info: its ``_info.json``.
         verify: ``auto``, ``true`` or ``false`` (see the module docstring).
+        split_name: the split of ``_info.json`` (fine-tuning reads ``test`` too).
 
     Raises:
         TrainError: bad ``build.json``, or ``verify`` true with nothing to check against.
     """
     mode = _parse_verify(verify)
-    urls = shard_urls(path, info)
-    split = info.splits.get("train")
+    urls = shard_urls(path, info, split_name)
+    split = info.splits.get(split_name)
     counts = dict(zip(split.filenames, split.shard_lengths, strict=True)) if split else {}
     local = not any(is_remote(u) for u in urls)
     folder = Path(path) if local and Path(path).is_dir() else Path(urls[0]).parent
@@ -274,7 +279,7 @@ class _HashingReader:
 
 
 def read_shard(shard: Shard, num_classes: int, labels: set[int] | None = None,
-               side: int | None = None) -> Iterator[dict[str, Any]]:
+               side: int | None = None, image_keys: tuple[str, ...] = ("png",)) -> Iterator[dict[str, Any]]:
     """The samples of one local shard, read once and checked (see the module docstring).
 
     Args:
@@ -282,6 +287,7 @@ def read_shard(shard: Shard, num_classes: int, labels: set[int] | None = None,
         num_classes: labels must be in ``[0, num_classes)``.
         labels: when given, the labels met are added to it.
         side: the images' size in px (square), when recorded.
+        image_keys: the entries a sample may hold its image in.
 
     Yields:
         The raw samples (``fracgen.dataset.iter_shard`` dicts), in tar order.
@@ -302,7 +308,7 @@ def read_shard(shard: Shard, num_classes: int, labels: set[int] | None = None,
         with open(path, "rb") as f:
             reader = _HashingReader(f, url, hashlib.sha256() if shard.sha256 else None)
             for sample in dataset.iter_shard(reader):
-                label = sample_label(sample, num_classes, side)
+                label = sample_label(sample, num_classes, side, image_keys)
                 if labels is not None:
                     labels.add(label)
                 count += 1
@@ -323,16 +329,16 @@ def read_shard(shard: Shard, num_classes: int, labels: set[int] | None = None,
                              "trains on it anyway)")
 
 
-def checked_samples(shards: ShardSet) -> Iterator[dict[str, Any]]:
+def checked_samples(shards: ShardSet, warn_one_class: bool = True) -> Iterator[dict[str, Any]]:
     """Every sample of the local shards of ``shards``, each shard read once and checked, in order.
 
     Remote shards are skipped (they are read while streaming). At the end, a dataset of one class is warned
-    about.
+    about (unless ``warn_one_class`` is false: fine-tuning says it its own way).
     """
     for shard in shards.shards:
         if not is_remote(shard.url):
-            yield from read_shard(shard, shards.num_classes, shards.labels, shards.size)
-    if shards.num_classes == 1 or len(shards.labels) == 1:
+            yield from read_shard(shard, shards.num_classes, shards.labels, shards.size, shards.image_keys)
+    if warn_one_class and (shards.num_classes == 1 or len(shards.labels) == 1):
         label = next(iter(shards.labels), 0)
         log.warning("dataset %s has a single class (label %d of num_classes %d): every image has the same label, "
                     "so pre-training on it learns nothing and top-1 is 100%% by construction", shards.path, label,
