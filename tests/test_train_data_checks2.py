@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from safetensors.torch import load_file
 
 torch = pytest.importorskip("torch")
 
@@ -140,3 +142,48 @@ def test_finetune_refuses_a_webdataset_shard_cut_short(tmp_path, capsys):
     code, _, err = run_cli(["finetune", *FT, "--data", root, "--out", tmp_path / "fw"], capsys)
     assert_one_line(code, err, "test-000000.tar: 6 samples", "lists 12")
     assert not (tmp_path / "fw").exists()
+
+
+@pytest.fixture(scope="module")
+def stopped_pretraining(tmp_path_factory) -> Path:
+    """A tiny pre-training stopped at step 2 of 4 (its run.json says stopped)."""
+    from train_helpers import cfg_of
+
+    from train.pretrain import pretrain
+    from train.toy import write_toy_dataset
+
+    root = tmp_path_factory.mktemp("pt")
+    data = write_toy_dataset(root / "ds", num_classes=4, per_class=2, size=32)
+    out = root / "pt"
+    pretrain(cfg_of(data, "train.steps=4", "train.stop_at=2", "train.ckpt_every=1", "model.img_size=32"), out)
+    assert json.loads((out / "run.json").read_text())["status"] == "stopped"
+    return out
+
+
+def test_finetune_from_an_unfinished_pretraining_says_so(stopped_pretraining, tmp_path, capsys, caplog):
+    data = _image_folder(tmp_path / "mr")
+    code, _, err = run_cli(["finetune", *FT, "--epochs", "1", "--data", data, "--checkpoint", stopped_pretraining,
+                            "--out", tmp_path / "ft"], capsys)
+    assert code == 0, err
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("is stopped" in w and "at step 2" in w for w in warned), warned
+    assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["checkpoint_step"] == 2
+
+
+def test_finetune_resume_needs_only_its_own_checkpoint(stopped_pretraining, tmp_path, capsys):
+    ckpt = tmp_path / "pt"
+    shutil.copytree(stopped_pretraining, ckpt)
+    data, out = _image_folder(tmp_path / "mr"), tmp_path / "fr"
+    first = ["finetune", *FT, "--data", data, "--checkpoint", ckpt, "--out", out]
+    code, _, err = run_cli([*first, "--set", "train.stop_at=2", "--set", "train.ckpt_every=1"], capsys)
+    assert code == 0, err
+    shutil.copytree(out, tmp_path / "kept")
+    code, _, err = run_cli([*first[:-1], tmp_path / "kept", "--resume"], capsys)  # the checkpoint still there
+    assert code == 0, err
+    shutil.rmtree(ckpt)
+    code, _, err = run_cli([*first, "--resume"], capsys)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["checkpoint_step"] == 2
+    ours, theirs = load_file(out / "model.safetensors"), load_file(tmp_path / "kept" / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)  # the same run

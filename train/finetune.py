@@ -7,6 +7,7 @@ pre-trained model and trains the rest (k = depth: a linear probe of the head alo
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,15 +15,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from train.checkpoint import adopt_architecture, load_pretrained
+from train.checkpoint import adopt_architecture, load_pretrained, read_checkpoint_meta
 from train.config import Config
 from train.distributed import seed_everything, setup
 from train.downstream import MapSource, open_downstream
 from train.errors import TrainError
 from train.loop import evaluate, train_loop
 from train.model import check_timm_names, create_model
-from train.resume import completed_run, downstream_identity
-from train.run_folder import check_tensorboard, run_job, start_run_folder
+from train.resume import completed_run, downstream_identity, stored_run
+from train.run_folder import check_tensorboard, run_job, start_run_folder, trainer_status
 from train.step import amp_dtype
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,32 @@ def freeze_first_blocks(model: torch.nn.Module, k: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The step of a pre-training checkpoint, with a warning when the run that wrote it had not finished.
+
+    A stopped, failed or still running pre-training (its ``run.json``) left weights of an earlier step than it
+    planned: fine-tuning from them is allowed (a time-boxed job's checkpoint is a checkpoint) but said.
+
+    Raises:
+        TrainError: no such checkpoint, or not one this trainer wrote.
+    """
+    meta = read_checkpoint_meta(checkpoint)
+    status = trainer_status(Path(meta["path"]).parent)
+    if status is not None and status.get("status") != "complete":
+        log.warning("checkpoint %s is from a pre-training run that is %s (its run.json), at step %d: fine-tuning "
+                    "from an unfinished run", meta["path"], status.get("status"), meta["step"])
+    return meta["step"]
+
+
+def _adopt_run_architecture(cfg: Config, stored: dict[str, Any]) -> None:
+    """On resume without the pre-training checkpoint: the model kwargs the run adopted from it, from the run's
+    own checkpoint (kwargs the command sets otherwise are left for ``check_resume`` to name)."""
+    model = stored["config"].get("model") or {}
+    kwargs = model.get("kwargs") or {}
+    if all(k in kwargs and kwargs[k] == v for k, v in cfg.model.kwargs.items()):
+        cfg.model.kwargs = dict(kwargs)
+
+
 def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, Any]:
     """Fine-tune (or probe) ``cfg.model`` on ``cfg.data.path``; top-1 on the test split every epoch.
 
@@ -77,16 +104,26 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     check_timm_names(cfg)
     check_tensorboard(cfg)
     ckpt = cfg.finetune.checkpoint
+    # a resumed run takes every weight from its own checkpoint: the pre-training one may be gone since
+    stored = stored_run(out) if resume else None
+    gone = bool(ckpt) and stored is not None and not Path(ckpt).exists()
     if resume:
-        if ckpt:  # the run's config holds the checkpoint's kwargs: adopt them before comparing
+        if gone:
+            _adopt_run_architecture(cfg, stored)
+        elif ckpt:  # the run's config holds the checkpoint's kwargs: adopt them before comparing
             adopt_architecture(cfg, ckpt)
         if (done := completed_run(out, cfg)) is not None:
             return done
+    if gone:
+        log.info("--resume: %s is gone; the run's own checkpoint in %s holds every weight", ckpt, out)
+        ckpt_step = json.loads(read_checkpoint_meta(out).get("checkpoint_step", "null"))
+    else:
+        ckpt_step = checkpoint_step(ckpt) if ckpt else None
     env = setup(cfg)
     train_set, test_set, num_classes = open_downstream(cfg)
     data = downstream_identity(train_set, test_set, num_classes)
     seed_everything(cfg.train.seed)
-    model = load_pretrained(cfg, ckpt, num_classes) if ckpt else create_model(cfg, num_classes)
+    model = load_pretrained(cfg, ckpt, num_classes) if ckpt and not gone else create_model(cfg, num_classes)
     trainable = freeze_first_blocks(model, cfg.finetune.probe_blocks)
     source = MapSource(train_set, num_classes, cfg, env.device, env.rank, env.world_size)
     steps_per_epoch = len(source) // cfg.train.accum_steps
@@ -101,11 +138,12 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     def train() -> dict[str, Any]:
         return train_loop(cfg, model, source, out, env, total_steps=total, resume=from_checkpoint,
                           eval_fn=lambda m: {"eval_top1": evaluate(m, test_loader, env.device, amp)},
-                          eval_every_epoch=True, record={"dataset": data})
+                          eval_every_epoch=True, record={"dataset": data, "checkpoint_step": ckpt_step})
 
     def metrics(result: dict[str, Any]) -> dict[str, Any]:
         return {
             "kind": "finetune", "model": cfg.model.name, "dataset": cfg.data.path, "checkpoint": ckpt,
+            "checkpoint_step": ckpt_step,
             "probe_blocks": cfg.finetune.probe_blocks, "num_classes": num_classes, "num_train": len(train_set),
             "num_test": len(test_set), "steps": result["step"], "epochs": result["step"] / steps_per_epoch,
             "top1": result["eval"][-1]["eval_top1"] if result["eval"] else None,
