@@ -187,3 +187,13 @@ def test_finetune_resume_needs_only_its_own_checkpoint(stopped_pretraining, tmp_
     assert metrics["steps"] == 6 and metrics["checkpoint_step"] == 2
     ours, theirs = load_file(out / "model.safetensors"), load_file(tmp_path / "kept" / "model.safetensors")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)  # the same run
+
+
+def test_a_tarball_that_is_no_downstream_dataset_leaves_nothing(tmp_path, capsys, monkeypatch):
+    from train.toy import write_toy_dataset
+
+    monkeypatch.chdir(tmp_path)
+    shard = write_toy_dataset(tmp_path / "ds", num_classes=2, per_class=2, size=32) / "train-000000.tar"
+    code, _, err = run_cli(["finetune", *FT, "--data", shard, "--out", tmp_path / "fu"], capsys)
+    assert_one_line(code, err, "holds neither train/ and test/")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "fu").exists()

@@ -225,9 +225,12 @@ def resolve_downstream(spec: str, data_root: str | Path = "data", option: str = 
     if path.is_file():
         if not spec.endswith(TARBALL_SUFFIXES) and not tarfile.is_tarfile(path):
             raise TrainError(f"{option} {spec}: not a tarball; pass {_WHAT_TO_PASS}, or cifar10 / cifar100")
+        created = _missing_parents(Path(data_root))
         folder = unpack_tarball(path, data_root)
         found = _image_folder_root(folder)
-        if found is None and _tv_folder(folder) is None:
+        if found is None and _tv_folder(folder) is None:  # of no use: what was unpacked (stamped, ours) goes
+            shutil.rmtree(folder, ignore_errors=True)
+            _remove_empty(created)
             raise TrainError(f"tarball {spec} holds neither train/ and test/ folders nor torchvision's "
                              "cifar-10-batches-py / cifar-100-python")
         return str(found or folder)
