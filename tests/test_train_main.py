@@ -48,8 +48,9 @@ def test_finetune_steps_set_the_length_instead_of_the_configs_epochs(tmp_path, c
 
 def test_pretrain_summary_without_evaluation_says_so(tmp_path, capsys, monkeypatch):
     """With data.eval_path empty the summary printed "top-1 on its 8 classes None%"."""
-    import train.pretrain
     from train_helpers import run_cli
+
+    import train.pretrain
 
     metrics = {"steps": 2, "final_loss": 2.0, "num_classes": 8, "eval_top1": None, "chance": 12.5}
     monkeypatch.setattr(train.pretrain, "pretrain", lambda cfg, out, resume=False: metrics)
