@@ -206,6 +206,9 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
+        if not isinstance(key, str):  # YAML reads ``1: 2`` as an int key
+            raise TrainError(f"config {where.rstrip('.') or 'root'}: key {key!r} is not a name "
+                             f"(known: {', '.join(fields)})")
         if key not in fields:
             raise TrainError(f"config: unknown key {where + key!r} (known: {', '.join(fields)})")
         sub = fields[key].type
@@ -358,6 +361,12 @@ def validate(cfg: Config) -> None:
         ("data.eval_path", _is_str, "a string (empty: no evaluation)"),
         ("data.eval_samples", _int(1), "an integer >= 1 (data.eval_path='' skips evaluation)"),
         ("data.resident", lambda v: isinstance(v, dict), "a mapping of resident-source options"),
+        # the resident source reads these only once the dataset is open: checked here, before anything is read
+        ("data.resident.memory_budget_gb", _optional(_num(0, lo_open=True)), "a number of GiB > 0 or null"),
+        ("data.resident.load_workers", _optional(_int(0)), "an integer >= 0 (0 or null: the default)"),
+        ("data.resident.split_ranks", lambda v: isinstance(v, bool), "true or false"),
+        ("data.resident.antialias", lambda v: isinstance(v, bool), "true or false"),
+        ("data.resident.prefetch", lambda v: isinstance(v, bool), "true or false"),
         ("data.verify", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
         ("aug.rrc_scale", _seq(2, _num(0, 1, lo_open=True), increasing=True), "[min, max] with 0 < min <= max <= 1"),
         ("aug.rrc_ratio", _seq(2, _num(0, lo_open=True), increasing=True), "[min, max] with 0 < min <= max"),

@@ -1,0 +1,60 @@
+"""Config values that only timm, the resident source or a checkpoint's metadata used to judge, mid-run: each is a
+one-line ``error: ...`` (exit 2) before the dataset is read or a run folder is made. Tiny models, one thread."""
+
+
+import pytest
+from train_helpers import QUICK, assert_one_line, cfg_of, run_cli
+
+from train.errors import TrainError
+
+
+def pretrain_argv(data, out, *overrides):
+    argv = ["pretrain", "--config", "tiny", "--data", data, "--out", out]
+    for item in [*QUICK, *overrides]:
+        argv += ["--set", item]
+    return argv
+
+
+# ------------------------------------------------------------------------------------- resident options
+@pytest.mark.parametrize("override, key", [
+    ("data.resident.memory_budget_gb=abc", "data.resident.memory_budget_gb"),
+    ("data.resident.memory_budget_gb=0", "data.resident.memory_budget_gb"),
+    ("data.resident.memory_budget_gb=.nan", "data.resident.memory_budget_gb"),
+    ("data.resident.load_workers=-3", "data.resident.load_workers"),
+    ("data.resident.load_workers=abc", "data.resident.load_workers"),
+    ("data.resident.load_workers=1.5", "data.resident.load_workers"),
+    ("data.resident.split_ranks=yes please", "data.resident.split_ranks"),
+    ("data.resident.antialias=0", "data.resident.antialias"),
+    ("data.resident.prefetch=off please", "data.resident.prefetch"),
+])
+def test_bad_resident_options_are_refused_by_the_config(override, key, tiny_dataset, tmp_path, capsys):
+    with pytest.raises(TrainError, match=f"^{key}: must be"):
+        cfg_of(tiny_dataset, override)
+    out = tmp_path / "run"
+    code, _, err = run_cli(pretrain_argv(tiny_dataset, out, override), capsys)
+    assert_one_line(code, err, key)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("override", ["data.resident.memory_budget_gb=0.5", "data.resident.memory_budget_gb=null",
+                                      "data.resident.load_workers=0", "data.resident.load_workers=2",
+                                      "data.resident.split_ranks=true", "data.resident.prefetch=false"])
+def test_good_resident_options_still_load(override, tiny_dataset):
+    cfg_of(tiny_dataset, override)
+
+
+# ----------------------------------------------------------------------------------------- YAML keys
+@pytest.mark.parametrize("content, fragment", [
+    ("1: 2\n", "config root: key 1 is not a name"),
+    ("train: {1: 2}\n", "config train: key 1 is not a name"),
+    ("aug: {true: 2}\n", "config aug: key True is not a name"),
+])
+def test_a_config_key_that_is_not_a_name_is_one_line(content, fragment, tiny_dataset, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    out = tmp_path / "run"
+    code, _, err = run_cli(["pretrain", "--config", path, "--data", tiny_dataset, "--out", out], capsys)
+    assert_one_line(code, err, fragment)
+    assert not out.exists()
+
+
