@@ -5,7 +5,9 @@ one-line ``error: ...`` (exit 2) before the dataset is read or a run folder is m
 import pytest
 from train_helpers import QUICK, assert_one_line, cfg_of, run_cli
 
+from train.config import load_config
 from train.errors import TrainError
+from train.model import check_timm_names
 
 
 def pretrain_argv(data, out, *overrides):
@@ -13,6 +15,56 @@ def pretrain_argv(data, out, *overrides):
     for item in [*QUICK, *overrides]:
         argv += ["--set", item]
     return argv
+
+
+# ------------------------------------------------------------------------ timm's transforms and architecture
+@pytest.mark.parametrize("override, fragment", [
+    ("aug.interpolation=foo", "aug.interpolation: must be bicubic"),
+    ("aug.interpolation=random", "aug.interpolation: must be bicubic"),  # the eval transform has no 'random'
+    ("aug.auto_augment=garbage", "aug.auto_augment: must be a timm policy"),
+    ("aug.auto_augment=rand-m9-w99", "aug.auto_augment: must be a timm policy"),
+    ("model.kwargs.num_heads=5", "dim should be divisible by num_heads"),
+    ("model.kwargs.embed_dim=7", "dim should be divisible by num_heads"),
+    ("model.kwargs.num_heads=0", "bad model.kwargs"),
+    ("model.kwargs.embed_dim=-3", "bad model.kwargs"),
+])
+def test_values_timm_refuses_are_one_line_before_the_run_folder(override, fragment, tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(pretrain_argv(tiny_dataset, out, override), capsys)
+    assert_one_line(code, err, fragment)
+    assert not out.exists()
+
+
+def test_finetune_refuses_a_bad_policy_before_it_opens_its_data(tmp_path):
+    from train.finetune import finetune
+
+    cfg = load_config("finetune", ["aug.auto_augment=garbage", "train.device=cpu"],
+                      {"data.path": str(tmp_path / "no-such-data")})
+    with pytest.raises(TrainError, match="aug.auto_augment: .*'garbage'"):
+        finetune(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["tiny", "pretrain", "finetune"])
+def test_the_shipped_configs_pass_the_checks(name):
+    check_timm_names(load_config(name, ["train.device=cpu"]))
+
+
+def test_the_architecture_check_builds_no_weights(tiny_dataset, monkeypatch):
+    """The check runs on the meta device: no parameter gets memory (a ViT-L would take seconds and 1 GB)."""
+    import timm
+
+    devices = []
+    real = timm.create_model
+
+    def spy(*args, **kwargs):
+        model = real(*args, **kwargs)
+        devices.append(next(model.parameters()).device.type)
+        return model
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    check_timm_names(cfg_of(tiny_dataset))
+    assert devices == ["meta"]
 
 
 # ------------------------------------------------------------------------------------- resident options

@@ -16,6 +16,7 @@ from timm.data import Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from train.config import AugConfig
+from train.errors import TrainError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,29 @@ def make_train_transform(aug: AugConfig, img_size: int) -> Callable:
         re_prob=aug.re_prob,
         re_mode=aug.re_mode,
     )
+
+
+def check_aug(aug: AugConfig, img_size: int) -> None:
+    """Build both transforms once, so that a value timm refuses is a one-line error before any data are read.
+
+    timm checks ``interpolation`` and ``auto_augment`` only when it builds the transforms (a KeyError or an
+    AssertionError in a DataLoader worker otherwise); building them takes milliseconds.
+
+    Raises:
+        TrainError: ``aug.interpolation`` or ``aug.auto_augment`` is not one timm knows.
+    """
+    # the eval transform takes the interpolation alone: built first, a bad one is not blamed on auto_augment
+    try:
+        make_eval_transform(aug, img_size)
+    except (KeyError, ValueError, TypeError, AssertionError):
+        raise TrainError(f"aug.interpolation: must be bicubic, bilinear, nearest, box, hamming or lanczos "
+                         f"(got {aug.interpolation!r})") from None
+    try:
+        make_train_transform(aug, img_size)
+    except (KeyError, ValueError, TypeError, AssertionError, IndexError) as e:
+        why = str(e).splitlines()[-1] if str(e) else type(e).__name__
+        raise TrainError(f"aug.auto_augment: must be a timm policy such as rand-m9-mstd0.5-inc1, augmix-m5 or "
+                         f"original, or null (got {aug.auto_augment!r}: {why})") from None
 
 
 def posterize_zero_bits() -> bool:
