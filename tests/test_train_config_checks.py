@@ -1,8 +1,10 @@
 """Config values that only timm, the resident source or a checkpoint's metadata used to judge, mid-run: each is a
 one-line ``error: ...`` (exit 2) before the dataset is read or a run folder is made. Tiny models, one thread."""
 
+import importlib.util
 
 import pytest
+import torch
 from train_helpers import QUICK, assert_one_line, cfg_of, run_cli
 
 from train.config import load_config
@@ -93,6 +95,57 @@ def test_bad_resident_options_are_refused_by_the_config(override, key, tiny_data
                                       "data.resident.split_ranks=true", "data.resident.prefetch=false"])
 def test_good_resident_options_still_load(override, tiny_dataset):
     cfg_of(tiny_dataset, override)
+
+
+# ------------------------------------------------------------------------------------------- optimizers
+@pytest.mark.parametrize("opt, fragment", [
+    ("adahessian", "second-order"),
+    ("lookahead_adahessian", "second-order"),
+])
+def test_second_order_optimizers_are_refused(opt, fragment, tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(pretrain_argv(tiny_dataset, out, f"optim.opt={opt}"), capsys)
+    assert_one_line(code, err, f"optim.opt: {opt}", fragment)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("opt", ["bnbadam", "bnbadamw8bit", "fusedadam", "fusedlamb"])
+def test_bitsandbytes_and_apex_optimizers_are_refused_on_the_cpu(opt, tiny_dataset):
+    """Not installed (here) or installed (elsewhere): the tiny config trains on the CPU, where neither runs."""
+    with pytest.raises(TrainError, match=f"optim.opt: {opt} .*(not installed|needs a CUDA device)"):
+        check_timm_names(cfg_of(tiny_dataset, f"optim.opt={opt}"))
+
+
+def _pretend(monkeypatch, installed: set, missing: set) -> None:
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name in installed:
+            return object()
+        return None if name in missing else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+def test_an_installed_bitsandbytes_still_needs_cuda(tiny_dataset, monkeypatch):
+    _pretend(monkeypatch, {"bitsandbytes"}, set())
+    with pytest.raises(TrainError, match="optim.opt: bnbadam .*needs a CUDA device .*train.device=cpu"):
+        check_timm_names(cfg_of(tiny_dataset, "optim.opt=bnbadam"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    check_timm_names(cfg_of(tiny_dataset, "optim.opt=bnbadam", "train.device=auto"))
+
+
+def test_kron_needs_opt_einsum(tiny_dataset, monkeypatch):
+    _pretend(monkeypatch, set(), {"opt_einsum"})
+    with pytest.raises(TrainError, match="optim.opt: kronw needs the opt_einsum package"):
+        check_timm_names(cfg_of(tiny_dataset, "optim.opt=kronw"))
+    _pretend(monkeypatch, {"opt_einsum"}, set())
+    check_timm_names(cfg_of(tiny_dataset, "optim.opt=kronw"))
+
+
+@pytest.mark.parametrize("opt", ["adamw", "sgd", "lamb", "lookahead_adamw", "lion"])
+def test_first_order_optimizers_pass(opt, tiny_dataset):
+    check_timm_names(cfg_of(tiny_dataset, f"optim.opt={opt}"))
 
 
 # ----------------------------------------------------------------------------------------- YAML keys
