@@ -2,9 +2,11 @@
 one-line ``error: ...`` (exit 2) before the dataset is read or a run folder is made. Tiny models, one thread."""
 
 import importlib.util
+import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from train_helpers import QUICK, assert_one_line, cfg_of, run_cli
 
 from train.config import load_config
@@ -161,5 +163,56 @@ def test_a_config_key_that_is_not_a_name_is_one_line(content, fragment, tiny_dat
     code, _, err = run_cli(["pretrain", "--config", path, "--data", tiny_dataset, "--out", out], capsys)
     assert_one_line(code, err, fragment)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- checkpoint metadata
+def _checkpoint(folder, **meta):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"format": "pt", **meta})
+    return path
+
+
+@pytest.mark.parametrize("kwargs", ["{not json", "[1,2]", "3", "null"])
+def test_checkpoint_kwargs_that_are_not_a_json_object_are_named(kwargs, tmp_path):
+    from train.checkpoint import adopt_architecture, read_architecture, read_checkpoint_meta
+
+    path = _checkpoint(tmp_path / "run", model="vit_tiny_patch16_224", kwargs=kwargs)
+    for read in (read_architecture, read_checkpoint_meta):
+        with pytest.raises(TrainError, match=f"checkpoint {path}: its metadata kwargs is not a JSON object"):
+            read(path)
+    cfg = load_config("finetune", ["model.kwargs={}"])
+    with pytest.raises(TrainError, match="its metadata kwargs"):
+        adopt_architecture(cfg, path)
+
+
+def test_checkpoint_step_that_is_not_a_number_is_named(tmp_path):
+    from train.checkpoint import read_checkpoint_meta
+
+    path = _checkpoint(tmp_path / "run", model="vit_tiny_patch16_224", kwargs="{}", step="two")
+    with pytest.raises(TrainError, match=f"checkpoint {path}: its metadata step is not an integer"):
+        read_checkpoint_meta(path)
+
+
+@pytest.mark.parametrize("config", [
+    [1], "text", {"architecture": 3},
+    {"architecture": "vit_tiny_patch16_224", "pretrained_cfg": {}, "model_args": [1]},
+])
+def test_a_timm_config_of_the_wrong_shape_is_named(config, tmp_path):
+    from train.checkpoint import read_architecture
+
+    path = _checkpoint(tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TrainError, match="config.json: not a timm config"):
+        read_architecture(path)
+
+
+def test_checkpoint_kwargs_timm_refuses_are_named(tmp_path):
+    from train.checkpoint import load_pretrained
+
+    path = _checkpoint(tmp_path / "run", model="vit_tiny_patch16_224", kwargs=json.dumps({"num_heads": 5}))
+    cfg = load_config("finetune", ["model.img_size=32"])
+    with pytest.raises(TrainError, match="does not fit vit_tiny_patch16_224: dim should be divisible by num_heads"):
+        load_pretrained(cfg, path, 10)
 
 

@@ -88,11 +88,27 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
         raise TrainError(f"checkpoint {path}: not a safetensors file ({e})") from None
     if "model" not in meta:
         raise TrainError(f"checkpoint {path}: no model name in its metadata (not written by train)")
-    meta["kwargs"] = json.loads(meta.get("kwargs", "{}"))
-    meta["num_classes"] = int(meta.get("num_classes", "0"))
-    meta["step"] = int(meta.get("step", "0"))
+    meta["kwargs"] = _meta_kwargs(meta, path)
+    for key in ("num_classes", "step"):
+        try:
+            meta[key] = int(meta.get(key, "0"))
+        except ValueError:
+            raise TrainError(f"checkpoint {path}: its metadata {key} is not an integer "
+                             f"({meta[key][:40]!r}); the file was edited or not written by train") from None
     meta["path"] = str(path)
     return meta
+
+
+def _meta_kwargs(meta: dict[str, str], path: Path) -> dict[str, Any]:
+    """The timm kwargs a checkpoint's metadata records: a JSON object, or a one-line error naming the file."""
+    try:
+        kwargs = json.loads(meta.get("kwargs", "{}"))
+    except ValueError:
+        kwargs = None
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise TrainError(f"checkpoint {path}: its metadata kwargs is not a JSON object of timm keyword arguments "
+                         f"({meta['kwargs'][:40]!r}); the file was edited or not written by train")
+    return kwargs
 
 
 def save_model(model: torch.nn.Module, path: Path, cfg: Config, num_classes: int, step: int,
@@ -273,15 +289,20 @@ def read_architecture(checkpoint: str | Path) -> dict[str, Any]:
     except (SafetensorError, OSError, ValueError) as e:
         raise TrainError(f"checkpoint {weights}: not a safetensors file ({e})") from None
     if "model" in meta:
-        return {"model": meta["model"], "kwargs": json.loads(meta.get("kwargs", "{}")), "path": str(weights)}
+        return {"model": meta["model"], "kwargs": _meta_kwargs(meta, weights), "path": str(weights)}
     if not (weights.parent / TIMM_CONFIG_FILE).is_file():
         raise TrainError(f"checkpoint {weights}: no model name in its metadata and no {TIMM_CONFIG_FILE} beside it")
     from timm.models._hub import load_model_config_from_path
 
     try:
         _, name, model_args = load_model_config_from_path(weights.parent)
-    except (KeyError, ValueError, OSError) as e:
-        raise TrainError(f"checkpoint {weights.parent / TIMM_CONFIG_FILE}: not a timm config ({e})") from None
+    except (KeyError, ValueError, OSError, TypeError, AttributeError, IndexError) as e:
+        # timm indexes the JSON as it expects it: a list or a number where a mapping belongs is a TypeError
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TrainError(f"checkpoint {weights.parent / TIMM_CONFIG_FILE}: not a timm config ({why})") from None
+    if not isinstance(name, str) or not isinstance(model_args or {}, dict):
+        raise TrainError(f"checkpoint {weights.parent / TIMM_CONFIG_FILE}: not a timm config (architecture "
+                         f"{name!r}, model_args {model_args!r})")
     kwargs = {k: v for k, v in (model_args or {}).items() if k not in _NOT_ARCHITECTURE}
     return {"model": name, "kwargs": kwargs, "path": str(weights)}
 
@@ -326,8 +347,10 @@ def load_pretrained(cfg: Config, checkpoint: str | Path, num_classes: int) -> to
             cfg.model.name, pretrained=True, pretrained_cfg_overlay=dict(file=path, num_classes=-1),
             num_classes=num_classes, drop_path_rate=cfg.model.drop_path, img_size=cfg.model.img_size,
             **cfg.model.kwargs)
-    except (RuntimeError, TypeError) as e:
-        raise TrainError(f"checkpoint {path} does not fit {cfg.model.name}: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, TypeError, ValueError, AssertionError, ZeroDivisionError) as e:
+        # an AssertionError is timm refusing the kwargs (e.g. embed_dim not divisible by num_heads)
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainError(f"checkpoint {path} does not fit {cfg.model.name}: {why}") from None
     # timm loads non-strictly once the head is dropped: check that every other tensor was there
     head = unwrap(model).default_cfg.get("classifier", "head")
     tensors = load_file(path)
