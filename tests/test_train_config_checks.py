@@ -216,3 +216,40 @@ def test_checkpoint_kwargs_timm_refuses_are_named(tmp_path):
         load_pretrained(cfg, path, 10)
 
 
+# ---------------------------------------------------------------------------------------- train.bench
+@pytest.mark.parametrize("argv, fragment", [
+    (["--threads", "-1"], "--threads must be >= 0"),
+    (["--workers", "-2"], "--workers must be >= 0"),
+    (["--device", "gpu"], "--device: must be auto, cpu"),
+    (["--json", "/nonexistent-fracgen/x.json"], "--json: no folder /nonexistent-fracgen"),
+    (["--out", "/nonexistent-fracgen/x.md"], "--out: no folder /nonexistent-fracgen"),
+])
+def test_bench_refuses_bad_options_before_measuring(argv, fragment, capsys):
+    from train import bench
+
+    with pytest.raises(SystemExit) as exit_:
+        bench.parse_args(argv)
+    err = capsys.readouterr().err
+    assert_one_line(exit_.value.code, err, fragment)
+
+
+def test_bench_json_into_a_folder_is_refused(tmp_path, capsys):
+    from train import bench
+
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--json", str(tmp_path)])
+    assert_one_line(2, capsys.readouterr().err, f"--json: {tmp_path} is a folder")
+
+
+@pytest.mark.parametrize("override, fragment", [("model.kwargs.num_heads=5", "dim should be divisible by num_heads"),
+                                                ("optim.opt=adahessian", "second-order")])
+def test_bench_refuses_what_timm_refuses_in_one_line(override, fragment, tiny_dataset, capsys, monkeypatch):
+    from train import bench
+
+    def measured(*_):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(bench, "time_steps", measured)
+    code = bench.main(["--data", str(tiny_dataset), "--img-size", "32", "--batch", "2", "--steps", "1",
+                       "--warmup", "0", "--paths", "model", "--no-progress", "--set", override])
+    assert_one_line(code, capsys.readouterr().err, fragment)

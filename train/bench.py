@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -131,6 +132,21 @@ def _build_default(folder: Path, size: int, progress: bool = False) -> Path:
     return out
 
 
+def _values(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The config keys the command line sets."""
+    return {"data.path": str(args.data or ""), "model.name": args.model, "model.img_size": args.img_size,
+            "train.batch_size": args.batch, "train.amp": args.amp, "train.compile": args.compile,
+            "train.device": device.type, "data.workers": args.workers}
+
+
+def check(args: argparse.Namespace) -> None:
+    """The config, model, optimizer and augmentation, before a dataset is built or read (one-line TrainError)."""
+    from train.config import load_config
+    from train.model import check_timm_names
+
+    check_timm_names(load_config(args.config, args.set, _values(args, _device(args.device))))
+
+
 def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     """Measure every requested path; returns the rows and the context of the table."""
     from train.config import load_config
@@ -145,10 +161,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     else:
         # denormal floats in the first steps of a fresh model made CPU steps up to 30x slower here
         torch.set_flush_denormal(True)
-    values = {"data.path": str(args.data), "model.name": args.model, "model.img_size": args.img_size,
-              "train.batch_size": args.batch, "train.amp": args.amp, "train.compile": args.compile,
-              "train.device": device.type, "data.workers": args.workers}
-    cfg = load_config(args.config, args.set, values)
+    cfg = load_config(args.config, args.set, _values(args, device))
     info = read_info(cfg.data.path)
     num_classes = info.num_classes
     micro = micro_batch_size(cfg, 1)
@@ -243,8 +256,27 @@ def markdown(rows: list[Row], context: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that refuses an option as the trainer does: one ``error: ...`` line on stderr, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message}\n")
+
+
+def _writable(path: Path) -> str | None:
+    """Why the table cannot be written to ``path`` (checked before the minutes of measuring), or None."""
+    if path.is_dir():
+        return f"{path} is a folder"
+    folder = path.parent
+    if not folder.is_dir():
+        return f"no folder {folder}"
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        return f"{path if path.exists() else folder} is not writable"
+    return None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m train.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, help="fracgen dataset folder (default: build a small one in a temp dir)")
     p.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name")
     p.add_argument("--img-size", type=int, default=224)
@@ -269,6 +301,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        p.error(f"--device: must be auto, cpu, cuda or cuda:N (got {args.device!r})")
+    if args.threads < 0:
+        p.error("--threads must be >= 0 (0: torch's default)")
+    if args.workers < 0:
+        p.error("--workers must be >= 0")
+    for name in ("out", "json"):
+        if getattr(args, name) is not None and (why := _writable(getattr(args, name))):
+            p.error(f"--{name}: {why}")
     unknown = set(args.paths.split(",")) - {"model", "stream", "resident"}
     if unknown:
         p.error(f"--paths: unknown {sorted(unknown)} (known: model, stream, resident)")
@@ -284,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        check(args)
         with tempfile.TemporaryDirectory() as tmp:
             if args.data is None:
                 _say(f"building a small dataset (64 images, {min(args.img_size * 2, 512)} px; compiling the renderer "
