@@ -9,6 +9,7 @@ resume (``output``), and the records written last (``metadata``). This module on
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from fracgen.output import (
 from fracgen.plan import Plan, make_plan
 from fracgen.shard import ShardJob, records_digest, run_shard
 from fracgen.systems import load_systems
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BuildConfig", "BuildResult", "Plan", "build", "make_plan", "run_shard", "stored_config"]
 
@@ -174,8 +177,11 @@ def build(
     if source_bytes is not None and not (root / config.source).is_file():
         dataset.write_atomic(root / config.source, source_bytes)
     wanted = range(*shard_range) if shard_range else range(config.num_shards)
-    markers = {s: m for s in range(config.num_shards)
-               if (m := dataset.read_marker(root, s)) is not None and _marker_fits(plan, s, m)}
+    finished = {s: m for s in range(config.num_shards) if (m := dataset.read_marker(root, s)) is not None}
+    markers = {s: m for s, m in finished.items() if _marker_fits(plan, s, m)}
+    if len(markers) < len(finished):
+        logger.warning("%d complete shard(s) in %s were not made by this plan (other options or base systems, or an "
+                       "edited marker): building them again", len(finished) - len(markers), root)
     todo = [s for s in wanted if s not in markers]
     skipped = [s for s in wanted if s in markers]
     remove_partials(root, todo if shard_range else None)
@@ -242,10 +248,12 @@ def _marker_fits(plan: Plan, shard: int, marker: dict) -> bool:
     per_class = plan.config.per_class
     labels = [i // per_class for i in indices if i % per_class == 0] if plan.config.instances == 1 else []
     records = marker.get("samples")
+    # a marker of a fracgen before these digests (a build resumed after an upgrade) is judged as it was then
+    legacy = "plan" not in marker and "samples_sha256" not in marker
     return (marker.get("shard") == shard and marker.get("filename") == dataset.shard_name(shard)
-            and marker.get("plan") == plan.digest
             and marker.get("num_samples") == len(indices) and isinstance(records, list)
-            and marker.get("samples_sha256") == records_digest(records)
+            and (legacy or (marker.get("plan") == plan.digest
+                            and marker.get("samples_sha256") == records_digest(records)))
             and [r.get("label") if isinstance(r, dict) else None for r in records] == labels)
 
 

@@ -137,14 +137,12 @@ def read_json(path: Path) -> Any:
     """Read a JSON record of the dataset.
 
     Raises:
-        UsageError: the file is missing, a link or not a regular file (a FIFO would block, a device never end),
-            or is not JSON.
+        UsageError: the file is missing, not a regular file once links are followed (a FIFO would block, a
+            device never end), or is not JSON. A link to a regular file is read (a `cp -rs` copy, a Hub cache).
     """
     try:
-        mode = os.lstat(path).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a link" if stat.S_ISLNK(mode) else "not a regular file"
-            raise UsageError(f"{path} is {kind} (fracgen writes its records as plain files)")
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UsageError(f"{path} is not a regular file (fracgen writes its records as plain files)")
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise UsageError(f"{path} is missing") from err

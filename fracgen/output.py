@@ -16,6 +16,7 @@ import json
 import os
 import re
 import socket
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import fields
@@ -176,14 +177,29 @@ def _running(pid: int) -> bool:
 
 
 def _foreign_inside(root: Path) -> bool:
-    """Whether ``root/.fracgen`` holds anything a build does not write there (files of other names, links)."""
+    """Whether ``root/.fracgen`` holds anything a build does not write there (files of other names, links).
+
+    Judged by name first: another job's temporary (its probe, its claim before the rename) may vanish between the
+    listing and a look at it, and is then simply absent, not foreign.
+    """
     internal, stats = root / dataset.INTERNAL, root / dataset.STATS
     if not internal.is_dir():
         return False
-    inside = [p for p in internal.iterdir() if p != stats] + (list(stats.iterdir()) if stats.is_dir() else [])
-    return any(path.is_symlink() or not path.is_file() or not (
-        _WRITES[path.parent.relative_to(root).as_posix()].fullmatch(path.name) or is_temporary(path, root))
-        for path in inside)
+    try:
+        inside = [p for p in internal.iterdir() if p != stats] + (list(stats.iterdir()) if stats.is_dir() else [])
+    except FileNotFoundError:
+        return False
+    for path in inside:
+        names = _WRITES[path.parent.relative_to(root).as_posix()]
+        temporary = _TEMPORARY.fullmatch(path.name)
+        if not (names.fullmatch(path.name) or (temporary and names.fullmatch(temporary.group(1)))):
+            return True
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                return True  # a link or a folder under a name fracgen writes as a file
+        except FileNotFoundError:
+            continue
+    return False
 
 
 def _is_ours(path: Path, root: Path, known: set[Path]) -> bool:
@@ -422,13 +438,15 @@ def stored_systems(root: Path) -> list[System] | None:
                          "rebuild with --overwrite") from None
 
 
-def check_replaceable(path: Path, ours, what: str) -> None:
+def check_replaceable(path: Path, ours, what: str, head: int = 1 << 16) -> None:
     """Refuse to write ``path`` over anything fracgen did not write there (a user's file, a link, a folder).
 
     Args:
         path: the file about to be written (atomically replaced).
-        ours: called with the existing file's first 64 KiB: True when it is the kind of file fracgen writes here.
+        ours: called with the existing file's first ``head`` bytes: True when it is the kind of file fracgen
+            writes here.
         what: that kind, for the message ("params file of `fracgen search`").
+        head: how much of the file ``ours`` needs.
 
     Raises:
         UsageError: ``path`` is a link or not a regular file, or holds something else.
@@ -439,10 +457,10 @@ def check_replaceable(path: Path, ours, what: str) -> None:
         return
     try:
         with open(path, "rb") as f:
-            head = f.read(1 << 16)
+            start = f.read(head)
     except OSError as err:
         raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
-    if not ours(head):
+    if not ours(start):
         raise UsageError(f"{path} exists and is not a {what}; give another path, or remove it first")
 
 

@@ -286,3 +286,22 @@ def test_a_users_own_fracgen_folder_makes_the_output_occupied(tmp_path: Path) ->
     starting = tmp_path / "starting"
     (starting / ".fracgen" / "stats").mkdir(parents=True)  # what a job of another shard range has made so far
     assert build(config, starting, workers=1, shard_range=(0, 1)).built == [0]
+
+
+def test_another_jobs_temporary_that_vanishes_is_not_a_stranger(tmp_path: Path, monkeypatch) -> None:
+    """A split job starting beside another sees its probe or claim temporary, which may be gone a moment later:
+    judged by its name, it is absent, not foreign (the folder used to be refused about 1 time in 3 under churn)."""
+    from fracgen import output
+
+    root = tmp_path / "shared"
+    (root / ".fracgen" / "stats").mkdir(parents=True)
+    gone = root / ".fracgen" / "config.json.tmp-otherhost-9.tmp-otherhost-9"  # the other job's claim, renamed since
+    real = Path.iterdir
+
+    def listing(self):
+        return iter([*real(self), *([gone] if self == root / ".fracgen" else [])])
+
+    monkeypatch.setattr(Path, "iterdir", listing)
+    assert not output._foreign_inside(root)
+    (root / ".fracgen" / "notes.tmp-otherhost-123").write_text("mine")  # not a name fracgen writes
+    assert output._foreign_inside(root)

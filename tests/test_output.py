@@ -262,6 +262,27 @@ def test_resume_builds_again_shards_copied_in_from_a_job_of_other_options(tmp_pa
     assert files(one) == files(tiny_dataset)
 
 
+def test_a_shard_marked_by_an_older_fracgen_is_kept_on_resume(tmp_path, tiny_dataset, caplog):
+    """Markers written before the plan digest existed (a build resumed after an upgrade) are judged as then: an
+    interrupted million-image build does not start again from zero; a shard of another plan is named in a warning."""
+    out = tmp_path / "out"
+    build(CFG, out, workers=1, shard_range=(0, 1))
+    marker = out / ".fracgen" / "stats" / "000000.json"
+    old = json.loads(marker.read_text())
+    for key in ("plan", "samples_sha256"):
+        del old[key]
+    marker.write_text(json.dumps(old))
+    result = build(None, out, workers=1, resume=True)
+    assert result.built == [1] and result.skipped == [0], result
+    assert files(out) == files(tiny_dataset)
+    assert "not made by this plan" not in caplog.text
+    stale = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**stale, "plan": "0" * 64}))
+    (out / "build.json").unlink()
+    assert build(None, out, workers=1, resume=True).built == [0]
+    assert "1 complete shard(s) in" in caplog.text and "not made by this plan" in caplog.text
+
+
 def test_resume_builds_again_a_shard_whose_marker_records_were_edited(tmp_path, tiny_dataset):
     """A marker's class records become params.json: edited ones (checksum of the shard still right) are not
     trusted, so a resume renders that shard again and params.json is the plan's."""

@@ -139,3 +139,7 @@ def test_preview_and_search_never_write_over_a_users_file(tiny_copy: Path, tmp_p
     for seed in ("0", "1"):  # a params file of an earlier search is replaced
         assert runner.invoke(cli, [*search, "--seed", seed]).exit_code == 0
     assert json.loads(params.read_text())["seed"] == 1
+    big = dict(json.loads(params.read_text()), maps=[[0.123456789] * 6] * 1000)  # --maps 1000: ~170 KB
+    params.write_text(json.dumps(big, indent=1))
+    assert params.stat().st_size > 1 << 16
+    assert runner.invoke(cli, search).exit_code == 0  # judged whole, not by its first 64 KiB

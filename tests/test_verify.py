@@ -183,7 +183,7 @@ def test_a_class_record_that_disagrees_with_its_images_is_named(tmp_path: Path, 
 
 @pytest.mark.parametrize("record, kind, fragment", [
     ("_info.json", "fifo", "_info.json is not a regular file"),
-    ("params.json", "zero", "params.json is a link"),
+    ("params.json", "zero", "params.json is not a regular file"),
 ])
 def test_a_record_that_is_a_fifo_or_a_device_link_is_named_not_read(tiny_copy: Path, record, kind, fragment):
     """A FIFO used to block verify for ever and a link to /dev/zero to fill the memory: both are named at once."""
@@ -202,3 +202,13 @@ def test_a_record_that_is_a_fifo_or_a_device_link_is_named_not_read(tiny_copy: P
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(repo)})
     assert proc.returncode == 1 and fragment in proc.stdout + proc.stderr, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
+
+
+def test_records_that_are_links_to_regular_files_verify(tiny_copy: Path, tmp_path: Path) -> None:
+    """A `cp -rs` copy or a Hub cache snapshot holds links: a link to a regular file is read like the file."""
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for path in tiny_copy.iterdir():
+        if path.is_file():
+            (linked / path.name).symlink_to(path)
+    assert verify(linked).ok, verify(linked).lines()
