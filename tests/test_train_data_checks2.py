@@ -197,3 +197,18 @@ def test_a_tarball_that_is_no_downstream_dataset_leaves_nothing(tmp_path, capsys
     code, _, err = run_cli(["finetune", *FT, "--data", shard, "--out", tmp_path / "fu"], capsys)
     assert_one_line(code, err, "holds neither train/ and test/")
     assert not (tmp_path / "data").exists() and not (tmp_path / "fu").exists()
+
+
+def test_finetune_from_a_timm_format_folder_records_no_step(stopped_pretraining, tmp_path, capsys):
+    """timm's own save_for_hf folder (config.json + model.safetensors without this trainer's metadata) is a
+    checkpoint load_pretrained takes: reading its step must not refuse it (it did, for one commit)."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    hf = tmp_path / "hf"
+    save_for_hf(timm.create_model(f"local-dir:{stopped_pretraining}", pretrained=True), hf, safe_serialization=True)
+    data = _image_folder(tmp_path / "mr")
+    code, _, err = run_cli(["finetune", *FT, "--epochs", "1", "--data", data, "--checkpoint", hf,
+                            "--out", tmp_path / "ft"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["checkpoint_step"] is None

@@ -58,16 +58,17 @@ def freeze_first_blocks(model: torch.nn.Module, k: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def checkpoint_step(checkpoint: str | Path) -> int:
+def checkpoint_step(checkpoint: str | Path) -> int | None:
     """The step of a pre-training checkpoint, with a warning when the run that wrote it had not finished.
 
     A stopped, failed or still running pre-training (its ``run.json``) left weights of an earlier step than it
-    planned: fine-tuning from them is allowed (a time-boxed job's checkpoint is a checkpoint) but said.
-
-    Raises:
-        TrainError: no such checkpoint, or not one this trainer wrote.
+    planned: fine-tuning from them is allowed (a time-boxed job's checkpoint is a checkpoint) but said. None for
+    a checkpoint without this trainer's metadata (timm's ``save_for_hf`` folder), which ``load_pretrained`` judges.
     """
-    meta = read_checkpoint_meta(checkpoint)
+    try:
+        meta = read_checkpoint_meta(checkpoint)
+    except TrainError:
+        return None
     status = trainer_status(Path(meta["path"]).parent)
     if status is not None and status.get("status") != "complete":
         log.warning("checkpoint %s is from a pre-training run that is %s (its run.json), at step %d: fine-tuning "
@@ -116,9 +117,10 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
             return done
     if gone:
         log.info("--resume: %s is gone; the run's own checkpoint in %s holds every weight", ckpt, out)
-        ckpt_step = json.loads(read_checkpoint_meta(out).get("checkpoint_step", "null"))
+    if stored is not None and "checkpoint_step" in (own := read_checkpoint_meta(out)):
+        ckpt_step = json.loads(own["checkpoint_step"])  # what the run started from, whatever that run did since
     else:
-        ckpt_step = checkpoint_step(ckpt) if ckpt else None
+        ckpt_step = checkpoint_step(ckpt) if ckpt and not gone else None
     env = setup(cfg)
     train_set, test_set, num_classes = open_downstream(cfg)
     data = downstream_identity(train_set, test_set, num_classes)
