@@ -212,3 +212,16 @@ def test_finetune_from_a_timm_format_folder_records_no_step(stopped_pretraining,
                             "--out", tmp_path / "ft"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["checkpoint_step"] is None
+
+
+def test_a_json_label_naming_the_class_is_not_a_mismatch():
+    """fracgen's json holds the integer label, which must equal cls; a downstream WebDataset's json may name the
+    class instead ("cat"), which is no disagreement (fine-tuning did not read the json before its shards were
+    checked like pre-training's)."""
+    from train.errors import TrainError
+    from train.shards import sample_label
+
+    sample = {"__key__": "k", "__url__": "u", "jpg": b"", "cls": b"1"}
+    assert sample_label({**sample, "json": b'{"label": "cat"}'}, 3, image_keys=("jpg",)) == 1
+    with pytest.raises(TrainError, match="but its json says label 2"):
+        sample_label({**sample, "json": b'{"label": 2}'}, 3, image_keys=("jpg",))

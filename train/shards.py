@@ -129,7 +129,9 @@ def sample_label(sample: dict[str, Any], num_classes: int | None = None, size: i
             meta = json.loads(sample["json"])
         except (UnicodeDecodeError, ValueError):
             raise TrainError(f"{where}: its json entry is not valid JSON; the dataset is damaged") from None
-        if isinstance(meta, dict) and "label" in meta and meta["label"] != label:
+        # fracgen writes the integer label there; another writer's json may name the class instead
+        recorded = meta.get("label") if isinstance(meta, dict) else None
+        if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded != label:
             raise TrainError(f"{where}: cls {label} but its json says label {meta['label']!r}; the dataset is "
                              "damaged or mislabelled")
     png = sample.get("png")
