@@ -54,7 +54,7 @@ def test_finetune_resume_refuses_changed_data_before_touching_the_run(change, tm
     before = snapshot(out)
     change(data)
     code, _, err = run_cli(["finetune", *FT, "--data", data, "--out", out, "--resume"], capsys)
-    assert_one_line(code, err, "--resume", "dataset.")
+    assert_one_line(code, err, "--resume", "dataset.", "The data changed since the run stopped")
     assert snapshot(out) == before  # run.json still says stopped
 
 

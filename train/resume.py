@@ -210,6 +210,9 @@ def check_resume(out: Path, cfg: Config, data: dict[str, Any] | None = None, com
         return
     shown = "; ".join(f"{k}={_show(a)}, this command gives {_show(b)}" for k, a, b in found[:_SHOWN])
     more = f"; and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
+    if all(k.startswith("dataset.") for k, _, _ in found):  # the settings agree: the data itself changed
+        raise TrainError(f"--resume: {out} was run with {shown}{more}. The data changed since the run stopped: "
+                         "restore it as it was, or start a new run in another --out")
     raise TrainError(f"--resume: {out} was run with {shown}{more}. Resume with the run's own settings "
                      f"(--config {out / 'config.yaml'}) or use a new --out (what may change on resume: train/README.md)")
 
