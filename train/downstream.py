@@ -283,6 +283,7 @@ def _image_folder(folder: Path, transform: Callable) -> Dataset:
                     "an ImageFolder takes each image's class from its folder", folder, len(stray),
                     ", ".join(stray[:3]), ", ..." if len(stray) > 3 else "")
     stats = [_stat(path) for path, _ in images.samples]  # cheap next to opening them
+    images.sizes = [st.st_size for st in stats]  # for a resume's record of the data (train.resume), not stat'ed twice
     for (path, _), st in zip(images.samples, stats, strict=True):
         if st.st_size == 0:
             raise TrainError(f"image {path}: empty file (0 bytes)")

@@ -103,7 +103,10 @@ def _file_rows(split: Any) -> list[Any] | None:
     samples = getattr(split, "samples", None)
     root = getattr(split, "root", None)
     if isinstance(samples, list) and root is not None:
-        return [(os.path.relpath(path, root), os.stat(path).st_size, label) for path, label in samples]
+        sizes = getattr(split, "sizes", None)  # what train.downstream stat'ed when it opened the folder
+        if not isinstance(sizes, list) or len(sizes) != len(samples):
+            sizes = [os.stat(path).st_size for path, _ in samples]
+        return [(os.path.relpath(path, root), size, label) for (path, label), size in zip(samples, sizes, strict=True)]
     items = getattr(split, "items", None)
     if isinstance(items, list):
         return [(len(data), label) for data, label in items]
