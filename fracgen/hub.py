@@ -43,9 +43,15 @@ class _OneLinePerRetry(logging.Filter):
 
 
 @contextlib.contextmanager
-def session() -> Iterator[None]:
-    """huggingface_hub's shared client with timeouts and one line per retry, for the duration of a push."""
+def session(self_hosted: bool = False) -> Iterator[None]:
+    """huggingface_hub's shared client with timeouts and one line per retry, for the duration of a push.
+
+    ``self_hosted`` (``--endpoint``): uploads go through the LFS protocol, not Xet (a Hub-compatible server need not
+    speak it, and hf_xet's own client has neither these timeouts nor these retry lines), and huggingface_hub's
+    telemetry, which would look up huggingface.co for its user agent, is off.
+    """
     import huggingface_hub
+    from huggingface_hub import constants
     from huggingface_hub.utils import _http, httpx
 
     previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)
@@ -57,11 +63,18 @@ def session() -> Iterator[None]:
 
     retries = _OneLinePerRetry()
     hub_log = logging.getLogger(_http.__name__)
+    flags = {"HF_HUB_DISABLE_XET": constants.HF_HUB_DISABLE_XET,
+             "HF_HUB_DISABLE_TELEMETRY": constants.HF_HUB_DISABLE_TELEMETRY}
     huggingface_hub.set_client_factory(factory)
     hub_log.addFilter(retries)
+    if self_hosted:
+        for flag in flags:
+            setattr(constants, flag, True)  # read by huggingface_hub at each call, so they take effect now
     try:
         yield
     finally:
+        for flag, value in flags.items():
+            setattr(constants, flag, value)
         hub_log.removeFilter(retries)
         huggingface_hub.set_client_factory(previous)
 

@@ -18,9 +18,12 @@ contains it (`_scrub` removes it from any text that reaches the user).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,8 +36,9 @@ import yaml
 import fracgen
 from fracgen import dataset, hub
 from fracgen.card import render_card
-from fracgen.dataset import BUILD_JSON, INFO_JSON, PARAMS_JSON, sha256_file
+from fracgen.dataset import BUILD_JSON, INFO_JSON, PARAMS_JSON
 from fracgen.errors import FracgenError, UsageError
+from fracgen.preview import PNG_SIGNATURE
 from fracgen.verify import verify
 
 logger = logging.getLogger(__name__)
@@ -60,12 +64,14 @@ class StagedFile:
         source: the local file that is uploaded.
         size: bytes.
         sha256: hex digest of the content.
+        data: the content of a small file (records, card, preview, source image), read once at staging.
     """
 
     path_in_repo: str
     source: Path
     size: int
     sha256: str
+    data: bytes | None = None  # a small file's content, read once: what was hashed is what is sent
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -116,13 +122,53 @@ def stage(
         StagedFile(str(r["filename"]), root / str(r["filename"]), int(r["bytes"]), str(r["sha256"]))
         for r in build["shards"]
     ]
-    others = [(name, root / name) for name in (INFO_JSON, PARAMS_JSON, BUILD_JSON) if (root / name).is_file()]
-    source = str((build.get("config") or {}).get("source") or "")
+    # the small files are read once here and sent as these bytes, each checked against what verify checked: a
+    # file replaced since (or a link swapped in for the preview) is refused, not published
+    recorded = build.get("records") if isinstance(build.get("records"), dict) else {}
+    config = build.get("config") or {}
+    expected = {INFO_JSON: recorded.get(INFO_JSON), PARAMS_JSON: recorded.get(PARAMS_JSON)}
+    others = [(INFO_JSON, root / INFO_JSON, True), (PARAMS_JSON, root / PARAMS_JSON, True),
+              (BUILD_JSON, root / BUILD_JSON, True)]
+    source = str(config.get("source") or "")
     if source:  # the real-image preset rebuilds from this file, so it travels with the shards
-        others.append((source, root / source))
-    others += [("README.md", workdir / "README.md"), ("preview.png", preview_path)]
-    staged += [StagedFile(name, path, path.stat().st_size, sha256_file(path)) for name, path in others]
+        others.append((source, root / source, True))
+        expected[source] = config.get("source_sha256")
+    others += [("README.md", workdir / "README.md", False), ("preview.png", preview_path, False)]
+    for name, path, follow in others:
+        data = _read_once(path, follow)
+        digest = hashlib.sha256(data).hexdigest()
+        changed = (expected.get(name) not in (None, digest) or (name == BUILD_JSON and _json(data) != build)
+                   or (name == "preview.png" and not data.startswith(PNG_SIGNATURE)))
+        if changed:
+            raise UsageError(f"{path} changed since the dataset was verified; nothing was uploaded: run "
+                             f"`fracgen verify {root}` and push again")
+        staged.append(StagedFile(name, path, len(data), digest, data))
     return staged
+
+
+def _json(data: bytes) -> object:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _read_once(path: Path, follow: bool) -> bytes:
+    """A small file's bytes, from one open (without following a link unless ``follow``).
+
+    Raises:
+        UsageError: it is gone, a link (``follow`` False), or not a regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | (0 if follow else getattr(os, "O_NOFOLLOW", 0)))
+    except FileNotFoundError:
+        raise UsageError(f"{path} is gone since the dataset was verified; nothing was uploaded") from None
+    except OSError as err:
+        raise UsageError(f"{path} cannot be read ({err.strerror or err}; fracgen publishes no link there)") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise UsageError(f"{path} is not a regular file; nothing was uploaded")
+        return f.read()
 
 
 def _check_card_header(card: str) -> None:
@@ -150,7 +196,7 @@ def _own_preview(root: Path) -> Path | None:
         raise UsageError(f"{path} is a link or not a regular file (fracgen writes neither); remove it, or run "
                          f"`fracgen preview {root}` to draw one")
     with open(path, "rb") as f:
-        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+        if f.read(8) != PNG_SIGNATURE:
             raise UsageError(f"{path} is not a PNG image; remove it, or run `fracgen preview {root}` to draw one")
     return path
 
@@ -195,7 +241,8 @@ def write_dry_run(files: list[StagedFile], out: Path, *, repo_id: str, summary: 
         dataset.write_atomic(out / "files.tsv", ("\n".join(rows) + "\n").encode(), then="rerun")
         for f in files:
             if f.path_in_repo in ("README.md", "preview.png"):
-                dataset.write_atomic(out / f.path_in_repo, f.source.read_bytes(), then="rerun")
+                dataset.write_atomic(out / f.path_in_repo, f.data if f.data is not None else f.source.read_bytes(),
+                                     then="rerun")
     except OSError as err:
         raise UsageError(f"--dry-run folder {out} cannot be written: {err.strerror or err}") from None
     except FracgenError as err:
@@ -451,7 +498,7 @@ def _upload(
         )
     hub.check_token(token)
     api = HfApi(endpoint=base, token=token, library_name="fracgen", library_version=fracgen.__version__)
-    with hub.session():
+    with hub.session(self_hosted=endpoint is not None):
         try:
             _check_namespace(api, repo_id)
             _with_retries(
@@ -466,12 +513,22 @@ def _upload(
                     lambda: api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True),
                 )
             operations = [
-                CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=str(f.source)) for f in files
+                CommitOperationAdd(path_in_repo=f.path_in_repo,
+                                   path_or_fileobj=f.data if f.data is not None else str(f.source))
+                for f in files
             ]
             total = sum(f.size for f in files)
             logger.info("uploading %d files (%d bytes) to dataset %s", len(files), total, repo_id)
             # huggingface_hub retries each request of this step itself
             api.preupload_lfs_files(repo_id, additions=operations, repo_type="dataset", revision=revision)
+            # the digests of what was read to upload (by Xet or LFS) against build.json's, which verify checked:
+            # a shard replaced since is refused before the commit makes anything visible
+            changed = [f.path_in_repo for f, op in zip(files, operations, strict=True)
+                       if op.upload_info.sha256.hex() != f.sha256]
+            if changed:
+                raise UsageError(f"{changed[0]}{f' and {len(changed) - 1} more' if len(changed) > 1 else ''} "
+                                 "changed since the dataset was verified; nothing was committed: run `fracgen "
+                                 "verify` and push again")
             commit = _with_retries(
                 "commit",
                 lambda: api.create_commit(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # read when huggingface_hub is imported
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # else its user agent looks up huggingface.co
 
 TINY = dict(sigma=3.5, delta=0.1, L=16, size=64, points=5000, seed=0, shard_size=8)
 # The real mini CIFAR-10 copy when ../shared sits beside the checkout (CI, developers); users lack it.

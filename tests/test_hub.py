@@ -134,3 +134,22 @@ def test_dry_run_on_a_full_disk_leaves_no_truncated_file(tiny_copy, tmp_path, mo
     _assert_one_line_error(result, "disk full")
     assert "--resume" not in result.output
     assert not (out / "preview.png").exists() and not list(out.glob("*.tmp*"))
+
+
+def test_a_self_hosted_push_uploads_by_lfs_without_telemetry_and_restores_the_flags():
+    """--endpoint: a Hub-compatible server need not speak Xet (its upload failed with a 404 on xet-write-token),
+    and the user agent's telemetry would look up huggingface.co; both are off for the push only."""
+    from huggingface_hub import constants
+
+    from fracgen import hub
+
+    before = constants.HF_HUB_DISABLE_XET, constants.HF_HUB_DISABLE_TELEMETRY
+    constants.HF_HUB_DISABLE_XET = constants.HF_HUB_DISABLE_TELEMETRY = False
+    try:
+        with hub.session(self_hosted=True):
+            assert constants.HF_HUB_DISABLE_XET and constants.HF_HUB_DISABLE_TELEMETRY
+        assert not constants.HF_HUB_DISABLE_XET and not constants.HF_HUB_DISABLE_TELEMETRY
+        with hub.session():  # the Hub itself: the library's own choice stands
+            assert not constants.HF_HUB_DISABLE_XET and not constants.HF_HUB_DISABLE_TELEMETRY
+    finally:
+        constants.HF_HUB_DISABLE_XET, constants.HF_HUB_DISABLE_TELEMETRY = before

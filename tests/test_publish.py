@@ -321,3 +321,37 @@ def test_real_image_source_travels_and_is_verified(tmp_path: Path) -> None:
     (root / name).write_bytes(b"not the source")
     report = verify(root)
     assert not report.ok and any(name in p for p in report.dataset_problems)
+
+
+@pytest.mark.parametrize("change", ["shard", "params", "preview-link"])
+def test_a_dataset_changed_after_verify_is_not_published(tiny_copy: Path, hub: FakeHub, tmp_path: Path,
+                                                          monkeypatch, change) -> None:
+    """A second writer between verify and the upload: a shard replaced (same size), a record edited, or the preview
+    swapped for a link to a private file. Each used to be published as it stood with exit 0; now the push stops
+    before its commit and nothing is visible on the Hub."""
+    import fracgen.publish as publish
+
+    secret = tmp_path / "id_rsa"
+    secret.write_bytes(b"\x89PNG\r\n\x1a\nPRIVATE KEY")
+    real_verify = publish.verify
+
+    def verify_then_change(root, *args, **kwargs):
+        report = real_verify(root, *args, **kwargs)
+        if change == "shard":
+            shard = tiny_copy / _shards(tiny_copy)[0]
+            shard.write_bytes(bytes(shard.stat().st_size))
+        elif change == "params":
+            (tiny_copy / "params.json").write_text((tiny_copy / "params.json").read_text().replace("0", "1", 1))
+        else:
+            (tiny_copy / "preview.png").symlink_to(secret)
+        return report
+
+    monkeypatch.setattr(publish, "verify", verify_then_change)
+    if change == "preview-link":  # the preview was a plain PNG when checked
+        assert CliRunner().invoke(cli, ["preview", str(tiny_copy)]).exit_code == 0
+        monkeypatch.setattr(publish, "_own_preview", lambda root: root / "preview.png")
+        (tiny_copy / "preview.png").unlink()
+    result = _push(tiny_copy, hub.url, "--token", TOKEN)
+    one_line(result, "changed since the dataset was verified" if change != "preview-link" else "preview.png")
+    assert not any(repo.commits for repo in hub.repos.values())
+    assert all(b"PRIVATE KEY" not in data for data in hub.lfs.values())
