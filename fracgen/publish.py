@@ -300,6 +300,28 @@ def _describe(err: BaseException) -> str:
     return f"HTTP {status}" if status is not None else type(err).__name__
 
 
+def _hub_accepts_card(api, files: list[StagedFile]) -> None:
+    """Have the Hub check the card's metadata (its licence among its list) before any file is uploaded.
+
+    ``create_commit`` asks this too, but only once the shards are uploaded; this is the same request
+    (``HfApi._validate_yaml``, private, so skipped where a huggingface_hub lacks it).
+
+    Raises:
+        UsageError: the Hub's reasons, on one line.
+    """
+    validate = getattr(api, "_validate_yaml", None)
+    card = next((f for f in files if f.path_in_repo == "README.md"), None)
+    if validate is None or card is None or card.data is None:
+        return
+    try:
+        validate(card.data.decode("utf-8"), repo_type="dataset")
+    except ValueError as err:
+        reasons = "; ".join(line.strip("- ").strip() for line in str(err).splitlines()[1:] if line.strip())
+        raise UsageError(f"the Hub refuses the card's metadata ({reasons or err}); nothing was uploaded: a "
+                         "licence must be one of the Hub's ids (https://huggingface.co/docs/hub/repositories-licenses)"
+                         ", or `other`") from None
+
+
 def _explain(err: BaseException, *, repo_id: str, endpoint: str, revision: str | None) -> UsageError:
     """Turn a client failure into the one-line error the user sees."""
     from huggingface_hub.errors import (
@@ -517,6 +539,7 @@ def _upload(
                                    path_or_fileobj=f.data if f.data is not None else str(f.source))
                 for f in files
             ]
+            _with_retries("card check", lambda: _hub_accepts_card(api, files))
             total = sum(f.size for f in files)
             logger.info("uploading %d files (%d bytes) to dataset %s", len(files), total, repo_id)
             # huggingface_hub retries each request of this step itself

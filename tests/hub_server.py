@@ -62,6 +62,10 @@ class _Fault:
     remaining: int
 
 
+# A part of the Hub's licence list (hub-docs, repositories-licenses.md): the ids the tests use, and the catch-alls.
+HUB_LICENSES = ("apache-2.0", "mit", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "cc0-1.0", "other", "unknown")
+
+
 class FakeHub:
     """The server and its state. Use as a context manager, or call `start()` / `stop()`.
 
@@ -296,6 +300,10 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return
             if not isinstance(header, dict):
                 self._send(200, {"errors": [], "warnings": [{"message": "empty or missing yaml metadata"}]})
+                return
+            if "license" in header and header["license"] not in HUB_LICENSES:  # the Hub checks its own list
+                self._send(400, {"errors": [{"message": f'"license" must be one of [{", ".join(HUB_LICENSES)}]'}],
+                                 "warnings": []})
                 return
             self._send(200, {"errors": [], "warnings": []})
 

@@ -355,3 +355,11 @@ def test_a_dataset_changed_after_verify_is_not_published(tiny_copy: Path, hub: F
     one_line(result, "changed since the dataset was verified" if change != "preview-link" else "preview.png")
     assert not any(repo.commits for repo in hub.repos.values())
     assert all(b"PRIVATE KEY" not in data for data in hub.lfs.values())
+
+
+def test_a_licence_the_hub_does_not_know_is_refused_before_any_upload(tiny_copy: Path, hub: FakeHub) -> None:
+    """The Hub refuses a card whose licence is not on its list, but create_commit asked only after every shard was
+    uploaded; the push now asks first and stops with nothing sent."""
+    one_line(_push(tiny_copy, hub.url, "--token", TOKEN, "--license", "not-a-licence"),
+             "the Hub refuses the card's metadata", '"license" must be one of')
+    assert not any(r.method == "PUT" for r in hub.requests) and not any(repo.commits for repo in hub.repos.values())
