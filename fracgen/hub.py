@@ -20,7 +20,16 @@ log = logging.getLogger("fracgen.publish")  # retries read as the push's own lin
 
 # Seconds a request may wait to connect, and for each read or write; HF_HUB_DOWNLOAD_TIMEOUT overrides the latter.
 HUB_CONNECT_TIMEOUT_S = 10.0
-HUB_TIMEOUT_S = float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT") or 60)
+def _timeout_from_env() -> float:
+    """HF_HUB_DOWNLOAD_TIMEOUT when it is a number of seconds > 0 (the CLI refuses any other value), else 60."""
+    try:
+        value = float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT") or 60)
+    except ValueError:
+        return 60.0
+    return value if 0 < value < float("inf") else 60.0
+
+
+HUB_TIMEOUT_S = _timeout_from_env()
 
 
 class _OneLinePerRetry(logging.Filter):

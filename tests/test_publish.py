@@ -363,3 +363,20 @@ def test_a_licence_the_hub_does_not_know_is_refused_before_any_upload(tiny_copy:
     one_line(_push(tiny_copy, hub.url, "--token", TOKEN, "--license", "not-a-licence"),
              "the Hub refuses the card's metadata", '"license" must be one of')
     assert not any(r.method == "PUT" for r in hub.requests) and not any(repo.commits for repo in hub.repos.values())
+
+
+@pytest.mark.parametrize("env, extra, fragment", [
+    ({"HF_HUB_DOWNLOAD_TIMEOUT": "abc"}, [], "HF_HUB_DOWNLOAD_TIMEOUT must be a whole number"),
+    ({"HF_HUB_DOWNLOAD_TIMEOUT": "1.5"}, [], "HF_HUB_DOWNLOAD_TIMEOUT must be a whole number"),
+    ({"HF_HUB_ETAG_TIMEOUT": "0"}, [], "HF_HUB_ETAG_TIMEOUT must be a whole number"),
+    ({"HF_ENDPOINT": "http://[::1"}, [], "HF_ENDPOINT must be an http(s) URL"),
+    ({}, ["--endpoint", "http://127.0.0.1:1/?x=1"], "without query or fragment"),
+])
+def test_hub_settings_huggingface_hub_would_crash_on_are_one_line(tiny_copy: Path, tmp_path: Path, monkeypatch, env,
+                                                                  extra, fragment) -> None:
+    """huggingface_hub parses these when imported (int(), the URL): a bad value was its traceback, or a misleading
+    404 for a URL with a query."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = ["push-to-hub", str(tiny_copy), "--repo-id", "alice/x", "--license", "mit", *extra]
+    one_line(CliRunner().invoke(cli, [*args, "--dry-run", str(tmp_path / "dry")]), fragment)
