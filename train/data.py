@@ -68,6 +68,7 @@ from fracgen import dataset
 from fracgen.dataset import DatasetError, DatasetInfo
 from train.augment import make_eval_transform, make_train_transform
 from train.config import Config
+from train.distributed import quiet_worker
 from train.errors import DoesNotFit, TrainError
 from train.shards import (
     ShardSet,
@@ -244,6 +245,28 @@ class _PrivateRng:
             torch.set_rng_state(saved[2])
 
 
+def readers_per_rank(workers: int, num_samples: int, world_size: int) -> int:
+    """``data.workers``, lowered so that every reader (ranks x workers) has a sample of its own to stream.
+
+    A reader with none would scan the shards for ever (its pass yields nothing). ``num_samples`` 0: unknown
+    (a remote dataset without counts), left as asked.
+
+    Raises:
+        TrainError: fewer samples than ranks.
+    """
+    if num_samples <= 0:
+        return workers
+    if num_samples < world_size:
+        raise TrainError(f"the dataset has {num_samples} samples, fewer than the {world_size} ranks: each rank "
+                         "streams samples of its own")
+    most = num_samples // world_size
+    if max(workers, 1) > most:
+        log.info("data.workers %d lowered to %d: %d samples over %d rank(s) give every reader (rank x worker) "
+                 "one sample at least only so", workers, most if most > 1 else 0, num_samples, world_size)
+        return most if most > 1 else 0
+    return workers
+
+
 class _ShardStream(IterableDataset):
     """An endless, seeded stream of (transformed image, label) for one rank.
 
@@ -269,6 +292,7 @@ class _ShardStream(IterableDataset):
         transform = self.transform if info else (lambda im, p=_PrivateRng(base + reader + 1): p(self.transform, im))
         by_shard = len(self.urls) % readers == 0
         buffer: list[tuple[np.ndarray, int]] = []
+        seen = False
         for pass_ in range(10**9):
             order = list(self.urls)
             random.Random(base + pass_).shuffle(order)  # same on every reader so whole shards partition
@@ -276,6 +300,7 @@ class _ShardStream(IterableDataset):
             for i, sample in enumerate(s for url in mine for s in shard_samples(url)):
                 if not by_shard and i % readers != reader:
                     continue
+                seen = True
                 if sample.get("__url__") in self.checked:
                     image, label = _decode_image(sample), int(sample["cls"])
                 else:
@@ -284,6 +309,9 @@ class _ShardStream(IterableDataset):
                 if len(buffer) >= self.shuffle_buffer:
                     image, label = buffer.pop(rng.randrange(len(buffer)))
                     yield transform(_rgb(image)), label
+            if not seen:  # a reader without samples would scan the shards for ever (readers_per_rank avoids it)
+                raise TrainError(f"reader {reader} of {readers} (ranks x data.workers) got no sample of the "
+                                 f"{len(self.urls)} shard(s): lower data.workers")
             rng.shuffle(buffer)
             while len(buffer) > self.shuffle_buffer // 2:  # keep some for mixing across passes
                 image, label = buffer.pop()
@@ -315,6 +343,7 @@ class StreamSource:
         self.num_samples = info.splits["train"].num_samples if "train" in info.splits else 0
         self.micro_batch = micro_batch_size(cfg, world_size)
         self.transform = make_train_transform(cfg.aug, cfg.model.img_size)
+        self.workers = readers_per_rank(cfg.data.workers, self.num_samples, world_size)
         steps = math.ceil(max(self.num_samples, 1) / cfg.train.batch_size)
         steps = steps * math.ceil(MIN_EPOCH_STEPS / steps)  # whole passes, at least MIN_EPOCH_STEPS
         self._len = steps * cfg.train.accum_steps
@@ -328,10 +357,10 @@ class StreamSource:
         stream = _ShardStream(self.urls, self.transform, self.rank, self.world_size, cfg.train.seed, epoch,
                               cfg.data.shuffle_buffer, self.num_classes, self.size, self.checked)
         loader = DataLoader(
-            stream, batch_size=self.micro_batch, num_workers=cfg.data.workers,
+            stream, batch_size=self.micro_batch, num_workers=self.workers,
             pin_memory=self.device.type == "cuda", drop_last=True,
             generator=torch.Generator().manual_seed((cfg.train.seed * 7919 + epoch) * 131 + self.rank),
-            persistent_workers=False, prefetch_factor=4 if cfg.data.workers else None,
+            persistent_workers=False, prefetch_factor=4 if self.workers else None, worker_init_fn=quiet_worker,
         )
         non_blocking = self.device.type == "cuda"
         try:

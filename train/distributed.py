@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,17 @@ def leave(env: Dist, wait: bool = True) -> None:
     if wait:
         dist.barrier()
     dist.destroy_process_group()
+
+
+def quiet_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: SIGTERM and SIGINT are the main process's to handle.
+
+    torchrun, SLURM and a terminal's Ctrl-C signal a rank's whole process group, workers included; torch's own
+    worker handler dies of a SIGTERM its parent did not send, so the main process, which stops after its step
+    with a checkpoint, met dead workers and the run failed without one. The main process still ends them.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def seed_everything(seed: int) -> None:

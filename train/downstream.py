@@ -40,6 +40,7 @@ from fracgen.dataset import DatasetError, DatasetInfo
 from train.augment import make_eval_transform, make_train_transform
 from train.config import Config
 from train.data import Batch, last_line, micro_batch_size, read_info, shard_samples
+from train.distributed import quiet_worker
 from train.errors import TrainError
 from train.shards import checked_samples, is_remote, plan_shards
 
@@ -436,7 +437,8 @@ class MapSource:
                             num_workers=workers, drop_last=True, pin_memory=self.device.type == "cuda",
                             generator=torch.Generator().manual_seed((self.cfg.train.seed * 7919 + epoch) * 131
                                                                     + self.rank * 7 + start),
-                            persistent_workers=False, prefetch_factor=4 if workers else None)
+                            persistent_workers=False, prefetch_factor=4 if workers else None,
+                            worker_init_fn=quiet_worker)
         non_blocking = self.device.type == "cuda"
         try:
             for images, targets in loader:

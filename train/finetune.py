@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from train.checkpoint import adopt_architecture, load_pretrained, read_checkpoint_meta
 from train.config import Config
-from train.distributed import seed_everything, setup
+from train.distributed import quiet_worker, seed_everything, setup
 from train.downstream import MapSource, open_downstream
 from train.errors import TrainError
 from train.loop import evaluate, train_loop
@@ -130,7 +130,8 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     source = MapSource(train_set, num_classes, cfg, env.device, env.rank, env.world_size)
     steps_per_epoch = len(source) // cfg.train.accum_steps
     total = cfg.train.epochs * steps_per_epoch if cfg.train.epochs > 0 else cfg.train.steps
-    test_loader = DataLoader(test_set, batch_size=cfg.finetune.eval_batch_size, num_workers=cfg.data.workers)
+    test_loader = DataLoader(test_set, batch_size=cfg.finetune.eval_batch_size, num_workers=cfg.data.workers,
+                             worker_init_fn=quiet_worker)
     from_checkpoint = start_run_folder(out, cfg, resume, env.is_main, data)
     log.info("fine-tuning %s (%s) on %s: %d train / %d test images, %d classes, %d steps, %d trainable params",
              cfg.model.name, ckpt or "scratch", cfg.data.path, len(train_set), len(test_set), num_classes, total,

@@ -1,0 +1,82 @@
+"""DataLoader workers: a signal to the whole process group (torchrun, SLURM, Ctrl-C) stops the run with a
+checkpoint, and more readers (ranks x workers) than samples neither hang nor spin."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from train.data import readers_per_rank  # noqa: E402
+from train.errors import TrainError  # noqa: E402
+from train.toy import write_toy_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["--set", "data.source=stream", "--set", "train.log_every=1", "--set", "data.eval_path=''",
+         "--set", "model.img_size=32"]
+
+
+def _pretrain(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "train", "pretrain", "--config", "tiny", "--data", str(data), "--out", str(out),
+           *QUICK, *extra]
+    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_readers_are_lowered_to_the_samples_they_can_have():
+    assert readers_per_rank(8, 1000, 2) == 8
+    assert readers_per_rank(9, 8, 1) == 8 and readers_per_rank(5, 8, 2) == 4
+    assert readers_per_rank(4, 3, 2) == 0  # one sample a rank: the main process reads it
+    assert readers_per_rank(8, 0, 2) == 8  # counts unknown (a remote set): as asked
+    with pytest.raises(TrainError, match="3 samples, fewer than the 4 ranks"):
+        readers_per_rank(2, 3, 4)
+
+
+def test_more_workers_than_samples_train_instead_of_spinning(tmp_path):
+    """3 samples and data.workers=5: two of the readers had no sample and scanned the shards for ever."""
+    data = write_toy_dataset(tmp_path / "ds", num_classes=3, per_class=1, size=32, shard_size=2)
+    proc = _pretrain(data, tmp_path / "run", "--steps", "8", "--set", "train.batch_size=3", "--set",
+                     "data.workers=5")
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        err = "no end in 120 s: a reader without samples spins"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, err[-2000:]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "complete"
+
+
+def test_sigterm_to_the_process_group_with_workers_stops_with_a_checkpoint(tmp_path):
+    """torchrun and SLURM signal the whole group: the workers died of it and the run failed without a checkpoint.
+    Now the workers leave the signal to the main process, which stops after its step with a checkpoint."""
+    data = write_toy_dataset(tmp_path / "ds", num_classes=8, per_class=2, size=32, shard_size=4)
+    out = tmp_path / "run"
+    proc = _pretrain(data, out, "--steps", "5000", "--set", "train.batch_size=8", "--set", "data.workers=2")
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 240:
+            rows = (out / "log.csv").read_text().splitlines()[1:] if (out / "log.csv").is_file() else []
+            if len(rows) >= 2 or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    status = json.loads((out / "run.json").read_text())
+    assert status["status"] == "stopped" and status["reason"] == "SIGTERM", status
+    assert (out / "state.pt").is_file() and (out / "model.safetensors").is_file()
