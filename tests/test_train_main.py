@@ -57,3 +57,34 @@ def test_pretrain_summary_without_evaluation_says_so(tmp_path, capsys, monkeypat
     code, out, err = run_cli(["pretrain", "--config", "tiny", "--data", tmp_path, "--out", tmp_path / "r"], capsys)
     assert code == 0, err
     assert "top-1 on its 8 classes not measured" in out and "None" not in out, out
+
+
+def test_under_torchrun_each_error_is_printed_once_by_the_rank_that_knows_it(tmp_path, capsys, monkeypatch):
+    """Every rank raises the same line for a bad command (rank 0 prints it, once; a usage error too); a damaged
+    sample in one rank's shards is printed by that rank, and rank 0, whose collective then fails, says so in one
+    line instead of gloo's traceback."""
+    import train.pretrain
+    from train_helpers import run_cli
+
+    from train.errors import RankError, TrainError
+
+    argv = ["pretrain", "--config", "tiny", "--data", tmp_path, "--out", tmp_path / "r"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+
+    def fails_with(error):
+        def pretrain(cfg, out, resume=False):
+            raise error
+        monkeypatch.setattr(train.pretrain, "pretrain", pretrain)
+
+    monkeypatch.setenv("RANK", "1")
+    fails_with(TrainError("bad option"))
+    assert run_cli(argv, capsys)[::2] == (2, "")
+    fails_with(RankError("shard s: sample k: cannot decode"))
+    assert run_cli(argv, capsys)[::2] == (2, "error: rank 1: shard s: sample k: cannot decode\n")
+    assert run_cli([*argv, "--steps", "0"], capsys)[::2] == (2, "")
+    monkeypatch.setenv("RANK", "0")
+    fails_with(RuntimeError("[../gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:1234"))
+    code, _, err = run_cli(argv, capsys)
+    assert (code, err) == (2, "error: another rank stopped the run (its error is printed above)\n")
+    code, _, err = run_cli([*argv, "--steps", "0"], capsys)
+    assert code == 2 and err.count("Invalid value for '--steps'") == 1

@@ -80,3 +80,31 @@ def test_sigterm_to_the_process_group_with_workers_stops_with_a_checkpoint(tmp_p
     status = json.loads((out / "run.json").read_text())
     assert status["status"] == "stopped" and status["reason"] == "SIGTERM", status
     assert (out / "state.pt").is_file() and (out / "model.safetensors").is_file()
+
+
+def test_a_damaged_shard_met_by_a_worker_ends_the_run_in_one_line_without_hanging(tmp_path):
+    """Workers ignore SIGTERM, the signal multiprocessing ends its children with at exit: a run that fails while
+    its workers live must still end them (the iterator's own shutdown, then the CLI's), not wait for ever."""
+    import tarfile
+
+    data = write_toy_dataset(tmp_path / "ds", num_classes=8, per_class=2, size=32, shard_size=4)
+    for shard in sorted(data.glob("train-*.tar")):  # every shard: headers kept (checked before step 1), bodies
+        raw = bytearray(shard.read_bytes())           # garbled, so only a worker's decode meets it
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".png"):
+                    start = member.offset_data + 40  # past the signature and IHDR
+                    raw[start:member.offset_data + member.size - 12] = b"Z" * (member.size - 52)
+        shard.write_bytes(bytes(raw))
+    proc = _pretrain(data, tmp_path / "run", "--steps", "4", "--set", "train.batch_size=8", "--set",
+                     "data.workers=2", "--set", "data.verify=false")
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        err = "no end in 120 s"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "cannot decode" in lines[0], err[-2000:]

@@ -15,7 +15,7 @@ import click
 
 from fracgen.errors import FracgenError
 from train.config import load_config
-from train.errors import TrainError
+from train.errors import RankError, TrainError
 from train.repro import repro_small
 from train.sweep import sweep
 
@@ -132,22 +132,43 @@ def _one_line(message: str) -> str:
     return lines[-1].split("TrainError: ", 1)[-1] if lines else message
 
 
+def _peer_left(error: RuntimeError) -> bool:
+    """Whether a collective failed because another rank's process ended (gloo, NCCL), not by a fault of its own."""
+    import torch.distributed as dist
+
+    text = str(error)
+    return isinstance(error, getattr(dist, "DistError", ())) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+
+
 def main() -> None:
     """Entry point: one-line errors, exit status 2."""
+    from train.distributed import end_children
+
     try:
         cli.main(standalone_mode=False, prog_name="python -m train")
     except (TrainError, FracgenError) as e:  # FracgenError: a sweep's or repro's build (a full disk, say)
-        if os.environ.get("RANK", "0") == "0":  # every rank raises the same one line
-            click.echo(f"error: {_one_line(str(e))}", err=True)
+        rank = os.environ.get("RANK", "0")
+        if rank == "0" or isinstance(e, RankError):  # every rank raises the same line, but a RankError is its own
+            click.echo(f"error: {'' if rank == '0' else f'rank {rank}: '}{_one_line(str(e))}", err=True)
         sys.exit(2)
+    except RuntimeError as e:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and _peer_left(e):
+            if os.environ.get("RANK", "0") == "0":
+                click.echo("error: another rank stopped the run (its error is printed above)", err=True)
+            sys.exit(2)
+        raise
     except click.exceptions.Abort as e:
         if isinstance(e.__cause__, EOFError):  # click turns any EOFError into Abort: a fault, not a Ctrl-C
             raise e.__cause__ from None
         click.echo("error: aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
-        e.show()
+        if os.environ.get("RANK", "0") == "0":  # every rank parses the same command line
+            e.show()
         sys.exit(e.exit_code)
+    finally:
+        end_children()  # DataLoader workers ignore the SIGTERM multiprocessing would end them with at exit
 
 
 if __name__ == "__main__":

@@ -68,8 +68,8 @@ from fracgen import dataset
 from fracgen.dataset import DatasetError, DatasetInfo
 from train.augment import make_eval_transform, make_train_transform
 from train.config import Config
-from train.distributed import quiet_worker
-from train.errors import DoesNotFit, TrainError
+from train.distributed import end_workers, quiet_worker
+from train.errors import DoesNotFit, RankError, TrainError
 from train.shards import (
     ShardSet,
     checked_samples,
@@ -363,16 +363,19 @@ class StreamSource:
             persistent_workers=False, prefetch_factor=4 if self.workers else None, worker_init_fn=quiet_worker,
         )
         non_blocking = self.device.type == "cuda"
+        batches = iter(loader)
         try:
-            for i, (images, targets) in enumerate(loader):
+            for i, (images, targets) in enumerate(batches):
                 if i >= self._len:
                     break
                 if i < start:
                     continue
                 yield (images.to(self.device, non_blocking=non_blocking),
                        targets.to(self.device, dtype=torch.int64, non_blocking=non_blocking))
-        except TrainError as e:  # from a worker: torch wraps the message in the worker's traceback
-            raise TrainError(last_line(str(e))) from None
+        except TrainError as e:  # from a worker, torch wraps the message in the worker's traceback
+            raise RankError(last_line(str(e))) from None  # this rank's shards: the others never see it
+        finally:
+            end_workers(batches)
 
     def close(self) -> None:
         """Nothing to release: workers end with each epoch's loader."""

@@ -88,6 +88,27 @@ def quiet_worker(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def end_workers(batches) -> None:
+    """End a DataLoader iterator's workers the way it does when exhausted (a sentinel each, then a join).
+
+    Workers ignore SIGTERM (``quiet_worker``), so an iterator left to the interpreter's exit, where
+    multiprocessing ends its children with SIGTERM and joins them, would wait for ever: a batch loop that stops
+    early or fails calls this in its ``finally``.
+    """
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's own, as its __del__ calls it
+    if shutdown is not None:
+        shutdown()
+
+
+def end_children() -> None:
+    """SIGKILL what is left of this process's children (DataLoader workers of an iterator something still holds),
+    last thing before the process exits: they ignore the SIGTERM multiprocessing would end them with."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (per rank the caller adds the rank)."""
     random.seed(seed)

@@ -40,7 +40,7 @@ from fracgen.dataset import DatasetError, DatasetInfo
 from train.augment import make_eval_transform, make_train_transform
 from train.config import Config
 from train.data import Batch, last_line, micro_batch_size, read_info, shard_samples
-from train.distributed import quiet_worker
+from train.distributed import end_workers, quiet_worker
 from train.errors import TrainError
 from train.shards import checked_samples, is_remote, plan_shards
 
@@ -440,12 +440,15 @@ class MapSource:
                             persistent_workers=False, prefetch_factor=4 if workers else None,
                             worker_init_fn=quiet_worker)
         non_blocking = self.device.type == "cuda"
+        batches = iter(loader)
         try:
-            for images, targets in loader:
+            for images, targets in batches:
                 yield (images.to(self.device, non_blocking=non_blocking),
                        targets.to(self.device, dtype=torch.int64, non_blocking=non_blocking))
         except TrainError as e:  # from a worker: torch wraps the message in the worker's traceback
             raise TrainError(last_line(str(e))) from None
+        finally:
+            end_workers(batches)
 
     def close(self) -> None:
         """Nothing to release."""

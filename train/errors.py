@@ -10,3 +10,8 @@ class DoesNotFit(TrainError):
 
     With ``data.source: auto`` the caller logs the message and streams instead; with ``resident`` it is fatal.
     """
+
+
+class RankError(TrainError):
+    """A fault one rank met alone (a damaged sample in the shards it streams): printed by that rank, whichever it is,
+    since the others only see it leave (rank 0's collective then fails, and says so in one line)."""
