@@ -63,9 +63,9 @@ def test_under_torchrun_each_error_is_printed_once_by_the_rank_that_knows_it(tmp
     """Every rank raises the same line for a bad command (rank 0 prints it, once; a usage error too); a damaged
     sample in one rank's shards is printed by that rank, and rank 0, whose collective then fails, says so in one
     line instead of gloo's traceback."""
-    import train.pretrain
     from train_helpers import run_cli
 
+    import train.pretrain
     from train.errors import RankError, TrainError
 
     argv = ["pretrain", "--config", "tiny", "--data", tmp_path, "--out", tmp_path / "r"]

@@ -152,12 +152,6 @@ def main() -> None:
         if rank == "0" or isinstance(e, RankError):  # every rank raises the same line, but a RankError is its own
             click.echo(f"error: {'' if rank == '0' else f'rank {rank}: '}{_one_line(str(e))}", err=True)
         sys.exit(2)
-    except RuntimeError as e:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and _peer_left(e):
-            if os.environ.get("RANK", "0") == "0":
-                click.echo("error: another rank stopped the run (its error is printed above)", err=True)
-            sys.exit(2)
-        raise
     except click.exceptions.Abort as e:
         if isinstance(e.__cause__, EOFError):  # click turns any EOFError into Abort: a fault, not a Ctrl-C
             raise e.__cause__ from None
@@ -167,6 +161,12 @@ def main() -> None:
         if os.environ.get("RANK", "0") == "0":  # every rank parses the same command line
             e.show()
         sys.exit(e.exit_code)
+    except RuntimeError as e:  # after click's Abort, itself a RuntimeError
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and _peer_left(e):
+            if os.environ.get("RANK", "0") == "0":
+                click.echo("error: another rank stopped the run (its error is printed above)", err=True)
+            sys.exit(2)
+        raise
     finally:
         end_children()  # DataLoader workers ignore the SIGTERM multiprocessing would end them with at exit
 
