@@ -31,6 +31,18 @@ def _pretrain(data: Path, out: Path, *extra: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
+    """The run's stderr once it ends; a run still going after ``timeout`` (a hang) is killed with its workers."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        return f"no end in {timeout} s"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
 def test_readers_are_lowered_to_the_samples_they_can_have():
     assert readers_per_rank(8, 1000, 2) == 8
     assert readers_per_rank(9, 8, 1) == 8 and readers_per_rank(5, 8, 2) == 4
@@ -45,14 +57,7 @@ def test_more_workers_than_samples_train_instead_of_spinning(tmp_path):
     data = write_toy_dataset(tmp_path / "ds", num_classes=3, per_class=1, size=32, shard_size=2)
     proc = _pretrain(data, tmp_path / "run", "--steps", "8", "--set", "train.batch_size=3", "--set",
                      "data.workers=5")
-    try:
-        _, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        err = "no end in 120 s: a reader without samples spins"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    err = _finish(proc)
     assert proc.returncode == 0, err[-2000:]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "complete"
 
@@ -72,10 +77,8 @@ def test_sigterm_to_the_process_group_with_workers_stops_with_a_checkpoint(tmp_p
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         os.killpg(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=240)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        err = _finish(proc)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     status = json.loads((out / "run.json").read_text())
     assert status["status"] == "stopped" and status["reason"] == "SIGTERM", status
@@ -98,13 +101,6 @@ def test_a_damaged_shard_met_by_a_worker_ends_the_run_in_one_line_without_hangin
         shard.write_bytes(bytes(raw))
     proc = _pretrain(data, tmp_path / "run", "--steps", "4", "--set", "train.batch_size=8", "--set",
                      "data.workers=2", "--set", "data.verify=false")
-    try:
-        _, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        err = "no end in 120 s"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    err = _finish(proc)
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert proc.returncode == 2 and len(lines) == 1 and "cannot decode" in lines[0], err[-2000:]
