@@ -20,6 +20,8 @@ log = logging.getLogger("fracgen.publish")  # retries read as the push's own lin
 
 # Seconds a request may wait to connect, and for each read or write; HF_HUB_DOWNLOAD_TIMEOUT overrides the latter.
 HUB_CONNECT_TIMEOUT_S = 10.0
+
+
 def _timeout_from_env() -> float:
     """HF_HUB_DOWNLOAD_TIMEOUT when it is a number of seconds > 0 (the CLI refuses any other value), else 60."""
     try:

@@ -18,6 +18,7 @@ contains it (`_scrub` removes it from any text that reaches the user).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -111,8 +112,8 @@ def stage(
     card = render_card(root, license=license, repo_id=repo_id, source_license=source_license, source_url=source_url)
     _check_card_header(card)
     (workdir / "README.md").write_text(card, encoding="utf-8")
-    preview_path = _own_preview(root)
-    if preview_path is None:
+    preview_path = root / "preview.png"  # read below once, without following a link, and checked to be a PNG
+    if not preview_path.exists() and not preview_path.is_symlink():  # none drawn: drawn here, not in the dataset
         from fracgen.preview import preview
 
         preview_path = preview(root, out=workdir / "preview.png")
@@ -137,11 +138,11 @@ def stage(
     for name, path, follow in others:
         data = _read_once(path, follow)
         digest = hashlib.sha256(data).hexdigest()
-        changed = (expected.get(name) not in (None, digest) or (name == BUILD_JSON and _json(data) != build)
-                   or (name == "preview.png" and not data.startswith(PNG_SIGNATURE)))
-        if changed:
+        if expected.get(name) not in (None, digest) or (name == BUILD_JSON and _json(data) != build):
             raise UsageError(f"{path} changed since the dataset was verified; nothing was uploaded: run "
                              f"`fracgen verify {root}` and push again")
+        if name == "preview.png" and not data.startswith(PNG_SIGNATURE):
+            raise UsageError(f"{path} is not a PNG image; remove it, or run `fracgen preview {root}` to draw one")
         staged.append(StagedFile(name, path, len(data), digest, data))
     return staged
 
@@ -159,15 +160,18 @@ def _read_once(path: Path, follow: bool) -> bytes:
     Raises:
         UsageError: it is gone, a link (``follow`` False), or not a regular file.
     """
+    refused = f"{path} is a link or not a regular file (fracgen publishes neither); nothing was uploaded"
     try:
         fd = os.open(path, os.O_RDONLY | (0 if follow else getattr(os, "O_NOFOLLOW", 0)))
     except FileNotFoundError:
         raise UsageError(f"{path} is gone since the dataset was verified; nothing was uploaded") from None
     except OSError as err:
-        raise UsageError(f"{path} cannot be read ({err.strerror or err}; fracgen publishes no link there)") from None
+        if err.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+            raise UsageError(refused) from None
+        raise UsageError(f"{path} cannot be read ({err.strerror or err}); nothing was uploaded") from None
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise UsageError(f"{path} is not a regular file; nothing was uploaded")
+            raise UsageError(refused)
         return f.read()
 
 
@@ -180,25 +184,6 @@ def _check_card_header(card: str) -> None:
         raise UsageError(f"the rendered card's YAML header does not parse: {err}") from err
     if not isinstance(header, dict) or "license" not in header or "configs" not in header:
         raise UsageError("the rendered card has no YAML header with license and configs")
-
-
-def _own_preview(root: Path) -> Path | None:
-    """``root/preview.png`` when it is a plain PNG file (``fracgen preview`` writes one), None when absent.
-
-    Raises:
-        UsageError: it is a link, not a regular file, or not a PNG: publishing it would send whatever it points
-            to or holds.
-    """
-    path = root / "preview.png"
-    if not path.exists() and not path.is_symlink():
-        return None
-    if path.is_symlink() or not path.is_file():
-        raise UsageError(f"{path} is a link or not a regular file (fracgen writes neither); remove it, or run "
-                         f"`fracgen preview {root}` to draw one")
-    with open(path, "rb") as f:
-        if f.read(8) != PNG_SIGNATURE:
-            raise UsageError(f"{path} is not a PNG image; remove it, or run `fracgen preview {root}` to draw one")
-    return path
 
 
 DRY_RUN_FILES = ("files.json", "files.tsv", "README.md", "preview.png")

@@ -259,12 +259,13 @@ def readers_per_rank(workers: int, num_samples: int, world_size: int) -> int:
     if num_samples < world_size:
         raise TrainError(f"the dataset has {num_samples} samples, fewer than the {world_size} ranks: each rank "
                          "streams samples of its own")
-    most = num_samples // world_size
-    if max(workers, 1) > most:
-        log.info("data.workers %d lowered to %d: %d samples over %d rank(s) give every reader (rank x worker) "
-                 "one sample at least only so", workers, most if most > 1 else 0, num_samples, world_size)
-        return most if most > 1 else 0
-    return workers
+    most = num_samples // world_size  # readers a rank may have; one is the main process itself (0 workers)
+    if max(workers, 1) <= most:
+        return workers
+    lowered = most if most > 1 else 0
+    log.info("data.workers %d lowered to %d: %d samples over %d rank(s) give every reader (rank x worker) one "
+             "sample at least only so", workers, lowered, num_samples, world_size)
+    return lowered
 
 
 class _ShardStream(IterableDataset):
