@@ -7,7 +7,6 @@ pre-trained model and trains the rest (k = depth: a linear probe of the head alo
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -117,8 +116,8 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
             return done
     if gone:
         log.info("--resume: %s is gone; the run's own checkpoint in %s holds every weight", ckpt, out)
-    if stored is not None and "checkpoint_step" in (own := read_checkpoint_meta(out)):
-        ckpt_step = json.loads(own["checkpoint_step"])  # what the run started from, whatever that run did since
+    if stored is not None and "checkpoint_step" in stored:
+        ckpt_step = stored["checkpoint_step"]  # what the run started from, whatever that run did since
     else:
         ckpt_step = checkpoint_step(ckpt) if ckpt and not gone else None
     env = setup(cfg)

@@ -139,7 +139,8 @@ def _same_path(a: Any, b: Any) -> bool:
 
 
 def stored_run(out: Path) -> dict[str, Any] | None:
-    """The config (and dataset record, or None) the checkpoint in ``out`` was written with; None without one.
+    """The config, dataset record (or None) and, for a fine-tuning, the pre-training step it started from
+    (``checkpoint_step``), as the checkpoint in ``out`` records them; None without one.
 
     Read from ``model.safetensors``'s metadata (``read_checkpoint_meta``: its header alone); ``load_checkpoint``
     checks later that ``state.pt`` is of the same step.
@@ -152,7 +153,13 @@ def stored_run(out: Path) -> dict[str, Any] | None:
         data = json.loads(meta["dataset"]) if "dataset" in meta else None
     except (TrainError, ValueError, KeyError):
         return None  # not a checkpoint this trainer wrote whole: load_checkpoint names what is wrong
-    return {"config": config, "dataset": data if isinstance(data, dict) else None}
+    stored = {"config": config, "dataset": data if isinstance(data, dict) else None}
+    if "checkpoint_step" in meta:  # a fine-tuning's: the pre-training step it started from
+        try:
+            stored["checkpoint_step"] = json.loads(meta["checkpoint_step"])
+        except ValueError:
+            stored["checkpoint_step"] = None
+    return stored
 
 
 def differences(stored: dict[str, Any], cfg: Config, data: dict[str, Any] | None,
