@@ -17,6 +17,7 @@ from pathlib import Path
 from fracgen import dataset
 from fracgen.config import BuildConfig, check_memory
 from fracgen.errors import UsageError
+from fracgen.folder import write_atomic
 from fracgen.metadata import machine, write_metadata
 from fracgen.output import (
     check_writable,
@@ -175,7 +176,7 @@ def build(
     search_seconds = time.perf_counter() - search_start
     claim_systems(root, plan.systems)
     if source_bytes is not None and not (root / config.source).is_file():
-        dataset.write_atomic(root / config.source, source_bytes)
+        write_atomic(root / config.source, source_bytes)
     wanted = range(*shard_range) if shard_range else range(config.num_shards)
     finished = {s: m for s in range(config.num_shards) if (m := dataset.read_marker(root, s)) is not None}
     markers = {s: m for s, m in finished.items() if _marker_fits(plan, s, m)}

@@ -126,10 +126,9 @@ def search_command(sigma, maps, seed, margin, min_fill, size, points, style, max
     if output is None or str(output) == "-":
         click.echo(text, nl=False)
         return
-    from fracgen.dataset import write_atomic
-    from fracgen.output import check_replaceable
+    from fracgen.folder import replaceable, write_atomic
 
-    check_replaceable(Path(output), _search_output, "params file written by `fracgen search`", head=64 << 20)
+    replaceable(Path(output), _search_output, "params file written by `fracgen search`", head=64 << 20)
     write_atomic(output, text.encode(), then="run the search again")  # nothing to resume
     click.echo(f"wrote {output} (sigma {system.sigma:.4f}, fill {system.fill:.3f}, {system.attempts} attempts)")
 

@@ -17,13 +17,11 @@ torch (1.3 s, 600 MB per process), and nothing here imports numba or torch, so v
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
 import os
 import re
-import socket
 import stat
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -35,6 +33,7 @@ import numpy as np
 
 from fracgen import ustar
 from fracgen.errors import FracgenError, UsageError
+from fracgen.folder import open_new, tmp_path, write_error, write_json
 
 INFO_JSON = "_info.json"
 PARAMS_JSON = "params.json"
@@ -49,7 +48,6 @@ SHARD_PATTERN = "train-{shard:06d}.tar"
 SHARD_GLOB = "train-*.tar"
 SAMPLE_EXTS = ("png", "cls", "json")  # what every sample holds
 KEY_RE = re.compile(r"^\d{8}$")
-TMP_SUFFIX = ".tmp"  # temporary files are NAME.tmp-HOST-PID: builds of other shard ranges may share the folder
 MTIME = 0  # every tar entry gets this mtime, so the bytes do not depend on when they were built
 
 
@@ -90,47 +88,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def dump_json(data: object) -> bytes:
-    """Canonical JSON bytes: sorted keys, fixed indentation, trailing newline."""
-    return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
-
-
-def tmp_path(path: Path) -> Path:
-    """This process's temporary name for ``path`` (unique across the machines sharing a folder)."""
-    return path.with_name(f"{path.name}{TMP_SUFFIX}-{socket.gethostname()}-{os.getpid()}")
-
-
-def write_atomic(path: Path, data: bytes, then: str = "rerun with --resume") -> None:
-    """Write a file under a temporary name and rename it, so readers never see half of it.
-
-    Raises:
-        FracgenError: the disk is full (the message ends with ``then``) or the folder cannot be written; the
-            temporary file is removed.
-    """
-    path = Path(path)
-    tmp = tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _os_error(e, path, then) from None
-
-
-def write_json(path: Path, data: object) -> str:
-    """``data`` as canonical JSON (``dump_json``), written atomically; returns the sha256 of the bytes written."""
-    text = dump_json(data)
-    write_atomic(path, text)
-    return hashlib.sha256(text).hexdigest()
-
-
-def _os_error(e: OSError, path: Path, then: str = "rerun with --resume") -> FracgenError:
-    if e.errno == errno.ENOSPC:
-        return FracgenError(f"disk full while writing {path}; free space and {then}")
-    return FracgenError(f"cannot write {path}: {e.strerror or e}")
 
 
 def read_json(path: Path) -> Any:
@@ -353,7 +310,7 @@ def write_shard(root: Path, shard: int, samples: Iterable[dict]) -> tuple[str, i
     count = 0
     digest = hashlib.sha256()
     try:
-        with open(tmp, "wb") as f:
+        with open_new(tmp, "rerun with --resume") as f:
             out = _Hashing(f, digest)
             offset = 0
             for sample in samples:
@@ -362,7 +319,7 @@ def write_shard(root: Path, shard: int, samples: Iterable[dict]) -> tuple[str, i
             out.write(ustar.end_of_archive(offset))
         os.replace(tmp, final)
     except OSError as e:
-        raise _os_error(e, final) from None
+        raise write_error(e, final, "rerun with --resume") from None
     finally:
         tmp.unlink(missing_ok=True)
     return digest.hexdigest(), count, final.stat().st_size

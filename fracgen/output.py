@@ -25,6 +25,7 @@ from pathlib import Path
 from fracgen import dataset
 from fracgen.config import LATER_OPTIONS, BuildConfig
 from fracgen.errors import UsageError
+from fracgen.folder import TMP_SUFFIX, dump_json, tmp_path, write_atomic
 from fracgen.systems import System, load_systems
 
 
@@ -92,9 +93,9 @@ def recorded(root: Path, config: BuildConfig) -> set[Path]:
     return {root / n for n in names}
 
 
-# NAME.tmp-HOST-PID (``dataset.tmp_path``; the claim's own temporary adds a second suffix) and the names fracgen
+# NAME.tmp-HOST-PID (``tmp_path``; the claim's own temporary adds a second suffix) and the names fracgen
 # writes in each of its folders: only these count as an interrupted writer's leftovers, never a user's "notes.tmp".
-_TEMPORARY = re.compile(rf"(.+?)(?:{re.escape(dataset.TMP_SUFFIX)}-.+-\d+)+")
+_TEMPORARY = re.compile(rf"(.+?)(?:{re.escape(TMP_SUFFIX)}-.+-\d+)+")
 _WRITES = {
     "": re.compile(r"train-\d{6,}\.tar|_info\.json|params\.json|build\.json|preview\.png|source\.[^/]*|probe"),
     dataset.INTERNAL: re.compile(r"config\.json|systems\.json|probe"),
@@ -123,8 +124,8 @@ def remove_partials(root: Path, shard_ids: Iterable[int] | None = None) -> list[
     if shard_ids is None:
         found = _temporaries(root)
     else:
-        found = [p for s in shard_ids for p in [*root.glob(f"{dataset.shard_name(s)}{dataset.TMP_SUFFIX}*"),
-                 *dataset.marker_path(root, s).parent.glob(f"{s:06d}.json{dataset.TMP_SUFFIX}*")]
+        found = [p for s in shard_ids for p in [*root.glob(f"{dataset.shard_name(s)}{TMP_SUFFIX}*"),
+                 *dataset.marker_path(root, s).parent.glob(f"{s:06d}.json{TMP_SUFFIX}*")]
                  if is_temporary(p, root)]
     found = [p for p in found if _abandoned(p)]
     for path in found:
@@ -145,7 +146,7 @@ def _abandoned(path: Path) -> bool:
     """Whether a temporary's writer is gone: on this host its PID no longer runs; another host's job cannot be
     asked, so its file counts as abandoned once unmodified for OTHER_HOST_GRACE (a writer appends as it goes).
     A job resumed beside a live one must not pull the file from under it."""
-    host, _, pid = path.name.rpartition(dataset.TMP_SUFFIX + "-")[2].rpartition("-")
+    host, _, pid = path.name.rpartition(TMP_SUFFIX + "-")[2].rpartition("-")
     if host == socket.gethostname():
         return not _running(int(pid))
     try:
@@ -253,7 +254,7 @@ def clear_output(root: Path) -> None:
 
 def _try_writing(folder: Path, context: str = "") -> None:
     """Create and delete a temporary file in ``folder``; UsageError naming it when that fails."""
-    probe = dataset.tmp_path(folder / "probe")
+    probe = tmp_path(folder / "probe")
     try:
         probe.write_bytes(b"")
         probe.unlink()
@@ -266,7 +267,7 @@ def check_writable(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
         (root / dataset.STATS).mkdir(parents=True, exist_ok=True)
-        probe = dataset.tmp_path(root / dataset.INTERNAL / "probe")
+        probe = tmp_path(root / dataset.INTERNAL / "probe")
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
@@ -282,7 +283,7 @@ def claim(root: Path, config: BuildConfig) -> bool:
     Raises:
         UsageError: the folder belongs to a build with other options.
     """
-    created = _publish(root / dataset.CONFIG_JSON, dataset.dump_json(config.to_json()))
+    created = _publish(root / dataset.CONFIG_JSON, dump_json(config.to_json()))
     if not created:
         stored = stored_config(root)
         if stored != config:
@@ -329,7 +330,7 @@ def unclaim(root: Path, config: BuildConfig, made: list[Path]) -> bool:
 
 def claim_systems(root: Path, systems: list[System]) -> None:
     """Store the base systems once; a job whose systems differ (another --params file) is refused."""
-    data = dataset.dump_json({"systems": [s.to_json() for s in systems]})
+    data = dump_json({"systems": [s.to_json() for s in systems]})
     path = root / dataset.SYSTEMS_JSON
     if not _publish(path, data) and path.read_bytes() != data:
         raise UsageError(f"{root} belongs to a build with other base systems ({path}); --params must give the "
@@ -342,9 +343,9 @@ def _publish(path: Path, data: bytes) -> bool:
     The content is written under a temporary name and hard-linked to ``path``, so the file appears whole and
     only once however many jobs race for it.
     """
-    tmp = dataset.tmp_path(path)
+    tmp = tmp_path(path)
     try:
-        dataset.write_atomic(tmp, data)
+        write_atomic(tmp, data)
         try:
             os.link(tmp, path)
             return True

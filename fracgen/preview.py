@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from fracgen import dataset
 from fracgen.errors import UsageError
-from fracgen.output import check_replaceable
+from fracgen.folder import replaceable, write_atomic
 from fracgen.presets import DEFAULT_PRESET, PRESETS
 
 logger = logging.getLogger(__name__)
@@ -357,7 +357,7 @@ def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) 
     default = root / dataset.PREVIEW_PNG
     out = Path(out) if out is not None else default
     # a PNG stands in the dataset's own preview.png (older fracgens wrote no mark); elsewhere only fracgen's own
-    check_replaceable(out, (lambda head: head.startswith(PNG_SIGNATURE)) if out == default else _ours,
+    replaceable(out, (lambda head: head.startswith(PNG_SIGNATURE)) if out == default else _ours,
                       "preview drawn by fracgen")
     encoded = io.BytesIO()
     info = PngImagePlugin.PngInfo()
@@ -367,6 +367,6 @@ def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) 
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UsageError(f"cannot write {out}: {err.strerror or err}") from None
-    dataset.write_atomic(out, encoded.getvalue(), then="rerun")  # a full disk leaves no truncated image
+    write_atomic(out, encoded.getvalue(), then="rerun")  # a full disk leaves no truncated image
     logger.info("wrote %s (%dx%d)", out, width, height)
     return out

@@ -39,6 +39,7 @@ from fracgen import dataset, hub
 from fracgen.card import render_card
 from fracgen.dataset import BUILD_JSON, INFO_JSON, PARAMS_JSON
 from fracgen.errors import FracgenError, UsageError
+from fracgen.folder import write_atomic
 from fracgen.preview import PNG_SIGNATURE
 from fracgen.verify import verify
 
@@ -222,11 +223,11 @@ def write_dry_run(files: list[StagedFile], out: Path, *, repo_id: str, summary: 
     rows = ["path_in_repo\tsize\tsha256"] + [f"{f.path_in_repo}\t{f.size}\t{f.sha256}" for f in files]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        dataset.write_atomic(out / "files.json", (json.dumps(record, indent=1) + "\n").encode(), then="rerun")
-        dataset.write_atomic(out / "files.tsv", ("\n".join(rows) + "\n").encode(), then="rerun")
+        write_atomic(out / "files.json", (json.dumps(record, indent=1) + "\n").encode(), then="rerun")
+        write_atomic(out / "files.tsv", ("\n".join(rows) + "\n").encode(), then="rerun")
         for f in files:
             if f.path_in_repo in ("README.md", "preview.png"):
-                dataset.write_atomic(out / f.path_in_repo, f.data if f.data is not None else f.source.read_bytes(),
+                write_atomic(out / f.path_in_repo, f.data if f.data is not None else f.source.read_bytes(),
                                      then="rerun")
     except OSError as err:
         raise UsageError(f"--dry-run folder {out} cannot be written: {err.strerror or err}") from None

@@ -11,6 +11,7 @@ from PIL import Image
 
 from fracgen import dataset
 from fracgen.dataset import DatasetError, DatasetInfo
+from fracgen.folder import dump_json
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -143,7 +144,7 @@ def test_params_and_build_round_trip(tmp_path):
     assert not dataset.is_complete(tmp_path)
     dataset.write_build(tmp_path, {"shards": [], "name": "x"})
     assert dataset.is_complete(tmp_path) and dataset.read_build(tmp_path)["name"] == "x"
-    assert (tmp_path / dataset.BUILD_JSON).read_bytes() == dataset.dump_json({"shards": [], "name": "x"})
+    assert (tmp_path / dataset.BUILD_JSON).read_bytes() == dump_json({"shards": [], "name": "x"})
 
 
 def test_a_build_json_without_shards_is_refused(tmp_path):

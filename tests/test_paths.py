@@ -91,7 +91,9 @@ def test_preview_out_on_a_full_disk_leaves_nothing(tiny_dataset, tmp_path, monke
     def full(path, data, then="rerun with --resume"):
         raise FracgenError(f"disk full while writing {path}; free space and {then}")
 
-    monkeypatch.setattr(dataset, "write_atomic", full)
+    from fracgen import preview
+
+    monkeypatch.setattr(preview, "write_atomic", full)
     out = tmp_path / "p.png"
     one_line(CliRunner().invoke(cli, ["preview", str(tiny_dataset), "--out", str(out)]), "disk full")
     assert not out.exists()
