@@ -116,10 +116,10 @@ def stage_costs(args) -> dict:
     import numpy as np
     from PIL import Image
 
-    from fracgen import render
     from fracgen.config import BuildConfig
     from fracgen.encode import encode_palette_png, encode_png
-    from fracgen.masks import draw_masks_fast
+    from fracgen.kernels import chaos
+    from fracgen.kernels.masks import draw_masks_fast
     from fracgen.perturb import perturb
     from fracgen.plan import make_plan
     from fracgen.samples import render_sample
@@ -129,20 +129,20 @@ def stage_costs(args) -> dict:
     base = plan.systems[0]
     cum = np.cumsum(base.probabilities)
     uniforms = choice_uniforms(0, 0, args.points)
-    canvas = render.Canvas(args.size, args.points)
+    canvas = chaos.Canvas(args.size, args.points)
     rng = np.random.default_rng(0)
     n = args.stage_images
     maps = [perturb(base.maps, 0.1, "multiplicative", rng) for _ in range(n)]
     masks = draw_masks(rng, args.points)
-    render.chaos_game(maps[0], cum, uniforms, canvas.points)  # compile or load before timing
-    render.raster_reference(canvas.points, masks, canvas.image)
-    lanes = render.LANES
+    chaos.chaos_game(maps[0], cum, uniforms, canvas.points)  # compile or load before timing
+    chaos.raster_reference(canvas.points, masks, canvas.image)
+    lanes = chaos.LANES
     lane_maps = np.array(maps[:lanes])
     lane_masks = np.stack([masks] * lanes)
     lane_bits = np.empty((lanes,) + canvas.bits.shape, np.uint64)
-    choices = render.map_choices(uniforms, cum)
-    render.render_chains(lane_maps, choices, lane_masks, lane_bits)
-    levels = np.array([0, render.VALUE], np.uint8)
+    choices = chaos.map_choices(uniforms, cum)
+    chaos.render_chains(lane_maps, choices, lane_masks, lane_bits)
+    levels = np.array([0, chaos.VALUE], np.uint8)
 
     def timed(fn) -> float:
         start = time.perf_counter()
@@ -150,7 +150,7 @@ def stage_costs(args) -> dict:
             fn(m)
         return (time.perf_counter() - start) / n * 1e3
 
-    chaos = timed(lambda m: render.chaos_game(m, cum, uniforms, canvas.points))
+    chaos = timed(lambda m: chaos.chaos_game(m, cum, uniforms, canvas.points))
     images = []
     for index in range(min(n, 50)):
         image, _ = render_sample(plan, index, canvas)
@@ -175,9 +175,9 @@ def stage_costs(args) -> dict:
         "patch masks (numpy)": timed(lambda m: draw_masks(rng, args.points)),
         "patch masks (the same draw replayed in numba, as the build draws them)": timed(
             lambda m: draw_masks_fast(rng, args.points)),
-        "raster, reference look": timed(lambda m: render.raster_reference(canvas.points, masks, canvas.image)),
-        f"chaos game + raster, {render.LANES} perturbations together (per image)": timed(
-            lambda m: render.render_chains(lane_maps, choices, lane_masks, lane_bits)) / lanes,
+        "raster, reference look": timed(lambda m: chaos.raster_reference(canvas.points, masks, canvas.image)),
+        f"chaos game + raster, {chaos.LANES} perturbations together (per image)": timed(
+            lambda m: chaos.render_chains(lane_maps, choices, lane_masks, lane_bits)) / lanes,
         "PNG encode (8-bit grey)": min(seconds["now"]),
         "PNG encode before issue 10 (1-bit palette)": min(seconds["before"]),
         "chaos_images_per_s": 1e3 / chaos,

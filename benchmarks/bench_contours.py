@@ -47,8 +47,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fracgen import contour_params, contours  # noqa: E402
+from fracgen import contour_params
 from fracgen.encode import encode_png  # noqa: E402
+from fracgen.kernels import contours  # noqa: E402
 
 # The issue's released per-image CPU times (issue 11, "Speed"), low end and high end, ms.
 ISSUE_MS = {"rcdb": (42.0, 60.0), "visualatom": (270.0, 340.0)}

@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fracgen import render  # noqa: E402
 from fracgen.build import BuildConfig, build  # noqa: E402
+from fracgen.kernels import chaos  # noqa: E402
 from fracgen.search import search  # noqa: E402
 from fracgen.seeds import draw_masks  # noqa: E402
 
@@ -102,13 +102,13 @@ def main() -> None:
         start = time.process_time()
         build(BuildConfig(L=1000), Path(tmp) / "ds", workers=1)
         fracgen_image = (time.process_time() - start) / 1000
-    canvas = render.Canvas(SIZE, POINTS)
+    canvas = chaos.Canvas(SIZE, POINTS)
     rng = np.random.default_rng(0)
     uniforms = rng.random(POINTS - 1)
     start, count = time.process_time(), 200
     for _ in range(count):
         maps = base.maps * rng.uniform(1 - args.delta, 1 + args.delta, base.maps.shape)
-        render.render(maps, base.probabilities, uniforms, draw_masks(rng, POINTS), canvas.image, canvas.points)
+        chaos.render(maps, base.probabilities, uniforms, draw_masks(rng, POINTS), canvas.image, canvas.points)
     fracgen_render = (time.process_time() - start) / count
 
     print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, numpy "

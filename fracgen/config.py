@@ -15,11 +15,8 @@ from fracgen.dataset import PARAMS_JSON
 from fracgen.errors import UsageError
 from fracgen.perturb import MODES
 from fracgen.presets import DEFAULT_MIN_FILL, DEFAULT_PRESET, OFDB_WEIGHTS, PRESETS, Preset
+from fracgen.raster import MIN_SIZE, PAD, STYLES  # noqa: E402
 
-# The raster's limits, as fracgen.render states them (render imports numba; tests/test_presets checks they agree).
-STYLES = ("reference", "points")
-PAD = 6
-MIN_SIZE = 2 * PAD + 4
 EDGES = ("canny", "none")
 COLORS = ("grey", "rgb")
 TRANSFORMS = ("affine", "elastic", "polynomial")

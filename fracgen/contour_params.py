@@ -34,8 +34,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from fracgen import contours
-from fracgen.contours import KINDS
+from fracgen.kernels import contours
+from fracgen.kernels.contours import KINDS
 
 # Purposes, apart from search.py's 0-4 so that no contour stream can coincide with an IFS stream of the same seed.
 CATEGORY, IMAGE, LPCE = 20, 21, 22

@@ -34,8 +34,8 @@ import zlib
 
 import numpy as np
 
-from fracgen.deflate import deflate_two_level, two_level_value
-from fracgen.deflate_many import deflate_grey_parts
+from fracgen.kernels.deflate import deflate_two_level, two_level_value
+from fracgen.kernels.deflate_many import deflate_grey_parts
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IEND = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))

@@ -39,7 +39,7 @@ def render_perturbations(base_maps: np.ndarray, probs: np.ndarray, uniforms: np.
 
     Each class draws from its own generator exactly as a class rendered alone does (perturbation, then patch
     masks, again for every redraw), so the bytes do not depend on which classes are batched together; the
-    classes' chains share the fractal's map-choice draws, so ``render.render_chains`` runs them together.
+    classes' chains share the fractal's map-choice draws, so ``chaos.render_chains`` runs them together.
 
     Args:
         base_maps: (N, 6) float64 base system.
@@ -55,16 +55,16 @@ def render_perturbations(base_maps: np.ndarray, probs: np.ndarray, uniforms: np.
         Per class, in the order of ``rngs``: (bits (size, words) uint64, maps (N, 6), redraws, fill), or the
         number of draws made when no draw within ``max_redraws + 1`` was accepted.
     """
-    from fracgen import render
-    from fracgen.masks import draw_masks_fast
+    from fracgen.kernels import chaos
+    from fracgen.kernels.masks import draw_masks_fast
 
-    choices = render.map_choices(uniforms, np.cumsum(probs))
+    choices = chaos.map_choices(uniforms, np.cumsum(probs))
     results: list = [None] * len(rngs)
     draws = [0] * len(rngs)
     pending = list(range(len(rngs)))
-    lanes = render.LANES
+    lanes = chaos.LANES
     masks = np.empty((lanes, points), np.uint16)
-    bits = np.empty((lanes, size, render.words_per_row(size)), np.uint64)
+    bits = np.empty((lanes, size, chaos.words_per_row(size)), np.uint64)
     while pending:
         batch, pending = pending[:lanes], pending[lanes:]
         maps = np.empty((len(batch),) + base_maps.shape)
@@ -72,7 +72,7 @@ def render_perturbations(base_maps: np.ndarray, probs: np.ndarray, uniforms: np.
             maps[lane] = perturb(base_maps, delta, mode, rngs[i])
             masks[lane] = draw_masks_fast(rngs[i], points)
             draws[i] += 1
-        fills = render.render_chains(maps, choices, masks[:len(batch)], bits[:len(batch)])
+        fills = chaos.render_chains(maps, choices, masks[:len(batch)], bits[:len(batch)])
         for lane, i in enumerate(batch):
             if fills[lane] >= min_fill:
                 results[i] = (bits[lane].copy(), maps[lane], draws[i] - 1, float(fills[lane]))

@@ -2,22 +2,20 @@
 
 `fracgen preview` draws one base fractal; importing numba (and loading the compiled kernels) takes longer than
 running this chaos game once in Python (~0.1 s for 100,000 points), and it keeps `fracgen preview` free of
-numba. It follows ``fracgen.render`` operation by operation (same map choice, same float expressions, same
+numba. It follows ``fracgen.kernels.chaos`` operation by operation (same map choice, same float expressions, same
 truncation, later patches overwrite earlier ones), so its pixels equal the kernel's: tests/test_preview.py
-checks that for both styles. The builder always uses ``fracgen.render``.
+checks that for both styles. The builder always uses ``fracgen.kernels.chaos``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fracgen.config import PAD
-
-VALUE = 127  # fracgen.render.VALUE, the released grey level
+from fracgen.raster import PAD, VALUE
 
 
 def _patches() -> np.ndarray:
-    """(512, 3, 3) uint8: the 3 x 3 patch of every 9-bit mask, bit 8 = top-left (fracgen.render.PATCHES)."""
+    """(512, 3, 3) uint8: the 3 x 3 patch of every 9-bit mask, bit 8 = top-left (fracgen.kernels.chaos)."""
     bits = (np.arange(512)[:, None] >> np.arange(8, -1, -1)) & 1
     return (VALUE * bits).astype(np.uint8).reshape(512, 3, 3)
 
@@ -42,7 +40,7 @@ def chaos_game(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray) -> np.
 
 def render(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks: np.ndarray | None, size: int,
            style: str = "reference") -> tuple[np.ndarray, float]:
-    """Render one system as ``fracgen.render.render`` does.
+    """Render one system as ``fracgen.kernels.chaos.render`` does.
 
     Returns:
         The (size, size) uint8 image and its fill (lit fraction), or fill -1.0 when the chaos game diverged.

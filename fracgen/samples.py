@@ -11,8 +11,8 @@
 - ``real-image``: the source image under the class's geometric transform.
 
 Fractal samples of the reference look are rendered ahead (issue 13): ``shard`` announces a shard's samples with
-``render_ahead``, and the first ``render_sample`` of a chunk renders AHEAD of them together, ``render.LANES``
-chains at a time (``render.render_chains``), with the bytes of rendering each alone. A sampler with no entry in
+``render_ahead``, and the first ``render_sample`` of a chunk renders AHEAD of them together, ``chaos.LANES``
+chains at a time (``chaos.render_chains``), with the bytes of rendering each alone. A sampler with no entry in
 ``BATCHED``, the points look, and systems of more maps than a map choice holds take the one-image path.
 """
 
@@ -23,20 +23,20 @@ from functools import lru_cache
 import numpy as np
 
 from fracgen import perturb as perturb_mod
-from fracgen import render
 from fracgen.errors import UsageError
+from fracgen.kernels import chaos
 from fracgen.presets import OFDB_WEIGHTS, PRESETS, fractaldb_instance, fractaldb_weights
 from fracgen.seeds import CHOICES, CLASS, choice_uniforms, draw_masks, generator
 
 
 def render_fill(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks: np.ndarray | None,
-                canvas: render.Canvas, style: str, truncate: bool = False) -> float:
+                canvas: chaos.Canvas, style: str, truncate: bool = False) -> float:
     """Render into the canvas; return the fill, or -1.0 if the chaos game diverged and ``truncate`` is off.
 
     With ``truncate`` (FractalDB's behaviour for variations that blow up), the points before the first
     non-finite one, less 100, are drawn instead, as the released FractalDB code does.
     """
-    fill = render.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
+    fill = chaos.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
     if fill >= 0 or not truncate:
         return fill
     bad = np.flatnonzero(~np.isfinite(canvas.points).all(axis=1))
@@ -44,15 +44,15 @@ def render_fill(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks
     if n < 2:
         canvas.image[:] = 0
         return 0.0
-    return render.raster(canvas.points[:n], masks[:n] if masks is not None else None, canvas.image, style) / \
+    return chaos.raster(canvas.points[:n], masks[:n] if masks is not None else None, canvas.image, style) / \
         canvas.image.size
 
 
-def _perturbed_ifs(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+def _perturbed_ifs(plan, label: int, instance: int, canvas: chaos.Canvas) -> tuple[np.ndarray, dict]:
     cfg = plan.config
     ready = _take_ready(plan, label, canvas)
     if ready is not None:
-        render.expand_bits(ready[0], canvas.image)
+        chaos.expand_bits(ready[0], canvas.image)
         return canvas.image, ready[1]
     fractal, k = divmod(label, cfg.L)
     base = plan.systems[fractal]
@@ -80,11 +80,11 @@ def _perturbed_ifs(plan, label: int, instance: int, canvas: render.Canvas) -> tu
 _FLIPS = (lambda im: im, lambda im: im[::-1], lambda im: im[:, ::-1], lambda im: im[::-1, ::-1])
 
 
-def _fractaldb(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+def _fractaldb(plan, label: int, instance: int, canvas: chaos.Canvas) -> tuple[np.ndarray, dict]:
     cfg = plan.config
     ready = _take_ready(plan, label * cfg.instances + instance, canvas)
     if ready is not None:
-        render.expand_bits(ready[0], canvas.image)
+        chaos.expand_bits(ready[0], canvas.image)
         return _FLIPS[ready[1]["flip"]](canvas.image), ready[1]
     base = plan.systems[label]
     if cfg.patch_variants > 1 or cfg.ofdb_weights != "identity":
@@ -103,7 +103,7 @@ def _fractaldb(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[
     return _FLIPS[flip](canvas.image), meta
 
 
-def _perturbed_ifs_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
+def _perturbed_ifs_ahead(plan, indices: list[int], canvas: chaos.Canvas) -> None:
     """1p-frac classes rendered fractal by fractal: their chains share the map choices (see
     ``perturb.render_perturbations``). One image per class, so sample index = label."""
     cfg = plan.config
@@ -112,7 +112,7 @@ def _perturbed_ifs_ahead(plan, indices: list[int], canvas: render.Canvas) -> Non
         by_fractal.setdefault(label // cfg.L, []).append(label)
     for fractal, labels in by_fractal.items():
         base = plan.systems[fractal]
-        if len(base.maps) > render.MAX_CHAIN_MAPS:
+        if len(base.maps) > chaos.MAX_CHAIN_MAPS:
             continue  # left to the one-image path
         rngs = [generator(cfg.seed, CLASS, fractal, label % cfg.L) for label in labels]
         done = perturb_mod.render_perturbations(
@@ -127,7 +127,7 @@ def _perturbed_ifs_ahead(plan, indices: list[int], canvas: render.Canvas) -> Non
             # a class with no accepted draw is left to _perturbed_ifs, which redraws it alone and raises
 
 
-def _fractaldb_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
+def _fractaldb_ahead(plan, indices: list[int], canvas: chaos.Canvas) -> None:
     """FractalDB/OFDB samples rendered LANES at a time, each chain with its category's map choices. A sample
     whose chain diverges is left to ``_fractaldb`` (it draws the truncated chain, as the released code)."""
     cfg = plan.config
@@ -136,11 +136,11 @@ def _fractaldb_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
     for index in indices:
         label, instance = divmod(index, cfg.instances)
         base = plan.systems[label]
-        if len(base.maps) > render.MAX_CHAIN_MAPS:
+        if len(base.maps) > chaos.MAX_CHAIN_MAPS:
             continue  # left to the one-image path
         row, patch, flip = fractaldb_instance(instance, cfg.instances)
         if label not in choices:
-            choices[label] = render.map_choices(choice_uniforms(cfg.seed, label, cfg.points),
+            choices[label] = chaos.map_choices(choice_uniforms(cfg.seed, label, cfg.points),
                                                 np.cumsum(base.probabilities))
         if (label, patch) not in masks:
             masks[label, patch] = draw_masks(generator(cfg.seed, CLASS, label, patch), cfg.points)
@@ -149,14 +149,14 @@ def _fractaldb_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
         return
     weights = fractaldb_weights()
     most = max(len(plan.systems[s[1]].maps) for s in samples)
-    for start in range(0, len(samples), render.LANES):
-        batch = samples[start:start + render.LANES]
+    for start in range(0, len(samples), chaos.LANES):
+        batch = samples[start:start + chaos.LANES]
         maps = np.zeros((len(batch), most, 6))  # rows past a system's maps are never chosen
         for lane, (_, label, _, row, _, _) in enumerate(batch):
             base = plan.systems[label].maps
             maps[lane, :len(base)] = base * weights[row]
-        bits = np.empty((len(batch), cfg.size, render.words_per_row(cfg.size)), np.uint64)
-        fills = render.render_chains(maps, np.stack([choices[s[1]] for s in batch]),
+        bits = np.empty((len(batch), cfg.size, chaos.words_per_row(cfg.size)), np.uint64)
+        fills = chaos.render_chains(maps, np.stack([choices[s[1]] for s in batch]),
                                      np.stack([masks[s[1], s[4]] for s in batch]), bits)
         for lane, (index, label, instance, row, patch, flip) in enumerate(batch):
             if fills[lane] >= 0:
@@ -172,7 +172,7 @@ def _noise_draws(seed: int, kind: str, size: int) -> np.ndarray:
     return noise.standard_draw(kind, size, generator(seed, CHOICES, 0))
 
 
-def _noise(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+def _noise(plan, label: int, instance: int, canvas: chaos.Canvas) -> tuple[np.ndarray, dict]:
     from fracgen import noise
 
     cfg = plan.config
@@ -189,7 +189,7 @@ def _source(path: str, size: int, edges: str, color: str) -> np.ndarray:
     return realimage.prepare(realimage.load_image(path, size), edges=edges, color=color)
 
 
-def _real(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+def _real(plan, label: int, instance: int, canvas: chaos.Canvas) -> tuple[np.ndarray, dict]:
     from fracgen import realimage
 
     cfg = plan.config
@@ -206,7 +206,7 @@ def _real(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.nd
                        f"view in {cfg.max_redraws + 1} draws; lower --delta")
 
 
-def _contour(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+def _contour(plan, label: int, instance: int, canvas: chaos.Canvas) -> tuple[np.ndarray, dict]:
     from fracgen import contour_params
 
     cfg = plan.config
@@ -214,7 +214,7 @@ def _contour(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np
     return image, {"label": label, "category": label, "instance": instance, "params": params}
 
 
-def _contour_lpce(plan, label: int, instance: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+def _contour_lpce(plan, label: int, instance: int, canvas: chaos.Canvas) -> tuple[np.ndarray, dict]:
     from fracgen import contour_params
 
     cfg = plan.config
@@ -261,7 +261,7 @@ BATCHED = {"perturbed-ifs": _perturbed_ifs_ahead, "fractaldb": _fractaldb_ahead}
 AHEAD = 64  # samples rendered together: bounds the memory a shard's images, masks and choices hold at once
 
 
-def render_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
+def render_ahead(plan, indices: list[int], canvas: chaos.Canvas) -> None:
     """Announce the samples ``render_sample`` will be asked for, in order, so that the fractal samples of the
     reference look are rendered AHEAD at a time (see the module docstring); the bytes are those of
     rendering each alone."""
@@ -269,7 +269,7 @@ def render_ahead(plan, indices: list[int], canvas: render.Canvas) -> None:
     canvas.pending = {index: at for at, index in enumerate(canvas.order)}
 
 
-def _take_ready(plan, index: int, canvas: render.Canvas) -> tuple[np.ndarray, dict] | None:
+def _take_ready(plan, index: int, canvas: chaos.Canvas) -> tuple[np.ndarray, dict] | None:
     """The bits and metadata of a sample rendered ahead, rendering the next AHEAD announced ones if
     needed; None when the sample is left to the one-image path."""
     if index not in canvas.ready and index in canvas.pending:
@@ -285,7 +285,7 @@ def _take_ready(plan, index: int, canvas: render.Canvas) -> tuple[np.ndarray, di
     return canvas.ready.pop(index, None)
 
 
-def render_sample(plan, index: int, canvas: render.Canvas) -> tuple[np.ndarray, dict]:
+def render_sample(plan, index: int, canvas: chaos.Canvas) -> tuple[np.ndarray, dict]:
     """Render sample ``index`` of a plan.
 
     Args:

@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fracgen import ifs, render
+from fracgen import ifs
 from fracgen.errors import UsageError
+from fracgen.kernels import chaos
 from fracgen.presets import PRESETS
 from fracgen.seeds import CHECK, SEARCH, choice_uniforms, draw_masks, generator
 from fracgen.systems import System
@@ -32,12 +33,12 @@ def _first_acceptable(draw: Draw, index: int, *, seed: int, size: int, points: i
     """
     rng = generator(seed, SEARCH, index)
     uniforms = choice_uniforms(seed, index, points)
-    canvas = render.Canvas(size, points)
+    canvas = chaos.Canvas(size, points)
     best = 0.0
     for attempt in range(1, max_attempts + 1):
         maps, target = draw(rng)
         probs = ifs.probabilities(maps)
-        fill = render.render(maps, probs, uniforms, draw_masks(rng, points), canvas.image, canvas.points, style)
+        fill = chaos.render(maps, probs, uniforms, draw_masks(rng, points), canvas.image, canvas.points, style)
         best = max(best, fill)
         if fill >= min_fill:
             return System(maps=maps, probabilities=probs, sigma=target, fill=fill, attempts=attempt)
@@ -113,7 +114,7 @@ def check_systems(systems: list[System], config) -> None:
     Raises:
         UsageError: naming the first bad system.
     """
-    canvas = render.Canvas(config.size, config.points)
+    canvas = chaos.Canvas(config.size, config.points)
     fractaldb = PRESETS[config.preset].systems == "fractaldb"
     for f, system in enumerate(systems):
         if fractaldb:  # the test the categories were searched with, so a build's own params.json passes
@@ -122,7 +123,7 @@ def check_systems(systems: list[System], config) -> None:
             fill = category_fill(system, config.seed, f)
         else:
             masks = draw_masks(generator(config.seed, CHECK, f), config.points)
-            fill = render.render(system.maps, system.probabilities, choice_uniforms(config.seed, f, config.points),
+            fill = chaos.render(system.maps, system.probabilities, choice_uniforms(config.seed, f, config.points),
                                  masks, canvas.image, canvas.points, config.style)
         if fill < 0:
             raise UsageError(f"--params: system {f} diverges (its chaos game leaves the finite numbers)")

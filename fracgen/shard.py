@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fracgen import dataset, render
+from fracgen import dataset
 from fracgen.encode import encode_png
+from fracgen.kernels import chaos
 from fracgen.plan import Plan
 from fracgen.presets import PRESETS
 from fracgen.samples import render_ahead, render_sample
 
-_LEVELS = np.array([0, render.VALUE], np.uint8)  # the fractal looks: known, so no scan per image
+_LEVELS = np.array([0, chaos.VALUE], np.uint8)  # the fractal looks: known, so no scan per image
 # The contour looks (many grey levels on one background) and noise take fracgen's own deflate: zlib level 6
 # cost the contours 5-20x their drawing time (fracgen/encode.py).
 _FAST_PNG = frozenset({"contour", "contour-lpce", "noise"})
@@ -46,7 +47,7 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
     start = time.perf_counter()
     cfg = plan.config
     fractal = cfg.family.renders_fractals
-    canvas = render.Canvas(cfg.size, cfg.points if fractal else 1)
+    canvas = chaos.Canvas(cfg.size, cfg.points if fractal else 1)
     levels = _LEVELS if fractal else None
     encode = partial(encode_png, fast=True) if PRESETS[cfg.preset].sampler in _FAST_PNG else encode_png
     records = []

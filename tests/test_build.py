@@ -14,10 +14,10 @@ import webdataset as wds
 from conftest import TINY
 
 from fracgen import output
-from fracgen import render as render_mod
 from fracgen import shard as shard_mod
 from fracgen.build import BuildConfig, build
 from fracgen.errors import FracgenError, UsageError
+from fracgen.kernels import chaos as render_mod
 
 CFG = BuildConfig(**TINY)
 

@@ -146,7 +146,7 @@ def test_verify_and_preview_import_neither_numba_nor_torch(tiny_dataset, tmp_pat
         "        cli(args, standalone_mode=False)\n"
         "    except SystemExit as e:\n"
         "        assert not e.code, e.code\n"
-        "print(sorted(m for m in ('numba', 'torch', 'webdataset', 'fracgen.render') if m in sys.modules))\n"
+        "print(sorted(m for m in ('numba', 'torch', 'webdataset', 'fracgen.kernels.chaos') if m in sys.modules))\n"
     )
     out = tmp_path / "p.png"
     proc = subprocess.run([sys.executable, "-c", script, str(tiny_dataset), str(out)], capture_output=True,

@@ -91,7 +91,7 @@ def test_lpce_delta_0_gives_the_base_image_in_every_class(tmp_path):
     build(BuildConfig(preset="visualatom-lpce", delta=0.0, L=3, size=64), tmp_path / "d0", workers=1)
     got = images(tmp_path / "d0")
     params, strokes = contour_params.lpce_base("visualatom", 0, 0, 64)
-    from fracgen import contours
+    from fracgen.kernels import contours
 
     base = contours.render("visualatom", params, *strokes, size=64)
     for image, _ in got.values():

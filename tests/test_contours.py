@@ -15,7 +15,7 @@ from released_contours import draw_released, released_stream
 from released_contours import pnoise1 as plain_pnoise1
 
 from fracgen import contour_params as cp
-from fracgen import contours
+from fracgen.kernels import contours
 
 
 def released(kind, params, strokes, size=512, scale=None):

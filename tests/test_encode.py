@@ -59,7 +59,7 @@ def test_two_level_images_are_8_bit_grey_and_decode_exactly(image):
 
 @pytest.mark.parametrize("wide", [0, 3])
 def test_both_literal_word_writers_give_a_valid_stream(wide):
-    from fracgen.deflate import deflate_two_level
+    from fracgen.kernels.deflate import deflate_two_level
 
     for image in list(two_level_images())[:20]:
         raw = np.hstack([np.zeros((image.shape[0], 1), np.uint8), image])
@@ -126,7 +126,7 @@ def many_level_images():
 
 @pytest.mark.parametrize("name,image", list(many_level_images()), ids=lambda x: x if isinstance(x, str) else "")
 def test_the_few_distance_deflate_gives_the_scanlines(name, image):
-    from fracgen.deflate_many import deflate_grey
+    from fracgen.kernels.deflate_many import deflate_grey
 
     for above in [(-1, 0, 1), (0,), ()]:
         stream = deflate_grey(image, above)
@@ -137,7 +137,7 @@ def test_the_few_distance_deflate_gives_the_scanlines(name, image):
 
 
 def test_the_few_distance_deflate_compresses_runs_and_rows():
-    from fracgen.deflate_many import deflate_grey
+    from fracgen.kernels.deflate_many import deflate_grey
 
     images = dict(many_level_images())
     assert len(deflate_grey(images["long runs"])) < 300  # 12,012 bytes: runs, not literals (160 of header)
@@ -148,7 +148,7 @@ def test_the_few_distance_deflate_compresses_runs_and_rows():
 
 
 def test_the_kernel_takes_at_most_three_offsets():
-    from fracgen.deflate_many import deflate_grey
+    from fracgen.kernels.deflate_many import deflate_grey
 
     with pytest.raises(ValueError, match="at most 3"):
         deflate_grey(np.zeros((4, 4), np.uint8), (-2, -1, 0, 1))
@@ -162,7 +162,7 @@ def test_rgb_through_the_kernel():
 
 
 def test_big_endian_machines_fall_back_to_zlib(monkeypatch):
-    from fracgen import deflate, deflate_many
+    from fracgen.kernels import deflate, deflate_many
 
     monkeypatch.setattr(deflate.sys, "byteorder", "big")
     monkeypatch.setattr(deflate_many.sys, "byteorder", "big")
@@ -175,7 +175,7 @@ def test_big_endian_machines_fall_back_to_zlib(monkeypatch):
 
 
 def test_two_level_value():
-    from fracgen.deflate import two_level_value
+    from fracgen.kernels.deflate import two_level_value
 
     rng = np.random.default_rng(7)
     assert two_level_value(np.array([[0]], np.uint8)) == 0

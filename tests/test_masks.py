@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fracgen.masks import draw_masks_fast
+from fracgen.kernels.masks import draw_masks_fast
 from fracgen.seeds import CLASS, draw_masks, generator
 
 # Draws that leave the generator in the states a mask draw can start from: a 32-bit half kept or not.

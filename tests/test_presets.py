@@ -177,14 +177,13 @@ def test_resume_checks_options_against_the_stored_preset(tmp_path):
     assert json.loads((out / "build.json").read_text())["config"]["preset"] == "fractaldb"
 
 
-def test_the_configs_raster_limits_are_the_renderers():
-    from fracgen import config, plain_render, render
+def test_the_plain_patches_are_the_kernels_patch_rows():
+    from fracgen import plain_render
+    from fracgen.kernels import chaos
 
-    assert (config.STYLES, config.PAD, config.MIN_SIZE) == (render.STYLES, render.PAD, render.MIN_SIZE)
-    assert plain_render.VALUE == render.VALUE
     patches = plain_render._patches()  # the renderer pastes each patch row as 3 bits: bit j = pixel (i, j)
-    assert set(np.unique(patches)) == {0, render.VALUE}
-    np.testing.assert_array_equal(((patches > 0) << np.arange(3)).sum(axis=2), render.ROW_BITS)
+    assert set(np.unique(patches)) == {0, chaos.VALUE}
+    np.testing.assert_array_equal(((patches > 0) << np.arange(3)).sum(axis=2), chaos.ROW_BITS)
 
 
 def test_every_preset_record_is_complete():

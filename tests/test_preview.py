@@ -90,7 +90,8 @@ def test_noise_images_get_an_intensity_difference_view(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("style", ["reference", "points"])
 def test_the_plain_renderer_draws_the_kernels_pixels(style: str) -> None:
-    from fracgen import ifs, plain_render, render
+    from fracgen import ifs, plain_render
+    from fracgen.kernels import chaos
     from fracgen.seeds import choice_uniforms, draw_masks, generator
 
     rng = generator(7, 99)
@@ -100,8 +101,8 @@ def test_the_plain_renderer_draws_the_kernels_pixels(style: str) -> None:
         probs = ifs.probabilities(maps)
         uniforms = choice_uniforms(7, k, 4000)
         masks = draw_masks(rng, 4000)
-        canvas = render.Canvas(48, 4000)
-        fill = render.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
+        canvas = chaos.Canvas(48, 4000)
+        fill = chaos.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
         image, plain_fill = plain_render.render(maps, probs, uniforms, masks, 48, style)
         assert plain_fill == fill
         if fill >= 0:

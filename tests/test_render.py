@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from fracgen import ifs, render
+from fracgen import ifs
+from fracgen.kernels import chaos
 from fracgen.seeds import draw_masks
 
 
@@ -53,8 +54,8 @@ def test_reference_look_matches_numpy_pixel_for_pixel(seed, size):
     probs = ifs.probabilities(maps)
     uniforms = rng.random(2999)
     masks = draw_masks(rng, 3000)
-    canvas = render.Canvas(size, 3000)
-    fill = render.render(maps, probs, uniforms, masks, canvas.image, canvas.points, "reference")
+    canvas = chaos.Canvas(size, 3000)
+    fill = chaos.render(maps, probs, uniforms, masks, canvas.image, canvas.points, "reference")
     expected_points = numpy_chaos_game(maps, probs, uniforms)
     np.testing.assert_allclose(canvas.points, expected_points, rtol=1e-12, atol=1e-12)
     expected = numpy_reference_raster(expected_points, masks, size)
@@ -69,8 +70,8 @@ def test_points_style_matches_numpy_and_keeps_the_aspect(seed):
     maps, _ = ifs.sample_system(2, 3.0, rng)
     probs = ifs.probabilities(maps)
     uniforms = rng.random(1999)
-    canvas = render.Canvas(96, 2000)
-    render.render(maps, probs, uniforms, None, canvas.image, canvas.points, "points")
+    canvas = chaos.Canvas(96, 2000)
+    chaos.render(maps, probs, uniforms, None, canvas.image, canvas.points, "points")
     np.testing.assert_array_equal(canvas.image, numpy_points_raster(canvas.points, 96))
 
 
@@ -79,8 +80,8 @@ def test_points_style_centres_a_flat_shape():
     maps = np.array([[0.5, 0, 0, 0.1, 0.5, 0.0], [0.5, 0, 0, 0.1, -0.5, 0.05]])
     probs = ifs.probabilities(maps)
     uniforms = np.random.default_rng(0).random(4999)
-    canvas = render.Canvas(128, 5000)
-    render.render(maps, probs, uniforms, None, canvas.image, canvas.points, "points")
+    canvas = chaos.Canvas(128, 5000)
+    chaos.render(maps, probs, uniforms, None, canvas.image, canvas.points, "points")
     rows = np.flatnonzero(canvas.image.any(axis=1))
     cols = np.flatnonzero(canvas.image.any(axis=0))
     assert cols[0] == 6 and cols[-1] == 122
@@ -90,16 +91,16 @@ def test_points_style_centres_a_flat_shape():
 
 def test_divergent_system_reports_minus_one():
     maps = np.array([[3.0, 0, 0, 3.0, 1, 1], [2.5, 0.1, 0, 2.5, -1, 0]])
-    canvas = render.Canvas(64, 5000)
-    fill = render.render(maps, ifs.probabilities(maps), np.random.default_rng(0).random(4999),
+    canvas = chaos.Canvas(64, 5000)
+    fill = chaos.render(maps, ifs.probabilities(maps), np.random.default_rng(0).random(4999),
                          draw_masks(np.random.default_rng(1), 5000), canvas.image, canvas.points, "reference")
     assert fill == -1.0
 
 
 def test_degenerate_system_has_zero_fill():
     maps = np.zeros((2, 6))
-    canvas = render.Canvas(64, 100)
-    fill = render.render(maps, ifs.probabilities(maps), np.random.default_rng(0).random(99),
+    canvas = chaos.Canvas(64, 100)
+    fill = chaos.render(maps, ifs.probabilities(maps), np.random.default_rng(0).random(99),
                          draw_masks(np.random.default_rng(1), 100), canvas.image, canvas.points, "reference")
     assert fill == 0.0
     assert not canvas.image.any()
@@ -118,15 +119,15 @@ def test_chains_rendered_together_match_each_alone(size, chains):
         maps[2] = 0.0  # one point: no extent
     uniforms = rng.random(2999)
     masks = draw_masks(rng, 3000 * chains).reshape(chains, 3000)
-    bits = np.empty((chains, size, render.words_per_row(size)), np.uint64)
-    fills = render.render_chains(maps, render.map_choices(uniforms, np.cumsum(probs)), masks, bits)
-    canvas = render.Canvas(size, 3000)
+    bits = np.empty((chains, size, chaos.words_per_row(size)), np.uint64)
+    fills = chaos.render_chains(maps, chaos.map_choices(uniforms, np.cumsum(probs)), masks, bits)
+    canvas = chaos.Canvas(size, 3000)
     image = np.empty((size, size), np.uint8)
     for c in range(chains):
-        fill = render.render(maps[c], probs, uniforms, masks[c], canvas.image, canvas.points, "reference")
+        fill = chaos.render(maps[c], probs, uniforms, masks[c], canvas.image, canvas.points, "reference")
         assert fills[c] == fill
         if fill >= 0:
-            render.expand_bits(bits[c], image)
+            chaos.expand_bits(bits[c], image)
             np.testing.assert_array_equal(image, canvas.image)
     if chains > 2:
         assert fills[1] == -1.0 and fills[2] == 0.0
@@ -135,7 +136,7 @@ def test_chains_rendered_together_match_each_alone(size, chains):
 def test_chaos_game_stops_at_the_first_non_finite_point():
     maps = np.array([[3.0, 0, 0, 3.0, 1, 1], [2.5, 0.1, 0, 2.5, -1, 0]])
     points = np.full((5000, 2), 7.0)
-    assert not render.chaos_game(maps, np.cumsum(ifs.probabilities(maps)), np.random.default_rng(0).random(4999),
+    assert not chaos.chaos_game(maps, np.cumsum(ifs.probabilities(maps)), np.random.default_rng(0).random(4999),
                                  points)
     bad = np.flatnonzero(~np.isfinite(points).all(axis=1))
     assert len(bad) == 1 and 100 < bad[0] < 4999  # written up to the first non-finite point, the rest untouched

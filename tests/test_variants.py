@@ -28,14 +28,14 @@ def samples(root) -> list[tuple[str, np.ndarray, dict]]:
 
 def full_patches(meta: dict, params) -> np.ndarray:
     """The class's points rendered with every patch pixel on: no mask can light a pixel outside it."""
-    from fracgen import render
+    from fracgen.kernels import chaos
     from fracgen.seeds import choice_uniforms
     from fracgen.systems import load_systems
 
     maps = np.asarray(meta["maps"])
     system = load_systems(params)[0]
-    canvas = render.Canvas(64, 5000)
-    render.render(maps, system.probabilities, choice_uniforms(0, 0, 5000), np.full(5000, 511, np.uint16),
+    canvas = chaos.Canvas(64, 5000)
+    chaos.render(maps, system.probabilities, choice_uniforms(0, 0, 5000), np.full(5000, 511, np.uint16),
                   canvas.image, canvas.points)
     return canvas.image > 0
 

@@ -17,7 +17,7 @@ from numba.core import types
 from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
-from fracgen.deflate import (
+from fracgen.kernels.deflate import (
     _CL_ORDER,
     _LEN_EXTRA,
     _LOW7,

@@ -22,10 +22,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-STYLES = ("reference", "points")
-PAD = 6  # the released margin: x and y land in [6, size - 6]
-VALUE = 127  # the released grey level
-MIN_SIZE = 2 * PAD + 4
+from fracgen.raster import MIN_SIZE, PAD, STYLES, VALUE  # noqa: F401 - the kernels' constants, numba-free
 
 
 @numba.njit(inline="always")
