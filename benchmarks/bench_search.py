@@ -2,7 +2,7 @@
 15 s on 2 cores).
 
 Run with ``python benchmarks/bench_search.py [--categories 1000] [--workers 2]``. The kernel is compiled before
-timing; the figure is wall time of ``fracgen.category_search.search_categories`` (what `fracgen build --preset ofdb`
+timing; the figure is wall time of the family's ``search`` (``fracgen.presets.fractaldb``) (what `fracgen build --preset ofdb`
 spends before rendering), with the mean attempts per category (FractalDB's acceptance rate is about 2.5%).
 """
 
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fracgen.category_search import search_categories, search_category  # noqa: E402
 from fracgen.config import BuildConfig  # noqa: E402
+from fracgen.presets.fractaldb import search_category  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     search_category(0, args.seed, 0.0, 1)  # JIT (or load the numba cache) outside the timing
     config = BuildConfig(preset="ofdb", fractals=args.categories, seed=args.seed)
     cpu, start = time.process_time(), time.perf_counter()
-    systems = search_categories(config, workers=args.workers, progress=sys.stderr.isatty())
+    systems = config.family.search(config, args.workers, sys.stderr.isatty())
     wall = time.perf_counter() - start
     attempts = sum(s.attempts for s in systems)
     print(f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.1f}, "

@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from fracgen import dataset
-from fracgen.config import SEARCH_ONLY
 from fracgen.errors import UsageError
-from fracgen.presets import DEFAULT_PRESET, PRESETS
+from fracgen.presets import DEFAULT_PRESET, Family, registry
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +33,6 @@ INSTALL = (
     "fracgen is installed from a checkout of its repository: `make install` creates `.venv` with the builder "
     "(or run `pip install .` in the checkout; `make install-dev` adds the trainer and test tools)"
 )
-_OPTION_LABELS = {
-    "sigma": "sigma (sigma-factor of the base system)", "delta": "Delta (perturbation degree)",
-    "L": "L (perturbation classes)", "maps": "N (affine maps per system)", "fractals": "base systems (classes)",
-    "instances": "images per class", "perturbation": "perturbation mode", "style": "raster style",
-    "points": "chaos-game points per image", "min_fill": "minimum fill", "edges": "edges",
-    "color": "colour", "transform": "geometric transform",
-}
 # The Hub's size_categories buckets, by upper bound on the number of samples.
 _SIZE_BUCKETS = [
     (1_000, "n<1K"),
@@ -71,16 +64,15 @@ def preset_of(build: dict[str, Any]) -> str:
 
 
 def relevant_options(preset: str, config: dict[str, Any]) -> set[str]:
-    """The options this preset reads (its record in fracgen.presets); every recorded option when unknown."""
-    family = PRESETS.get(preset)
+    """The options this preset's family reads; every recorded option when no family has its name."""
+    family = registry.get(preset)
     return set(family.options) if family else set(config)
 
 
 def template_for(build: dict[str, Any]) -> Path:
-    """The preset's own card for a one-fractal build (`1p-frac.md`), `generic.md` for anything else."""
-    config = _config(build)
-    family = PRESETS.get(preset_of(build))
-    own = family.card if family and config.get("fractals", 1) == 1 else None
+    """The family's own card for the builds it describes best (1p-frac's for one fractal), else `generic.md`."""
+    family = registry.get(preset_of(build))
+    own = family.card_template_for(_config(build)) if family else None
     return CARDS_DIR / (own or "generic.md")
 
 
@@ -201,16 +193,19 @@ def dataset_info(root: Path, build: dict[str, Any], num_classes: int, samples: i
     }
 
 
-def _image(preset: str, config: dict[str, Any]) -> str:
+_IMAGES = {"fractal": "8-bit greyscale PNG, values {0, 127}", "L": "8-bit greyscale PNG", "RGB": "8-bit RGB PNG"}
+
+
+def _image(family: Family | None, config: dict[str, Any]) -> str:
     """What one image is, for the card's table."""
-    family = PRESETS.get(preset)
+    from fracgen.config import BuildConfig
+
     size = config.get("size", "?")
-    if family is not None and family.renders_fractals:
-        return f"{size} x {size} 8-bit greyscale PNG, values {{0, 127}}"
-    if family is not None and (family.sampler.startswith("contour")
-                               or (family.sampler == "real-image" and config.get("color") == "grey")):
-        return f"{size} x {size} 8-bit greyscale PNG"
-    return f"{size} x {size} 8-bit RGB PNG"
+    try:
+        mode = family.image_mode(BuildConfig.from_json(config)) if family else "RGB"
+    except (TypeError, ValueError, AttributeError):
+        mode = "RGB"
+    return f"{size} x {size} {_IMAGES[mode]}"
 
 
 def _shard_pattern(filenames: list[str]) -> str:
@@ -219,116 +214,6 @@ def _shard_pattern(filenames: list[str]) -> str:
     if len(filenames) > 1 and filenames == expected:
         return dataset.brace_pattern(len(filenames))
     return filenames[0] if len(filenames) == 1 else dataset.SHARD_GLOB
-
-
-_CONTOUR_DIFFERENCES = (
-    "- **Renderer**: fracgen's numba re-implementation of the released RCDB / VisualAtom drawing (Pillow "
-    "`ImageDraw.line` semantics, the `noise` package's float32 `pnoise1`), pixel-identical to it for the same "
-    "random draws (the tests restate the released drawing with Pillow).\n"
-    "- **Random draws**: numpy generators seeded from (seed, category, instance) instead of one global "
-    "`random.seed(thread + 1)` stream per process, so an image does not depend on the thread or worker count and "
-    "instance 0 of a C x I build is the image of the C x 1 build; the parameter distributions are the released "
-    "ones, so the images follow them without being the released dataset's images.\n"
-    "- **Output**: one grey channel (the released PNGs are RGB with R = G = B); every class's parameters are saved "
-    "in `params.json` (the released scripts save instance 0's geometry only)."
-)
-_CONTOUR_LPCE = (
-    "\n- **LPCE classes**: one base image; class l scales the start polygon's per-vertex radii by (1 + u), "
-    "u ~ U(-Delta, Delta), with the base image's noise and greys shared by all classes. This is fracgen's reading "
-    "of the paper's \"perturbations to the radii\": the 1p-frac repository has no code for it "
-    "(`--radius-perturbation scalar` scales all radii by one u instead)."
-)
-
-
-def differences(config: dict[str, Any], preset: str = DEFAULT_PRESET) -> str:
-    """Markdown list: what this build does where the paper and the released 1p-frac code differ.
-
-    Only fractal presets render IFS; for the others the list says so. FractalDB and OFDB draw no LIEP
-    perturbation, so their list leaves that item out.
-    """
-    family = PRESETS.get(preset)
-    if family is not None and family.sampler.startswith("contour"):
-        return _CONTOUR_DIFFERENCES + (_CONTOUR_LPCE if family.sampler == "contour-lpce" else "")
-    if family is None or not family.renders_fractals:
-        return (
-            f"- The `{preset}` preset renders no fractal, so the differences in the IFS pipeline do not apply. Its "
-            "classes come from perturbed parameters drawn from generators seeded by (seed, class), and every "
-            "class's parameters are saved in `params.json` (the released code saves none)."
-        )
-    mode = config.get("perturbation", "multiplicative")
-    delta = config.get("delta", "Delta")
-    if mode == "multiplicative":
-        perturb = (
-            f"**Perturbation: multiplicative, as in the released code**: theta' = theta * (1 + u), "
-            f"u ~ U(-{delta}, {delta}) for each of the 6 parameters of each map. The paper's Eq. 9 writes an "
-            f"additive eps ~ U[-Delta/2, Delta/2]^(6N) instead."
-        )
-    elif mode == "additive":
-        perturb = (
-            f"**Perturbation: additive, as in the paper's Eq. 9**: theta' = theta + eps, "
-            f"eps ~ U[-{delta}/2, {delta}/2]^(6N). The released code, which produced the paper's numbers, "
-            "multiplies instead: theta' = theta * (1 + u), u ~ U(-Delta, Delta)."
-        )
-    else:
-        perturb = f"**Perturbation: {mode}** (neither the paper's additive Eq. 9 nor the released multiplicative rule)."
-    style = config.get("style", "reference")
-    if style == "reference":
-        raster = (
-            "**Raster: the released look**: x and y scaled independently to [6, size - 6] (aspect not kept), "
-            "truncated, a 3 x 3 patch with a random 9-bit mask of value 127 pasted at each point, then flipped top "
-            "to bottom. Stored as an 8-bit greyscale PNG with values {0, 127} rather than the released RGB PNG with "
-            "equal channels (same pixel values in every decoder)."
-        )
-    else:
-        raster = (
-            f"**Raster: `{style}`**, not the released look (which pastes 3 x 3 random patches and stretches x and y "
-            "independently); see fracgen's render module."
-        )
-    points = config.get("points", "?")
-    if family.systems == "fractaldb":
-        return "\n".join(f"- {item}" for item in _fractaldb_items(config, raster, points))
-    items = [
-        *([perturb] if "perturbation" in family.options else []),
-        "**Map probabilities** p_i = |det A_i| / sum_j |det A_j| of the base maps, not recomputed after "
-        "perturbation, as the released code computes them.",
-        f"**Chaos game**: {points} points from (0, 0), no burn-in, the same map-choice sequence for every class of "
-        "a fractal (released code: 100,000 points, same rules).",
-        raster,
-        f"**Image size** {config.get('size', '?')} px (released: 512).",
-        "**Base systems** read from a params file (`--params`, copied as params.json with their measured "
-        "sigma-factors), not searched: the search options (sigma, margin, N) steered nothing."
-        if family.systems == "sigma" and config.get("params_source") == "file"
-        else f"**sigma target** drawn from U(sigma - {config.get('margin', 0.1)}, sigma + {config.get('margin', 0.1)}) "
-        "for the base system, with N = "
-        f"{config.get('maps', 2)} maps sampled as in Anderson & Farrell (released: margin 0.1, N = 2)."
-        if family.systems == "sigma"
-        else "**Base systems** from the FractalDB search (N ~ U{2..7}, parameters ~ U(-1, 1)), not by sigma-factor.",
-        f"**Fill check**: at least {config.get('min_fill', 0.05)} of the pixels lit, else the perturbation is "
-        f"drawn again, at most {config.get('max_redraws', '?')} times (released: 5%, no limit, so a bad base "
-        "fractal loops forever).",
-        "**Seeds and records**: every draw comes from a generator seeded by (seed, fractal, perturbation), and the "
-        "base system and every class's parameters are saved in `params.json` (released code: no seeds, nothing "
-        "saved, class folders named '%02d' so their order differs from the label).",
-    ]
-    return "\n".join(f"- {item}" for item in items)
-
-
-def _fractaldb_items(config: dict[str, Any], raster: str, points: Any) -> list[str]:
-    """FractalDB/OFDB: the differences from their released scripts (no perturbation, no redraw: a category search)."""
-    return [
-        "**Map probabilities** p_i = |det A_i| / sum_j |det A_j| of the category's maps, as the released code.",
-        f"**Chaos game**: {points} points from (0, 0), no burn-in, one map-choice sequence per category (released "
-        "FractalDB/OFDB scripts: 200,000 points); a variation whose chaos game diverges is drawn from its finite "
-        "prefix, as FractalDB's code does.",
-        raster,
-        f"**Image size** {config.get('size', '?')} px (released: 362).",
-        f"**Categories** from FractalDB's search: N ~ U{{2..7}} maps, parameters ~ U(-1, 1), kept when a render at "
-        f"its fixed settings (100,000 points, one pixel per point, 512 x 512) lights at least "
-        f"{config.get('min_fill', 0.2)} of the pixels, whatever the images' size and points, and stays finite.",
-        "**Seeds and records**: every draw comes from a generator seeded by (seed, category) for the map choices "
-        "and (seed, category, patch instance) for the patch masks, and every category's system is saved in "
-        "`params.json` (the released scripts draw from global random streams and save parameters as CSV).",
-    ]
 
 
 def _source_section(config: dict[str, Any], source_license: str | None, source_url: str | None) -> str:
@@ -351,29 +236,6 @@ def _source_section(config: dict[str, Any], source_license: str | None, source_u
     )
 
 
-def _per_class_text(config: dict[str, Any]) -> dict[str, str]:
-    """The 1p-frac card's words for a class's images: one, or K patch variants (``--patch-variants``)."""
-    k = config.get("patch_variants", 1)
-    if not isinstance(k, int) or k <= 1:
-        return {"per_class": "one image per perturbation", "variant_field": "", "variants_title": ""}
-    return {"per_class": f"{k} images per class (the same points under freshly drawn 3 x 3 patch masks, the "
-            "paper's Table 13 \"w/ Aug.\")", "variants_title": f", {k} patch variants",
-            "variant_field": ", and `variant`, which of the class's patch-mask draws the image is"}
-
-
-def _measured_sigma(params: dict | None) -> str:
-    """The sigma-factor a params file records for its systems, as the card shows it (a range for several)."""
-    try:
-        values = [float(system["sigma"]) for system in params["systems"]]
-    except (KeyError, TypeError, ValueError):
-        values = []
-    if not values:
-        return "not recorded (the base systems came from a params file)"
-    low, high = min(values), max(values)
-    shown = f"{low:.4g}" if low == high else f"{low:.4g} to {high:.4g}"
-    return f"{shown} (measured; the base system{'s' if len(values) > 1 else ''} came from a params file)"
-
-
 def card_context(
     root: Path | str,
     *,
@@ -394,6 +256,43 @@ def card_context(
     Raises:
         UsageError: no licence or a malformed one, or `root` holds no complete build.
     """
+    _check_publisher(license, source_license, source_url)
+    root = Path(root)
+    build, config, num_classes = _records(root)
+    shards = build["shards"]
+    filenames = [str(r["filename"]) for r in shards]
+    num_samples = sum(int(r.get("num_samples", 0)) for r in shards)
+    name = " ".join(str(build.get("name") or root.name).split())  # one line, whatever build.json holds
+    versions = build.get("versions") or {}
+    command = build.get("command", "")
+    context = {
+        "license": license,
+        "size_category": size_category(num_samples),
+        "title": name,
+        "name": name,
+        "repo_id": repo_id,
+        "dataset_info": yaml.safe_dump({"dataset_info": dataset_info(root, build, num_classes)},
+                                       sort_keys=False).rstrip(),
+        "source_note": _source_section(config, source_license, source_url),
+        "num_samples": str(num_samples),
+        "num_classes": str(num_classes),
+        "num_shards": str(len(filenames)),
+        "total_size": _human_bytes(sum(int(r.get("bytes", 0)) for r in shards)),
+        "shard_pattern": _shard_pattern(filenames),
+        "size": str(config.get("size", "?")),
+        "seed": str(config.get("seed", "?")),
+        "build_time": _build_time(build.get("timing") or {}, num_samples, config.get("params_source") == "file"),
+        "command": shlex.join(command) if isinstance(command, list) else str(command),
+        "install": INSTALL,
+        "fracgen_version": str(versions.get("fracgen", "?")),
+        "versions": _table(versions, ("package", "version")) if versions else "not recorded",
+        **_family_context(root, build, config),
+    }
+    context["pretty_name"] = json.dumps(context["title"])
+    return context
+
+
+def _check_publisher(license: str | None, source_license: str | None, source_url: str | None) -> None:
     if license is None:
         raise UsageError("choose the dataset's licence for its card: --license ID (e.g. cc-by-4.0, cc0-1.0, mit)")
     for option, value in (("--license", license), ("--source-license", source_license)):
@@ -401,94 +300,46 @@ def card_context(
             raise UsageError(f"{option} must be a lower-case license id such as cc-by-4.0, got {value!r}")
     if source_url is not None and not source_url.isprintable():
         raise UsageError(f"--source-url must be one line of text, got {source_url!r}")
-    root = Path(root)
+
+
+def _records(root: Path) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """build.json, its config and its class count, each checked to be what the card needs."""
     build = dataset.read_build(root)
     config = build.get("config")
     if not isinstance(config, dict):
         raise UsageError(f"{root / dataset.BUILD_JSON} has no config object; run `fracgen verify {root}`")
-    filenames = [str(r["filename"]) for r in build["shards"]]
-    num_samples = sum(int(r.get("num_samples", 0)) for r in build["shards"])
     num_classes = build.get("num_classes")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise UsageError(f"{root / dataset.BUILD_JSON} num_classes {num_classes!r} is not a positive integer")
-    name = " ".join(str(build.get("name") or root.name).split())  # one line, whatever build.json holds
-    from_file = config.get("params_source") == "file"  # --params: the recorded sigma and maps steered nothing
-    maps = None if from_file else config.get("maps")
-    params = dataset.read_params(root) if maps is None else None
-    if params is not None:
-        try:
-            maps = len(params["systems"][0]["maps"])
-        except (KeyError, IndexError, TypeError):
-            maps = None
-    sigma = _measured_sigma(params) if from_file else str(config.get("sigma", "?"))
-    versions = build.get("versions") or {}
-    command = build.get("command", "")
-    if isinstance(command, list):
-        import shlex
+    return build, config, num_classes
 
-        command = shlex.join(command)
-    if template_for(build).name == "1p-frac.md":
-        systems = f"params file, sigma {sigma.split(' (')[0]}" if from_file else f"sigma {sigma}"
-        pretty = (f"1p-frac ({systems}, Delta {config['delta']}, L {config['L']}"
-                  f"{_per_class_text(config)['variants_title']})")
-    else:
-        pretty = name
+
+def _family_context(root: Path, build: dict[str, Any], config: dict[str, Any]) -> dict[str, str]:
+    """The placeholders the family decides: every option's value (or "n/a" where it reads none), the tables of
+    options, the tags, the image, and the family's own text (its departures from the released code...)."""
     preset = preset_of(build)
+    family = registry.get(preset)
     relevant = relevant_options(preset, config)
-
-    def option(key: str, default: str = "?") -> str:
-        if key not in relevant:
-            return f"n/a ({preset})"
-        return str(config.get(key, default))
-
-    family = PRESETS.get(preset)
-    real = family is not None and family.sampler == "real-image"
-    tags = ["synthetic"] + (["fractals"] if family and family.renders_fractals else [])
-    tags += ([] if real else ["formula-driven"]) + ["webdataset", preset] + list(family.tags if family else ())
-    if from_file:
-        relevant -= set(SEARCH_ONLY)
+    table = registry.option_table()
+    text = family.card_text(config, dataset.read_params(root)) if family else {}
+    if config.get("params_source") == "file":  # --params: the search options steered nothing
+        relevant -= {n for n, o in table.items() if o.search_only and n not in text}
+    values = {n: str(config.get(n, "not recorded")) if n in relevant else f"n/a ({preset})" for n in table}
+    rows = {o.label: text.get(n, config[n]) for n, o in table.items() if o.label and n in relevant and n in config}
     shown = [k for k in config if k in relevant or k in ("preset", "source", "source_sha256")]
-    rows = {label: config[k] for k, label in _OPTION_LABELS.items() if k in relevant and k in config}
-    if from_file and "sigma" in relevant_options(preset, config):
-        rows = {_OPTION_LABELS["sigma"]: sigma, **rows}
-    info = yaml.safe_dump({"dataset_info": dataset_info(root, build, num_classes)}, sort_keys=False).rstrip()
-    context = {
-        "license": license,
-        "size_category": size_category(num_samples),
-        "pretty_name": json.dumps(pretty),
-        "title": pretty,
-        "name": name,
-        "repo_id": repo_id,
+    tags = ["synthetic"] + (["fractals"] if family and family.systems else [])
+    tags += ([] if family and family.takes_source else ["formula-driven"]) + ["webdataset", preset]
+    tags += list(family.tags if family else ())
+    return {
+        **values,
         "tags": "\n".join(f"- {tag}" for tag in dict.fromkeys(tags)),
-        "dataset_info": info,
         "description": family.description if family else f"the {preset} preset of fracgen.",
-        "source_note": _source_section(config, source_license, source_url),
-        "num_samples": str(num_samples),
-        "num_classes": str(num_classes),
-        "num_shards": str(len(filenames)),
-        "total_size": _human_bytes(sum(int(r.get("bytes", 0)) for r in build["shards"])),
-        "shard_pattern": _shard_pattern(filenames),
-        "size": str(config.get("size", "?")),
-        "image": _image(preset, config),
-        "style": option("style"),
-        "sigma": sigma if from_file else option("sigma"),
-        "delta": option("delta"),
-        "L": option("L"),
-        "N": str(maps) if maps is not None and "maps" in relevant_options(preset, config) else f"n/a ({preset})",
-        "perturbation": option("perturbation", "not recorded"),
-        "points": option("points"),
-        "seed": str(config.get("seed", "?")),
+        "image": _image(family, config),
         "parameter_rows": "\n".join(f"| {label} | {value} |" for label, value in rows.items()),
-        "build_time": _build_time(build.get("timing") or {}, num_samples, from_file),
-        "command": str(command),
-        "install": INSTALL,
-        "fracgen_version": str(versions.get("fracgen", "?")),
-        "versions": _table(versions, ("package", "version")) if versions else "not recorded",
         "config_table": _table({k: config[k] for k in shown}, ("option", "value")) if shown else "not recorded",
-        "differences": differences(config, preset),
-        **_per_class_text(config),
+        "differences": "",
+        **text,
     }
-    return context
 
 
 def render_card(

@@ -13,12 +13,13 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from fracgen import config as options_mod
 from fracgen.errors import FracgenError, UsageError
-from fracgen.presets import DEFAULT_PRESET, OFDB_WEIGHTS, PRESETS
+from fracgen.options import Option
+from fracgen.presets import DEFAULT_PRESET, Family, families, option_table
 
 
 class _Group(click.Group):
@@ -77,20 +78,51 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-_sigma = click.option("--sigma", type=_Number(), default=3.5, show_default=True,
-                      help="Target sigma-factor, 0 < sigma <= 3 x maps (small = complex shapes).")
-_maps = click.option("--maps", "maps", type=click.IntRange(1, options_mod.MAX_MAPS), default=2, show_default=True,
-                     help="Affine maps N per system.")
-_seed = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every draw.")
-_margin = click.option("--margin", type=_Number(0), default=0.1, show_default=True,
-                       help="The target is drawn from U(sigma - margin, sigma + margin), as in the released code.")
-_min_fill = click.option("--min-fill", type=_Number(0, 1), default=0.05, show_default=True, help="Lit fraction every render must reach.")
-_size = click.option("--size", type=click.IntRange(min=options_mod.MIN_SIZE), default=512, show_default=True,
-                     help=f"Image side in pixels (>= {options_mod.MIN_SIZE} for the margins).")
-_points = click.option("--points", type=click.IntRange(min=1), default=100_000, show_default=True,
-                       help="Chaos-game points per image.")
-_style = click.option("--style", type=click.Choice(options_mod.STYLES), default="reference", show_default=True,
-                      help="reference: the released 1p-frac look (3x3 random patches); points: plain points.")
+def _default_text(option: Option, families: list[Family]) -> str:
+    """"[default: 512; fractaldb, ofdb: 362]": the table's default, then the families that differ."""
+    if callable(option.default):
+        return ""
+    others: dict[Any, list[str]] = {}
+    for family in families:
+        if option.name in family.options and family.defaults.get(option.name, option.default) != option.default:
+            others.setdefault(family.defaults[option.name], []).append(family.name)
+    shown = "; ".join([str(option.default)] + [f"{', '.join(n)}: {v}" for v, n in others.items()])
+    return f" [default: {shown}]"
+
+
+def _click_option(option: Option, families: list[Family], with_default: bool = False):
+    """A click option from a row of the options' table (the families that read it named in its help)."""
+    if option.kind is int:
+        kind = click.IntRange(min=option.lo, max=option.hi)
+    elif option.kind is float:
+        kind = _Number(option.lo, option.hi)
+    else:
+        kind = click.Choice(option.choices) if option.choices else str
+    readers = [f for f in families if option.name in f.options]
+    grouped: dict[str, list[str]] = {}
+    for f in readers:
+        if option.name in f.notes:
+            grouped.setdefault(f.notes[option.name], []).append(f.name)
+    notes = "; ".join(f"{', '.join(names)}: {note}" for note, names in grouped.items())
+    scope = "" if len(readers) == len(families) else f" ({', '.join(f.name for f in readers)})"
+    help_text = option.help + (f" {notes}." if notes else "") + scope
+    if with_default:
+        return click.option(option.flag, option.name, type=kind, default=option.default, show_default=True,
+                            help=help_text)
+    return click.option(option.flag, option.name, type=kind, default=None,
+                        help=help_text + _default_text(option, readers))
+
+
+def _table_options(names, families: list[Family], with_default: bool = False):
+    """Decorate a command with the table's options ``names``, in table order."""
+    table = option_table()
+    chosen = [table[n] for n in table if n in names]
+
+    def decorate(f):
+        for option in reversed(chosen):
+            f = _click_option(option, families, with_default)(f)
+        return f
+    return decorate
 
 
 def _file_name(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
@@ -100,28 +132,28 @@ def _file_name(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return None if value is None else Path(value)
 
 
+def _search_family() -> Family:
+    """The family whose base systems are drawn by sigma-factor (the options `fracgen search` takes)."""
+    return families()[DEFAULT_PRESET]
+
+
+_SEARCH = ("sigma", "maps", "seed", "margin", "min_fill", "size", "points", "style", "max_attempts")
+
+
 @cli.command("search")
-@_sigma
-@_maps
-@_seed
-@_margin
-@_min_fill
-@_size
-@_points
-@_style
-@click.option("--max-attempts", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Systems drawn before giving up.")
+@_table_options(_SEARCH, [_search_family()], with_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, callback=_file_name,
               help="Write the params JSON here (default, or -: print it).")
-def search_command(sigma, maps, seed, margin, min_fill, size, points, style, max_attempts, output) -> None:
+def search_command(output: Path | None, **options) -> None:
     """Sample an IFS with a target sigma-factor (Anderson & Farrell) and print or write its params JSON."""
+    from fracgen.config import BuildConfig, check_memory
     from fracgen.search import search
 
-    _check_sigma(sigma, maps)
-    options_mod.check_memory(options_mod.BuildConfig(sigma=sigma, maps=maps, size=size, points=points, L=1))
-    system = search(sigma, maps=maps, seed=seed, margin=margin, min_fill=min_fill, size=size, points=points,
-                    style=style, max_attempts=max_attempts)
-    data = dict(system.to_json(), seed=seed, sigma_target=sigma, margin=margin)
+    config = BuildConfig(**options, L=1)
+    config.validate()
+    check_memory(config)
+    system = search(**options)
+    data = dict(system.to_json(), seed=config.seed, sigma_target=config.sigma, margin=config.margin)
     text = json.dumps(data, indent=1, sort_keys=True) + "\n"
     if output is None or str(output) == "-":
         click.echo(text, nl=False)
@@ -142,12 +174,6 @@ def _search_output(head: bytes) -> bool:
     return isinstance(data, dict) and {"maps", "sigma_target", "margin", "seed"} <= set(data)
 
 
-def _check_sigma(sigma: float, maps: int) -> None:
-    if not 0 < sigma <= 3 * maps:
-        raise click.BadParameter(f"must be in (0, {3 * maps}] for {maps} maps (sigma <= 3N), got {sigma}",
-                                 param_hint="'--sigma'")
-
-
 def _shard_range(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -158,6 +184,9 @@ def _shard_range(ctx: click.Context, param: click.Parameter, value: str | None) 
     if not 0 <= i < j:
         raise click.BadParameter(f"must be i:j with integers 0 <= i < j, got {value!r}")
     return i, j
+
+
+_RUN = ("workers", "resume", "overwrite", "shard_range", "no_progress")
 
 
 def _operational(f):
@@ -174,156 +203,92 @@ def _operational(f):
     return f
 
 
-_MOST_INSTANCES = max(p.max_instances for p in PRESETS.values())
+def _builders(takes_source: bool) -> list[Family]:
+    return [f for f in families().values() if f.takes_source == takes_source]
 
 
-def _new_preset_options(f):
-    """Options of the contour presets, patch variants, OFDB weights and the 1p-frac base fill."""
-    for option in reversed([
-        click.option("--categories", type=click.IntRange(min=1), default=1000, show_default=True,
-                     help="rcdb/visualatom: categories C (C x --instances images; 1000 x 1 = the 1K sets)."),
-        click.option("--radius-perturbation", type=click.Choice(options_mod.RADIUS_PERTURBATIONS), default="vertex",
-                     show_default=True, help="rcdb-lpce/visualatom-lpce: one u ~ U(-Delta, Delta) per start vertex "
-                     "(the paper's 'radii') or one for the whole start polygon."),
-        click.option("--base-category", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="rcdb-lpce/visualatom-lpce: the category of the base image."),
-        click.option("--patch-variants", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="1p-frac/ofdb: images per class, each with fresh patch masks over the class's points "
-                     "(Table 13 'w/ Aug.')."),
-        click.option("--ofdb-weights", type=click.Choice(tuple(OFDB_WEIGHTS)), default="identity", show_default=True,
-                     help="ofdb: identity (the paper's text) or released (parameter a x 0.2, the shipped scripts)."),
-        click.option("--base-min-fill", type=_Number(0, 1), default=None,
-                     help="1p-frac: lit fraction the base fractal's render must reach [default: --min-fill]; 0 "
-                     "takes the first finite draw, as the released code."),
-    ]):
-        f = option(f)
-    return f
-_delta = click.option("--delta", type=_Number(0), default=0.1, show_default=True,
-                      help="Perturbation degree Delta >= 0.")
-_L = click.option("--L", "L", type=click.IntRange(min=1), default=1000, show_default=True,
-                  help="Perturbation classes (per fractal for 1p-frac).")
-_shard_size = click.option("--shard-size", type=click.IntRange(min=1), default=100, show_default=True,
-                           help="Images per shard.")
+def _out_folder(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    if not str(value).strip():
+        raise click.BadParameter("must name a folder, got an empty path (use . for the current folder)")
+    return value
 
 
 @cli.command("build")
-@click.argument("out", type=click.Path(path_type=Path))
-@click.option("--preset", type=click.Choice([p.name for p in PRESETS.values() if p.command == "build"]),
-              default=DEFAULT_PRESET,
-              show_default=True, help="Dataset family (a single real image: fracgen build-real).")
-@_sigma
-@_delta
-@_L
-@_maps
-@click.option("--fractals", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Base systems C (1p-frac: C x L classes; fractaldb/ofdb: C categories).")
-@click.option("--instances", type=click.IntRange(1, _MOST_INSTANCES), default=None,
-              help="fractaldb: images per category over its 1000 variations (25 weights x 10 patches x 4 flips, "
-                   "flips first) [default: 1000]; rcdb/visualatom: images per category [default: 1].")
-@click.option("--perturbation", type=click.Choice(options_mod.MODES), default="multiplicative", show_default=True,
-              help="multiplicative: theta*(1+u), u~U(-D,D) (released code, the paper's numbers); "
-                   "additive: theta+eps, eps~U(-D/2,D/2) (paper Eq. 9).")
-@_style
-@click.option("--size", type=click.IntRange(min=options_mod.MIN_SIZE), default=None,
-              help=f"Image side in pixels (>= {options_mod.MIN_SIZE}) [default: 512; fractaldb and ofdb 362].")
-@click.option("--points", type=click.IntRange(min=1), default=None,
-              help="Chaos-game points per image [default: 100000; fractaldb and ofdb 200000].")
-@click.option("--min-fill", type=_Number(0, 1), default=None,
-              help="Lit fraction every render must reach [default: 0.05; fractaldb and ofdb 0.2].")
-@_margin
-@_seed
-@_shard_size
-@click.option("--max-redraws", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Redraws of a diverging or under-filled perturbation before the build stops.")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Systems the search draws per fractal before it gives up.")
+@click.argument("out", type=click.Path(path_type=Path), callback=_out_folder)
+@click.option("--preset", type=click.Choice([f.name for f in _builders(False)]), default=None,
+              help=f"Dataset family [default: {DEFAULT_PRESET}] (a single real image: fracgen build-real).")
+@_table_options({n for f in _builders(False) for n in f.options}, _builders(False))
 @click.option("--params", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Base systems from this JSON (fracgen search output or a build's params.json) instead of searching.")
-@_new_preset_options
 @_operational
-@click.pass_context
-def build_command(ctx: click.Context, out: Path, params: Path | None, **options) -> None:
+def build_command(out: Path, params: Path | None, **options) -> None:
     """Render a dataset into WebDataset shards in OUT (1p-frac: L perturbations of each of C fractals).
 
     Example: fracgen build --sigma 3.5 --delta 0.1 --L 1000 out/
     """
-    _run_build(ctx, out, options, params=params)
+    _run_build(out, options, params=params)
 
 
 @cli.command("build-real")
 @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
-@_delta
-@_L
-@click.option("--edges", type=click.Choice(options_mod.EDGES), default="canny", show_default=True,
-              help="canny: the image's Canny edges (the paper's best); none: the image itself.")
-@click.option("--color", type=click.Choice(options_mod.COLORS), default="grey", show_default=True,
-              help="Grey or RGB images.")
-@click.option("--transform", type=click.Choice(options_mod.TRANSFORMS), default="affine",
-              show_default=True, help="How each class perturbs the image's geometry.")
-@_size
-@_seed
-@_shard_size
+@click.argument("out", type=click.Path(path_type=Path), callback=_out_folder)
+@_table_options({n for f in _builders(True) for n in f.options}, _builders(True))
 @_operational
-@click.pass_context
-def build_real_command(ctx: click.Context, image: Path, out: Path, **options) -> None:
+def build_real_command(image: Path, out: Path, **options) -> None:
     """L perturbations of one real IMAGE's geometry into WebDataset shards in OUT (paper Tables 11-12).
 
     Example: fracgen build-real photo.jpg --edges canny --transform affine --delta 0.1 --L 1000 out/
     """
-    real = next(p.name for p in PRESETS.values() if p.command == "build-real")
-    _run_build(ctx, out, dict(options, preset=real), source=image)
+    _run_build(out, dict(options, preset=_builders(True)[0].name), source=image)
 
 
-def _run_build(ctx: click.Context, out: Path, options: dict, params: Path | None = None,
-               source: Path | None = None) -> None:
+def _run_build(out: Path, options: dict, params: Path | None = None, source: Path | None = None) -> None:
     from fracgen.build import BuildConfig, build
     from fracgen.output import stored_config
 
-    run = {k: options.pop(k) for k in ("workers", "resume", "overwrite", "shard_range", "no_progress")}
-    explicit = {k for k in options if k in ctx.params
-                and ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    run = {k: options.pop(k) for k in _RUN}
+    given = {k: v for k, v in options.items() if v is not None}
     stored = stored_config(out) if run["resume"] else None
-    if stored is not None and "preset" in explicit and options["preset"] != stored.preset:
-        raise UsageError(f"--preset {options['preset']} differs from the build being resumed in {out} "
-                         f"({stored.preset})")
-    preset = stored.preset if stored is not None else options["preset"]
-    given = {k: options[k] for k in explicit - {"preset"}}
-    extra = sorted(set(given) - PRESETS[preset].options)
-    if extra:
-        names = ", ".join("--" + k.replace("_", "-") for k in extra)
-        raise UsageError(f"--preset {preset} takes no {names}: it does not use them")
-    if params is not None and not PRESETS[preset].renders_fractals:
-        raise UsageError(f"--preset {preset} takes no --params: it has no fractal systems")
-    unused = sorted(set(given) & set(options_mod.SEARCH_ONLY)) if params is not None else []
-    if unused:
-        names = ", ".join("--" + k.replace("_", "-") for k in unused)
-        raise UsageError(f"--params gives the base systems, so {names} would be ignored: drop {names}")
+    preset = given.pop("preset", None) or (stored.preset if stored is not None else DEFAULT_PRESET)
+    if stored is not None and preset != stored.preset:
+        raise UsageError(f"--preset {preset} differs from the build being resumed in {out} ({stored.preset})")
+    _check_given(preset, given, params)
     if stored is not None:
         config = BuildConfig(**{**stored.to_json(), **given}) if given else None
     else:
-        if "sigma" in PRESETS[preset].options:
-            _check_sigma(options["sigma"], options["maps"])
-        config = BuildConfig(**options)
+        config = BuildConfig(preset=preset, **given)
     result = build(config, out, workers=run["workers"], resume=run["resume"], overwrite=run["overwrite"],
                    shard_range=run["shard_range"], params=params, source=source, progress=not run["no_progress"])
+    effective = config or stored
+    for warning in effective.family.warnings(effective) if effective is not None else []:
+        click.echo(f"warning: {warning}", err=True)  # after the build, so that a refusal stays one line
     # the rate counts the rendering stage only (render, encode, write; on a cold numba cache also the workers'
     # compilation of the kernels, a few seconds once per machine): search and planning are apart
     rate = result.images / result.render_seconds if result.render_seconds > 0 else 0.0
     timing = (f"{result.images} images in {result.render_seconds:.1f} s of rendering, {rate:.0f} images/s; "
               f"search and planning {result.search_seconds:.1f} s, whole call {result.seconds:.1f} s")
-    effective = config or stored
-    if effective is not None and PRESETS[preset].sampler.startswith("contour") and effective.size < 512:
-        # the released centre spread (+-400 px RCDB, +-512 px VisualAtom) is in pixels, meant for 512 px; said
-        # after the build so that a refusal stays one line
-        click.echo(f"warning: --size {effective.size} is under the 512 px the {preset} renderer is made for: its "
-                   "centres and radii are in pixels, so many images are blank or cut", err=True)
     if result.complete:
         click.echo(f"built {out}: {result.num_shards} shards, {len(result.built)} rendered now, "
                    f"{len(result.skipped)} already complete ({timing})")
     else:
         click.echo(f"built shards {result.built} of {out} ({timing}); "
                    f"the build is incomplete: finish it with `fracgen build --resume {out}`")
+
+
+def _check_given(preset: str, given: dict, params: Path | None) -> None:
+    """Refuse options the family does not read, and search options beside --params (they would steer nothing)."""
+    family = families()[preset]
+    extra = sorted(set(given) - family.options)
+    if extra:
+        names = ", ".join("--" + k.replace("_", "-") for k in extra)
+        raise UsageError(f"--preset {preset} takes no {names}: it does not use them")
+    if params is not None and not family.systems:
+        raise UsageError(f"--preset {preset} takes no --params: it has no fractal systems")
+    table = option_table()
+    unused = sorted(k for k in given if table[k].search_only) if params is not None else []
+    if unused:
+        names = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise UsageError(f"--params gives the base systems, so {names} would be ignored: drop {names}")
 
 
 _dataset_dir = click.argument(

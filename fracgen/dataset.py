@@ -78,6 +78,21 @@ def marker_path(root: Path, shard: int) -> Path:
     return Path(root) / STATS / f"{shard:06d}.json"
 
 
+def build_files(num_shards: int, source: str = "") -> list[str]:
+    """The files a build of ``num_shards`` shards writes (relative names), besides temporaries and markers."""
+    names = [*map(shard_name, range(num_shards)), INFO_JSON, PARAMS_JSON, BUILD_JSON, PREVIEW_PNG, CONFIG_JSON,
+             SYSTEMS_JSON]
+    return names + ([source] if source else [])
+
+
+# The names a build writes in each of its folders, and the probe it writes to check a folder can be written.
+WRITES = {
+    "": re.compile(r"train-\d{6,}\.tar|_info\.json|params\.json|build\.json|preview\.png|source\.[^/]*|probe"),
+    INTERNAL: re.compile(r"config\.json|systems\.json|probe"),
+    STATS: re.compile(r"\d{6,}\.json|probe"),
+}
+
+
 # ------------------------------------------------------------------------------------------ plain files
 
 

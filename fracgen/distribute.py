@@ -1,8 +1,8 @@
-"""The shards' process pool, the progress bar and the retries. (The FractalDB/OFDB category search, before
-the shards, runs in a pool of its own in ``fracgen.category_search``.)
+"""The one process pool: a build's shards, and the searches that run before them, with a progress bar and retries.
 
 Workers are forked, so they inherit the parent's imported modules and compiled numba kernels instead of
-re-importing them (about 0.5 s per process), and the job is handed over once at fork time, not pickled per shard.
+re-importing them (about 0.5 s per process), and the job is handed over once at fork time, not pickled per item.
+A worker dies with its parent, whatever killed the parent.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 from tqdm import tqdm
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 RETRIES = 2  # attempts after the first for a shard that failed with an unexpected error
 
-_job: Callable[[int], dict] | None = None
+_job: Callable[[int], Any] | None = None
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -54,14 +55,14 @@ def _die_with(parent: int) -> None:
         threading.Thread(target=watch, daemon=True).start()
 
 
-def _init(job: Callable[[int], dict], parent: int) -> None:
+def _init(job: Callable[[int], Any], parent: int) -> None:
     global _job
     _die_with(parent)
     _job = job
 
 
-def _run(shard: int) -> dict:
-    return _job(shard)
+def _run(item: int) -> Any:
+    return _job(item)
 
 
 def default_workers() -> int:
@@ -80,13 +81,8 @@ def ranges(numbers: list[int], most: int = 6) -> str:
     return ", ".join(shown) + (f", ... ({len(spans) - most} more ranges)" if len(spans) > most else "")
 
 
-def run_shards(
-    job: Callable[[int], dict],
-    shard_ids: Sequence[int],
-    sizes: Sequence[int],
-    workers: int,
-    progress: bool = True,
-) -> list[dict]:
+def run_shards(job: Callable[[int], dict], shard_ids: Sequence[int], sizes: Sequence[int], workers: int,
+               progress: bool = True) -> list[dict]:
     """Run ``job(shard)`` for every shard, in worker processes when ``workers`` > 1.
 
     Args:
@@ -100,67 +96,92 @@ def run_shards(
         The markers, in the order of ``shard_ids``.
 
     Raises:
-        FracgenError: a shard failed for good, or a worker process died.
+        FracgenError: a shard failed for good, or a worker process died ("rerun with --resume").
     """
-    results: dict[int, dict] = {}
-    size_of = dict(zip(shard_ids, sizes, strict=True))
-    tries = dict.fromkeys(shard_ids, 0)
-    bar = tqdm(total=sum(sizes), unit="img", disable=not progress or not shard_ids, smoothing=0, dynamic_ncols=True)
+    return run_jobs(job, shard_ids, sizes, workers, progress, unit="img", what="shard", then="rerun with --resume")
+
+
+def run_jobs(job: Callable[[int], Any], items: Sequence[int], sizes: Sequence[int], workers: int,
+             progress: bool = True, *, unit: str = "item", what: str = "item", then: str = "rerun") -> list[Any]:
+    """Run ``job(item)`` for every item (a shard, a category to search), forked across ``workers`` processes.
+
+    Args:
+        job: returns the item's result; raises FracgenError for failures a retry cannot fix (an unexpected
+            error is retried RETRIES times).
+        items: the items, in the order of the results.
+        sizes: the bar's units in each item.
+        workers: processes to use (1: in this process).
+        progress: show a tqdm bar.
+        unit, what: the bar's unit, and what an item is (the bar counts items as well when they differ).
+        then: what to do after a worker died.
+
+    Returns:
+        The results, in the order of ``items``.
+
+    Raises:
+        FracgenError: an item failed for good, or a worker process died.
+    """
+    results: dict[int, Any] = {}
+    size_of = dict(zip(items, sizes, strict=True))
+    tries = dict.fromkeys(items, 0)
+    bar = tqdm(total=sum(sizes), unit=unit, disable=not progress or not items, smoothing=0, dynamic_ncols=True)
     start = time.perf_counter()
 
-    def done(shard: int, marker: dict) -> None:
-        results[shard] = marker
-        bar.update(size_of[shard])
-        bar.set_postfix_str(f"{len(results)}/{len(shard_ids)} shards")
+    def done(item: int, result: Any) -> None:
+        results[item] = result
+        bar.update(size_of[item])
+        if unit != what:
+            bar.set_postfix_str(f"{len(results)}/{len(items)} {what}s")
 
-    def failed(shard: int, error: BaseException) -> bool:
-        if isinstance(error, FracgenError) or tries[shard] >= RETRIES:
+    def failed(item: int, error: BaseException) -> bool:
+        if isinstance(error, FracgenError) or tries[item] >= RETRIES:
             raise error if isinstance(error, FracgenError) else FracgenError(
-                f"shard {shard} failed {tries[shard] + 1} times: {type(error).__name__}: {error}") from error
-        tries[shard] += 1
-        log.warning("shard %d failed (%s: %s); retrying", shard, type(error).__name__, error)
+                f"{what} {item} failed {tries[item] + 1} times: {type(error).__name__}: {error}") from error
+        tries[item] += 1
+        log.warning("%s %d failed (%s: %s); retrying", what, item, type(error).__name__, error)
         return True
 
     try:
-        if workers <= 1 or len(shard_ids) <= 1:
-            for shard in shard_ids:
-                while True:
-                    try:
-                        done(shard, job(shard))
-                        break
-                    except Exception as e:  # noqa: BLE001 - classified in failed()
-                        failed(shard, e)
+        if workers <= 1 or len(items) <= 1:
+            _in_process(job, items, done, failed)
         else:
-            ctx = mp.get_context("fork")
-            with ProcessPoolExecutor(min(workers, len(shard_ids)), mp_context=ctx, initializer=_init,
+            with ProcessPoolExecutor(min(workers, len(items)), mp_context=mp.get_context("fork"), initializer=_init,
                                      initargs=(job, os.getpid())) as pool:
-                pending = {pool.submit(_run, s): s for s in shard_ids}
+                pending = {pool.submit(_run, s): s for s in items}
                 try:
                     _drain(pool, pending, done, failed)
                 except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)  # finish running shards, start no more
+                    pool.shutdown(wait=True, cancel_futures=True)  # finish running items, start no more
                     raise
-
     except BrokenProcessPool:
-        missing = sorted(set(shard_ids) - set(results))
-        raise FracgenError(f"a worker process died; {len(missing)} shard(s) unfinished ({ranges(missing)}): "
-                           "rerun with --resume") from None
+        missing = sorted(set(items) - set(results))
+        raise FracgenError(f"a worker process died; {len(missing)} {what}(s) unfinished ({ranges(missing)}): "
+                           f"{then}") from None
     finally:
         bar.close()
-    elapsed = time.perf_counter() - start
-    log.info("%d images in %.2f s", sum(sizes), elapsed)
-    return [results[s] for s in shard_ids]
+    log.info("%d %s in %.2f s", sum(sizes), unit, time.perf_counter() - start)
+    return [results[s] for s in items]
+
+
+def _in_process(job: Callable[[int], Any], items: Sequence[int], done, failed) -> None:
+    for item in items:
+        while True:
+            try:
+                done(item, job(item))
+                break
+            except Exception as e:  # noqa: BLE001 - classified in failed()
+                failed(item, e)
 
 
 def _drain(pool, pending: dict, done, failed) -> None:
     while pending:
         finished, _ = wait(pending, return_when=FIRST_COMPLETED)
         for future in finished:
-            shard = pending.pop(future)
+            item = pending.pop(future)
             try:
-                done(shard, future.result())
+                done(item, future.result())
             except BrokenProcessPool:
                 raise
             except Exception as e:  # noqa: BLE001 - classified in failed()
-                failed(shard, e)
-                pending[pool.submit(_run, shard)] = shard
+                failed(item, e)
+                pending[pool.submit(_run, item)] = item

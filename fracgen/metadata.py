@@ -51,25 +51,15 @@ def write_metadata(root, plan: Plan, markers: list[dict], timing: dict) -> dict:
     Returns:
         build.json's content.
     """
-    from fracgen.samples import class_records, lpce_base_record
-
     cfg = plan.config
-    classes = class_records(plan)
-    if classes is not None:
-        pass  # contours: the category draws or the LPCE perturbations, drawn again here (no rendering)
-    elif cfg.instances == 1:
-        classes = sorted((s for m in markers for s in m["samples"]), key=lambda s: s["label"])
-    else:  # FractalDB: a class is its system; per-image records stay in the shards' json
-        classes = [{"label": c, "fractal": c, "instances": cfg.instances} for c in range(cfg.num_classes)]
+    classes = cfg.family.class_records(plan, markers)
     params = {
         "preset": cfg.preset,
         "systems": [dict(s.to_json(), fractal=f) for f, s in enumerate(plan.systems)],
         "classes": classes,
         "total_redraws": sum(c.get("redraws", 0) for c in classes),
     }
-    base = lpce_base_record(plan)
-    if base is not None:
-        params["base"] = base
+    params.update(cfg.family.params_extra(plan))
     shard_rows = [{k: m[k] for k in ("filename", "num_samples", "sha256", "bytes")} for m in markers]
     name = cfg.name()
     build = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fracgen.raster import PAD, VALUE
+from fracgen.raster import PAD, STYLES, VALUE
 
 
 def _patches() -> np.ndarray:
@@ -76,3 +76,36 @@ def render(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks: np.
         py = ((ys - ymin) * scale + oy).astype(np.int64)
         image[top - py, px] = VALUE
     return image, np.count_nonzero(image) / image.size
+
+
+PREVIEW = 9001  # a seed purpose outside the builder's (small integers): the preview never reuses a class's draws
+
+
+def base_image(params: dict | None, config: dict) -> np.ndarray | None:
+    """The unperturbed base fractal of a build (``params["systems"][0]``), as the preview shows it.
+
+    It uses the build's own map-choice draws for fractal 0 (shared by all its classes), so the base lines up
+    with the classes; its patch masks come from a separate seeded generator. The base itself is not a class of
+    the dataset.
+
+    Args:
+        params: the build's params.json (None when it has none).
+        config: its recorded options (size, points, seed, style).
+
+    Returns:
+        (size, size) uint8 grey image, or None when there is no usable system or it does not render.
+    """
+    from fracgen.seeds import choice_uniforms, draw_masks, generator
+
+    try:
+        system = params["systems"][0]
+        maps = np.asarray(system["maps"], np.float64)
+        probs = np.asarray(system["probabilities"], np.float64)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    size, npoints = int(config.get("size", 512)), int(config.get("points", 100_000))
+    seed = int(config.get("seed", 0))
+    style = config.get("style", "reference") if config.get("style") in STYLES else "reference"
+    masks = draw_masks(generator(seed, PREVIEW), npoints)
+    image, fill = render(maps, probs, choice_uniforms(seed, 0, npoints), masks, size, style)
+    return image if fill > 0 else None

@@ -3,7 +3,7 @@
 It holds the resolved options, the base systems (searched, or read from a params file and checked by
 rendering them once here) and which samples go in which shard, in an order drawn from the build's seed. So
 the bytes of a shard do not depend on the worker count, the shard range or the order shards finish in.
-Importing this module does not import numba; planning a preset with base systems does.
+Importing this module does not import numba; planning a family with base systems does.
 """
 
 from __future__ import annotations
@@ -66,16 +66,15 @@ def make_plan(config: BuildConfig, systems: list[System] | None = None, source: 
     Raises:
         UsageError: the search finds nothing acceptable, or a given system is refused or miscounted.
     """
-    if config.family.renders_fractals:
-        from fracgen import search  # numba: only a preset that renders fractals pays for it
-
+    family = config.family
+    if family.systems:
         if systems is None:
-            systems = search.search_systems(config, workers=workers, progress=progress)
+            systems = family.search(config, workers, progress)
         elif not accepted:
-            search.check_systems(systems, config)
+            family.check_systems(systems, config)
     elif systems is None:
         systems = []
-    expected = config.fractals if config.family.renders_fractals else 0
+    expected = config.fractals if family.systems else 0
     if len(systems) != expected:
         raise UsageError(f"--params holds {len(systems)} systems but --fractals is {config.fractals}")
     order = generator(config.seed, ORDER).permutation(config.num_samples)

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from fracgen import dataset
 from fracgen.errors import UsageError
 from fracgen.folder import replaceable, write_atomic
-from fracgen.presets import DEFAULT_PRESET, PRESETS
+from fracgen.presets import DEFAULT_PRESET, registry
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ ONLY_FIRST = np.array([255, 64, 64], np.uint8)  # lit only in class k
 ONLY_SECOND = np.array([64, 200, 255], np.uint8)  # lit only in class k + 1
 BOTH = np.array([110, 110, 110], np.uint8)
 MIXED = np.array([255, 220, 64], np.uint8)  # a shrunk cell with pixels only in k and pixels only in k + 1
-_PREVIEW_PURPOSE = 9001
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -41,11 +40,6 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 without sizes: the bitmap default font
         return ImageFont.load_default()
-
-
-def _renders_fractals(config: dict[str, Any]) -> bool:
-    family = PRESETS.get(config.get("preset", DEFAULT_PRESET))
-    return family is not None and family.renders_fractals
 
 
 def _decode(data: bytes) -> np.ndarray:
@@ -84,46 +78,6 @@ def _first_samples(root: Path, build: dict[str, Any], count: int) -> dict[int, n
     if not found:
         raise UsageError(f"{root} holds no readable samples to preview; run `fracgen verify {root}`")
     return found
-
-
-def render_base(root: Path, config: dict[str, Any]) -> np.ndarray | None:
-    """Re-render the unperturbed base fractal from `params.json` (systems[0]).
-
-    It uses the build's own map-choice draws for fractal 0 (shared by all its classes), so the base lines up
-    with the perturbations; its patch masks come from a separate seeded generator. The base itself is not a
-    class of the dataset.
-
-    Returns:
-        (size, size) uint8 grey image, or None when params.json has no system or it does not render.
-    """
-    params = dataset.read_params(root)
-    if params is None:
-        logger.info("no %s: the preview shows class 0 as the base", dataset.PARAMS_JSON)
-        return None
-    try:
-        system = params["systems"][0]
-        maps = np.asarray(system["maps"], np.float64)
-        probs = np.asarray(system["probabilities"], np.float64)
-    except (KeyError, IndexError, TypeError, ValueError) as err:
-        logger.info("%s has no usable base system (%s): the preview shows class 0", dataset.PARAMS_JSON, err)
-        return None
-    from fracgen import plain_render
-    from fracgen.config import STYLES
-    from fracgen.seeds import choice_uniforms, draw_masks, generator
-
-    size = int(config.get("size", 512))
-    npoints = int(config.get("points", 100_000))
-    seed = int(config.get("seed", 0))
-    style = config.get("style", "reference")
-    style = style if style in STYLES else "reference"
-    uniforms = choice_uniforms(seed, 0, npoints)
-    # a purpose outside the builder's (which are small integers), so the preview never reuses a class's draws
-    masks = draw_masks(generator(seed, _PREVIEW_PURPOSE), npoints)
-    image, fill = plain_render.render(maps, probs, uniforms, masks, size, style)
-    if fill <= 0:
-        logger.info("the base system did not render (fill %s): the preview shows class 0", fill)
-        return None
-    return image
 
 
 def _show(grey: np.ndarray, side: int) -> Image.Image:
@@ -290,9 +244,8 @@ def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) 
     images = _first_samples(root, build, count)
     labels = sorted(images)
     binary = _is_binary(list(images.values()))
-    base = (
-        render_base(root, config) if binary and _renders_fractals(config) else None
-    )
+    family = registry.get(config.get("preset", DEFAULT_PRESET))
+    base = family.preview_base(dataset.read_params(root), config) if binary and family is not None else None
     base_title = "base fractal (unperturbed)"
     if base is None:
         base, base_title = images[labels[0]][..., 0] if binary else images[labels[0]], f"class {labels[0]}"

@@ -1,10 +1,9 @@
 """Finding acceptable base systems: a finite chaos game and a render that fills enough of the canvas.
 
-1p-frac draws N maps with a target sigma-factor (Anderson & Farrell) and renders them as the dataset does;
-FractalDB/OFDB categories (N ~ U{2..7} maps, parameters ~ U(-1, 1)) use FractalDB's own acceptance test, in
-``fracgen.category_search``. System f draws from ``generator(seed, SEARCH, f)``, so it is the same whatever other
-systems, workers or shard ranges the build has. ``check_systems`` applies the same test to systems given in a
-params file.
+``search`` draws N maps with a target sigma-factor (Anderson & Farrell) and renders them as the dataset does
+(``fracgen search``, and the base systems of a family that draws them so). System f draws from
+``generator(seed, SEARCH, f)``, so it is the same whatever other systems, workers or shard ranges the build has.
+``judge_systems`` refuses systems given in a params file that a family's own test refuses.
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ import numpy as np
 from fracgen import ifs
 from fracgen.errors import UsageError
 from fracgen.kernels import chaos
-from fracgen.presets import PRESETS
-from fracgen.seeds import CHECK, SEARCH, choice_uniforms, draw_masks, generator
+from fracgen.seeds import SEARCH, choice_uniforms, draw_masks, generator
 from fracgen.systems import System
 
 # A candidate: (maps (N, 6), the sigma-factor target it was drawn for).
@@ -88,48 +86,22 @@ def search(
     )
 
 
-def search_systems(config, workers: int = 1, progress: bool = False) -> list[System]:
-    """The plan's base systems for a preset (none for presets without systems: noise, real images).
+def judge_systems(systems: list[System], fill: Callable[[int, System], float], floor: float, option: str) -> None:
+    """Refuse base systems (given with ``--params``) whose chaos game diverges or whose render fills too little.
 
-    1p-frac's bases must fill ``base_min_fill`` (default ``min_fill``); FractalDB/OFDB categories use FractalDB's
-    own acceptance test (``fracgen.category_search``), across ``workers`` processes.
-    """
-    common = dict(seed=config.seed, size=config.size, points=config.points, style=config.style,
-                  min_fill=config.min_fill, max_attempts=config.max_attempts)
-    how = PRESETS[config.preset].systems
-    if how == "sigma":
-        common["min_fill"] = config.base_min_fill
-        return [search(config.sigma, maps=config.maps, fractal=f, margin=config.margin, **common)
-                for f in range(config.fractals)]
-    if how == "fractaldb":
-        from fracgen.category_search import search_categories
-
-        return search_categories(config, workers=workers, progress=progress)
-    return []
-
-
-def check_systems(systems: list[System], config) -> None:
-    """Refuse base systems whose chaos game diverges or whose render is empty under this config.
+    Args:
+        systems: the given systems, one per base system of the build.
+        fill: the fill of system f as the build measures it (-1.0 when its chaos game diverges).
+        floor: the fill each must reach, and ``option`` the option that sets it.
 
     Raises:
         UsageError: naming the first bad system.
     """
-    canvas = chaos.Canvas(config.size, config.points)
-    fractaldb = PRESETS[config.preset].systems == "fractaldb"
     for f, system in enumerate(systems):
-        if fractaldb:  # the test the categories were searched with, so a build's own params.json passes
-            from fracgen.category_search import category_fill
-
-            fill = category_fill(system, config.seed, f)
-        else:
-            masks = draw_masks(generator(config.seed, CHECK, f), config.points)
-            fill = chaos.render(system.maps, system.probabilities, choice_uniforms(config.seed, f, config.points),
-                                 masks, canvas.image, canvas.points, config.style)
-        if fill < 0:
+        measured = fill(f, system)
+        if measured < 0:
             raise UsageError(f"--params: system {f} diverges (its chaos game leaves the finite numbers)")
-        floor, option = ((config.base_min_fill, "--base-min-fill") if PRESETS[config.preset].systems == "sigma"
-                         else (config.min_fill, "--min-fill"))
-        if fill < floor:
-            raise UsageError(f"--params: system {f} fills {fill:.4f} of the image, under {option} {floor}")
+        if measured < floor:
+            raise UsageError(f"--params: system {f} fills {measured:.4f} of the image, under {option} {floor}")
         if not np.isfinite(system.fill):  # a params file without fills: record the one measured here
-            system.fill = fill
+            system.fill = measured

@@ -12,8 +12,9 @@ import numpy as np
 
 # Purposes keep the streams of different draws apart. SEARCH draws base systems, CHOICES the map-choice
 # sequence of a fractal, CLASS a class's perturbation, ORDER spreads classes across shards, CHECK draws the masks
-# that check a --params system.
+# that check a --params system; the contour families draw a CATEGORY's parameters, an IMAGE's, an LPCE class's.
 SEARCH, CHOICES, CLASS, ORDER, CHECK = 0, 1, 2, 3, 4
+CATEGORY, IMAGE, LPCE = 20, 21, 22
 
 
 def generator(seed: int, *path: int) -> np.random.Generator:

@@ -16,15 +16,10 @@ import numpy as np
 
 from fracgen import dataset
 from fracgen.encode import encode_png
-from fracgen.kernels import chaos
 from fracgen.plan import Plan
-from fracgen.presets import PRESETS
-from fracgen.samples import render_ahead, render_sample
+from fracgen.raster import VALUE
 
-_LEVELS = np.array([0, chaos.VALUE], np.uint8)  # the fractal looks: known, so no scan per image
-# The contour looks (many grey levels on one background) and noise take fracgen's own deflate: zlib level 6
-# cost the contours 5-20x their drawing time (fracgen/encode.py).
-_FAST_PNG = frozenset({"contour", "contour-lpce", "noise"})
+_LEVELS = np.array([0, VALUE], np.uint8)  # the fractal looks: known, so no scan per image
 
 
 def records_digest(records: list) -> str:
@@ -46,16 +41,14 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
     """
     start = time.perf_counter()
     cfg = plan.config
-    fractal = cfg.family.renders_fractals
-    canvas = chaos.Canvas(cfg.size, cfg.points if fractal else 1)
-    levels = _LEVELS if fractal else None
-    encode = partial(encode_png, fast=True) if PRESETS[cfg.preset].sampler in _FAST_PNG else encode_png
+    family = cfg.family
+    levels = _LEVELS if family.image_mode(cfg) == "fractal" else None
+    # many grey levels (the contour looks, noise) take fracgen's own deflate: zlib level 6 cost 5-20x the drawing
+    encode = partial(encode_png, fast=True) if family.fast_png else encode_png
     records = []
 
     def samples():
-        render_ahead(plan, plan.shard_samples[shard], canvas)
-        for index in plan.shard_samples[shard]:
-            image, meta = render_sample(plan, index, canvas)
+        for index, image, meta in family.render(plan, plan.shard_samples[shard]):
             if cfg.instances == 1 and index % cfg.per_class == 0:  # one record per class: its first image
                 records.append(meta)
             yield {

@@ -11,12 +11,12 @@ import json
 import logging
 import shlex
 from collections import Counter
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fracgen import dataset
-from fracgen.config import LATER_OPTIONS, BuildConfig
+from fracgen.config import BuildConfig
 from fracgen.dataset import (
     BUILD_JSON,
     INFO_JSON,
@@ -28,7 +28,6 @@ from fracgen.dataset import (
     sha256_file,
 )
 from fracgen.errors import UsageError
-from fracgen.presets import PRESETS
 
 logger = logging.getLogger(__name__)
 
@@ -287,8 +286,7 @@ def _recorded_classes(report: VerifyReport, root: Path) -> dict[int, dict[str, A
 def _check_config(report: VerifyReport, config: dict[str, Any], build: dict[str, Any]) -> BuildConfig | None:
     """build.json's config must be a complete, valid build configuration (the card and a rebuild need it) that
     makes the classes and samples build.json counts; returns it, or None when it is not one."""
-    # options added after a dataset was built take their defaults, which are what such a build used (issue 11)
-    missing = sorted({f.name for f in fields(BuildConfig)} - LATER_OPTIONS - set(config))
+    missing = BuildConfig.missing(config)  # options added since a dataset was built take their defaults
     if missing:
         report.dataset_problems.append(f"{BUILD_JSON} config lacks {', '.join(missing)}")
         return None
@@ -419,7 +417,7 @@ def _old_format(root: Path, count: int, config: dict[str, Any]) -> str:
     try:
         cfg = BuildConfig.from_json(config)
         if cfg.source:
-            cfg = replace(cfg, source=str(root / cfg.source))
+            cfg = cfg.replace(source=str(root / cfg.source))
         parts = shlex.split(cfg.command(out=str(new)))
     except (TypeError, ValueError, UsageError):
         return (f"{count} image(s) are palette PNGs, the format of earlier fracgen builds (most readers decode them to "
@@ -444,7 +442,7 @@ def _expectations(cfg: BuildConfig | None, config: dict[str, Any]) -> _Expect:
     if cfg is None:
         size = config.get("size")
         return _Expect(size=size if isinstance(size, int) and not isinstance(size, bool) else None)
-    return _Expect(size=cfg.size, per_class=cfg.per_class, fractal=PRESETS[cfg.preset].renders_fractals)
+    return _Expect(size=cfg.size, per_class=cfg.per_class, fractal=cfg.family.image_mode(cfg) == "fractal")
 
 
 def _check_records(report: VerifyReport, root: Path, records: Any) -> None:

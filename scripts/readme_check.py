@@ -75,16 +75,18 @@ def commands(body: str) -> list[str]:
 
 def toy(words: list[str]) -> list[str]:
     """A `fracgen build`/`build-real` command at toy size (other commands unchanged)."""
-    from fracgen.presets import PRESETS
+    from fracgen.presets import DEFAULT_PRESET, families
 
     if len(words) < 2 or words[1] not in ("build", "build-real"):
         return words
     # `--L=1000` is `--L 1000` to click: split it so that it is capped like the other spelling
     words = [part for w in words for part in (w.split("=", 1) if w.startswith("--") and "=" in w else [w])]
-    preset = "real" if words[1] == "build-real" else "1p-frac"
+    known = families()
+    preset = next((f.name for f in known.values() if f.takes_source), "") if words[1] == "build-real" \
+        else DEFAULT_PRESET
     if "--preset" in words[:-1]:
         preset = words[words.index("--preset") + 1]
-    accepted = PRESETS[preset].options if preset in PRESETS else frozenset()
+    accepted = known[preset].options if preset in known else frozenset()
     for option, cap in TOY_CAPS.items():
         flag = f"--{option}"
         if flag in words and "--shard-range" in words and option in ("L", "fractals", "instances", "categories"):

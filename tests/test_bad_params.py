@@ -1,6 +1,7 @@
 """Builder inputs that used to pass silently or end in the wrong message (issue 9, item 12, builder part)."""
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -56,18 +57,14 @@ def test_options_ignored_beside_params_are_refused_and_not_recorded(tiny_dataset
 
 
 def test_a_build_whose_classes_cannot_be_drawn_stops_and_overwrite_replaces_it(tmp_path, monkeypatch):
-    from fracgen import shard
-
-    real = shard.render_sample
-
     def overflow(*args, **kwargs):
         raise FracgenError("class 0: no perturbation with a finite chaos game; lower --delta")
 
-    monkeypatch.setattr(shard, "render_sample", overflow)
+    monkeypatch.setattr(CFG.family, "render", overflow)
     with pytest.raises(FracgenError, match="lower --delta"):
         build(CFG, tmp_path / "out", workers=1)
     assert not list((tmp_path / "out").glob("train-*"))
-    monkeypatch.setattr(shard, "render_sample", real)
+    monkeypatch.undo()
     lower = BuildConfig(**{**TINY, "delta": 0.05})
     with pytest.raises(UsageError, match="options differ: --delta 0.05"):
         build(lower, tmp_path / "out", workers=1, resume=True)
@@ -85,16 +82,16 @@ def test_a_damaged_systems_file_is_reported_as_such(tiny_copy):
 def test_search_disk_full_does_not_suggest_resume(tmp_path, monkeypatch):
     import errno
 
-    import fracgen.dataset as ds
+    import fracgen.folder
 
-    real_open = open
+    real_open = os.open
 
-    def full(path, mode="r", *args, **kwargs):
-        if "w" in mode:
+    def full(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_open(path, mode, *args, **kwargs)
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(ds, "open", full, raising=False)
+    monkeypatch.setattr(fracgen.folder.os, "open", full)
     monkeypatch.setattr(search, "search", lambda *a, **k: search.System(
         maps=__import__("numpy").eye(2, 6), probabilities=__import__("numpy").array([0.5, 0.5]), sigma=1.0,
         fill=0.5))

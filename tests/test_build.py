@@ -104,7 +104,7 @@ def test_redraws_are_bounded_and_recorded(tmp_path, monkeypatch):
 
     real_chains = render_mod.render_chains
 
-    def flaky_chains(*args, **kwargs):  # the same for the classes rendered together (samples.render_ahead)
+    def flaky_chains(*args, **kwargs):  # the same for the classes rendered together (render_ahead)
         fills = real_chains(*args, **kwargs)
         for lane in range(len(fills)):
             calls["n"] += 1
@@ -132,21 +132,23 @@ def test_redraws_are_bounded_and_recorded(tmp_path, monkeypatch):
 
 def test_resume_after_a_killed_worker_gives_the_same_bytes(tiny_dataset, tmp_path, monkeypatch):
     parent = os.getpid()
-    real = shard_mod.render_sample
+    family = CFG.family
+    real = family.render
     victim = json.loads((tiny_dataset / "params.json").read_text())  # any label of the second shard
     label = sorted(int(n) for n in [c["label"] for c in victim["classes"]])[-1]
 
-    def dying(plan, lbl, canvas):
-        if os.getpid() != parent and lbl == label:
-            os.kill(os.getpid(), signal.SIGKILL)  # mid-shard, like an OOM kill
-        return real(plan, lbl, canvas)
+    def dying(plan, indices):
+        for index, image, record in real(plan, indices):
+            if os.getpid() != parent and index == label:
+                os.kill(os.getpid(), signal.SIGKILL)  # mid-shard, like an OOM kill
+            yield index, image, record
 
-    monkeypatch.setattr(shard_mod, "render_sample", dying)
+    monkeypatch.setattr(family, "render", dying)
     out = tmp_path / "killed"
     with pytest.raises(FracgenError, match=r"worker process died; \d+ shard\(s\) unfinished \([0-9, -]+\)"):
         build(BuildConfig(**{**TINY, "shard_size": 4}), out, workers=2)
     assert not (out / "build.json").exists()
-    monkeypatch.setattr(shard_mod, "render_sample", real)
+    monkeypatch.undo()
     result = build(None, out, resume=True, workers=2)
     assert result.complete and result.skipped
     assert not list(out.glob("*.tmp"))

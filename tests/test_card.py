@@ -213,11 +213,11 @@ def test_fractaldb_and_ofdb_cards_describe_their_own_search_not_1p_frac_redraws(
     """FractalDB/OFDB draw no perturbation: their fill is the category search's criterion (FractalDB's own render
     at fixed settings), their seeds are (seed, category, patch instance), and their released scripts render 362 px
     with 200,000 points; the 1p-frac wording (a perturbation redrawn, seeds by perturbation) would be false."""
-    from fracgen.card import differences
+    from fracgen.presets import get
 
     config = {"preset": preset, "fractals": 3, "min_fill": 0.2, "points": 5000, "size": 64, "style": "reference",
               "max_redraws": 100}
-    text = differences(config, preset)
+    text = get(preset).card_text(config, None)["differences"]
     assert "perturbation is drawn again" not in text and "(seed, fractal, perturbation)" not in text
     assert "FractalDB's search" in text and "0.2" in text
     assert "released: 362" in text and "200,000 points" in text

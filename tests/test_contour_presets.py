@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fracgen import contour_params, dataset
+from fracgen import dataset
+from fracgen.presets import contours as contour_params
 from fracgen.build import BuildConfig, build
 from fracgen.cli import cli
 from fracgen.verify import verify
@@ -91,9 +92,8 @@ def test_lpce_delta_0_gives_the_base_image_in_every_class(tmp_path):
     build(BuildConfig(preset="visualatom-lpce", delta=0.0, L=3, size=64), tmp_path / "d0", workers=1)
     got = images(tmp_path / "d0")
     params, strokes = contour_params.lpce_base("visualatom", 0, 0, 64)
-    from fracgen.kernels import contours
 
-    base = contours.render("visualatom", params, *strokes, size=64)
+    base = contour_params.draw("visualatom", params, *strokes, size=64)
     for image, _ in got.values():
         np.testing.assert_array_equal(image, base)
 

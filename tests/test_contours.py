@@ -14,8 +14,9 @@ from PIL import Image, ImageDraw
 from released_contours import draw_released, released_stream
 from released_contours import pnoise1 as plain_pnoise1
 
-from fracgen import contour_params as cp
 from fracgen.kernels import contours
+from fracgen.presets import contours as cp
+from fracgen.seeds import LPCE, generator
 
 
 def released(kind, params, strokes, size=512, scale=None):
@@ -109,10 +110,10 @@ def _images(kind, seed, n, max_work):
 @pytest.mark.parametrize("kind,seed,n,max_work", [("rcdb", 0, 16, 40_000), ("visualatom", 5, 4, 80_000)])
 def test_images_equal_the_released_drawing(kind, seed, n, max_work):
     for params, strokes in _images(kind, seed, n, max_work):
-        img = contours.render(kind, params, *strokes)
+        img = cp.draw(kind, params, *strokes)
         assert img.shape == (512, 512) and img.dtype == np.uint8
         assert np.array_equal(img, released(kind, params, strokes)), params
-        assert (img != contours.BACKGROUND[kind]).any()
+        assert (img != cp.BACKGROUND[kind]).any()
 
 
 def test_rcdb_edge_cases_equal_the_released_drawing():
@@ -130,7 +131,7 @@ def test_rcdb_edge_cases_equal_the_released_drawing():
     tri = dict(params, vertices=3, rings=40, radius=100, perlin=0.0, line_width=0.099)
     cases.append((tri, cp.draw_strokes("rcdb", rng, 3, 40), 512))
     for p, strokes, size in cases:
-        assert np.array_equal(contours.render("rcdb", p, *strokes, size=size), released("rcdb", p, strokes, size))
+        assert np.array_equal(cp.draw("rcdb", p, *strokes, size=size), released("rcdb", p, strokes, size))
 
 
 def test_visualatom_edge_cases_equal_the_released_drawing():
@@ -141,21 +142,21 @@ def test_visualatom_edge_cases_equal_the_released_drawing():
     strokes = cp.draw_strokes("visualatom", rng, 300, 25)
     for waves in ((0, 0), (20, 19), (0, 7)):
         p = dict(params, wave1=waves[0], wave2=waves[1])
-        assert np.array_equal(contours.render("visualatom", p, *strokes), released("visualatom", p, strokes))
+        assert np.array_equal(cp.draw("visualatom", p, *strokes), released("visualatom", p, strokes))
     p = dict(params, centre_x=100.5, centre_y=77.0)
-    small = contours.render("visualatom", p, *strokes, size=160)
+    small = cp.draw("visualatom", p, *strokes, size=160)
     assert small.shape == (160, 160) and np.array_equal(small, released("visualatom", p, strokes, size=160))
 
 
-@pytest.mark.parametrize("kind", contours.KINDS)
+@pytest.mark.parametrize("kind", cp.KINDS)
 def test_render_is_pure(kind):
     """No state between calls, and the inputs (shared by LPCE classes) stay untouched."""
     params, (greys, uniforms) = cp.image_params(kind, 9, 1, 2)
     before = (dict(params), greys.copy(), uniforms.copy())
-    first = contours.render(kind, params, greys, uniforms)
+    first = cp.draw(kind, params, greys, uniforms)
     other, other_strokes = cp.image_params(kind, 9, 2, 0)
-    contours.render(kind, other, *other_strokes)
-    assert np.array_equal(contours.render(kind, params, greys, uniforms), first)
+    cp.draw(kind, other, *other_strokes)
+    assert np.array_equal(cp.draw(kind, params, greys, uniforms), first)
     assert params == before[0] and np.array_equal(greys, before[1]) and np.array_equal(uniforms, before[2])
 
 
@@ -173,7 +174,7 @@ def test_released_random_stream_reproduces_the_authors_samples():
         for category, instance, params, greys, uniforms in released_stream(kind, 4, instances):
             if instance:
                 continue
-            img = contours.render(kind, params, greys, uniforms)
+            img = cp.draw(kind, params, greys, uniforms)
             if kind == "rcdb":
                 assert np.array_equal(img, released(kind, params, (greys, uniforms)))
             thumb = np.asarray(Image.fromarray(img).resize((256, 256), Image.BICUBIC))
@@ -181,7 +182,7 @@ def test_released_random_stream_reproduces_the_authors_samples():
             assert np.array_equal(thumb, cell), (kind, category)
 
 
-@pytest.mark.parametrize("kind", contours.KINDS)
+@pytest.mark.parametrize("kind", cp.KINDS)
 @pytest.mark.parametrize("mode", cp.LPCE_MODES)
 def test_lpce_classes_equal_the_released_drawing(kind, mode):
     """Each class: the base image's strokes with the start radii multiplied by (1 + u), drawn the released way."""
@@ -189,11 +190,11 @@ def test_lpce_classes_equal_the_released_drawing(kind, mode):
     if base["vertices"] * base["rings"] > 40_000:  # keep the slow restatement small; the perturbation is the same
         base = dict(base, rings=40_000 // base["vertices"])
         strokes = (strokes[0][: base["rings"]], strokes[1][: base["rings"]])
-    classes = [cp.draw_lpce_class(kind, base, 0.1, mode, cp.generator(11, cp.LPCE, label)) for label in range(3)]
+    classes = [cp.draw_lpce_class(kind, base, 0.1, mode, generator(11, LPCE, label)) for label in range(3)]
     images = []
     for cls in classes:
         scale = cp.lpce_scale(base, cls)
-        img = contours.render(kind, base, *strokes, scale=scale)
+        img = cp.draw(kind, base, *strokes, scale=scale)
         assert np.array_equal(img, released(kind, base, strokes, scale=scale))
         images.append(img)
     assert not np.array_equal(images[0], images[1])
@@ -202,12 +203,12 @@ def test_lpce_classes_equal_the_released_drawing(kind, mode):
 # --- LPCE semantics ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", contours.KINDS)
+@pytest.mark.parametrize("kind", cp.KINDS)
 def test_lpce_delta_zero_is_the_base_image_and_classes_share_strokes(kind):
     base, strokes = cp.lpce_base(kind, 4)
-    plain = contours.render(kind, base, *strokes)
+    plain = cp.draw(kind, base, *strokes)
     for cls in cp.lpce_classes(kind, 4, L=3, delta=0.0):
-        assert np.array_equal(contours.render(kind, base, *strokes, scale=cp.lpce_scale(base, cls)), plain)
+        assert np.array_equal(cp.draw(kind, base, *strokes, scale=cp.lpce_scale(base, cls)), plain)
     classes = cp.lpce_classes(kind, 4, L=50, delta=0.1)
     assert classes == cp.lpce_classes(kind, 4, L=50, delta=0.1)  # reproducible
     assert json.loads(json.dumps(classes)) == classes
@@ -219,16 +220,16 @@ def test_lpce_delta_zero_is_the_base_image_and_classes_share_strokes(kind):
     assert np.all(cp.lpce_scale(base, scalar[0]) == 1 + s[0])
 
 
-@pytest.mark.parametrize("kind", contours.KINDS)
+@pytest.mark.parametrize("kind", cp.KINDS)
 def test_render_conveniences_agree_with_the_parts(kind):
     img, params = cp.render_image(kind, 2, 5, 1, size=256)
     p, strokes = cp.image_params(kind, 2, 5, 1, size=256)
-    assert params == p and np.array_equal(img, contours.render(kind, p, *strokes, size=256))
+    assert params == p and np.array_equal(img, cp.draw(kind, p, *strokes, size=256))
     assert img.shape == (256, 256)
     img, cls = cp.render_lpce(kind, 2, 3, 0.2, mode="scalar", base=1)
     base, strokes = cp.lpce_base(kind, 2, base=1)
     assert cls == cp.lpce_classes(kind, 2, L=4, delta=0.2, mode="scalar", base=1)[3]
-    assert np.array_equal(img, contours.render(kind, base, *strokes, scale=cp.lpce_scale(base, cls)))
+    assert np.array_equal(img, cp.draw(kind, base, *strokes, scale=cp.lpce_scale(base, cls)))
     assert not strokes[1].flags.writeable  # the cached base is shared by every class
 
 
@@ -242,15 +243,15 @@ def test_lpce_rcdb_base_skips_a_zero_radius():
 def test_bad_arguments_raise():
     params, strokes = cp.image_params("rcdb", 0, 0, 0)
     with pytest.raises(ValueError, match="kind"):
-        contours.render("fractal", params, *strokes)
+        cp.draw("fractal", params, *strokes)
     with pytest.raises(ValueError, match="do not fit"):
-        contours.render("rcdb", dict(params, rings=params["rings"] + 1), *strokes)
+        cp.draw("rcdb", dict(params, rings=params["rings"] + 1), *strokes)
     with pytest.raises(ValueError, match="vertices >= 1"):
-        contours.render("rcdb", dict(params, vertices=0), strokes[0], strokes[1][:, :, :0])
+        cp.draw("rcdb", dict(params, vertices=0), strokes[0], strokes[1][:, :, :0])
     with pytest.raises(ValueError, match="size >= 1"):
-        contours.render("rcdb", params, *strokes, size=0)
+        cp.draw("rcdb", params, *strokes, size=0)
     with pytest.raises(ValueError, match="scale"):
-        contours.render("rcdb", params, *strokes, scale=np.ones(params["vertices"] + 1))
+        cp.draw("rcdb", params, *strokes, scale=np.ones(params["vertices"] + 1))
     with pytest.raises(ValueError, match="mode"):
         cp.draw_lpce_class("rcdb", params, 0.1, "ring", np.random.default_rng(0))
     with pytest.raises(ValueError, match="delta"):

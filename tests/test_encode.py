@@ -194,7 +194,7 @@ def test_two_level_value():
 
 @pytest.mark.parametrize("kind", ["rcdb", "visualatom"])
 def test_contour_images_round_trip_smaller_than_raw(kind):
-    from fracgen import contour_params
+    from fracgen.presets import contours as contour_params
 
     image, _ = contour_params.render_image(kind, 0, 3, 0, 256)
     data = encode_png(image, fast=True)

@@ -69,7 +69,7 @@ def test_is_temporary_knows_fracgen_names_only(tmp_path: Path) -> None:
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
-        assert output.is_temporary(path, tmp_path) is expected, name
+        assert output.DatasetFolder(tmp_path).is_temporary(path) is expected, name
 
 
 def test_resume_refuses_a_linked_stats_folder(tiny_copy: Path, tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ def test_overwrite_that_cannot_delete_keeps_the_claim(tiny_copy: Path, monkeypat
 
     monkeypatch.setattr(Path, "unlink", unlink)
     with pytest.raises(PermissionError):
-        output.clear_output(tiny_copy)
+        output.DatasetFolder(tiny_copy)._clear()
     assert output.stored_config(tiny_copy) is not None  # still a build --overwrite and --resume recognise
 
 
@@ -259,7 +259,7 @@ def test_a_zombie_writer_counts_as_gone(tmp_path: Path) -> None:
         kept = tmp_path / f"train-000001.tar.tmp-{host}-{live.pid}"
         for path in (gone, kept):
             path.write_bytes(b"half")
-        assert output.remove_partials(tmp_path) == [gone] and kept.exists()
+        assert output.DatasetFolder(tmp_path).remove_partials() == [gone] and kept.exists()
     finally:
         live.kill()
         live.wait()
@@ -302,6 +302,6 @@ def test_another_jobs_temporary_that_vanishes_is_not_a_stranger(tmp_path: Path, 
         return iter([*real(self), *([gone] if self == root / ".fracgen" else [])])
 
     monkeypatch.setattr(Path, "iterdir", listing)
-    assert not output._foreign_inside(root)
+    assert not output.DatasetFolder(root)._foreign()
     (root / ".fracgen" / "notes.tmp-otherhost-123").write_text("mine")  # not a name fracgen writes
-    assert output._foreign_inside(root)
+    assert output.DatasetFolder(root)._foreign()

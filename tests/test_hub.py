@@ -126,9 +126,11 @@ def test_dry_run_on_a_full_disk_leaves_no_truncated_file(tiny_copy, tmp_path, mo
             self.f.write(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    real_open = open
-    monkeypatch.setattr(dataset, "open", lambda p, m="r", *a, **k: Full(p, m) if "preview.png" in str(p) and "w" in m
-                        else real_open(p, m, *a, **k), raising=False)
+    from fracgen import folder
+
+    real_open = folder.open_new
+    monkeypatch.setattr(folder, "open_new", lambda p, then="rerun": Full(p, "wb") if "preview.png" in str(p)
+                        else real_open(p, then))
     out = tmp_path / "dry"
     result = _push(tiny_copy, "http://127.0.0.1:9", "--dry-run", str(out))
     _assert_one_line_error(result, "disk full")

@@ -20,7 +20,7 @@ SMALL = ["--size", "64", "--points", "2000", "--shard-size", "8", "--workers", "
     (["--fractals", "1000000"], "--fractals 1000000 needs about"),
     (["--preset", "fractaldb", "--fractals", "1000000"], "--fractals 1000000 needs about"),
     (["--maps", "1000000", "--sigma", "3.5"], "--maps"),
-    (["--delta", "1e308"], "--delta must be a number in [0, 100]"),
+    (["--delta", "1e308"], "'--delta': must be a number in [0, 100]"),
 ])
 def test_what_cannot_fit_is_refused_before_anything_is_written(tmp_path, args, fragment):
     size = [a for a in SMALL if a != "--size" and a != "64"] if "--size" in args else SMALL

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fracgen import noise
+from fracgen.presets import noise
 from fracgen.seeds import generator
 
 SIZE = 64

@@ -12,7 +12,7 @@ import pytest
 from conftest import TINY
 from test_build import files
 
-from fracgen import output, search
+from fracgen import output
 from fracgen.build import BuildConfig, build
 from fracgen.errors import UsageError
 
@@ -35,15 +35,14 @@ def fracgen(*args, wait=True):
 def test_a_job_with_other_options_is_refused_even_before_the_first_wrote_anything(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    output.check_writable(out)
-    assert output.claim(out, CFG)  # a job that has claimed the folder and is still searching
     other = BuildConfig(**{**TINY, "delta": 0.3})
-    with pytest.raises(UsageError, match=r"options differ: --delta 0.3 \(stored 0.1\)"):
-        build(other, out, workers=1, resume=True, shard_range=(1, 2))
-    with pytest.raises(UsageError, match="another job"):  # same options, but a plain build: not two at once
-        build(CFG, out, workers=1)
-    assert sorted(p.name for p in out.iterdir()) == [".fracgen"]  # the refused jobs wrote nothing
-    assert build(CFG, out, workers=1, resume=True, shard_range=(1, 2)).built == [1]  # same options: joins
+    with output.DatasetFolder(out).building(CFG, fresh=True, overwrite=False):  # a job has claimed the folder
+        with pytest.raises(UsageError, match=r"options differ: --delta 0.3 \(stored 0.1\)"):
+            build(other, out, workers=1, resume=True, shard_range=(1, 2))
+        with pytest.raises(UsageError, match="another job"):  # same options, but a plain build: not two at once
+            build(CFG, out, workers=1)
+        assert sorted(p.name for p in out.iterdir()) == [".fracgen"]  # the refused jobs wrote nothing
+        assert build(CFG, out, workers=1, resume=True, shard_range=(1, 2)).built == [1]  # same options: joins
 
 
 def test_concurrent_jobs_never_mix_options_and_identical_ones_share_the_folder(tmp_path, tiny_dataset):
@@ -82,8 +81,8 @@ def test_fractaldb_split_and_resumed_never_rejudges_its_systems(tmp_path, monkey
     def judged(*args, **kwargs):
         raise AssertionError("a stored system was judged again")
 
-    monkeypatch.setattr(search, "check_systems", judged)
-    monkeypatch.setattr(search, "search_systems", judged)
+    monkeypatch.setattr(cfg.family, "check_systems", judged)
+    monkeypatch.setattr(cfg.family, "search", judged)
     assert build(cfg, split, workers=1, resume=True, shard_range=(2, 3)).built == [2]
     assert build(None, split, workers=1, resume=True).complete
     assert files(split) == files(whole)
@@ -185,18 +184,18 @@ def test_resume_after_a_kill_during_planning_builds_the_recorded_options(tmp_pat
     out = tmp_path / "out"
 
     def killed(*args, **kwargs):
-        raise KeyboardInterrupt  # the options are claimed, the search is under way
+        raise KeyboardInterrupt  # the search is under way: nothing is written before the plan
 
-    monkeypatch.setattr(search, "search_systems", killed)
+    monkeypatch.setattr(CFG.family, "search", killed)
     with pytest.raises(KeyboardInterrupt):
         build(CFG, out, workers=1)
-    assert not out.exists()  # an interrupted claim is taken back
-    with pytest.raises(KeyboardInterrupt):  # a split job's claim is shared: another job may be building in it
+    assert not out.exists()
+    with pytest.raises(KeyboardInterrupt):
         build(CFG, tmp_path / "split", workers=1, shard_range=(0, 1))
-    assert output.stored_config(tmp_path / "split") == CFG
-    out.mkdir()
-    output.check_writable(out)
-    output.claim(out, CFG)  # what kill -9 leaves: the options, no systems
+    assert not (tmp_path / "split").exists()
+    with pytest.raises(KeyboardInterrupt), output.DatasetFolder(out).building(CFG, fresh=True, overwrite=False):
+        raise KeyboardInterrupt  # what kill -9 after the claim leaves: the options, no systems
+    assert output.stored_config(out) == CFG
     monkeypatch.undo()
     assert build(None, out, workers=1, resume=True).complete
     assert files(out) == files(tiny_dataset)
@@ -214,8 +213,7 @@ def test_resuming_a_build_started_by_an_older_fracgen_says_so(tmp_path) -> None:
     build(BuildConfig(L=4, size=32, points=2000, shard_size=2), root, workers=1, shard_range=(0, 1))
     path = root / ".fracgen" / "config.json"
     data = json.loads(path.read_text())
-    for key in ("categories", "radius_perturbation", "base_category", "patch_variants", "ofdb_weights",
-                "base_min_fill"):
+    for key in ("patch_variants", "base_min_fill"):
         data.pop(key)
     path.write_text(json.dumps(data))
     with pytest.raises(UsageError, match="started by an older fracgen") as err:
@@ -239,7 +237,7 @@ def test_a_build_started_by_an_older_fracgen_can_be_overwritten(tmp_path) -> Non
                 continue
             data = json.loads(path.read_text())
             inner = data["config"] if rel == "build.json" else data
-            for key in ("categories", "patch_variants", "base_min_fill"):
+            for key in ("patch_variants", "base_min_fill"):
                 inner.pop(key)
             path.write_text(json.dumps(data))
         result = build(BuildConfig(L=4, size=32, points=2000, shard_size=2), root, workers=1, overwrite=True)

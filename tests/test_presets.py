@@ -9,7 +9,9 @@ from click.testing import CliRunner
 
 from fracgen.build import BuildConfig, build
 from fracgen.cli import cli
-from fracgen.presets import FRACTALDB_GRID, fractaldb_instance, fractaldb_weights
+from fracgen.presets.fractaldb import GRID as FRACTALDB_GRID
+from fracgen.presets.fractaldb import instance_of as fractaldb_instance
+from fracgen.presets.fractaldb import weights as fractaldb_weights
 
 SMALL = dict(size=64, points=3000, shard_size=16)
 
@@ -186,16 +188,15 @@ def test_the_plain_patches_are_the_kernels_patch_rows():
     np.testing.assert_array_equal(((patches > 0) << np.arange(3)).sum(axis=2), chaos.ROW_BITS)
 
 
-def test_every_preset_record_is_complete():
+def test_every_family_is_complete():
     from fracgen.config import BuildConfig
-    from fracgen.presets import PRESETS
-    from fracgen.samples import SAMPLERS
+    from fracgen.presets import families, option_table
 
-    for name, family in PRESETS.items():
-        assert family.name == name and family.sampler in SAMPLERS
-        assert family.systems in ("sigma", "fractaldb", None)
-        assert family.options <= {f for f in BuildConfig.__dataclass_fields__}
+    classes = {"1p-frac": 15, "fractaldb": 3, "ofdb": 3, "rcdb": 7, "visualatom": 7}
+    for name, family in families().items():
+        assert family.name == name and family.description and family.options <= set(option_table())
         cfg = BuildConfig(preset=name, fractals=3, L=5, categories=7)
-        assert cfg.num_classes == {"fractal x perturbation": 15, "system": 3, "perturbation": 5,
-                                   "category": 7}[family.classes]
-        assert cfg.name() and cfg.command().startswith(f"fracgen {family.command} ")
+        cfg.validate()
+        assert cfg.num_classes == classes.get(name, 5)
+        command = "build-real" if family.takes_source else "build"
+        assert cfg.name() and cfg.command().startswith(f"fracgen {command} ")

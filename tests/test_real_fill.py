@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from conftest import one_line
 from PIL import Image
 
-from fracgen import realimage
+from fracgen.presets import real as realimage
 from fracgen.build import BuildConfig, build
 from fracgen.cli import cli
 from fracgen.errors import FracgenError

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fracgen import realimage as ri
+from fracgen.presets import real as ri
 from fracgen.errors import UsageError
 from fracgen.seeds import generator
 

@@ -79,7 +79,8 @@ def test_ofdb_patch_variants_are_fractaldb_patch_instances(tmp_path):
 
 
 def test_ofdb_released_weights_scale_parameter_a_by_0_2(tmp_path):
-    from fracgen.presets import OFDB_WEIGHTS, fractaldb_weights
+    from fracgen.presets.fractaldb import OFDB_WEIGHTS
+    from fracgen.presets.fractaldb import weights as fractaldb_weights
 
     np.testing.assert_array_equal(fractaldb_weights()[OFDB_WEIGHTS["released"]], [0.2, 1, 1, 1, 1, 1])
     build(BuildConfig(preset="ofdb", fractals=2, ofdb_weights="released", **SMALL), tmp_path / "r", workers=1)
@@ -138,7 +139,7 @@ def released_fill(maps: np.ndarray, uniforms: np.ndarray) -> float:
 
 def test_the_category_search_counts_as_the_released_search():
     from fracgen import ifs
-    from fracgen.category_search import SEARCH_POINTS, point_lit
+    from fracgen.kernels.categories import SEARCH_POINTS, point_lit
     from fracgen.seeds import generator
 
     rng = generator(7, 99)
@@ -168,7 +169,8 @@ def test_the_category_search_counts_as_the_released_search():
 
 def test_the_search_accepts_the_first_candidate_of_its_stream_that_fills_enough():
     from fracgen import ifs
-    from fracgen.category_search import BATCH, SEARCH_POINTS, point_lit, search_category
+    from fracgen.kernels.categories import SEARCH_POINTS, point_lit
+    from fracgen.presets.fractaldb import BATCH, search_category
     from fracgen.seeds import SEARCH, choice_uniforms, generator
 
     system = search_category(3, 0, 0.2, 1000)
@@ -188,16 +190,15 @@ def test_the_search_accepts_the_first_candidate_of_its_stream_that_fills_enough(
 
 
 def test_the_category_search_is_the_same_across_workers():
-    from fracgen.category_search import search_categories
-
     cfg = BuildConfig(preset="ofdb", fractals=3, max_attempts=2000)
-    one, two = search_categories(cfg, workers=1), search_categories(cfg, workers=2, progress=True)
+    one, two = cfg.family.search(cfg, 1, False), cfg.family.search(cfg, 2, True)
     assert [s.maps.tolist() for s in one] == [s.maps.tolist() for s in two]
     assert all(s.fill >= 0.2 and 2 <= len(s.maps) <= 7 for s in one)
 
 
 def test_base_min_fill_0_takes_the_first_finite_base_and_redraws_stay_bounded(tmp_path):
-    from fracgen.search import search_systems
+    def search_systems(cfg):
+        return cfg.family.search(cfg, 1, False)
 
     first = search_systems(BuildConfig(**{**TINY, "base_min_fill": 0.0}))[0]
     assert first.attempts == 1
@@ -209,7 +210,8 @@ def test_base_min_fill_0_takes_the_first_finite_base_and_redraws_stay_bounded(tm
 
 
 def test_base_min_fill_default_keeps_todays_search():
-    from fracgen.search import search_systems
+    def search_systems(cfg):
+        return cfg.family.search(cfg, 1, False)
 
     a = search_systems(BuildConfig(**TINY))[0]
     b = search_systems(BuildConfig(**{**TINY, "base_min_fill": TINY.get("min_fill", 0.05)}))[0]
@@ -251,7 +253,7 @@ def test_a_fractaldb_build_resumes_and_rebuilds_from_its_params(tmp_path):
     build(cfg, tmp_path / "b", workers=1, params=tmp_path / "a" / "params.json")
     assert [p.read_bytes() for p in sorted((tmp_path / "a").glob("train-*.tar"))] == [
         p.read_bytes() for p in sorted((tmp_path / "b").glob("train-*.tar"))]
-    from fracgen.category_search import category_fill
+    from fracgen.presets.fractaldb import category_fill
     from fracgen.systems import System
 
     bad = System(maps=np.array([[0.1, 0, 0, 0.1, 0, 0], [0.1, 0, 0, 0.1, 0.5, 0.5]]),

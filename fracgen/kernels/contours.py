@@ -1,7 +1,7 @@
 """Numba kernels for the contour datasets, RCDB and VisualAtom: the float32 Perlin noise, Pillow's 1-pixel line
 and the per-image drawing of nested rings. No I/O, no global random state.
 
-Every random number arrives as an array argument (``contour_params.draw_strokes`` makes them), so the caller's
+Every random number arrives as an array argument (the contour family's ``draw_strokes`` makes them), so the caller's
 seeded generator decides every pixel. The arithmetic is the released scripts' own, operation for operation
 (``rcdb_render/make_rcdb.py`` of CVPR2022-Pretrained-ViT-PyTorch and ``visual_atomic_renderer/render_VisualAtom.py``
 of CVPR2023-FDSL-on-VisualAtom), so the same draws give the same pixels as the released drawing:
@@ -23,8 +23,6 @@ import math
 import numba
 import numpy as np
 
-KINDS = ("rcdb", "visualatom")
-BACKGROUND = {"rcdb": 255, "visualatom": 0}
 # The released Perlin arguments are random.uniform(0, 10000) = 0 + 10000 * random(): the kernels take the
 # random() values and multiply, which numpy's Generator.uniform(0, 10000) would also give, bit for bit.
 PERLIN_MAX = 10000.0
@@ -253,59 +251,17 @@ def _start_polygon(
 
 
 @numba.njit(cache=True, nogil=True)
-def _draw(img, greys, uniforms, scale, geometry, n1, n2):  # pragma: no cover - compiled
-    """``_start_polygon`` then ``_rings`` in one call from Python (the six arrays between them stay in numba:
-    about 5 us of boxing and argument checks a call). ``geometry``: R, ox, oy, start x, start y, c, gain, lw,
-    offset x, offset y."""
+def draw_rings(img, greys, uniforms, scale, geometry, n1, n2):  # pragma: no cover - compiled
+    """Draw the rings of one image into ``img``: ``_start_polygon`` then ``_rings`` in one call from Python (the six
+    arrays between them stay in numba: about 5 us of boxing and argument checks a call).
+
+    Args:
+        img: (size, size) uint8, filled with the background.
+        greys: (K,) int64 ring greys; uniforms: (K, 2, V) float64 in [0, 1); scale: (V,) float64 radius multipliers.
+        geometry: (10,) float64: R, ox, oy, start x, start y, c, gain, lw, offset x, offset y.
+        n1, n2: the two sine waves' frequencies (VisualAtom), or -1 for none.
+    """
     x, y, cosv, sinv, wave1, wave2 = _start_polygon(uniforms.shape[2], geometry[0], geometry[1], geometry[2],
                                                     geometry[3], geometry[4], scale, n1, n2)
     _rings(img, x, y, cosv, sinv, wave1, wave2, greys, uniforms, geometry[5], geometry[6], geometry[7],
            geometry[8], geometry[9])
-
-
-def render(
-    kind: str,
-    params: dict,
-    greys: np.ndarray,
-    uniforms: np.ndarray,
-    size: int = 512,
-    scale: np.ndarray | None = None,
-) -> np.ndarray:
-    """Draw one RCDB or VisualAtom image.
-
-    Args:
-        kind: "rcdb" or "visualatom".
-        params: the image's parameters (category and instance keys of ``contour_params``): vertices V, rings K,
-            perlin c, line_width lw, radius R, oval_x, oval_y, centre_x, centre_y, and for VisualAtom wave1, wave2.
-        greys: (K,) int, ring greys in [0, 256], clipped into [0, 255] as Pillow clips an ink tuple.
-        uniforms: (K, 2, V) float64 in [0, 1): ring k moves x by pnoise1(PERLIN_MAX * uniforms[k, 0, v]), y by
-            pnoise1(PERLIN_MAX * uniforms[k, 1, v]).
-        size: canvas side in pixels.
-        scale: (V,) float64 multipliers of the start polygon's per-vertex radii (the LPCE classes); None = 1.
-
-    Returns:
-        (size, size) uint8 grey image (the released RGB has R = G = B).
-    """
-    if kind not in KINDS:
-        raise ValueError(f"unknown contour kind {kind!r}; expected one of {KINDS}")
-    nv, nk = int(params["vertices"]), int(params["rings"])
-    if nv < 1 or nk < 0 or size < 1:
-        raise ValueError(f"need vertices >= 1, rings >= 0 and size >= 1; got {nv}, {nk}, {size}")
-    greys = np.ascontiguousarray(greys, dtype=np.int64)
-    uniforms = np.ascontiguousarray(uniforms, dtype=np.float64)
-    if greys.shape != (nk,) or uniforms.shape != (nk, 2, nv):
-        raise ValueError(f"strokes of shape {greys.shape}, {uniforms.shape} do not fit V={nv}, K={nk}")
-    scale = np.ones(nv) if scale is None else np.ascontiguousarray(scale, dtype=np.float64)
-    if scale.shape != (nv,):
-        raise ValueError(f"scale has shape {scale.shape}, expected ({nv},)")
-    centre = (float(params["centre_x"]), float(params["centre_y"]))
-    rcdb = kind == "rcdb"
-    # RCDB adds the centre when drawing, VisualAtom to the start polygon: both orders are kept for exact pixels.
-    start = (0.0, 0.0) if rcdb else centre
-    offset = centre if rcdb else (0.0, 0.0)
-    n1, n2 = (-1, -1) if rcdb else (int(params["wave1"]), int(params["wave2"]))
-    img = np.full((size, size), BACKGROUND[kind], np.uint8)
-    geometry = np.array([params["radius"], params["oval_x"], params["oval_y"], *start, params["perlin"],
-                         2.0 if rcdb else 1.0, params["line_width"], *offset], np.float64)
-    _draw(img, greys, uniforms, scale, geometry, n1, n2)
-    return img

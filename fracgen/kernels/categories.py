@@ -1,38 +1,20 @@
-"""FractalDB's category search, with its own acceptance test, spread over worker processes with a progress bar.
+"""numba kernels of FractalDB's category search: its acceptance test, a one-pixel-per-point render of 100,000
+points at 512 x 512 that counts the lit pixels, over a batch of candidate systems.
 
-The released search (``param_search/ifs_search.py`` of FractalDB-Pretrained-ResNet-PyTorch) draws N ~ U{2..7}
-maps with parameters ~ U(-1, 1) and keeps the system when a render at fixed settings -- 100,000 points from
-(0, 0), x and y scaled independently into [6, 506] of a 512 x 512 image, one pixel per point -- lights at least
-``rate`` (0.2) of the pixels. Those settings do not follow the dataset's ``--size``/``--points``/``--style``
-(the released dataset renders 362 px with 200,000 points and patches), so neither does this test: only the
-threshold (``--min-fill``) and ``--max-attempts`` are options. A system whose chaos game leaves the finite
-numbers is refused (the released code would cast its infinities to garbage pixels).
-
-Category c draws from ``generator(seed, SEARCH, c)`` and its map choices from ``choice_uniforms(seed, c, ...)``,
-so a category is the same whatever the worker count or the other categories.
+The released search (``param_search/ifs_search.py`` of FractalDB-Pretrained-ResNet-PyTorch) scales x and y
+independently into [6, 506] and lights one pixel per point; a system whose chaos game leaves the finite numbers
+is refused here (the released code would cast its infinities to garbage pixels).
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
-import os
-from concurrent.futures import ProcessPoolExecutor
 
 import numba
 import numpy as np
-from tqdm import tqdm
-
-from fracgen import ifs
-from fracgen.errors import UsageError
-from fracgen.presets import FRACTALDB_MAPS
-from fracgen.seeds import SEARCH, choice_uniforms, generator
-from fracgen.systems import System
 
 SEARCH_SIZE, SEARCH_PAD, SEARCH_POINTS = 512, 6, 100_000  # ifs_search.py: draw_point(512, 512, 6, 6), 100k
 
-
-BATCH = 64  # candidate systems drawn per generator call
 _CHUNK = 4096  # points scaled per vectorised pass before the pixels are counted
 
 
@@ -164,91 +146,3 @@ def first_accepted(counts: np.ndarray, params: np.ndarray, uniforms: np.ndarray,
         if lit >= need:
             return b, lit
     return -1, best
-
-
-def search_category(category: int, seed: int, min_fill: float, max_attempts: int) -> System:
-    """Category ``category``: the first draw whose one-pixel render fills >= ``min_fill`` (see the module docstring).
-
-    Candidates are drawn ``BATCH`` at a time (N ~ U{2..7} for each, then U(-1, 1) parameters for 7 maps, of which
-    the first N are used), so a category is one stream of candidates whatever is accepted when.
-
-    Raises:
-        UsageError: nothing acceptable within ``max_attempts``.
-    """
-    rng = generator(seed, SEARCH, category)
-    uniforms = choice_uniforms(seed, category, SEARCH_POINTS)
-    points = np.empty((2, SEARCH_POINTS))
-    image = np.zeros((SEARCH_SIZE, SEARCH_SIZE), np.uint8)
-    need = math.ceil(min_fill * image.size)
-    best = 0
-    lo, hi = FRACTALDB_MAPS
-    for start in range(0, max_attempts, BATCH):
-        counts = rng.integers(lo, hi, BATCH)
-        params = rng.uniform(-1.0, 1.0, (BATCH, hi - 1, 6))
-        size = min(BATCH, max_attempts - start)
-        index, lit = first_accepted(counts[:size], params[:size], uniforms, points, image, need)
-        best = max(best, lit)
-        if index >= 0:
-            maps = params[index, : counts[index]].copy()
-            return System(maps=maps, probabilities=ifs.probabilities(maps), sigma=ifs.sigma_factor(maps),
-                          fill=lit / image.size, attempts=start + index + 1)
-    raise UsageError(f"FractalDB search: category {category} found nothing filling --min-fill {min_fill} in "
-                     f"{max_attempts} attempts (best {best / image.size:.3f}); lower --min-fill or raise "
-                     "--max-attempts")
-
-
-def category_fill(system: System, seed: int, category: int) -> float:
-    """The fill the search measures for a given system as category ``category`` (-1.0 when it diverges)."""
-    points = np.empty((2, SEARCH_POINTS))
-    image = np.zeros((SEARCH_SIZE, SEARCH_SIZE), np.uint8)
-    lit = point_lit(system.maps, np.cumsum(system.probabilities), choice_uniforms(seed, category, SEARCH_POINTS),
-                    points, image, 0)
-    return lit / image.size if lit >= 0 else -1.0
-
-
-_task: tuple[int, float, int] | None = None
-
-
-def _init(task: tuple[int, float, int], parent: int) -> None:
-    from fracgen.distribute import _die_with
-
-    _die_with(parent)  # a killed build takes its search workers with it, as it does its shard workers
-    global _task
-    _task = task
-
-
-def _one(category: int) -> System:
-    return search_category(category, *_task)
-
-
-def search_categories(config, workers: int = 1, progress: bool = False) -> list[System]:
-    """The FractalDB/OFDB categories of a build, searched across ``workers`` processes.
-
-    Args:
-        config: the build's options (seed, fractals, min_fill, max_attempts).
-        workers: processes; the categories are the same for any count.
-        progress: show a bar counting categories.
-
-    Returns:
-        ``config.fractals`` systems, in category order.
-    """
-    task = (config.seed, config.min_fill, config.max_attempts)
-    count = config.fractals
-    bar = tqdm(total=count, unit="category", desc="search", disable=not progress, dynamic_ncols=True)
-    try:
-        if workers <= 1 or count <= 1:
-            systems = []
-            for c in range(count):
-                systems.append(search_category(c, *task))
-                bar.update()
-            return systems
-        search_category(0, task[0], 0.0, 1)  # compile in the parent, so forked workers inherit the kernel
-        with ProcessPoolExecutor(min(workers, count), mp_context=mp.get_context("fork"), initializer=_init,
-                                 initargs=(task, os.getpid())) as pool:
-            systems = []
-            for system in pool.map(_one, range(count), chunksize=max(1, min(16, count // (4 * workers)))):
-                systems.append(system)
-                bar.update()
-            return systems
-    finally:
-        bar.close()

@@ -1,5 +1,5 @@
-"""Noise baselines for the LPCE loss (paper Table 4): one noise image per class, perturbed through the
-parameters of its distribution. Pure functions; no I/O, no global random state.
+"""The noise baselines of the 1p-frac paper (Table 4), ``gaussian-noise`` and ``uniform-noise``: one noise image per
+class, perturbed through the parameters of its distribution.
 
 Every class renders the same standard draw ``z`` (made once per build by ``standard_draw``) through its own
 parameters, so two classes differ only by their parameters, as the fractal classes of 1p-frac share one
@@ -24,7 +24,12 @@ Delta > 0.6 - MIN_WIDTH.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
+
+from fracgen.presets.registry import Family, register
+from fracgen.seeds import CHOICES, CLASS, generator
 
 KINDS = ("gaussian", "uniform")
 BASE_MEAN = (0.5, 0.5, 0.5)
@@ -144,3 +149,35 @@ def noise_image(kind: str, params: dict, z: np.ndarray) -> np.ndarray:
         lo = np.asarray(params["lo"], np.float64)
         values = lo + (np.asarray(params["hi"], np.float64) - lo) * z
     return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+
+
+_TEXT = ("noise baseline of the 1p-frac paper (Table 4): one noise image whose distribution parameters are "
+         "perturbed into L classes that share the same standard draws.")
+
+
+@lru_cache(maxsize=2)
+def _standard(seed: int, kind: str, size: int) -> np.ndarray:
+    return standard_draw(kind, size, generator(seed, CHOICES, 0))
+
+
+class Noise(Family):
+    """One noise image of a kind, its distribution's parameters perturbed into L classes."""
+
+    options = frozenset({"delta", "L", "size", "seed", "shard_size"})
+    fast_png = True  # noise does not compress: fracgen's own deflate stores it at zlib's size, much faster
+
+    def __init__(self, kind: str, adjective: str):
+        self.kind, self.name, self.description = kind, f"{kind}-noise", f"{adjective} {_TEXT}"
+
+    def image_mode(self, config) -> str:
+        return "RGB"
+
+    def render_one(self, plan, label: int, instance: int) -> tuple[np.ndarray, dict]:
+        cfg = plan.config
+        params = draw_noise_params(self.kind, cfg.delta, generator(cfg.seed, CLASS, 0, label))
+        image = noise_image(self.kind, params, _standard(cfg.seed, self.kind, cfg.size))
+        return image, {"label": label, "perturbation": label, "params": params}
+
+
+register(Noise("gaussian", "Gaussian"))
+register(Noise("uniform", "uniform"))

@@ -1,5 +1,5 @@
-"""A single real image as the source of a dataset (paper Tables 11-12): load it, optionally reduce it to its
-Canny edges and to grey, and perturb its geometry once per class. Pure NumPy and Pillow; no global random state.
+"""The single real image of the 1p-frac paper (Tables 11-12), ``real``: load one photo, optionally reduce it to its
+Canny edges and to grey, and perturb its geometry once per class. Pure NumPy and Pillow.
 
 Geometry. Every transform is a sampling map: output pixel p takes the input's value at T(p), read with bilinear
 interpolation and 0 outside the input, so no transform needs an inverse. Affine and polynomial transforms work
@@ -18,12 +18,16 @@ position and gives back the input exactly.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fracgen.errors import UsageError
+from fracgen.options import Option
+from fracgen.presets.registry import Family, register
+from fracgen.seeds import CLASS, generator
 
 EDGES = ("canny", "none")
 COLORS = ("rgb", "grey")
@@ -354,3 +358,53 @@ def apply_transform(image: np.ndarray, kind: str, params: dict) -> np.ndarray:
     """
     rows, cols = source_coordinates(kind, params, image.shape)
     return bilinear(image, rows, cols)
+
+
+@lru_cache(maxsize=2)
+def _prepared(path: str, size: int, edges: str, color: str) -> np.ndarray:
+    return prepare(load_image(path, size), edges=edges, color=color)
+
+
+class Real(Family):
+    """L geometric perturbations of one real image (``fracgen build-real IMAGE OUT``)."""
+
+    name = "real"
+    description = ("single real image baseline of the 1p-frac paper (Tables 11-12): one real image whose geometry "
+                   "is perturbed into L classes.")
+    options = frozenset({"delta", "L", "size", "seed", "shard_size", "edges", "color", "transform"})
+    own_options = (
+        Option("edges", str, "canny", "canny: the image's Canny edges (the paper's best); none: the image itself.",
+               choices=EDGES, label="edges"),
+        Option("color", str, "grey", "Grey or RGB images.", choices=COLORS, label="colour"),
+        Option("transform", str, "affine", "How each class perturbs the image's geometry.", choices=TRANSFORMS,
+               label="geometric transform"),
+    )
+    takes_source = True
+
+    def dataset_name(self, config) -> str:
+        return f"real-{config.transform}-{config.edges}-{config.color}-delta{config.delta}-L{config.L}"
+
+    def image_mode(self, config) -> str:
+        return "RGB" if config.color == "rgb" else "L"
+
+    def check_source(self, path: Path, config) -> None:
+        """Refuse a source image that does not decode, or with nothing to perturb (UsageError)."""
+        check_source(prepare(load_image(path, config.size), edges=config.edges, color=config.color), path,
+                     config.edges)
+
+    def render_one(self, plan, label: int, instance: int) -> tuple[np.ndarray, dict]:
+        cfg = plan.config
+        source = _prepared(plan.source, cfg.size, cfg.edges, cfg.color)
+        wanted = MIN_KEPT * fill(source)
+        rng = generator(cfg.seed, CLASS, 0, label)
+        for redraws in range(cfg.max_redraws + 1):  # a transform that moves the image out of view is drawn again
+            params = draw_transform(cfg.transform, cfg.delta, rng)
+            image = apply_transform(source, cfg.transform, params)
+            if fill(image) >= wanted:
+                meta = {"label": label, "perturbation": label, "transform": cfg.transform, "params": params}
+                return image, meta | ({"redraws": redraws} if redraws else {})
+        raise UsageError(f"class {label}: no {cfg.transform} transform within --delta {cfg.delta} kept the image in "
+                         f"view in {cfg.max_redraws + 1} draws; lower --delta")
+
+
+register(Real())

@@ -1,0 +1,305 @@
+"""FractalDB (Kataoka et al., ACCV 2020) and OFDB (Nakamura et al., ICCV 2023), with their category search.
+
+- ``fractaldb``: C categories, each an IFS found by FractalDB's search (N ~ U{2..7} maps, parameters ~ U(-1, 1),
+  kept when a one-pixel-per-point render at 512 px fills at least 0.2), each with up to 1,000 instances: 25
+  weight rows (the identity, and each of the 6 parameters of every map scaled by 1-2k, 1-k, 1+k, 1+2k, k = 0.4)
+  x 10 patch-mask instances x 4 flips.
+- ``ofdb``: the same categories, one image each (weights identity, first patch instance, no flip;
+  ``--ofdb-weights released`` scales parameter a by 0.2, what the shipped OFDB scripts render;
+  ``--patch-variants K``: K images per category with freshly drawn patch masks, Table 13's "w/ Aug.").
+
+Category c draws from ``generator(seed, SEARCH, c)`` and its map choices from ``choice_uniforms(seed, c, ...)``,
+so a category is the same whatever the worker count or the other categories. The search runs on the shared pool
+(``fracgen.distribute``). The released renderer's settings: 362 px, 200,000 points.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fracgen import ifs
+from fracgen.errors import UsageError
+from fracgen.options import CHAOS_GAME, Option
+from fracgen.presets.registry import Family, register, render_ahead
+from fracgen.raster import raster_text
+from fracgen.seeds import CLASS, SEARCH, choice_uniforms, draw_masks, generator
+from fracgen.systems import System
+
+K = 0.4
+PATCHES = 10
+FLIPS = 4
+MAPS = (2, 8)  # N ~ U{2..7}
+MIN_FILL = 0.2
+SIZE, POINTS = 362, 200_000  # the released render scripts
+BATCH = 64  # candidate systems drawn per generator call
+# OFDB weights: "identity" (the paper's text) or "released" (row 0 of the shipped weights_0.4.csv, (0.2, 1, 1, 1,
+# 1, 1), which is row 1 of weights()).
+OFDB_WEIGHTS = {"identity": 0, "released": 1}
+
+
+def weights(k: float = K) -> np.ndarray:
+    """FractalDB's 25 weight rows: (25, 6) float64, row 0 the identity, then parameter j x (1-2k, 1-k, 1+k, 1+2k)."""
+    rows = [np.ones(6)]
+    for j in range(6):
+        for scale in (1 - 2 * k, 1 - k, 1 + k, 1 + 2 * k):
+            row = np.ones(6)
+            row[j] = round(scale, 12)  # the decimals of the released weights_0.4.csv (0.2, not 1 - 0.8)
+            rows.append(row)
+    return np.array(rows)
+
+
+GRID = len(weights()) * PATCHES * FLIPS  # 1,000 instances
+
+
+def instance_of(instance: int, instances: int) -> tuple[int, int, int]:
+    """(weight row, patch instance, flip) of instance i of M, as FractalDB's own subsets take them.
+
+    FractalDB renders, per patch instance, every weight row in all 4 flips (its 100-instance set is 25 weights x
+    4 flips, the 1,000-instance set adds 10 patch instances). So instance i takes patch i // 100, and within a
+    round of n <= 100 instances the flip cycles fastest and the n / 4 weight slots spread evenly over the 25 rows:
+    any M >= 4 covers all 4 flips, M = 100 all 25 rows x 4 flips, M = 1,000 the whole grid once.
+    """
+    cells = len(weights()) * FLIPS  # 100 per patch instance
+    patch, j = divmod(instance, cells)
+    n = min(cells, instances - patch * cells)
+    slots = -(-n // FLIPS)
+    return (j // FLIPS) * len(weights()) // slots, patch, j % FLIPS
+
+
+_FLIPS = (lambda im: im, lambda im: im[::-1], lambda im: im[:, ::-1], lambda im: im[::-1, ::-1])
+
+
+class FractalDB(Family):
+    name = "fractaldb"
+    description = ("FractalDB (Kataoka et al., ACCV 2020 / IJCV 2022): C categories, each an iterated function "
+                   "system found by the FractalDB search, each with instances from scaled parameters, patch masks "
+                   "and flips.")
+    options = CHAOS_GAME | {"fractals", "instances"}
+    defaults = {"min_fill": MIN_FILL, "size": SIZE, "points": POINTS, "instances": GRID}
+    max_instances = GRID
+    systems = True
+    tags = ("fractaldb",)
+    notes = {"fractals": "C categories", "instances": f"images per category over its {GRID} variations (25 weights "
+             "x 10 patches x 4 flips, flips first)"}
+
+    def num_classes(self, config) -> int:
+        return config.fractals
+
+    def dataset_name(self, config) -> str:
+        return f"fractaldb-{config.fractals}-x{config.instances}"
+
+    def search(self, config, workers: int, progress: bool) -> list[System]:
+        from fracgen.distribute import run_jobs
+
+        search_category(0, config.seed, 0.0, 1)  # compile in the parent, so forked workers inherit the kernel
+        job = _CategoryJob(config.seed, config.min_fill, config.max_attempts)
+        return run_jobs(job, range(config.fractals), [1] * config.fractals, workers, progress, unit="category",
+                        what="category")
+
+    def check_systems(self, systems: list[System], config) -> None:
+        from fracgen.search import judge_systems
+
+        # the test the categories were searched with, so a build's own params.json passes
+        judge_systems(systems, lambda c, system: category_fill(system, config.seed, c), config.min_fill,
+                      "--min-fill")
+
+    def render(self, plan, indices: list[int]):
+        from fracgen.kernels import chaos
+
+        cfg = plan.config
+        canvas = chaos.Canvas(cfg.size, cfg.points)
+        # the chains kernel draws the reference look, one image per (category, instance) of FractalDB's grid
+        batched = cfg.style == "reference" and cfg.patch_variants == 1 and cfg.ofdb_weights == "identity"
+        batch = (lambda chunk: _render_chains(plan, chunk)) if batched else (lambda chunk: {})
+        for index, image, record in render_ahead(indices, batch, lambda i: _render_one(plan, i, canvas), canvas):
+            yield index, _FLIPS[record["flip"]](image), record
+
+    def class_records(self, plan, markers: list[dict]) -> list[dict]:
+        if plan.config.instances == 1:
+            return super().class_records(plan, markers)
+        # a category's images differ in weights, patch and flip: their records stay in the shards' json
+        return [{"label": c, "fractal": c, "instances": plan.config.instances} for c in range(plan.config.fractals)]
+
+    def card_text(self, config: dict, params: dict | None) -> dict[str, str]:
+        return {"differences": "\n".join(f"- {item}" for item in _differences(config))}
+
+
+class OFDB(FractalDB):
+    name = "ofdb"
+    description = ("OFDB, the one-instance FractalDataBase (Nakamura et al., ICCV 2023): C fractal categories, one "
+                   "image each.")
+    options = CHAOS_GAME | {"fractals", "patch_variants", "ofdb_weights"}
+    own_options = (Option("ofdb_weights", str, "identity", "identity (the paper's text) or released (parameter a x "
+                          "0.2, the shipped scripts).", choices=tuple(OFDB_WEIGHTS), absent_default=True),)
+    defaults = {"min_fill": MIN_FILL, "size": SIZE, "points": POINTS}
+    max_instances = 1
+    tags = ("ofdb",)
+
+    def dataset_name(self, config) -> str:
+        weights_name = "" if config.ofdb_weights == "identity" else f"-{config.ofdb_weights}"
+        variants = "" if config.patch_variants == 1 else f"-aug{config.patch_variants}"
+        return f"ofdb-{config.fractals}{weights_name}{variants}"
+
+
+class _CategoryJob:
+    """A picklable ``category -> System`` for the pool."""
+
+    def __init__(self, seed: int, min_fill: float, max_attempts: int):
+        self.task = (seed, min_fill, max_attempts)
+
+    def __call__(self, category: int) -> System:
+        return search_category(category, *self.task)
+
+
+def search_category(category: int, seed: int, min_fill: float, max_attempts: int) -> System:
+    """Category ``category``: the first draw whose one-pixel render fills >= ``min_fill`` (FractalDB's test).
+
+    Candidates are drawn ``BATCH`` at a time (N ~ U{2..7} for each, then U(-1, 1) parameters for 7 maps, of which
+    the first N are used), so a category is one stream of candidates whatever is accepted when.
+
+    Raises:
+        UsageError: nothing acceptable within ``max_attempts``.
+    """
+    from fracgen.kernels.categories import SEARCH_POINTS, SEARCH_SIZE, first_accepted
+
+    rng = generator(seed, SEARCH, category)
+    uniforms = choice_uniforms(seed, category, SEARCH_POINTS)
+    points = np.empty((2, SEARCH_POINTS))
+    image = np.zeros((SEARCH_SIZE, SEARCH_SIZE), np.uint8)
+    need = math.ceil(min_fill * image.size)
+    best = 0
+    lo, hi = MAPS
+    for start in range(0, max_attempts, BATCH):
+        counts = rng.integers(lo, hi, BATCH)
+        params = rng.uniform(-1.0, 1.0, (BATCH, hi - 1, 6))
+        size = min(BATCH, max_attempts - start)
+        index, lit = first_accepted(counts[:size], params[:size], uniforms, points, image, need)
+        best = max(best, lit)
+        if index >= 0:
+            maps = params[index, : counts[index]].copy()
+            return System(maps=maps, probabilities=ifs.probabilities(maps), sigma=ifs.sigma_factor(maps),
+                          fill=lit / image.size, attempts=start + index + 1)
+    raise UsageError(f"FractalDB search: category {category} found nothing filling --min-fill {min_fill} in "
+                     f"{max_attempts} attempts (best {best / image.size:.3f}); lower --min-fill or raise "
+                     "--max-attempts")
+
+
+def category_fill(system: System, seed: int, category: int) -> float:
+    """The fill the search measures for a given system as category ``category`` (-1.0 when it diverges)."""
+    from fracgen.kernels.categories import SEARCH_POINTS, SEARCH_SIZE, point_lit
+
+    points = np.empty((2, SEARCH_POINTS))
+    image = np.zeros((SEARCH_SIZE, SEARCH_SIZE), np.uint8)
+    lit = point_lit(system.maps, np.cumsum(system.probabilities), choice_uniforms(seed, category, SEARCH_POINTS),
+                    points, image, 0)
+    return lit / image.size if lit >= 0 else -1.0
+
+
+def truncated_fill(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks: np.ndarray | None, canvas,
+                   style: str) -> float:
+    """Render into the canvas; a chaos game that diverges is drawn from the points before its first non-finite
+    one, less 100, as the released FractalDB code does (a blank image when fewer than 2 remain)."""
+    from fracgen.kernels import chaos
+
+    fill = chaos.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
+    if fill >= 0:
+        return fill
+    bad = np.flatnonzero(~np.isfinite(canvas.points).all(axis=1))
+    n = int(bad[0]) - 100 if len(bad) else 0
+    if n < 2:
+        canvas.image[:] = 0
+        return 0.0
+    return chaos.raster(canvas.points[:n], masks[:n] if masks is not None else None, canvas.image, style) / \
+        canvas.image.size
+
+
+def _variation(cfg, instance: int) -> tuple[int, int, int]:
+    """(weight row, patch instance, flip) of an image: FractalDB's grid, or OFDB's fixed weights whose variant v
+    draws the masks of patch instance v, unflipped."""
+    if cfg.patch_variants > 1 or cfg.ofdb_weights != "identity":
+        return OFDB_WEIGHTS[cfg.ofdb_weights], instance, 0
+    return instance_of(instance, cfg.instances)
+
+
+def _render_one(plan, index: int, canvas) -> tuple[np.ndarray, dict]:
+    """Image ``index`` alone (unflipped; ``render`` flips it)."""
+    cfg = plan.config
+    label, instance = divmod(index, cfg.per_class)
+    base = plan.systems[label]
+    row, patch, flip = _variation(cfg, instance)
+    maps = base.maps * weights()[row]
+    masks = draw_masks(generator(cfg.seed, CLASS, label, patch), cfg.points) if cfg.style == "reference" else None
+    fill = truncated_fill(maps, base.probabilities, choice_uniforms(cfg.seed, label, cfg.points), masks, canvas,
+                          cfg.style)
+    meta = {"label": label, "fractal": label, "instance": instance, "weights": row, "patch": patch, "flip": flip,
+            "fill": fill}
+    if cfg.patch_variants > 1:
+        meta["variant"] = instance
+    return canvas.image, meta
+
+
+def _render_chains(plan, indices: list[int]) -> dict[int, tuple[np.ndarray, dict]]:
+    """Images rendered LANES at a time, each chain with its category's map choices. A chain that diverges is left
+    to the one-image path, which draws its truncated chain as the released code does."""
+    from fracgen.kernels import chaos
+
+    cfg = plan.config
+    choices, masks, samples = {}, {}, []
+    for index in indices:
+        label, instance = divmod(index, cfg.instances)
+        base = plan.systems[label]
+        if len(base.maps) > chaos.MAX_CHAIN_MAPS:
+            continue  # map choices are bytes: left to the one-image path
+        row, patch, flip = instance_of(instance, cfg.instances)
+        if label not in choices:
+            choices[label] = chaos.map_choices(choice_uniforms(cfg.seed, label, cfg.points),
+                                               np.cumsum(base.probabilities))
+        if (label, patch) not in masks:
+            masks[label, patch] = draw_masks(generator(cfg.seed, CLASS, label, patch), cfg.points)
+        samples.append((index, label, instance, row, patch, flip))
+    ready = {}
+    for start in range(0, len(samples), chaos.LANES):
+        ready.update(_lanes(plan, samples[start:start + chaos.LANES], choices, masks))
+    return ready
+
+
+def _lanes(plan, batch: list[tuple], choices: dict, masks: dict) -> dict[int, tuple[np.ndarray, dict]]:
+    """One kernel call over up to LANES images: index -> (bits, record) for those whose chain stayed finite."""
+    from fracgen.kernels import chaos
+
+    cfg = plan.config
+    most = max(len(plan.systems[s[1]].maps) for s in batch)
+    maps = np.zeros((len(batch), most, 6))  # rows past a system's maps are never chosen
+    for lane, (_, label, _, row, _, _) in enumerate(batch):
+        base = plan.systems[label].maps
+        maps[lane, :len(base)] = base * weights()[row]
+    bits = np.empty((len(batch), cfg.size, chaos.words_per_row(cfg.size)), np.uint64)
+    fills = chaos.render_chains(maps, np.stack([choices[s[1]] for s in batch]),
+                                np.stack([masks[s[1], s[4]] for s in batch]), bits)
+    return {index: (bits[lane], {"label": label, "fractal": label, "instance": instance, "weights": row,
+                                 "patch": patch, "flip": flip, "fill": float(fills[lane])})
+            for lane, (index, label, instance, row, patch, flip) in enumerate(batch) if fills[lane] >= 0}
+
+
+def _differences(config: dict) -> list[str]:
+    """FractalDB/OFDB: the differences from their released scripts (no perturbation, no redraw: a category search)."""
+    return [
+        "**Map probabilities** p_i = |det A_i| / sum_j |det A_j| of the category's maps, as the released code.",
+        f"**Chaos game**: {config.get('points', '?')} points from (0, 0), no burn-in, one map-choice sequence per "
+        "category (released FractalDB/OFDB scripts: 200,000 points); a variation whose chaos game diverges is "
+        "drawn from its finite prefix, as FractalDB's code does.",
+        raster_text(config),
+        f"**Image size** {config.get('size', '?')} px (released: 362).",
+        f"**Categories** from FractalDB's search: N ~ U{{2..7}} maps, parameters ~ U(-1, 1), kept when a render at "
+        f"its fixed settings (100,000 points, one pixel per point, 512 x 512) lights at least "
+        f"{config.get('min_fill', 0.2)} of the pixels, whatever the images' size and points, and stays finite.",
+        "**Seeds and records**: every draw comes from a generator seeded by (seed, category) for the map choices "
+        "and (seed, category, patch instance) for the patch masks, and every category's system is saved in "
+        "`params.json` (the released scripts draw from global random streams and save parameters as CSV).",
+    ]
+
+
+register(FractalDB())
+register(OFDB())
