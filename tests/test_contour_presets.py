@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from fracgen import dataset
-from fracgen.presets import contours as contour_params
 from fracgen.build import BuildConfig, build
 from fracgen.cli import cli
+from fracgen.presets import contours as contour_params
 from fracgen.verify import verify
 
 SMALL = dict(size=96, shard_size=5)

@@ -15,7 +15,7 @@ import pytest
 from hub_server import FakeHub
 from test_publish import TOKEN, _assert_one_line_error, _push
 
-from fracgen import dataset, hub, publish
+from fracgen import hub, publish
 
 
 @pytest.fixture(autouse=True)

@@ -6,10 +6,10 @@ from click.testing import CliRunner
 from conftest import one_line
 from PIL import Image
 
-from fracgen.presets import real as realimage
 from fracgen.build import BuildConfig, build
 from fracgen.cli import cli
 from fracgen.errors import FracgenError
+from fracgen.presets import real as realimage
 
 ARGS = ["--L", "4", "--size", "32", "--shard-size", "2", "--workers", "1", "--no-progress"]
 

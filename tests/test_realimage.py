@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fracgen.presets import real as ri
 from fracgen.errors import UsageError
+from fracgen.presets import real as ri
 from fracgen.seeds import generator
 
 SIZE = 64
