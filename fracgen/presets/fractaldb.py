@@ -116,6 +116,12 @@ class FractalDB(Family):
         for index, image, record in render_ahead(indices, batch, lambda i: _render_one(plan, i, canvas), canvas):
             yield index, _FLIPS[record["flip"]](image), record
 
+    def masks_path(self, label: int, row: int, patch: int) -> tuple[int, ...]:
+        """The generator path of a render's patch masks: fresh for every render, as the released code draws a
+        mask per point of every render; a render is (category, weight row, patch instance), its 4 flips share
+        it (the released script saves one render flipped four ways)."""
+        return (CLASS, label, row, patch)
+
     def class_records(self, plan, markers: list[dict]) -> list[dict]:
         if plan.config.instances == 1:
             return super().class_records(plan, markers)
@@ -136,6 +142,10 @@ class OFDB(FractalDB):
     defaults = {"min_fill": MIN_FILL, "size": SIZE, "points": POINTS}
     max_instances = 1
     tags = ("ofdb",)
+
+    def masks_path(self, label: int, row: int, patch: int) -> tuple[int, ...]:
+        """Variant v of a category is its own render with patch instance v's masks (the weight row is fixed)."""
+        return (CLASS, label, patch)
 
     def dataset_name(self, config) -> str:
         weights_name = "" if config.ofdb_weights == "identity" else f"-{config.ofdb_weights}"
@@ -197,22 +207,58 @@ def category_fill(system: System, seed: int, category: int) -> float:
     return lit / image.size if lit >= 0 else -1.0
 
 
+CUT = 100  # the released __rescale deletes the 100 points before the first nan
+
+
 def truncated_fill(maps: np.ndarray, probs: np.ndarray, uniforms: np.ndarray, masks: np.ndarray | None, canvas,
                    style: str) -> float:
-    """Render into the canvas; a chaos game that diverges is drawn from the points before its first non-finite
-    one, less 100, as the released FractalDB code does (a blank image when fewer than 2 remain)."""
+    """Render into the canvas; a chaos game that diverges is drawn from the points the released FractalDB code
+    keeps (``released_cut``). Where it keeps none (it raises) or keeps an infinity (its pixels are undefined), the
+    image is blank."""
     from fracgen.kernels import chaos
 
     fill = chaos.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
     if fill >= 0:
         return fill
-    bad = np.flatnonzero(~np.isfinite(canvas.points).all(axis=1))
-    n = int(bad[0]) - 100 if len(bad) else 0
-    if n < 2:
+    n = released_cut(maps, np.cumsum(probs), uniforms, canvas.points)
+    if n is None:
         canvas.image[:] = 0
         return 0.0
     return chaos.raster(canvas.points[:n], masks[:n] if masks is not None else None, canvas.image, style) / \
         canvas.image.size
+
+
+def released_cut(maps: np.ndarray, cumprob: np.ndarray, uniforms: np.ndarray, points: np.ndarray) -> int | None:
+    """How many leading points of a diverged chain FractalDB's ``__rescale`` keeps, when they are all finite.
+
+    The released code (``ifs_function.py``) runs the chain in Python floats to the end, where an overflow gives
+    inf and then nan, and deletes the 100 points before the first nan of x and every nan point (then the same for
+    y); a nan reaches the other coordinate a step later, so what it keeps is the prefix before (the first nan of x,
+    or of y when x has none) - 100. ``chaos_game`` stopped at the first non-finite point t0; the chain goes on here
+    from t0, at most 100 steps (a nan later than that leaves an inf in the kept points).
+
+    Args:
+        maps, cumprob, uniforms: the chain's, as ``kernels.chaos.chaos_game`` took them.
+        points: (T, 2) float64 as ``chaos_game`` left it: written up to and including t0.
+
+    Returns:
+        The count kept, or None when the released code keeps none (it raises) or an infinite point.
+    """
+    total = points.shape[0]
+    t0 = int(np.flatnonzero(~np.isfinite(points).all(axis=1))[0])
+    x, y = float(points[t0, 0]), float(points[t0, 1])
+    nan_x = t0 if math.isnan(x) else -1
+    nan_y = t0 if math.isnan(y) else -1
+    rows, t = maps.tolist(), t0  # Python floats: inf and nan without numpy's warnings, as released
+    while nan_x < 0 and t < total - 1 and t < t0 + CUT:
+        a, b, c, d, e, f = rows[int(np.searchsorted(cumprob[:-1], uniforms[t], side="left"))]  # chaos_game's rule
+        x, y = a * x + b * y + e, c * x + d * y + f
+        t += 1
+        nan_y = t if nan_y < 0 and math.isnan(y) else nan_y
+        nan_x = t if math.isnan(x) else nan_x
+    first = nan_x if nan_x >= 0 else (nan_y if t == total - 1 else -1)  # x never nan: y's nan is the last point
+    kept = first - CUT
+    return kept if first >= 0 and 1 <= kept <= t0 else None
 
 
 def _variation(cfg, instance: int) -> tuple[int, int, int]:
@@ -230,7 +276,8 @@ def _render_one(plan, index: int, canvas) -> tuple[np.ndarray, dict]:
     base = plan.systems[label]
     row, patch, flip = _variation(cfg, instance)
     maps = base.maps * weights()[row]
-    masks = draw_masks(generator(cfg.seed, CLASS, label, patch), cfg.points) if cfg.style == "reference" else None
+    path = cfg.family.masks_path(label, row, patch)
+    masks = draw_masks(generator(cfg.seed, *path), cfg.points) if cfg.style == "reference" else None
     fill = truncated_fill(maps, base.probabilities, choice_uniforms(cfg.seed, label, cfg.points), masks, canvas,
                           cfg.style)
     meta = {"label": label, "fractal": label, "instance": instance, "weights": row, "patch": patch, "flip": flip,
@@ -256,9 +303,10 @@ def _render_chains(plan, indices: list[int]) -> dict[int, tuple[np.ndarray, dict
         if label not in choices:
             choices[label] = chaos.map_choices(choice_uniforms(cfg.seed, label, cfg.points),
                                                np.cumsum(base.probabilities))
-        if (label, patch) not in masks:
-            masks[label, patch] = draw_masks(generator(cfg.seed, CLASS, label, patch), cfg.points)
-        samples.append((index, label, instance, row, patch, flip))
+        path = cfg.family.masks_path(label, row, patch)
+        if path not in masks:
+            masks[path] = draw_masks(generator(cfg.seed, *path), cfg.points)
+        samples.append((index, label, instance, row, patch, flip, path))
     ready = {}
     for start in range(0, len(samples), chaos.LANES):
         ready.update(_lanes(plan, samples[start:start + chaos.LANES], choices, masks))
@@ -272,15 +320,15 @@ def _lanes(plan, batch: list[tuple], choices: dict, masks: dict) -> dict[int, tu
     cfg = plan.config
     most = max(len(plan.systems[s[1]].maps) for s in batch)
     maps = np.zeros((len(batch), most, 6))  # rows past a system's maps are never chosen
-    for lane, (_, label, _, row, _, _) in enumerate(batch):
+    for lane, (_, label, _, row, _, _, _) in enumerate(batch):
         base = plan.systems[label].maps
         maps[lane, :len(base)] = base * weights()[row]
     bits = np.empty((len(batch), cfg.size, chaos.words_per_row(cfg.size)), np.uint64)
     fills = chaos.render_chains(maps, np.stack([choices[s[1]] for s in batch]),
-                                np.stack([masks[s[1], s[4]] for s in batch]), bits)
+                                np.stack([masks[s[6]] for s in batch]), bits)
     return {index: (bits[lane], {"label": label, "fractal": label, "instance": instance, "weights": row,
                                  "patch": patch, "flip": flip, "fill": float(fills[lane])})
-            for lane, (index, label, instance, row, patch, flip) in enumerate(batch) if fills[lane] >= 0}
+            for lane, (index, label, instance, row, patch, flip, _) in enumerate(batch) if fills[lane] >= 0}
 
 
 def _differences(config: dict) -> list[str]:
@@ -288,16 +336,19 @@ def _differences(config: dict) -> list[str]:
     return [
         "**Map probabilities** p_i = |det A_i| / sum_j |det A_j| of the category's maps, as the released code.",
         f"**Chaos game**: {config.get('points', '?')} points from (0, 0), no burn-in, one map-choice sequence per "
-        "category (released FractalDB/OFDB scripts: 200,000 points); a variation whose chaos game diverges is "
-        "drawn from its finite prefix, as FractalDB's code does.",
+        "category (released FractalDB/OFDB scripts: 200,000 points, the same sequence for every category); a "
+        "variation whose chaos game diverges keeps the points the released code keeps (those before x's first "
+        "NaN, less 100), and is blank where the released code has no image (it raises, or casts an infinity).",
         raster_text(config),
         f"**Image size** {config.get('size', '?')} px (released: 362).",
         f"**Categories** from FractalDB's search: N ~ U{{2..7}} maps, parameters ~ U(-1, 1), kept when a render at "
         f"its fixed settings (100,000 points, one pixel per point, 512 x 512) lights at least "
         f"{config.get('min_fill', 0.2)} of the pixels, whatever the images' size and points, and stays finite.",
         "**Seeds and records**: every draw comes from a generator seeded by (seed, category) for the map choices "
-        "and (seed, category, patch instance) for the patch masks, and every category's system is saved in "
-        "`params.json` (the released scripts draw from global random streams and save parameters as CSV).",
+        "and by the render (seed, category, weight row, patch instance; OFDB: seed, category, variant) for the "
+        "patch masks, fresh for every render as the released code draws them and shared by a render's 4 flips; "
+        "every category's system is saved in `params.json` (the released scripts draw from unseeded global random "
+        "streams and save parameters as CSV).",
     ]
 
 
