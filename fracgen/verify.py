@@ -20,9 +20,7 @@ from fracgen.config import BuildConfig
 from fracgen.dataset import (
     BUILD_JSON,
     INFO_JSON,
-    KEY_RE,
     PARAMS_JSON,
-    SAMPLE_EXTS,
     SHARD_GLOB,
     DatasetError,
     sha256_file,
@@ -84,140 +82,103 @@ class VerifyReport:
 
 
 @dataclass
-class _Expect:
-    """What every sample of this dataset must be (from build.json's config; None: not known)."""
+class _Shard:
+    """What one shard read tells: its samples, and the first problem of each kind with its count."""
 
-    size: int | None = None
-    per_class: int | None = None  # label = index // per_class
-    fractal: bool = False  # the fractal looks: grey values {0, 127}, something lit
-    formats: set = field(default_factory=set)  # (bit depth, colour type) seen: one per dataset
+    count: int = 0
+    first: dict[str, str] = field(default_factory=dict)
+    bad: Counter[str] = field(default_factory=Counter)
 
-
-def _image_problem(key: str, data: bytes, expect: _Expect) -> str:
-    """Why a sample's PNG is not what the readers rely on, or ''; decodes it fully (truncated data fails)."""
-    if dataset.png_colour_type(data) is None:
-        return f"sample {key} png is not a PNG"
-    depth, colour = data[24], data[25]
-    if colour != dataset.PNG_PALETTE:  # palette: the format before issue 10, named apart
-        if depth != 8 or colour not in (dataset.PNG_GREY, dataset.PNG_RGB) or (expect.fractal and colour):
-            return f"sample {key} png is {depth}-bit of colour type {colour}, not the build's 8-bit grey or RGB"
-        expect.formats.add((depth, colour))
-    pixels = dataset.decode_grey(data)
-    if expect.size is not None and pixels.shape != (expect.size, expect.size):
-        return f"sample {key} is {pixels.shape[1]}x{pixels.shape[0]}, expected {expect.size}x{expect.size}"
-    if expect.fractal and (not pixels.any() or ((pixels != 0) & (pixels != 127)).any()):
-        return f"sample {key} has grey values other than the fractal looks' 0 and 127, or none lit"
-    return ""
+    def note(self, kind: str, problem: str) -> None:
+        self.bad[kind] += 1
+        self.first.setdefault(kind, problem)
 
 
-def _check_shard(
-    report: VerifyReport,
-    path: Path,
-    record: dict[str, Any],
-    info_count: int | None,
-    expect: _Expect,
-    num_classes: int,
-    classes: dict[int, dict[str, Any]],
-    labels: Counter[int],
-    keys: set[str],
-) -> int:
-    """Check one shard against its records; returns the number of samples read."""
+def _check_shard(report: VerifyReport, root: Path, record: dict[str, Any], info_count: int | None,
+                 expect: dataset.Expect, classes: dict[int, dict[str, Any]], seen: _Seen) -> int:
+    """Check one shard against its records, reading it once; returns the number of samples read."""
     name = record["filename"]
-    if not path.is_file():
-        report.add(name, "missing")
+    problem = dataset.file_problem(root, name, record.get("bytes"))
+    if problem:
+        report.add(name, problem)
         return 0
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as err:
-        report.add(name, f"cannot be read ({err.strerror or err})")
-        return 0
-    actual_bytes = path.stat().st_size
     for key in ("bytes", "sha256", "num_samples"):
         if key not in record:
             report.add(name, f"{BUILD_JSON} records no {key} for it")
-    if "bytes" in record and actual_bytes != record["bytes"]:
-        report.add(name, f"size {actual_bytes} bytes, {BUILD_JSON} records {record['bytes']}")
-    if "sha256" in record:
-        digest = sha256_file(path)
-        if digest != record["sha256"]:
-            report.add(
-                name, f"sha256 {digest[:12]}... does not match {BUILD_JSON} {str(record['sha256'])[:12]}..."
-            )
-    count = 0
-    bad_images = bad_labels = 0
-    first_image_problem = first_label_problem = ""
+    shard = _Shard()
     try:
-        for sample in dataset.iter_shard(path, strict=True):
-            key = sample["__key__"]
-            count += 1
-            if not KEY_RE.match(key):
-                report.add(name, f"sample key {key!r} is not 8 digits")
-            if key in keys:
-                report.add(name, f"sample key {key} also appears earlier")
-            keys.add(key)
-            missing = [ext for ext in SAMPLE_EXTS if ext not in sample]
-            extra = sorted(set(sample) - {"__key__", "__url__", *SAMPLE_EXTS})
-            if missing or extra:
-                report.add(name, f"sample {key} " + (f"lacks {', '.join(missing)}" if missing else
-                                                     f"holds members no build writes: {', '.join(extra)}"))
-                continue
-            if dataset.png_colour_type(sample["png"]) == dataset.PNG_PALETTE:
-                report.palette_images += 1
-            try:
-                problem = _image_problem(key, sample["png"], expect)
-            except Exception as err:  # noqa: BLE001 - any decoder failure means a bad image
-                problem = f"sample {key} png does not decode ({err})"
-            if problem:
-                bad_images += 1
-                first_image_problem = first_image_problem or problem
-            problem = _label_problem(sample, num_classes, classes)
-            if not problem and expect.per_class and KEY_RE.match(key) and int(key) // expect.per_class != int(
-                    sample["cls"]):
-                problem = f"sample {key} label {int(sample['cls'])} is not its index // {expect.per_class}"
-            if problem:
-                bad_labels += 1
-                first_label_problem = first_label_problem or problem
-            else:
-                labels[int(sample["cls"])] += 1
+        with open(root / name, "rb") as f:
+            reader = dataset.HashingReader(f, str(root / name))
+            _read_samples(reader, expect, classes, seen, shard)
+            digest = reader.hexdigest()
+    except OSError as err:
+        report.add(name, f"cannot be read ({err.strerror or err})")
+        return 0
     except DatasetError as err:
-        report.add(name, f"not a readable tar after {count} samples ({err})")
-    if bad_images:
-        report.add(name, f"{bad_images} bad image(s), first: {first_image_problem}")
-    if bad_labels:
-        report.add(name, f"{bad_labels} bad label(s), first: {first_label_problem}")
-    if "num_samples" in record and count != record["num_samples"]:
-        report.add(name, f"{count} samples, {BUILD_JSON} records {record['num_samples']}")
-    if info_count is not None and count != info_count:
-        report.add(name, f"{count} samples, {INFO_JSON} records {info_count}")
-    return count
+        report.add(name, f"not a readable tar after {shard.count} samples ({err})")
+        digest = None
+    if digest is not None and "sha256" in record and digest != record["sha256"]:
+        report.add(name, f"sha256 {digest[:12]}... does not match {BUILD_JSON} {str(record['sha256'])[:12]}...")
+    for kind, what in (("sample", "bad sample(s)"), ("image", "bad image(s)"), ("label", "bad label(s)")):
+        if shard.bad[kind]:
+            report.add(name, f"{shard.bad[kind]} {what}, first: {shard.first[kind]}")
+    report.palette_images += shard.bad["palette"]
+    for source, count in ((BUILD_JSON, record.get("num_samples")), (INFO_JSON, info_count)):
+        if count is not None and shard.count != count:
+            report.add(name, f"{shard.count} samples, {source} records {count}")
+    return shard.count
 
 
-def _label_problem(sample: dict[str, Any], num_classes: int, classes: dict[int, dict[str, Any]]) -> str:
-    """Why a sample's label is wrong, or '' when it is right."""
-    key = sample["__key__"]
+@dataclass
+class _Seen:
+    """Across the dataset: the keys met (each once) and how often each label was."""
+
+    keys: set[str] = field(default_factory=set)
+    labels: Counter[int] = field(default_factory=Counter)
+
+
+def _read_samples(reader, expect: dataset.Expect, classes: dict[int, dict[str, Any]], seen: _Seen,
+                  shard: _Shard) -> None:
+    """Every sample of a shard through ``dataset.check_sample``, and against its class's record in params.json."""
+    for sample in dataset.iter_shard(reader, strict=True):
+        shard.count += 1
+        key = sample["__key__"]
+        if key in seen.keys:
+            shard.note("sample", f"sample key {key} also appears earlier")
+        seen.keys.add(key)
+        try:
+            _, label = dataset.check_sample(sample, expect)
+        except dataset.SampleError as err:
+            shard.note(err.kind, str(err))
+            if err.kind in ("image", "palette"):  # the label may still count
+                label = _plain_label(sample, expect)
+            else:
+                continue
+        problem = _class_problem(sample, label, classes) if label is not None else ""
+        if problem:
+            shard.note("label", problem)
+        elif label is not None:
+            seen.labels[label] += 1
+
+
+def _plain_label(sample: dict[str, Any], expect: dataset.Expect) -> int | None:
+    """The label of a sample whose image is bad, when its label itself is sound."""
     try:
-        label = int(sample["cls"].decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        label = -1
-    if str(label).encode() != sample["cls"] or label < 0:
-        return f"sample {key} cls {sample['cls'][:20]!r} is not a label's plain digits"
-    if not 0 <= label < num_classes:
-        return f"sample {key} label {label} is outside 0..{num_classes - 1}"
-    try:
-        meta = json.loads(sample["json"])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return f"sample {key} json does not parse"
-    if not isinstance(meta, dict) or meta.get("label") != label:
-        return f"sample {key} json label {meta.get('label') if isinstance(meta, dict) else None} != cls {label}"
+        return dataset.check_label(sample, expect)
+    except dataset.SampleError:
+        return None
+
+
+def _class_problem(sample: dict[str, Any], label: int, classes: dict[int, dict[str, Any]]) -> str:
+    """Why a sample's json disagrees with its class's record in params.json, or ''."""
     recorded = classes.get(label)
-    if recorded is not None:
-        for field_name in _CLASS_FIELDS:
-            if field_name in recorded and field_name in meta and not _agrees(recorded[field_name], meta[field_name]):
-                return (
-                    f"sample {key} {field_name} {str(meta[field_name])[:60]} != {PARAMS_JSON} class {label} "
-                    f"{field_name} {str(recorded[field_name])[:60]}"
-                )
+    if recorded is None:
+        return ""
+    meta = json.loads(sample["json"])
+    for field_name in _CLASS_FIELDS:
+        if field_name in recorded and field_name in meta and not _agrees(recorded[field_name], meta[field_name]):
+            return (f"sample {sample['__key__']} {field_name} {str(meta[field_name])[:60]} != {PARAMS_JSON} class "
+                    f"{label} {field_name} {str(recorded[field_name])[:60]}")
     return ""
 
 
@@ -329,54 +290,45 @@ def verify(root: Path | str) -> VerifyReport:
     build = dataset.read_build(root)
     report = VerifyReport(root=root, num_shards=len(build["shards"]))
     config, records = _typed_build(report, root, build)
-    shard_names = [r["filename"] for r in records]
-    cfg = _check_config(report, config, build) if config is not None else None
+    if config is not None:
+        _check_config(report, config, build)
     config = config or {}
-    expect = _expectations(cfg, config)
     num_classes = build.get("num_classes")
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if type(num_classes) is not int or num_classes < 1:
         report.dataset_problems.append(f"{BUILD_JSON} num_classes {num_classes!r} is not a positive integer")
         num_classes = 0
     report.num_classes = num_classes
-    info_counts = _info_counts(report, root, shard_names, num_classes)
-    classes = _recorded_classes(report, root)
-    if classes and sorted(classes) != list(range(num_classes)):
-        report.dataset_problems.append(
-            f"{PARAMS_JSON} records {len(classes)} classes, {BUILD_JSON} num_classes is {num_classes}"
-        )
-
-    labels: Counter[int] = Counter()
-    keys: set[str] = set()
-    for record in records:
-        name = record["filename"]
-        logger.debug("verifying %s", name)
-        if Path(name).name != name or name.startswith("."):
-            report.add(name, "filename is not a plain file name in the dataset folder")
-            continue
-        report.num_samples += _check_shard(
-            report, root / name, record, info_counts.get(name), expect, num_classes, classes, labels, keys
-        )
-    if len(expect.formats) > 1:
-        report.dataset_problems.append("images mix PNG formats (bit depth, colour type): "
-                                       f"{sorted(expect.formats)}; a build writes one")
-
-    for stray in sorted(p.name for p in root.glob(dataset.SHARD_GLOB) if p.name not in set(shard_names)):
-        report.add(stray, f"not listed in {BUILD_JSON} (a {SHARD_GLOB} glob would load it)")
+    seen = _Seen()
+    _check_shards(report, root, records, dataset.expect_of(config, max(1, num_classes)), seen)
     if "num_samples" in build and build["num_samples"] != sum(r.get("num_samples", 0) for r in records):
-        report.dataset_problems.append(
-            f"{BUILD_JSON} num_samples {build['num_samples']} != sum over shards "
-            f"{sum(r.get('num_samples', 0) for r in records)}"
-        )
-    source = str(config.get("source") or "")
-    if source:
-        _check_source(report, root, source, config.get("source_sha256"))
+        report.dataset_problems.append(f"{BUILD_JSON} num_samples {build['num_samples']} != sum over shards "
+                                       f"{sum(r.get('num_samples', 0) for r in records)}")
+    if config.get("source"):
+        _check_source(report, root, str(config["source"]), config.get("source_sha256"))
     _check_records(report, root, build.get("records", {}))
     if not report.shard_problems and num_classes:
-        _check_label_counts(report, labels, num_classes)
+        _check_label_counts(report, seen.labels, num_classes)
     if report.palette_images:
         report.dataset_problems.append(_old_format(root, report.palette_images, config))
     logger.info(report.summary())
     return report
+
+
+def _check_shards(report: VerifyReport, root: Path, records: list[dict], expect: dataset.Expect,
+                  seen: _Seen) -> None:
+    """Every shard build.json lists, and any other shard-named file beside them (a glob would load it)."""
+    names = [r["filename"] for r in records]
+    info_counts = _info_counts(report, root, names, expect.num_classes)
+    classes = _recorded_classes(report, root)
+    if classes and sorted(classes) != list(range(expect.num_classes)):
+        report.dataset_problems.append(f"{PARAMS_JSON} records {len(classes)} classes, {BUILD_JSON} num_classes "
+                                       f"is {expect.num_classes}")
+    for record in records:
+        logger.debug("verifying %s", record["filename"])
+        report.num_samples += _check_shard(report, root, record, info_counts.get(record["filename"]), expect,
+                                           classes, seen)
+    for stray in sorted(p.name for p in root.glob(dataset.SHARD_GLOB) if p.name not in set(names)):
+        report.add(stray, f"not listed in {BUILD_JSON} (a {SHARD_GLOB} glob would load it)")
 
 
 def _typed_build(report: VerifyReport, root: Path, build: dict[str, Any]) -> tuple[dict | None, list[dict]]:
@@ -431,18 +383,11 @@ def _old_format(root: Path, count: int, config: dict[str, Any]) -> str:
 def _check_source(report: VerifyReport, root: Path, source: str, expected: Any) -> None:
     """The real-image preset's source image: present beside the shards, with the recorded sha256."""
     path = root / source
-    if Path(source).name != source or not path.is_file():
-        report.dataset_problems.append(f"source image {source} (config.source) is missing")
+    problem = dataset.file_problem(root, source)
+    if problem:
+        report.dataset_problems.append(f"source image {source} (config.source): {problem}")
     elif expected and sha256_file(path) != expected:
         report.dataset_problems.append(f"source image {source} does not match config.source_sha256")
-
-
-def _expectations(cfg: BuildConfig | None, config: dict[str, Any]) -> _Expect:
-    """What build.json's config says every sample must be; only the size when it is not a valid config."""
-    if cfg is None:
-        size = config.get("size")
-        return _Expect(size=size if isinstance(size, int) and not isinstance(size, bool) else None)
-    return _Expect(size=cfg.size, per_class=cfg.per_class, fractal=cfg.family.image_mode(cfg) == "fractal")
 
 
 def _check_records(report: VerifyReport, root: Path, records: Any) -> None:

@@ -145,7 +145,7 @@ def test_unreadable_files_are_one_line(tiny_copy: Path, monkeypatch) -> None:
         raise PermissionError(13, "Permission denied", str(path))
 
     (tiny_copy / "build.json").unlink()
-    monkeypatch.setattr(dataset, "sha256_file", denied)
+    monkeypatch.setattr(dataset.records, "sha256_file", denied)
     one_line(_resume(tiny_copy), "Permission denied", "train-000000.tar")
 
 
@@ -214,6 +214,11 @@ def _grey(sample: dict):
     (lambda s: s.update(__key__="99999999"), "is not its index"),
     (lambda s: s.update(cls=b" " + s["cls"]), "plain digits"),
     (lambda s: s.update(txt=b"note"), "holds members no build writes: txt"),
+    (lambda s: s.update(png=s["png"][:-1] + bytes([s["png"][-1] ^ 1])), "bad CRC in its 'IEND'"),
+    (lambda s: s.update(png=s["png"][:40] + bytes([s["png"][40] ^ 1]) + s["png"][41:]), "bad CRC"),
+    (lambda s: s.update(png=s["png"] + bytes(30_000)), "30000 bytes after its end"),
+    (lambda s: s.update(png=s["png"][:-12]), "has no end"),
+    (lambda s: s.update(png=_png(np.dstack([_grey(s)] * 4))), "colour type 6"),
 ])
 def test_verify_names_a_repacked_sample(tiny_copy: Path, change, fragment) -> None:
     assert verify(tiny_copy).ok

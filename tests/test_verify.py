@@ -1,6 +1,7 @@
 """verify: a sound dataset passes; damaged ones fail naming the shard and the fault."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -204,11 +205,37 @@ def test_a_record_that_is_a_fifo_or_a_device_link_is_named_not_read(tiny_copy: P
     assert "Traceback" not in proc.stderr
 
 
-def test_records_that_are_links_to_regular_files_verify(tiny_copy: Path, tmp_path: Path) -> None:
-    """A `cp -rs` copy or a Hub cache snapshot holds links: a link to a regular file is read like the file."""
+def test_records_that_are_links_to_regular_files_verify_but_shards_linked_outside_do_not(tiny_copy: Path,
+                                                                                          tmp_path: Path) -> None:
+    """A `cp -rs` copy holds links: a record linked to a regular file is read like the file, but a shard linked to
+    a file outside the folder is refused (push-to-hub would publish what it points at)."""
     linked = tmp_path / "linked"
     linked.mkdir()
     for path in tiny_copy.iterdir():
         if path.is_file():
-            (linked / path.name).symlink_to(path)
+            if path.suffix == ".tar":
+                shutil.copy(path, linked / path.name)
+            else:
+                (linked / path.name).symlink_to(path)
     assert verify(linked).ok, verify(linked).lines()
+    (linked / "train-000001.tar").unlink()
+    (linked / "train-000001.tar").symlink_to(tiny_copy / "train-000001.tar")
+    report = verify(linked)
+    assert not report.ok and report.shard_problems["train-000001.tar"] == [
+        "is a link to a file outside the dataset folder; copy the file in"]
+    (linked / "train-000001.tar").unlink()
+    (linked / "train-000001.tar").symlink_to(linked / "train-000000.tar")  # inside: read (and found wrong)
+    assert "is a link to a file outside" not in " ".join(verify(linked).lines())
+
+
+def test_a_source_image_linked_outside_the_folder_is_refused(tmp_path: Path) -> None:
+    from test_pins import photo
+
+    from fracgen.build import BuildConfig, build
+
+    root = tmp_path / "real"
+    build(BuildConfig(preset="real", L=2, size=48, shard_size=2), root, workers=1, source=photo(tmp_path))
+    assert verify(root).ok
+    (root / "source.png").unlink()
+    (root / "source.png").symlink_to(tmp_path / "photo.png")  # the same bytes, outside the folder
+    assert any("source.png (config.source): is a link to a file outside" in line for line in verify(root).lines())
