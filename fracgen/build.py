@@ -81,10 +81,9 @@ def build(config: BuildConfig | None, out: str | Path, *, workers: int | None = 
         resume: finish an interrupted build in ``out``, with its stored options; complete shards whose checksum
             verifies are kept, anything else is rebuilt.
         overwrite: replace a previous fracgen build in ``out`` (after planning: a failing search keeps it).
-        shard_range: build only shards [i, j); metadata is written once every shard is complete.
-        params: a params file with the base systems instead of searching (families with base systems).
-        source: the source image of a family that takes one; it is copied into the dataset folder.
-        progress: show a progress bar.
+        shard_range: build only shards [i, j); the records are written once every shard is complete.
+        params: a params file with the base systems instead of searching; ``source``: a source image (both as
+            the family takes them; the image is copied into the dataset folder). ``progress``: show a bar.
 
     Raises:
         UsageError: bad options or output folder (nothing is written).
@@ -108,20 +107,26 @@ def build(config: BuildConfig | None, out: str | Path, *, workers: int | None = 
         for marker in run_shards(ShardJob(plan, folder.root), todo, [len(plan.shard_samples[s]) for s in todo],
                                  workers, progress):
             markers[marker["shard"]] = marker
-    render_seconds = time.perf_counter() - render_start
     images = sum(len(plan.shard_samples[s]) for s in todo)
-    complete = len(markers) == config.num_shards
-    if complete:
-        timing = {"search_seconds": round(search_seconds, 4), "render_seconds_this_call": round(render_seconds, 4),
-                  "shard_seconds_total": round(sum(m["seconds"] for m in markers.values()), 4),
-                  "images_this_call": images, "wall_seconds_this_call": round(time.perf_counter() - start, 4),
-                  "workers": workers, "machine": machine()}
-        write_metadata(folder.root, plan, [markers[s] for s in range(config.num_shards)], timing)
-        # again at the end: the workers of a build killed just before this call may have outlived its start
-        folder.remove_partials(todo if shard_range else None)
-    return BuildResult(root=folder.root, complete=complete, built=todo, skipped=skipped,
-                       num_shards=config.num_shards, seconds=time.perf_counter() - start, images=images,
-                       render_seconds=render_seconds, search_seconds=search_seconds)
+    result = BuildResult(root=folder.root, complete=len(markers) == config.num_shards, built=todo, skipped=skipped,
+                         num_shards=config.num_shards, seconds=0.0, images=images,
+                         render_seconds=time.perf_counter() - render_start, search_seconds=search_seconds)
+    if result.complete:
+        _finish(folder, plan, [markers[s] for s in range(config.num_shards)], result, workers, start)
+        folder.remove_partials(todo if shard_range else None)  # a killed build's workers may have outlived it
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _finish(folder: DatasetFolder, plan: Plan, markers: list[dict], result: BuildResult, workers: int,
+            start: float) -> None:
+    """Write the records (build.json last: a complete build), with this call's timing."""
+    timing = {"search_seconds": round(result.search_seconds, 4),
+              "render_seconds_this_call": round(result.render_seconds, 4),
+              "shard_seconds_total": round(sum(m["seconds"] for m in markers), 4),
+              "images_this_call": result.images, "wall_seconds_this_call": round(time.perf_counter() - start, 4),
+              "workers": workers, "machine": machine()}
+    write_metadata(folder.root, plan, markers, timing)
 
 
 def _inspect(folder: DatasetFolder, config: BuildConfig | None, *, resume: bool, overwrite: bool,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -389,74 +388,32 @@ def push_to_hub_command(
     source_url: str | None,
 ) -> None:
     """Verify ROOT, then upload it with its card and preview to a Hub dataset repo in one commit."""
-    _check_hub_environment()  # huggingface_hub parses these when imported: a bad one would be a traceback
+    from fracgen import hub
+
+    hub.check_environment()  # huggingface_hub parses these when imported: a bad one would be a traceback
     from fracgen.publish import REPO_ID_RE, push_to_hub
 
     if not REPO_ID_RE.match(repo_id):
         raise click.BadParameter(
             f"expected USER/NAME (letters, digits, '-', '_', '.'), got {repo_id!r}", param_hint="--repo-id"
         )
-    if endpoint is not None and _url_problem(endpoint):
+    if endpoint is not None and hub.url_problem(endpoint):
         raise click.BadParameter(f"expected an http(s) URL without query or fragment, got {endpoint!r} "
-                                 f"({_url_problem(endpoint)})", param_hint="--endpoint")
+                                 f"({hub.url_problem(endpoint)})", param_hint="--endpoint")
     if commit_message is not None and not commit_message.strip():
         raise click.BadParameter("must not be empty", param_hint="--commit-message")
     if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license_):
         raise click.BadParameter(
             f"expected a lower-case license id such as cc-by-4.0, got {license_!r}", param_hint="--license"
         )
-    result = push_to_hub(
-        root,
-        repo_id,
-        private=private,
-        revision=revision,
-        commit_message=commit_message,
-        token=token,
-        endpoint=endpoint,
-        dry_run=dry_run,
-        license=license_,
-        source_license=source_license,
-        source_url=source_url,
-    )
-    if dry_run is not None:
-        click.echo(
-            f"dry run: file list in {Path(result) / 'files.json'}, card in {Path(result) / 'README.md'}; nothing was contacted"
-        )
-    else:
+    result = push_to_hub(root, repo_id, private=private, revision=revision, commit_message=commit_message,
+                         token=token, endpoint=endpoint, dry_run=dry_run, license=license_,
+                         source_license=source_license, source_url=source_url)
+    if dry_run is None:
         click.echo(result)
-
-
-def _url_problem(url: str) -> str | None:
-    """What is wrong with a Hub URL (``--endpoint``, ``HF_ENDPOINT``), or None."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a port that is not a number in range
-    except ValueError as err:
-        return str(err)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "not an http(s) URL with a host"
-    if parts.query or parts.fragment or any(c.isspace() for c in url):
-        return "a query, fragment or space"
-    return None
-
-
-def _check_hub_environment() -> None:
-    """The huggingface_hub settings it reads from the environment at import, checked first (one line, not its
-    traceback): the timeouts are whole seconds > 0, HF_ENDPOINT an http(s) URL."""
-    for name in ("HF_HUB_DOWNLOAD_TIMEOUT", "HF_HUB_ETAG_TIMEOUT"):
-        value = os.environ.get(name)
-        try:
-            ok = value is None or int(value) > 0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise UsageError(f"{name} must be a whole number of seconds > 0 (huggingface_hub reads it so), "
-                             f"got {value!r}")
-    endpoint = os.environ.get("HF_ENDPOINT")
-    if endpoint is not None and _url_problem(endpoint):
-        raise UsageError(f"HF_ENDPOINT must be an http(s) URL, got {endpoint!r} ({_url_problem(endpoint)})")
+        return
+    click.echo(f"dry run: file list in {Path(result) / 'files.json'}, card in {Path(result) / 'README.md'}; "
+               "nothing was contacted")
 
 
 def main() -> None:

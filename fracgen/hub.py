@@ -95,3 +95,36 @@ def check_token(token: str | None) -> None:
     if token and (token != token.strip() or any(c.isspace() or not c.isprintable() for c in token)):
         raise UsageError("the token contains a line break, space or control character; copy it again "
                          "(--token or HF_TOKEN)")
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a Hub URL (``--endpoint``, ``HF_ENDPOINT``), or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError as err:
+        return str(err)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an http(s) URL with a host"
+    if parts.query or parts.fragment or any(c.isspace() for c in url):
+        return "a query, fragment or space"
+    return None
+
+
+def check_environment() -> None:
+    """The huggingface_hub settings it reads from the environment at import, checked first (one line, not its
+    traceback): the timeouts are whole seconds > 0, HF_ENDPOINT an http(s) URL."""
+    for name in ("HF_HUB_DOWNLOAD_TIMEOUT", "HF_HUB_ETAG_TIMEOUT"):
+        value = os.environ.get(name)
+        try:
+            ok = value is None or int(value) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise UsageError(f"{name} must be a whole number of seconds > 0 (huggingface_hub reads it so), "
+                             f"got {value!r}")
+    endpoint = os.environ.get("HF_ENDPOINT")
+    if endpoint is not None and url_problem(endpoint):
+        raise UsageError(f"HF_ENDPOINT must be an http(s) URL, got {endpoint!r} ({url_problem(endpoint)})")

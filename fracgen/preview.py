@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from fracgen import dataset
+from fracgen.dataset import PNG_SIGNATURE
 from fracgen.errors import UsageError
 from fracgen.folder import replaceable, write_atomic
 from fracgen.presets import DEFAULT_PRESET, registry
@@ -213,7 +215,6 @@ def _checked_config(root: Path, build: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SOFTWARE = "fracgen preview"  # a tEXt chunk: what lets a later preview replace this file
 
 
@@ -242,76 +243,90 @@ def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) 
     build = dataset.read_build(root)
     config = _checked_config(root, build)
     images = _first_samples(root, build, count)
-    labels = sorted(images)
-    binary = _is_binary(list(images.values()))
-    family = registry.get(config.get("preset", DEFAULT_PRESET))
-    base = family.preview_base(dataset.read_params(root), config) if binary and family is not None else None
-    base_title = "base fractal (unperturbed)"
-    if base is None:
-        base, base_title = images[labels[0]][..., 0] if binary else images[labels[0]], f"class {labels[0]}"
-    if binary:
-        samples = {k: v[..., 0] for k, v in images.items()}
-        show = _show
-        legend = (
-            "each tile is one class; difference row (shapes closed by 1 px): red = only in class k, "
-            "blue = only in class k+1, yellow = both kinds nearby, grey = in both"
-        )
-    else:
-        samples = images
-        show = _show_photo
-        legend = (
-            "each tile is one class; difference row: |class k - class k+1|, stretched so the largest is white"
-        )
+    panel = _Panel.of(images, root, config)
+    canvas = _compose(panel, caption(build))
+    return _save(canvas, root, out)
 
+
+@dataclass
+class _Panel:
+    """What the preview shows: the base picture and the first classes' images, with how to draw them."""
+
+    samples: dict[int, np.ndarray]
+    base: np.ndarray
+    base_title: str
+    binary: bool  # the fractal look (two grey levels): lit pixels and their differences, else photo tiles
+
+    @classmethod
+    def of(cls, images: dict[int, np.ndarray], root: Path, config: dict[str, Any]) -> _Panel:
+        labels = sorted(images)
+        binary = _is_binary(list(images.values()))
+        family = registry.get(config.get("preset", DEFAULT_PRESET))
+        base = family.preview_base(dataset.read_params(root), config) if binary and family is not None else None
+        title = "base fractal (unperturbed)"
+        if base is None:
+            base, title = images[labels[0]][..., 0] if binary else images[labels[0]], f"class {labels[0]}"
+        samples = {k: v[..., 0] for k, v in images.items()} if binary else images
+        return cls(samples, base, title, binary)
+
+    @property
+    def legend(self) -> str:
+        if self.binary:
+            return ("each tile is one class; difference row (shapes closed by 1 px): red = only in class k, "
+                    "blue = only in class k+1, yellow = both kinds nearby, grey = in both")
+        return "each tile is one class; difference row: |class k - class k+1|, stretched so the largest is white"
+
+    def show(self, image: np.ndarray, side: int) -> Image.Image:
+        return _show(image, side) if self.binary else _show_photo(image, side)
+
+    def difference(self, a: int, b: int) -> tuple[Image.Image, str]:
+        if self.binary:
+            tile, changed = _difference(self.samples[a], self.samples[b], TILE)
+            return tile, f"{a} vs {b}: {100 * changed:.2f}% differ"
+        tile, mean_abs, gain = _photo_difference(self.samples[a], self.samples[b], TILE)
+        return tile, f"{a} vs {b}: mean {mean_abs:.2f}/255, x{gain:.0f}"
+
+
+def _compose(panel: _Panel, text: str) -> Image.Image:
+    """The picture: the caption and legend, the base beside a grid of the classes, then the difference row."""
+    labels = sorted(panel.samples)
     columns = min(COLUMNS, len(labels))
-    rows = math.ceil(len(labels) / columns)
-    label_h = 18
+    rows, label_h, caption_h = math.ceil(len(labels) / columns), 18, 64
     cell_h = TILE + label_h
-    caption_h = 64
     base_side = max(2 * TILE + GAP, rows * cell_h - label_h)
     grid_w = columns * (TILE + GAP)
     diff_columns = min(len(labels), max(1, (base_side + GAP + grid_w) // (TILE + GAP)))
-    diff_rows = math.ceil(len(labels) / diff_columns)
     title_font, small = _font(18), _font(13)
-    text = caption(build)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_w = max(probe.textlength(text, font=title_font), probe.textlength(legend, font=small))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max(measure.textlength(text, font=title_font), measure.textlength(panel.legend, font=small))
     width = max(GAP + base_side + GAP + grid_w, int(text_w) + 2 * GAP)
-    top = caption_h
-    grid_h = max(base_side + label_h, rows * cell_h)
-    diff_top = top + grid_h + GAP + 22
-    height = diff_top + diff_rows * cell_h + GAP
-    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    diff_top = caption_h + max(base_side + label_h, rows * cell_h) + GAP + 22
+    canvas = Image.new("RGB", (width, diff_top + math.ceil(len(labels) / diff_columns) * cell_h + GAP), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-
     draw.text((GAP, 8), text, fill=TEXT, font=title_font)
-    draw.text((GAP, 34), legend, fill=TEXT, font=small)
-    canvas.paste(show(base, base_side), (GAP, top))
-    draw.text((GAP, top + base_side + 2), base_title, fill=TEXT, font=small)
-    x0 = GAP + base_side + GAP
+    draw.text((GAP, 34), panel.legend, fill=TEXT, font=small)
+    canvas.paste(panel.show(panel.base, base_side), (GAP, caption_h))
+    draw.text((GAP, caption_h + base_side + 2), panel.base_title, fill=TEXT, font=small)
     for i, label in enumerate(labels):
-        x, y = x0 + (i % columns) * (TILE + GAP), top + (i // columns) * cell_h
-        canvas.paste(show(samples[label], TILE), (x, y))
+        x, y = 2 * GAP + base_side + (i % columns) * (TILE + GAP), caption_h + (i // columns) * cell_h
+        canvas.paste(panel.show(panel.samples[label], TILE), (x, y))
         draw.text((x, y + TILE + 2), f"class {label}", fill=TEXT, font=small)
-
     draw.text((GAP, diff_top - 20), "differences from the next class", fill=TEXT, font=small)
     for i, label in enumerate(labels):
-        nxt = labels[(i + 1) % len(labels)]
-        if binary:
-            tile, changed = _difference(samples[label], samples[nxt], TILE)
-            note = f"{label} vs {nxt}: {100 * changed:.2f}% differ"
-        else:
-            tile, mean_abs, gain = _photo_difference(samples[label], samples[nxt], TILE)
-            note = f"{label} vs {nxt}: mean {mean_abs:.2f}/255, x{gain:.0f}"
+        tile, note = panel.difference(label, labels[(i + 1) % len(labels)])
         x, y = GAP + (i % diff_columns) * (TILE + GAP), diff_top + (i // diff_columns) * cell_h
         canvas.paste(tile, (x, y))
         draw.text((x, y + TILE + 2), note, fill=TEXT, font=small)
+    return canvas
 
+
+def _save(canvas: Image.Image, root: Path, out: Path | str | None) -> Path:
+    """Write the picture as a PNG marked as fracgen's (``_ours``), atomically; only over a file fracgen drew."""
     default = root / dataset.PREVIEW_PNG
     out = Path(out) if out is not None else default
     # a PNG stands in the dataset's own preview.png (older fracgens wrote no mark); elsewhere only fracgen's own
     replaceable(out, (lambda head: head.startswith(PNG_SIGNATURE)) if out == default else _ours,
-                      "preview drawn by fracgen")
+                "preview drawn by fracgen")
     encoded = io.BytesIO()
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", SOFTWARE)
@@ -321,5 +336,5 @@ def preview(root: Path | str, out: Path | str | None = None, *, count: int = 8) 
     except OSError as err:
         raise UsageError(f"cannot write {out}: {err.strerror or err}") from None
     write_atomic(out, encoded.getvalue(), then="rerun")  # a full disk leaves no truncated image
-    logger.info("wrote %s (%dx%d)", out, width, height)
+    logger.info("wrote %s (%dx%d)", out, *canvas.size)
     return out

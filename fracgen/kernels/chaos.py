@@ -1,20 +1,11 @@
-"""Numba kernels: the chaos game and the two raster styles. No I/O, no global random state.
+"""numba kernels: the chaos game and the two raster styles; every random number arrives as an argument.
 
-Every random number a kernel uses arrives as an array argument (the map-choice uniforms, the patch masks),
-so the caller's seeded generator decides every pixel.
-
-Styles:
-    reference: the released 1p-frac look. x and y are scaled independently into [pad, size - pad], truncated
-        to integers, and a 3 x 3 patch is pasted at (x + 1, y + 1) with a 9-bit on/off mask (most significant
-        bit = top-left), value 127 where on and 0 where off (the paste overwrites what is there); the image is
-        then flipped top to bottom.
-    points: one pixel of value 127 per point, aspect ratio kept, centred, flipped top to bottom.
-
-Speed (issue 13): ``render_chains`` runs LANES systems in one loop (their steps are independent, where one chain
-waits about 12 cycles on its previous point), in two passes (bounding boxes, then the same chains again with
-their points pasted) so no points are stored, and pastes into a 1-bit image (32 KB at 512 px, in L1) with one
-read-modify-write per patch row. The perturbations of a fractal share their map choices; FractalDB samples
-each bring their category's. ``render`` is the one-image path (search, checks, truncated FractalDB chains).
+Styles: reference, the released look (x and y scaled independently into [pad, size - pad], truncated, a 3 x 3
+patch of a 9-bit mask pasted at (x + 1, y + 1), value 127, later pastes over earlier, flipped top to bottom);
+points, one pixel of value 127 per point, aspect kept, centred, flipped. ``render`` is the one-image path.
+``render_chains`` runs LANES systems in one loop (one chain waits about 12 cycles on its previous point), in two
+passes (bounding boxes, then the chains again with their points pasted) into 1-bit images (32 KB at 512 px, in
+L1): no point is stored.
 """
 
 from __future__ import annotations
@@ -88,8 +79,7 @@ def _bounds(points: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def _row_bits_table() -> np.ndarray:
-    """Each mask's patch rows as 3-bit fields: (512, 3) uint64; bit j of row i is the patch's pixel (i, j), which
-    is bit 8 - (3 i + j) of the mask (most significant bit = top-left)."""
+    """Each mask's patch rows as 3-bit fields, (512, 3) uint64: bit j of row i = mask bit 8 - (3 i + j)."""
     bits = (np.arange(512)[:, None] >> np.arange(8, -1, -1)) & 1  # (512, 9), patch[i, j] = bits[3 i + j]
     return (bits.reshape(512, 3, 3) << np.arange(3)).sum(axis=2).astype(np.uint64)
 
@@ -109,20 +99,15 @@ PATCH_FIELDS = (ROW_BITS[:, 0] | (ROW_BITS[:, 1] << np.uint64(3)) | (ROW_BITS[:,
 
 @numba.njit(inline="always")
 def _patch_place(px: int, py: int, top: int, words: int) -> tuple[int, int]:
-    """Where a point's patch goes in a flattened bit image: the word of its top row and the bit of its left
-    column. Integer arithmetic only, so a loop of these vectorises."""
+    """The word of a point's patch's top row and the bit of its left column (integers only: a loop vectorises)."""
     col = px + 1
     return (top - py - 1) * words + (col >> 6), col & 63
 
 
 @numba.njit(inline="always")
 def _paste_patch(flat: np.ndarray, words: int, index: int, shift: int, mask: int) -> None:
-    """Paste one point's 3 x 3 patch into a flattened bit image (``words`` uint64 per row).
-
-    Each patch row is one read-modify-write of a 3-bit field instead of three byte stores, and the bit image
-    of a 512 px canvas is 32 KB, so it stays in L1 where the byte image (256 KB) did not. Unsigned indices
-    spare numba's negative-index fix-up on every access.
-    """
+    """Paste one point's 3 x 3 patch into a flattened bit image (``words`` uint64 per row): a read-modify-write
+    of a 3-bit field per row, in 32 KB at 512 px (L1); unsigned indices spare numba's negative-index fix-up."""
     base = np.uint64(index)
     step = np.uint64(words)
     s = np.uint64(shift)
