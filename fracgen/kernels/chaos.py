@@ -29,10 +29,8 @@ def _choose(r: float, cumprob: np.ndarray) -> int:
 @numba.njit(cache=True, nogil=True)
 def chaos_game(maps: np.ndarray, cumprob: np.ndarray, uniforms: np.ndarray, points: np.ndarray) -> bool:
     """Run the chaos game from (0, 0); point t + 1 = w_j(point t) with j the first map whose cumulative
-    probability is >= uniforms[t] (the released code's rule).
-
-    A chain that leaves the finite numbers never comes back (a finite coefficient times inf or nan is inf or
-    nan), so the game stops at the first non-finite point: a diverging system costs only the steps up to it.
+    probability is >= uniforms[t] (the released rule). It stops at the first non-finite point: a chain that
+    leaves the finite numbers never comes back, so a diverging system costs only the steps up to it.
 
     Args:
         maps: (N, 6) float64 rows (a, b, c, d, e, f).
