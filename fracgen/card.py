@@ -243,6 +243,8 @@ def card_context(
     repo_id: str = "USER/NAME",
     source_license: str | None = None,
     source_url: str | None = None,
+    build: dict[str, Any] | None = None,
+    timing: bool = True,
 ) -> dict[str, str]:
     """Every placeholder value of a card, from the dataset's build.json, params.json and first shard.
 
@@ -252,13 +254,16 @@ def card_context(
         repo_id: the Hub repo the card will live in.
         source_license: real-image builds: the licence id of the source photo.
         source_url: real-image builds: where the photo comes from (URL or citation).
+        build: build.json's content, when it is not written yet (a build writes its card before it).
+        timing: say how long the build took (a build's own card points to build.json instead, so that the same
+            options give the same card).
 
     Raises:
         UsageError: no licence or a malformed one, or `root` holds no complete build.
     """
     _check_publisher(license, source_license, source_url)
     root = Path(root)
-    build, config, num_classes = _records(root)
+    build, config, num_classes = _records(root, build)
     shards = build["shards"]
     filenames = [str(r["filename"]) for r in shards]
     num_samples = sum(int(r.get("num_samples", 0)) for r in shards)
@@ -281,7 +286,8 @@ def card_context(
         "shard_pattern": _shard_pattern(filenames),
         "size": str(config.get("size", "?")),
         "seed": str(config.get("seed", "?")),
-        "build_time": _build_time(build.get("timing") or {}, num_samples, config.get("params_source") == "file"),
+        "build_time": _build_time(build.get("timing") or {}, num_samples, config.get("params_source") == "file")
+        if timing else f"in `{dataset.BUILD_JSON}` (`timing`: wall time, workers, machine)",
         "command": shlex.join(command) if isinstance(command, list) else str(command),
         "install": INSTALL,
         "fracgen_version": str(versions.get("fracgen", "?")),
@@ -302,9 +308,9 @@ def _check_publisher(license: str | None, source_license: str | None, source_url
         raise UsageError(f"--source-url must be one line of text, got {source_url!r}")
 
 
-def _records(root: Path) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """build.json, its config and its class count, each checked to be what the card needs."""
-    build = dataset.read_build(root)
+def _records(root: Path, build: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """build.json (read, unless given), its config and its class count, each checked to be what the card needs."""
+    build = dataset.read_build(root) if build is None else build
     config = build.get("config")
     if not isinstance(config, dict):
         raise UsageError(f"{root / dataset.BUILD_JSON} has no config object; run `fracgen verify {root}`")
@@ -350,6 +356,8 @@ def render_card(
     template: Path | str | None = None,
     source_license: str | None = None,
     source_url: str | None = None,
+    build: dict[str, Any] | None = None,
+    timing: bool = True,
 ) -> str:
     """The dataset card of a build, as Markdown with a YAML header.
 
@@ -361,6 +369,7 @@ def render_card(
             `datasets_cards/generic.md`.
         source_license: real-image builds: the licence id of the source photo.
         source_url: real-image builds: where the photo comes from.
+        build: build.json's content, when it is not written yet; ``timing``: as ``card_context``.
 
     Returns:
         The card text.
@@ -368,14 +377,14 @@ def render_card(
     Raises:
         UsageError: no complete build, no or a bad license id, a missing template or an unknown placeholder.
     """
-    build = dataset.read_build(root)
+    build = dataset.read_build(root) if build is None else build
     path = Path(template) if template is not None else template_for(build)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise UsageError(f"card template {path} is missing") from err
     context = card_context(root, license=license, repo_id=repo_id, source_license=source_license,
-                           source_url=source_url)
+                           source_url=source_url, build=build, timing=timing)
     card = render_template(text, context)
     logger.debug("rendered card from %s (%d chars)", path, len(card))
     return card

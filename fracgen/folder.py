@@ -20,6 +20,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import socket
 import stat
 import time
@@ -111,6 +112,25 @@ def write_json(path: Path, data: object, then: str = "rerun with --resume") -> s
     text = dump_json(data)
     write_atomic(path, text, then)
     return hashlib.sha256(text).hexdigest()
+
+
+def link_or_copy(source: Path, path: Path) -> None:
+    """Put ``source``'s content at ``path`` (a hard link, or a copy where the file system has none), atomically and
+    never through a link at ``path``."""
+    path = Path(path)
+    refuse_link(path)
+    tmp = tmp_path(path)
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(e, path, "rerun") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def append_text(path: Path, text: str) -> None:

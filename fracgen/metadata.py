@@ -1,18 +1,23 @@
-"""The dataset's own records, written once every shard is complete: params.json, _info.json, then build.json.
-
-build.json comes last: its presence is what marks a complete build.
+"""The dataset's own records, written once every shard is complete: the class parameters, timm's shard index, the
+dataset card (which `datasets.load_dataset` reads for the label names), then the build record, whose presence
+marks a complete build. Their names are ``fracgen.dataset``'s.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
+from pathlib import Path
 
 import numpy as np
 
 import fracgen
 from fracgen import dataset
+from fracgen.folder import write_atomic
 from fracgen.plan import Plan
+
+UNCHOSEN_LICENSE = "other"  # the Hub's id for "see the card": a build's card until push-to-hub sets one
 
 
 def versions() -> dict:
@@ -78,5 +83,16 @@ def write_metadata(root, plan: Plan, markers: list[dict], timing: dict) -> dict:
         dataset.PARAMS_JSON: dataset.write_params(root, params),
         dataset.INFO_JSON: dataset.write_info(root, dataset.DatasetInfo.from_shards(name, cfg.num_classes, shard_rows)),
     }
+    build["records"][dataset.CARD_MD] = _write_card(root, build)
     dataset.write_build(root, build)
     return build
+
+
+def _write_card(root, build: dict) -> str:
+    """The dataset card, so that the folder loads labelled as it will from the Hub; its licence is chosen when it
+    is published (`push-to-hub --license`), "other" until then. Returns its sha256."""
+    from fracgen.card import render_card
+
+    card = render_card(root, license=UNCHOSEN_LICENSE, build=build, timing=False).encode()
+    write_atomic(Path(root) / dataset.CARD_MD, card)
+    return hashlib.sha256(card).hexdigest()

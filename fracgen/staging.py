@@ -18,7 +18,7 @@ from fracgen import dataset
 from fracgen.card import render_card
 from fracgen.dataset import BUILD_JSON, INFO_JSON, PARAMS_JSON, PNG_SIGNATURE
 from fracgen.errors import FracgenError, UsageError
-from fracgen.folder import write_atomic
+from fracgen.folder import link_or_copy, write_atomic
 
 MAX_COMMIT_FILES = 20_000  # create_commit takes at most 25k LFS files
 
@@ -146,20 +146,21 @@ def _check_card_header(card: str) -> None:
         raise UsageError("the rendered card has no YAML header with license and configs")
 
 
-DRY_RUN_FILES = ("files.json", "files.tsv", "README.md", "preview.png")
+LISTING = ("files.json", "files.tsv")  # what a dry run writes besides the files themselves
 
 
-def _check_dry_run_folder(out: Path) -> None:
+def _check_dry_run_folder(out: Path, names: set[str]) -> None:
     """Refuse a --dry-run folder that holds anything but an earlier dry run's files (a user's README.md...)."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise UsageError(f"--dry-run {out} exists and is not a folder")
     if not out.exists():
         return
     entries = {p.name: p for p in out.iterdir()}
-    foreign = sorted(n for n, p in entries.items() if n not in DRY_RUN_FILES or p.is_symlink() or not p.is_file())
+    foreign = sorted(n for n, p in entries.items() if (n not in names and n not in LISTING) or p.is_symlink()
+                     or not p.is_file())
     if not foreign and entries:
         try:
-            record = json.loads((out / "files.json").read_text(encoding="utf-8"))
+            record = json.loads((out / LISTING[0]).read_text(encoding="utf-8"))
             ours = isinstance(record, dict) and record.get("repo_type") == "dataset" and "files" in record
         except (OSError, ValueError, RecursionError):
             ours = False
@@ -170,24 +171,27 @@ def _check_dry_run_folder(out: Path) -> None:
 
 
 def write_dry_run(files: list[StagedFile], out: Path, *, repo_id: str, summary: dict) -> Path:
-    """Write what an upload would send: `files.json` (path, size, sha256), `files.tsv`, `README.md`, `preview.png`.
+    """Write what an upload would send into ``out``: the files themselves (the shards as hard links to the
+    dataset's, or copies where the file system has none), so that ``datasets.load_dataset(out)`` loads what the Hub
+    would serve, and the listing (`files.json`: path, size, sha256; `files.tsv`).
 
     Each file is written atomically, so a full disk leaves no half-written one; a folder holding anything else is
     refused before any write.
     """
-    _check_dry_run_folder(out)
+    _check_dry_run_folder(out, {f.path_in_repo for f in files})
     listing = [{"path_in_repo": f.path_in_repo, "size": f.size, "sha256": f.sha256} for f in files]
     record = {"repo_id": repo_id, "repo_type": "dataset", **summary, "files": listing,
               "total_bytes": sum(f.size for f in files)}
     rows = ["path_in_repo\tsize\tsha256"] + [f"{f.path_in_repo}\t{f.size}\t{f.sha256}" for f in files]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "files.json", (json.dumps(record, indent=1) + "\n").encode(), then="rerun")
-        write_atomic(out / "files.tsv", ("\n".join(rows) + "\n").encode(), then="rerun")
+        write_atomic(out / LISTING[0], (json.dumps(record, indent=1) + "\n").encode(), then="rerun")
+        write_atomic(out / LISTING[1], ("\n".join(rows) + "\n").encode(), then="rerun")
         for f in files:
-            if f.path_in_repo in ("README.md", "preview.png"):
-                write_atomic(out / f.path_in_repo, f.data if f.data is not None else f.source.read_bytes(),
-                                     then="rerun")
+            if f.data is not None:
+                write_atomic(out / f.path_in_repo, f.data, then="rerun")
+            else:
+                link_or_copy(f.source, out / f.path_in_repo)
     except OSError as err:
         raise UsageError(f"--dry-run folder {out} cannot be written: {err.strerror or err}") from None
     except FracgenError as err:

@@ -396,9 +396,11 @@ def _check_records(report: VerifyReport, root: Path, records: Any) -> None:
     if not isinstance(records, dict):
         report.dataset_problems.append(f"{BUILD_JSON} records is not an object (got {records!r:.60})")
         return
-    for name in (PARAMS_JSON, INFO_JSON):
+    for name in (PARAMS_JSON, INFO_JSON, dataset.CARD_MD):
         path = root / name
-        if name in records and path.is_file() and sha256_file(path) != records[name]:
+        if name in records and not path.is_file():
+            report.dataset_problems.append(f"{name} is missing ({BUILD_JSON} records its sha256)")
+        elif name in records and sha256_file(path) != records[name]:
             report.dataset_problems.append(f"{name} was changed after the build: its sha256 is not the one "
                                            f"{BUILD_JSON} records")
 

@@ -40,7 +40,8 @@ def test_same_bytes_whatever_the_worker_count(tiny_dataset, tmp_path):
     build(CFG, tmp_path / "w2", workers=2)
     build(CFG, tmp_path / "w3", workers=3)
     reference = files(tiny_dataset)
-    assert sorted(reference) == ["_info.json", "build.json", "params.json", "train-000000.tar", "train-000001.tar"]
+    assert sorted(reference) == ["README.md", "_info.json", "build.json", "params.json", "train-000000.tar",
+                                 "train-000001.tar"]
     assert files(tmp_path / "w2") == reference
     assert files(tmp_path / "w3") == reference
 

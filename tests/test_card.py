@@ -253,3 +253,22 @@ def test_a_params_file_build_shows_the_files_sigma_not_the_search_options(tmp_pa
     assert "| N (affine maps per system) | 3 |" in body
     assert "sigma target" not in body and "read from a params file" in body
     assert "| sigma | 3.5 |" not in body and "| margin |" not in body  # the recorded config table
+
+
+def test_a_built_folder_and_its_dry_run_load_labelled_with_datasets(tiny_copy: Path, tmp_path: Path) -> None:
+    """A build carries its card, so `datasets.load_dataset(folder)` gives `cls` as a ClassLabel as the Hub will;
+    `push-to-hub --dry-run DIR` writes a folder that loads the same way."""
+    datasets = pytest.importorskip("datasets")
+    from fracgen.publish import push_to_hub
+
+    built = json.loads((tiny_copy / "build.json").read_text())
+    header, _ = _split((tiny_copy / "README.md").read_text())
+    assert header["license"] == "other"
+    dry = Path(push_to_hub(tiny_copy, "alice/one-frac", dry_run=tmp_path / "dry", license="cc-by-4.0"))
+    assert _split((dry / "README.md").read_text())[0]["license"] == "cc-by-4.0"
+    for folder in (tiny_copy, dry):
+        ds = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "cache" / folder.name))
+        cls = ds.features["cls"]
+        assert isinstance(cls, datasets.ClassLabel) and cls.names == [str(k) for k in range(built["num_classes"])]
+        assert len(ds) == built["num_samples"] and ds[0]["json"]["label"] == ds[0]["cls"]
+    assert (dry / "train-000000.tar").read_bytes() == (tiny_copy / "train-000000.tar").read_bytes()

@@ -143,8 +143,8 @@ def test_overwrite_replaces_a_genuine_build_with_its_leftovers(tiny_copy):
     os.utime(tiny_copy / "train-000000.tar.tmp-host-1", (old, old))
     result = build(BuildConfig(**{**TINY, "L": 8}), tiny_copy, overwrite=True, workers=1)
     assert result.complete and result.num_shards == 1
-    assert sorted(p.name for p in tiny_copy.iterdir()) == [".fracgen", "_info.json", "build.json", "params.json",
-                                                           "train-000000.tar"]
+    assert sorted(p.name for p in tiny_copy.iterdir()) == [".fracgen", "README.md", "_info.json", "build.json",
+                                                           "params.json", "train-000000.tar"]
 
 
 # -------------------------------------------------------------------- 4: --resume needs a record

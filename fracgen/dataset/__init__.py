@@ -26,6 +26,7 @@ INFO_JSON = "_info.json"
 PARAMS_JSON = "params.json"
 BUILD_JSON = "build.json"
 PREVIEW_PNG = "preview.png"  # what `fracgen preview` draws by default
+CARD_MD = "README.md"  # the dataset card, as the Hub and `datasets.load_dataset` read it
 INTERNAL = ".fracgen"  # the builder's own records; never published
 CONFIG_JSON = f"{INTERNAL}/config.json"
 SYSTEMS_JSON = f"{INTERNAL}/systems.json"
@@ -67,14 +68,15 @@ def marker_path(root: Path, shard: int) -> Path:
 
 def build_files(num_shards: int, source: str = "") -> list[str]:
     """The files a build of ``num_shards`` shards writes (relative names), besides temporaries and markers."""
-    names = [*map(shard_name, range(num_shards)), INFO_JSON, PARAMS_JSON, BUILD_JSON, PREVIEW_PNG, CONFIG_JSON,
-             SYSTEMS_JSON]
+    names = [*map(shard_name, range(num_shards)), INFO_JSON, PARAMS_JSON, BUILD_JSON, CARD_MD, PREVIEW_PNG,
+             CONFIG_JSON, SYSTEMS_JSON]
     return names + ([source] if source else [])
 
 
 # The names a build writes in each of its folders, and the probe it writes to check a folder can be written.
 WRITES = {
-    "": re.compile(r"train-\d{6,}\.tar|_info\.json|params\.json|build\.json|preview\.png|source\.[^/]*|probe"),
+    "": re.compile(r"train-\d{6,}\.tar|_info\.json|params\.json|build\.json|README\.md|preview\.png|source\.[^/]*"
+                   r"|probe"),
     INTERNAL: re.compile(r"config\.json|systems\.json|probe"),
     STATS: re.compile(r"\d{6,}\.json|probe"),
 }
@@ -119,6 +121,7 @@ from fracgen.dataset.shards import HashingReader, iter_shard, write_shard  # noq
 
 __all__ = [
     "BUILD_JSON",
+    "CARD_MD",
     "CONFIG_JSON",
     "DatasetError",
     "DatasetInfo",
