@@ -65,8 +65,8 @@ class Family:
         return config.L
 
     def dataset_name(self, config: BuildConfig) -> str:
-        """The dataset's name in its records and card."""
-        return f"{self.name}-delta{config.delta}-L{config.L}"
+        """The dataset's name in its records and card: the family's, then its Delta and L when it reads them."""
+        return "-".join([self.name] + [f"{n}{getattr(config, n)}" for n in ("delta", "L") if n in self.options])
 
     def problems(self, config: BuildConfig) -> list[str]:
         """What is wrong with options that are each in bounds but not together (one line each)."""
