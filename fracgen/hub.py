@@ -12,6 +12,8 @@ import contextlib
 import logging
 import os
 import re
+import signal
+import threading
 from collections.abc import Iterator
 
 from fracgen.errors import UsageError
@@ -32,6 +34,35 @@ def _timeout_from_env() -> float:
 
 
 HUB_TIMEOUT_S = _timeout_from_env()
+# A whole push may take this long, plus its bytes at HUB_MIN_RATE: a server that answers a byte at a time (which no
+# per-read timeout catches) or keeps failing is given up on in one line, however the retries go.
+HUB_BUDGET_S = 180.0
+HUB_MIN_RATE = 100_000  # bytes/s
+
+
+class HubTimeout(UsageError):
+    """The push ran out of its time budget."""
+
+
+@contextlib.contextmanager
+def budget(seconds: float, what: str) -> Iterator[None]:
+    """Raise HubTimeout in this thread once ``seconds`` have passed (a timer signal interrupts a blocking read or
+    a retry's wait); a no-op off the main thread or where the platform has no interval timer."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame) -> None:
+        raise HubTimeout(f"{what} did not finish within {seconds:.0f} s (the time allowed for its requests and "
+                         "their retries, and its bytes at 100 KB/s); the server is too slow or not answering")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class _OneLinePerRetry(logging.Filter):

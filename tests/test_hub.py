@@ -60,6 +60,47 @@ def silent_server() -> Iterator[str]:
     listener.close()
 
 
+@pytest.fixture
+def dripping_server() -> Iterator[str]:
+    """A server that answers every request one byte every 0.2 s, for ever (no read ever times out)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            for byte in b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 10_000:
+                if stop.wait(0.2):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                threading.Thread(target=drip, args=(listener.accept()[0],), daemon=True).start()
+            except OSError:
+                continue
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    listener.close()
+
+
+def test_a_hub_that_answers_a_byte_at_a_time_runs_out_of_its_budget_in_one_line(tiny_copy, dripping_server,
+                                                                                monkeypatch):
+    monkeypatch.setattr(hub, "HUB_BUDGET_S", 1.5)
+    start = time.monotonic()
+    result = _push(tiny_copy, dripping_server, "--token", TOKEN)
+    _assert_one_line_error(result, "did not finish within")
+    assert time.monotonic() - start < 20
+
+
 def test_a_hub_that_never_answers_times_out_in_one_line(tiny_copy, silent_server, monkeypatch):
     monkeypatch.setattr(hub, "HUB_TIMEOUT_S", 0.3)
     start = time.monotonic()
