@@ -206,14 +206,14 @@ def _builders(takes_source: bool) -> list[Family]:
     return [f for f in families().values() if f.takes_source == takes_source]
 
 
-def _out_folder(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
-    if not str(value).strip():
+def _out_folder(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    if not value.strip():  # Path("") would be the current folder
         raise click.BadParameter("must name a folder, got an empty path (use . for the current folder)")
-    return value
+    return Path(value)
 
 
 @cli.command("build")
-@click.argument("out", type=click.Path(path_type=Path), callback=_out_folder)
+@click.argument("out", type=click.Path(), callback=_out_folder)
 @click.option("--preset", type=click.Choice([f.name for f in _builders(False)]), default=None,
               help=f"Dataset family [default: {DEFAULT_PRESET}] (a single real image: fracgen build-real).")
 @_table_options({n for f in _builders(False) for n in f.options}, _builders(False))
@@ -230,7 +230,7 @@ def build_command(out: Path, params: Path | None, **options) -> None:
 
 @cli.command("build-real")
 @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path), callback=_out_folder)
+@click.argument("out", type=click.Path(), callback=_out_folder)
 @_table_options({n for f in _builders(True) for n in f.options}, _builders(True))
 @_operational
 def build_real_command(image: Path, out: Path, **options) -> None:

@@ -164,24 +164,23 @@ class DatasetFolder:
     def unrecorded(self, config: BuildConfig) -> list[Path]:
         """What in the folder a build with ``config`` did not write (symbolic links included), sorted."""
         root = self.root
-        known = {root / n for n in dataset.build_files(config.num_shards, config.source)}
         internal, stats = root / dataset.INTERNAL, root / dataset.STATS
         foreign = []
         for path in sorted(root.iterdir()):
             if path == internal and not path.is_symlink() and path.is_dir():
                 for inner in sorted(internal.iterdir()):
                     if inner == stats and not inner.is_symlink() and inner.is_dir():
-                        foreign += [p for p in sorted(stats.iterdir()) if not self._ours(p, known)]
-                    elif not self._ours(inner, known):
+                        foreign += [p for p in sorted(stats.iterdir()) if not self._ours(p, config)]
+                    elif not self._ours(inner, config):
                         foreign.append(inner)
-            elif not self._ours(path, known):
+            elif not self._ours(path, config):
                 foreign.append(path)
         return foreign
 
     def refuse_strays(self, config: BuildConfig) -> None:
         """A shard-named file this build does not write would be loaded by a ``train-*.tar`` glob beside its own."""
-        ours = set(dataset.build_files(config.num_shards))
-        strays = sorted(p.name for p in self.root.glob(dataset.SHARD_GLOB) if p.name not in ours)
+        strays = sorted(p.name for p in self.root.glob(dataset.SHARD_GLOB)
+                        if not dataset.is_build_file(p.name, config.num_shards))
         if strays:
             raise UsageError(f"{self.root} holds {', '.join(strays[:3])}{', ...' if len(strays) > 3 else ''}, "
                              f"which this build does not write (a {dataset.SHARD_GLOB} glob would load it); move it "
@@ -201,10 +200,11 @@ class DatasetFolder:
         return [p for folder in dataset.WRITES if (self.root / folder).is_dir() and not (self.root / folder).is_symlink()
                 for p in (self.root / folder).iterdir() if self.is_temporary(p)]
 
-    def _ours(self, path: Path, known: set[Path]) -> bool:
+    def _ours(self, path: Path, config: BuildConfig) -> bool:
         if path.is_symlink() or not path.is_file():
             return False  # fracgen writes no links, folders only .fracgen and its stats
-        if path in known or self.is_temporary(path):
+        name = path.relative_to(self.root).as_posix()
+        if dataset.is_build_file(name, config.num_shards, config.source) or self.is_temporary(path):
             return True
         return path.parent == self.root / dataset.STATS and path.name.endswith(".json") and path.name[:-5].isdigit()
 
@@ -311,9 +311,10 @@ class DatasetFolder:
         if any((self.root / dataset.STATS).glob("*.json")):
             return False
         self.remove_partials()
-        for name in dataset.build_files(config.num_shards, config.source):
-            path = self.root / name
-            if path.is_file() and not path.is_symlink() and name != dataset.CONFIG_JSON:
+        for path in [*self.root.iterdir(), *(self.root / dataset.INTERNAL).iterdir()]:
+            name = path.relative_to(self.root).as_posix()
+            if dataset.is_build_file(name, config.num_shards, config.source) and path.is_file() and \
+                    not path.is_symlink() and name != dataset.CONFIG_JSON:
                 path.unlink()
         (self.root / dataset.CONFIG_JSON).unlink(missing_ok=True)
         remove_made(made)

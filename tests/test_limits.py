@@ -87,3 +87,26 @@ def test_the_estimate_counts_each_presets_class_records(options, classes):
     from fracgen.config import memory_needs
 
     assert memory_needs(cfg)["classes"] >= 100_000 * measured[options["preset"]]
+
+
+def test_resuming_a_recorded_build_too_large_for_the_machine_is_the_memory_refusal(tmp_path):
+    import json
+    import time
+
+    build_dir = tmp_path / "huge"
+    from fracgen.build import build
+
+    build(BuildConfig(L=4, size=32, points=500, shard_size=2), build_dir, workers=1, shard_range=(0, 1))
+    path = build_dir / ".fracgen" / "config.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), L=10**12)))
+    start = time.monotonic()
+    one_line(CliRunner().invoke(cli, ["build", "--resume", str(build_dir)]), "--L 1000000000000 needs about")
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("args", [["build", ""], ["build", "--resume", ""], ["build-real", "photo.png", " "]])
+def test_an_empty_output_folder_is_refused(tmp_path, args, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "must name a folder" in result.output, result.output
+    assert list(tmp_path.iterdir()) == []

@@ -73,6 +73,15 @@ def build_files(num_shards: int, source: str = "") -> list[str]:
     return names + ([source] if source else [])
 
 
+def is_build_file(name: str, num_shards: int, source: str = "") -> bool:
+    """Whether ``name`` (relative) is one of ``build_files(num_shards, source)``, without listing them all (a
+    recorded shard count may be huge)."""
+    match = re.fullmatch(r"train-(\d{6,})\.tar", name)
+    if match:
+        return name == shard_name(int(match[1])) and int(match[1]) < num_shards
+    return name in build_files(0, source)
+
+
 # The names a build writes in each of its folders, and the probe it writes to check a folder can be written.
 WRITES = {
     "": re.compile(r"train-\d{6,}\.tar|_info\.json|params\.json|build\.json|README\.md|preview\.png|source\.[^/]*"
@@ -148,6 +157,7 @@ __all__ = [
     "WRITES",
     "brace_pattern",
     "build_files",
+    "is_build_file",
     "check_label",
     "check_sample",
     "decode_grey",
