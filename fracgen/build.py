@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fracgen import dataset
 from fracgen.config import BuildConfig, check_memory
-from fracgen.errors import UsageError
+from fracgen.errors import FracgenError, UsageError
 from fracgen.metadata import machine, write_metadata
 from fracgen.output import DatasetFolder, differences, stored_config
 from fracgen.plan import Plan, make_plan
@@ -67,11 +67,12 @@ class _Request:
     source: Path | None  # a family that takes a source image: where it is read from
     source_bytes: bytes | None
     fresh: bool  # a plain first build: neither a resume nor one of several shard ranges
+    published: dict[str, str]  # a recipe's recorded sha256 of each shard: what rendering it must give
 
 
 def build(config: BuildConfig | None, out: str | Path, *, workers: int | None = None, resume: bool = False,
           overwrite: bool = False, shard_range: tuple[int, int] | None = None, params: str | Path | None = None,
-          source: str | Path | None = None, progress: bool = False) -> BuildResult:
+          source: str | Path | None = None, progress: bool = False, recipe_only: bool = False) -> BuildResult:
     """Build a dataset: search (or read) the base systems, then render and write every shard.
 
     Args:
@@ -84,6 +85,7 @@ def build(config: BuildConfig | None, out: str | Path, *, workers: int | None = 
         shard_range: build only shards [i, j); the records are written once every shard is complete.
         params: a params file with the base systems instead of searching; ``source``: a source image (both as
             the family takes them; the image is copied into the dataset folder). ``progress``: show a bar.
+        recipe_only: write the records and no shards: a recipe, which ``resume`` (or ``fracgen.recipe``) renders.
 
     Raises:
         UsageError: bad options or output folder (nothing is written).
@@ -94,7 +96,7 @@ def build(config: BuildConfig | None, out: str | Path, *, workers: int | None = 
     start = time.perf_counter()
     folder = DatasetFolder(out)
     request = _inspect(folder, config, resume=resume, overwrite=overwrite, shard_range=shard_range, params=params,
-                       source=source)
+                       source=source, recipe_only=recipe_only)
     config, workers = request.config, workers or default_workers()
     check_memory(config, workers)
     plan = make_plan(config, request.systems, source=str(request.source or ""), accepted=request.accepted,
@@ -104,35 +106,49 @@ def build(config: BuildConfig | None, out: str | Path, *, workers: int | None = 
         folder.store(plan.systems, request.source_bytes, config)
         todo, skipped, markers = _pending(folder, plan, shard_range)
         render_start = time.perf_counter()
-        for marker in run_shards(ShardJob(plan, folder.root), todo, [len(plan.shard_samples[s]) for s in todo],
-                                 workers, progress):
-            markers[marker["shard"]] = marker
+        for marker in run_shards(ShardJob(plan, folder.root, recipe_only), todo,
+                                 [len(plan.shard_samples[s]) for s in todo], workers, progress):
+            markers[marker["shard"]] = _as_published(marker, request.published)
     images = sum(len(plan.shard_samples[s]) for s in todo)
     result = BuildResult(root=folder.root, complete=len(markers) == config.num_shards, built=todo, skipped=skipped,
                          num_shards=config.num_shards, seconds=0.0, images=images,
                          render_seconds=time.perf_counter() - render_start, search_seconds=search_seconds)
     if result.complete:
-        _finish(folder, plan, [markers[s] for s in range(config.num_shards)], result, workers, start)
+        _finish(folder, plan, [markers[s] for s in range(config.num_shards)], result, workers, start, recipe_only)
         folder.remove_partials(todo if shard_range else None)  # a killed build's workers may have outlived it
     result.seconds = time.perf_counter() - start
     return result
 
 
 def _finish(folder: DatasetFolder, plan: Plan, markers: list[dict], result: BuildResult, workers: int,
-            start: float) -> None:
+            start: float, recipe: bool) -> None:
     """Write the records (build.json last: a complete build), with this call's timing."""
     timing = {"search_seconds": round(result.search_seconds, 4),
               "render_seconds_this_call": round(result.render_seconds, 4),
               "shard_seconds_total": round(sum(m["seconds"] for m in markers), 4),
               "images_this_call": result.images, "wall_seconds_this_call": round(time.perf_counter() - start, 4),
               "workers": workers, "machine": machine()}
-    write_metadata(folder.root, plan, markers, timing)
+    write_metadata(folder.root, plan, markers, timing, recipe)
+
+
+def _as_published(marker: dict, published: dict[str, str]) -> dict:
+    """A shard rendered from a recipe that records its sha256 must have it (else this machine's fracgen, numpy or
+    numba render other bytes than the ones published)."""
+    recorded = published.get(marker["filename"])
+    if "sha256" in marker and recorded is not None and recorded != marker["sha256"]:
+        raise FracgenError(f"{marker['filename']} rendered to sha256 {marker['sha256'][:12]}..., the recipe records "
+                           f"{recorded[:12]}...: this machine renders other bytes than the published ones (compare "
+                           f"the versions in {dataset.BUILD_JSON})")
+    return marker
 
 
 def _inspect(folder: DatasetFolder, config: BuildConfig | None, *, resume: bool, overwrite: bool,
-             shard_range: tuple[int, int] | None, params: str | Path | None, source: str | Path | None) -> _Request:
+             shard_range: tuple[int, int] | None, params: str | Path | None, source: str | Path | None,
+             recipe_only: bool) -> _Request:
     """The options, base systems and source image of this call, checked against the folder (reads only)."""
     root = folder.root
+    if recipe_only and shard_range is not None:
+        raise UsageError("--recipe-only writes no shard: --shard-range does not apply")
     stored = folder.inspect(resume=resume, overwrite=overwrite, joining=shard_range is not None)
     if stored is None and config is None:
         raise UsageError(f"{root} holds no build to resume; give the build's options")
@@ -150,7 +166,8 @@ def _inspect(folder: DatasetFolder, config: BuildConfig | None, *, resume: bool,
     if stored is not None:
         folder.refuse_strays(config)
     return _Request(config, accepted if accepted is not None else systems, accepted is not None, source,
-                    source_bytes, fresh=not resume and shard_range is None)
+                    source_bytes, fresh=not resume and shard_range is None,
+                    published=folder.published() if resume else {})
 
 
 def _given_systems(config: BuildConfig, params: str | Path | None, accepted: list[System] | None,

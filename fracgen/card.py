@@ -162,7 +162,7 @@ def _merge(features: list[dict[str, Any]]) -> dict[str, Any]:
     return features[0]
 
 
-def dataset_info(root: Path, build: dict[str, Any], num_classes: int, samples: int = 16) -> dict[str, Any]:
+def dataset_info(root: Path, build: dict[str, Any], num_classes: int, samples: int = dataset.HEAD) -> dict[str, Any]:
     """The card's ``dataset_info``: features `png` (Image), `cls` (ClassLabel over the labels) and `json`
     (its fields, read from the first samples of the first shard), and the train split's size.
 
@@ -172,15 +172,11 @@ def dataset_info(root: Path, build: dict[str, Any], num_classes: int, samples: i
         UsageError: the first shard cannot be read or its json fields have no single type.
     """
     shards = build["shards"]
-    metas = []
     try:
-        for sample in dataset.iter_shard(root / str(shards[0]["filename"])):
-            metas.append(json.loads(sample["json"]))
-            if len(metas) == samples:
-                break
+        metas = first_records(root, build, samples)
         fields = sorted({k for meta in metas for k in meta})
         struct = [{"name": k, **_merge([_feature(m[k]) for m in metas if k in m])} for k in fields]
-    except (dataset.DatasetError, KeyError, IndexError, ValueError) as err:
+    except (dataset.DatasetError, KeyError, IndexError, ValueError, TypeError, AttributeError) as err:
         raise UsageError(f"cannot describe the samples' json for the card ({err})") from None
     return {
         "features": [
@@ -191,6 +187,18 @@ def dataset_info(root: Path, build: dict[str, Any], num_classes: int, samples: i
         "splits": [{"name": dataset.SPLIT, "num_bytes": sum(int(r.get("bytes", 0)) for r in shards),
                     "num_examples": sum(int(r.get("num_samples", 0)) for r in shards)}],
     }
+
+
+def first_records(root: Path, build: dict[str, Any], count: int = dataset.HEAD) -> list[dict]:
+    """The json of the first samples: read from the first shard, or a recipe's record of them."""
+    if isinstance(build.get("recipe"), dict):
+        return [dict(m) for m in build["recipe"]["head"][:count]]
+    metas = []
+    for sample in dataset.iter_shard(root / str(build["shards"][0]["filename"])):
+        metas.append(json.loads(sample["json"]))
+        if len(metas) == count:
+            break
+    return metas
 
 
 _IMAGES = {"fractal": "8-bit greyscale PNG, values {0, 127}", "L": "8-bit greyscale PNG", "RGB": "8-bit RGB PNG"}
@@ -282,7 +290,9 @@ def card_context(
         "num_samples": str(num_samples),
         "num_classes": str(num_classes),
         "num_shards": str(len(filenames)),
-        "total_size": _human_bytes(sum(int(r.get("bytes", 0)) for r in shards)),
+        "total_size": _human_bytes(sum(int(r.get("bytes", 0)) for r in shards)) if "recipe" not in build
+        else "not rendered here: a recipe",
+        "recipe_note": _recipe_note(repo_id) if "recipe" in build else "",
         "shard_pattern": _shard_pattern(filenames),
         "size": str(config.get("size", "?")),
         "seed": str(config.get("seed", "?")),
@@ -296,6 +306,19 @@ def card_context(
     }
     context["pretty_name"] = json.dumps(context["title"])
     return context
+
+
+def _recipe_note(repo_id: str) -> str:
+    """What a recipe's card says first: where its images come from."""
+    return (
+        "## A recipe\n\n"
+        "This repository holds the records of the dataset (its options, base systems and every class's "
+        "parameters), not its images: fracgen renders them, byte for byte the images of a full build of the same "
+        "options. Render the shards with\n\n"
+        f"```bash\nhf download {repo_id} --repo-type dataset --local-dir DIR\nfracgen build --resume DIR\n```\n\n"
+        "or read the samples live, from Python (`fracgen.recipe.open_recipe(DIR)[i]`) or the trainer "
+        "(`fracgen-train pretrain --data DIR`).\n\n"
+    )
 
 
 def _check_publisher(license: str | None, source_license: str | None, source_url: str | None) -> None:

@@ -185,7 +185,7 @@ def _shard_range(ctx: click.Context, param: click.Parameter, value: str | None) 
     return i, j
 
 
-_RUN = ("workers", "resume", "overwrite", "shard_range", "no_progress")
+_RUN = ("workers", "resume", "overwrite", "shard_range", "no_progress", "recipe_only")
 
 
 def _operational(f):
@@ -197,6 +197,8 @@ def _operational(f):
         click.option("--shard-range", callback=_shard_range, default=None, metavar="I:J",
                      help="Build only shards I..J-1 (split a big build across machines; finish with --resume)."),
         click.option("--no-progress", is_flag=True, help="No progress bar."),
+        click.option("--recipe-only", is_flag=True, help="Write the records and no shards: a recipe (KBs) that "
+                     "`fracgen build --resume OUT`, fracgen.recipe or the trainer render, to the same bytes."),
     ]):
         f = option(f)
     return f
@@ -257,7 +259,8 @@ def _run_build(out: Path, options: dict, params: Path | None = None, source: Pat
     else:
         config = BuildConfig(preset=preset, **given)
     result = build(config, out, workers=run["workers"], resume=run["resume"], overwrite=run["overwrite"],
-                   shard_range=run["shard_range"], params=params, source=source, progress=not run["no_progress"])
+                   shard_range=run["shard_range"], params=params, source=source, progress=not run["no_progress"],
+                   recipe_only=run["recipe_only"])
     effective = config or stored
     for warning in effective.family.warnings(effective) if effective is not None else []:
         click.echo(f"warning: {warning}", err=True)  # after the build, so that a refusal stays one line
@@ -266,7 +269,10 @@ def _run_build(out: Path, options: dict, params: Path | None = None, source: Pat
     rate = result.images / result.render_seconds if result.render_seconds > 0 else 0.0
     timing = (f"{result.images} images in {result.render_seconds:.1f} s of rendering, {rate:.0f} images/s; "
               f"search and planning {result.search_seconds:.1f} s, whole call {result.seconds:.1f} s")
-    if result.complete:
+    if result.complete and run["recipe_only"]:
+        click.echo(f"wrote the recipe {out}: {result.num_shards} shards of {result.images} images to render with "
+                   f"`fracgen build --resume {out}` ({timing})")
+    elif result.complete:
         click.echo(f"built {out}: {result.num_shards} shards, {len(result.built)} rendered now, "
                    f"{len(result.skipped)} already complete ({timing})")
     else:
@@ -374,6 +380,8 @@ def preview_command(root: Path, out: Path | None, count: int) -> None:
 )
 @click.option("--source-license", default=None, help="build-real datasets: the licence id of the source photo.")
 @click.option("--source-url", default=None, help="build-real datasets: where the photo comes from (URL or citation).")
+@click.option("--recipe", is_flag=True, help="Publish the records only: a recipe that renders this dataset byte for "
+              "byte (its shards' sha256 travel with it); a recipe folder publishes nothing else anyway.")
 def push_to_hub_command(
     root: Path,
     repo_id: str,
@@ -386,6 +394,7 @@ def push_to_hub_command(
     license_: str,
     source_license: str | None,
     source_url: str | None,
+    recipe: bool,
 ) -> None:
     """Verify ROOT, then upload it with its card and preview to a Hub dataset repo in one commit."""
     from fracgen import hub
@@ -408,7 +417,7 @@ def push_to_hub_command(
         )
     result = push_to_hub(root, repo_id, private=private, revision=revision, commit_message=commit_message,
                          token=token, endpoint=endpoint, dry_run=dry_run, license=license_,
-                         source_license=source_license, source_url=source_url)
+                         source_license=source_license, source_url=source_url, recipe=recipe)
     if dry_run is None:
         click.echo(result)
         return

@@ -5,7 +5,6 @@ marks a complete build. Their names are ``fracgen.dataset``'s.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 from pathlib import Path
@@ -44,14 +43,16 @@ def machine() -> str:
     return f"{model}, {os.cpu_count() or '?'} logical cores"
 
 
-def write_metadata(root, plan: Plan, markers: list[dict], timing: dict) -> dict:
-    """Write params.json, _info.json and, last, build.json (its presence marks a complete build).
+def write_metadata(root, plan: Plan, markers: list[dict], timing: dict, recipe: bool = False) -> dict:
+    """Write params.json, _info.json, the card and, last, build.json (its presence marks a complete build).
 
     Args:
         root: dataset folder.
         plan: the build's plan.
         markers: every shard's completion marker, in shard order.
         timing: what build.json records as ``timing``.
+        recipe: the shards were not written (``fracgen build --recipe-only``): build.json lists them without
+            their bytes and sha256, and records ``recipe`` with the json of shard 0's first samples (the card's).
 
     Returns:
         build.json's content.
@@ -65,7 +66,7 @@ def write_metadata(root, plan: Plan, markers: list[dict], timing: dict) -> dict:
         "total_redraws": sum(c.get("redraws", 0) for c in classes),
     }
     params.update(cfg.family.params_extra(plan))
-    shard_rows = [{k: m[k] for k in ("filename", "num_samples", "sha256", "bytes")} for m in markers]
+    shard_rows = [{k: m[k] for k in ("filename", "num_samples", "sha256", "bytes") if k in m} for m in markers]
     name = cfg.name()
     build = {
         "name": name,
@@ -78,21 +79,22 @@ def write_metadata(root, plan: Plan, markers: list[dict], timing: dict) -> dict:
         "shards": shard_rows,
         "timing": timing,
     }
+    if recipe:
+        build["recipe"] = {"head": markers[0]["head"]}
     # their checksums, so that verify names an edit of either (timm reads _info.json; the card, params.json)
     build["records"] = {
         dataset.PARAMS_JSON: dataset.write_params(root, params),
         dataset.INFO_JSON: dataset.write_info(root, dataset.DatasetInfo.from_shards(name, cfg.num_classes, shard_rows)),
     }
-    build["records"][dataset.CARD_MD] = _write_card(root, build)
+    _write_card(root, build)  # not among the records: publishing renders it anew, with the licence chosen
     dataset.write_build(root, build)
     return build
 
 
-def _write_card(root, build: dict) -> str:
+def _write_card(root, build: dict) -> None:
     """The dataset card, so that the folder loads labelled as it will from the Hub; its licence is chosen when it
-    is published (`push-to-hub --license`), "other" until then. Returns its sha256."""
+    is published (`push-to-hub --license`), "other" until then."""
     from fracgen.card import render_card
 
     card = render_card(root, license=UNCHOSEN_LICENSE, build=build, timing=False).encode()
     write_atomic(Path(root) / dataset.CARD_MD, card)
-    return hashlib.sha256(card).hexdigest()

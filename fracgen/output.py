@@ -72,7 +72,7 @@ class DatasetFolder:
         # folder holds what fracgen never writes there (a user's own ".fracgen")
         occupied = root.exists() and (any(p.name != dataset.INTERNAL for p in root.iterdir()) or self._foreign())
         if resume:
-            stored = self.stored_config()
+            stored = self.stored_config() or self.recorded_config()
             if stored is None and (occupied or not joining):
                 what = "is not a fracgen build" if occupied else "holds no recorded build"
                 raise UsageError(f"--resume: {root} {what} (no {dataset.CONFIG_JSON}); start a build with "
@@ -132,6 +132,34 @@ class DatasetFolder:
             raise UsageError(f"{path} is damaged ({e}); rebuild with --overwrite") from None
         return config
 
+    def recorded_config(self) -> BuildConfig | None:
+        """The options build.json records, for a folder that has no builder's records of its own (a recipe or a
+        dataset downloaded from the Hub, whose shards a resume renders); None when it has none to read."""
+        if (self.root / dataset.CONFIG_JSON).exists() or not (self.root / dataset.BUILD_JSON).is_file():
+            return None
+        build = dataset.read_build(self.root)
+        data = build.get("config")
+        try:
+            if not isinstance(data, dict) or BuildConfig.missing(data, strict=True):
+                raise ValueError("no complete config")
+            config = BuildConfig.from_json(data)
+            config.validate()
+        except (ValueError, TypeError, UsageError) as e:
+            raise UsageError(f"{self.root / dataset.BUILD_JSON}: its config cannot be rendered ({e})") from None
+        return config
+
+    def published(self) -> dict[str, str]:
+        """The sha256 a recipe or a downloaded dataset records for each shard (build.json, in a folder without the
+        builder's own records): what rendering them must give. Empty for a folder fracgen built here."""
+        try:
+            build = dataset.read_build(self.root) if (self.root / dataset.BUILD_JSON).is_file() else {"shards": []}
+        except UsageError:
+            return {}
+        if (self.root / dataset.CONFIG_JSON).exists() and "recipe" not in build:
+            return {}
+        return {r["filename"]: r["sha256"] for r in build["shards"]
+                if isinstance(r, dict) and isinstance(r.get("filename"), str) and isinstance(r.get("sha256"), str)}
+
     def owner(self) -> BuildConfig | None:
         """The options of the build in the folder from its config, or from build.json when the config is damaged
         (the options it lacks take their defaults), for ``--overwrite``; None when neither reads."""
@@ -151,8 +179,10 @@ class DatasetFolder:
         return None
 
     def stored_systems(self) -> list[System] | None:
-        """The base systems of the build being resumed, or None when it stored none."""
+        """The base systems of the build being resumed (a recipe's: its params.json's), or None when it has none."""
         path = self.root / dataset.SYSTEMS_JSON
+        if not path.is_file():
+            path = self.root / dataset.PARAMS_JSON
         if not path.is_file():
             return None
         try:
@@ -363,5 +393,7 @@ def differences(config: BuildConfig, stored: BuildConfig) -> str:
 
 
 def stored_config(root: str | Path) -> BuildConfig | None:
-    """The options of the build in ``root``, or None when it holds none (``DatasetFolder.stored_config``)."""
-    return DatasetFolder(root).stored_config()
+    """The options of the build in ``root`` (a recipe's or a downloaded dataset's from its build.json), or None
+    when it holds none."""
+    folder = DatasetFolder(root)
+    return folder.stored_config() or folder.recorded_config()

@@ -61,7 +61,10 @@ def _is_binary(images: list[np.ndarray]) -> bool:
 
 
 def _first_samples(root: Path, build: dict[str, Any], count: int) -> dict[int, np.ndarray]:
-    """RGB images (h, w, 3) of labels 0..count-1, reading shards only until all are found."""
+    """RGB images (h, w, 3) of labels 0..count-1, reading shards only until all are found (a recipe's rendered:
+    the one case where the preview imports the numba kernels)."""
+    if "recipe" in build:
+        return _rendered_samples(root, count)
     found: dict[int, np.ndarray] = {}
     for record in build["shards"]:
         name = record.get("filename") if isinstance(record, dict) else None
@@ -80,6 +83,15 @@ def _first_samples(root: Path, build: dict[str, Any], count: int) -> dict[int, n
     if not found:
         raise UsageError(f"{root} holds no readable samples to preview; run `fracgen verify {root}`")
     return found
+
+
+def _rendered_samples(root: Path, count: int) -> dict[int, np.ndarray]:
+    from fracgen.recipe import open_recipe
+
+    recipe = open_recipe(root)
+    per_class, classes = recipe.plan.config.per_class, recipe.plan.config.num_classes
+    samples = recipe.render([label * per_class for label in range(min(count, classes))])
+    return {s["cls"]: np.dstack([s["image"]] * 3) if s["image"].ndim == 2 else s["image"] for s in samples}
 
 
 def _show(grey: np.ndarray, side: int) -> Image.Image:

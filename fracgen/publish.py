@@ -226,6 +226,7 @@ def push_to_hub(
     license: str | None = None,
     source_license: str | None = None,
     source_url: str | None = None,
+    recipe: bool = False,
 ) -> str:
     """Verify a dataset and upload it to a Hub dataset repo in one commit.
 
@@ -240,6 +241,7 @@ def push_to_hub(
         dry_run: a folder: write the file list and the card there and contact nothing.
         license: the dataset's licence id for the card's YAML header (required).
         source_license, source_url: real-image builds: the photo's licence and provenance, for the card.
+        recipe: publish the records only (``fracgen.staging.stage``): a recipe that renders this dataset.
 
     Returns:
         The dataset's URL, or for a dry run the folder written.
@@ -253,7 +255,7 @@ def push_to_hub(
     message = commit_message or _verified(root)
     with tempfile.TemporaryDirectory(prefix="fracgen-publish-") as tmp:
         files = stage(root, Path(tmp), license=license, repo_id=repo_id, source_license=source_license,
-                      source_url=source_url)
+                      source_url=source_url, recipe=recipe)
         if dry_run is None:
             return _upload(files, repo_id, private=private, revision=revision, message=message, token=token,
                            endpoint=endpoint)

@@ -45,41 +45,52 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
     levels = _LEVELS if family.image_mode(cfg) == "fractal" else None
     # many grey levels (the contour looks, noise) take fracgen's own deflate: zlib level 6 cost 5-20x the drawing
     encode = partial(encode_png, fast=True) if family.fast_png else encode_png
-    records = []
-
-    def samples():
-        for index, image, meta in family.render(plan, plan.shard_samples[shard]):
-            if cfg.instances == 1 and index % cfg.per_class == 0:  # one record per class: its first image
-                records.append(meta)
-            yield {
-                "__key__": dataset.sample_key(index),
-                "png": encode(image, levels),
-                "cls": str(meta["label"]).encode(),
-                "json": json.dumps({k: v for k, v in meta.items() if k != "fill"}, sort_keys=True).encode(),
-            }
-
-    sha256, count, size = dataset.write_shard(root, shard, samples())
-    marker = {
-        "shard": shard,
-        "filename": dataset.shard_name(shard),
-        "num_samples": count,
-        "sha256": sha256,
-        "bytes": size,
-        "seconds": round(time.perf_counter() - start, 4),
-        "plan": plan.digest,
-        "samples": records,
-        "samples_sha256": records_digest(records),
-    }
+    records: list[dict] = []
+    samples = ({"__key__": dataset.sample_key(index), "png": encode(image, levels), "cls": str(meta["label"]).encode(),
+                "json": sample_json(meta)} for index, image, meta in _rendered(plan, shard, records))
+    sha256, count, size = dataset.write_shard(root, shard, samples)
+    marker = _marker(plan, shard, count, records, start) | {"sha256": sha256, "bytes": size}
     dataset.write_marker(root, marker)
     return marker
 
 
+def shard_records(plan: Plan, shard: int) -> dict:
+    """What a recipe keeps of a shard: its samples rendered (the class records depend on what was drawn and
+    redrawn) but neither encoded nor written; the json of its first samples (``HEAD``, for the card's features)."""
+    start = time.perf_counter()
+    records: list[dict] = []
+    head = [json.loads(sample_json(meta)) for _, _, meta in _rendered(plan, shard, records)][:dataset.HEAD]
+    return _marker(plan, shard, len(plan.shard_samples[shard]), records, start) | {"head": head}
+
+
+def sample_json(meta: dict) -> bytes:
+    """A sample's ``json``: its record without the fill (which params.json keeps)."""
+    return json.dumps({k: v for k, v in meta.items() if k != "fill"}, sort_keys=True).encode()
+
+
+def _rendered(plan: Plan, shard: int, records: list[dict]):
+    """The shard's samples as its family renders them; the record of each class's first image is appended to
+    ``records`` when a class has one image (params.json collects them)."""
+    cfg = plan.config
+    for index, image, meta in cfg.family.render(plan, plan.shard_samples[shard]):
+        if cfg.instances == 1 and index % cfg.per_class == 0:
+            records.append(meta)
+        yield index, image, meta
+
+
+def _marker(plan: Plan, shard: int, count: int, records: list[dict], start: float) -> dict:
+    return {"shard": shard, "filename": dataset.shard_name(shard), "num_samples": count,
+            "seconds": round(time.perf_counter() - start, 4), "plan": plan.digest, "samples": records,
+            "samples_sha256": records_digest(records)}
+
+
 @dataclass
 class ShardJob:
-    """A picklable ``shard -> marker`` callable for the distributor."""
+    """A picklable ``shard -> marker`` callable for the distributor (``records_only``: a recipe's)."""
 
     plan: Plan
     root: Path
+    records_only: bool = False
 
     def __call__(self, shard: int) -> dict:
-        return run_shard(self.plan, shard, self.root)
+        return shard_records(self.plan, shard) if self.records_only else run_shard(self.plan, shard, self.root)

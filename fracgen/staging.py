@@ -44,7 +44,7 @@ class StagedFile:
 
 def stage(
     root: Path | str, workdir: Path, *, license: str | None = None, repo_id: str = "USER/NAME",
-    source_license: str | None = None, source_url: str | None = None,
+    source_license: str | None = None, source_url: str | None = None, recipe: bool = False,
 ) -> list[StagedFile]:
     """The exact files of an upload, with sizes and sha256 (call it on a verified dataset).
 
@@ -57,19 +57,22 @@ def stage(
         license: the dataset's licence id for the card (required: the card refuses to guess one).
         repo_id: the target repo, named in the card's loading snippets.
         source_license, source_url: real-image builds: the photo's licence and provenance, for the card.
+        recipe: send the records only, as a recipe (a recipe folder sends nothing else anyway); its build.json
+            keeps the shards' sha256, so whoever renders it can check they get these bytes.
 
     Returns:
-        Shards in build.json order, then `_info.json`, `params.json`, `build.json`, the source image of a
-        real-image build, `README.md`, `preview.png`.
+        Shards in build.json order (none for a recipe), then `_info.json`, `params.json`, `build.json`, the source
+        image of a real-image build, `README.md`, `preview.png`.
     """
     root = Path(root)
-    build = dataset.read_build(root)
+    build, sent_build = _build_record(root, workdir, recipe)
     if len(build["shards"]) > MAX_COMMIT_FILES:
         raise UsageError(
             f"{len(build['shards'])} shards are more than one Hub commit takes ({MAX_COMMIT_FILES}); "
             "rebuild with a larger --shard-size"
         )
-    card = render_card(root, license=license, repo_id=repo_id, source_license=source_license, source_url=source_url)
+    card = render_card(root, license=license, repo_id=repo_id, source_license=source_license, source_url=source_url,
+                       build=build)
     _check_card_header(card)
     (workdir / "README.md").write_text(card, encoding="utf-8")
     preview_path = root / "preview.png"  # read below once, without following a link, and checked to be a PNG
@@ -79,7 +82,7 @@ def stage(
         preview_path = preview(root, out=workdir / "preview.png")
     # shards: the sizes and digests of build.json, which verify has just checked against the bytes (a
     # second read of every shard would double the cost for large sets)
-    staged = [
+    staged = [] if "recipe" in build else [
         StagedFile(str(r["filename"]), root / str(r["filename"]), int(r["bytes"]), str(r["sha256"]))
         for r in build["shards"]
     ]
@@ -89,7 +92,7 @@ def stage(
     config = build.get("config") or {}
     expected = {INFO_JSON: recorded.get(INFO_JSON), PARAMS_JSON: recorded.get(PARAMS_JSON)}
     others = [(INFO_JSON, root / INFO_JSON, True), (PARAMS_JSON, root / PARAMS_JSON, True),
-              (BUILD_JSON, root / BUILD_JSON, True)]
+              (BUILD_JSON, sent_build, True)]
     source = str(config.get("source") or "")
     if source:  # the real-image preset rebuilds from this file, so it travels with the shards
         others.append((source, root / source, True))
@@ -105,6 +108,20 @@ def stage(
             raise UsageError(f"{path} is not a PNG image; remove it, or run `fracgen preview {root}` to draw one")
         staged.append(StagedFile(name, path, len(data), digest, data))
     return staged
+
+
+def _build_record(root: Path, workdir: Path, recipe: bool) -> tuple[dict, Path]:
+    """build.json as it is sent, and the file it is sent from: a complete build sent as a recipe gets the record
+    of a recipe (its first samples' json, for the card), written into ``workdir``."""
+    build = dataset.read_build(root)
+    if not recipe or "recipe" in build:
+        return build, root / BUILD_JSON
+    from fracgen.card import first_records
+    from fracgen.folder import dump_json
+
+    build = {**build, "recipe": {"head": first_records(root, build)}}
+    (workdir / BUILD_JSON).write_bytes(dump_json(build))
+    return build, workdir / BUILD_JSON
 
 
 def _json(data: bytes) -> object:

@@ -27,6 +27,7 @@ PARAMS_JSON = "params.json"
 BUILD_JSON = "build.json"
 PREVIEW_PNG = "preview.png"  # what `fracgen preview` draws by default
 CARD_MD = "README.md"  # the dataset card, as the Hub and `datasets.load_dataset` read it
+HEAD = 16  # the first samples, whose json fields the card's features describe (a recipe records them)
 INTERNAL = ".fracgen"  # the builder's own records; never published
 CONFIG_JSON = f"{INTERNAL}/config.json"
 SYSTEMS_JSON = f"{INTERNAL}/systems.json"
@@ -131,6 +132,7 @@ from fracgen.dataset.shards import HashingReader, iter_shard, write_shard  # noq
 __all__ = [
     "BUILD_JSON",
     "CARD_MD",
+    "HEAD",
     "CONFIG_JSON",
     "DatasetError",
     "DatasetInfo",
