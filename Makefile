@@ -7,7 +7,7 @@ OUT ?= out/1p-frac
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev demo publish-dry test readme-check bench bench-contours bench-search bench-released lint pretrain finetune repro-small bench-train sweep clean
+.PHONY: help install install-dev demo publish-dry test test-quick readme-check bench bench-contours bench-search bench-released lint pretrain finetune repro-small bench-train sweep clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(OUT)|$(OUT)|g' \
@@ -17,12 +17,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.builder: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+$(VENV)/.builder: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[train,test]'
+$(VENV)/.dev: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,test]'
 	touch $@ $(VENV)/.builder
 
 install: $(VENV)/.builder ## Create .venv with the builder only (numpy, numba, pillow, click, ...).
@@ -39,6 +39,9 @@ publish-dry: install ## List what push-to-hub would send for $(OUT) (LICENSE=ID 
 
 test: install-dev ## Run the test suite (CPU only, no network).
 	$(BIN)/python -m pytest -q
+
+test-quick: install-dev ## The tests without the slow ones (multi-process, signals, README, wheel): for the edit loop.
+	$(BIN)/python -m pytest -q -m "not slow"
 
 readme-check: install-dev ## Run the README's builder and publishing blocks in order, at toy size, in a scratch folder.
 	$(BIN)/python scripts/readme_check.py

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "README.md", "fracgen", "train", "datasets_cards")
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "fracgen", "train", "datasets_cards")
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 300) -> str:
