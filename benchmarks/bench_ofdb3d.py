@@ -4,10 +4,10 @@ of fracgen's build against the released render script fed the same draws, in one
     python benchmarks/bench_ofdb3d.py [--categories 20] [--views 12] [--seed 0] [--rate-categories 1000]
         [--released-dir OFDB/3d-ofdb-generator --released-python RELEASED_PY]
 
-fracgen's side: ``fracgen build --preset 3d-ofdb --categories C --instances V --workers 1`` as a subprocess, its
-CPU time (the whole command: interpreter, imports, numba's cache, search, render, PNGs, shards, records) over
-the images it stores; ``build()`` alone in this process after a warm-up; the acceptance rate of the build's
-search, and of ``--rate-categories`` categories searched alone across the cores with a bar (0 skips).
+fracgen's side: ``fracgen build --preset NAME --categories C --instances V --workers 1`` (``ofdb3d.NAME``) in a
+subprocess, its CPU time (the whole command: interpreter, imports, numba's cache, search, render, PNGs, shards,
+records) over the images it stores; ``build()`` alone in this process after a warm-up; the acceptance rate of
+the build's search, and of ``--rate-categories`` categories searched alone across the cores with a bar (0 skips).
 
 The released side needs a checkout of https://github.com/ryoo-nakamura/OFDB (ea761ecb was measured) and a Python
 that runs its ``3d-ofdb-generator`` (see ``benchmarks/ofdb3d_released.py`` for that environment; nothing here

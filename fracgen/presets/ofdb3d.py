@@ -292,7 +292,11 @@ class OFDB3D(Family):
                            "acceptance_rate": len(records) / attempts}}
 
     def card_text(self, config: dict, params: dict | None) -> dict[str, str]:
-        return {"differences": "\n".join(f"- {item}" for item in _differences(config, params))}
+        points = config.get("points", "?")
+        drawn = f"{points - 1:,}" if isinstance(points, int) else "?"
+        return {"differences": "\n".join(f"- {item}" for item in _differences(config, params)),
+                "instances": f"{config.get('instances', '?')} (views per category)",
+                "points": f"{points} (the released point_num: {drawn} points drawn)"}
 
 
 def _differences(config: dict, params: dict | None) -> list[str]:
@@ -308,9 +312,9 @@ def _differences(config: dict, params: dict | None) -> list[str]:
         "give the same pixels as the released script on llvmpipe with FMA. A GPU driver may round pixel "
         "boundaries otherwise.",
         f"**Categories**: the released search: N ~ U{{2..7}} maps of 12 parameters ~ U(-1, 1), probabilities "
-        f"|det| / sum (numpy 1.22's bits), {config.get('points', '?')} - 1 points, kept when the variance of x, y "
-        f"and z each exceeds {config.get('variance', '?')}{rate}. A category whose instance cloud has NaN in y "
-        "(the release renders no image of it) is searched on.",
+        f"|det| / sum (numpy 1.22's bits), point_num {config.get('points', '?')} (one point fewer drawn), kept "
+        f"when the variance of x, y and z each exceeds {config.get('variance', '?')}{rate}. A category whose "
+        "instance cloud has NaN in y (the release renders no image of it) is searched on.",
         f"**Views**: {config.get('instances', '?')} per category (the released --view_point): view i at i / V x "
         "360 + 30 degrees plus a jitter u ~ U(-pi, pi) read as degrees (the release's glm.radians(random.uniform("
         "-pi, pi))); each sample's json records its view, jitter and angle.",
