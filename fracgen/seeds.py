@@ -12,9 +12,12 @@ import numpy as np
 
 # Purposes keep the streams of different draws apart. SEARCH draws base systems, CHOICES the map-choice
 # sequence of a fractal, CLASS a class's perturbation, ORDER spreads classes across shards, CHECK draws the masks
-# that check a --params system; the contour families draw a CATEGORY's parameters, an IMAGE's, an LPCE class's.
+# that check a --params system; the contour families draw a CATEGORY's parameters, an IMAGE's, an LPCE class's;
+# the 3D family a category's search candidates (CANDIDATES_3D), its cloud's chaos game (CLOUD_3D), its views' jitter
+# (VIEWS_3D).
 SEARCH, CHOICES, CLASS, ORDER, CHECK = 0, 1, 2, 3, 4
 CATEGORY, IMAGE, LPCE = 20, 21, 22
+CANDIDATES_3D, CLOUD_3D, VIEWS_3D = 30, 31, 32
 
 
 def generator(seed: int, *path: int) -> np.random.Generator:

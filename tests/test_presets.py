@@ -192,7 +192,7 @@ def test_every_family_is_complete():
     from fracgen.config import BuildConfig
     from fracgen.presets import families, option_table
 
-    classes = {"1p-frac": 15, "fractaldb": 3, "ofdb": 3, "rcdb": 7, "visualatom": 7}
+    classes = {"1p-frac": 15, "fractaldb": 3, "ofdb": 3, "3d-ofdb": 7, "rcdb": 7, "visualatom": 7}
     for name, family in families().items():
         assert family.name == name and family.description and family.options <= set(option_table())
         cfg = BuildConfig(preset=name, fractals=3, L=5, categories=7)
