@@ -7,7 +7,7 @@ OUT ?= out/1p-frac
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev demo publish-dry test test-quick readme-check bench bench-contours bench-search bench-released lint pretrain finetune repro-small bench-train sweep clean
+.PHONY: help install install-dev demo publish-dry test test-quick readme-check bench bench-contours bench-3d bench-search bench-released lint pretrain finetune repro-small bench-train sweep clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(OUT)|$(OUT)|g' \
@@ -52,6 +52,9 @@ bench: install ## Builder speed: default build cold and warm, chaos game alone, 
 
 bench-contours: install ## RCDB and VisualAtom per image against the released drawing restated (goal: 100x).
 	$(BIN)/python benchmarks/bench_contours.py --images 300
+
+bench-3d: install ## 3D-OFDB: CPU per stored image against the released pipeline, acceptance, pixels on the same draws (RELEASED=OFDB/3d-ofdb-generator RELEASED_PY=its python; without them fracgen's figures only).
+	$(BIN)/python benchmarks/bench_ofdb3d.py --categories 20 --rate-categories 1000 $(if $(RELEASED),--released-dir $(RELEASED) --released-python $(RELEASED_PY))
 
 bench-search: install ## FractalDB/OFDB category search: 1000 categories across the cores (goal: < 15 s on 2).
 	$(BIN)/python benchmarks/bench_search.py --categories 1000

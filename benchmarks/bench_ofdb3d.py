@@ -4,7 +4,7 @@ of fracgen's build against the released render script fed the same draws, in one
     python benchmarks/bench_ofdb3d.py [--categories 20] [--views 12] [--seed 0] [--rate-categories 1000]
         [--released-dir OFDB/3d-ofdb-generator --released-python RELEASED_PY]
 
-fracgen's side: ``fracgen build --preset NAME --categories C --instances V --workers 1`` (``ofdb3d.NAME``) in a
+fracgen's side: ``fracgen build --preset NAME --categories C --views V --workers 1`` (``ofdb3d.NAME``) in a
 subprocess, its CPU time (the whole command: interpreter, imports, numba's cache, search, render, PNGs, shards,
 records) over the images it stores; ``build()`` alone in this process after a warm-up; the acceptance rate of
 the build's search, and of ``--rate-categories`` categories searched alone across the cores with a bar (0 skips).
@@ -59,7 +59,7 @@ def cpu_model() -> str:
 
 def build_command(a, out: Path) -> list[str]:
     return [sys.executable, "-m", "fracgen.cli", "build", "--preset", ofdb3d.NAME, "--categories", str(a.categories),
-            "--instances", str(a.views), "--seed", str(a.seed), "--size", str(a.size), "--points", str(a.points),
+            "--views", str(a.views), "--seed", str(a.seed), "--size", str(a.size), "--points", str(a.points),
             "--workers", "1", "--no-progress", str(out)]
 
 
@@ -71,10 +71,9 @@ def fracgen_side(a, work: Path) -> dict:
     before = children_cpu()
     subprocess.run(build_command(a, work / "fracgen"), check=True, env=env, stdout=subprocess.DEVNULL)
     command_cpu = children_cpu() - before
-    config = BuildConfig(preset=ofdb3d.NAME, categories=a.categories, instances=a.views, seed=a.seed, size=a.size,
+    config = BuildConfig(preset=ofdb3d.NAME, categories=a.categories, views=a.views, seed=a.seed, size=a.size,
                          points=a.points)
     build(config.replace(categories=1), work / "warm", workers=1)  # numba's kernels loaded, the caches left cold
-    ofdb3d._records.clear()
     start = time.process_time()
     build(config, work / "inproc", workers=1)
     images = a.categories * a.views

@@ -97,7 +97,7 @@ class BuildConfig:
     @property
     def per_class(self) -> int:
         """Images per class: instances x patch variants (label = sample index // per_class)."""
-        return self.instances * self.patch_variants
+        return self.family.per_class(self)
 
     @property
     def num_samples(self) -> int:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from fracgen.raster import MIN_SIZE, PAD, STYLES
+from fracgen.raster import MIN_SIZE, STYLES
 
 MAX_DELTA = 100.0  # beyond it every perturbation diverges or leaves the image
 
@@ -100,7 +100,7 @@ SHARED = (
            "points (the paper's Table 13 'w/ Aug.').", lo=1, absent_default=True),
     Option("style", str, "reference", "reference: the released look (3 x 3 random patches); points: plain points.",
            choices=STYLES, label="raster style"),
-    Option("size", int, 512, "Image side in pixels.", lo=MIN_SIZE, why=f" to leave the {PAD}-pixel margins"),
+    Option("size", int, 512, "Image side in pixels.", lo=MIN_SIZE, why=" (the smallest image fracgen renders)"),
     Option("points", int, 100_000, "Chaos-game points per image.", lo=1, label="chaos-game points per image"),
     Option("min_fill", float, 0.05, "Lit fraction every render must reach.", lo=0, hi=1, absent_default=True, label="minimum fill"),
     Option("seed", int, 0, "Seed of every draw.", lo=0),

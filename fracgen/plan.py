@@ -34,6 +34,7 @@ class Plan:
     systems: list[System]
     shard_samples: list[list[int]] = field(default_factory=list)
     source: str = ""
+    prepared: list = field(default_factory=list)
 
     digest: str = field(init=False, repr=False, compare=False)
 
@@ -41,8 +42,8 @@ class Plan:
         # sha256 of what decides every shard's bytes besides its index: the options and the base systems. Each
         # shard's marker records it, so a resume keeps only shards made by this plan (a shard copied in from a
         # job with other options or other systems is built again). Computed once, before the plan goes to workers.
-        text = json.dumps({"config": self.config.to_json(), "systems": [s.to_json() for s in self.systems]},
-                          sort_keys=True)
+        decided = {"config": self.config.to_json(), "systems": [s.to_json() for s in self.systems]}
+        text = json.dumps(decided | ({"prepared": self.prepared} if self.prepared else {}), sort_keys=True)
         self.digest = hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -81,4 +82,5 @@ def make_plan(config: BuildConfig, systems: list[System] | None = None, source: 
     chunks = [
         sorted(order[i : i + config.shard_size].tolist()) for i in range(0, len(order), config.shard_size)
     ]
-    return Plan(config=config, systems=systems, shard_samples=chunks, source=source)
+    return Plan(config=config, systems=systems, shard_samples=chunks, source=source,
+                prepared=family.prepare(config, workers, progress))

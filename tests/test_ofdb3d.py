@@ -261,7 +261,6 @@ def test_shard_ranges_and_a_resume_give_the_same_bytes(built, tmp_path):
     out = tmp_path / "split"
     config = BuildConfig(categories=20, **SMALL)
     assert not build(config, out, workers=1, shard_range=(2, 4)).complete
-    ofdb3d._records.clear()  # as a new process would start: nothing searched
     result = build(config, out, workers=2, resume=True)
     assert result.complete and sorted(result.built) == [0, 1, 4] and shard_bytes(out) == shard_bytes(built)
     assert (out / "params.json").read_bytes() == (built / "params.json").read_bytes()
@@ -304,13 +303,13 @@ def test_the_card_preview_and_verify_know_the_family(built, tmp_path):
 def test_defaults_are_the_released_ones():
     cfg = BuildConfig(preset=NAME)
     cfg.validate()
-    assert (cfg.categories, cfg.instances, cfg.size, cfg.points, cfg.variance) == (1000, 12, 224, 10000, 0.05)
+    assert (cfg.categories, cfg.views, cfg.size, cfg.points, cfg.variance) == (1000, 12, 224, 10000, 0.05)
     assert (cfg.num_classes, cfg.num_samples, cfg.name()) == (1000, 12000, "3d-ofdb-1000-x12")
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--instances", "0"], "--instances"),
-    (["--instances", "361"], "--instances must be in [1, 360]"),
+    (["--views", "0"], "--views"),
+    (["--views", "361"], "361 is not in the range 1<=x<=360"),
     (["--size", "15"], "--size"),
     (["--points", "2"], "--points must be >= 3"),
     (["--variance", "-0.1"], "--variance"),
@@ -342,7 +341,7 @@ def test_a_search_that_cannot_succeed_is_one_line_and_leaves_nothing(tmp_path):
 
 
 def test_a_size_the_release_cannot_render_warns(tmp_path):
-    result = CliRunner().invoke(cli, ["build", "--preset", NAME, "--categories", "2", "--instances", "2",
+    result = CliRunner().invoke(cli, ["build", "--preset", NAME, "--categories", "2", "--views", "2",
                                       "--size", "30", "--points", "300", "--workers", "1", "--no-progress",
                                       str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
@@ -372,7 +371,7 @@ def test_a_cloud_with_nan_in_y_is_searched_on(monkeypatch):
 def test_bytes_are_pinned(tmp_path):
     """A change of this digest is a change of the dataset: regenerate only for a deliberate one."""
     out = tmp_path / "pin"
-    build(BuildConfig(preset=NAME, categories=3, instances=4, points=500, shard_size=5, size=40), out,
+    build(BuildConfig(preset=NAME, categories=3, views=4, points=500, shard_size=5, size=40), out,
           workers=1)
     h = hashlib.sha256()
     for name, digest in shard_bytes(out).items():

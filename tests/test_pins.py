@@ -40,6 +40,8 @@ CASES = {
                         "321a2c998cdf2fc08d802c63"),
     "gaussian-noise": (dict(preset="gaussian-noise", L=5, shard_size=2, size=32), "8db200d50ebb60642c404a8b"),
     "uniform-noise": (dict(preset="uniform-noise", L=4, shard_size=3, size=32), "8eb342b092f1d95563a9b2d1"),
+    "3d-ofdb": (dict(preset="3d-ofdb", categories=3, views=4, points=500, shard_size=5, size=40),
+                "f2ae6f7d6877564a43c8ef9e"),
     "real-affine-canny": (dict(preset="real", L=5, shard_size=2, size=48), "b344d54ff1bbaa1eacfa1c74"),
     "real-elastic-rgb": (dict(preset="real", L=4, color="rgb", edges="none", shard_size=3, size=48,
                               transform="elastic"), "cf9236e67421a7386355c400"),

@@ -18,8 +18,7 @@ The released pipeline, and what this module does for each step:
   45-degree perspective, near 1, far 100; 1-pixel white points on black, rows bottom-up as glReadPixels returns
   them and the release saves them (``kernels.points3d`` restates Mesa llvmpipe's rules).
 
-Options: ``--categories`` (1,000), ``--instances`` = V, the views per category (12, the released ``--view_point``;
-fracgen's per-class image count is ``--instances``), ``--size`` (224), ``--points`` (10,000, the released
+Options: ``--categories`` (1,000), ``--views`` V per category (12, the released ``--view_point``), ``--size`` (224), ``--points`` (10,000, the released
 ``point_num``), ``--variance`` (0.05), ``--max-attempts`` (10,000 candidates per category; about 1.2% pass).
 Images are 8-bit grey PNGs with values {0, 255} (the released RGB PNGs have R = G = B). Any size >= 16 renders;
 the released render script fails at sizes that are not a multiple of 4 (glReadPixels into a buffer without row
@@ -28,12 +27,11 @@ padding), so those images follow the same rules without a released counterpart (
 "w/ Aug." (Table 13): the released loader (``data.py``, ``ExFractal_dataset``) reads one uniformly random view
 of a class each time it loads the class, so an epoch sees every class once. The released code has no patch
 augmentation for 3D (only 2D-OFDB's ``draw_patch``; ``instance.py`` names ``patch_gray`` but implements only
-``point_gray``). Here every view is its own sample (label = category): ``--instances 1`` stores one view per
+``point_gray``). Here every view is its own sample (label = category): ``--views 1`` stores one view per
 category, the default 12 all the views the loader samples from.
 
-Where the search runs: a shard's worker searches the categories of its samples (cached per process, so a
-category is searched once in each process that needs it), and the parent searches any category it has not
-searched itself, across the cores, for ``params.json``.
+The search runs once, in the parent on the shared pool (``prepare``); the plan carries every category's record
+to the workers, which draw its instance cloud and render its views.
 """
 
 from __future__ import annotations
@@ -163,57 +161,25 @@ class _CategoryJob:
         return search_category(category, *self.task)
 
 
-_records: dict[tuple, dict[int, dict]] = {}  # this process's search records, of one set of search options
+def search_all(cfg, workers: int, progress: bool) -> list[dict]:
+    """Every category's search record, searched once in the parent on the shared pool (the plan carries them)."""
+    from fracgen.distribute import run_jobs
+
+    job = _CategoryJob(cfg.seed, cfg.variance, cfg.points, cfg.max_attempts)
+    return run_jobs(job, range(cfg.categories), [1] * cfg.categories, workers, progress, unit="category",
+                    what="category")
 
 
-def _search_key(cfg) -> tuple:
-    """What decides a category's search: (seed, variance, points, max_attempts)."""
-    return (cfg.seed, cfg.variance, cfg.points, cfg.max_attempts)
-
-
-def _process_records(key: tuple) -> dict[int, dict]:
-    """This process's records for one set of search options (those of other options are dropped)."""
-    if key not in _records:
-        _records.clear()
-        _records[key] = {}
-    return _records[key]
-
-
-def searched(key: tuple, category: int) -> dict:
-    """A category's search record (``key``: ``_search_key``), searched once per process: a shard's worker searches
-    the categories of its samples."""
-    records = _process_records(key)
-    if category not in records:
-        records[category] = search_category(category, *key)
-    return records[category]
-
-
-def search_all(cfg, workers: int | None = None, progress: bool = False) -> list[dict]:
-    """Every category's search record: those this process holds, the others searched on the shared pool."""
-    from fracgen.distribute import default_workers, run_jobs
-
-    key = _search_key(cfg)
-    records = _process_records(key)
-    missing = [c for c in range(cfg.categories) if c not in records]
-    if missing:
-        found = run_jobs(_CategoryJob(*key), missing, [1] * len(missing), workers or default_workers(), progress,
-                         unit="category", what="category")
-        records.update(zip(missing, found, strict=True))
-    return [records[c] for c in range(cfg.categories)]
-
-
-def _views_of(cfg, category: int) -> tuple[np.ndarray, np.ndarray]:
+def _views_of(cfg, category: int, record: dict) -> tuple[np.ndarray, np.ndarray]:
     """What a category's views need: its cloud as the render reads it ((n, 3) float32: the released PLY's doubles
     rounded as render1view.py's np.array(..., dtype=np.float32)) and its jitters ((views,) float64)."""
-    return _views_cached(_search_key(cfg), cfg.instances, category)
+    maps = tuple(map(tuple, record["maps"]))
+    return _views_cached(cfg.seed, cfg.points, cfg.views, category, maps, tuple(record["probabilities"]))
 
 
 @lru_cache(maxsize=8)  # a shard holds a category's views side by side: its samples are sorted by index
-def _views_cached(key: tuple, views: int, category: int) -> tuple[np.ndarray, np.ndarray]:
-    seed, _, points, _ = key
-    record = searched(key, category)
-    cloud = instance_cloud(np.array(record["maps"]), np.array(record["probabilities"]),
-                           cloud_uniforms(seed, category, points), points)
+def _views_cached(seed: int, points: int, views: int, category: int, maps: tuple, probabilities: tuple):
+    cloud = instance_cloud(np.array(maps), np.array(probabilities), cloud_uniforms(seed, category, points), points)
     return np.ascontiguousarray(cloud.T).astype(np.float32), jitters(seed, category, views)
 
 
@@ -231,23 +197,27 @@ class OFDB3D(Family):
     description = ("3D-OFDB (Nakamura et al., ICCV 2023): C categories of 3D fractal point clouds (3D IFS found by "
                    "the released variance search), each drawn from V viewpoints around it as the released OpenGL "
                    "renderer draws them.")
-    options = frozenset({"categories", "instances", "size", "points", "seed", "shard_size", "max_attempts",
+    options = frozenset({"categories", "views", "size", "points", "seed", "shard_size", "max_attempts",
                          "variance"})
-    own_options = (VARIANCE_OPTION,)
-    defaults = {"categories": CATEGORIES, "instances": VIEWS, "size": SIZE, "points": POINT_NUM,
-                "max_attempts": MAX_ATTEMPTS}
-    max_instances = MAX_VIEWS
+    own_options = (Option("views", int, VIEWS, "Views per category (the released --view_point).", lo=1, hi=MAX_VIEWS,
+                          label="views per category"), VARIANCE_OPTION)
+    defaults = {"categories": CATEGORIES, "size": SIZE, "points": POINT_NUM, "max_attempts": MAX_ATTEMPTS}
     tags = ("3d-ofdb", "3d-fractals", "multi-view")
-    notes = {"categories": "C x --instances images; 1000 = 3D-OFDB-1k",
-             "instances": "views per category (the released --view_point, 12)",
+    notes = {"categories": "C x --views images; 1000 = 3D-OFDB-1k",
              "points": "the released point_num: points - 1 are drawn (10000)"}
     record_bytes = 8192  # a category's search record and class record (7 maps, 12 views): measured 4.5 KB
 
     def num_classes(self, config) -> int:
         return config.categories
 
+    def per_class(self, config) -> int:
+        return config.views
+
+    def prepare(self, config, workers: int, progress: bool) -> list:
+        return search_all(config, workers, progress)
+
     def dataset_name(self, config) -> str:
-        return f"{NAME}-{config.categories}-x{config.instances}"
+        return f"{NAME}-{config.categories}-x{config.views}"
 
     def problems(self, config) -> list[str]:
         problems = super().problems(config)
@@ -273,19 +243,19 @@ class OFDB3D(Family):
         proj = points3d.perspective()
         for index in indices:
             label, view = divmod(index, cfg.per_class)
-            cloud, jitter = _views_of(cfg, label)
-            points3d.render_view(cloud, points3d.view_matrix(view, cfg.instances, jitter[view]), proj, image, LIT)
+            cloud, jitter = _views_of(cfg, label, plan.prepared[label])
+            points3d.render_view(cloud, points3d.view_matrix(view, cfg.views, jitter[view]), proj, image, LIT)
             yield index, image, {"label": label, "category": label, "view": view, "jitter_deg": float(jitter[view]),
-                                 "angle_deg": angle_deg(view, cfg.instances, float(jitter[view]))}
+                                 "angle_deg": angle_deg(view, cfg.views, float(jitter[view]))}
 
     def class_records(self, plan, markers: list[dict]) -> list[dict]:
         cfg = plan.config
-        return [{"label": c, "category": c, **record, "views": cfg.instances,
-                 "jitters_deg": jitters(cfg.seed, c, cfg.instances).tolist()}
-                for c, record in enumerate(search_all(cfg))]
+        return [{"label": c, "category": c, **record, "views": cfg.views,
+                 "jitters_deg": jitters(cfg.seed, c, cfg.views).tolist()}
+                for c, record in enumerate(plan.prepared)]
 
     def params_extra(self, plan) -> dict:
-        records = search_all(plan.config)
+        records = plan.prepared
         attempts = sum(r["attempts"] for r in records)
         return {"instance_weights": list(INSTANCE_WEIGHTS),
                 "search": {"categories": len(records), "attempts": attempts,
@@ -295,7 +265,6 @@ class OFDB3D(Family):
         points = config.get("points", "?")
         drawn = f"{points - 1:,}" if isinstance(points, int) else "?"
         return {"differences": "\n".join(f"- {item}" for item in _differences(config, params)),
-                "instances": f"{config.get('instances', '?')} (views per category)",
                 "points": f"{points} (the released point_num: {drawn} points drawn)"}
 
 
@@ -315,7 +284,7 @@ def _differences(config: dict, params: dict | None) -> list[str]:
         f"|det| / sum (numpy 1.22's bits), point_num {config.get('points', '?')} (one point fewer drawn), kept "
         f"when the variance of x, y and z each exceeds {config.get('variance', '?')}{rate}. A category whose "
         "instance cloud has NaN in y (the release renders no image of it) is searched on.",
-        f"**Views**: {config.get('instances', '?')} per category (the released --view_point): view i at i / V x "
+        f"**Views**: {config.get('views', '?')} per category (the released --view_point): view i at i / V x "
         "360 + 30 degrees plus a jitter u ~ U(-pi, pi) read as degrees (the release's glm.radians(random.uniform("
         "-pi, pi))); each sample's json records its view, jitter and angle.",
         "**Seeds and records**: every draw comes from generators seeded by (seed, category) for the search "

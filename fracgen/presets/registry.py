@@ -87,6 +87,10 @@ class Family:
         """What a stored image is: one of IMAGE_MODES."""
         return "fractal" if self.systems else "L"
 
+    def per_class(self, config: BuildConfig) -> int:
+        """Images per class (label = sample index // per_class): by default --instances x --patch-variants."""
+        return config.instances * config.patch_variants
+
     def memory_per_class(self, config: BuildConfig) -> float:
         """Bytes the parent holds for one class's record (params.json): a base system's class records its maps
         (measured 4.1-4.5 KB a class of 2 maps, all included) when it has one image."""
@@ -101,6 +105,11 @@ class Family:
 
     def search(self, config: BuildConfig, workers: int, progress: bool) -> list[System]:
         """The base systems of a build (families with ``systems``)."""
+        return []
+
+    def prepare(self, config: BuildConfig, workers: int, progress: bool) -> list:
+        """What the shards need that the parent finds once before them, when it is not base systems (a category
+        search of another kind): JSON-able, in the plan (its digest) and so in every worker. Default: nothing."""
         return []
 
     def check_systems(self, systems: list[System], config: BuildConfig) -> None:
