@@ -1,30 +1,15 @@
 """Image bytes: PNGs that every reader decodes to the same pixels.
 
-Grey images are stored as 8-bit greyscale PNG (colour type 0) and RGB images as 8-bit RGB, so
-``np.asarray(PIL.Image.open(f))``, ``torchvision.io.decode_image``, webdataset's decoders, timm's wds reader
-and ``datasets`` all return the stored values ({0, 127} for the reference look). Before issue 10, images with
-up to 16 grey levels were palette PNGs of 1-4 bits: smaller, but a palette PNG decodes to its indices
-({0, 1}) wherever the reader does not convert it (``encode_palette_png`` keeps that format, for the benchmark
-and for tests of ``verify``'s message about datasets built with it).
+Grey images are 8-bit greyscale PNGs (colour type 0) and RGB images 8-bit RGB, so ``np.asarray(PIL.Image.open(f))``,
+torchvision's ``decode_image``, webdataset, timm and ``datasets`` all return the stored values ({0, 127} for the
+fractal looks). ``encode_palette_png`` writes the palette format of earlier fracgen builds, which decodes to its
+indices ({0, 1}) wherever a reader does not convert it: for ``verify``'s message about such datasets and the bench.
 
-Speed: zlib's fastest setting (``Z_RLE``) spends about 6x longer on a 512 x 512 8-bit image than it did on
-the same image packed to 1 bit, and PNG encoding is the most expensive stage of a build after the chaos game.
-Two-level images (the fractal looks, Canny edges) are therefore deflated by a numba kernel (``deflate.py``) that
-reads the scanlines as 8-byte words: a word equal to the one before it extends a copy at distance 8, any other
-word is 8 literals from a table, all in one dynamic-Huffman block. It encodes the default 1p-frac image faster
-than the old 1-bit path did (``make bench`` prints both, with the sizes: about 1.5x the 1-bit PNG, 1.1x zlib's
-best on the same 8-bit data). Whether an image has two levels is found by a numba scan that stops at the third
-value (``np.bincount`` took 0.37 ms a 512 px image, as long as the encoder).
-
-The contour looks (RCDB, VisualAtom: a background and one-pixel lines of about 80 greys) cost 4.8 ms (RCDB) and
-7.2 ms (VisualAtom) a 512 px image through zlib level 6, 20x and 5x their drawing. With ``fast=True`` (the build
-sets it for the contour and noise presets) they go through ``deflate_many.py``, a greedy LZ77 over four
-distances (1 and the row stride -1, 0, +1): about 0.47 ms and 0.56 ms (CPU, 2-core AMD EPYC VM, 300 images),
-1.5x and 1.2x zlib 6's bytes on average (up to 3x on some sparse RCDB images); noise (RGB) about 4x faster at the
-same size.
-Photos stay on zlib: the kernel gave 1.05-1.6x their bytes. ``tests/test_encode.py`` checks every stream with
-zlib and the images with Pillow; ``benchmarks/bench_contours.py`` measures the contour figures. The kernels cost
-a few CPU-seconds of JIT compilation the first time a machine builds (cached in NUMBA_CACHE_DIR afterwards).
+Cost: two-level images (the fractal looks, Canny edges) go through a numba deflate that reads the scanlines as
+8-byte words (``kernels/deflate.py``: faster than zlib's fastest setting on the same 8-bit data, about 1.1x zlib's
+best size); many-level images with ``fast=True`` (the contour and noise families) through a greedy LZ77 over four
+distances (``kernels/deflate_many.py``: about 0.5 ms a 512 px contour image against 5-7 ms for zlib level 6, at
+1.2-1.5x its bytes); photos through zlib. ``tests/test_encode.py`` checks every stream with zlib and Pillow.
 """
 
 from __future__ import annotations
@@ -92,7 +77,8 @@ def encode_png(image: np.ndarray, levels: np.ndarray | None = None, *, fast: boo
 
 
 def encode_palette_png(image: np.ndarray, levels: np.ndarray | None = None) -> bytes:
-    """The format before issue 10: up to 16 grey levels as a 1, 2 or 4-bit palette PNG, else 8-bit grey.
+    """The palette format of earlier fracgen builds: up to 16 grey levels as a 1, 2 or 4-bit palette PNG, else 8-bit
+    grey.
 
     Kept to measure the new format against (``make bench``) and to build a dataset of the old format in tests.
     A palette PNG decodes to palette indices unless the reader converts it to "L" or "RGB".

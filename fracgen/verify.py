@@ -40,7 +40,7 @@ class VerifyReport:
         num_classes: classes recorded in build.json.
         shard_problems: shard filename -> what is wrong with it (one string per problem).
         dataset_problems: problems that belong to no single shard (records disagree, a class is missing).
-        palette_images: images stored as palette PNGs, the format before issue 10.
+        palette_images: images stored as palette PNGs, the format of earlier fracgen builds.
     """
 
     root: Path
@@ -371,7 +371,7 @@ def _typed_build(report: VerifyReport, root: Path, build: dict[str, Any]) -> tup
 
 
 def _old_format(root: Path, count: int, config: dict[str, Any]) -> str:
-    """One line for a dataset built before issue 10, with the command that rebuilds it beside it."""
+    """One line for a dataset of palette PNGs (an earlier fracgen's), with the command that rebuilds it beside it."""
     new = root.with_name(f"{root.name}-8bit")
     try:
         cfg = BuildConfig.from_json(config)

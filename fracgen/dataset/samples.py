@@ -35,7 +35,7 @@ def decode_grey(data: bytes) -> np.ndarray:
     return decode_image(data, "L")
 
 
-PNG_GREY, PNG_RGB, PNG_PALETTE = 0, 2, 3  # PNG colour types; palette: the images written before issue 10
+PNG_GREY, PNG_RGB, PNG_PALETTE = 0, 2, 3  # PNG colour types; palette: earlier fracgens' images
 
 
 def png_colour_type(data: bytes) -> int | None:
