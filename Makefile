@@ -43,7 +43,7 @@ test: install-dev ## Run the test suite (CPU only, no network).
 test-quick: install-dev ## The tests without the slow ones (multi-process, signals, README, wheel): for the edit loop.
 	$(BIN)/python -m pytest -q -m "not slow"
 
-readme-check: install-dev ## Run the README's builder and publishing blocks in order, at toy size, in a scratch folder.
+readme-check: install-dev ## Run the builder and publishing blocks of README.md and docs/, in order, at toy size.
 	$(BIN)/python scripts/readme_check.py
 
 bench: install ## Builder speed: default build cold and warm, chaos game alone, per-stage costs, memory; RCDB and VisualAtom per stored image.

@@ -1,10 +1,10 @@
-"""Run the README's builder and publishing blocks in order, at toy size, in a scratch folder.
+"""Run the builder and publishing blocks of the README and of every page of docs/, in order, at toy size.
 
 `make readme-check` (and `tests/test_readme.py`) run this. What it does, so a reader knows what "checked" means:
 
-- It starts where a new user stands after `make demo`: it runs the demo's recipe, read from the Makefile (the
-  build of `out/1p-frac` at toy size, then `fracgen verify`).
-- Every fenced shell block after the first (the first is the set-up one: `make demo`, `make test`) is read line
+- Each page runs in a scratch folder of its own, from where a new user stands after `make demo`: it runs the
+  demo's recipe, read from the Makefile (the build of `out/1p-frac` at toy size, then `fracgen verify`).
+- Every fenced shell block (of the README, after the first: the set-up one, `make demo`, `make test`) is read line
   by line, with `\\` continuations joined and `# comments` dropped. Lines that call `fracgen` run, in order, in
   the scratch folder, and must exit 0. Other lines (`make`, `python -m train`, `torchrun`, `pip`, uploads that
   need a token) are listed as not run: they need a GPU, the network or minutes of CPU. A line that is not valid
@@ -130,15 +130,26 @@ def fracgen_argv() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "fracgen.cli"]
 
 
-def run(readme: Path, work: Path, verbose: bool = False) -> int:
-    """Run the README's blocks in ``work``; returns the number of failures."""
+def run(pages: list[Path], work: Path, verbose: bool = False) -> int:
+    """Run each page's blocks in a folder of its own under ``work``; returns the number of failures."""
+    failed = 0
+    for page in pages:
+        folder = work / page.stem
+        folder.mkdir()
+        print(f"== {page.relative_to(REPO) if page.is_relative_to(REPO) else page}")
+        failed += run_page(page, folder, verbose, setup_block=page.name == "README.md")
+    return failed
+
+
+def run_page(readme: Path, work: Path, verbose: bool = False, setup_block: bool = True) -> int:
+    """Run one page's blocks in ``work``; returns the number of failures."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
     make_photo(work)
     passed = failed = 0
     todo: list[tuple[str, str | None]] = [(c, None) for c in demo_commands()]
     for i, (lang, body, skip) in enumerate(blocks(readme.read_text())):
-        if i == 0:
+        if i == 0 and setup_block:
             continue  # the set-up block: make demo / make test
         if lang == "python":
             todo.append(("python:" + body, skip))
@@ -186,19 +197,21 @@ def run(readme: Path, work: Path, verbose: bool = False) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--readme", type=Path, action="append", default=None,
+                        help="a page to check (repeatable; default: README.md, then docs/*.md)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    pages = args.readme or [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
     if args.work is not None:
         if args.work.exists() and (not args.work.is_dir() or any(args.work.iterdir())):
             print(f"readme_check: --work {args.work} is not empty: the README's blocks write photo.jpg and out/ "
                   "there (and replace out/1p-frac); give a new or empty folder", file=sys.stderr)
             return 2
         args.work.mkdir(parents=True, exist_ok=True)
-        return 1 if run(args.readme, args.work, args.verbose) else 0
+        return 1 if run(pages, args.work, args.verbose) else 0
     with tempfile.TemporaryDirectory(prefix="readme-check-") as work:
-        return 1 if run(args.readme, Path(work), args.verbose) else 0
+        return 1 if run(pages, Path(work), args.verbose) else 0
 
 
 if __name__ == "__main__":
