@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from timm.data import auto_augment
 
-from train import bench
+from train.experiments import bench
 
 
 @pytest.fixture(autouse=True)

@@ -23,15 +23,10 @@ from timm.data import auto_augment as timm_aa
 from timm.data.random_erasing import RandomErasing
 
 from train.config import AugConfig
-from train.device_augment import (
-    BatchParams,
-    DeviceAugment,
-    RandAugmentSpec,
-    sample_crop_params,
-    sample_erase_params,
-)
+from train.data.device_augment import BatchParams, DeviceAugment, sample_crop_params, sample_erase_params
+from train.data.rand_augment import RandAugmentSpec
+from train.data.resident import ResidentSource, load_images, make_resident_source
 from train.errors import DoesNotFit, TrainError
-from train.resident import ResidentSource, load_images, make_resident_source
 
 K = 4.0  # tolerance in standard errors (see the module docstring)
 RECIPE_RA = "rand-m9-mstd0.5-inc1"
@@ -400,7 +395,7 @@ def test_oom_at_start_names_a_batch_that_fits(dataset: Path, monkeypatch: pytest
 
 def test_works_through_train_data_make_source(dataset: Path) -> None:
     """The trainer's chooser picks this source for ``resident`` and ``auto``, and streams when over budget."""
-    data = pytest.importorskip("train.data")
+    data = pytest.importorskip("train.data.pretraining")
     config = pytest.importorskip("train.config")
     cfg = config.load_config("tiny", [f"data.path={dataset}", "data.source=resident"])
     src = data.make_source(cfg, torch.device("cpu"), 0, 1)
@@ -481,7 +476,7 @@ def test_each_shard_is_read_once_before_the_first_step(dataset: Path, monkeypatc
     import fracgen.dataset
 
     config = pytest.importorskip("train.config")
-    data = pytest.importorskip("train.data")
+    data = pytest.importorskip("train.data.pretraining")
     opened: Counter[str] = Counter()
     parsed: list[str] = []
     tar_open, parse_info = tarfile.open, fracgen.dataset.parse_info

@@ -11,7 +11,7 @@ import yaml
 torch = pytest.importorskip("torch")
 
 from train.errors import TrainError  # noqa: E402
-from train.sweep import load_sweep, points, run_sweep  # noqa: E402
+from train.experiments.sweep import load_sweep, points, run_sweep  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from train_helpers import assert_one_line, cfg_of, cli, poison_loss
 
 from train.config import load_config
 from train.errors import TrainError
-from train.run_folder import start_run_folder, write_status
+from train.run.folder import start_run_folder, write_status
 
 USER_FILES = {"notes.txt": "my precious notes", "config.yaml": "my: config", "log.csv": "mine",
               "metrics.json": '{"mine": 1}', "curves.png": "mine", "config.json": "mine"}
@@ -117,8 +117,8 @@ def test_a_sample_unlike_its_json_or_the_build_size_is_refused(tiny_copy, tmp_pa
 def test_the_stream_reads_only_labels_from_shards_checked_before_step_1(tiny_dataset):
     import torch
 
-    from train.data import StreamSource
-    from train.shards import shard_samples
+    from train.data.shards import shard_samples
+    from train.data.stream import StreamSource
 
     source = StreamSource(cfg_of(tiny_dataset), torch.device("cpu"), 0, 1)
     assert source.checked == frozenset(source.urls)  # every local shard: check_shards read each sample
@@ -128,7 +128,7 @@ def test_the_stream_reads_only_labels_from_shards_checked_before_step_1(tiny_dat
 def test_the_stream_checks_each_sample_as_it_decodes(tiny_copy):
     """Shards read while training (remote ones are not read first) get the same checks, from the PNG header."""
     from fracgen import dataset
-    from train.data import _decode
+    from train.data.shards import decode_sample as _decode
 
     sample = next(dataset.iter_shard(tiny_copy / dataset.shard_name(0)))
     assert _decode(sample, 16, 64)[0].shape == (64, 64)

@@ -119,7 +119,7 @@ def test_resume_of_a_complete_run_says_so_and_leaves_the_folder_byte_identical(c
 
 def test_a_run_killed_after_its_last_checkpoint_reports_its_logged_loss(complete, tiny_dataset, tmp_path):
     """Killed between the final checkpoint and metrics.json: --resume finishes it with finite metrics."""
-    from train.run_folder import write_status
+    from train.run.folder import write_status
 
     run = tmp_path / "run"
     shutil.copytree(complete, run)
@@ -178,7 +178,7 @@ def test_a_finetune_whose_loss_becomes_nan_stops_with_one_line(tmp_path, monkeyp
 def test_metrics_never_hold_nan(tmp_path):
     """Whatever a job reports, metrics.json is strict JSON: a value that is not finite is written as null."""
     from train.distributed import Dist
-    from train.run_folder import run_job
+    from train.run.folder import run_job
 
     (tmp_path / "run").mkdir()
     env = Dist(rank=0, world_size=1, local_rank=0, device=__import__("torch").device("cpu"))
@@ -283,7 +283,7 @@ def test_a_one_class_image_folder_fine_tunes_with_a_warning(tmp_path, caplog):
     from train.finetune import finetune
 
     data = image_folder(tmp_path / "if", classes=("only",))
-    with caplog.at_level("WARNING", logger="train.downstream"):
+    with caplog.at_level("WARNING", logger="train.data.downstream"):
         m = finetune(ft_cfg(data), tmp_path / "ft")
     assert m["num_classes"] == 1 and m["top1"] == 100.0
     warned = [r.getMessage() for r in caplog.records if "single class" in r.getMessage()]
@@ -291,10 +291,10 @@ def test_a_one_class_image_folder_fine_tunes_with_a_warning(tmp_path, caplog):
 
 
 def test_two_classes_give_no_class_warning(tmp_path, caplog):
-    from train.downstream import open_downstream
+    from train.data.downstream import open_downstream
 
     data = image_folder(tmp_path / "if")
-    with caplog.at_level("WARNING", logger="train.downstream"):
+    with caplog.at_level("WARNING", logger="train.data.downstream"):
         assert open_downstream(ft_cfg(data))[2] == 2
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
@@ -303,13 +303,13 @@ def test_two_classes_give_no_class_warning(tmp_path, caplog):
 def test_images_outside_the_class_folders_are_named(tmp_path, caplog, split):
     from PIL import Image
 
-    from train.downstream import open_downstream
+    from train.data.downstream import open_downstream
 
     data = image_folder(tmp_path / "if")
     for name in ("loose.png", "stray.JPG"):
         Image.new("RGB", (16, 16)).save(data / split / name, format="PNG")
     (data / split / "notes.txt").write_text("not an image")
-    with caplog.at_level("WARNING", logger="train.downstream"):
+    with caplog.at_level("WARNING", logger="train.data.downstream"):
         train, test, classes = open_downstream(ft_cfg(data))
     assert classes == 2 and len(train) == 20 and len(test) == 8
     warned = [r.getMessage() for r in caplog.records if "outside any class folder" in r.getMessage()]

@@ -175,7 +175,8 @@ def _checkpoint(folder, **meta):
 
 @pytest.mark.parametrize("kwargs", ["{not json", "[1,2]", "3", "null"])
 def test_checkpoint_kwargs_that_are_not_a_json_object_are_named(kwargs, tmp_path):
-    from train.checkpoint import adopt_architecture, read_architecture, read_checkpoint_meta
+    from train.finetune import adopt_architecture, read_architecture
+    from train.run.checkpoint import read_checkpoint_meta
 
     path = _checkpoint(tmp_path / "run", model="vit_tiny_patch16_224", kwargs=kwargs)
     for read in (read_architecture, read_checkpoint_meta):
@@ -187,7 +188,7 @@ def test_checkpoint_kwargs_that_are_not_a_json_object_are_named(kwargs, tmp_path
 
 
 def test_checkpoint_step_that_is_not_a_number_is_named(tmp_path):
-    from train.checkpoint import read_checkpoint_meta
+    from train.run.checkpoint import read_checkpoint_meta
 
     path = _checkpoint(tmp_path / "run", model="vit_tiny_patch16_224", kwargs="{}", step="two")
     with pytest.raises(TrainError, match=f"checkpoint {path}: its metadata step is not an integer"):
@@ -199,7 +200,7 @@ def test_checkpoint_step_that_is_not_a_number_is_named(tmp_path):
     {"architecture": "vit_tiny_patch16_224", "pretrained_cfg": {}, "model_args": [1]},
 ])
 def test_a_timm_config_of_the_wrong_shape_is_named(config, tmp_path):
-    from train.checkpoint import read_architecture
+    from train.finetune import read_architecture
 
     path = _checkpoint(tmp_path / "run")
     (tmp_path / "run" / "config.json").write_text(json.dumps(config))
@@ -208,7 +209,7 @@ def test_a_timm_config_of_the_wrong_shape_is_named(config, tmp_path):
 
 
 def test_checkpoint_kwargs_timm_refuses_are_named(tmp_path):
-    from train.checkpoint import load_pretrained
+    from train.finetune import load_pretrained
 
     path = _checkpoint(tmp_path / "run", model="vit_tiny_patch16_224", kwargs=json.dumps({"num_heads": 5}))
     cfg = load_config("finetune", ["model.img_size=32"])
@@ -225,7 +226,7 @@ def test_checkpoint_kwargs_timm_refuses_are_named(tmp_path):
     (["--out", "/nonexistent-fracgen/x.md"], "--out: no folder /nonexistent-fracgen"),
 ])
 def test_bench_refuses_bad_options_before_measuring(argv, fragment, capsys):
-    from train import bench
+    from train.experiments import bench
 
     with pytest.raises(SystemExit) as exit_:
         bench.parse_args(argv)
@@ -234,7 +235,7 @@ def test_bench_refuses_bad_options_before_measuring(argv, fragment, capsys):
 
 
 def test_bench_json_into_a_folder_is_refused(tmp_path, capsys):
-    from train import bench
+    from train.experiments import bench
 
     with pytest.raises(SystemExit):
         bench.parse_args(["--json", str(tmp_path)])
@@ -244,7 +245,7 @@ def test_bench_json_into_a_folder_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("override, fragment", [("model.kwargs.num_heads=5", "dim should be divisible by num_heads"),
                                                 ("optim.opt=adahessian", "second-order")])
 def test_bench_refuses_what_timm_refuses_in_one_line(override, fragment, tiny_dataset, capsys, monkeypatch):
-    from train import bench
+    from train.experiments import bench
 
     def measured(*_):
         raise AssertionError("the benchmark ran")

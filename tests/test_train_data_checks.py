@@ -21,13 +21,16 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fracgen import dataset  # noqa: E402
-from train import shards as shards_mod  # noqa: E402
 from train.config import load_config  # noqa: E402
-from train.data import make_source, read_info  # noqa: E402
+from train.data import shards as shards_mod  # noqa: E402
+from train.data.pretraining import make_source  # noqa: E402
+from train.data.shards import (  # noqa: E402
+    plan_shards,  # noqa: E402
+    read_info,  # noqa: E402
+)
 from train.errors import TrainError  # noqa: E402
+from train.experiments.toy import write_toy_dataset  # noqa: E402
 from train.pretrain import pretrain  # noqa: E402
-from train.shards import plan_shards  # noqa: E402
-from train.toy import write_toy_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ["stream", "resident"]
@@ -156,7 +159,7 @@ def test_label_out_of_range_on_the_command_line(tmp_path):
 @pytest.mark.parametrize("source", SOURCES)
 def test_a_dataset_of_one_class_is_warned_about(tmp_path, source, caplog):
     root = write_toy_dataset(tmp_path / "toy", num_classes=1, per_class=8, size=32, shard_size=8)
-    with caplog.at_level(logging.WARNING, logger="train.shards"):
+    with caplog.at_level(logging.WARNING, logger="train.data.shards"):
         src = make_source(_cfg(root, source, "model.img_size=32"), torch.device("cpu"), 0, 1)
     src.close()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -164,7 +167,7 @@ def test_a_dataset_of_one_class_is_warned_about(tmp_path, source, caplog):
 
 
 def test_sixteen_classes_are_not_warned_about(tiny_dataset, caplog):
-    with caplog.at_level(logging.WARNING, logger="train.shards"):
+    with caplog.at_level(logging.WARNING, logger="train.data.shards"):
         make_source(_cfg(tiny_dataset, "stream"), torch.device("cpu"), 0, 1).close()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 

@@ -72,7 +72,7 @@ def test_finetune_resume_takes_the_same_folder_spelled_otherwise(tmp_path, capsy
 
 def test_resume_compares_an_unrecorded_data_path_resolved(tmp_path, monkeypatch):
     from train.config import load_config
-    from train.resume import differences
+    from train.run.checkpoint import differences
 
     monkeypatch.chdir(tmp_path)
     Path("ds").mkdir()
@@ -87,8 +87,8 @@ def test_resume_compares_an_unrecorded_data_path_resolved(tmp_path, monkeypatch)
 def test_every_allowed_seed_streams(seed, tmp_path):
     from train_helpers import cfg_of
 
-    from train.data import StreamSource, _PrivateRng
-    from train.toy import write_toy_dataset
+    from train.data.stream import StreamSource, _PrivateRng
+    from train.experiments.toy import write_toy_dataset
 
     data = write_toy_dataset(tmp_path / "ds", num_classes=4, per_class=2, size=32)
     cfg = cfg_of(data, f"train.seed={seed}", "model.img_size=32", "data.workers=0")
@@ -101,7 +101,7 @@ def test_every_allowed_seed_streams(seed, tmp_path):
 
 @pytest.mark.parametrize("source", ["stream", "resident"])
 def test_an_eval_set_of_other_classes_is_refused(source, tmp_path, capsys):
-    from train.toy import write_toy_dataset
+    from train.experiments.toy import write_toy_dataset
 
     data = write_toy_dataset(tmp_path / "ds", num_classes=4, per_class=2, size=32)
     other = write_toy_dataset(tmp_path / "ds8", num_classes=8, per_class=1, size=32)
@@ -113,7 +113,7 @@ def test_an_eval_set_of_other_classes_is_refused(source, tmp_path, capsys):
 
 
 def _wds(root: Path) -> Path:
-    from train.toy import write_toy_dataset
+    from train.experiments.toy import write_toy_dataset
 
     write_toy_dataset(root, num_classes=4, per_class=4, size=32, shard_size=16)
     test = write_toy_dataset(root.with_name("t"), num_classes=4, per_class=3, size=32, shard_size=12, seed=1)
@@ -149,8 +149,8 @@ def stopped_pretraining(tmp_path_factory) -> Path:
     """A tiny pre-training stopped at step 2 of 4 (its run.json says stopped)."""
     from train_helpers import cfg_of
 
+    from train.experiments.toy import write_toy_dataset
     from train.pretrain import pretrain
-    from train.toy import write_toy_dataset
 
     root = tmp_path_factory.mktemp("pt")
     data = write_toy_dataset(root / "ds", num_classes=4, per_class=2, size=32)
@@ -190,7 +190,7 @@ def test_finetune_resume_needs_only_its_own_checkpoint(stopped_pretraining, tmp_
 
 
 def test_a_tarball_that_is_no_downstream_dataset_leaves_nothing(tmp_path, capsys, monkeypatch):
-    from train.toy import write_toy_dataset
+    from train.experiments.toy import write_toy_dataset
 
     monkeypatch.chdir(tmp_path)
     shard = write_toy_dataset(tmp_path / "ds", num_classes=2, per_class=2, size=32) / "train-000000.tar"
@@ -218,8 +218,8 @@ def test_a_json_label_naming_the_class_is_not_a_mismatch():
     """fracgen's json holds the integer label, which must equal cls; a downstream WebDataset's json may name the
     class instead ("cat"), which is no disagreement (fine-tuning did not read the json before its shards were
     checked like pre-training's)."""
+    from train.data.shards import sample_label
     from train.errors import TrainError
-    from train.shards import sample_label
 
     sample = {"__key__": "k", "__url__": "u", "jpg": b"", "cls": b"1"}
     assert sample_label({**sample, "json": b'{"label": "cat"}'}, 3, image_keys=("jpg",)) == 1

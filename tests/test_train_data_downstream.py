@@ -25,7 +25,8 @@ torchvision = pytest.importorskip("torchvision")
 
 from train.__main__ import main  # noqa: E402
 from train.config import load_config  # noqa: E402
-from train.downstream import open_downstream, resolve_downstream, unpack_tarball  # noqa: E402
+from train.data.downstream import open_downstream  # noqa: E402
+from train.data.fetch import resolve_downstream, unpack_tarball  # noqa: E402
 from train.errors import TrainError  # noqa: E402
 
 

@@ -71,7 +71,7 @@ def test_finetune_bad_input(cifar_mini, checkpoint, tmp_path):
 
 
 def test_finetune_reads_webdataset_splits(tmp_path):
-    from train.toy import write_toy_dataset
+    from train.experiments.toy import write_toy_dataset
 
     root = write_toy_dataset(tmp_path / "wds", num_classes=4, per_class=25, size=32, shard_size=50)
     test = write_toy_dataset(tmp_path / "wds-test", num_classes=4, per_class=5, size=32, shard_size=50, seed=1)

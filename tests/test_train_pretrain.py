@@ -14,10 +14,10 @@ import torch
 from conftest import free_port
 from safetensors.torch import load_file
 
-from train.checkpoint import read_checkpoint_meta
 from train.config import load_config
 from train.errors import TrainError
 from train.pretrain import pretrain
+from train.run.checkpoint import read_checkpoint_meta
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def test_bad_input_is_one_line_and_leaves_no_run(tiny_dataset, tmp_path):
 
 
 def test_batch_must_divide_across_ranks(tiny_dataset):
-    from train.data import micro_batch_size
+    from train.data.source import micro_batch_size
 
     cfg = tiny_cfg(tiny_dataset, "train.batch_size=32")
     assert micro_batch_size(cfg, 4) == 8
@@ -145,8 +145,8 @@ def test_augmentation_pieces_switch_off(tiny_dataset):
 
 
 def test_toy_dataset_matches_contract(tmp_path):
-    from train.data import iter_samples, read_info, shard_urls
-    from train.toy import write_toy_dataset
+    from train.data.shards import iter_samples, read_info, shard_urls
+    from train.experiments.toy import write_toy_dataset
 
     root = write_toy_dataset(tmp_path / "toy", num_classes=4, per_class=2, size=32, shard_size=3)
     info = read_info(str(root))
@@ -211,7 +211,7 @@ def test_ranks_leave_the_group_together(tmp_path):
 @pytest.mark.parametrize("source", ["stream", "resident"])
 def test_corrupt_png_inside_a_shard_is_named(tmp_path, source):
     from fracgen.dataset import write_shard
-    from train.toy import write_toy_dataset
+    from train.experiments.toy import write_toy_dataset
 
     root = write_toy_dataset(tmp_path / "toy", num_classes=4, per_class=4, size=32, shard_size=8)
     # replace shard 1 (train-000001.tar): a valid tar, bad pngs

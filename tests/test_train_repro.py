@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from train.repro import repro_small
+from train.experiments.repro import repro_small
 
 
 def test_repro_small_cpu_check(tiny_dataset, cifar_mini_tarball, tmp_path):
@@ -31,7 +31,7 @@ def test_repro_dataset_folder_is_out_ds_and_a_toy_build_is_not_reused_for_the_re
 
     import fracgen.build
     from fracgen.config import BuildConfig
-    from train.repro import _build_dataset
+    from train.experiments.repro import _build_dataset
 
     monkeypatch.chdir(tmp_path)
     out = Path("runs") / "repro"

@@ -14,8 +14,8 @@ from train_helpers import QUICK, assert_one_line, cfg_of, cli, snapshot
 
 from train.errors import TrainError
 from train.pretrain import pretrain
-from train.resume import MAY_CHANGE, check_resume
-from train.run_folder import claim_folder, clear_run_folder, write_status
+from train.run.checkpoint import MAY_CHANGE, check_resume
+from train.run.folder import claim_folder, clear_run_folder, write_status
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ def _no_training(*args, **kwargs):
 def test_sweep_and_repro_never_delete_a_users_files(cifar_mini_tarball, tmp_path, marked, monkeypatch, capsys):
     import yaml
 
-    from train.sweep import load_sweep, run_sweep
+    from train.experiments.sweep import load_sweep, run_sweep
 
     monkeypatch.setattr("train.finetune.finetune", _no_training)
     monkeypatch.setattr("train.pretrain.pretrain", _no_training)
@@ -182,10 +182,10 @@ def test_resume_under_another_process_count_warns_and_gives_new_ranks_their_own_
                                                                                         caplog):
     """A checkpoint of one process resumed by two (``torchrun`` with more GPUs, as timm allows): the run goes on
     with a warning, and rank 1, which the checkpoint has no RNG state for, does not replay rank 0's stream."""
-    from train.checkpoint import load_checkpoint
-    from train.data import micro_batch_size
+    from train.data.source import micro_batch_size
     from train.distributed import Dist
     from train.model import create_model
+    from train.run.checkpoint import load_checkpoint
     from train.step import TrainStep
 
     cfg = cfg_of(tiny_dataset, "train.stop_at=2")
@@ -197,12 +197,12 @@ def test_resume_under_another_process_count_warns_and_gives_new_ranks_their_own_
         assert load_checkpoint(stopped, trainer, Dist(rank, 2, rank, torch.device("cpu"))) == 2
         return torch.get_rng_state()
 
-    with caplog.at_level("WARNING", logger="train.checkpoint"):
+    with caplog.at_level("WARNING", logger="train.run.checkpoint"):
         rank0 = restore(0)
     assert torch.equal(rank0, stored[0]["torch"])
     assert "written by 1 process(es) and this run has 2" in caplog.text and "from step 2 on" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="train.checkpoint"):
+    with caplog.at_level("WARNING", logger="train.run.checkpoint"):
         rank1 = restore(1)
     assert not torch.equal(rank1, stored[0]["torch"]) and caplog.text == ""  # rank 0 alone says it
     assert torch.equal(restore(1), rank1)  # and its own stream is the same on every resume

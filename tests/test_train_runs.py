@@ -171,7 +171,7 @@ def test_run_folder_loads_in_timm_alone_with_the_trainers_logits(tiny_dataset, t
 
 def test_finetune_takes_the_architecture_from_a_run_folder_and_reloads_with_its_head(tiny_dataset, cifar_mini,
                                                                                       tmp_path):
-    from train.downstream import open_downstream
+    from train.data.downstream import open_downstream
     from train.finetune import finetune
     from train.loop import evaluate
 

@@ -15,9 +15,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from train.data import readers_per_rank  # noqa: E402
+from train.data.stream import readers_per_rank  # noqa: E402
 from train.errors import TrainError  # noqa: E402
-from train.toy import write_toy_dataset  # noqa: E402
+from train.experiments.toy import write_toy_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--set", "data.source=stream", "--set", "train.log_every=1", "--set", "data.eval_path=''",

@@ -16,8 +16,8 @@ import click
 from fracgen.errors import FracgenError
 from train.config import load_config
 from train.errors import RankError, TrainError
-from train.repro import repro_small
-from train.sweep import sweep
+from train.experiments.repro import repro_small
+from train.experiments.sweep import sweep
 
 
 def _common(f):

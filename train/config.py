@@ -48,8 +48,8 @@ class DataConfig:
         path: pre-training: a fracgen dataset (folder with ``_info.json``, a brace pattern or URL of shards);
             fine-tuning: a torchvision name (``cifar10``, ``cifar100``: downloaded into ``root`` once), an
             ImageFolder root (``train/`` and ``test/`` or ``val/``), a CIFAR-style tarball (unpacked into
-            ``root`` once) or a WebDataset folder (``train/downstream.py``).
-        source: ``auto`` (resident when ``train.resident`` exists and the data fit, else stream),
+            ``root`` once) or a WebDataset folder (``train/data/downstream.py``).
+        source: ``auto`` (resident when ``train.data.resident`` exists and the data fit, else stream),
             ``stream`` or ``resident``.
         workers: DataLoader worker processes per rank (0: load in the main process).
         shuffle_buffer: samples in the WebDataset shuffle buffer.
@@ -57,10 +57,10 @@ class DataConfig:
         eval_path: pre-training accuracy is measured on this dataset (default: ``path`` itself, whose
             classes are the perturbations); empty to skip.
         eval_samples: at most this many samples for pre-training accuracy.
-        resident: options of the GPU-resident source (``train/resident.py``), free-form.
+        resident: options of the GPU-resident source (``train/data/resident.py``), free-form.
         verify: check each shard's sha256 against ``build.json`` while it is read before the first step:
             ``auto`` (when the dataset is a local build of at most 4 GiB), ``true`` or ``false``
-            (``train/shards.py``; sizes, sample counts and labels are always checked).
+            (``train/data/shards.py``; sizes, sample counts and labels are always checked).
     """
 
     path: str = ""

@@ -1,7 +1,7 @@
 """Where this process runs: torch threads, the device and, under ``torchrun``, the DDP process group.
 
 ``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; without them the run is one process. Every rank
-calls ``setup`` first; rank 0 alone writes the run folder (``train/run_folder.py``).
+calls ``setup`` first; rank 0 alone writes the run folder (``train/run/folder.py``).
 """
 
 from __future__ import annotations

@@ -11,21 +11,27 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from train.checkpoint import adopt_architecture, load_pretrained, read_checkpoint_meta
 from train.config import Config
+from train.data.downstream import MapSource, downstream_identity, open_downstream
 from train.distributed import quiet_worker, seed_everything, setup
-from train.downstream import MapSource, open_downstream
 from train.errors import TrainError
 from train.loop import evaluate, train_loop
-from train.model import check_timm_names, create_model
-from train.resume import completed_run, downstream_identity, stored_run
-from train.run_folder import check_tensorboard, run_job, start_run_folder, trainer_status
+from train.model import check_model_name, check_timm_names, create_model, unwrap
+from train.run.checkpoint import MODEL_FILE, TIMM_CONFIG_FILE, meta_kwargs, read_checkpoint_meta, stored_run
+from train.run.folder import completed_run, run_job, start_run_folder, trainer_status
+from train.run.log import check_tensorboard
 from train.step import amp_dtype
 
 log = logging.getLogger(__name__)
+
+# kwargs timm records that are not the architecture: the head and resolution are chosen by each run
+_NOT_ARCHITECTURE = ("num_classes", "img_size", "pretrained_model_args")
 
 
 def freeze_first_blocks(model: torch.nn.Module, k: int) -> int:
@@ -154,3 +160,102 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
         }
 
     return run_job(out, env, train, metrics, complete="top1")
+
+
+def read_architecture(checkpoint: str | Path) -> dict[str, Any]:
+    """The architecture a checkpoint was trained with: ``{"model", "kwargs", "path"}`` (path: the weights file).
+
+    ``checkpoint`` is a run folder or its ``model.safetensors``. A fracgen checkpoint's metadata names the
+    model and the run's kwargs; a folder written by timm alone (``save_for_hf``) is read through timm's
+    ``load_model_config_from_path``, its ``model_args`` less the head and resolution.
+
+    Raises:
+        TrainError: no weights file, not safetensors, or nothing naming the architecture.
+    """
+    path = Path(checkpoint)
+    weights = path / MODEL_FILE if path.is_dir() else path
+    if not weights.is_file():
+        raise TrainError(f"checkpoint {path}: no {MODEL_FILE} there" if path.is_dir() else
+                         f"checkpoint {path}: no such file or run folder")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TrainError(f"checkpoint {weights}: not a safetensors file ({e})") from None
+    if "model" in meta:
+        return {"model": meta["model"], "kwargs": meta_kwargs(meta, weights), "path": str(weights)}
+    if not (weights.parent / TIMM_CONFIG_FILE).is_file():
+        raise TrainError(f"checkpoint {weights}: no model name in its metadata and no {TIMM_CONFIG_FILE} beside it")
+    from timm.models._hub import load_model_config_from_path
+
+    try:
+        _, name, model_args = load_model_config_from_path(weights.parent)
+    except (KeyError, ValueError, OSError, TypeError, AttributeError, IndexError) as e:
+        # timm indexes the JSON as it expects it: a list or a number where a mapping belongs is a TypeError
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TrainError(f"checkpoint {weights.parent / TIMM_CONFIG_FILE}: not a timm config ({why})") from None
+    if not isinstance(name, str) or not isinstance(model_args or {}, dict):
+        raise TrainError(f"checkpoint {weights.parent / TIMM_CONFIG_FILE}: not a timm config (architecture "
+                         f"{name!r}, model_args {model_args!r})")
+    kwargs = {k: v for k, v in (model_args or {}).items() if k not in _NOT_ARCHITECTURE}
+    return {"model": name, "kwargs": kwargs, "path": str(weights)}
+
+
+def adopt_architecture(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
+    """Take the model name and kwargs from ``checkpoint`` into ``cfg.model`` (so nobody retypes them).
+
+    Kwargs the config sets must be ones the checkpoint was trained with; the config may leave any out.
+    ``img_size``, the head and ``drop_path`` stay the run's own.
+
+    Returns:
+        ``read_architecture``'s answer.
+
+    Raises:
+        TrainError: the config names another model, or a kwarg the checkpoint has not (or has otherwise).
+    """
+    arch = read_architecture(checkpoint)
+    clash = {k: v for k, v in cfg.model.kwargs.items() if k not in arch["kwargs"] or arch["kwargs"][k] != v}
+    if arch["model"] != cfg.model.name or clash:
+        fix = (f"set model.name={arch['model']} (--model)" if arch["model"] != cfg.model.name else
+               f"drop {', '.join('model.kwargs.' + k for k in clash)} (the checkpoint's kwargs are used)")
+        raise TrainError(f"checkpoint {arch['path']} is a {arch['model']} {arch['kwargs'] or ''} model, this run "
+                         f"builds {cfg.model.name} {cfg.model.kwargs or ''}: {fix}")
+    cfg.model.kwargs = dict(arch["kwargs"])
+    return arch
+
+
+def load_pretrained(cfg: Config, checkpoint: str | Path, num_classes: int) -> torch.nn.Module:
+    """A timm model initialised from a checkpoint (run folder or ``model.safetensors``), ``num_classes`` outputs.
+
+    The architecture comes from the checkpoint (``adopt_architecture`` writes it into ``cfg.model.kwargs``).
+    Uses timm's own path (``pretrained_cfg_overlay=dict(file=..., num_classes=-1)``), which also resamples
+    position embeddings when ``cfg.model.img_size`` differs from the pre-training resolution.
+
+    Raises:
+        TrainError: the checkpoint is of another architecture than ``cfg.model``, or holds NaN / inf weights.
+    """
+    check_model_name(cfg.model.name)
+    path = adopt_architecture(cfg, checkpoint)["path"]
+    try:
+        model = timm.create_model(
+            cfg.model.name, pretrained=True, pretrained_cfg_overlay=dict(file=path, num_classes=-1),
+            num_classes=num_classes, drop_path_rate=cfg.model.drop_path, img_size=cfg.model.img_size,
+            **cfg.model.kwargs)
+    except (RuntimeError, TypeError, ValueError, AssertionError, ZeroDivisionError) as e:
+        # an AssertionError is timm refusing the kwargs (e.g. embed_dim not divisible by num_heads)
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainError(f"checkpoint {path} does not fit {cfg.model.name}: {why}") from None
+    # timm loads non-strictly once the head is dropped: check that every other tensor was there
+    head = unwrap(model).default_cfg.get("classifier", "head")
+    tensors = load_file(path)
+    # weights that are NaN or inf would train to a NaN loss: named here, before a run folder is made
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise TrainError(f"checkpoint {path}: {len(broken)} tensor(s) hold NaN or inf values ({', '.join(broken[:3])}"
+                         f"{', ...' if len(broken) > 3 else ''}): the run that wrote it diverged")
+    keys = {k for k in tensors if not k.startswith(head + ".")}
+    wanted = {k for k in model.state_dict() if not k.startswith(head + ".")}
+    if keys != wanted:
+        raise TrainError(f"checkpoint {path} does not fit {cfg.model.name}: "
+                         f"{len(wanted - keys)} missing and {len(keys - wanted)} unexpected tensors")
+    return model

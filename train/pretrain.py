@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from train.config import Config
-from train.data import check_eval_set, make_pretrain_eval_loader, make_source
+from train.data.pretraining import check_eval_set, make_pretrain_eval_loader, make_source
+from train.data.shards import dataset_identity
 from train.distributed import seed_everything, setup
 from train.errors import TrainError
 from train.loop import evaluate, train_loop
 from train.model import check_timm_names, create_model
-from train.resume import check_resume, completed_run, dataset_identity
-from train.run_folder import check_tensorboard, run_job, start_run_folder
+from train.run.checkpoint import check_resume
+from train.run.folder import completed_run, run_job, start_run_folder
+from train.run.log import check_tensorboard
 from train.step import amp_dtype
 
 log = logging.getLogger(__name__)

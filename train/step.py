@@ -2,7 +2,7 @@
 
 Mixup/cutmix with label smoothing on the device (timm ``Mixup``), forward under autocast, backward through
 the AMP grad scaler, optional gradient clipping, the timm optimizer and a per-step cosine schedule. The loop
-(``train/loop.py``) calls ``micro_step`` ``accum_steps`` times then ``optimizer_step``; ``train/bench.py``
+(``train/loop.py``) calls ``micro_step`` ``accum_steps`` times then ``optimizer_step``; ``train/experiments/bench.py``
 calls ``train_step``.
 """
 
@@ -35,7 +35,7 @@ class TrainStep:
 
     Construction moves ``model`` to ``device`` and builds the optimizer state; ``start`` then sets the schedule
     at the first step and wraps the model (``torch.compile`` on CUDA, DDP across ranks). Between the two the
-    caller seeds the RNGs or restores a checkpoint (``train/checkpoint.py``), so that a resumed run continues
+    caller seeds the RNGs or restores a checkpoint (``train/run/checkpoint.py``), so that a resumed run continues
     bit-exactly.
 
     Args:
@@ -125,6 +125,6 @@ class TrainStep:
         self.scheduler.step_update(self.step)
 
     def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> None:
-        """One optimizer step on one micro-batch (``train/bench.py``'s unit)."""
+        """One optimizer step on one micro-batch (``train/experiments/bench.py``'s unit)."""
         self.micro_step(images, targets)
         self.optimizer_step()

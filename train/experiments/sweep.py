@@ -12,7 +12,7 @@ and fine-tuning budgets in steps (the same for every point, so the points compar
     scratch: true                                    # fine-tune from scratch once: the baseline
     paper: {title: "CIFAR-100, paper Table 5", values: {0.001: 1.2, 0.1: 84.2}}
 
-``finetune.data`` (or ``--data``, which overrides it) is anything ``train.downstream.resolve_downstream`` takes:
+``finetune.data`` (or ``--data``, which overrides it) is anything ``train.data.fetch.resolve_downstream`` takes:
 ``cifar10`` / ``cifar100`` (torchvision, downloaded into ``--data-root`` once; the default), an ImageFolder root
 or a CIFAR-style tarball (an ImageFolder packed as ``.tar.gz``, or ``cifar-10-python.tar.gz``). It is made local before anything is
 built, so a machine without it stops with one line and leaves nothing.
@@ -40,11 +40,11 @@ import click
 import yaml
 
 from fracgen import dataset
+from train.config import CONFIG_DIR
 from train.errors import TrainError
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).with_name("configs")
 
 
 def load_sweep(name_or_path: str | Path) -> dict[str, Any]:
@@ -213,7 +213,7 @@ def end_if_stopped(metrics: dict[str, Any], job: str, where: Path, kept: str = "
 
 def _fresh(run: Path) -> Path:
     """An incomplete run of an earlier sweep starts again; a folder the trainer did not write is refused."""
-    from train.run_folder import clear_run_folder
+    from train.run.folder import clear_run_folder
 
     return clear_run_folder(run)
 
@@ -233,10 +233,10 @@ def run_sweep(spec: dict[str, Any], out: Path, data_root: str | Path = "data",
     """
     from fracgen.build import BuildConfig, build
     from train.config import load_config
-    from train.downstream import resolve_downstream
+    from train.data.fetch import resolve_downstream
     from train.finetune import finetune
     from train.pretrain import pretrain
-    from train.run_folder import claim_folder
+    from train.run.folder import claim_folder
 
     # the fine-tuning data first: without it nothing is built and no folder is made
     ft_data = resolve_downstream(str(spec["finetune"]["data"]), data_root, option)

@@ -1,32 +1,18 @@
-"""Downstream datasets for fine-tuning and probing: torchvision's CIFAR, ImageFolder roots, tarballs, WebDataset.
+"""Fine-tuning datasets: the train and test splits of a local dataset, and the source that serves them.
 
-``resolve_downstream(spec, data_root)`` turns what a user passes (``--data`` of finetune, ``--cifar`` of
-repro-small, ``finetune.data`` / ``--data`` of a sweep) into a local dataset before anything else is written:
-
-- ``cifar10`` / ``cifar100`` (the default everywhere): torchvision's copy in ``data_root`` (``data/``),
-  downloaded there once when the machine has internet (into a temporary folder, moved in when complete);
-- a tarball (``.tar.gz``/``.tgz``/``.tar``): unpacked once into ``data_root/<name>/`` (atomically, with a
-  stamp of the tarball), holding either an ImageFolder layout (``train/``, ``test/``, e.g. a JPEG copy of
-  CIFAR-10) or torchvision's own archive (``cifar-10-python.tar.gz``, ``cifar-100-python.tar.gz``);
-- a folder: an ImageFolder root (``train/`` and ``test/`` or ``val/``), a folder holding torchvision's
-  ``cifar-10-batches-py`` / ``cifar-100-python``, or a WebDataset folder with ``_info.json``.
-
-When none of these can be had (no internet, no local copy), the error is one line saying what to pass, and
-nothing is left behind. ``open_downstream(cfg)`` gives the train and test splits with the recipe's
-transforms; ``MapSource`` serves a map-style split through the source interface of ``train/data.py``
-(seeded per-epoch shuffle across ranks).
+``open_downstream(cfg)`` makes ``data.path`` local (``train/data/fetch.py``) and gives the train and test splits
+with the recipe's transforms: torchvision's CIFAR, an ImageFolder root (every file's header checked once), or a
+WebDataset folder's splits (held in memory encoded, every shard read through the pre-training checks).
+``MapSource`` serves a map-style split through the source interface of ``train/data/source.py`` (seeded
+per-epoch shuffle across ranks); ``downstream_identity`` is what a fine-tuning checkpoint records of its data.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
 import logging
 import os
-import shutil
-import socket
-import tarfile
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,206 +25,13 @@ from fracgen import dataset
 from fracgen.dataset import DatasetError, DatasetInfo
 from train.augment import make_eval_transform, make_train_transform
 from train.config import Config
-from train.data import Batch, last_line, micro_batch_size, read_info, shard_samples
+from train.data.fetch import TORCHVISION_DATASETS, image_folder_root, resolve_downstream, tv_class, tv_folder
+from train.data.shards import checked_samples, is_remote, plan_shards, read_info, shard_samples
+from train.data.source import Batch, last_line, micro_batch_size
 from train.distributed import end_workers, quiet_worker
 from train.errors import TrainError
-from train.shards import checked_samples, is_remote, plan_shards
 
 log = logging.getLogger(__name__)
-
-TORCHVISION_DATASETS = {"cifar10": ("CIFAR10", 10, "CIFAR-10"), "cifar100": ("CIFAR100", 100, "CIFAR-100")}
-TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-DOWNLOAD_TIMEOUT_S = 60
-"""Socket timeout of a torchvision download: a network that accepts and never answers is an error, not a hang."""
-_STAMP = ".unpacked.json"
-_WHAT_TO_PASS = ("an ImageFolder root (train/ and test/ inside) or a CIFAR-style tarball (cifar-10-python.tar.gz, "
-                 "or a .tar.gz of such a folder, e.g. cifar10-jpeg.tar.gz)")
-
-
-def _tv_class(name: str) -> Any:
-    import torchvision
-
-    return getattr(torchvision.datasets, TORCHVISION_DATASETS[name][0])
-
-
-def _tv_present(name: str, root: Path) -> bool:
-    """True when torchvision's files of ``name`` are in ``root`` with their md5 (what torchvision checks)."""
-    from torchvision.datasets.utils import check_integrity
-
-    cls = _tv_class(name)
-    folder = root / cls.base_folder
-    files = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
-    return folder.is_dir() and all(check_integrity(str(folder / f), md5) for f, md5 in files)
-
-
-def _tv_folder(path: Path) -> str | None:
-    """The torchvision name whose archive folder ``path`` holds (``cifar-10-batches-py``...), else None."""
-    for name in TORCHVISION_DATASETS:
-        if (path / _tv_class(name).base_folder).is_dir():
-            return name
-    return None
-
-
-def _missing_parents(path: Path) -> list[Path]:
-    """``path`` and its ancestors that do not exist yet, deepest first (what a failure must remove again)."""
-    missing = []
-    for p in (path, *path.parents):
-        if p.exists():
-            break
-        missing.append(p)
-    return missing
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for folder in folders:  # deepest first; a folder something else wrote into stays
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-
-
-def fetch_torchvision(name: str, data_root: str | Path, option: str = "--data") -> Path:
-    """Make sure torchvision's ``name`` (``cifar10``, ``cifar100``) is in ``data_root``, downloading it once.
-
-    The archive is downloaded and unpacked into a temporary folder inside ``data_root`` (one per process, so
-    DDP ranks may race) and moved into place when complete, so an interrupted or failed download leaves
-    nothing (not even ``data_root``, when this call created it).
-
-    Returns:
-        ``data_root`` as a Path.
-
-    Raises:
-        TrainError: one line saying that the data could not be had and what to pass instead (``option``).
-    """
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    root = Path(data_root)
-    title = TORCHVISION_DATASETS[name][2]
-    if _tv_present(name, root):
-        return root
-    cls = _tv_class(name)
-    target = root / cls.base_folder
-    if target.exists():  # not ours to replace: torchvision's folder, incomplete or changed (md5 differs)
-        raise TrainError(f"{target} is there but incomplete or damaged (torchvision's md5 check fails): remove it "
-                         f"to download {title} again, or pass {option} with {_WHAT_TO_PASS}")
-    created = _missing_parents(root)
-    tmp = root / f".download-{name}-{os.getpid()}"
-    timeout = socket.getdefaulttimeout()
-    try:
-        log.info("downloading %s into %s (about 170 MB, once) ...", title, root)
-        tmp.mkdir(parents=True)
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-        download_and_extract_archive(cls.url, str(tmp), filename=cls.filename, md5=cls.tgz_md5, remove_finished=True)
-        if not _tv_present(name, tmp):
-            raise RuntimeError("the downloaded archive does not hold the expected files")
-        if not _tv_present(name, root):  # another rank or process may have finished first: keep theirs
-            os.replace(tmp / cls.base_folder, target)
-    except Exception as e:  # noqa: BLE001 - urllib, http.client, tarfile and torchvision raise many kinds
-        reason = (str(e).strip().splitlines() or [""])[0][:160]
-        raise TrainError(f"{title} is not in {root}/ and could not be downloaded ({type(e).__name__}: {reason}); "
-                         f"pass {option} with {_WHAT_TO_PASS}") from None
-    finally:
-        socket.setdefaulttimeout(timeout)
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
-    return root
-
-
-def _tarball_stem(path: Path) -> str:
-    name = path.name
-    for suffix in TARBALL_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-def unpack_tarball(tarball: str | Path, data_root: str | Path) -> Path:
-    """Unpack ``tarball`` once into ``data_root/<its name>/`` and return that folder.
-
-    A stamp (``.unpacked.json``: the tarball's path, size and mtime) marks a complete unpacking; a changed
-    tarball is unpacked again. The files go to a temporary folder first, renamed when complete.
-
-    Raises:
-        TrainError: not a readable tarball, or ``data_root/<name>`` exists and was not unpacked from it
-            (a folder this did not write is never touched).
-    """
-    tarball = Path(tarball)
-    root = Path(data_root)
-    dest = root / _tarball_stem(tarball)
-    st = tarball.stat()
-    stamp = {"tarball": str(tarball.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if dest.exists():
-        try:
-            old = json.loads((dest / _STAMP).read_text())
-        except (OSError, ValueError):
-            raise TrainError(f"{dest} exists and was not unpacked from {tarball}: move it, or pass the folder "
-                             "itself instead of the tarball") from None
-        if old == stamp:
-            return dest
-    created = _missing_parents(root)
-    tmp = root / f".{dest.name}.unpacking-{os.getpid()}"
-    try:
-        tmp.mkdir(parents=True)
-        log.info("unpacking %s into %s ...", tarball, dest)
-        with tarfile.open(tarball) as tar:
-            tar.extractall(tmp, filter="data")  # no absolute paths, links or devices out of the folder
-        (tmp / _STAMP).write_text(json.dumps(stamp))
-        if dest.exists():  # an earlier unpacking of another version of the tarball (stamped, ours)
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise TrainError(f"tarball {tarball}: cannot unpack it into {root} ({type(e).__name__}: {e})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
-    return dest
-
-
-def _image_folder_root(folder: Path) -> Path | None:
-    """``folder`` or its only sub-folder when it has ``train/`` and ``test/``/``val/``, else None."""
-    def is_root(p: Path) -> bool:
-        return (p / "train").is_dir() and any((p / s).is_dir() for s in ("test", "val", "validation"))
-
-    if is_root(folder):
-        return folder
-    children = [p for p in folder.iterdir() if p.is_dir()]
-    return children[0] if len(children) == 1 and is_root(children[0]) else None
-
-
-def resolve_downstream(spec: str, data_root: str | Path = "data", option: str = "--data") -> str:
-    """Turn what the user passed into a local downstream dataset (see the module docstring).
-
-    Args:
-        spec: ``cifar10``/``cifar100``, a tarball, or a folder.
-        data_root: where torchvision downloads and unpacked tarballs go (``data.root``, default ``data/``).
-        option: the option the user sets it with, named in errors.
-
-    Returns:
-        The ``data.path`` to fine-tune on: the torchvision name (its files now in ``data_root``) or a folder.
-
-    Raises:
-        TrainError: one line saying what to pass.
-    """
-    if not spec.strip():
-        raise TrainError(f"no fine-tuning data given: pass {option} with {_WHAT_TO_PASS}, or cifar10 / cifar100")
-    if spec.lower() in TORCHVISION_DATASETS:
-        fetch_torchvision(spec.lower(), data_root, option)
-        return spec.lower()
-    path = Path(spec)
-    if path.is_file():
-        if not spec.endswith(TARBALL_SUFFIXES) and not tarfile.is_tarfile(path):
-            raise TrainError(f"{option} {spec}: not a tarball; pass {_WHAT_TO_PASS}, or cifar10 / cifar100")
-        created = _missing_parents(Path(data_root))
-        folder = unpack_tarball(path, data_root)
-        found = _image_folder_root(folder)
-        if found is None and _tv_folder(folder) is None:  # of no use: what was unpacked (stamped, ours) goes
-            shutil.rmtree(folder, ignore_errors=True)
-            _remove_empty(created)
-            raise TrainError(f"tarball {spec} holds neither train/ and test/ folders nor torchvision's "
-                             "cifar-10-batches-py / cifar-100-python")
-        return str(found or folder)
-    if path.is_dir():
-        return spec
-    raise TrainError(f"unknown dataset {spec!r} ({option}): no such file or folder; pass {_WHAT_TO_PASS}, or "
-                     f"cifar10 / cifar100 (downloaded into {data_root}/ when the machine has internet)")
 
 
 def _load_rgb(path: str) -> Image.Image:
@@ -284,7 +77,7 @@ def _image_folder(folder: Path, transform: Callable) -> Dataset:
                     "an ImageFolder takes each image's class from its folder", folder, len(stray),
                     ", ".join(stray[:3]), ", ..." if len(stray) > 3 else "")
     stats = [_stat(path) for path, _ in images.samples]  # cheap next to opening them
-    images.sizes = [st.st_size for st in stats]  # for a resume's record of the data (train.resume), not stat'ed twice
+    images.sizes = [st.st_size for st in stats]  # for a resume's record of the data (train.run.checkpoint), not stat'ed twice
     for (path, _), st in zip(images.samples, stats, strict=True):
         if st.st_size == 0:
             raise TrainError(f"image {path}: empty file (0 bytes)")
@@ -326,7 +119,7 @@ _IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 
 def _wds_split(path: str, info: DatasetInfo, split: str, verify: str | bool = "auto") -> _EncodedImages:
     """One split of a WebDataset folder, in memory; local shards are read through the checks pre-training uses
-    (``train.shards.checked_samples``: sample counts against ``_info.json``, sizes and sha256 against a
+    (``train.data.shards.checked_samples``: sample counts against ``_info.json``, sizes and sha256 against a
     ``build.json`` when there is one, labels in range), so a shard cut short is refused, not trained on."""
     shards = plan_shards(path, info, verify, split_name=split)
     shards.image_keys = _IMAGE_KEYS
@@ -364,9 +157,9 @@ def open_downstream(cfg: Config, option: str = "--data") -> tuple[Dataset, Datas
     train_tf = make_train_transform(cfg.aug, cfg.model.img_size)
     test_tf = make_eval_transform(cfg.aug, cfg.model.img_size)
     root = Path(path)
-    name, tv_root = (path, Path(cfg.data.root)) if path in TORCHVISION_DATASETS else (_tv_folder(root), root)
+    name, tv_root = (path, Path(cfg.data.root)) if path in TORCHVISION_DATASETS else (tv_folder(root), root)
     if name is not None:
-        cls, num_classes = _tv_class(name), TORCHVISION_DATASETS[name][1]
+        cls, num_classes = tv_class(name), TORCHVISION_DATASETS[name][1]
         try:
             train = cls(str(tv_root), train=True, transform=train_tf, download=False)
             test = cls(str(tv_root), train=False, transform=test_tf, download=False)
@@ -385,7 +178,7 @@ def open_downstream(cfg: Config, option: str = "--data") -> tuple[Dataset, Datas
         train.transform, test.transform = train_tf, test_tf
         _warn_one_class(path, info.num_classes)
         return train, test, info.num_classes
-    found = _image_folder_root(root)
+    found = image_folder_root(root)
     if found is None:
         raise TrainError(f"dataset {path}: an ImageFolder root needs train/ and test/ (or val/) folders")
     test_dir = next(found / s for s in ("test", "val", "validation") if (found / s).is_dir())
@@ -452,3 +245,38 @@ class MapSource:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _file_rows(split: Any) -> list[Any] | None:
+    """One row per image of a downstream split: (name relative to its folder, bytes, label); None when unknown.
+
+    An ImageFolder (``samples``) is known by its files (``stat`` only, nothing is read), a WebDataset split held
+    in memory (``items``) by its images' sizes and labels; torchvision's CIFAR checks its own md5.
+    """
+    samples = getattr(split, "samples", None)
+    root = getattr(split, "root", None)
+    if isinstance(samples, list) and root is not None:
+        sizes = getattr(split, "sizes", None)  # what open_downstream stat'ed when it opened the folder
+        if not isinstance(sizes, list) or len(sizes) != len(samples):
+            sizes = [os.stat(path).st_size for path, _ in samples]
+        return [(os.path.relpath(path, root), size, label) for (path, label), size in zip(samples, sizes, strict=True)]
+    items = getattr(split, "items", None)
+    if isinstance(items, list):
+        return [(len(data), label) for data, label in items]
+    return None
+
+
+def downstream_identity(train: Any, test: Any, num_classes: int) -> dict[str, Any]:
+    """What a fine-tuning checkpoint records about its data, so that ``--resume`` knows it is the same.
+
+    Args:
+        train: the train split (``train.data.downstream.open_downstream``'s).
+        test: the test split.
+        num_classes: the class count.
+    """
+    record: dict[str, Any] = {"num_classes": num_classes, "classes": getattr(train, "classes", None),
+                              "num_train": len(train), "num_test": len(test)}
+    rows = [_file_rows(train), _file_rows(test)]
+    if all(r is not None for r in rows):
+        record["files_sha256"] = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    return record

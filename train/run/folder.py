@@ -1,59 +1,49 @@
-"""The run folder: what a pre-training or fine-tuning run leaves behind, and its status from start to end.
+"""The run folder: what a pre-training or fine-tuning run leaves behind, its lock, and its status from start to end.
 
 Only rank 0 writes:
     config.yaml        the resolved config
     run.json           {"status": "running" | "stopped" | "failed" | "complete", ...}; "complete" is written last;
                        "stopped" after SIGTERM/SIGINT or ``train.stop_at``, with a checkpoint ``--resume`` continues
-    log.csv            step, epoch, loss, lr, images_per_s, elapsed_s, eval_top1 every log_every steps
-                       (and a row per evaluation without images_per_s)
-    tensorboard/       the same rows as TensorBoard scalars (``log.tensorboard=true``)
-    config.json, model.safetensors, state.pt   the checkpoint in timm's layout (``train/checkpoint.py``)
+    log.csv, tensorboard/, curves.png   what the run logs (``train/run/log.py``)
+    config.json, model.safetensors, state.pt   the checkpoint in timm's layout (``train/run/checkpoint.py``)
     metrics.json       the job's results, written before run.json says complete
-    curves.png         loss / lr / accuracy curves, drawn at the end
     .lock              held (flock) by the process training in the folder, so that a second one is refused
 
-While it trains, rank 0 shows progress on stderr: a tqdm bar on a terminal, plain log lines otherwise
-(``Progress``), so that a log file holds one line per report.
+The folder of a job that holds run folders (a sweep, repro-small) is marked by its ``job.json``
+(``claim_folder``); such a job replaces only run folders the trainer wrote (``clear_run_folder``).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
-from tqdm import tqdm
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock, so no guard against a second process in the same folder
     fcntl = None
 
-from train.checkpoint import MODEL_FILE, STATE_FILE, TIMM_CONFIG_FILE, checkpoint_files
 from train.config import Config
 from train.distributed import Dist, leave
 from train.errors import TrainError
-from train.resume import check_resume
+from train.run.checkpoint import MODEL_FILE, STATE_FILE, TIMM_CONFIG_FILE, check_resume, checkpoint_files
+from train.run.log import CURVES_FILE, LOG_FILE, TENSORBOARD_DIR
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "run.json"
 STATUSES = ("running", "stopped", "failed", "complete")  # what write_status writes
-LOG_FILE = "log.csv"
 METRICS_FILE = "metrics.json"
-CURVES_FILE = "curves.png"
-TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
-PLAIN_EVERY_S = 60.0  # without a terminal, a progress line at least this often between log rows
 
 _locks: dict[Path, int] = {}  # run folder -> the descriptor holding its flock, for the job's duration
 
@@ -82,20 +72,6 @@ def release_run_folder(out: Path) -> None:
         os.close(fd)
 
 
-def check_tensorboard(cfg: Config) -> None:
-    """Refuse ``log.tensorboard=true`` up front when the ``tensorboard`` package is missing.
-
-    Raises:
-        TrainError: asked for and not installed.
-    """
-    if not cfg.log.tensorboard:
-        return
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError:
-        raise TrainError("log.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
-
-
 def trainer_status(out: Path) -> dict[str, Any] | None:
     """``out/run.json`` when this trainer wrote it (a JSON object with its status and time), else None."""
     try:
@@ -104,6 +80,38 @@ def trainer_status(out: Path) -> dict[str, Any] | None:
         return None
     ours = isinstance(status, dict) and status.get("status") in STATUSES and isinstance(status.get("time"), str)
     return status if ours else None
+
+
+def completed_run(out: Path, cfg: Config, compare_data: bool = True) -> dict[str, Any] | None:
+    """On ``--resume``: the metrics of the complete run in ``out``, which has nothing left to do; else None.
+
+    The folder is left byte for byte as it is (no lock, no ``config.yaml``, no checkpoint rewritten), so a
+    requeue script that always passes ``--resume`` may run again after the job ended. The command's config
+    must still be the run's (``check_resume``): another ``train.steps`` is another run, not this one.
+
+    Args:
+        out: the run folder.
+        cfg: the command's resolved config.
+        compare_data: compare ``data.path`` too (False for pre-training, whose dataset is compared by identity).
+
+    Returns:
+        ``metrics.json`` with ``"already_complete": True``, or None when ``out`` holds no complete run.
+
+    Raises:
+        TrainError: another config than the run's, or a run marked complete whose ``metrics.json`` is unreadable.
+    """
+    status = trainer_status(out) if out.is_dir() else None
+    if status is None or status.get("status") != "complete":
+        return None
+    check_resume(out, cfg, compare_data=compare_data)
+    try:
+        metrics = json.loads((out / METRICS_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        metrics = None
+    if not isinstance(metrics, dict):
+        raise TrainError(f"--resume: {out} is marked complete ({STATUS_FILE}) but its {METRICS_FILE} is missing or "
+                         "unreadable: there is nothing to resume; start the run again in a new --out")
+    return {**metrics, "already_complete": True}
 
 
 def _inspect(out: Path, resume: bool) -> tuple[str, bool, bool]:
@@ -136,7 +144,7 @@ def start_run_folder(out: Path, cfg: Config, resume: bool, is_main: bool,
     A folder whose run ended before its first checkpoint (killed, failed, stopped early, or killed before it
     made the folder at all) holds nothing to keep: ``--resume`` and a plain rerun both start it from step 0,
     so that a requeue script can always pass ``--resume``. A checkpoint is resumed only with the run's own
-    config and dataset (``train.resume.check_resume``), checked before anything in the folder changes. Rank 0
+    config and dataset (``train.run.checkpoint.check_resume``), checked before anything in the folder changes. Rank 0
     decides and tells the others, so that a refusal stops every rank instead of leaving them waiting.
 
     Args:
@@ -144,7 +152,7 @@ def start_run_folder(out: Path, cfg: Config, resume: bool, is_main: bool,
         cfg: the command's resolved config (written to ``config.yaml``).
         resume: continue the checkpoint in ``out``, if any.
         is_main: rank 0 (the only one that reads and writes the folder).
-        data: ``train.resume.dataset_identity`` of the command's dataset, compared on resume with what the
+        data: ``dataset_identity`` / ``downstream_identity`` (``train.data``) of the command's dataset, compared on resume with what the
             checkpoint recorded (None: compare ``data.path``).
 
     Returns:
@@ -328,147 +336,3 @@ def strict_json(value: Any) -> Any:
     return value
 
 
-class CsvLog:
-    """``log.csv``, one row per log window or evaluation; opening it drops rows past the step resumed from.
-
-    Args:
-        out: the run folder.
-        step: the step the run starts at (rows a crashed run wrote after its last checkpoint are redone).
-        enabled: False on ranks other than 0 (nothing is read or written).
-        tensorboard: also write each row as scalars to ``out/tensorboard`` (``check_tensorboard`` first).
-    """
-
-    FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s", "eval_top1")
-
-    def __init__(self, out: Path, step: int, enabled: bool = True, tensorboard: bool = False) -> None:
-        self.path, self.enabled, self.writer = out / LOG_FILE, enabled, None
-        self.last_loss = math.nan  # of the last training row kept (a run resumed at its end reports it)
-        if not enabled:
-            return
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step drops events a crashed run wrote after the checkpoint resumed from
-            self.writer = SummaryWriter(str(out / TENSORBOARD_DIR), purge_step=step + 1 if step else None)
-        rows = []
-        if self.path.is_file():
-            with open(self.path) as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-            kept = [r for r in rows if r.get("images_per_s")]
-            try:
-                self.last_loss = float(kept[-1]["loss"]) if kept else math.nan
-            except (TypeError, ValueError):
-                self.last_loss = math.nan
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write(self, step: int, epoch: int, loss: float, lr: float, elapsed_s: float,
-              images_per_s: float | None = None, eval_top1: float | None = None) -> None:
-        """Append one row; ``images_per_s`` None marks an evaluation row (it repeats the last loss)."""
-        if not self.enabled:
-            return
-        row = {"step": step, "epoch": epoch, "loss": f"{loss:.5f}", "lr": f"{lr:.3e}",
-               "images_per_s": "" if images_per_s is None else f"{images_per_s:.1f}",
-               "elapsed_s": f"{elapsed_s:.1f}", "eval_top1": "" if eval_top1 is None else eval_top1}
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.FIELDS).writerow(row)
-        if self.writer is not None:
-            if images_per_s is not None:
-                self.writer.add_scalar("train/loss", loss, step)
-                self.writer.add_scalar("train/lr", lr, step)
-                self.writer.add_scalar("train/images_per_s", images_per_s, step)
-            if eval_top1 is not None:
-                self.writer.add_scalar("eval/top1", eval_top1, step)
-
-    def close(self) -> None:
-        """Flush and close the TensorBoard writer, if any."""
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-
-def duration(seconds: float) -> str:
-    """``3d 4h``, ``2h 05m``, ``4m 10s``, ``12s``."""
-    s = int(seconds)
-    if s >= 86400:
-        return f"{s // 86400}d {s % 86400 // 3600}h"
-    if s >= 3600:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
-class Progress:
-    """Progress on stderr from rank 0: a tqdm bar on a terminal, plain log lines when stderr is a file or pipe.
-
-    The plain lines (``step 10/300  loss 2.345  lr 4.0e-04  images/s 350  elapsed 12s  eta 5m 40s``) come at the
-    first step, at every log row and at least every ``every_s`` seconds between rows.
-
-    Args:
-        total: optimizer steps of the run.
-        initial: the step it starts at.
-        enabled: False on ranks other than 0.
-        every_s: the longest silence between plain lines.
-    """
-
-    def __init__(self, total: int, initial: int, enabled: bool, every_s: float = PLAIN_EVERY_S) -> None:
-        self.total, self.initial, self.enabled, self.every_s = total, initial, enabled, every_s
-        tty = sys.stderr.isatty()
-        self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True) if enabled and tty else None
-        self.t0 = self.last = time.perf_counter()
-        self.shown = initial
-
-    def step(self, step: int, lr: float, window: Callable[[], tuple[float, float]]) -> None:
-        """After each optimizer step; ``window()`` gives this rank's (loss, images/s) since the last row."""
-        if self.bar is not None:
-            self.bar.update(1)
-        elif self.enabled and step > self.shown and (
-                step == self.initial + 1 or time.perf_counter() - self.last >= self.every_s):
-            self._line(step, *window(), lr)
-
-    def row(self, step: int, loss: float, lr: float, images_per_s: float) -> None:
-        """At each log row (the loss averaged over ranks)."""
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{images_per_s:.0f}")
-        elif self.enabled and step > self.shown:
-            self._line(step, loss, images_per_s, lr)
-
-    def _line(self, step: int, loss: float, images_per_s: float, lr: float) -> None:
-        now = time.perf_counter()
-        elapsed = now - self.t0
-        eta = elapsed / (step - self.initial) * (self.total - step)
-        log.info("step %d/%d  loss %.4f  lr %.3e  images/s %.1f  elapsed %s  eta %s", step, self.total, loss, lr,
-                 images_per_s, duration(elapsed), duration(eta))
-        self.shown, self.last = step, now
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def plot_curves(out: Path) -> None:
-    """``curves.png``: loss, learning rate and (when present) accuracy against step, from ``log.csv``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(out / LOG_FILE) as f:
-        rows = list(csv.DictReader(f))
-    acc = [(int(r["step"]), float(r["eval_top1"])) for r in rows if r.get("eval_top1")]
-    rows = [r for r in rows if r.get("images_per_s")]  # eval-only rows repeat the last loss
-    if not rows:
-        return
-    step = [int(r["step"]) for r in rows]
-    fig, axes = plt.subplots(1, 3 if acc else 2, figsize=(12 if acc else 8, 3.2))
-    axes[0].plot(step, [float(r["loss"]) for r in rows])
-    axes[0].set(xlabel="step", ylabel="train loss")
-    axes[1].plot(step, [float(r["lr"]) for r in rows])
-    axes[1].set(xlabel="step", ylabel="lr")
-    if acc:
-        axes[2].plot([a for a, _ in acc], [b for _, b in acc], marker="o")
-        axes[2].set(xlabel="step", ylabel="eval top-1 %")
-    fig.tight_layout()
-    fig.savefig(out / CURVES_FILE, dpi=100)
-    plt.close(fig)

@@ -1,6 +1,7 @@
-"""A fracgen dataset's shards, read once before the first step and checked against what the build recorded.
+"""A fracgen dataset on disk: ``_info.json``, its shards read once before the first step and checked against what
+the build recorded, a sample's label and image, and what identifies the dataset for ``--resume``.
 
-Every pre-training source (``train/data.py``'s stream, ``train/resident.py``) reads its shards through
+Every pre-training source (``train/data/stream.py``, ``train/data/resident.py``) reads its shards through
 ``checked_samples``, so each gets the same checks from its one read:
 
 - before any is read, ``_info.json``'s ``num_classes`` and ``num_samples`` against ``build.json``'s;
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import braceexpand
+import numpy as np
 from webdataset.gopen import gopen
 
 from fracgen import dataset
@@ -52,6 +54,47 @@ _CHUNK = 1 << 20
 def is_remote(path: str) -> bool:
     """True for a URL webdataset opens (``https://``, ``pipe:``, ``s3://``...), false for a local path."""
     return bool(re.match(r"^[a-z][a-z0-9+.-]*:", path)) and not re.match(r"^[A-Za-z]:\\", path)
+
+
+def _info_location(path: str) -> str:
+    """``_info.json`` of a dataset folder, or the one beside a brace pattern / shard URL."""
+    if not is_remote(path) and Path(path).is_dir():
+        return str(Path(path) / dataset.INFO_JSON)
+    head = path.rsplit("/", 1)[0] if "/" in path else "."
+    return f"{head}/{dataset.INFO_JSON}"
+
+
+def read_info(path: str) -> DatasetInfo:
+    """Read and check a fracgen dataset's ``_info.json``.
+
+    Args:
+        path: a dataset folder, a brace pattern of shards (``ds/train-{000000..000009}.tar``) or a URL
+            webdataset can open; ``_info.json`` is looked up in the folder of the shards.
+
+    Returns:
+        The typed ``_info.json`` (``fracgen.dataset.DatasetInfo``).
+
+    Raises:
+        TrainError: missing or malformed ``_info.json``.
+    """
+    if not path:
+        raise TrainError("no dataset given: pass --data DIR (a fracgen build folder)")
+    location = _info_location(path)
+    if not is_remote(path):
+        if ("{" not in path and not Path(path).exists()) or not Path(location).parent.exists():
+            raise TrainError(f"dataset {path}: no such folder")
+        if not Path(location).is_file():
+            raise TrainError(f"dataset {path}: no {dataset.INFO_JSON} in {Path(location).parent} "
+                             "(not a fracgen dataset, or an incomplete build)")
+    try:
+        with gopen(location, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise TrainError(f"dataset {path}: cannot read {location} ({e})") from None
+    try:
+        return dataset.parse_info(data, location)
+    except DatasetError as e:
+        raise TrainError(f"dataset {path}: {e}") from None
 
 
 def shard_urls(path: str, info: DatasetInfo, split: str = "train") -> list[str]:
@@ -141,6 +184,36 @@ def sample_label(sample: dict[str, Any], num_classes: int | None = None, size: i
             raise TrainError(f"{where}: image is {width}x{height} px, {dataset.BUILD_JSON} records size {size}; "
                              "the dataset is damaged")
     return label
+
+
+def decode_sample(sample: dict[str, Any], num_classes: int | None = None,
+                  size: int | None = None) -> tuple[np.ndarray, int]:
+    """A shard sample -> (uint8 grey (H, W) array, label); a bad sample is an error naming shard and key.
+
+    ``sample_label`` checks the label against ``num_classes`` and the sample's json, and the PNG header against
+    ``size`` (the build's image size, when known).
+    """
+    label = sample_label(sample, num_classes, size)
+    return decode_image(sample), label
+
+
+def decode_image(sample: dict[str, Any]) -> np.ndarray:
+    """A sample's PNG as (H, W) uint8 grey; one line naming shard and key when it does not decode."""
+    try:
+        return dataset.decode_grey(sample["png"])
+    except DatasetError as e:
+        where = f"shard {sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
+        raise TrainError(f"{where}: cannot decode ({type(e).__name__}: {e})") from None
+
+
+def iter_samples(urls: list[str]) -> Iterator[tuple[np.ndarray, int]]:
+    """Every sample of ``urls`` in order, decoded: (uint8 grey (H, W) array, label).
+
+    For evaluation; shards are read once, sequentially.
+    """
+    for url in urls:
+        for sample in shard_samples(url):
+            yield decode_sample(sample)
 
 
 @dataclass(frozen=True)
@@ -345,3 +418,35 @@ def checked_samples(shards: ShardSet, warn_one_class: bool = True) -> Iterator[d
         log.warning("dataset %s has a single class (label %d of num_classes %d): every image has the same label, "
                     "so pre-training on it learns nothing and top-1 is 100%% by construction", shards.path, label,
                     shards.num_classes)
+
+
+def dataset_identity(path: str, source: str) -> dict[str, Any]:
+    """What a pre-training checkpoint records about its data, so that ``--resume`` knows it is the same.
+
+    A local fracgen build is known by ``build.json`` (its name and every shard's name, size and sha256, hashed
+    into one digest); anything else (a brace pattern, a URL, a folder without ``build.json``) only by its
+    path and counts.
+
+    Args:
+        path: ``data.path``, a dataset already opened (its ``_info.json`` is read again, for the counts).
+        source: the source that served it (``StreamSource``, ``ResidentSource``): they draw different batches.
+    """
+    info = read_info(path)
+    train = info.splits.get("train")
+    record: dict[str, Any] = {"num_classes": info.num_classes, "num_samples": train.num_samples if train else None,
+                              "source": source}
+    folder = Path(path)
+    build = None
+    if "://" not in path and folder.is_dir() and dataset.is_complete(folder):
+        try:
+            build = dataset.read_build(folder)
+        except FracgenError:
+            build = None
+    shards = build.get("shards") if isinstance(build, dict) else None
+    if isinstance(shards, list) and shards and all(isinstance(s, dict) and s.get("sha256") for s in shards):
+        rows = sorted((str(s.get("filename")), s.get("bytes"), str(s.get("sha256"))) for s in shards)
+        record["name"] = build.get("name")
+        record["shards_sha256"] = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    else:
+        record["path"] = path
+    return record

@@ -2,12 +2,12 @@
 
 A 1p-frac dataset is small (1,000 grey 512 px images are 262 MB as bytes), so instead of decoding PNGs and
 augmenting on CPU workers every step, the shards are read once, kept on the device as one channel of uint8,
-and each micro-batch is gathered and augmented with a handful of batched tensor ops (``train/device_augment.py``,
+and each micro-batch is gathered and augmented with a handful of batched tensor ops (``train/data/device_augment.py``,
 timm's recipe of ``cfg.aug``): no per-sample Python loop, no host-device copy, no CPU-GPU sync point on the hot
 path.
 
 Mixup/cutmix and label smoothing stay in the loop (timm ``Mixup`` on the device), shared with the streaming
-source. The source interface is the one documented at the top of ``train/data.py``.
+source. The source interface is the one documented at the top of ``train/data/source.py``.
 
 Options (``cfg.data.resident``, all optional):
     memory_budget_gb: device memory the images may take (default: half of the free device memory on CUDA,
@@ -35,9 +35,9 @@ from torch import Tensor
 
 from fracgen import dataset
 from fracgen.dataset import DatasetError, DatasetInfo
-from train.device_augment import DeviceAugment
+from train.data.device_augment import DeviceAugment
+from train.data.shards import ShardSet, checked_samples, plan_shards
 from train.errors import DoesNotFit, TrainError
-from train.shards import ShardSet, checked_samples, plan_shards
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _read_info(root: Path) -> DatasetInfo:
 
 
 Member = dict[str, Any]
-"""One sample as ``train.shards.read_shard`` reads it (``__key__``, ``__url__``, ``png``, ``cls``, ...)."""
+"""One sample as ``train.data.shards.read_shard`` reads it (``__key__``, ``__url__``, ``png``, ``cls``, ...)."""
 
 
 def _decode(member: Member) -> np.ndarray:
@@ -115,7 +115,7 @@ def load_images(root: str | Path, *, rank: int = 0, world_size: int = 1, split_r
         images (N, H, W) uint8 and labels (N,) int64, in key order.
 
     Raises:
-        TrainError: a damaged shard (``train.shards``), or images of different sizes.
+        TrainError: a damaged shard (``train.data.shards``), or images of different sizes.
     """
     root = Path(root)
     info = info or _read_info(root)
@@ -153,7 +153,7 @@ def estimate_batch_bytes(batch: int, height: int, width: int, size: int, antiali
 
 
 class ResidentSource:
-    """Batches drawn and augmented on the device from images held there (``train/data.py``'s interface).
+    """Batches drawn and augmented on the device from images held there (``train/data/source.py``'s interface).
 
     Epochs follow the streaming source's bookkeeping: ``ceil(num_samples / batch_size)`` optimizer steps of
     ``accum_steps`` micro-batches each. An epoch's order is one random permutation of the dataset (shared by
@@ -201,7 +201,7 @@ class ResidentSource:
         self._gen = torch.Generator(device=self.device)
         self._stream = torch.cuda.Stream(self.device) if prefetch and self.device.type == "cuda" else None
         self._perm: tuple[int, Tensor] | None = None
-        self.head: list[Member] | None = None  # set by make_resident_source (train.data's Source interface)
+        self.head: list[Member] | None = None  # set by make_resident_source (train/data/source.py)
 
     def __len__(self) -> int:
         return self._len
@@ -274,7 +274,7 @@ def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_si
     """The resident source of a run config (``train.config.Config``), as ``train.data.make_source`` asks for it.
 
     ``_info.json`` (``info``, when the caller has read it), the shard records (``shards``, likewise) and every
-    shard are read once, checked (``train.shards.checked_samples``): the first sample tells the image size, so
+    shard are read once, checked (``train.data.shards.checked_samples``): the first sample tells the image size, so
     the memory budget is checked before the rest is read.
 
     Raises:

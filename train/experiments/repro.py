@@ -1,7 +1,7 @@
 """``make repro-small``: does 1p-frac pre-training beat scratch on CIFAR-10 within a short GPU budget?
 
 1. Make the fine-tuning data local first (``--cifar``, default torchvision's CIFAR-10, downloaded into
-   ``--data-root`` once; or an ImageFolder root or a CIFAR-style tarball: ``train.downstream``), so a machine
+   ``--data-root`` once; or an ImageFolder root or a CIFAR-style tarball: ``train.data.fetch``), so a machine
    without it stops with one line and leaves nothing; then build the default 1p-frac dataset (sigma 3.5,
    Delta 0.1, L = 1000, 512 px) with ``fracgen.build`` unless ``--dataset`` names one.
 2. Measure the pre-training and fine-tuning rates with short calibration runs (warm-up excluded), and turn
@@ -94,97 +94,135 @@ def repro_small(out: Path, dataset: str | None, cifar: str, data_root: Path, bud
     Without --cifar it fine-tunes on torchvision's CIFAR-10, downloaded into --data-root once; on a machine
     without internet pass --cifar with a local copy.
     """
-    import torch
-
-    from train.data import read_info
-    from train.downstream import resolve_downstream
-    from train.finetune import finetune
-    from train.model import check_timm_names
-    from train.pretrain import pretrain
-    from train.run_folder import claim_folder
+    from train.data.fetch import resolve_downstream
+    from train.run.folder import claim_folder
 
     budget_list = _budgets(budgets)
     parsed_variants = _variants(variants, budget_list)
-    if dataset:
-        read_info(dataset)  # a typo'd --dataset is one line before anything is written
-
-    pt_base, ft_base = ("tiny", "tiny-finetune") if cpu_check else ("pretrain", "finetune")
-    pt_common = [*pretrain_set, "train.log_every=20", "train.ckpt_every=0"]
-    if pretrain_img_size:
-        pt_common.append(f"model.img_size={pretrain_img_size}")
-    ft_common = ["train.epochs=0", "train.log_every=20", "train.ckpt_every=0", *finetune_set]
-    if not cpu_check:
-        # 224 px as in the paper; batch 256 suits a 100 s budget better than the released 768
-        ft_common = ["train.batch_size=256", "optim.lr=0.005", *ft_common]
-
-    def pt_cfg(steps: int, extra: list[str], data: Path | str) -> Config:
-        warm = max(1, min(steps // 10, 500))
-        return load_config(pt_base, [*pt_common, f"train.steps={steps}", f"optim.warmup_steps={warm}", *extra],
-                           {"data.path": str(data)})
-
-    def ft_cfg(steps: int, ckpt: Path | None, data: Path | str | None = None) -> Config:
-        return load_config(ft_base, [*ft_common, f"train.steps={steps}",
-                                     f"optim.warmup_steps={max(1, steps // 10)}",
-                                     f"finetune.checkpoint={ckpt or 'null'}"],
-                           {"data.path": str(data or cifar_root), "data.root": str(data_root)})
-
-    # every config and build this run will use, checked before anything is downloaded, built or trained
-    check_timm_names(ft_cfg(2, None, cifar))
-    for name, sets in [("", []), *parsed_variants]:
-        build_sets = _build_sets(sets)
-        if build_sets:
-            _check_build(cpu_check, build_sets, name)
-        cfg = _named(name, lambda sets=sets: pt_cfg(2, [s for s in sets if not s.startswith("build.")],
-                                                    dataset or "the dataset"))
-        check_timm_names(cfg)
-
+    plan = _Plan(out, data_root, cpu_check, list(pretrain_set), list(finetune_set), pretrain_img_size)
+    plan.check(dataset, cifar, parsed_variants)
     # the fine-tuning data first: without it (no internet, no copy) nothing is built or written
-    cifar_root = resolve_downstream(cifar, data_root, "--cifar")
+    plan.cifar_root = resolve_downstream(cifar, data_root, "--cifar")
     claim_folder(out, "repro-small")
     ds = Path(dataset) if dataset else _build_dataset(out, cpu_check, {})
-
-    # calibration: images/s of the last log window (after warm-up and compilation)
-    calib_steps = 40 if not cpu_check else 20
-    pt_cal = _done(pretrain(pt_cfg(calib_steps, ["data.eval_path=''", "train.log_every=10"], ds),
-                            _fresh(out / "calib-pretrain")), out, "calib-pretrain", [])
-    ft_cal = _done(finetune(ft_cfg(calib_steps, None), _fresh(out / "calib-finetune")), out, "calib-finetune", [])
-    pt_rate, ft_rate = _rate(pt_cal), _rate(ft_cal)
-    if pt_rate <= 0 or ft_rate <= 0:
-        raise TrainError("calibration measured no throughput")
-    pt_batch = pt_cfg(2, [], ds).train.batch_size
-    ft_batch = ft_cfg(2, None).train.batch_size
-    ft_steps = _steps(finetune_seconds, ft_rate, ft_batch)
-    log.info("rates: pre-training %.0f images/s, fine-tuning %.0f images/s; fine-tuning %d steps", pt_rate,
-             ft_rate, ft_steps)
-
+    rates = plan.calibrate(ds, finetune_seconds)
     runs: list[dict[str, Any]] = []
-    scratch = _done(finetune(ft_cfg(ft_steps, None), _fresh(out / "finetune-scratch")), out, "finetune-scratch", runs)
-    plans = [(f"budget{int(b)}s", b, []) for b in budget_list]
-    plans += [(name, budget_list[0], sets) for name, sets in parsed_variants]
-    for name, seconds, sets in plans:
-        data = ds
+    scratch = plan.finetune(rates["finetune_steps"], None, "finetune-scratch", runs)
+    schedule = [(f"budget{int(b)}s", b, []) for b in budget_list]
+    schedule += [(name, budget_list[0], sets) for name, sets in parsed_variants]
+    for name, seconds, sets in schedule:
+        runs.append(plan.pretrain_and_finetune(name, seconds, sets, ds, rates, scratch, runs))
+    _write_report(out, {**rates, "device": _device_name(), "versions": _versions(), "cpu_check": cpu_check,
+                        "dataset": str(ds), "cifar": str(cifar), "scratch_top1": scratch["top1"], "runs": runs,
+                        "released_schedule_estimate_min": RELEASED_STEPS * RELEASED_BATCH / rates["pretrain_rate"]
+                        / 60})
+
+
+class _Plan:
+    """The configs of every sub-run of one repro-small, and the sub-runs themselves.
+
+    Args:
+        out: the repro folder.
+        data_root: where the fine-tuning data are kept.
+        cpu_check: toy scale (the tiny configs).
+        pretrain_set, finetune_set: the user's overrides of every pre-training / fine-tuning.
+        pretrain_img_size: ``--pretrain-img-size`` (None: the config's).
+    """
+
+    def __init__(self, out: Path, data_root: Path, cpu_check: bool, pretrain_set: list[str],
+                 finetune_set: list[str], pretrain_img_size: int | None) -> None:
+        self.out, self.data_root, self.cpu_check = out, data_root, cpu_check
+        self.pt_base, self.ft_base = ("tiny", "tiny-finetune") if cpu_check else ("pretrain", "finetune")
+        self.pt_common = [*pretrain_set, "train.log_every=20", "train.ckpt_every=0"]
+        if pretrain_img_size:
+            self.pt_common.append(f"model.img_size={pretrain_img_size}")
+        self.ft_common = ["train.epochs=0", "train.log_every=20", "train.ckpt_every=0", *finetune_set]
+        if not cpu_check:
+            # 224 px as in the paper; batch 256 suits a 100 s budget better than the released 768
+            self.ft_common = ["train.batch_size=256", "optim.lr=0.005", *self.ft_common]
+        self.cifar_root: str | None = None
+
+    def pt_cfg(self, steps: int, extra: list[str], data: Path | str) -> Config:
+        warm = max(1, min(steps // 10, 500))
+        return load_config(self.pt_base, [*self.pt_common, f"train.steps={steps}", f"optim.warmup_steps={warm}",
+                                          *extra], {"data.path": str(data)})
+
+    def ft_cfg(self, steps: int, ckpt: Path | None, data: Path | str | None = None) -> Config:
+        return load_config(self.ft_base, [*self.ft_common, f"train.steps={steps}",
+                                          f"optim.warmup_steps={max(1, steps // 10)}",
+                                          f"finetune.checkpoint={ckpt or 'null'}"],
+                           {"data.path": str(data or self.cifar_root), "data.root": str(self.data_root)})
+
+    def check(self, dataset: str | None, cifar: str, variants: list[tuple[str, list[str]]]) -> None:
+        """Every config and build this run will use, before anything is downloaded, built or trained."""
+        from train.data.shards import read_info
+        from train.model import check_timm_names
+
+        if dataset:
+            read_info(dataset)  # a typo'd --dataset is one line before anything is written
+        check_timm_names(self.ft_cfg(2, None, cifar))
+        for name, sets in [("", []), *variants]:
+            build_sets = _build_sets(sets)
+            if build_sets:
+                _check_build(self.cpu_check, build_sets, name)
+            cfg = _named(name, lambda sets=sets: self.pt_cfg(2, [s for s in sets if not s.startswith("build.")],
+                                                             dataset or "the dataset"))
+            check_timm_names(cfg)
+
+    def calibrate(self, ds: Path, finetune_seconds: float) -> dict[str, Any]:
+        """Images/s of pre-training and fine-tuning (the last log window: after warm-up and compilation), and the
+        fine-tuning step count every row gets."""
+        calib_steps = 40 if not self.cpu_check else 20
+        pt_cfg = self.pt_cfg(calib_steps, ["data.eval_path=''", "train.log_every=10"], ds)
+        pt_rate = _rate(_done(_pretrain(pt_cfg, self.out / "calib-pretrain"), self.out, "calib-pretrain", []))
+        ft_rate = _rate(self.finetune(calib_steps, None, "calib-finetune", []))
+        if pt_rate <= 0 or ft_rate <= 0:
+            raise TrainError("calibration measured no throughput")
+        ft_batch = self.ft_cfg(2, None).train.batch_size
+        ft_steps = _steps(finetune_seconds, ft_rate, ft_batch)
+        log.info("rates: pre-training %.0f images/s, fine-tuning %.0f images/s; fine-tuning %d steps", pt_rate,
+                 ft_rate, ft_steps)
+        return {"pretrain_rate": pt_rate, "finetune_rate": ft_rate, "finetune_steps": ft_steps,
+                "finetune_batch": ft_batch, "pretrain_batch": self.pt_cfg(2, [], ds).train.batch_size}
+
+    def finetune(self, steps: int, ckpt: Path | None, run: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+        from train.finetune import finetune
+
+        return _done(finetune(self.ft_cfg(steps, ckpt), _fresh(self.out / run)), self.out, run, runs)
+
+    def pretrain_and_finetune(self, name: str, seconds: float, sets: list[str], ds: Path, rates: dict[str, Any],
+                              scratch: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+        """One row: pre-train for ``seconds`` (as steps at the measured rate), fine-tune, compare with scratch."""
         build_sets = _build_sets(sets)
-        train_sets = [s for s in sets if not s.startswith("build.")]
-        if build_sets:
-            data = _build_dataset(out, cpu_check, build_sets)
-        steps = _steps(seconds, pt_rate, pt_batch)
+        data = _build_dataset(self.out, self.cpu_check, build_sets) if build_sets else ds
+        steps = _steps(seconds, rates["pretrain_rate"], rates["pretrain_batch"])
         t0 = time.perf_counter()
-        pm = _done(pretrain(pt_cfg(steps, train_sets, data), _fresh(out / f"pretrain-{name}")), out,
-                   f"pretrain-{name}", runs)
+        cfg = self.pt_cfg(steps, [s for s in sets if not s.startswith("build.")], data)
+        pm = _done(_pretrain(cfg, self.out / f"pretrain-{name}"), self.out, f"pretrain-{name}", runs)
         pt_wall = time.perf_counter() - t0
-        fm = _done(finetune(ft_cfg(ft_steps, out / f"pretrain-{name}" / "model.safetensors"),
-                            _fresh(out / f"finetune-{name}")), out, f"finetune-{name}", runs)
-        runs.append({"name": name, "pretrain_budget_s": seconds, "pretrain_steps": steps, "pretrain_wall_s": pt_wall,
-                     "pretrain_images_per_s": pm["images_per_s"], "pretrain_top1": pm["eval_top1"],
-                     "num_classes": pm["num_classes"], "finetune_top1": fm["top1"],
-                     "gain": fm["top1"] - scratch["top1"], "sets": sets})
-    report = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
-        "versions": _versions(), "cpu_check": cpu_check, "dataset": str(ds), "cifar": str(cifar),
-        "pretrain_rate": pt_rate, "finetune_rate": ft_rate, "finetune_steps": ft_steps,
-        "finetune_batch": ft_batch, "scratch_top1": scratch["top1"], "runs": runs,
-        "released_schedule_estimate_min": RELEASED_STEPS * RELEASED_BATCH / pt_rate / 60,
-    }
+        fm = self.finetune(rates["finetune_steps"], self.out / f"pretrain-{name}" / "model.safetensors",
+                           f"finetune-{name}", runs)
+        return {"name": name, "pretrain_budget_s": seconds, "pretrain_steps": steps, "pretrain_wall_s": pt_wall,
+                "pretrain_images_per_s": pm["images_per_s"], "pretrain_top1": pm["eval_top1"],
+                "num_classes": pm["num_classes"], "finetune_top1": fm["top1"], "gain": fm["top1"] - scratch["top1"],
+                "sets": sets}
+
+
+def _pretrain(cfg: Config, run: Path) -> dict[str, Any]:
+    from train.pretrain import pretrain
+
+    return pretrain(cfg, _fresh(run))
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+
+
+def _write_report(out: Path, report: dict[str, Any]) -> None:
+    """``repro.json`` and ``repro.md``; the table printed."""
+    report.pop("pretrain_batch", None)
     (out / "repro.json").write_text(json.dumps(report, indent=1))
     table = _table(report)
     (out / "repro.md").write_text(table + "\n")
@@ -251,7 +289,7 @@ def _named(name: str, make: Callable[[], Any]) -> Any:
 
 def _done(metrics: dict[str, Any], out: Path, run: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """A sub-run's metrics; a sub-run that stopped ends repro-small, keeping the finished rows (``end_if_stopped``)."""
-    from train.sweep import end_if_stopped
+    from train.experiments.sweep import end_if_stopped
 
     if metrics.get("stopped") and runs:
         (out / "repro-partial.json").write_text(json.dumps({"stopped": metrics.get("reason", ""), "at": run,
@@ -262,7 +300,7 @@ def _done(metrics: dict[str, Any], out: Path, run: str, runs: list[dict[str, Any
 
 def _fresh(path: Path) -> Path:
     """A run folder for this repro run: an old one from a previous repro is replaced, anything else refused."""
-    from train.run_folder import clear_run_folder
+    from train.run.folder import clear_run_folder
 
     return clear_run_folder(path)
 

@@ -1,15 +1,25 @@
-"""Checkpoints: the model in timm's folder layout, the training state for ``--resume``, and loading both.
+"""The checkpoint format: what a run folder keeps so that ``--resume`` continues exactly, and what it may change.
 
-In a run folder (``train/run_folder.py``):
+In a run folder (``train/run/folder.py``):
     config.json        timm's model config (``timm.models.save_config_for_hf``): architecture, num_classes,
                        model_args (the run's kwargs, img_size), mean/std; ``timm.create_model("local-dir:RUN",
                        pretrained=True)`` rebuilds the trained model from it and model.safetensors
-    model.safetensors  the model (metadata: model name, timm kwargs, img_size, num_classes, step, config as JSON)
+    model.safetensors  the model (metadata: model name, timm kwargs, img_size, num_classes, step, config as JSON,
+                       and what the run recorded about its data)
     state.pt           optimizer, scheduler, scaler, step, epoch, every rank's RNG states: what ``--resume`` needs
 
 Every file is written under a temporary name and renamed, mode 0644 (safetensors writes 0600). The three are
 renamed one after the other, so a kill between two renames leaves files of different steps: ``--resume``
 compares the steps and refuses such a pair.
+
+A resumed run continues the steps its first command planned, so every setting that shapes those steps (model,
+data, augmentation, optimizer, schedule, batch split, seed, source) must be the run's own; ``--resume`` with
+another value is refused before the run folder is touched, naming each key with the run's value and the
+command's. Only the keys of ``MAY_CHANGE`` (how often to log, checkpoint and evaluate, where and how fast it
+runs) may differ. ``train.steps`` may not: the cosine schedule spans it, so another total changes the learning
+rate of every step still to come. The dataset is compared by what the checkpoint recorded about it
+(``train.data.shards.dataset_identity``, ``train.data.downstream.downstream_identity``), not by its path; a
+checkpoint without that record is compared by ``data.path``, resolved (``./ds`` is ``ds``).
 """
 
 from __future__ import annotations
@@ -24,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
@@ -33,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from train.config import Config
 from train.distributed import Dist, seed_everything
 from train.errors import TrainError
-from train.model import check_model_name, unwrap
+from train.model import unwrap
 from train.step import TrainStep
 
 log = logging.getLogger(__name__)
@@ -41,8 +50,26 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 TIMM_CONFIG_FILE = "config.json"
-# kwargs timm records that are not the architecture: the head and resolution are chosen by each run
-_NOT_ARCHITECTURE = ("num_classes", "img_size", "pretrained_model_args")
+
+# The keys a resumed run may set otherwise than its first command, and why that leaves its steps as planned.
+MAY_CHANGE: dict[str, str] = {
+    "train.log_every": "how often a log row is written",
+    "train.ckpt_every": "how often a checkpoint is written",
+    "train.eval_every": "how often accuracy is measured (evaluation draws no random numbers)",
+    "train.stop_at": "where a time-boxed job stops",
+    "train.threads": "CPU threads",
+    "train.device": "where it runs (bit-exact continuation needs the same kind of device)",
+    "train.compile": "torch.compile, a speed choice (bit-exact continuation needs the same choice)",
+    "data.verify": "whether sha256 is checked before step 1",
+    "data.root": "where downloads and unpacked tarballs are kept",
+    "data.resident.load_workers": "threads decoding PNGs at start-up",
+    "finetune.eval_batch_size": "the test split's batch",
+    "log.tensorboard": "TensorBoard scalars beside log.csv",
+}
+DATA_PATH = "data.path"  # compared through the dataset's identity when the checkpoint recorded one
+_SHOWN = 6  # differences named in the one-line error; the rest are counted
+
+
 
 
 def _publish(tmp: Path, path: Path) -> None:
@@ -88,7 +115,7 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
         raise TrainError(f"checkpoint {path}: not a safetensors file ({e})") from None
     if "model" not in meta:
         raise TrainError(f"checkpoint {path}: no model name in its metadata (not written by train)")
-    meta["kwargs"] = _meta_kwargs(meta, path)
+    meta["kwargs"] = meta_kwargs(meta, path)
     for key in ("num_classes", "step"):
         try:
             meta[key] = int(meta.get(key, "0"))
@@ -99,7 +126,7 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _meta_kwargs(meta: dict[str, str], path: Path) -> dict[str, Any]:
+def meta_kwargs(meta: dict[str, str], path: Path) -> dict[str, Any]:
     """The timm kwargs a checkpoint's metadata records: a JSON object, or a one-line error naming the file."""
     try:
         kwargs = json.loads(meta.get("kwargs", "{}"))
@@ -161,7 +188,7 @@ def save_checkpoint(out: Path, trainer: TrainStep, cfg: Config, num_classes: int
     """Write ``model.safetensors``, ``config.json`` and ``state.pt`` at ``trainer.step``.
 
     Rank 0 writes; every rank must call (the RNG states are gathered). ``record`` (e.g. ``{"dataset": ...}``,
-    ``train.resume.dataset_identity``) goes into the model's metadata beside the config, for ``--resume``.
+    ``train.data.shards.dataset_identity``) goes into the model's metadata beside the config, for ``--resume``.
     """
     step = trainer.step
     rngs = [rng_state()]
@@ -268,100 +295,110 @@ def _restore_rngs(state: dict[str, Any], env: Dist, step: int, out: Path) -> Non
     seed_everything(int(np.random.SeedSequence([seed, env.rank, step]).generate_state(1)[0]))
 
 
-def read_architecture(checkpoint: str | Path) -> dict[str, Any]:
-    """The architecture a checkpoint was trained with: ``{"model", "kwargs", "path"}`` (path: the weights file).
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"kwargs": {"depth": 4}}}`` -> ``{"model.kwargs.depth": 4}`` (an empty mapping adds nothing)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
-    ``checkpoint`` is a run folder or its ``model.safetensors``. A fracgen checkpoint's metadata names the
-    model and the run's kwargs; a folder written by timm alone (``save_for_hf``) is read through timm's
-    ``load_model_config_from_path``, its ``model_args`` less the head and resolution.
+
+def _same_path(a: Any, b: Any) -> bool:
+    """``data.path`` of the run and of the command name the same place (``./ds`` and ``ds`` do)."""
+    if a == b:
+        return True
+    if not (isinstance(a, str) and isinstance(b, str) and a and b) or "://" in a or "://" in b:
+        return False
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def stored_run(out: Path) -> dict[str, Any] | None:
+    """The config, dataset record (or None) and, for a fine-tuning, the pre-training step it started from
+    (``checkpoint_step``), as the checkpoint in ``out`` records them; None without one.
+
+    Read from ``model.safetensors``'s metadata (``read_checkpoint_meta``: its header alone); ``load_checkpoint``
+    checks later that ``state.pt`` is of the same step.
+    """
+    if not (out / MODEL_FILE).is_file():
+        return None
+    try:
+        meta = read_checkpoint_meta(out)
+        config = json.loads(meta["config"])
+        data = json.loads(meta["dataset"]) if "dataset" in meta else None
+    except (TrainError, ValueError, KeyError):
+        return None  # not a checkpoint this trainer wrote whole: load_checkpoint names what is wrong
+    stored = {"config": config, "dataset": data if isinstance(data, dict) else None}
+    if "checkpoint_step" in meta:  # a fine-tuning's: the pre-training step it started from
+        try:
+            stored["checkpoint_step"] = json.loads(meta["checkpoint_step"])
+        except ValueError:
+            stored["checkpoint_step"] = None
+    return stored
+
+
+def differences(stored: dict[str, Any], cfg: Config, data: dict[str, Any] | None,
+                compare_data: bool) -> list[tuple[str, Any, Any]]:
+    """(key, the run's value, the command's value) for every key ``--resume`` may not change.
+
+    A key the stored config lacks (written before the key existed) counts as its default.
+    """
+    defaults = flatten(Config().to_dict())
+    theirs = {**defaults, **flatten(stored["config"])}
+    ours = flatten(cfg.to_dict())
+    recorded = stored.get("dataset")
+    by_identity = recorded is not None and data is not None
+    found = []
+    for key in sorted(set(theirs) | set(ours)):
+        if key in MAY_CHANGE or (key == DATA_PATH and (by_identity or not compare_data)):
+            continue
+        if key == DATA_PATH and _same_path(theirs.get(key), ours.get(key)):
+            continue
+        if theirs.get(key, "unset") != ours.get(key, "unset"):
+            found.append((key, theirs.get(key, "unset"), ours.get(key, "unset")))
+    if by_identity and compare_data:
+        other = [(f"dataset.{key}", recorded.get(key, "unset"), data.get(key, "unset"))
+                 for key in sorted(set(recorded) | set(data)) if recorded.get(key, "unset") != data.get(key, "unset")]
+        path = (DATA_PATH, theirs.get(DATA_PATH), ours.get(DATA_PATH))
+        found += ([path] if other and path[1] != path[2] else []) + other
+    return found
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:16] + "…"
+
+
+def check_resume(out: Path, cfg: Config, data: dict[str, Any] | None = None, compare_data: bool = True) -> None:
+    """Refuse ``--resume`` of the checkpoint in ``out`` with a config (or dataset) other than the run's.
+
+    An empty or truncated ``state.pt`` is refused here too (``checkpoint.check_state_file``).
+
+    Args:
+        out: the run folder (nothing is written to it).
+        cfg: the command's resolved config.
+        data: ``dataset_identity`` (pre-training) or ``downstream_identity`` (fine-tuning) of the command's
+            dataset (None: ``data.path`` is compared).
+        compare_data: False before the dataset is opened (an early check of the config alone).
 
     Raises:
-        TrainError: no weights file, not safetensors, or nothing naming the architecture.
+        TrainError: ``--resume: RUN was run with KEY=OLD, this command gives NEW; ...``, or
+            ``--resume: RUN/state.pt is damaged (...)``.
     """
-    path = Path(checkpoint)
-    weights = path / MODEL_FILE if path.is_dir() else path
-    if not weights.is_file():
-        raise TrainError(f"checkpoint {path}: no {MODEL_FILE} there" if path.is_dir() else
-                         f"checkpoint {path}: no such file or run folder")
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as e:
-        raise TrainError(f"checkpoint {weights}: not a safetensors file ({e})") from None
-    if "model" in meta:
-        return {"model": meta["model"], "kwargs": _meta_kwargs(meta, weights), "path": str(weights)}
-    if not (weights.parent / TIMM_CONFIG_FILE).is_file():
-        raise TrainError(f"checkpoint {weights}: no model name in its metadata and no {TIMM_CONFIG_FILE} beside it")
-    from timm.models._hub import load_model_config_from_path
-
-    try:
-        _, name, model_args = load_model_config_from_path(weights.parent)
-    except (KeyError, ValueError, OSError, TypeError, AttributeError, IndexError) as e:
-        # timm indexes the JSON as it expects it: a list or a number where a mapping belongs is a TypeError
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise TrainError(f"checkpoint {weights.parent / TIMM_CONFIG_FILE}: not a timm config ({why})") from None
-    if not isinstance(name, str) or not isinstance(model_args or {}, dict):
-        raise TrainError(f"checkpoint {weights.parent / TIMM_CONFIG_FILE}: not a timm config (architecture "
-                         f"{name!r}, model_args {model_args!r})")
-    kwargs = {k: v for k, v in (model_args or {}).items() if k not in _NOT_ARCHITECTURE}
-    return {"model": name, "kwargs": kwargs, "path": str(weights)}
-
-
-def adopt_architecture(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
-    """Take the model name and kwargs from ``checkpoint`` into ``cfg.model`` (so nobody retypes them).
-
-    Kwargs the config sets must be ones the checkpoint was trained with; the config may leave any out.
-    ``img_size``, the head and ``drop_path`` stay the run's own.
-
-    Returns:
-        ``read_architecture``'s answer.
-
-    Raises:
-        TrainError: the config names another model, or a kwarg the checkpoint has not (or has otherwise).
-    """
-    arch = read_architecture(checkpoint)
-    clash = {k: v for k, v in cfg.model.kwargs.items() if k not in arch["kwargs"] or arch["kwargs"][k] != v}
-    if arch["model"] != cfg.model.name or clash:
-        fix = (f"set model.name={arch['model']} (--model)" if arch["model"] != cfg.model.name else
-               f"drop {', '.join('model.kwargs.' + k for k in clash)} (the checkpoint's kwargs are used)")
-        raise TrainError(f"checkpoint {arch['path']} is a {arch['model']} {arch['kwargs'] or ''} model, this run "
-                         f"builds {cfg.model.name} {cfg.model.kwargs or ''}: {fix}")
-    cfg.model.kwargs = dict(arch["kwargs"])
-    return arch
-
-
-def load_pretrained(cfg: Config, checkpoint: str | Path, num_classes: int) -> torch.nn.Module:
-    """A timm model initialised from a checkpoint (run folder or ``model.safetensors``), ``num_classes`` outputs.
-
-    The architecture comes from the checkpoint (``adopt_architecture`` writes it into ``cfg.model.kwargs``).
-    Uses timm's own path (``pretrained_cfg_overlay=dict(file=..., num_classes=-1)``), which also resamples
-    position embeddings when ``cfg.model.img_size`` differs from the pre-training resolution.
-
-    Raises:
-        TrainError: the checkpoint is of another architecture than ``cfg.model``, or holds NaN / inf weights.
-    """
-    check_model_name(cfg.model.name)
-    path = adopt_architecture(cfg, checkpoint)["path"]
-    try:
-        model = timm.create_model(
-            cfg.model.name, pretrained=True, pretrained_cfg_overlay=dict(file=path, num_classes=-1),
-            num_classes=num_classes, drop_path_rate=cfg.model.drop_path, img_size=cfg.model.img_size,
-            **cfg.model.kwargs)
-    except (RuntimeError, TypeError, ValueError, AssertionError, ZeroDivisionError) as e:
-        # an AssertionError is timm refusing the kwargs (e.g. embed_dim not divisible by num_heads)
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrainError(f"checkpoint {path} does not fit {cfg.model.name}: {why}") from None
-    # timm loads non-strictly once the head is dropped: check that every other tensor was there
-    head = unwrap(model).default_cfg.get("classifier", "head")
-    tensors = load_file(path)
-    # weights that are NaN or inf would train to a NaN loss: named here, before a run folder is made
-    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if broken:
-        raise TrainError(f"checkpoint {path}: {len(broken)} tensor(s) hold NaN or inf values ({', '.join(broken[:3])}"
-                         f"{', ...' if len(broken) > 3 else ''}): the run that wrote it diverged")
-    keys = {k for k in tensors if not k.startswith(head + ".")}
-    wanted = {k for k in model.state_dict() if not k.startswith(head + ".")}
-    if keys != wanted:
-        raise TrainError(f"checkpoint {path} does not fit {cfg.model.name}: "
-                         f"{len(wanted - keys)} missing and {len(keys - wanted)} unexpected tensors")
-    return model
+    stored = stored_run(out)
+    if stored is None:
+        return
+    if (out / STATE_FILE).is_file():  # an empty or cut-short state.pt, named before anything is read or written
+        check_state_file(out)
+    found = differences(stored, cfg, data, compare_data)
+    if not found:
+        return
+    shown = "; ".join(f"{k}={_show(a)}, this command gives {_show(b)}" for k, a, b in found[:_SHOWN])
+    more = f"; and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
+    if all(k.startswith("dataset.") for k, _, _ in found):  # the settings agree: the data itself changed
+        raise TrainError(f"--resume: {out} was run with {shown}{more}. The data changed since the run stopped: "
+                         "restore it as it was, or start a new run in another --out")
+    raise TrainError(f"--resume: {out} was run with {shown}{more}. Resume with the run's own settings "
+                     f"(--config {out / 'config.yaml'}) or use a new --out (what may change on resume: train/README.md)")

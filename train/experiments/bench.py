@@ -1,14 +1,14 @@
 """Pre-training throughput: model alone, streaming loader, GPU-resident source, in one run on one device.
 
-``python -m train.bench --data out/1p-frac`` (``make bench-train``) times the trainer's own step
+``python -m train.experiments.bench --data out/1p-frac`` (``make bench-train``) times the trainer's own step
 (``train.step.TrainStep``: timm model, timm Mixup/CutMix with label smoothing on the device, soft-target cross
 entropy, the config's timm optimizer and schedule; bf16 autocast and fused AdamW on CUDA; optionally
 ``torch.compile`` on CUDA) fed three ways:
 
 - ``model only``: random tensors already on the device (the ceiling);
-- ``stream``: ``train.data``'s streaming source (webdataset shards, PNG decode and timm transforms in
+- ``stream``: ``train.data.stream``, the streaming source (webdataset shards, PNG decode and timm transforms in
   DataLoader workers, copied to the device);
-- ``resident``: ``train.resident`` (images held on the device as uint8, augmented there);
+- ``resident``: ``train.data.resident`` (images held on the device as uint8, augmented there);
 
 plus ``resident augmentation alone`` (drawing batches without a model: the data path's own ceiling). Each is
 reported in images/s after ``--warmup`` steps that are not timed (compilation, worker start-up, allocator
@@ -150,7 +150,9 @@ def check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     """Measure every requested path; returns the rows and the context of the table."""
     from train.config import load_config
-    from train.data import make_source, micro_batch_size, read_info
+    from train.data.pretraining import make_source
+    from train.data.shards import read_info
+    from train.data.source import micro_batch_size
     from train.model import create_model
     from train.step import TrainStep
 
@@ -276,7 +278,7 @@ def _writable(path: Path) -> str | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(prog="python -m train.bench", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m train.experiments.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, help="fracgen dataset folder (default: build a small one in a temp dir)")
     p.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name")
     p.add_argument("--img-size", type=int, default=224)
@@ -317,7 +319,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m train.bench``; prints the Markdown table."""
+    """Entry point of ``python -m train.experiments.bench``; prints the Markdown table."""
     from train.errors import TrainError
 
     args = parse_args(argv)
