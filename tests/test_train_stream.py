@@ -1,32 +1,56 @@
-"""DataLoader workers: a signal to the whole process group (torchrun, SLURM, Ctrl-C) stops the run with a
-checkpoint, and more readers (ranks x workers) than samples neither hang nor spin."""
-
-from __future__ import annotations
-
+"""train.data.stream: the streaming source, its readers and DataLoader workers."""
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
+import torch
+from train_helpers import (
+    REPO,
+    STREAM,
+    cfg_of,
+)
 
-pytest.importorskip("torch")
+from train.data.stream import readers_per_rank
+from train.errors import TrainError
+from train.experiments.toy import write_toy_dataset
 
-from train.data.stream import readers_per_rank  # noqa: E402
-from train.errors import TrainError  # noqa: E402
-from train.experiments.toy import write_toy_dataset  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-QUICK = ["--set", "data.source=stream", "--set", "train.log_every=1", "--set", "data.eval_path=''",
-         "--set", "model.img_size=32"]
+def test_the_stream_reads_only_labels_from_shards_checked_before_step_1(tiny_dataset):
+    import torch
+
+    from train.data.shards import shard_samples
+    from train.data.stream import StreamSource
+
+    source = StreamSource(cfg_of(tiny_dataset), torch.device("cpu"), 0, 1)
+    assert source.checked == frozenset(source.urls)  # every local shard: check_shards read each sample
+    assert all(next(shard_samples(url))["__url__"] in source.checked for url in source.urls)
+
+
+@pytest.mark.parametrize("seed", [0, 4_294_967_295])
+def test_every_allowed_seed_streams(seed, tmp_path):
+    from train_helpers import cfg_of
+
+    from train.data.stream import StreamSource, _PrivateRng
+    from train.experiments.toy import write_toy_dataset
+
+    data = write_toy_dataset(tmp_path / "ds", num_classes=4, per_class=2, size=32)
+    cfg = cfg_of(data, f"train.seed={seed}", "model.img_size=32", "data.workers=0")
+    source = StreamSource(cfg, torch.device("cpu"), 0, 1)
+    images, targets = next(source.batches(0))
+    assert images.shape == (8, 3, 32, 32) and targets.shape == (8,)
+    # a seed torch took before keeps its generator (resumed and repeated runs stay bit-identical)
+    assert torch.equal(_PrivateRng(2**64 - 1).torch, torch.Generator().manual_seed(2**64 - 1).get_state())
 
 
 def _pretrain(data: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "train", "pretrain", "--config", "tiny", "--data", str(data), "--out", str(out),
-           *QUICK, *extra]
+           *[a for o in [*STREAM, "model.img_size=32"] for a in ("--set", o)], *extra]
     return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -52,6 +76,7 @@ def test_readers_are_lowered_to_the_samples_they_can_have():
         readers_per_rank(2, 3, 4)
 
 
+@pytest.mark.slow
 def test_more_workers_than_samples_train_instead_of_spinning(tmp_path):
     """3 samples and data.workers=5: two of the readers had no sample and scanned the shards for ever."""
     data = write_toy_dataset(tmp_path / "ds", num_classes=3, per_class=1, size=32, shard_size=2)
@@ -62,6 +87,7 @@ def test_more_workers_than_samples_train_instead_of_spinning(tmp_path):
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_with_workers_stops_with_a_checkpoint(tmp_path):
     """torchrun and SLURM signal the whole group: the workers died of it and the run failed without a checkpoint.
     Now the workers leave the signal to the main process, which stops after its step with a checkpoint."""
@@ -85,10 +111,10 @@ def test_sigterm_to_the_process_group_with_workers_stops_with_a_checkpoint(tmp_p
     assert (out / "state.pt").is_file() and (out / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_a_damaged_shard_met_by_a_worker_ends_the_run_in_one_line_without_hanging(tmp_path):
     """Workers ignore SIGTERM, the signal multiprocessing ends its children with at exit: a run that fails while
     its workers live must still end them (the iterator's own shutdown, then the CLI's), not wait for ever."""
-    import tarfile
 
     data = write_toy_dataset(tmp_path / "ds", num_classes=8, per_class=2, size=32, shard_size=4)
     for shard in sorted(data.glob("train-*.tar")):  # every shard: headers kept (checked before step 1), bodies

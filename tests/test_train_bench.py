@@ -1,12 +1,13 @@
-"""train/bench.py on CPU with a tiny model: every path measured, one Markdown table, bad options refused."""
-
-from __future__ import annotations
+"""train.experiments.bench on CPU with a tiny model: every path measured, one Markdown table."""
 
 import json
 from pathlib import Path
 
 import pytest
 from timm.data import auto_augment
+from train_helpers import (
+    assert_one_line,
+)
 
 from train.experiments import bench
 
@@ -19,20 +20,6 @@ def _restore_timm_ops():
     auto_augment.NAME_TO_OP.clear()
     auto_augment.NAME_TO_OP.update(ops)
     auto_augment.posterize = posterize
-
-
-def test_posterize_shim_keeps_zero_bits_black() -> None:
-    from PIL import Image
-
-    from train.augment import make_train_transform
-    from train.config import load_config
-
-    # building the released recipe installs the fix; Pillow >= 11 alone raises ValueError at magnitude 10
-    make_train_transform(load_config("pretrain").aug, 32)
-    img = Image.new("RGB", (4, 4), (200, 127, 3))
-    op = auto_augment.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10,
-                                hparams={"magnitude_std": 0, "img_mean": (128,) * 3})
-    assert set(op(img).getdata()) == {(0, 0, 0)}
 
 
 def test_bench_measures_all_paths(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -93,3 +80,11 @@ def test_no_progress_keeps_stderr_to_the_cpu_notice(tiny_dataset: Path, capsys: 
     assert rc == 0
     err = capsys.readouterr().err
     assert "on a CPU" in err and "/1" not in err
+
+
+def test_bench_json_into_a_folder_is_refused(tmp_path, capsys):
+    from train.experiments import bench
+
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--json", str(tmp_path)])
+    assert_one_line(2, capsys.readouterr().err, f"--json: {tmp_path} is a folder")
