@@ -16,8 +16,12 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from train.augment import make_criterion, make_mixup
+from train.bounds import check_memory
 from train.config import Config
+from train.data.source import micro_batch_size
+from train.distributed import Dist, free_memory
 from train.errors import TrainError
+from train.model import count_parameters
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -28,6 +32,19 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` to ``dtype``, or a no-op when ``dtype`` is None."""
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def check_fits(cfg: Config, env: Dist, num_classes: int = 2) -> None:
+    """Refuse, before anything is read or allocated, a config whose model and batches cannot fit the memory where
+    the run trains (``train.bounds.check_memory``): one line naming the key to lower and what fits. ``num_classes``:
+    the head's outputs (a dataset's ``_info.json`` may ask for a head of any size).
+
+    Raises:
+        TrainError: it does not fit, or ``train.batch_size`` does not divide across ranks x accumulation steps.
+    """
+    micro = micro_batch_size(cfg, env.world_size)
+    check_memory(cfg, count_parameters(cfg, num_classes), micro, env.world_size, free_memory(env.device),
+                 str(env.device), num_classes)
 
 
 class TrainStep:

@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from fracgen.errors import FracgenError
+
 RELEASED_STEPS, RELEASED_BATCH = 240_000, 256
 log = logging.getLogger(__name__)
 
@@ -136,21 +138,28 @@ def _values(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """The config keys the command line sets."""
     return {"data.path": str(args.data or ""), "model.name": args.model, "model.img_size": args.img_size,
             "train.batch_size": args.batch, "train.amp": args.amp, "train.compile": args.compile,
-            "train.device": device.type, "data.workers": args.workers}
+            "train.device": device.type, "data.workers": args.workers, "train.threads": args.threads}
 
 
 def check(args: argparse.Namespace) -> None:
-    """The config, model, optimizer and augmentation, before a dataset is built or read (one-line TrainError)."""
+    """The config, model, optimizer and augmentation, the CPUs and memory they ask for, before a dataset is built
+    or read (one-line TrainError)."""
+    from train.bounds import check_cpus
     from train.config import load_config
+    from train.distributed import Dist
     from train.model import check_timm_names
+    from train.step import check_fits
 
-    check_timm_names(load_config(args.config, args.set, _values(args, _device(args.device))))
+    device = _device(args.device)
+    cfg = load_config(args.config, args.set, _values(args, device))
+    check_timm_names(cfg)
+    check_cpus(cfg)
+    check_fits(cfg, Dist(0, 1, 0, device))
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     """Measure every requested path; returns the rows and the context of the table."""
     from train.config import load_config
-    from train.data.pretraining import make_source
     from train.data.shards import read_info
     from train.data.source import micro_batch_size
     from train.model import create_model
@@ -190,30 +199,9 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
                           device, "model only", progress)
         rows.append(Row("model only (random tensors on the device)", rate, peak()))
     for path in ("stream", "resident"):
-        if path not in paths:
-            continue
-        cfg.data.source = path
-        try:
-            start = time.perf_counter()
-            if progress:
-                _say(f"{path}: reading the dataset ...")
-            source = make_source(cfg, device, 0, 1)
-            ready = time.perf_counter() - start
-            kind = type(source).__name__
-            rate = time_steps(trainer.train_step, _forever(source), args.warmup, args.steps, device, path, progress)
-            note = f"{kind}, set-up {ready:.1f} s" + (f", {cfg.data.workers} workers" if path == "stream" else "")
-            note = ", ".join(x for x in (note, peak()) if x)
-            rows.append(Row(f"{path} loader" if path == "stream" else "GPU-resident source", rate, note))
-            if path == "resident":
-                alone = time_steps(None, _forever(source), args.warmup, args.steps, device, "resident, no model",
-                                   progress)
-                rows.append(Row("resident augmentation alone (no model)", alone, kind))
-            source.close()
-            del source
-        except Exception as e:  # a path that cannot run is a row that says why, not a lost table
-            rows.append(Row(path, None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"))
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        if path in paths:
+            cfg.data.source = path
+            rows += _measure_source(cfg, trainer, device, args, peak)
     import timm
 
     context = {
@@ -226,6 +214,36 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
                   f"cutmix {cfg.aug.cutmix}",
     }
     return rows, context
+
+
+def _measure_source(cfg: Any, trainer: Any, device: torch.device, args: argparse.Namespace,
+                    peak: Callable[[], str]) -> list[Row]:
+    """The rows of one data path (``cfg.data.source``: stream or resident); a path that cannot run is a row saying
+    why, not a lost table."""
+    from train.data.pretraining import make_source
+
+    path, progress, rows = cfg.data.source, not args.no_progress, []
+    try:
+        start = time.perf_counter()
+        if progress:
+            _say(f"{path}: reading the dataset ...")
+        source = make_source(cfg, device, 0, 1)
+        ready = time.perf_counter() - start
+        kind = type(source).__name__
+        rate = time_steps(trainer.train_step, _forever(source), args.warmup, args.steps, device, path, progress)
+        note = f"{kind}, set-up {ready:.1f} s" + (f", {cfg.data.workers} workers" if path == "stream" else "")
+        note = ", ".join(x for x in (note, peak()) if x)
+        rows.append(Row(f"{path} loader" if path == "stream" else "GPU-resident source", rate, note))
+        if path == "resident":
+            alone = time_steps(None, _forever(source), args.warmup, args.steps, device, "resident, no model", progress)
+            rows.append(Row("resident augmentation alone (no model)", alone, kind))
+        source.close()
+        del source
+    except Exception as e:  # noqa: BLE001 - a path that cannot run is a row that says why
+        rows.append(Row(path, None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"))
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
 
 
 def _say(message: str) -> None:
@@ -267,6 +285,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _writable(path: Path) -> str | None:
     """Why the table cannot be written to ``path`` (checked before the minutes of measuring), or None."""
+    if path.is_symlink():
+        return f"{path} is a link; the table is written only to a regular file: move it away first"
     if path.is_dir():
         return f"{path} is a folder"
     folder = path.parent
@@ -324,10 +344,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
         check(args)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory() as tmp:
             if args.data is None:
                 _say(f"building a small dataset (64 images, {min(args.img_size * 2, 512)} px; compiling the renderer "
@@ -339,12 +359,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     table = markdown(rows, context)
     print(table)
-    if args.out:
-        with args.out.open("a") as f:
-            f.write(table + "\n")
-    if args.json:
-        args.json.write_text(json.dumps({"context": context, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+    try:
+        _write(args, table, {"context": context, "rows": [dataclasses.asdict(r) for r in rows]})
+    except FracgenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _write(args: argparse.Namespace, table: str, record: dict[str, Any]) -> None:
+    """The table appended to ``--out``, the record written over ``--json``: never through a link.
+
+    Raises:
+        FracgenError: a file that is a link or cannot be written (a full disk).
+    """
+    from fracgen import folder as fs
+
+    if args.out:
+        try:
+            fs.append_text(args.out, table + "\n")
+        except OSError as e:  # the write itself: append_text converts only its open
+            raise fs.write_error(e, args.out, "rerun") from None
+    if args.json:
+        fs.write_atomic(args.json, (json.dumps(record, indent=1) + "\n").encode(), "rerun")
 
 
 if __name__ == "__main__":
