@@ -65,7 +65,7 @@ def _png(size):
 
 def test_the_stream_checks_each_sample_as_it_decodes(tiny_copy):
     """Shards read while training (remote ones are not read first) get the same checks, from the PNG header."""
-    from train.data.shards import decode_sample as _decode
+    from train.data.samples import decode_sample as _decode
 
     sample = next(dataset.iter_shard(tiny_copy / dataset.shard_name(0)))
     assert _decode(sample, 16, 64)[0].shape == (64, 64)
@@ -79,7 +79,7 @@ def test_a_json_label_naming_the_class_is_not_a_mismatch():
     """fracgen's json holds the integer label, which must equal cls; a downstream WebDataset's json may name the
     class instead ("cat"), which is no disagreement (fine-tuning did not read the json before its shards were
     checked like pre-training's)."""
-    from train.data.shards import sample_label
+    from train.data.samples import sample_label
     from train.errors import TrainError
 
     sample = {"__key__": "k", "__url__": "u", "jpg": b"", "cls": b"1"}

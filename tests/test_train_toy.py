@@ -4,7 +4,8 @@ import tarfile
 
 
 def test_toy_dataset_matches_contract(tmp_path):
-    from train.data.shards import iter_samples, read_info, shard_urls
+    from train.data.samples import iter_samples
+    from train.data.shards import read_info, shard_urls
     from train.experiments.toy import write_toy_dataset
 
     root = write_toy_dataset(tmp_path / "toy", num_classes=4, per_class=2, size=32, shard_size=3)

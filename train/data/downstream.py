@@ -26,7 +26,9 @@ from fracgen.dataset import DatasetError, DatasetInfo
 from train.augment import make_eval_transform, make_train_transform
 from train.config import Config
 from train.data.fetch import TORCHVISION_DATASETS, image_folder_root, resolve_downstream, tv_class, tv_folder
-from train.data.shards import checked_samples, is_remote, plan_shards, read_info, shard_samples
+from train.data.remote import is_remote
+from train.data.samples import sample_label, shard_samples
+from train.data.shards import read_info, read_split
 from train.data.source import Batch, last_line, micro_batch_size
 from train.distributed import end_workers, quiet_worker
 from train.errors import TrainError
@@ -119,27 +121,15 @@ _IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 
 def _wds_split(path: str, info: DatasetInfo, split: str, verify: str | bool = "auto") -> _EncodedImages:
     """One split of a WebDataset folder, in memory; local shards are read through the checks pre-training uses
-    (``train.data.shards.checked_samples``: sample counts against ``_info.json``, sizes and sha256 against a
+    (``train.data.shards.read_split``: sample counts against ``_info.json``, sizes and sha256 against a
     ``build.json`` when there is one, labels in range), so a shard cut short is refused, not trained on."""
-    shards = plan_shards(path, info, verify, split_name=split)
-    shards.image_keys = _IMAGE_KEYS
-    local = not any(is_remote(u) for u in shards.urls)
-    samples = (checked_samples(shards, warn_one_class=False) if local
-               else (s for url in shards.urls for s in shard_samples(url)))
+    shards, samples = read_split(path, info, verify, split, _IMAGE_KEYS, warn_one_class=False)
+    if any(is_remote(u) for u in shards.urls):  # not read before training: read here, each sample checked below
+        samples = (s for url in shards.urls for s in shard_samples(url))
     items = []
     for sample in samples:
-        where = f"shard {sample.get('__url__')}: sample {sample.get('__key__')}"
-        ext = next((e for e in _IMAGE_KEYS if e in sample), None)
-        if ext is None or "cls" not in sample:
-            raise TrainError(f"{where} has no image or cls")
-        try:
-            label = int(sample["cls"])
-        except ValueError:
-            raise TrainError(f"{where}: cls {sample['cls'][:20]!r} is not an integer") from None
-        if not 0 <= label < info.num_classes:
-            raise TrainError(f"{where}: label {label} is out of range for the {info.num_classes} classes of "
-                             f"{dataset.INFO_JSON}")
-        items.append((sample[ext], label))
+        label = sample_label(sample, info.num_classes, image_keys=_IMAGE_KEYS)
+        items.append((sample[next(e for e in _IMAGE_KEYS if e in sample)], label))
     return _EncodedImages(items)
 
 

@@ -17,7 +17,6 @@ nothing is left behind. Cost: a download of about 170 MB or an unpacking, once p
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -28,6 +27,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from fracgen import folder as fs
+from fracgen.errors import FracgenError
 from train.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -65,22 +66,6 @@ def tv_folder(path: Path) -> str | None:
     return None
 
 
-def _missing_parents(path: Path) -> list[Path]:
-    """``path`` and its ancestors that do not exist yet, deepest first (what a failure must remove again)."""
-    missing = []
-    for p in (path, *path.parents):
-        if p.exists():
-            break
-        missing.append(p)
-    return missing
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for folder in folders:  # deepest first; a folder something else wrote into stays
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-
-
 def fetch_torchvision(name: str, data_root: str | Path, option: str = "--data") -> Path:
     """Make sure torchvision's ``name`` (``cifar10``, ``cifar100``) is in ``data_root``, downloading it once.
 
@@ -105,7 +90,7 @@ def fetch_torchvision(name: str, data_root: str | Path, option: str = "--data") 
     if target.exists():  # not ours to replace: torchvision's folder, incomplete or changed (md5 differs)
         raise TrainError(f"{target} is there but incomplete or damaged (torchvision's md5 check fails): remove it "
                          f"to download {title} again, or pass {option} with {_WHAT_TO_PASS}")
-    created = _missing_parents(root)
+    created = fs.missing_folders(root)
     tmp = root / f".download-{name}-{os.getpid()}"
     timeout = socket.getdefaulttimeout()
     try:
@@ -124,16 +109,22 @@ def fetch_torchvision(name: str, data_root: str | Path, option: str = "--data") 
     finally:
         socket.setdefaulttimeout(timeout)
         shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
+        fs.remove_made(created)
     return root
 
 
 def _tarball_stem(path: Path) -> str:
+    """The folder a tarball unpacks into: its name less the suffix, one plain name (not ``.`` or ``..``).
+
+    Raises:
+        TrainError: a name that is no folder name (``..tar.gz``).
+    """
     name = path.name
-    for suffix in TARBALL_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    stem = next((name[: -len(s)] for s in TARBALL_SUFFIXES if name.endswith(s)), path.stem)
+    try:
+        return fs.single_name(stem, f"tarball {path}: the folder it unpacks into")
+    except FracgenError as e:
+        raise TrainError(str(e)) from None
 
 
 def unpack_tarball(tarball: str | Path, data_root: str | Path) -> Path:
@@ -151,30 +142,34 @@ def unpack_tarball(tarball: str | Path, data_root: str | Path) -> Path:
     dest = root / _tarball_stem(tarball)
     st = tarball.stat()
     stamp = {"tarball": str(tarball.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if dest.exists():
+    if dest.exists() or dest.is_symlink():
         try:
-            old = json.loads((dest / _STAMP).read_text())
+            old = json.loads(dest.joinpath(_STAMP).read_bytes()) if dest.joinpath(_STAMP).is_file() else None
         except (OSError, ValueError):
+            old = None
+        if old is None or dest.is_symlink():
             raise TrainError(f"{dest} exists and was not unpacked from {tarball}: move it, or pass the folder "
-                             "itself instead of the tarball") from None
+                             "itself instead of the tarball")
         if old == stamp:
             return dest
-    created = _missing_parents(root)
+    created = fs.missing_folders(root)
     tmp = root / f".{dest.name}.unpacking-{os.getpid()}"
     try:
         tmp.mkdir(parents=True)
         log.info("unpacking %s into %s ...", tarball, dest)
         with tarfile.open(tarball) as tar:
             tar.extractall(tmp, filter="data")  # no absolute paths, links or devices out of the folder
-        (tmp / _STAMP).write_text(json.dumps(stamp))
+        fs.write_json(tmp / _STAMP, stamp)
         if dest.exists():  # an earlier unpacking of another version of the tarball (stamped, ours)
             shutil.rmtree(dest)
         os.replace(tmp, dest)
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise TrainError(f"tarball {tarball}: cannot unpack it into {root} ({type(e).__name__}: {e})") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error, FracgenError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""  # tarfile lists each method it tried
+        raise TrainError(f"tarball {tarball}: cannot unpack it into {root} ({type(e).__name__}: "
+                         f"{why.rstrip(':')})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
+        fs.remove_made(created)
     return dest
 
 
@@ -212,12 +207,12 @@ def resolve_downstream(spec: str, data_root: str | Path = "data", option: str = 
     if path.is_file():
         if not spec.endswith(TARBALL_SUFFIXES) and not tarfile.is_tarfile(path):
             raise TrainError(f"{option} {spec}: not a tarball; pass {_WHAT_TO_PASS}, or cifar10 / cifar100")
-        created = _missing_parents(Path(data_root))
+        created = fs.missing_folders(Path(data_root))
         folder = unpack_tarball(path, data_root)
         found = image_folder_root(folder)
         if found is None and tv_folder(folder) is None:  # of no use: what was unpacked (stamped, ours) goes
             shutil.rmtree(folder, ignore_errors=True)
-            _remove_empty(created)
+            fs.remove_made(created)
             raise TrainError(f"tarball {spec} holds neither train/ and test/ folders nor torchvision's "
                              "cifar-10-batches-py / cifar-100-python")
         return str(found or folder)

@@ -8,6 +8,7 @@ read once here and handed to the source, which reads every local shard once befo
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from train.augment import make_eval_transform
 from train.config import Config
-from train.data.shards import decode_sample, iter_samples, plan_shards, read_info, shard_urls
+from train.data.samples import decode_sample, iter_samples
+from train.data.shards import read_info, read_split, shard_urls
 from train.data.source import Source, micro_batch_size
 from train.data.stream import make_stream_source, rgb
 from train.errors import DoesNotFit, TrainError
@@ -29,27 +31,29 @@ log = logging.getLogger(__name__)
 def make_source(cfg: Config, device: torch.device, rank: int, world_size: int) -> Source:
     """Pick the pre-training source for ``cfg.data.source`` (``auto | stream | resident``).
 
-    ``_info.json`` (and ``build.json``) are read once here and handed to the source, which reads every local
-    shard once before the first step through ``train.data.shards.checked_samples``: both sources refuse the same
-    damage (size, sample count, sha256 with ``data.verify``, labels out of range) with the same one line.
+    The dataset check is made here, once (``train.data.shards.read_split``): ``_info.json`` and ``build.json`` are
+    read, then the source chosen consumes the one read of every local shard, so both sources refuse the same damage
+    (size, sample count, sha256 with ``data.verify``, members, labels) with the same one line. When the resident
+    source gives up (``DoesNotFit``), the stream goes on with what it had read.
 
     Raises:
         TrainError: bad dataset, or ``resident`` forced but impossible.
     """
     mode = cfg.data.source
     info = read_info(cfg.data.path)
-    shards = plan_shards(cfg.data.path, info, cfg.data.verify)
+    shards, samples = read_split(cfg.data.path, info, cfg.data.verify)
     micro_batch_size(cfg, world_size)
     if mode in ("auto", "resident"):
         from train.data import resident
 
         try:
-            return resident.make_resident_source(cfg, device, rank, world_size, info=info, shards=shards)
+            return resident.make_resident_source(cfg, device, rank, world_size, info, shards, samples)
         except DoesNotFit as e:
             if mode == "resident":
                 raise
             log.info("streaming instead of the resident source: %s", e)
-    return make_stream_source(cfg, device, rank, world_size, info, shards)
+            samples = itertools.chain(e.read, samples)
+    return make_stream_source(cfg, device, rank, world_size, info, shards, samples)
 
 
 class _SampleList(Dataset):

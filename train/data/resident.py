@@ -36,7 +36,8 @@ from torch import Tensor
 from fracgen import dataset
 from fracgen.dataset import DatasetError, DatasetInfo
 from train.data.device_augment import DeviceAugment
-from train.data.shards import ShardSet, checked_samples, plan_shards
+from train.data.shards import ShardSet, read_split
+from train.distributed import free_memory
 from train.errors import DoesNotFit, TrainError
 
 log = logging.getLogger(__name__)
@@ -119,22 +120,17 @@ def load_images(root: str | Path, *, rank: int = 0, world_size: int = 1, split_r
     """
     root = Path(root)
     info = info or _read_info(root)
-    members = list(checked_samples(plan_shards(str(root), info)))
+    members = list(read_split(str(root), info)[1])
     return _decode_members(root, members, rank, world_size, split_ranks, workers)
 
 
 def default_budget(device: torch.device) -> int:
     """Bytes the images may take: half of the free memory of a CUDA device, a quarter of available RAM else."""
     device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)  # a CPU-GPU sync point, once at start-up
-        return free // 2
-    try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f)
-        return int(fields["MemAvailable"].split()[0]) * 1024 // 4
-    except (OSError, KeyError, ValueError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    free = free_memory(device)
+    if free is None:  # the system cannot tell: a quarter of the physical memory
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return free // 2 if device.type == "cuda" else free // 4
 
 
 def dataset_bytes(num_images: int, height: int, width: int, antialias: bool) -> int:
@@ -270,64 +266,90 @@ class ResidentSource:
 
 
 def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1,
-                         info: DatasetInfo | None = None, shards: ShardSet | None = None) -> ResidentSource:
-    """The resident source of a run config (``train.config.Config``), as ``train.data.make_source`` asks for it.
+                         info: DatasetInfo | None = None, shards: ShardSet | None = None,
+                         samples: Iterator[Member] | None = None) -> ResidentSource:
+    """The resident source of a run config (``train.config.Config``), as ``train.data.pretraining.make_source`` asks.
 
-    ``_info.json`` (``info``, when the caller has read it), the shard records (``shards``, likewise) and every
-    shard are read once, checked (``train.data.shards.checked_samples``): the first sample tells the image size, so
-    the memory budget is checked before the rest is read.
+    The dataset's one checked read (``samples``, from ``train.data.shards.read_split``; made here when the caller
+    has none) is consumed here: its first sample tells the image size, so the memory budget is checked before the
+    rest is read.
 
     Raises:
         DoesNotFit: the images exceed the memory budget, the device ran out of memory while loading them, or
-            ``cfg.data.path`` is not a local dataset folder (the streaming source handles patterns and URLs).
+            ``cfg.data.path`` is not a local dataset folder (the streaming source handles patterns and URLs); its
+            ``read`` holds the samples taken so far, for the stream to go on with.
         TrainError: bad options, a bad dataset, or no memory left for one augmented micro-batch (the message
             says which micro-batch would fit).
     """
     device = torch.device(device)
-    opts = dict(cfg.data.resident or {})
-    unknown = sorted(set(opts) - set(_RESIDENT_KEYS))
-    if unknown:
-        raise TrainError(f"data.resident: unknown option(s) {unknown} (known: {', '.join(_RESIDENT_KEYS)})")
-    split = bool(opts.get("split_ranks", False))
-    antialias = bool(opts.get("antialias", True))
+    opts = _options(cfg)
     root = Path(cfg.data.path)
     if not root.is_dir():
         raise DoesNotFit(f"resident source: data.path {cfg.data.path!r} is not a local dataset folder")
     info = info or _read_info(root)
     if not info.train.filenames:
         raise TrainError(f"{root}: {dataset.INFO_JSON} lists no shards")
-    shards = shards or plan_shards(str(root), info, getattr(cfg.data, "verify", "auto"))
-    samples = checked_samples(shards)
+    if samples is None:
+        _, samples = read_split(str(root), info, getattr(cfg.data, "verify", "auto"))
     first = next(samples)  # read_shard refuses an empty shard, so there is one
     height, width = _decode(first).shape
-    num_samples = info.train.num_samples
-    n_local = math.ceil(num_samples / world_size) if split else num_samples
+    split, antialias = opts["split_ranks"], opts["antialias"]
+    n_local = math.ceil(info.train.num_samples / world_size) if split else info.train.num_samples
     need = dataset_bytes(n_local, height, width, antialias)
-    budget_gb = opts.get("memory_budget_gb")
-    budget = int(float(budget_gb) * 2**30) if budget_gb is not None else default_budget(device)
+    budget = int(opts["memory_budget_gb"] * 2**30) if opts["memory_budget_gb"] else default_budget(device)
     if need > budget:
         hint = "" if split or world_size == 1 else "; data.resident.split_ranks: true holds 1/world_size per rank"
         raise DoesNotFit(
             f"resident source: {n_local} images of {height}x{width} need {need / 2**30:.2f} GiB "
-            f"on {device}, over the budget of {budget / 2**30:.2f} GiB (data.resident.memory_budget_gb{hint})")
+            f"on {device}, over the budget of {budget / 2**30:.2f} GiB (data.resident.memory_budget_gb{hint})",
+            read=[first])
     augment = DeviceAugment(cfg.aug, cfg.model.img_size, device)
     members = [first, *samples]
     # the evaluation set (data.eval_path unset) is the first samples in shard order: keep their bytes for it
     head = members[:cfg.data.eval_samples] if getattr(cfg.data, "eval_path", "") is None else []
-    images, labels = _decode_members(root, members, rank, world_size, split, opts.get("load_workers"))
-    del first, members, samples  # the encoded bytes of every other sample
+    images, labels = _decode_members(root, members, rank, world_size, split, opts["load_workers"])
     try:
-        source = ResidentSource(images, labels, info.num_classes, augment, antialias=antialias,
-                                batch_size=cfg.train.batch_size, accum_steps=cfg.train.accum_steps,
-                                seed=cfg.train.seed, rank=rank, world_size=world_size, split_ranks=split,
-                                num_samples=num_samples, prefetch=bool(opts.get("prefetch", True)))
+        source = ResidentSource(images, labels, info.num_classes, augment,
+                                antialias=antialias, batch_size=cfg.train.batch_size,
+                                accum_steps=cfg.train.accum_steps, seed=cfg.train.seed, rank=rank,
+                                world_size=world_size, split_ranks=split, num_samples=info.train.num_samples,
+                                prefetch=opts["prefetch"])
     except torch.OutOfMemoryError:
         raise DoesNotFit(f"resident source: out of device memory loading {need / 2**30:.2f} GiB of images on "
-                         f"{device}; lower data.resident.memory_budget_gb") from None
+                         f"{device}; lower data.resident.memory_budget_gb", read=members) from None
+    _first_draw(source, height, width, need)
+    source.head = head
+    log.info("resident source: %d images %dx%d on %s (%.1f MiB)", len(labels), height, width,
+             device, source.nbytes / 2**20)
+    return source
+
+
+def _options(cfg: Any) -> dict[str, Any]:
+    """``cfg.data.resident`` with its defaults (the types are ``train.bounds``'s to check).
+
+    Raises:
+        TrainError: an option this source does not know.
+    """
+    opts = dict(cfg.data.resident or {})
+    unknown = sorted(set(opts) - set(_RESIDENT_KEYS))
+    if unknown:
+        raise TrainError(f"data.resident: unknown option(s) {unknown} (known: {', '.join(_RESIDENT_KEYS)})")
+    return {"split_ranks": bool(opts.get("split_ranks", False)), "antialias": bool(opts.get("antialias", True)),
+            "memory_budget_gb": opts.get("memory_budget_gb"), "load_workers": opts.get("load_workers"),
+            "prefetch": bool(opts.get("prefetch", True))}
+
+
+def _first_draw(source: ResidentSource, height: int, width: int, need: int) -> None:
+    """Draw one micro-batch, so that the batch op's transients are allocated once and an OOM shows here, not mid-run.
+
+    Raises:
+        TrainError: no memory for it (the source is closed), naming the micro-batch that would fit.
+    """
+    device = source.device
     try:
-        source.draw(0, 0)  # allocate the batch op's transients once, so an OOM shows here and not mid-run
+        source.draw(0, 0)
     except torch.OutOfMemoryError:
-        per = estimate_batch_bytes(1, height, width, augment.img_size, antialias)
+        per = estimate_batch_bytes(1, height, width, source.augment.img_size, source.mip is not None)
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 4 * default_budget(device)
         fit = max(int(free * 0.8) // per, 0)
         source.close()
@@ -336,7 +358,3 @@ def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_si
             f"(about {per * source.micro_batch / 2**20:.0f} MiB; {free / 2**30:.2f} GiB free after the "
             f"{need / 2**30:.2f} GiB of images): a micro-batch of at most {fit} would fit; raise "
             "train.accum_steps or lower train.batch_size or data.resident.memory_budget_gb") from None
-    source.head = head
-    log.info("resident source: %d images %dx%d on %s (%.1f MiB)", len(labels), height, width,
-             device, source.nbytes / 2**20)
-    return source

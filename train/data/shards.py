@@ -1,12 +1,15 @@
 """A fracgen dataset on disk: ``_info.json``, its shards read once before the first step and checked against what
-the build recorded, a sample's label and image, and what identifies the dataset for ``--resume``.
+the build recorded, and what identifies the dataset for ``--resume``.
 
-Every pre-training source (``train/data/stream.py``, ``train/data/resident.py``) reads its shards through
-``checked_samples``, so each gets the same checks from its one read:
+The dataset check is one call, ``read_split`` (``plan_shards`` for the records, then ``checked_samples`` for the one
+read of every local shard); every reader of a dataset before the first step goes through it (the pre-training
+sources by ``train.data.pretraining.make_source``, a fine-tuning WebDataset by ``train.data.downstream``), so each
+gets the same checks from its one read:
 
-- before any is read, ``_info.json``'s ``num_classes`` and ``num_samples`` against ``build.json``'s;
+- before any is read, ``_info.json``'s ``num_classes`` and ``num_samples`` against ``build.json``'s, and every
+  shard ``_info.json`` lists must be one ``build.json`` records (with its size and sha256);
 - before a shard is read, its size against ``build.json`` (a cut or replaced file is refused unread);
-- while it is read, every sample has a ``png`` and an integer ``cls`` in ``[0, num_classes)`` (a label out of
+- while it is read, every member is a regular file named inside the shard, every sample has a ``png`` and an integer ``cls`` in ``[0, num_classes)`` (a label out of
   range is one line naming the shard and the key, not a CUDA assert or a RuntimeError in the loss), equal to
   its ``json``'s ``label``, and a PNG header of ``build.json``'s image size (the stream repeats these checks
   on every sample it decodes, remote shards included);
@@ -17,8 +20,9 @@ Every pre-training source (``train/data/stream.py``, ``train/data/resident.py``)
 
 ``data.verify`` (``--verify-data`` / ``--no-verify-data``): ``auto`` checks sha256 when the dataset is a local
 folder with a ``build.json`` and its shards add up to at most ``VERIFY_AUTO_MAX_BYTES``; ``true`` insists
-(an error when there is nothing to check against); ``false`` skips it. Remote shards are not read before
-training; the streaming source checks their labels as it decodes them.
+(an error when there is nothing to check against); ``false`` skips it. Remote shards (http(s) only,
+``train/data/remote.py``) are not read before training; the streaming source checks their samples as it decodes
+them.
 
 The format on disk is ``fracgen.dataset``'s: this module only compares and maps its errors to ``TrainError``.
 """
@@ -28,19 +32,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import braceexpand
-import numpy as np
-from webdataset.gopen import gopen
 
 from fracgen import dataset
 from fracgen.dataset import DatasetError, DatasetInfo
 from fracgen.errors import FracgenError
+from train.data.remote import check_url, is_remote, read_url
+from train.data.samples import cause, sample_label
 from train.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -49,11 +52,6 @@ VERIFY_AUTO_MAX_BYTES = 4 * 2**30
 """``data.verify: auto`` hashes the shards when they add up to at most this (about 2 s per GB here)."""
 
 _CHUNK = 1 << 20
-
-
-def is_remote(path: str) -> bool:
-    """True for a URL webdataset opens (``https://``, ``pipe:``, ``s3://``...), false for a local path."""
-    return bool(re.match(r"^[a-z][a-z0-9+.-]*:", path)) and not re.match(r"^[A-Za-z]:\\", path)
 
 
 def _info_location(path: str) -> str:
@@ -80,21 +78,25 @@ def read_info(path: str) -> DatasetInfo:
     if not path:
         raise TrainError("no dataset given: pass --data DIR (a fracgen build folder)")
     location = _info_location(path)
-    if not is_remote(path):
+    if is_remote(path):
+        check_url(path, "dataset")
+        data = read_url(location, "dataset")
+    else:
         if ("{" not in path and not Path(path).exists()) or not Path(location).parent.exists():
             raise TrainError(f"dataset {path}: no such folder")
         if not Path(location).is_file():
             raise TrainError(f"dataset {path}: no {dataset.INFO_JSON} in {Path(location).parent} "
                              "(not a fracgen dataset, or an incomplete build)")
-    try:
-        with gopen(location, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise TrainError(f"dataset {path}: cannot read {location} ({e})") from None
+        try:
+            data = Path(location).read_bytes()
+        except OSError as e:
+            raise TrainError(f"dataset {path}: cannot read {location} ({e.strerror or e})") from None
     try:
         return dataset.parse_info(data, location)
     except DatasetError as e:
         raise TrainError(f"dataset {path}: {e}") from None
+    except RecursionError:  # fracgen.dataset.parse_info lets it through: JSON nested thousands deep
+        raise TrainError(f"dataset {path}: {location} is not valid JSON (nested too deeply)") from None
 
 
 def shard_urls(path: str, info: DatasetInfo, split: str = "train") -> list[str]:
@@ -112,108 +114,12 @@ def shard_urls(path: str, info: DatasetInfo, split: str = "train") -> list[str]:
         urls = [str(root / n) for n in names]
     else:
         urls = list(braceexpand.braceexpand(path))
+        for url in urls:
+            if is_remote(url):
+                check_url(url, "shard")
     if not urls:
         raise TrainError(f"dataset {path}: no {split} shards")
     return urls
-
-
-def shard_samples(url: str) -> Iterator[dict[str, Any]]:
-    """The raw samples of one shard (``fracgen.dataset.iter_shard``), a local path or a URL gopen reads.
-
-    Unchecked: ``read_shard`` is the checked read.
-
-    Yields:
-        ``{"__key__", "__url__", "png": bytes, "cls": bytes, ...}`` in tar order.
-
-    Raises:
-        TrainError: ``shard <url>: missing`` or ``shard <url>: corrupt tar (...)`` (after the samples before
-            the damage).
-    """
-    remote = is_remote(url)
-    if not remote and not Path(url).is_file():
-        raise TrainError(f"shard {url}: missing")
-    try:
-        if remote:
-            with gopen(url, "rb") as stream:
-                for sample in dataset.iter_shard(stream):
-                    yield {**sample, "__url__": url}
-        else:
-            yield from dataset.iter_shard(url)
-    except (DatasetError, OSError) as e:
-        raise TrainError(f"shard {url}: corrupt tar ({_cause(e, url)})") from None
-
-
-def _cause(e: Exception, url: str) -> str:
-    return str(e).removeprefix(f"shard {url}: ")
-
-
-def sample_label(sample: dict[str, Any], num_classes: int | None = None, size: int | None = None,
-                 image_keys: tuple[str, ...] = ("png",)) -> int:
-    """The integer label of a raw sample, checked to be in ``[0, num_classes)`` and to agree with the sample's own
-    ``json`` (its ``label``); with ``size``, the PNG's header must say ``size`` x ``size`` (read without decoding).
-    The sample must hold one of ``image_keys`` (fracgen writes ``png``; a downstream WebDataset may hold JPEGs).
-
-    Raises:
-        TrainError: naming the shard and the key: no png/cls, a cls that is not an integer, out of range, unlike
-            the json's label, or an image of another size.
-    """
-    where = f"shard {sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
-    if not any(k in sample for k in image_keys) or "cls" not in sample:
-        raise TrainError(f"{where}: needs {' or '.join(image_keys)} and cls entries, has {sorted(k for k in sample if k[0] != '_')}")
-    try:
-        label = int(sample["cls"])
-    except ValueError:
-        raise TrainError(f"{where}: cls {sample['cls'][:20]!r} is not an integer") from None
-    if num_classes is not None and not 0 <= label < num_classes:
-        raise TrainError(f"{where}: label {label} is out of range for the {num_classes} classes of "
-                         f"{dataset.INFO_JSON} (num_classes); the dataset is damaged or mislabelled")
-    if "json" in sample:  # a few hundred bytes: parsing it is small next to the PNG decode
-        try:
-            meta = json.loads(sample["json"])
-        except (UnicodeDecodeError, ValueError):
-            raise TrainError(f"{where}: its json entry is not valid JSON; the dataset is damaged") from None
-        # fracgen writes the integer label there; another writer's json may name the class instead
-        recorded = meta.get("label") if isinstance(meta, dict) else None
-        if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded != label:
-            raise TrainError(f"{where}: cls {label} but its json says label {meta['label']!r}; the dataset is "
-                             "damaged or mislabelled")
-    png = sample.get("png")
-    if size is not None and png is not None and dataset.png_colour_type(png) is not None:  # not a PNG: decoding names it
-        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-        if (width, height) != (size, size):
-            raise TrainError(f"{where}: image is {width}x{height} px, {dataset.BUILD_JSON} records size {size}; "
-                             "the dataset is damaged")
-    return label
-
-
-def decode_sample(sample: dict[str, Any], num_classes: int | None = None,
-                  size: int | None = None) -> tuple[np.ndarray, int]:
-    """A shard sample -> (uint8 grey (H, W) array, label); a bad sample is an error naming shard and key.
-
-    ``sample_label`` checks the label against ``num_classes`` and the sample's json, and the PNG header against
-    ``size`` (the build's image size, when known).
-    """
-    label = sample_label(sample, num_classes, size)
-    return decode_image(sample), label
-
-
-def decode_image(sample: dict[str, Any]) -> np.ndarray:
-    """A sample's PNG as (H, W) uint8 grey; one line naming shard and key when it does not decode."""
-    try:
-        return dataset.decode_grey(sample["png"])
-    except DatasetError as e:
-        where = f"shard {sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
-        raise TrainError(f"{where}: cannot decode ({type(e).__name__}: {e})") from None
-
-
-def iter_samples(urls: list[str]) -> Iterator[tuple[np.ndarray, int]]:
-    """Every sample of ``urls`` in order, decoded: (uint8 grey (H, W) array, label).
-
-    For evaluation; shards are read once, sequentially.
-    """
-    for url in urls:
-        for sample in shard_samples(url):
-            yield decode_sample(sample)
 
 
 @dataclass(frozen=True)
@@ -308,6 +214,9 @@ def plan_shards(path: str, info: DatasetInfo, verify: str | bool = "auto", split
     shards = []
     for url in urls:
         name = url.rsplit("/", 1)[-1]
+        if records is not None and name not in records:
+            raise TrainError(f"shard {url}: not listed in {dataset.BUILD_JSON}, so nothing records its size or "
+                             f"sha256 (the dataset was changed since the build; `fracgen verify {folder}` checks it)")
         record = (records or {}).get(name, {})
         size, digest = record.get("bytes"), record.get("sha256")
         shards.append(Shard(url, counts.get(name), size if isinstance(size, int) else None,
@@ -382,7 +291,7 @@ def read_shard(shard: Shard, num_classes: int, labels: set[int] | None = None,
     try:
         with open(path, "rb") as f:
             reader = _HashingReader(f, url, hashlib.sha256() if shard.sha256 else None)
-            for sample in dataset.iter_shard(reader):
+            for sample in dataset.iter_shard(reader, strict=True):
                 label = sample_label(sample, num_classes, side, image_keys)
                 if labels is not None:
                     labels.add(label)
@@ -390,7 +299,7 @@ def read_shard(shard: Shard, num_classes: int, labels: set[int] | None = None,
                 yield sample
             reader.drain()
     except (DatasetError, OSError) as e:
-        raise TrainError(f"shard {url}: corrupt tar ({_cause(e, url)})") from None
+        raise TrainError(f"shard {url}: corrupt tar ({cause(e, url)})") from None
     if count == 0:
         raise TrainError(f"shard {url}: no samples")
     if shard.num_samples is not None and count != shard.num_samples:
@@ -418,6 +327,34 @@ def checked_samples(shards: ShardSet, warn_one_class: bool = True) -> Iterator[d
         log.warning("dataset %s has a single class (label %d of num_classes %d): every image has the same label, "
                     "so pre-training on it learns nothing and top-1 is 100%% by construction", shards.path, label,
                     shards.num_classes)
+
+
+def read_split(path: str, info: DatasetInfo, verify: str | bool = "auto", split: str = "train",
+               image_keys: tuple[str, ...] = ("png",),
+               warn_one_class: bool = True) -> tuple[ShardSet, Iterator[dict[str, Any]]]:
+    """The dataset check: the shards of ``split`` with their records, and the one read of them, checked.
+
+    Nothing is read until the samples are iterated; then every local shard is read once, in order, and refused in
+    one line at the first damage (the module docstring lists the checks).
+
+    Args:
+        path: a dataset folder, a brace pattern of shards or a URL.
+        info: its ``_info.json``.
+        verify: ``data.verify``.
+        split: the split of ``_info.json``.
+        image_keys: the entries a sample may hold its image in.
+        warn_one_class: warn when the split has a single class (fine-tuning says it its own way).
+
+    Returns:
+        (the shards and their records, the raw samples of the local shards in order).
+
+    Raises:
+        TrainError: a ``build.json`` that disagrees with ``_info.json``, a shard it does not list, or (while the
+            samples are read) a damaged shard or sample.
+    """
+    shards = plan_shards(path, info, verify, split)
+    shards.image_keys = image_keys
+    return shards, checked_samples(shards, warn_one_class)
 
 
 def dataset_identity(path: str, source: str) -> dict[str, Any]:

@@ -23,19 +23,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fracgen.dataset import DatasetInfo
 from train.augment import make_train_transform
+from train.bounds import check_buffer
 from train.config import Config
-from train.data.shards import (
-    ShardSet,
-    checked_samples,
-    decode_image,
-    decode_sample,
-    is_remote,
-    plan_shards,
-    read_info,
-    shard_samples,
-)
+from train.data.remote import is_remote
+from train.data.samples import decode_image, decode_sample, shard_samples
+from train.data.shards import ShardSet, read_info, read_split
 from train.data.source import Batch, last_line, micro_batch_size
-from train.distributed import end_workers, quiet_worker
+from train.distributed import end_workers, free_memory, quiet_worker
 from train.errors import RankError, TrainError
 
 log = logging.getLogger(__name__)
@@ -44,26 +38,17 @@ MIN_EPOCH_STEPS = 200
 """The streaming source's epochs last at least this many optimizer steps (DataLoader workers restart per epoch)."""
 
 
-def check_shards(shards: ShardSet, keep: int = 0) -> list[dict[str, Any]] | None:
-    """Read the local shards once, checked (``train.data.shards.checked_samples``), before training.
-
-    Remote shards are not read here; the stream checks their labels as it decodes them.
-
-    Args:
-        shards: the dataset's shards and their records.
-        keep: return the first ``keep`` raw samples read (the source's ``head``).
-
-    Returns:
-        Those samples, or None when a shard is remote (it was not read).
+def keep_head(samples: Iterator[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
+    """Consume the dataset's one checked read (``train.data.shards.read_split``), keeping its first ``keep`` samples.
 
     Raises:
         TrainError: ``shard <path>: ...`` naming the damage.
     """
     head: list[dict[str, Any]] = []
-    for sample in checked_samples(shards):
+    for sample in samples:
         if len(head) < keep:
             head.append(sample)
-    return None if any(is_remote(u) for u in shards.urls) else head
+    return head
 
 
 class _PrivateRng:
@@ -176,24 +161,29 @@ def rgb(grey: np.ndarray) -> Image.Image:
 class StreamSource:
     """Shards streamed through DataLoader workers with timm's per-sample transforms; see module docstring.
 
-    ``info`` is the dataset's ``_info.json`` and ``shards`` its shards with their records, when the caller has
-    them already; local shards are read once here (``check_shards``) so that a bad one is named before the
-    first step.
+    ``info`` is the dataset's ``_info.json``, ``shards`` its shards with their records and ``samples`` their one
+    checked read (``train.data.shards.read_split``), when the caller has them already; the read is consumed here,
+    so that a bad shard is named before the first step.
     """
 
     def __init__(self, cfg: Config, device: torch.device, rank: int, world_size: int,
-                 info: DatasetInfo | None = None, shards: ShardSet | None = None):
+                 info: DatasetInfo | None = None, shards: ShardSet | None = None,
+                 samples: Iterator[dict[str, Any]] | None = None):
         self.cfg, self.device, self.rank, self.world_size = cfg, device, rank, world_size
         info = info or read_info(cfg.data.path)
-        shards = shards or plan_shards(cfg.data.path, info, cfg.data.verify)
+        if shards is None or samples is None:
+            shards, samples = read_split(cfg.data.path, info, cfg.data.verify)
         self.urls, self.size = shards.urls, shards.size
-        self.head = check_shards(shards, keep=cfg.data.eval_samples if cfg.data.eval_path is None else 0)
-        self.checked = frozenset(u for u in self.urls if not is_remote(u))  # check_shards read every sample
         self.num_classes = info.num_classes
         self.num_samples = info.splits["train"].num_samples if "train" in info.splits else 0
         self.micro_batch = micro_batch_size(cfg, world_size)
         self.transform = make_train_transform(cfg.aug, cfg.model.img_size)
         self.workers = readers_per_rank(cfg.data.workers, self.num_samples, world_size)
+        check_buffer(cfg, self.size, self.workers, free_memory(torch.device("cpu")))
+        local = [u for u in self.urls if not is_remote(u)]
+        head = keep_head(samples, cfg.data.eval_samples if cfg.data.eval_path is None else 0)
+        self.head = head if len(local) == len(self.urls) else None  # a remote shard was not read
+        self.checked = frozenset(local)  # every sample of these was checked: only their labels are read again
         steps = math.ceil(max(self.num_samples, 1) / cfg.train.batch_size)
         steps = steps * math.ceil(MIN_EPOCH_STEPS / steps)  # whole passes, at least MIN_EPOCH_STEPS
         self._len = steps * cfg.train.accum_steps
@@ -232,6 +222,7 @@ class StreamSource:
 
 
 def make_stream_source(cfg: Config, device: torch.device, rank: int, world_size: int,
-                       info: DatasetInfo | None = None, shards: ShardSet | None = None) -> StreamSource:
+                       info: DatasetInfo | None = None, shards: ShardSet | None = None,
+                       samples: Iterator[dict[str, Any]] | None = None) -> StreamSource:
     """The streaming source of ``cfg.data.path`` for this rank (shards checked up front)."""
-    return StreamSource(cfg, device, rank, world_size, info, shards)
+    return StreamSource(cfg, device, rank, world_size, info, shards, samples)
