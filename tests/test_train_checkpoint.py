@@ -25,6 +25,7 @@ from train_helpers import (
 from train.config import load_config
 from train.errors import TrainError
 from train.pretrain import pretrain
+from train.run import safe_state
 from train.run.checkpoint import MAY_CHANGE, check_resume
 
 
@@ -89,7 +90,7 @@ def test_resume_under_another_process_count_warns_and_gives_new_ranks_their_own_
     from train.step import TrainStep
 
     cfg = cfg_of(tiny_dataset, "train.stop_at=2")
-    stored = torch.load(stopped / "state.pt", map_location="cpu", weights_only=False)["rng"]
+    stored = safe_state.load(stopped / "state.safetensors")["rng"]
     assert len(stored) == 1
 
     def restore(rank: int) -> torch.Tensor:
@@ -114,16 +115,17 @@ def test_checkpoint_files_are_whole_same_step_and_0644(tiny_dataset, tmp_path):
     assert pretrain(tiny_cfg(tiny_dataset, "train.steps=6", "train.stop_at=3"), tmp_path / "b")["steps"] == 3
     umask = os.umask(0)
     os.umask(umask)
-    for name in ("model.safetensors", "state.pt", "config.json", "run.json", "log.csv"):
-        assert (tmp_path / "a" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
-    assert not list((tmp_path / "a").glob("*.tmp"))
+    for name in ("model.safetensors", "state.safetensors", "config.json", "run.json", "log.csv"):
+        assert (tmp_path / "a" / name).stat().st_mode & 0o777 == 0o644 & ~umask, name
+    assert not list((tmp_path / "a").glob("*.tmp*"))
 
     shutil.copy(tmp_path / "b" / "model.safetensors", tmp_path / "a" / "model.safetensors")
-    with pytest.raises(TrainError, match=r"model.safetensors is from step 3 but state.pt from step 2"):
+    before = snapshot(tmp_path / "a")
+    with pytest.raises(TrainError, match=r"model.safetensors is from step 3 but state.safetensors from step 2"):
         pretrain(tiny_cfg(tiny_dataset, "train.steps=6"), tmp_path / "a", resume=True)
-    assert json.loads((tmp_path / "a" / "run.json").read_text())["status"] == "failed"
-    (tmp_path / "b" / "state.pt").unlink()
-    with pytest.raises(TrainError, match="has model.safetensors but no state.pt"):
+    assert snapshot(tmp_path / "a") == before  # the failed start changed nothing: run.json still says stopped
+    (tmp_path / "b" / "state.safetensors").unlink()
+    with pytest.raises(TrainError, match="has model.safetensors but no state.safetensors"):
         pretrain(tiny_cfg(tiny_dataset, "train.steps=6"), tmp_path / "b", resume=True)
 
 

@@ -1,8 +1,11 @@
 """train.run.folder: the run folder a run may take, its lock and status, the job folders of sweeps and
 repro-small, and what a run leaves when it ends."""
 import json
+import os
 import shutil
-from pathlib import Path
+import signal
+import subprocess
+import sys
 
 import pytest
 from train_helpers import (
@@ -11,7 +14,6 @@ from train_helpers import (
     assert_one_line,
     assert_same_weights,
     cfg_of,
-    cli,
     run_cli,
     snapshot,
     start_cli,
@@ -22,26 +24,26 @@ from train_helpers import (
 from train.config import load_config
 from train.errors import TrainError
 from train.pretrain import pretrain
-from train.run.folder import claim_folder, clear_run_folder, run_job, start_run_folder, write_status
+from train.run.folder import run_job, start_run_folder, write_status
 
 
 def test_a_run_folder_the_trainer_wrote_is_still_taken(tmp_path):
     """Empty, absent and trainer-written folders (with a user's extra file) keep their behaviour."""
     cfg = load_config("tiny")
-    assert start_run_folder(tmp_path / "new", cfg, resume=False, is_main=True) is False
+    assert start_run_folder(tmp_path / "new", cfg, resume=False) is False
     (tmp_path / "empty").mkdir()
-    assert start_run_folder(tmp_path / "empty", cfg, resume=False, is_main=True) is False
+    assert start_run_folder(tmp_path / "empty", cfg, resume=False) is False
     ours = tmp_path / "ours"
     ours.mkdir()
     write_status(ours, "failed", error="x")
     (ours / "notes.txt").write_text("kept")
-    assert start_run_folder(ours, cfg, resume=True, is_main=True) is False  # no checkpoint: from step 0
+    assert start_run_folder(ours, cfg, resume=True) is False  # no checkpoint: from step 0
     assert json.loads((ours / "run.json").read_text())["status"] == "running"
     assert (ours / "notes.txt").read_text() == "kept"
     (ours / "model.safetensors").write_bytes(b"x")
-    (ours / "state.pt").write_bytes(b"x")
+    (ours / "state.safetensors").write_bytes(b"x")
     with pytest.raises(TrainError, match="already holds a run"):
-        start_run_folder(ours, cfg, resume=False, is_main=True)
+        start_run_folder(ours, cfg, resume=False)
 
 
 @pytest.fixture(scope="module")
@@ -96,79 +98,6 @@ def test_resume_of_an_absent_or_empty_folder_starts_the_run(tiny_dataset, tmp_pa
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
 
 
-# ------------------------------------------------------------------------- sweep / repro-small folders
-def _run_folder(path: Path, *extra: str) -> Path:
-    path.mkdir(parents=True)
-    write_status(path, "failed", error="x")
-    (path / "config.yaml").write_text("a: 1\n")
-    (path / "tensorboard").mkdir()
-    (path / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"x")
-    for name in extra:
-        (path / name).write_text("mine")
-    return path
-
-
-def test_clear_run_folder_removes_only_a_run_the_trainer_wrote(tmp_path):
-    assert not any(clear_run_folder(_run_folder(tmp_path / "ours")).iterdir())
-    for folder in (_run_folder(tmp_path / "with-notes", "notes.txt"), _run_folder(tmp_path / "board"),
-                   tmp_path / "users"):
-        if folder.name == "board":
-            (folder / "tensorboard" / "mine.txt").write_text("mine")
-        if folder.name == "users":
-            folder.mkdir()
-            (folder / "config.yaml").write_text("mine")
-        listing = sorted(str(p) for p in folder.rglob("*"))
-        with pytest.raises(TrainError, match="holds files this trainer did not write"):
-            clear_run_folder(folder)
-        assert sorted(str(p) for p in folder.rglob("*")) == listing
-
-
-def test_claim_folder_takes_only_its_own_kind(tmp_path):
-    claim_folder(tmp_path / "s", "sweep")
-    claim_folder(tmp_path / "s", "sweep")
-    assert json.loads((tmp_path / "s" / "job.json").read_text())["kind"] == "sweep"
-    with pytest.raises(TrainError, match="not a repro-small folder"):
-        claim_folder(tmp_path / "s", "repro-small")
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "notes.txt").write_text("mine")
-    with pytest.raises(TrainError, match=r"holds files that are not a sweep folder \(notes.txt\)"):
-        claim_folder(tmp_path / "mine", "sweep")
-    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
-
-
-def _no_training(*args, **kwargs):
-    raise AssertionError("a run started in a folder that holds a user's files")
-
-
-@pytest.mark.parametrize("marked", [False, True])
-def test_sweep_and_repro_never_delete_a_users_files(cifar_mini_tarball, tmp_path, marked, monkeypatch, capsys):
-    import yaml
-
-    from train.experiments.sweep import load_sweep, run_sweep
-
-    monkeypatch.setattr("train.finetune.finetune", _no_training)
-    monkeypatch.setattr("train.pretrain.pretrain", _no_training)
-    spec = yaml.safe_load((REPO / "train" / "configs" / "sweep-cpu.yaml").read_text())
-    spec["finetune"]["data"] = str(cifar_mini_tarball)
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
-    for kind, inside in (("sweep", "runs/scratch/finetune"), ("repro-small", "calib-pretrain")):
-        out = tmp_path / kind
-        (out / inside).mkdir(parents=True)
-        (out / inside / "notes.txt").write_text("mine")
-        if marked:
-            (out / "job.json").write_text(json.dumps({"kind": kind, "time": "2026-01-01T00:00:00"}))
-        if kind == "sweep":
-            with pytest.raises(TrainError, match="not a sweep folder" if not marked else "did not write"):
-                run_sweep(load_sweep(tmp_path / "sweep.yaml"), out, tmp_path / "data")
-        else:
-            code, err = cli(["repro-small", "--cpu-check", "--cifar", cifar_mini_tarball, "--data-root",
-                             tmp_path / "data", "--out", out], capsys)
-            last = err.strip().splitlines()[-1]  # a marked folder is the repro's own: it builds its dataset first
-            assert code == 2 and last.startswith("error: ") and "Traceback" not in err, err
-            assert ("not a repro-small folder" if not marked else "did not write") in last
-        assert (out / inside / "notes.txt").read_text() == "mine"
-
-
 @pytest.mark.slow
 def test_killed_before_the_first_checkpoint(tiny_dataset, tmp_path):
     """kill -9 before any checkpoint: the folder is refused while in use, then --resume starts from step 0
@@ -181,7 +110,7 @@ def test_killed_before_the_first_checkpoint(tiny_dataset, tmp_path):
     proc.kill()
     proc.communicate(timeout=60)
     assert json.loads((run / "run.json").read_text())["status"] == "running"
-    assert not (run / "state.pt").exists() and not (run / "model.safetensors").exists()
+    assert not (run / "state.safetensors").exists() and not (run / "model.safetensors").exists()
     shutil.copytree(run, tmp_path / "killed-again")
 
     assert pretrain(tiny_cfg(tiny_dataset, "train.steps=6"), run, resume=True)["steps"] == 6
@@ -200,3 +129,25 @@ def resume_argv(data, out):
     for item in QUICK:
         argv += ["--set", item]
     return argv
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_training_is_one_line_and_the_run_is_marked_failed(tiny_dataset, tmp_path):
+    """The checkpoint's first write meets the end of the space a process may fill (RLIMIT_FSIZE, as a full disk):
+    one line, exit 2, run.json failed, no temporary left behind."""
+    import resource
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))  # the state file is about 15 MB
+
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "train", "pretrain", "--config", "tiny", "--data", str(tiny_dataset),
+                           "--out", str(run), "--steps", "2", *[a for q in QUICK[:-1] for a in ("--set", q)]],
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=300, preexec_fn=limited)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(errors) == 1 and "state.safetensors" in errors[0] and "File too large" in errors[0], errors
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    assert not [p.name for p in run.iterdir() if ".tmp" in p.name]

@@ -42,7 +42,7 @@ USER_FILES = {"notes.txt": "my precious notes", "config.yaml": "my: config", "lo
               "metrics.json": '{"mine": 1}', "curves.png": "mine", "config.json": "mine"}
 
 
-# ----------------------------------------------------------------------------------------- --out (F-OUT1/2)
+# ----------------------------------------------------------------------------------------- --out
 @pytest.mark.parametrize("names", [USER_FILES, {"config.yaml": "my: config"}, {"run.json": '{"mine": 1}'},
                                    {"run.json": "not json", "config.yaml": "x"}, {"notes.txt": "x"}])
 @pytest.mark.parametrize("resume", [False, True])
@@ -52,18 +52,18 @@ def test_a_folder_of_the_users_files_is_refused_and_kept(names, resume, tmp_path
     for name, text in names.items():
         (out / name).write_text(text)
     with pytest.raises(TrainError, match="holds files that are not a run") as e:
-        start_run_folder(out, load_config("tiny"), resume=resume, is_main=True)
+        start_run_folder(out, load_config("tiny"), resume=resume)
     assert all(name in str(e.value) for name in names)
     assert {p.name: p.read_text() for p in out.iterdir()} == names  # nothing written, not even a lock
 
 
-@pytest.mark.parametrize("where, fragment", [("afile", "not a folder"), ("afile/sub", "cannot create"),
-                                             ("/proc/fracgen-nope", "cannot create")])
+@pytest.mark.parametrize("where, fragment", [("afile", "not a folder"), ("afile/sub", "cannot be written: Not a directory"),
+                                             ("/proc/fracgen-nope", "cannot be written")])
 def test_an_out_that_cannot_be_a_folder_is_one_line(where, fragment, tmp_path):
     (tmp_path / "afile").write_text("x")
     out = tmp_path / where
     with pytest.raises(TrainError, match=fragment):
-        start_run_folder(out, load_config("tiny"), resume=False, is_main=True)
+        start_run_folder(out, load_config("tiny"), resume=False)
     assert (tmp_path / "afile").read_text() == "x"
 
 
@@ -77,7 +77,7 @@ def test_a_users_folder_on_the_command_line(tiny_dataset, tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == ["config.yaml"] and (out / "config.yaml").read_text() == "my: config"
 
 
-# ----------------------------------------------------------------------------------- config (F-CFG, F-CFG2)
+# ----------------------------------------------------------------------------------- config
 BAD_VALUES = [
     ("train.seed=-1", "train.seed"), ("train.steps=.inf", "train.steps"), ("optim.lr_min=-1", "optim.lr_min"),
     ("optim.opt=bogus", "optim.opt"), ("aug.std=[0,0,0]", "aug.std"), ("aug.mean=[0.5,0.5]", "aug.mean"),
@@ -133,8 +133,8 @@ def pretrain_argv(data, out, *overrides):
     ("aug.auto_augment=rand-m9-w99", "aug.auto_augment: must be a timm policy"),
     ("model.kwargs.num_heads=5", "dim should be divisible by num_heads"),
     ("model.kwargs.embed_dim=7", "dim should be divisible by num_heads"),
-    ("model.kwargs.num_heads=0", "bad model.kwargs"),
-    ("model.kwargs.embed_dim=-3", "bad model.kwargs"),
+    ("model.kwargs.num_heads=0", "model.kwargs.num_heads: must be"),
+    ("model.kwargs.embed_dim=-3", "model.kwargs.embed_dim: must be"),
 ])
 def test_values_timm_refuses_are_one_line_before_the_run_folder(override, fragment, tiny_dataset, tmp_path, capsys):
     out = tmp_path / "run"
@@ -308,7 +308,7 @@ def test_shard_names_outside_the_folder_are_refused(tiny_copy, tmp_path, name):
     _refused(tiny_copy, "stream", tmp_path, "names shard .* outside the folder")
 
 
-# ------------------------------------------------------------------------ datasets (F-DATA1, F-DATA2)
+# ------------------------------------------------------------------------ datasets
 def _rewrite_sample(root, shard, index, **entries):
     """Rewrite shard ``shard`` of ``root`` with sample ``index``'s entries replaced; its key."""
     from fracgen import dataset
@@ -412,41 +412,6 @@ def resume_argv(data, out):
     for item in QUICK:
         argv += ["--set", item]
     return argv
-
-
-# ------------------------------------------------------------------------------------ damaged state.pt (F-RES3)
-@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
-def test_a_damaged_state_file_is_one_line_and_the_folder_is_untouched(stopped, tiny_dataset, tmp_path, damage,
-                                                                       capsys):
-    run = tmp_path / "run"
-    shutil.copytree(stopped, run)
-    state = run / "state.pt"
-    data = state.read_bytes()
-    state.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"PK\x03\x04" + b"x" * 500}[damage])
-    before = snapshot(run)
-    code, _, err = run_cli(resume_argv(tiny_dataset, run), capsys)
-    assert_one_line(code, err, f"{state} is damaged")
-    assert snapshot(run) == before
-
-
-def test_a_state_file_damaged_inside_its_archive_is_one_line(stopped, tiny_dataset, tmp_path):
-    """A zip whose central directory is intact but whose pickle is not: found when torch loads it."""
-    import zipfile
-
-    from train.errors import TrainError
-
-    run = tmp_path / "run"
-    shutil.copytree(stopped, run)
-    with zipfile.ZipFile(run / "state.pt") as src:
-        names = src.namelist()
-        entries = {n: src.read(n) for n in names}
-    pkl = next(n for n in names if n.endswith("/data.pkl"))
-    entries[pkl] = b"\x80\x02garbage"
-    with zipfile.ZipFile(run / "state.pt", "w", zipfile.ZIP_STORED) as dst:
-        for n in names:
-            dst.writestr(n, entries[n])
-    with pytest.raises(TrainError, match=r"state\.pt is damaged"):
-        pretrain(cfg_of(tiny_dataset), run, resume=True)
 
 
 def assert_refused(code, err, *fragments):
@@ -571,7 +536,7 @@ def test_unknown_data_says_what_to_pass(spec, fragment, tmp_path, monkeypatch):
         resolve_downstream(spec)
 
 
-# -------------------------------------------------------------------------------------- repro-small (F-REPRO)
+# -------------------------------------------------------------------------------------- repro-small
 @pytest.mark.parametrize("args,fragment", [
     (["--budgets", "-5"], "--budgets '-5': every budget must be a finite number of seconds > 0"),
     (["--budgets", "0"], "> 0 (got 0)"),
@@ -698,3 +663,477 @@ def test_empty_grid_is_one_line_on_the_command_line(spec_file, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "grid" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+# ============================================================================ a hostile run over options and files
+# Every case runs ``python -m train ...`` in this process inside a scene of its own (``tmp``: a copy of the tiny
+# dataset as ``ds``, a run stopped at step 2 as ``run``, a file ``outside.txt`` standing for everything beyond the
+# folders a command names). Each must end with exit status 2, one ``error:`` line holding the fragment, no
+# traceback, and the scene byte for byte as it was (names, kinds, bytes, link targets, modification times).
+
+PRECIOUS = b"a file elsewhere that no command may touch\n"
+PT = ["pretrain", "--config", "tiny", "--data", "{ds}", "--out", "{tmp}/new"]
+RESUME = ["pretrain", "--config", "tiny", "--data", "{ds}", "--out", "{run}", "--resume",
+          *[a for q in QUICK for a in ("--set", q)]]
+FT_ARGS = ["finetune", "--config", "tiny-finetune", "--data", "{tmp}/if", "--out", "{tmp}/ft", "--epochs", "1",
+           "--batch-size", "10"]
+FT_INTO = [*FT_ARGS[:6], "{tmp}/ftrun", *FT_ARGS[7:]]
+
+
+def scene_snapshot(root: Path) -> dict:
+    """Every entry under ``root``, links not followed: kind, bytes (regular files), link target, mtime."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        if path.is_symlink():
+            found[str(path)] = ("link", os.readlink(path), info.st_mtime_ns)
+        elif path.is_file():
+            found[str(path)] = ("file", path.read_bytes(), info.st_mtime_ns)
+        else:  # folders, FIFOs, devices: never read (a FIFO would block)
+            found[str(path)] = (oct(info.st_mode), info.st_mtime_ns)
+    return found
+
+
+def _link(target: str, name: str):
+    """Replace ``run/<name>`` by a link to ``target`` (relative to the scene)."""
+    def prepare(tmp: Path) -> None:
+        path = tmp / "run" / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        path.symlink_to(tmp / target)
+    return prepare
+
+
+def _moved(name: str):
+    """Move ``run/<name>`` to ``elsewhere/<name>`` (a link then points there)."""
+    def prepare(tmp: Path) -> None:
+        shutil.move(tmp / "run" / name, tmp / "elsewhere" / name)
+    return prepare
+
+
+def _replace(name: str, make):
+    """Replace ``run/<name>`` by what ``make(path)`` creates there."""
+    def prepare(tmp: Path) -> None:
+        path = tmp / "run" / name
+        path.unlink(missing_ok=True)
+        make(path)
+    return prepare
+
+
+def _state(tree_edit):
+    """Rewrite ``run/state.safetensors`` with its tree (or raw bytes) changed by ``tree_edit``."""
+    def prepare(tmp: Path) -> None:
+        from train.run import safe_state
+
+        path = tmp / "run" / "state.safetensors"
+        edited = tree_edit(safe_state.load(path))
+        path.write_bytes(edited if isinstance(edited, bytes) else safe_state.dumps(edited))
+    return prepare
+
+
+class _Reduce:
+    """A pickle that runs a command when loaded: what a hostile ``state.pt`` holds."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _hostile_pickle(tmp: Path) -> None:
+    import pickle
+
+    (tmp / "run" / "state.safetensors").unlink()
+    (tmp / "run" / "state.pt").write_bytes(pickle.dumps({"step": 2, "x": _Reduce(tmp / "pwned")}))
+
+
+def _legacy_state(tmp: Path) -> None:
+    """An earlier trainer's genuine state.pt (torch.save of plain data)."""
+    (tmp / "run" / "state.safetensors").unlink()
+    torch.save({"optimizer": {}, "scheduler": {}, "scaler": {}, "step": 2, "rng": []}, tmp / "run" / "state.pt")
+
+
+def _model_meta(**meta):
+    def prepare(tmp: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = tmp / "run" / "model.safetensors"
+        with safe_open(str(path), framework="pt") as f:
+            old = dict(f.metadata())
+        save_file(load_file(str(path)), str(path), metadata={**old, **meta})
+    return prepare
+
+
+def _model_tensors(edit):
+    def prepare(tmp: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = tmp / "run" / "model.safetensors"
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata())
+        save_file(edit(load_file(str(path))), str(path), metadata=meta)
+    return prepare
+
+
+def _write(rel: str, text: str):
+    def prepare(tmp: Path) -> None:
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_text(text)
+    return prepare
+
+
+def _both(*prepares):
+    def prepare(tmp: Path) -> None:
+        for step in prepares:
+            step(tmp)
+    return prepare
+
+
+def _tar_members(shard: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    with tarfile.open(shard) as tar:
+        return [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
+
+
+def _write_tar(shard: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> None:
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+def _resign(root: Path) -> None:
+    """Record every shard's size and sha256 in build.json again: the dataset is consistent, only its content lies."""
+    build = json.loads((root / "build.json").read_text())
+    for record in build["shards"]:
+        shard = root / record["filename"]
+        record["bytes"], record["sha256"] = shard.stat().st_size, dataset.sha256_file(shard)
+    (root / "build.json").write_text(json.dumps(build))
+
+
+def _member(kind: str):
+    """Shard 1 re-signed with one more member of ``kind`` after its first sample (or the first renamed)."""
+    def prepare(tmp: Path) -> None:
+        shard = tmp / "ds" / "train-000001.tar"
+        members = _tar_members(shard)
+        first = members[0][0]
+        if kind == "dotdot":
+            for info, _ in members[:3]:  # the first sample's png, cls and json
+                info.name = "../../" + info.name
+        else:
+            extra = tarfile.TarInfo(first.name.split(".")[0] + ".x")
+            extra.type = {"link": tarfile.SYMTYPE, "folder": tarfile.DIRTYPE, "device": tarfile.CHRTYPE,
+                          "fifo": tarfile.FIFOTYPE, "hardlink": tarfile.LNKTYPE}[kind]
+            extra.linkname = "/etc/passwd" if kind in ("link", "hardlink") else ""
+            members.insert(3, (extra, None))
+        _write_tar(shard, members)
+        _resign(tmp / "ds")
+    return prepare
+
+
+def _unlisted_shard(tmp: Path) -> None:
+    """A third shard that _info.json lists and build.json does not (so nothing records its sha256): damaged."""
+    root = tmp / "ds"
+    raw = bytearray((root / "train-000001.tar").read_bytes())
+    raw[2000] ^= 0xFF  # inside the first PNG: a damaged shard that still reads as a tar
+    (root / "train-000002.tar").write_bytes(bytes(raw))
+    info = json.loads((root / "_info.json").read_text())
+    train = info["splits"]["train"]
+    train["filenames"].append("train-000002.tar")
+    train["shard_lengths"].append(8)
+    train["num_samples"] = 24
+    (root / "_info.json").write_text(json.dumps(info))
+    build = json.loads((root / "build.json").read_text())
+    build["num_samples"] = 24
+    (root / "build.json").write_text(json.dumps(build))
+
+
+def _first_state(tree: dict, name: str, change) -> dict:
+    """``tree`` with the optimizer's first ``name`` tensor replaced by ``change(tensor)``."""
+    states = tree["optimizer"]["state"]
+    index = next(i for i, entry in states.items() if entry[name].dim() >= 2)
+    return {**tree, "optimizer": {**tree["optimizer"], "state": {
+        **states, index: {**states[index], name: change(states[index][name])}}}}
+
+
+def _classes(count: int):
+    """_info.json and build.json agreeing on ``count`` classes (the head a run would build)."""
+    def prepare(tmp: Path) -> None:
+        for name in ("_info.json", "build.json"):
+            path = tmp / "ds" / name
+            path.write_text(json.dumps({**json.loads(path.read_text()), "num_classes": count}))
+    return prepare
+
+
+def _billion_laughs(tmp: Path) -> None:
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for name, prev in zip("bcdefghi", "abcdefgh", strict=True):
+        lines.append(f"{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]")
+    lines.append("model: {kwargs: {lol: *i}}")
+    (tmp / "laughs.yaml").write_text("\n".join(lines) + "\n")
+
+
+def _image_folder_scene(tmp: Path) -> None:
+    from train_helpers import image_folder
+
+    image_folder(tmp / "if")
+
+
+def _stopped_finetune(tmp: Path) -> None:
+    """A fine-tuning stopped after its first step with a checkpoint, in ``ftrun``."""
+    from train_helpers import ft_cfg, image_folder
+
+    from train.finetune import finetune
+
+    finetune(ft_cfg(image_folder(tmp / "if"), "train.stop_at=1", "train.ckpt_every=1"), tmp / "ftrun")
+
+
+def _link_in(path: Path, target: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.symlink_to(target)
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+LONG = "x" * 300
+HOSTILE = [
+    # -- numeric options past any machine, or past this one's CPUs
+    ("img-size", [*PT, "--img-size", "100000"], "model.img_size: must be an integer in [8, 65536]", None),
+    ("batch-size", [*PT, "--batch-size", "100000000"], "train.batch_size: must be an integer in [1,", None),
+    ("threads", [*PT, "--set", "train.threads=100000"], "train.threads: must be at most", None),
+    ("workers-set", [*PT, "--set", "data.workers=300"], "data.workers: must be at most", None),
+    ("workers-flag", [*PT, "--workers", "300"], "data.workers: must be at most", None),
+    ("load-workers", [*PT, "--set", "data.resident.load_workers=300"], "data.resident.load_workers: must be at most",
+     None),
+    ("depth", [*PT, "--set", "model.kwargs.depth=100000"], "model.kwargs.depth: must be an integer in [1, 1000]", None),
+    ("shuffle-buffer", [*PT, "--set", "data.shuffle_buffer=1000000000000"], "data.shuffle_buffer: must be", None),
+    ("embed-dim", [*PT, "--set", "model.kwargs.embed_dim=10000000"], "model.kwargs.embed_dim: must be", None),
+    ("num-heads", [*PT, "--set", "model.kwargs.num_heads=-4"], "model.kwargs.num_heads: must be", None),
+    ("mlp-ratio", [*PT, "--set", "model.kwargs.mlp_ratio=1e9"], "model.kwargs.mlp_ratio: must be", None),
+    ("steps", [*PT, "--steps", "10000000000000"], "train.steps: must be an integer in [0, 1e+12]", None),
+    ("epochs", [*PT, "--set", "train.epochs=10000000"], "train.epochs: must be", None),
+    ("accum", [*PT, "--accum-steps", "100000000"], "train.accum_steps: must be", None),
+    ("log-every", [*PT, "--set", "train.log_every=10000000000000"], "train.log_every: must be", None),
+    ("ckpt-every", [*PT, "--set", "train.ckpt_every=10000000000000"], "train.ckpt_every: must be", None),
+    ("eval-every", [*PT, "--set", "train.eval_every=-5"], "train.eval_every: must be", None),
+    ("stop-at", [*PT, "--set", "train.stop_at=1e30"], "train.stop_at: must be", None),
+    ("warmup", [*PT, "--set", "optim.warmup_steps=1e30"], "optim.warmup_steps: must be", None),
+    ("eval-batch", [*PT, "--set", "finetune.eval_batch_size=1000000000"], "finetune.eval_batch_size: must be", None),
+    ("eval-samples", [*PT, "--set", "data.eval_samples=1000000000"], "data.eval_samples: must be", None),
+    ("budget-gb", [*PT, "--set", "data.resident.memory_budget_gb=1e12"], "data.resident.memory_budget_gb: must be",
+     None),
+    ("probe-blocks", [*PT, "--set", "finetune.probe_blocks=100000"], "finetune.probe_blocks: must be", None),
+    ("patch-size", [*PT, "--set", "model.kwargs.patch_size=1000000"], "model.kwargs.patch_size: must be", None),
+    ("device-index", [*PT, "--set", "train.device=cuda:123456"], "train.device: must be", None),
+    ("seed-float", [*PT, "--set", "train.seed=1.5"], "train.seed: must be int", None),
+    ("lr-string", [*PT, "--set", "optim.lr=fast"], "optim.lr: must be float", None),
+    ("compile-string", [*PT, "--set", "train.compile=maybe"], "train.compile: must be bool", None),
+    ("tensorboard-int", [*PT, "--set", "log.tensorboard=2"], "log.tensorboard: must be bool", None),
+    ("steps-zero", [*PT, "--steps", "0"], "Invalid value for '--steps'", None),
+    ("seed-negative", [*PT, "--seed", "-1"], "Invalid value for '--seed'", None),
+    ("unknown-option", [*PT, "--bogus"], "No such option '--bogus'", None),
+    ("unknown-command", ["bogus"], "No such command 'bogus'", None),
+    ("no-out", ["pretrain", "--config", "tiny", "--data", "{ds}"], "Missing option '--out'", None),
+    # -- --out values
+    ("out-empty", ["pretrain", "--config", "tiny", "--data", "{ds}", "--out", ""], "--out must be a path", None),
+    ("out-blank", ["pretrain", "--config", "tiny", "--data", "{ds}", "--out", "  "], "--out must be a path", None),
+    ("out-too-long", ["pretrain", "--config", "tiny", "--data", "{ds}", "--out", f"{{tmp}}/{LONG}"],
+     "name too long", None),
+    ("out-under-a-file", ["pretrain", "--config", "tiny", "--data", "{ds}", "--out", "{tmp}/outside.txt/run"],
+     "Not a directory", None),
+    ("out-a-file", ["pretrain", "--config", "tiny", "--data", "{ds}", "--out", "{tmp}/outside.txt"],
+     "not a folder", None),
+    ("out-proc", ["pretrain", "--config", "tiny", "--data", "{ds}", "--out", "/proc/self/fracgen-run"],
+     "cannot be written", None),
+    ("finetune-out-empty", [*FT_ARGS[:5], "--out", ""], "--out must be a path", _image_folder_scene),
+    ("repro-out-empty", ["repro-small", "--cpu-check", "--out", ""], "--out must be a path", None),
+    ("sweep-out-empty", ["sweep", "sweep-cpu", "--out", ""], "--out must be a path", None),
+    # -- data paths that would run a program, or hang
+    ("data-pipe", ["pretrain", "--config", "tiny", "--data", "pipe:touch {tmp}/pwned", "--out", "{tmp}/new"],
+     "only http:// and https:// URLs are read", None),
+    ("data-pipe-pattern", ["pretrain", "--config", "tiny", "--data", "pipe:touch {tmp}/pwned/{{0..1}}.tar", "--out",
+                           "{tmp}/new"], "only http:// and https://", None),
+    ("eval-path-pipe", [*PT, "--set", "data.eval_path=pipe:touch {tmp}/pwned"], "only http:// and https://", None),
+    ("data-s3", ["pretrain", "--config", "tiny", "--data", "s3://bucket/ds", "--out", "{tmp}/new"],
+     "only http:// and https://", None),
+    ("data-file-url", ["pretrain", "--config", "tiny", "--data", "file:///etc", "--out", "{tmp}/new"],
+     "only http:// and https://", None),
+    ("data-empty", ["pretrain", "--config", "tiny", "--data", "", "--out", "{tmp}/new"], "no dataset given", None),
+    ("data-a-fifo", ["pretrain", "--config", "tiny", "--data", "{tmp}/fifo", "--out", "{tmp}/new"],
+     "no _info.json", lambda tmp: _fifo(tmp / "fifo")),
+    ("info-a-fifo", [*PT], "_info.json", lambda tmp: ((tmp / "ds" / "_info.json").unlink(),
+                                                      _fifo(tmp / "ds" / "_info.json"))),
+    # -- config files
+    ("config-aliases", ["pretrain", "--config", "{tmp}/laughs.yaml", "--data", "{ds}", "--out", "{tmp}/new"],
+     "YAML aliases (*name) are not accepted", _billion_laughs),
+    ("set-aliases", [*PT, "--set", "model.kwargs={a: &x [1, 2], b: *x}"], "YAML aliases", None),
+    ("config-missing", ["pretrain", "--config", "{tmp}/nope.yaml", "--data", "{ds}", "--out", "{tmp}/new"],
+     "not found", None),
+    ("config-a-fifo", ["pretrain", "--config", "{tmp}/fifo.yaml", "--data", "{ds}", "--out", "{tmp}/new"],
+     "not found", lambda tmp: _fifo(tmp / "fifo.yaml")),
+    ("config-python-tag", ["pretrain", "--config", "{tmp}/tag.yaml", "--data", "{ds}", "--out", "{tmp}/new"],
+     "not valid YAML", _write("tag.yaml", "model: !!python/object/apply:os.system ['touch pwned']\n")),
+    ("set-python-tag", [*PT, "--set", "model.name=!!python/object/apply:os.system ['touch pwned']"],
+     "not valid YAML", None),
+    ("config-deep", ["pretrain", "--config", "{tmp}/deep.yaml", "--data", "{ds}", "--out", "{tmp}/new"],
+     "nested too deeply", _write("deep.yaml", "model: {kwargs: " + "[" * 5000 + "]" * 5000 + "}\n")),
+    # -- a run folder whose files are links to files elsewhere (--resume would have written through them)
+    *[(f"link-{name}", RESUME, f"{name} is a link", _link("outside.txt", name))
+      for name in ("log.csv", "config.yaml", "metrics.json", "curves.png", "model.safetensors", "config.json",
+                   ".lock")],
+    # a link to a file elsewhere that reads as the run's own: refused all the same, before anything is written
+    *[(f"link-{name}-copy", RESUME, f"{name} is a link", _both(_moved(name), _link(f"elsewhere/{name}", name)))
+      for name in ("run.json", "state.safetensors", "model.safetensors", "log.csv")],
+    ("link-tensorboard", RESUME, "tensorboard is a link", _link("elsewhere", "tensorboard")),
+    ("lock-a-folder", RESUME, ".lock is not a regular file", _replace(".lock", lambda p: p.mkdir())),
+    ("log-a-folder", RESUME, "log.csv is not a regular file", _replace("log.csv", lambda p: p.mkdir())),
+    ("log-a-fifo", RESUME, "log.csv is not a regular file", _replace("log.csv", _fifo)),
+    ("run-json-a-fifo", RESUME, "holds files that are not a run", _replace("run.json", _fifo)),
+    ("new-run-log-link", [*PT[:-1], "{tmp}/fresh"], "log.csv is a link",
+     _both(_write("fresh/run.json", '{"status": "failed", "time": "2026-01-01T00:00:00"}'),
+           lambda tmp: (tmp / "fresh" / "log.csv").symlink_to(tmp / "outside.txt"))),
+    # -- checkpoints that are old, hostile or damaged: refused before the folder changes
+    ("state-hostile-pickle", RESUME, "state.pt is the training state of an earlier version", _hostile_pickle),
+    ("state-legacy", RESUME, "a Python pickle, which can run code when loaded", _legacy_state),
+    ("state-empty", RESUME, "state.safetensors is damaged", _replace("state.safetensors", lambda p: p.write_bytes(b""))),
+    ("state-garbage", RESUME, "state.safetensors is damaged",
+     _replace("state.safetensors", lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage}"))),
+    ("state-truncated", RESUME, "state.safetensors is damaged",
+     _state(lambda tree: __import__("train.run.safe_state", fromlist=["dumps"]).dumps(tree)[:-4000])),
+    ("state-other-format", RESUME, "not a training state of this trainer",
+     _replace("state.safetensors", lambda p: save_file({"x": torch.zeros(1)}, str(p), metadata={"format": "pt"}))),
+    ("state-no-optimizer", RESUME, "not a training state this trainer wrote",
+     _state(lambda t: {k: v for k, v in t.items() if k != "optimizer"})),
+    ("state-step-text", RESUME, "not a training state this trainer wrote", _state(lambda t: {**t, "step": "2"})),
+    ("state-step-negative", RESUME, "not a training state this trainer wrote", _state(lambda t: {**t, "step": -1})),
+    ("state-other-step", RESUME, "is from step 2 but state.safetensors from step 5", _state(lambda t: {**t, "step": 5})),
+    ("state-no-rng", RESUME, "not a training state this trainer wrote", _state(lambda t: {**t, "rng": []})),
+    ("state-bad-rng", RESUME, "state.safetensors is damaged",
+     _state(lambda t: {**t, "rng": [{**t["rng"][0], "python": (3, (1, 2), None)}]})),
+    ("state-wrong-shape", RESUME, "state.safetensors is damaged (optimizer exp_avg of parameter",
+     _state(lambda t: _first_state(t, "exp_avg", lambda v: torch.zeros([3] * v.dim())))),
+    ("state-int-moment", RESUME, "state.safetensors is damaged (optimizer exp_avg_sq of parameter",
+     _state(lambda t: _first_state(t, "exp_avg_sq", lambda v: v.to(torch.int64)))),
+    ("state-param-index", RESUME, "state.safetensors is damaged",
+     _state(lambda t: {**t, "optimizer": {**t["optimizer"], "state": {10**6: {"step": torch.zeros(())}}}})),
+    ("state-a-folder", RESUME, "state.safetensors is not a regular file",
+     _replace("state.safetensors", lambda p: p.mkdir())),
+    ("model-other-tensors", RESUME, "model.safetensors does not fit the run's model",
+     _model_tensors(lambda t: {**t, "head.weight": torch.zeros(3, 3)})),
+    ("model-meta-kwargs", RESUME, "its metadata kwargs is not a JSON object", _model_meta(kwargs="[1, 2")),
+    ("model-meta-step", RESUME, "its metadata step is not an integer", _model_meta(step="two")),
+    ("model-missing", RESUME, "has state.safetensors but no model.safetensors",
+     lambda tmp: (tmp / "run" / "model.safetensors").unlink()),
+    ("model-garbage", RESUME, "model.safetensors: not a safetensors file",
+     _replace("model.safetensors", lambda p: p.write_bytes(b"not safetensors at all"))),
+    ("metrics-garbage-complete", RESUME, "metrics.json is missing or unreadable",
+     _write("run/run.json", '{"status": "complete", "time": "2026-01-01T00:00:00", "steps": 6}')),
+    # -- datasets re-signed after a change verify refuses
+    ("member-link", [*PT], "is not a regular file (a symbolic link", _member("link")),
+    ("member-hardlink", [*PT], "is not a regular file (a hard link", _member("hardlink")),
+    ("member-folder", [*PT], "is not a regular file (a folder", _member("folder")),
+    ("member-device", [*PT], "is not a regular file (a special file", _member("device")),
+    ("member-fifo", [*PT], "is not a regular file (a special file", _member("fifo")),
+    ("member-dotdot", [*PT], "a path out of the shard", _member("dotdot")),
+    ("shard-unlisted", [*PT], "train-000002.tar: not listed in build.json", _unlisted_shard),
+    ("shard-outside", [*PT], "names shard '../outside.txt' outside the folder",
+     lambda tmp: (tmp / "ds" / "_info.json").write_text((tmp / "ds" / "_info.json").read_text().replace(
+         "train-000001.tar", "../outside.txt"))),
+    ("shard-a-folder", [*PT], "train-000001.tar: missing",
+     lambda tmp: ((tmp / "ds" / "train-000001.tar").unlink(), (tmp / "ds" / "train-000001.tar").mkdir())),
+    ("build-json-garbage", [*PT], "build.json", _write("ds/build.json", "{not json")),
+    ("info-json-deep", [*PT], "nested too deeply", _write("ds/_info.json", "[" * 100000 + "]" * 100000)),
+    ("info-num-classes-huge", [*PT], "1,000,000,000,000 classes has", _classes(10**12)),
+    # -- fine-tuning
+    ("ft-tarball-garbage", [*FT_ARGS[:4], "{tmp}/bad.tar.gz", *FT_ARGS[5:]], "cannot unpack it",
+     lambda tmp: (tmp / "bad.tar.gz").write_bytes(os.urandom(5000))),
+    ("ft-tarball-dotdot-name", [*FT_ARGS[:4], "{tmp}/..tar.gz", *FT_ARGS[5:]], "unpacks into must be one plain name",
+     lambda tmp: (tmp / "..tar.gz").write_bytes(b"")),
+    ("ft-checkpoint-pickle", [*FT_ARGS, "--checkpoint", "{tmp}/model.pt"], "from a .safetensors file only",
+     _both(_image_folder_scene, lambda tmp: torch.save({"w": _Reduce(tmp / "pwned")}, tmp / "model.pt"))),
+    ("ft-checkpoint-renamed", [*FT_ARGS, "--checkpoint", "{tmp}/weights.bin"], "from a .safetensors file only",
+     _both(_image_folder_scene, lambda tmp: save_file({"w": torch.zeros(1)}, str(tmp / "weights.bin"), metadata={
+         "model": "vit_tiny_patch16_224", "kwargs": "{}"}))),
+    ("ft-threads", [*FT_ARGS, "--set", "train.threads=100000"], "train.threads: must be at most", _image_folder_scene),
+    ("ft-workers", [*FT_ARGS, "--workers", "300"], "data.workers: must be at most", _image_folder_scene),
+    ("ft-eval-batch", [*FT_ARGS, "--set", "finetune.eval_batch_size=1000000000"],
+     "finetune.eval_batch_size: must be", _image_folder_scene),
+    *[(f"ft-resume-link-{name}", [*FT_INTO, "--resume"], f"{name} is a link",
+       _both(_stopped_finetune, lambda tmp, name=name: _link_in(tmp / "ftrun" / name, tmp / "outside.txt")))
+      for name in ("log.csv", "config.yaml", "curves.png", "state.safetensors")],
+    ("ft-out-link-log", FT_INTO, "log.csv is a link",
+     _both(_image_folder_scene, _write("ftrun/run.json", '{"status": "running", "time": "2026-01-01T00:00:00"}'),
+           lambda tmp: (tmp / "ftrun" / "log.csv").symlink_to(tmp / "outside.txt"))),
+    # -- sweeps and repro-small: names that are paths, an --out that is not theirs (checked before any unpacking)
+    ("sweep-name-dotdot", ["sweep", "{tmp}/evil.yaml"], "name must be one plain name", None),
+    ("sweep-name-slash", ["sweep", "{tmp}/slash.yaml"], "name must be one plain name", None),
+    ("sweep-out-a-file", ["sweep", "sweep-cpu", "--out", "{tmp}/outside.txt", "--data", "{tmp}/mini.tar.gz",
+                          "--data-root", "{tmp}/data"], "not a folder", None),
+    ("repro-out-a-file", ["repro-small", "--cpu-check", "--out", "{tmp}/outside.txt", "--dataset", "{ds}", "--cifar",
+                          "{tmp}/mini.tar.gz", "--data-root", "{tmp}/data"], "not a folder", None),
+    ("repro-out-users", ["repro-small", "--cpu-check", "--out", "{tmp}/mine", "--dataset", "{ds}", "--cifar",
+                         "{tmp}/mini.tar.gz", "--data-root", "{tmp}/data"], "not a repro-small folder",
+     _write("mine/notes.txt", "mine")),
+    ("repro-variant-dotdot", ["repro-small", "--cpu-check", "--out", "{tmp}/r", "--dataset", "{ds}", "--variant",
+                              "..:optim.lr=1e-3"], "must be unique", None),
+    # -- the benchmark's options
+    ("bench-threads", ["BENCH", "--threads", "100000", "--paths", "model"], "train.threads: must be at most", None),
+    ("bench-workers", ["BENCH", "--workers", "300", "--paths", "model"], "data.workers: must be at most", None),
+    ("bench-img", ["BENCH", "--img-size", "100000", "--paths", "model"], "model.img_size: must be", None),
+    ("bench-batch", ["BENCH", "--batch", "100000000", "--paths", "model"], "train.batch_size: must be", None),
+    ("bench-json-link", ["BENCH", "--json", "{tmp}/link.json", "--paths", "model", "--data", "{ds}"],
+     "link.json is a link", lambda tmp: (tmp / "link.json").symlink_to(tmp / "outside.txt")),
+]
+
+
+def make_scene(tmp_path: Path, tiny_dataset: Path, stopped: Path | None, tarball: Path) -> Path:
+    """The folders a hostile case may name: ``ds`` (the tiny dataset), ``run`` (a run stopped at step 2, copied only
+    for the cases that name it: 23 MB each), files elsewhere, two sweep YAMLs whose names are paths, the mini CIFAR
+    tarball."""
+    shutil.copytree(tiny_dataset, tmp_path / "ds")
+    if stopped is not None:
+        shutil.copytree(stopped, tmp_path / "run")
+    (tmp_path / "outside.txt").write_bytes(PRECIOUS)
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(tarball, tmp_path / "mini.tar.gz")
+    spec = yaml.safe_load((REPO / "train" / "configs" / "sweep-cpu.yaml").read_text())
+    for file, name in (("evil.yaml", "../../escaped"), ("slash.yaml", "a/b")):
+        (tmp_path / file).write_text(yaml.safe_dump({**spec, "name": name, "finetune": {
+            **spec["finetune"], "data": str(tmp_path / "mini.tar.gz")}}))
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, fragment, prepare", [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+def test_a_hostile_run_is_one_line_and_changes_nothing(argv, fragment, prepare, tmp_path, tiny_dataset, stopped,
+                                                        cifar_mini_tarball, capsys, monkeypatch):
+    from train.experiments import bench
+
+    run = stopped if "{run}" in " ".join(argv) else None
+    scene = make_scene(tmp_path, tiny_dataset, run, cifar_mini_tarball)
+    if prepare is not None:
+        prepare(scene)
+    before = scene_snapshot(scene)
+    monkeypatch.chdir(scene)
+    argv = [a.replace("{ds}", str(scene / "ds")).replace("{run}", str(scene / "run")).replace("{tmp}", str(scene))
+            for a in argv]
+    if argv[0] == "BENCH":
+        monkeypatch.setattr(bench, "time_steps", lambda *a, **k: pytest.fail("the benchmark ran"))
+        try:
+            code = bench.main(["--no-progress", "--steps", "1", "--warmup", "0", *argv[1:]])
+        except SystemExit as e:  # argparse's refusals exit
+            code = e.code
+        err = capsys.readouterr().err
+    else:
+        code, _, err = run_cli(argv, capsys)
+    assert_one_line(code, err, fragment)
+    assert scene_snapshot(scene) == before
+    assert not (scene / "pwned").exists()
+
+
+def test_the_hostile_table_is_large_and_its_cases_distinct():
+    assert len(HOSTILE) >= 100 and len({c[0] for c in HOSTILE}) == len(HOSTILE)

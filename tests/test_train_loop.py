@@ -29,6 +29,7 @@ from train_helpers import (
 from train.config import load_config
 from train.errors import TrainError
 from train.pretrain import pretrain
+from train.run import safe_state
 
 
 def _rows(run: Path) -> list[dict]:
@@ -78,7 +79,7 @@ def test_sigterm_stops_with_a_checkpoint_that_resumes_exactly(tiny_dataset, tmp_
     status = json.loads((tmp_path / "stopped" / "run.json").read_text())
     assert status["status"] == "stopped" and status["reason"] == "SIGTERM", status
     assert 3 <= status["step"] < steps
-    state = torch.load(tmp_path / "stopped" / "state.pt", weights_only=False)
+    state = safe_state.load(tmp_path / "stopped" / "state.safetensors")
     assert state["step"] == status["step"]
     # stderr is a pipe: plain lines, no tqdm bar; the CPU is named and progress shows from the first step
     assert "\r" not in stderr

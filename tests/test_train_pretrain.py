@@ -52,7 +52,7 @@ def test_pretrain_lpce_learns_perturbation_classes(pretrained_run):
     assert metrics["num_classes"] == 4 and metrics["steps"] == 300
     assert metrics["eval_top1"] >= 3 * metrics["chance"], metrics  # 4 images: 3 right vs 1 by chance
     assert json.loads((pretrained_run / "run.json").read_text())["status"] == "complete"
-    for name in ("config.yaml", "model.safetensors", "state.pt", "curves.png", "log.csv"):
+    for name in ("config.yaml", "model.safetensors", "state.safetensors", "curves.png", "log.csv"):
         assert (pretrained_run / name).stat().st_size > 0, name
     assert load_config(pretrained_run / "config.yaml").model.kwargs == {"patch_size": 16, "depth": 4}
 

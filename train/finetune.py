@@ -17,16 +17,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
+from train.bounds import check_cpus
 from train.config import Config
 from train.data.downstream import MapSource, downstream_identity, open_downstream
 from train.distributed import quiet_worker, seed_everything, setup
 from train.errors import TrainError
-from train.loop import evaluate, train_loop
+from train.loop import Loop, evaluate
 from train.model import check_model_name, check_timm_names, create_model, unwrap
-from train.run.checkpoint import MODEL_FILE, TIMM_CONFIG_FILE, meta_kwargs, read_checkpoint_meta, stored_run
-from train.run.folder import completed_run, run_job, start_run_folder, trainer_status
+from train.run.checkpoint import check_resume, completed_run, meta_kwargs, read_checkpoint_meta, stored_run
+from train.run.folder import MODEL_FILE, TIMM_CONFIG_FILE, out_path, run_job, start_run_folder, trainer_status
 from train.run.log import check_tensorboard
-from train.step import amp_dtype
+from train.step import amp_dtype, check_fits
 
 log = logging.getLogger(__name__)
 
@@ -106,28 +107,17 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     Raises:
         TrainError: bad dataset, checkpoint of another architecture, bad batch split, bad run folder.
     """
-    out = Path(out)
+    out = out_path(out)
     check_timm_names(cfg)
     check_tensorboard(cfg)
-    ckpt = cfg.finetune.checkpoint
-    # a resumed run takes every weight from its own checkpoint: the pre-training one may be gone since
-    stored = stored_run(out) if resume else None
-    gone = bool(ckpt) and stored is not None and not Path(ckpt).exists()
-    if resume:
-        if gone:
-            _adopt_run_architecture(cfg, stored)
-        elif ckpt:  # the run's config holds the checkpoint's kwargs: adopt them before comparing
-            adopt_architecture(cfg, ckpt)
-        if (done := completed_run(out, cfg)) is not None:
-            return done
-    if gone:
-        log.info("--resume: %s is gone; the run's own checkpoint in %s holds every weight", ckpt, out)
-    if stored is not None and "checkpoint_step" in stored:
-        ckpt_step = stored["checkpoint_step"]  # what the run started from, whatever that run did since
-    else:
-        ckpt_step = checkpoint_step(ckpt) if ckpt and not gone else None
+    check_cpus(cfg)
+    ckpt, gone, ckpt_step = _checkpoint_of(cfg, out, resume)
+    if resume and (done := completed_run(out, cfg)) is not None:
+        return done
     env = setup(cfg)
+    check_fits(cfg, env)
     train_set, test_set, num_classes = open_downstream(cfg)
+    check_fits(cfg, env, num_classes)  # the head of the data's classes
     data = downstream_identity(train_set, test_set, num_classes)
     seed_everything(cfg.train.seed)
     model = load_pretrained(cfg, ckpt, num_classes) if ckpt and not gone else create_model(cfg, num_classes)
@@ -137,16 +127,14 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     total = cfg.train.epochs * steps_per_epoch if cfg.train.epochs > 0 else cfg.train.steps
     test_loader = DataLoader(test_set, batch_size=cfg.finetune.eval_batch_size, num_workers=cfg.data.workers,
                              worker_init_fn=quiet_worker)
-    from_checkpoint = start_run_folder(out, cfg, resume, env.is_main, data)
+    amp = amp_dtype(cfg.train.amp, env.device)
+    loop = Loop(cfg, model, source, out, env, total,
+                eval_fn=lambda m: {"eval_top1": evaluate(m, test_loader, env.device, amp)},
+                record={"dataset": data, "checkpoint_step": ckpt_step})
+    start_run_folder(out, cfg, resume, env, check=lambda: check_resume(out, cfg, data), begin=loop.restore)
     log.info("fine-tuning %s (%s) on %s: %d train / %d test images, %d classes, %d steps, %d trainable params",
              cfg.model.name, ckpt or "scratch", cfg.data.path, len(train_set), len(test_set), num_classes, total,
              trainable)
-    amp = amp_dtype(cfg.train.amp, env.device)
-
-    def train() -> dict[str, Any]:
-        return train_loop(cfg, model, source, out, env, total_steps=total, resume=from_checkpoint,
-                          eval_fn=lambda m: {"eval_top1": evaluate(m, test_loader, env.device, amp)},
-                          eval_every_epoch=True, record={"dataset": data, "checkpoint_step": ckpt_step})
 
     def metrics(result: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -159,7 +147,26 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
             "elapsed_s": result["elapsed_s"], "device": str(env.device), "trainable_params": trainable,
         }
 
-    return run_job(out, env, train, metrics, complete="top1")
+    return run_job(out, env, lambda: loop.run(eval_every_epoch=True), metrics, complete="top1")
+
+
+def _checkpoint_of(cfg: Config, out: Path, resume: bool) -> tuple[str | None, bool, int | None]:
+    """The pre-training checkpoint of the run: (its path or None, whether it is gone since a resumed run started,
+    the pre-training step it holds), its architecture adopted into ``cfg.model`` before anything is read.
+
+    A resumed run takes every weight from its own checkpoint: the pre-training one may have been removed since.
+    """
+    ckpt = cfg.finetune.checkpoint
+    stored = stored_run(out) if resume else None
+    gone = bool(ckpt) and stored is not None and not Path(ckpt).exists()
+    if gone:
+        _adopt_run_architecture(cfg, stored)
+        log.info("--resume: %s is gone; the run's own checkpoint in %s holds every weight", ckpt, out)
+    elif ckpt:  # the run's config holds the checkpoint's kwargs: adopt them before comparing or counting
+        adopt_architecture(cfg, ckpt)
+    if stored is not None and "checkpoint_step" in stored:
+        return ckpt, gone, stored["checkpoint_step"]  # what the run started from, whatever that run did since
+    return ckpt, gone, checkpoint_step(ckpt) if ckpt and not gone else None
 
 
 def read_architecture(checkpoint: str | Path) -> dict[str, Any]:
@@ -177,6 +184,9 @@ def read_architecture(checkpoint: str | Path) -> dict[str, Any]:
     if not weights.is_file():
         raise TrainError(f"checkpoint {path}: no {MODEL_FILE} there" if path.is_dir() else
                          f"checkpoint {path}: no such file or run folder")
+    if weights.suffix != ".safetensors":  # timm would hand any other file to torch.load, a pickle reader
+        raise TrainError(f"checkpoint {weights}: weights are read from a .safetensors file only (a run folder's "
+                         f"{MODEL_FILE}); pass the run folder or convert the weights")
     try:
         with safe_open(str(weights), framework="pt") as f:
             meta = dict(f.metadata() or {})

@@ -125,60 +125,69 @@ def stop_on_signals() -> Iterator[StopRequest]:
             signal.signal(s, handler)
 
 
-def train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, env: Dist, total_steps: int,
-               resume: bool = False, eval_fn: EvalFn | None = None, eval_every_epoch: bool = False,
-               record: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train ``model`` for ``total_steps`` optimizer steps on ``source``, writing the run folder ``out``.
+class Loop:
+    """The step loop of one run: its trainer, where it stands, the open log window and the evaluations so far.
+
+    Built before the run folder is taken (``TrainStep`` refuses an odd micro-batch with mixup here); ``restore`` then
+    loads the checkpoint or seeds, and ``run`` trains to the end or a stop.
 
     Args:
         cfg: the run's config (optimizer, schedule, AMP, logging, checkpoints, mixup).
         model: a timm model on the CPU; moved to ``env.device`` here.
         source: yields micro-batches on the device (``train/data/source.py``).
-        out: run folder, created by ``start_run_folder`` beforehand.
+        out: the run folder.
         env: rank, world size, device.
         total_steps: optimizer steps of the whole run (the LR schedule spans them).
-        resume: continue from ``out/state.pt`` and ``out/model.safetensors`` exactly (False: from step 0).
-        eval_fn: ``model -> {"eval_top1": ...}``, run on rank 0 every ``cfg.train.eval_every`` steps,
-            at every epoch end when ``eval_every_epoch``, and at the end.
-        eval_every_epoch: evaluate at the end of every source epoch (fine-tuning).
+        eval_fn: ``model -> {"eval_top1": ...}``, run on rank 0 every ``cfg.train.eval_every`` steps, at every
+            epoch end when ``run(eval_every_epoch=True)``, and at the end.
         record: what every checkpoint records besides the config (``{"dataset": ...}``: ``train.run.checkpoint``).
 
-    Returns:
-        ``{"step", "loss", "images_per_s", "eval": [...], "elapsed_s"}`` (loss: mean of the last log window),
-        with ``"stopped": True`` and ``"reason"`` (``SIGTERM``, ``SIGINT``, ``train.stop_at``) when the run
-        stopped early with a checkpoint.
+    Raises:
+        TrainError: a source whose epoch does not split into optimizer steps, or mixup with an odd micro-batch.
     """
-    with stop_on_signals() as stop:
-        loop = _Loop(cfg, model, source, out, env, total_steps, eval_fn, record, stop)
-        loop.begin(resume)
-        return loop.run(eval_every_epoch)
-
-
-class _Loop:
-    """One call of ``train_loop``: the trainer, where it stands, the open log window and the evaluations so far."""
 
     def __init__(self, cfg: Config, model: torch.nn.Module, source: Source, out: Path, env: Dist, total_steps: int,
-                 eval_fn: EvalFn | None, record: dict[str, Any] | None, stop: StopRequest) -> None:
+                 eval_fn: EvalFn | None = None, record: dict[str, Any] | None = None) -> None:
         accum = cfg.train.accum_steps
         if len(source) % accum or len(source) == 0:
             raise TrainError(f"source yields {len(source)} micro-batches per epoch, not a multiple of accum_steps "
                              f"{accum}")
         self.cfg, self.model, self.source, self.out, self.env = cfg, model, source, out, env
-        self.total, self.eval_fn, self.record, self.stop = total_steps, eval_fn, record, stop
+        self.total, self.eval_fn, self.record = total_steps, eval_fn, record
         self.steps_per_epoch = len(source) // accum
         self.trainer = TrainStep(cfg, model, source.num_classes, source.micro_batch, env.device, total_steps)
         self.step = 0
         self.evals: list[dict[str, float]] = []
 
-    def begin(self, resume: bool) -> None:
-        """Restore the checkpoint (or seed), start the schedule, open the log, start the clocks."""
-        t, env = self.cfg.train, self.env
+    def restore(self, resume: bool) -> None:
+        """Load the checkpoint in ``out`` exactly (``resume``) or seed the run, and start the schedule there.
+
+        Raises:
+            TrainError: the checkpoint is missing, damaged or of another run (nothing is written).
+        """
         if resume:
-            self.step = load_checkpoint(self.out, self.trainer, env)
+            self.step = load_checkpoint(self.out, self.trainer, self.env)
             log.info("resumed at step %d of %d", self.step, self.total)
         else:
-            seed_everything(t.seed * 1000 + env.rank)
-        self.trainer.start(self.step, env.world_size)
+            seed_everything(self.cfg.train.seed * 1000 + self.env.rank)
+        self.trainer.start(self.step, self.env.world_size)
+
+    def run(self, eval_every_epoch: bool = False) -> dict[str, Any]:
+        """Train to ``total_steps`` or a stop (a signal, ``train.stop_at``), in the run folder ``start_run_folder``
+        took; SIGTERM and SIGINT finish the step under way and write a checkpoint.
+
+        Returns:
+            ``{"step", "loss", "images_per_s", "eval": [...], "elapsed_s"}`` (loss: mean of the last log window),
+            with ``"stopped": True`` and ``"reason"`` (``SIGTERM``, ``SIGINT``, ``train.stop_at``) when the run
+            stopped early with a checkpoint.
+        """
+        with stop_on_signals() as self.stop:
+            self._open()
+            return self._epochs(eval_every_epoch)
+
+    def _open(self) -> None:
+        """Open the log and the progress display, start the clocks."""
+        t, env = self.cfg.train, self.env
         self.csv_log = CsvLog(self.out, self.step, enabled=env.is_main, tensorboard=self.cfg.log.tensorboard)
         self.progress = Progress(self.total, self.step, enabled=env.is_main)
         self.first_step = self.step + 1
@@ -192,7 +201,7 @@ class _Loop:
         self.last_loss = self.csv_log.last_loss if self.step >= self.total else math.nan
         self.last_rate = 0.0
 
-    def run(self, eval_every_epoch: bool) -> dict[str, Any]:
+    def _epochs(self, eval_every_epoch: bool) -> dict[str, Any]:
         """Epochs until the last step or a stop; the final evaluation, checkpoint and curves."""
         while self.step < self.total:
             epoch = self.step // self.steps_per_epoch

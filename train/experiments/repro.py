@@ -18,7 +18,6 @@ ImageFolder or tarball makes it faster than the torchvision download).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import platform
@@ -33,6 +32,7 @@ import click
 from fracgen import dataset
 from train.config import Config, load_config
 from train.errors import TrainError
+from train.run.folder import RunFolder, out_option
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _steps(seconds: float, rate: float, batch: int) -> int:
 
 
 @click.command("repro-small")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/repro-small"), show_default=True)
+@click.option("--out", default="runs/repro-small", show_default=True, callback=out_option)
 @click.option("--dataset", default=None, help="A fracgen dataset folder (default: build the default 1p-frac).")
 @click.option("--cifar", default="cifar10", show_default=True,
               help="Fine-tuning data: cifar10 / cifar100 (torchvision, downloaded into --data-root once), an "
@@ -95,12 +95,13 @@ def repro_small(out: Path, dataset: str | None, cifar: str, data_root: Path, bud
     without internet pass --cifar with a local copy.
     """
     from train.data.fetch import resolve_downstream
-    from train.run.folder import claim_folder
+    from train.experiments.folders import check_job_folder, claim_folder
 
     budget_list = _budgets(budgets)
     parsed_variants = _variants(variants, budget_list)
     plan = _Plan(out, data_root, cpu_check, list(pretrain_set), list(finetune_set), pretrain_img_size)
     plan.check(dataset, cifar, parsed_variants)
+    check_job_folder(out, "repro-small")
     # the fine-tuning data first: without it (no internet, no copy) nothing is built or written
     plan.cifar_root = resolve_downstream(cifar, data_root, "--cifar")
     claim_folder(out, "repro-small")
@@ -223,9 +224,10 @@ def _device_name() -> str:
 def _write_report(out: Path, report: dict[str, Any]) -> None:
     """``repro.json`` and ``repro.md``; the table printed."""
     report.pop("pretrain_batch", None)
-    (out / "repro.json").write_text(json.dumps(report, indent=1))
+    folder = RunFolder(out, "rerun")
+    folder.write_json("repro.json", report)
     table = _table(report)
-    (out / "repro.md").write_text(table + "\n")
+    folder.write("repro.md", (table + "\n").encode())
     click.echo(table)
 
 
@@ -292,15 +294,15 @@ def _done(metrics: dict[str, Any], out: Path, run: str, runs: list[dict[str, Any
     from train.experiments.sweep import end_if_stopped
 
     if metrics.get("stopped") and runs:
-        (out / "repro-partial.json").write_text(json.dumps({"stopped": metrics.get("reason", ""), "at": run,
-                                                            "runs": runs}, indent=1))
+        RunFolder(out, "rerun").write_json("repro-partial.json", {"stopped": metrics.get("reason", ""), "at": run,
+                                                                  "runs": runs})
     kept = f"; the {len(runs)} finished row(s) are in {out / 'repro-partial.json'}" if runs else ""
     return end_if_stopped(metrics, "repro-small", out / run, kept)
 
 
 def _fresh(path: Path) -> Path:
     """A run folder for this repro run: an old one from a previous repro is replaced, anything else refused."""
-    from train.run.folder import clear_run_folder
+    from train.experiments.folders import clear_run_folder
 
     return clear_run_folder(path)
 

@@ -28,6 +28,7 @@ the scratch baseline and the paper's figures on their own axis, since the paper'
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import logging
@@ -40,8 +41,11 @@ import click
 import yaml
 
 from fracgen import dataset
-from train.config import CONFIG_DIR
+from fracgen.errors import FracgenError
+from fracgen.folder import single_name
+from train.config import CONFIG_DIR, safe_yaml
 from train.errors import TrainError
+from train.run.folder import METRICS_FILE, RunFolder, out_option
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ def load_sweep(name_or_path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise TrainError(f"sweep config {name_or_path} not found")
     try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        spec = safe_yaml(path.read_text(encoding="utf-8"), f"sweep config {path}") or {}
     except UnicodeDecodeError:
         raise TrainError(f"sweep config {path}: not UTF-8 text (a YAML file is)") from None
     except yaml.YAMLError as e:
@@ -89,6 +93,10 @@ def load_sweep(name_or_path: str | Path) -> dict[str, Any]:
     _check_points(spec, path)
     _check_stages(spec, path)
     spec.setdefault("name", path.stem)
+    try:  # it names the default --out (runs/sweep-NAME): one folder inside runs/, never a path elsewhere
+        single_name(spec["name"], f"sweep config {path}: name")
+    except FracgenError as e:
+        raise TrainError(str(e)) from None
     spec["_path"] = str(path)
     return spec
 
@@ -105,6 +113,10 @@ def _check_points(spec: dict[str, Any], path: Path) -> None:
     seen: dict[str, dict[str, Any]] = {}
     for point in points(spec):
         name = _label(point)
+        try:
+            single_name(name, f"sweep config {path}: grid point {point}: its folder name")
+        except FracgenError as e:
+            raise TrainError(str(e)) from None
         if name in seen:
             raise TrainError(f"sweep config {path}: grid points {seen[name]} and {point} share the folder name {name}")
         seen[name] = point
@@ -152,8 +164,13 @@ def _label(point: dict[str, Any]) -> str:
 
 
 def _done(run: Path) -> dict[str, Any] | None:
-    metrics = run / "metrics.json"
-    return json.loads(metrics.read_text()) if metrics.is_file() else None
+    """The metrics of a complete stage in ``run``, or None (it runs again: ``_fresh`` replaces what is there)."""
+    raw = RunFolder(run).read(METRICS_FILE)
+    try:
+        metrics = json.loads(raw) if raw is not None else None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
 
 
 IDENTITY = "sweep.json"  # in the sweep folder: the settings its runs were made with
@@ -172,18 +189,19 @@ def _claim_settings(spec: dict[str, Any], ft_data: str, out: Path) -> None:
     settings["scratch"] = spec.get("scratch", True)
     settings["finetune"] = {**settings["finetune"], "data": ft_data}
     settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
-    path = out / IDENTITY
-    if path.is_file():
+    folder = RunFolder(out, "rerun")
+    raw = folder.read(IDENTITY)
+    if raw is not None:
         try:
-            stored = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError):
+            stored = json.loads(raw)
+        except (UnicodeDecodeError, ValueError, RecursionError):
             stored = None
         if stored != settings:
             differ = sorted(k for k in settings if not isinstance(stored, dict) or stored.get(k) != settings[k])
             raise TrainError(f"--out {out} holds a sweep of other settings ({', '.join(differ)} differ); its runs "
                              "would be reused as if they were this sweep's: use another --out")
         return
-    path.write_text(json.dumps(settings, indent=1, sort_keys=True))
+    folder.write(IDENTITY, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode())
 
 
 def end_if_stopped(metrics: dict[str, Any], job: str, where: Path, kept: str = "") -> dict[str, Any]:
@@ -213,7 +231,7 @@ def end_if_stopped(metrics: dict[str, Any], job: str, where: Path, kept: str = "
 
 def _fresh(run: Path) -> Path:
     """An incomplete run of an earlier sweep starts again; a folder the trainer did not write is refused."""
-    from train.run.folder import clear_run_folder
+    from train.experiments.folders import clear_run_folder
 
     return clear_run_folder(run)
 
@@ -234,10 +252,11 @@ def run_sweep(spec: dict[str, Any], out: Path, data_root: str | Path = "data",
     from fracgen.build import BuildConfig, build
     from train.config import load_config
     from train.data.fetch import resolve_downstream
+    from train.experiments.folders import check_job_folder, claim_folder
     from train.finetune import finetune
     from train.pretrain import pretrain
-    from train.run.folder import claim_folder
 
+    check_job_folder(out, "sweep")
     # the fine-tuning data first: without it nothing is built and no folder is made
     ft_data = resolve_downstream(str(spec["finetune"]["data"]), data_root, option)
     claim_folder(out, "sweep")
@@ -290,20 +309,23 @@ def write_results(spec: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
         r["paper"] = reference.get(str(r[keys[0]]), "") if len(keys) == 1 and r["point"] != "scratch" else ""
     columns = ["point", *keys, "pretrain_loss", "pretrain_top1", "chance", "finetune_top1", "gain_over_scratch",
                "paper"]
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    folder = RunFolder(out, "rerun")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    folder.write("results.csv", text.getvalue().encode())
     head = (f"Sweep `{spec['name']}` ({spec['_path']}): pre-training {spec['pretrain']['steps']} steps, "
             f"fine-tuning {spec['finetune']['steps']} steps on {spec['finetune']['data']}"
             + (f"; paper column: {paper.get('title', 'the paper')}" if reference else ""))
     lines = [head, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    _plot(spec, rows, keys, reference, scratch, out / "results.png")
+    folder.write("results.md", ("\n".join(lines) + "\n").encode())
+    folder.write("results.png", _plot(spec, rows, keys, reference, scratch))
 
 
-def _plot(spec, rows, keys, reference, scratch, path: Path) -> None:
+def _plot(spec, rows, keys, reference, scratch) -> bytes:
+    """``results.png``: fine-tuning top-1 against the varied option, scratch, and the paper's figures."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -333,13 +355,15 @@ def _plot(spec, rows, keys, reference, scratch, path: Path) -> None:
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(f"sweep {spec['name']}")
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    return png.getvalue()
 
 
 @click.command("sweep")
 @click.argument("config")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Sweep folder [default: runs/sweep-NAME].")
+@click.option("--out", default=None, callback=out_option, help="Sweep folder [default: runs/sweep-NAME].")
 @click.option("--data", default=None,
               help="Fine-tuning data, overriding the YAML's finetune.data: cifar10 / cifar100 (downloaded into "
                    "--data-root once), an ImageFolder root or a CIFAR-style tarball.")

@@ -1,2 +1,3 @@
-"""The run folder: ``folder`` (lock, status, the job around the loop), ``checkpoint`` (the format, resume identity)
-and ``log`` (CSV rows, progress, TensorBoard, curves)."""
+"""The run folder: ``folder`` (every write, the lock, the status, a job's start and end), ``checkpoint`` (the format,
+restoring it, what ``--resume`` may change), ``safe_state`` (a training state stored without pickle) and ``log``
+(CSV rows, progress, TensorBoard, curves)."""

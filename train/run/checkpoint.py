@@ -6,11 +6,13 @@ In a run folder (``train/run/folder.py``):
                        pretrained=True)`` rebuilds the trained model from it and model.safetensors
     model.safetensors  the model (metadata: model name, timm kwargs, img_size, num_classes, step, config as JSON,
                        and what the run recorded about its data)
-    state.pt           optimizer, scheduler, scaler, step, epoch, every rank's RNG states: what ``--resume`` needs
+    state.safetensors  optimizer, scheduler, scaler, step, epoch, every rank's RNG states: what ``--resume`` needs,
+                       stored without pickle (``train/run/safe_state.py``): loading it runs no code
 
-Every file is written under a temporary name and renamed, mode 0644 (safetensors writes 0600). The three are
-renamed one after the other, so a kill between two renames leaves files of different steps: ``--resume``
-compares the steps and refuses such a pair.
+Every file is written whole through ``train.run.folder.RunFolder`` (a temporary beside it, renamed over it, never
+through a link), mode 0644. The three are renamed one after the other, so a kill between two renames leaves files
+of different steps: ``--resume`` compares the steps and refuses such a pair. An earlier trainer's ``state.pt`` (a
+pickle, which could run code) is never loaded: ``--resume`` of such a run is refused in one line.
 
 A resumed run continues the steps its first command planned, so every setting that shapes those steps (model,
 data, augmentation, optimizer, schedule, batch split, seed, source) must be the run's own; ``--resume`` with
@@ -26,10 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import pickle
-import random
-import zipfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +36,27 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from train.config import Config
-from train.distributed import Dist, seed_everything
+from train.distributed import Dist, rng_state, seed_everything, set_rng_state
 from train.errors import TrainError
 from train.model import unwrap
+from train.run import safe_state
+from train.run.folder import (
+    LEGACY_STATE_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    STATUS_FILE,
+    TIMM_CONFIG_FILE,
+    RunFolder,
+    checkpoint_files,
+    trainer_status,
+)
 from train.step import TrainStep
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "model.safetensors"
-STATE_FILE = "state.pt"
-TIMM_CONFIG_FILE = "config.json"
 
 # The keys a resumed run may set otherwise than its first command, and why that leaves its steps as planned.
 MAY_CHANGE: dict[str, str] = {
@@ -70,31 +77,6 @@ DATA_PATH = "data.path"  # compared through the dataset's identity when the chec
 _SHOWN = 6  # differences named in the one-line error; the rest are counted
 
 
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    """Rename a finished temporary file into place with the mode the user's umask gives new files."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def rng_state() -> dict[str, Any]:
-    """All global RNG states, for exact resume."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what ``rng_state`` returned."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
@@ -138,57 +120,49 @@ def meta_kwargs(meta: dict[str, str], path: Path) -> dict[str, Any]:
     return kwargs
 
 
-def save_model(model: torch.nn.Module, path: Path, cfg: Config, num_classes: int, step: int,
-               extra: dict[str, Any] | None = None, publish: bool = True) -> Path:
-    """Write the model as safetensors with its name, timm kwargs and config in the metadata.
-
-    Returns:
-        ``path``, or with ``publish=False`` the temporary file still to be renamed onto it (``_publish``).
-    """
+def model_bytes(model: torch.nn.Module, cfg: Config, num_classes: int, step: int,
+                extra: dict[str, Any] | None = None) -> bytes:
+    """The model as safetensors bytes, with its name, timm kwargs and config (and ``extra``) in the metadata."""
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
     meta = {"model": cfg.model.name, "kwargs": json.dumps(cfg.model.kwargs), "img_size": str(cfg.model.img_size),
             "num_classes": str(num_classes), "step": str(step), "config": json.dumps(cfg.to_dict()),
             "format": "pt"}
     meta.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra or {}).items()})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    if not publish:
-        return tmp
-    _publish(tmp, path)
-    return path
+    return save(state, metadata=meta)
 
 
-def write_timm_config(model: torch.nn.Module, out: Path, cfg: Config, step: int) -> Path:
-    """Write ``config.json`` with timm's own exporter (``save_config_for_hf``) into a temporary file.
+def timm_config_bytes(model: torch.nn.Module, cfg: Config, step: int) -> bytes:
+    """``config.json`` as timm's own exporter (``save_config_for_hf``) writes it, with this run's tag.
 
     The exporter records the architecture, ``num_classes``, the factory's kwargs (``model_args``) and the
     preprocessing (``cfg.aug`` mean/std, interpolation, eval crop). The tag and licence it inherits from the
-    architecture's default weights describe other weights, so they are replaced by this run's.
-
-    Returns:
-        The temporary file; ``_publish`` it to ``out/config.json``.
+    architecture's default weights describe other weights, so they are replaced by this run's. The exporter writes
+    a path, so it writes into a private temporary folder (nobody else can place a link there).
     """
     from timm.models._hub import save_config_for_hf
 
-    tmp = out / (TIMM_CONFIG_FILE + ".tmp")
     a = cfg.aug
-    save_config_for_hf(unwrap(model), str(tmp), data_config={
-        "mean": tuple(a.mean), "std": tuple(a.std), "interpolation": a.interpolation, "crop_pct": a.eval_crop_pct})
-    config = json.loads(tmp.read_text())
+    with tempfile.TemporaryDirectory(prefix="fracgen-config-") as private:
+        path = Path(private) / TIMM_CONFIG_FILE
+        save_config_for_hf(unwrap(model), str(path), data_config={
+            "mean": tuple(a.mean), "std": tuple(a.std), "interpolation": a.interpolation, "crop_pct": a.eval_crop_pct})
+        config = json.loads(path.read_text())
     pretrained = config.get("pretrained_cfg", {})
     pretrained.pop("license", None)
     pretrained["tag"] = "fracgen"
     config["fracgen"] = {"step": step, "model": cfg.model.name, "kwargs": cfg.model.kwargs}
-    tmp.write_text(json.dumps(config, indent=2))
-    return tmp
+    return json.dumps(config, indent=2).encode()
 
 
 def save_checkpoint(out: Path, trainer: TrainStep, cfg: Config, num_classes: int, steps_per_epoch: int,
                     env: Dist, record: dict[str, Any] | None = None) -> None:
-    """Write ``model.safetensors``, ``config.json`` and ``state.pt`` at ``trainer.step``.
+    """Write ``model.safetensors``, ``config.json`` and ``state.safetensors`` at ``trainer.step``.
 
     Rank 0 writes; every rank must call (the RNG states are gathered). ``record`` (e.g. ``{"dataset": ...}``,
     ``train.data.shards.dataset_identity``) goes into the model's metadata beside the config, for ``--resume``.
+
+    Raises:
+        TrainError: a file cannot be written (a full disk says to free space and rerun with ``--resume``).
     """
     step = trainer.step
     rngs = [rng_state()]
@@ -198,22 +172,17 @@ def save_checkpoint(out: Path, trainer: TrainStep, cfg: Config, num_classes: int
         rngs = gathered
     if not env.is_main:
         return
-    model_tmp = save_model(trainer.model, out / MODEL_FILE, cfg, num_classes, step, extra=record, publish=False)
-    config_tmp = write_timm_config(trainer.model, out, cfg, step)
-    state_tmp = out / (STATE_FILE + ".tmp")
-    torch.save({"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
-                "scaler": trainer.scaler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
-                "rng": rngs, "config": cfg.to_dict()}, state_tmp)
-    # everything is on disk before the first rename: a kill now leaves a pair of different steps at worst,
+    model = model_bytes(trainer.model, cfg, num_classes, step, extra=record)
+    config = timm_config_bytes(trainer.model, cfg, step)
+    state = safe_state.dumps({"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+                              "scaler": trainer.scaler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
+                              "rng": rngs, "config": cfg.to_dict()})
+    # everything is made before the first rename: a kill now leaves a pair of different steps at worst,
     # which resume refuses, never a half-written file
-    _publish(state_tmp, out / STATE_FILE)
-    _publish(model_tmp, out / MODEL_FILE)
-    _publish(config_tmp, out / TIMM_CONFIG_FILE)
-
-
-def checkpoint_files(out: Path) -> tuple[bool, bool]:
-    """Whether ``out`` holds ``model.safetensors`` and ``state.pt``."""
-    return (out / MODEL_FILE).is_file(), (out / STATE_FILE).is_file()
+    folder = RunFolder(out)
+    folder.write(STATE_FILE, state)
+    folder.write(MODEL_FILE, model)
+    folder.write(TIMM_CONFIG_FILE, config)
 
 
 def _damaged(out: Path, why: Any) -> str:
@@ -222,28 +191,49 @@ def _damaged(out: Path, why: Any) -> str:
             "in a new --out (or restore the file)")
 
 
-def check_state_file(out: Path) -> None:
-    """Refuse an empty or truncated ``state.pt`` before the run folder is touched.
-
-    ``torch.save`` writes a zip archive; its central directory is at the end of the file, so opening it (a read
-    of the last bytes, not of the whole file) catches a file cut short or emptied. ``load_checkpoint`` names
-    damage inside the archive when it loads it.
+def read_state(out: Path) -> dict[str, Any]:
+    """The training state in ``out``, read without pickle and checked to be of the shape this trainer writes.
 
     Raises:
-        TrainError: ``--resume: RUN/state.pt is damaged (...)``.
+        TrainError: an earlier trainer's ``state.pt`` (never loaded), or a damaged or foreign state file.
     """
+    if not (out / STATE_FILE).is_file() and (out / LEGACY_STATE_FILE).is_file():
+        raise TrainError(f"--resume: {out / LEGACY_STATE_FILE} is the training state of an earlier version of this "
+                         "trainer, a Python pickle, which can run code when loaded: it is not loaded. Start the run "
+                         "again in a new --out, or resume it with the version that wrote it")
     try:
-        with zipfile.ZipFile(out / STATE_FILE) as archive:
-            if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist()):
-                raise TrainError(_damaged(out, "no data.pkl in the archive: not written by torch.save"))
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        size = (out / STATE_FILE).stat().st_size if (out / STATE_FILE).is_file() else 0
-        why = "empty" if size == 0 else f"{size} bytes, not a whole torch.save archive: cut short? {e}"
-        raise TrainError(_damaged(out, why)) from None
+        state = safe_state.load(out / STATE_FILE)
+    except safe_state.StateError as e:
+        raise TrainError(_damaged(out, e)) from None
+    shape = {"optimizer": dict, "scheduler": dict, "scaler": dict, "step": int, "epoch": int, "rng": list}
+    wrong = [k for k, kind in shape.items() if not isinstance(state.get(k) if isinstance(state, dict) else None, kind)]
+    if wrong or isinstance(state["step"], bool) or state["step"] < 0 or not state["rng"]:
+        raise TrainError(_damaged(out, f"not a training state this trainer wrote ({', '.join(wrong) or 'step'})"))
+    return state
+
+
+def _check_state_header(out: Path) -> None:
+    """Refuse an earlier trainer's ``state.pt`` or a state file whose header is not this trainer's (empty, cut short,
+    another file) before anything is read or written; nothing past the header is read.
+
+    Raises:
+        TrainError: naming the file and why.
+    """
+    if not (out / STATE_FILE).is_file() and not (out / LEGACY_STATE_FILE).is_file():
+        return  # load_checkpoint names a checkpoint without its state
+    if not (out / STATE_FILE).is_file():
+        read_state(out)  # the earlier trainer's state.pt: refused without being read
+    try:
+        safe_state.check(out / STATE_FILE)
+    except safe_state.StateError as e:
+        raise TrainError(_damaged(out, e)) from None
 
 
 def load_checkpoint(out: Path, trainer: TrainStep, env: Dist) -> int:
     """Restore the model, optimizer, scheduler, scaler and this rank's RNG states from ``out``.
+
+    Everything is read and checked before the first state is set: a checkpoint of another shape (a hostile or
+    damaged file) is one line, not a failure later in the run.
 
     Returns:
         The step the checkpoint was written at.
@@ -255,25 +245,46 @@ def load_checkpoint(out: Path, trainer: TrainStep, env: Dist) -> int:
     if not (has_model and has_state):
         missing, there = (MODEL_FILE, STATE_FILE) if has_state else (STATE_FILE, MODEL_FILE)
         raise TrainError(f"--resume: {out} has {there} but no {missing}; the checkpoint is incomplete")
-    check_state_file(out)
-    try:
-        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
-    except (EOFError, RuntimeError, pickle.UnpicklingError, OSError, ValueError, AttributeError, ImportError) as e:
-        # EOFError must not escape: click would take it for Ctrl-C ("aborted")
-        raise TrainError(_damaged(out, e)) from None
-    if not isinstance(state, dict) or not {"optimizer", "scheduler", "scaler", "step", "rng"} <= set(state):
-        raise TrainError(_damaged(out, "not a training state this trainer wrote"))
+    state = read_state(out)
     model_step = read_checkpoint_meta(out / MODEL_FILE)["step"]
-    if model_step != int(state["step"]):
+    if model_step != state["step"]:
         raise TrainError(f"--resume: {out}/{MODEL_FILE} is from step {model_step} but {STATE_FILE} from step "
                          f"{state['step']} (a checkpoint cut short); resume cannot continue exactly")
-    unwrap(trainer.model).load_state_dict(load_file(str(out / MODEL_FILE), device=str(env.device)))
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    trainer.scaler.load_state_dict(state["scaler"])
-    step = int(state["step"])
-    _restore_rngs(state, env, step, out)
-    return step
+    try:
+        unwrap(trainer.model).load_state_dict(load_file(str(out / MODEL_FILE), device=str(env.device)))
+    except (RuntimeError, SafetensorError, OSError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainError(f"--resume: {out / MODEL_FILE} does not fit the run's model ({why}); the checkpoint was "
+                         "changed or not written by this run") from None
+    try:
+        _check_optimizer_state(trainer, state["optimizer"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        trainer.scaler.load_state_dict(state["scaler"])
+        _restore_rngs(state, env, state["step"], out)
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError, SafetensorError) as e:
+        raise TrainError(_damaged(out, e)) from None
+    return state["step"]
+
+
+def _check_optimizer_state(trainer: TrainStep, stored: dict[str, Any]) -> None:
+    """Refuse an optimizer state whose tensors do not fit the parameters (torch would fail at the first step).
+
+    Raises:
+        ValueError: naming the first tensor that does not fit.
+    """
+    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    entries = stored.get("state")
+    if not isinstance(entries, dict) or not isinstance(stored.get("param_groups"), list):
+        raise ValueError("an optimizer state without state and param_groups")
+    for index, entry in entries.items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
+            raise ValueError(f"optimizer state for parameter {index!r} of {len(params)}")
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.dim() == params[index].dim() and (
+                    value.shape != params[index].shape or not value.is_floating_point()):
+                raise ValueError(f"optimizer {name} of parameter {index} is {tuple(value.shape)} "
+                                 f"{value.dtype}, the parameter {tuple(params[index].shape)}")
 
 
 def _restore_rngs(state: dict[str, Any], env: Dist, step: int, out: Path) -> None:
@@ -374,7 +385,8 @@ def _show(value: Any) -> str:
 def check_resume(out: Path, cfg: Config, data: dict[str, Any] | None = None, compare_data: bool = True) -> None:
     """Refuse ``--resume`` of the checkpoint in ``out`` with a config (or dataset) other than the run's.
 
-    An empty or truncated ``state.pt`` is refused here too (``checkpoint.check_state_file``).
+    An earlier trainer's ``state.pt``, or a state file that is not whole, is refused here too (its header alone is
+    read; ``load_checkpoint`` reads and checks the rest).
 
     Args:
         out: the run folder (nothing is written to it).
@@ -385,13 +397,12 @@ def check_resume(out: Path, cfg: Config, data: dict[str, Any] | None = None, com
 
     Raises:
         TrainError: ``--resume: RUN was run with KEY=OLD, this command gives NEW; ...``, or
-            ``--resume: RUN/state.pt is damaged (...)``.
+            ``--resume: RUN/state.safetensors is damaged (...)``.
     """
     stored = stored_run(out)
     if stored is None:
         return
-    if (out / STATE_FILE).is_file():  # an empty or cut-short state.pt, named before anything is read or written
-        check_state_file(out)
+    _check_state_header(out)
     found = differences(stored, cfg, data, compare_data)
     if not found:
         return
@@ -402,3 +413,36 @@ def check_resume(out: Path, cfg: Config, data: dict[str, Any] | None = None, com
                          "restore it as it was, or start a new run in another --out")
     raise TrainError(f"--resume: {out} was run with {shown}{more}. Resume with the run's own settings "
                      f"(--config {out / 'config.yaml'}) or use a new --out (what may change on resume: train/README.md)")
+
+
+def completed_run(out: Path, cfg: Config, compare_data: bool = True) -> dict[str, Any] | None:
+    """On ``--resume``: the metrics of the complete run in ``out``, which has nothing left to do; else None.
+
+    The folder is left byte for byte as it is (no lock, no ``config.yaml``, no checkpoint rewritten), so a
+    requeue script that always passes ``--resume`` may run again after the job ended. The command's config
+    must still be the run's (``check_resume``): another ``train.steps`` is another run, not this one.
+
+    Args:
+        out: the run folder.
+        cfg: the command's resolved config.
+        compare_data: compare ``data.path`` too (False for pre-training, whose dataset is compared by identity).
+
+    Returns:
+        ``metrics.json`` with ``"already_complete": True``, or None when ``out`` holds no complete run.
+
+    Raises:
+        TrainError: another config than the run's, or a run marked complete whose ``metrics.json`` is unreadable.
+    """
+    status = trainer_status(out) if out.is_dir() else None
+    if status is None or status.get("status") != "complete":
+        return None
+    check_resume(out, cfg, compare_data=compare_data)
+    raw = RunFolder(out).read(METRICS_FILE)
+    try:
+        metrics = json.loads(raw) if raw is not None else None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        metrics = None
+    if not isinstance(metrics, dict):
+        raise TrainError(f"--resume: {out} is marked complete ({STATUS_FILE}) but its {METRICS_FILE} is missing or "
+                         "unreadable: there is nothing to resume; start the run again in a new --out")
+    return {**metrics, "already_complete": True}

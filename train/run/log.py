@@ -10,24 +10,26 @@ file holds one line per report.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 from train.config import Config
 from train.errors import TrainError
+from train.run.folder import CURVES_FILE, LOG_FILE, TENSORBOARD_DIR, RunFolder
 
 log = logging.getLogger(__name__)
 
-LOG_FILE = "log.csv"
-CURVES_FILE = "curves.png"
-TENSORBOARD_DIR = "tensorboard"
 PLAIN_EVERY_S = 60.0  # without a terminal, a progress line at least this often between log rows
+MOST_LOG_BYTES = 1 << 28  # log.csv of a 240k-step run logged every step is about 15 MB
+FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s", "eval_top1")
 
 
 def check_tensorboard(cfg: Config) -> None:
@@ -54,10 +56,8 @@ class CsvLog:
         tensorboard: also write each row as scalars to ``out/tensorboard`` (``check_tensorboard`` first).
     """
 
-    FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s", "eval_top1")
-
     def __init__(self, out: Path, step: int, enabled: bool = True, tensorboard: bool = False) -> None:
-        self.path, self.enabled, self.writer = out / LOG_FILE, enabled, None
+        self.folder, self.enabled, self.writer = RunFolder(out), enabled, None
         self.last_loss = math.nan  # of the last training row kept (a run resumed at its end reports it)
         if not enabled:
             return
@@ -66,19 +66,14 @@ class CsvLog:
 
             # purge_step drops events a crashed run wrote after the checkpoint resumed from
             self.writer = SummaryWriter(str(out / TENSORBOARD_DIR), purge_step=step + 1 if step else None)
-        rows = []
-        if self.path.is_file():
-            with open(self.path) as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-            kept = [r for r in rows if r.get("images_per_s")]
-            try:
-                self.last_loss = float(kept[-1]["loss"]) if kept else math.nan
-            except (TypeError, ValueError):
-                self.last_loss = math.nan
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+        rows = [r for r in read_rows(out) if int(r["step"]) <= step]
+        kept = [r for r in rows if r["images_per_s"]]
+        self.last_loss = float(kept[-1]["loss"]) if kept else math.nan
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        self.folder.write(LOG_FILE, text.getvalue().encode())
 
     def write(self, step: int, epoch: int, loss: float, lr: float, elapsed_s: float,
               images_per_s: float | None = None, eval_top1: float | None = None) -> None:
@@ -88,8 +83,9 @@ class CsvLog:
         row = {"step": step, "epoch": epoch, "loss": f"{loss:.5f}", "lr": f"{lr:.3e}",
                "images_per_s": "" if images_per_s is None else f"{images_per_s:.1f}",
                "elapsed_s": f"{elapsed_s:.1f}", "eval_top1": "" if eval_top1 is None else eval_top1}
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.FIELDS).writerow(row)
+        text = io.StringIO()
+        csv.DictWriter(text, fieldnames=FIELDS).writerow(row)
+        self.folder.append(LOG_FILE, text.getvalue())
         if self.writer is not None:
             if images_per_s is not None:
                 self.writer.add_scalar("train/loss", loss, step)
@@ -103,6 +99,34 @@ class CsvLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def read_rows(out: Path) -> list[dict[str, Any]]:
+    """The rows of ``out/log.csv`` this trainer could have written (numbers where it writes numbers); a row that is
+    not one, or a file that is not a regular one, is left out with a warning."""
+    raw = RunFolder(out).read(LOG_FILE, MOST_LOG_BYTES)
+    if raw is None:
+        return []
+    rows, bad = [], 0
+    for row in csv.DictReader(io.StringIO(raw.decode("utf-8", errors="replace"))):
+        if _row_ok(row):
+            rows.append({k: row[k] for k in FIELDS})
+        else:
+            bad += 1
+    if bad:
+        log.warning("%s: %d row(s) of %s are not this trainer's and are left out", out, bad, LOG_FILE)
+    return rows
+
+
+def _row_ok(row: dict[str, Any]) -> bool:
+    try:
+        int(row["step"]), int(row["epoch"]), float(row["loss"]), float(row["lr"]), float(row["elapsed_s"])
+        for key in ("images_per_s", "eval_top1"):
+            if row[key]:
+                float(row[key])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def duration(seconds: float) -> str:
@@ -170,8 +194,7 @@ def plot_curves(out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(out / LOG_FILE) as f:
-        rows = list(csv.DictReader(f))
+    rows = read_rows(out)
     acc = [(int(r["step"]), float(r["eval_top1"])) for r in rows if r.get("eval_top1")]
     rows = [r for r in rows if r.get("images_per_s")]  # eval-only rows repeat the last loss
     if not rows:
@@ -186,5 +209,7 @@ def plot_curves(out: Path) -> None:
         axes[2].plot([a for a, _ in acc], [b for _, b in acc], marker="o")
         axes[2].set(xlabel="step", ylabel="eval top-1 %")
     fig.tight_layout()
-    fig.savefig(out / CURVES_FILE, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    RunFolder(out).write(CURVES_FILE, png.getvalue())
