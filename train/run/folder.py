@@ -24,9 +24,7 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 try:
     import fcntl
@@ -36,8 +34,10 @@ except ImportError:  # Windows: no flock, so no guard against a second process i
 from fracgen import folder as fs
 from fracgen.errors import FracgenError
 from train.config import Config
-from train.distributed import Dist, leave
 from train.errors import TrainError
+
+if TYPE_CHECKING:  # torch is imported when a run starts, not when the CLI parses --out
+    from train.distributed import Dist
 
 log = logging.getLogger(__name__)
 
@@ -274,15 +274,19 @@ def _said(step: Callable[[], Any]) -> str:
 
 def _agree(env: Dist | None, values: list[Any]) -> list[Any]:
     """Rank 0's ``values``, on every rank (the values themselves in a single process)."""
-    if env is not None and env.world_size > 1 and dist.is_initialized():
+    if env is not None and env.world_size > 1:
+        import torch.distributed as dist
+
         dist.broadcast_object_list(values, src=0)
     return values
 
 
 def _any_error(env: Dist | None, error: str) -> str:
     """The first error any rank met ("" when none did)."""
-    if env is None or env.world_size == 1 or not dist.is_initialized():
+    if env is None or env.world_size == 1:
         return error
+    import torch.distributed as dist
+
     every: list[Any] = [None] * env.world_size
     dist.all_gather_object(every, error)
     return next((e for e in every if e), "")
@@ -422,6 +426,8 @@ def run_job(out: Path, env: Dist, train: Callable[[], dict[str, Any]],
         ended = True
         return values
     finally:
+        from train.distributed import leave
+
         if env.is_main:
             release_run_folder(out)
         leave(env, wait=ended)
