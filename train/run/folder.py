@@ -93,8 +93,7 @@ class RunFolder:
         self.path, self.then = Path(path), then
 
     def file(self, name: str) -> Path:
-        """The path of ``name``, one plain component (``single_name``)."""
-        return self.path / fs.single_name(name, "a run file")
+        return self.path / fs.single_name(name, "a run file")  # one plain component
 
     def write(self, name: str, data: bytes) -> None:
         """``data`` into ``name`` atomically (``fracgen.folder.write_atomic``).
@@ -154,10 +153,8 @@ class RunFolder:
 
 
 def take_lock(out: Path) -> tuple[str, bool]:
-    """Hold ``out/.lock`` for this process: ("", whether this call created it), or (why not, False).
-
-    The file is opened without following a link; what it held (the last holder's PID) is left as it was until the
-    run starts (``_mark_lock``), so a refused start changes nothing.
+    """Hold ``out/.lock`` (opened without following a link): ("", whether this call created it), or (why not, False).
+    What it held (the last holder's PID) stays until the run starts (``_mark_lock``): a refused start changes nothing.
     """
     if fcntl is None:
         return "", False
@@ -216,7 +213,7 @@ def trainer_status(out: Path) -> dict[str, Any] | None:
 
 
 def write_status(out: Path, status: str, **extra: Any) -> None:
-    """``run.json``, replaced atomically: "complete" only once everything else is written."""
+    """``run.json``: "complete" only once everything else is written."""
     RunFolder(out).write_json(STATUS_FILE, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
 
 
@@ -247,8 +244,9 @@ def _inspect(out: Path, resume: bool) -> tuple[str, bool, bool]:
         return f"--out {out}: cannot read the folder ({e.strerror or e})", False, False
     started = trainer_status(out) is not None
     if names and not started:
-        return (f"--out {out} holds files that are not a run of this trainer ({_listing(names)}); pass an empty or "
-                "new folder", False, False)
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        return (f"--out {out} holds files that are not a run of this trainer ({shown}); pass an empty or new "
+                "folder", False, False)
     try:
         RunFolder(out).refuse_links()
     except TrainError as e:
@@ -259,13 +257,8 @@ def _inspect(out: Path, resume: bool) -> tuple[str, bool, bool]:
     return "", started, has_checkpoint
 
 
-def _listing(names: list[str]) -> str:
-    return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-
-
 def _said(step: Callable[[], Any]) -> str:
-    """What ``step`` refused ("" when it did not)."""
-    try:
+    try:  # what ``step`` refused, "" when it did not
         step()
     except TrainError as e:
         return str(e)
