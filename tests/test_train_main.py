@@ -1,12 +1,19 @@
-"""``python -m train``: help like ``fracgen -h``; errors one line."""
+"""``python -m train``: help like ``fracgen -h``; errors one line, once, from the rank that knows them."""
 
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+from train_helpers import (
+    REPO,
+    assert_one_line,
+    run_cli,
+)
+
+from train.errors import TrainError
 
 
+@pytest.mark.slow
 def test_dash_h_works_like_fracgen():
     proc = subprocess.run([sys.executable, "-m", "train", "-h"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -30,7 +37,6 @@ def test_worker_tracebacks_become_their_last_line():
 def test_finetune_steps_set_the_length_instead_of_the_configs_epochs(tmp_path, capsys, monkeypatch):
     """`finetune --steps N` used to be ignored whenever the config gives epochs (tiny-finetune: 2): now it wins,
     and --steps with --epochs is refused on one line."""
-    from train_helpers import assert_one_line, run_cli
 
     import train.finetune
 
@@ -48,7 +54,6 @@ def test_finetune_steps_set_the_length_instead_of_the_configs_epochs(tmp_path, c
 
 def test_pretrain_summary_without_evaluation_says_so(tmp_path, capsys, monkeypatch):
     """With data.eval_path empty the summary printed "top-1 on its 8 classes None%"."""
-    from train_helpers import run_cli
 
     import train.pretrain
 
@@ -63,10 +68,9 @@ def test_under_torchrun_each_error_is_printed_once_by_the_rank_that_knows_it(tmp
     """Every rank raises the same line for a bad command (rank 0 prints it, once; a usage error too); a damaged
     sample in one rank's shards is printed by that rank, and rank 0, whose collective then fails, says so in one
     line instead of gloo's traceback."""
-    from train_helpers import run_cli
 
     import train.pretrain
-    from train.errors import RankError, TrainError
+    from train.errors import RankError
 
     argv = ["pretrain", "--config", "tiny", "--data", tmp_path, "--out", tmp_path / "r"]
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -88,3 +92,22 @@ def test_under_torchrun_each_error_is_printed_once_by_the_rank_that_knows_it(tmp
     assert (code, err) == (2, "error: another rank stopped the run (its error is printed above)\n")
     code, _, err = run_cli([*argv, "--steps", "0"], capsys)
     assert code == 2 and err.count("Invalid value for '--steps'") == 1
+
+
+def test_an_eof_error_is_not_taken_for_ctrl_c(monkeypatch, tmp_path):
+    """click turns EOFError into Abort ("aborted", 130 like Ctrl-C); a real one must stay itself."""
+    import train.pretrain
+
+    def eof(*args, **kwargs):
+        raise EOFError("Ran out of input")
+
+    monkeypatch.setattr(train.pretrain, "pretrain", eof)
+    from train.__main__ import main
+
+    old = sys.argv
+    sys.argv = ["python -m train", "pretrain", "--config", "tiny", "--data", "x", "--out", str(tmp_path / "r")]
+    try:
+        with pytest.raises(EOFError, match="Ran out of input"):
+            main()
+    finally:
+        sys.argv = old

@@ -1,12 +1,16 @@
-"""``repro-small --cpu-check``: the GPU script runs end to end at toy scale (no figures asserted)."""
-
+"""``repro-small --cpu-check``: the GPU script runs end to end at toy scale (no figures asserted), and stops
+cleanly."""
 import json
+from pathlib import Path
 
+import pytest
 import torch
+from train_helpers import run_cli
 
-from train.repro import repro_small
+from train.experiments.repro import repro_small
 
 
+@pytest.mark.slow
 def test_repro_small_cpu_check(tiny_dataset, cifar_mini_tarball, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "repro"
@@ -27,11 +31,10 @@ def test_repro_small_cpu_check(tiny_dataset, cifar_mini_tarball, tmp_path):
 def test_repro_dataset_folder_is_out_ds_and_a_toy_build_is_not_reused_for_the_real_one(tmp_path, monkeypatch):
     """A relative --out used to put the dataset in OUT/OUT/ds, and a folder holding an earlier --cpu-check's toy
     set was reused as the default 1p-frac set: the folder is OUT/ds, and a build of other options is replaced."""
-    from pathlib import Path
 
     import fracgen.build
     from fracgen.config import BuildConfig
-    from train.repro import _build_dataset
+    from train.experiments.repro import _build_dataset
 
     monkeypatch.chdir(tmp_path)
     out = Path("runs") / "repro"
@@ -44,3 +47,32 @@ def test_repro_dataset_folder_is_out_ds_and_a_toy_build_is_not_reused_for_the_re
     _build_dataset(out, False, {})  # the real run: the default 1p-frac set, built over the toy one
     (config, root, kw), = calls
     assert config == BuildConfig() and root == ds and kw["overwrite"] and not kw["resume"]
+
+
+def test_repro_small_stopped_by_sigterm_ends_cleanly_keeping_what_finished(tiny_dataset, cifar_mini_tarball, tmp_path,
+                                                                           monkeypatch, capsys):
+    """A sub-run stopped by SIGTERM returns no metrics: repro-small says so and exits 143, no KeyError."""
+    import train.finetune
+    import train.pretrain
+
+    calls = []
+
+    def fake_pretrain(cfg, out, resume=False):
+        calls.append(out.name)
+        if out.name == "pretrain-budget2s":
+            return {"stopped": True, "steps": 3, "reason": "SIGTERM"}
+        return {"images_per_s": 100.0, "eval_top1": 50.0, "num_classes": 16, "final_loss": 1.0}
+
+    def fake_finetune(cfg, out, resume=False):
+        return {"images_per_s": 100.0, "top1": 20.0}
+
+    monkeypatch.setattr(train.pretrain, "pretrain", fake_pretrain)
+    monkeypatch.setattr(train.finetune, "finetune", fake_finetune)
+    out = tmp_path / "repro"
+    code, _, err = run_cli(["repro-small", "--cpu-check", "--out", out, "--dataset", tiny_dataset, "--cifar",
+                        cifar_mini_tarball, "--data-root", tmp_path / "data", "--budgets", "1,2"], capsys)
+    assert code == 143 and "Traceback" not in err and "stopped by SIGTERM" in err, (code, err)
+    assert calls == ["calib-pretrain", "pretrain-budget1s", "pretrain-budget2s"]
+    partial = json.loads((out / "repro-partial.json").read_text())
+    assert partial["stopped"] == "SIGTERM" and [r["name"] for r in partial["runs"]] == ["budget1s"]
+    assert not (out / "repro.json").exists()

@@ -1,12 +1,25 @@
-"""Helpers shared by the trainer's attack tests: a quick tiny config, the CLI run in this process, a folder's
-snapshot, a loss poisoned from some step on."""
+"""Helpers shared by the trainer's tests: quick tiny configs, the CLI run in this process or as a process, a folder's
+snapshot, a loss poisoned from some step on, a small ImageFolder."""
 
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from train.config import load_config
 
-QUICK = ["data.source=stream", "train.batch_size=8", "train.log_every=1", "data.eval_path=''", "train.steps=6"]
+REPO = Path(__file__).resolve().parents[1]
+# 8 images of 64 px per step on the stream source, no evaluation: a step takes a fraction of a second
+STREAM = ["data.source=stream", "train.batch_size=8", "train.log_every=1", "data.eval_path=''"]
+QUICK = [*STREAM, "train.steps=6"]
+
+
+def tiny_cfg(data, *overrides, **values):
+    """The tiny config on ``data`` at the quick settings (``STREAM``), with ``overrides`` (KEY=VALUE)."""
+    return load_config("tiny", [*STREAM, *overrides], {"data.path": str(data), **values})
 
 
 def cfg_of(data, *overrides):
@@ -62,3 +75,56 @@ def poison_loss(monkeypatch, factor: float, from_step: int) -> None:
         return loss * factor if self.step >= from_step else loss
 
     monkeypatch.setattr(TrainStep, "micro_step", poisoned)
+
+
+def ft_cfg(data, *overrides):
+    """The tiny fine-tuning config on ``data``: one epoch of batches of 10."""
+    return load_config("tiny-finetune", ["train.epochs=1", "train.batch_size=10", "train.log_every=1", *overrides],
+                       {"data.path": str(data)})
+
+
+def image_folder(root: Path, classes=("cat", "dog"), train=10, test=4, size=16) -> Path:
+    """A small ImageFolder root (train/, test/) of flat-colour PNGs, one colour per class."""
+    from PIL import Image
+
+    for split, count in (("train", train), ("test", test)):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new("RGB", (size, size), (40 * c + 3 * i, 200 - 40 * c, 90)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Every tensor of ``a/model.safetensors`` equals ``b``'s."""
+    import torch
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def start_cli(data: Path, out: Path, steps: int, *extra: str) -> subprocess.Popen:
+    """``python -m train pretrain`` of the tiny config at the quick settings, as a process of its own."""
+    cmd = [sys.executable, "-m", "train", "pretrain", "--config", "tiny", "--data", str(data), "--out", str(out),
+           "--steps", str(steps), *[a for o in STREAM for a in ("--set", o)], *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(proc: subprocess.Popen, out: Path, step: int, timeout: float = 240) -> None:
+    """Wait until ``log.csv`` has a row at ``step`` or later."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        log = out / "log.csv"
+        if log.is_file():
+            rows = log.read_text().splitlines()[1:]
+            if rows and int(rows[-1].split(",")[0]) >= step:
+                return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before step {step}: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"no step {step} after {timeout} s")

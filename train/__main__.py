@@ -16,8 +16,9 @@ import click
 from fracgen.errors import FracgenError
 from train.config import load_config
 from train.errors import RankError, TrainError
-from train.repro import repro_small
-from train.sweep import sweep
+from train.experiments.repro import repro_small
+from train.experiments.sweep import sweep
+from train.run.folder import out_option
 
 
 def _common(f):
@@ -26,7 +27,7 @@ def _common(f):
         click.option("--data", default=None,
                      help="pretrain: a fracgen dataset folder, brace pattern or URL; finetune: cifar10, cifar100, "
                           "an ImageFolder root (train/ and test/), or a tarball of one."),
-        click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder."),
+        click.option("--out", required=True, callback=out_option, help="Run folder."),
         click.option("--model", default=None, help="timm model name."),
         click.option("--img-size", type=click.IntRange(min=8), default=None, help="Training resolution (px)."),
         click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimizer steps."),
@@ -159,7 +160,7 @@ def main() -> None:
         sys.exit(130)
     except click.ClickException as e:
         if os.environ.get("RANK", "0") == "0":  # every rank parses the same command line
-            e.show()
+            click.echo(f"error: {e.format_message()}", err=True)  # one line, like every other refusal
         sys.exit(e.exit_code)
     except RuntimeError as e:  # after click's Abort, itself a RuntimeError
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and _peer_left(e):

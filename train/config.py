@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from train.bounds import check_static
 from train.errors import TrainError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -48,8 +46,8 @@ class DataConfig:
         path: pre-training: a fracgen dataset (folder with ``_info.json``, a brace pattern or URL of shards);
             fine-tuning: a torchvision name (``cifar10``, ``cifar100``: downloaded into ``root`` once), an
             ImageFolder root (``train/`` and ``test/`` or ``val/``), a CIFAR-style tarball (unpacked into
-            ``root`` once) or a WebDataset folder (``train/downstream.py``).
-        source: ``auto`` (resident when ``train.resident`` exists and the data fit, else stream),
+            ``root`` once) or a WebDataset folder (``train/data/downstream.py``).
+        source: ``auto`` (resident when ``train.data.resident`` exists and the data fit, else stream),
             ``stream`` or ``resident``.
         workers: DataLoader worker processes per rank (0: load in the main process).
         shuffle_buffer: samples in the WebDataset shuffle buffer.
@@ -57,10 +55,10 @@ class DataConfig:
         eval_path: pre-training accuracy is measured on this dataset (default: ``path`` itself, whose
             classes are the perturbations); empty to skip.
         eval_samples: at most this many samples for pre-training accuracy.
-        resident: options of the GPU-resident source (``train/resident.py``), free-form.
+        resident: options of the GPU-resident source (``train/data/resident.py``), free-form.
         verify: check each shard's sha256 against ``build.json`` while it is read before the first step:
             ``auto`` (when the dataset is a local build of at most 4 GiB), ``true`` or ``false``
-            (``train/shards.py``; sizes, sample counts and labels are always checked).
+            (``train/data/shards.py``; sizes, sample counts and labels are always checked).
     """
 
     path: str = ""
@@ -242,6 +240,21 @@ def _coerce(kind: str, value: Any, key: str) -> Any:
     return value
 
 
+def safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` of ``text``, refusing aliases (``*name``): a few lines of them expand into gigabytes once
+    the config is copied or written (a "billion laughs"), and no config of this trainer needs one.
+
+    Raises:
+        TrainError: ``<where>: YAML aliases are not accepted ...``, or ``yaml.YAMLError`` for text that is not YAML.
+    """
+    try:
+        if "*" in text and any(isinstance(token, yaml.AliasToken) for token in yaml.scan(text)):
+            raise TrainError(f"{where}: YAML aliases (*name) are not accepted in a config; write the values out")
+        return yaml.safe_load(text)
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise TrainError(f"{where}: nested too deeply to be a config") from None
+
+
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
@@ -275,7 +288,7 @@ def load_config(name_or_path: str | Path = "pretrain", overrides: list[str] | No
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
         raise TrainError(f"config {str(name_or_path)!r} not found (built-in: {known}, or a YAML path)")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        tree = safe_yaml(path.read_text(encoding="utf-8"), f"config {path}") or {}
     except UnicodeDecodeError:
         raise TrainError(f"config {path}: not UTF-8 text (a YAML file is)") from None
     except yaml.YAMLError as e:
@@ -288,7 +301,7 @@ def load_config(name_or_path: str | Path = "pretrain", overrides: list[str] | No
             raise TrainError(f"override {item!r}: expected section.key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = safe_yaml(raw, f"override {item!r}") if raw.strip() else None
         except yaml.YAMLError as e:
             raise TrainError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
         _set(tree, key.strip(), value)
@@ -300,120 +313,11 @@ def load_config(name_or_path: str | Path = "pretrain", overrides: list[str] | No
     return cfg
 
 
-_MISSING = object()
-
-
-def _get(cfg: Config, dotted: str) -> Any:
-    """The value at ``dotted`` (``model.kwargs.depth`` looks into the dict), ``_MISSING`` when absent."""
-    node: Any = cfg
-    for part in dotted.split("."):
-        node = node.get(part, _MISSING) if isinstance(node, dict) else getattr(node, part, _MISSING)
-        if node is _MISSING:
-            break
-    return node
-
-
-def _int(lo: int = 0, hi: float = math.inf) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-
-def _num(lo: float = 0.0, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False) -> Callable[[Any], bool]:
-    """A finite real number in the interval (YAML's ``.inf`` and ``.nan`` are refused)."""
-    def ok(v: Any) -> bool:
-        return (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-                and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi))
-    return ok
-
-
-def _seq(n: int, item: Callable[[Any], bool], increasing: bool = False) -> Callable[[Any], bool]:
-    return lambda v: (isinstance(v, tuple | list) and len(v) == n and all(item(x) for x in v)
-                      and (not increasing or list(v) == sorted(v)))
-
-
-def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda v: v is None or check(v)
-
-
-_is_str = _optional(lambda v: isinstance(v, str))
-
-
 def validate(cfg: Config) -> None:
-    """Check types and ranges that do not depend on the machine, before anything is read or written.
+    """Check types and ranges that do not depend on the machine (``train.bounds.BOUNDS``), before anything is read or
+    written; what the machine allows is checked when a job starts (``train.bounds.check_cpus``, ``check_memory``).
 
     Raises:
         TrainError: ``<key>: must be <what is allowed> (got <value>)``.
     """
-    t = cfg.train
-    img = cfg.model.img_size if _int(8)(cfg.model.img_size) else math.inf
-    nonneg, prob = "a finite number >= 0", "a number in [0, 1]"
-    checks: list[tuple[str, Callable[[Any], bool], str]] = [
-        ("model.name", lambda v: isinstance(v, str) and bool(v), "a timm model name"),
-        ("model.img_size", _int(8), "an integer >= 8"),
-        ("model.drop_path", _num(0, 1, hi_open=True), "a number in [0, 1)"),
-        ("model.kwargs", lambda v: isinstance(v, dict), "a mapping of timm.create_model keyword arguments"),
-        ("model.kwargs.patch_size", _int(1, img), f"an integer in [1, model.img_size = {img}]"),
-        ("model.kwargs.depth", _int(1), "an integer >= 1"),
-        ("data.path", _is_str, "a string"),
-        ("data.source", lambda v: v in ("auto", "stream", "resident"), "auto, stream or resident"),
-        ("data.workers", _int(0), "an integer >= 0"),
-        ("data.shuffle_buffer", _int(0), "an integer >= 0"),
-        ("data.root", lambda v: isinstance(v, str), "a string"),
-        ("data.eval_path", _is_str, "a string (empty: no evaluation)"),
-        ("data.eval_samples", _int(1), "an integer >= 1 (data.eval_path='' skips evaluation)"),
-        ("data.resident", lambda v: isinstance(v, dict), "a mapping of resident-source options"),
-        # the resident source reads these only once the dataset is open: checked here, before anything is read
-        ("data.resident.memory_budget_gb", _optional(_num(0, lo_open=True)), "a number of GiB > 0 or null"),
-        ("data.resident.load_workers", _optional(_int(0)), "an integer >= 0 (0 or null: the default)"),
-        ("data.resident.split_ranks", lambda v: isinstance(v, bool), "true or false"),
-        ("data.resident.antialias", lambda v: isinstance(v, bool), "true or false"),
-        ("data.resident.prefetch", lambda v: isinstance(v, bool), "true or false"),
-        ("data.verify", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
-        ("aug.rrc_scale", _seq(2, _num(0, 1, lo_open=True), increasing=True), "[min, max] with 0 < min <= max <= 1"),
-        ("aug.rrc_ratio", _seq(2, _num(0, lo_open=True), increasing=True), "[min, max] with 0 < min <= max"),
-        ("aug.interpolation", lambda v: isinstance(v, str), "a string (bicubic, bilinear, ...)"),
-        ("aug.hflip", _num(0, 1), prob),
-        ("aug.vflip", _num(0, 1), prob),
-        ("aug.auto_augment", _is_str, "a timm RandAugment string or null"),
-        ("aug.re_prob", _num(0, 1), prob),
-        ("aug.re_mode", lambda v: v in ("const", "rand", "pixel"), "const, rand or pixel"),
-        ("aug.mixup", _num(0), nonneg),
-        ("aug.cutmix", _num(0), nonneg),
-        ("aug.mixup_prob", _num(0, 1), prob),
-        ("aug.mixup_switch_prob", _num(0, 1), prob),
-        ("aug.mixup_mode", lambda v: v in ("batch", "pair", "elem"), "batch, pair or elem (timm's Mixup modes)"),
-        ("aug.smoothing", _num(0, 1, hi_open=True), "a number in [0, 1)"),
-        ("aug.mean", _seq(3, _num(-math.inf)), "3 finite numbers"),
-        ("aug.std", _seq(3, _num(0, lo_open=True)), "3 numbers > 0"),
-        ("aug.eval_crop_pct", _num(0, lo_open=True), "a finite number > 0"),
-        # whether timm knows it is asked in model.check_timm_names, where timm is imported anyway (not here: 2.7 s)
-        ("optim.opt", lambda v: isinstance(v, str) and bool(v), "a timm optimizer name (e.g. adamw, sgd, lamb)"),
-        ("optim.lr", _num(0, lo_open=True), "a finite number > 0"),
-        ("optim.weight_decay", _num(0), nonneg),
-        ("optim.momentum", _num(0, 1), prob),
-        ("optim.lr_min", _num(0), nonneg),
-        ("optim.warmup_steps", _int(0), "an integer >= 0"),
-        ("optim.warmup_lr", _num(0), nonneg),
-        ("optim.clip_grad", _optional(_num(0)), "a finite number >= 0 (0 or null: no clipping)"),
-        ("train.steps", _int(0), "an integer >= 0"),
-        ("train.epochs", _int(0), "an integer >= 0"),
-        ("train.batch_size", _int(1), "an integer >= 1"),
-        ("train.accum_steps", _int(1), "an integer >= 1"),
-        ("train.amp", lambda v: v in ("bf16", "fp16", "none"), "bf16, fp16 or none"),
-        ("train.device", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
-         "auto, cpu, cuda or cuda:N"),
-        ("train.seed", _int(0, 2**32 - 1), "an integer in [0, 2**32)"),
-        ("train.log_every", _int(1), "an integer >= 1"),
-        ("train.ckpt_every", _int(0), "an integer >= 0 (0: only at the end)"),
-        ("train.eval_every", _int(0), "an integer >= 0 (0: only at the end)"),
-        ("train.threads", _int(0), "an integer >= 0 (0: torch's default)"),
-        ("train.stop_at", _int(0), "an integer >= 0 (0: never)"),
-        ("finetune.checkpoint", _is_str, "a path or null"),
-        ("finetune.probe_blocks", _int(0), "an integer >= 0"),
-        ("finetune.eval_batch_size", _int(1), "an integer >= 1"),
-    ]
-    for key, ok, allowed in checks:
-        value = _get(cfg, key)
-        if value is not _MISSING and not ok(value):
-            raise TrainError(f"{key}: must be {allowed} (got {value!r})")
-    if t.steps < 1 and t.epochs < 1:
-        raise TrainError("train.steps / train.epochs: one must be >= 1")
+    check_static(cfg)

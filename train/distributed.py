@@ -1,7 +1,7 @@
 """Where this process runs: torch threads, the device and, under ``torchrun``, the DDP process group.
 
 ``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; without them the run is one process. Every rank
-calls ``setup`` first; rank 0 alone writes the run folder (``train/run_folder.py``).
+calls ``setup`` first; rank 0 alone writes the run folder (``train/run/folder.py``).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import os
 import random
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,6 +115,34 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """All global RNG states, for exact resume."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes a run can still have where it trains: the free memory of a CUDA device, the machine's available RAM
+    on the CPU (``fracgen.config.available_memory``); None when the system cannot tell."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]  # a CPU-GPU sync point, once at start-up
+    from fracgen.config import available_memory
+
+    return available_memory()
 
 
 def barrier(env: Dist) -> None:

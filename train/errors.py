@@ -9,7 +9,13 @@ class DoesNotFit(TrainError):
     """The dataset does not fit the device-memory budget of the resident source.
 
     With ``data.source: auto`` the caller logs the message and streams instead; with ``resident`` it is fatal.
+    ``read`` holds the samples the resident source took from the dataset's one read before it gave up, so that the
+    stream continues that read instead of starting another.
     """
+
+    def __init__(self, message: str, read: list | None = None) -> None:
+        super().__init__(message)
+        self.read = read or []
 
 
 class RankError(TrainError):

@@ -11,21 +11,28 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from train.checkpoint import adopt_architecture, load_pretrained, read_checkpoint_meta
+from train.bounds import check_cpus
 from train.config import Config
+from train.data.downstream import MapSource, downstream_identity, open_downstream
 from train.distributed import quiet_worker, seed_everything, setup
-from train.downstream import MapSource, open_downstream
 from train.errors import TrainError
-from train.loop import evaluate, train_loop
-from train.model import check_timm_names, create_model
-from train.resume import completed_run, downstream_identity, stored_run
-from train.run_folder import check_tensorboard, run_job, start_run_folder, trainer_status
-from train.step import amp_dtype
+from train.loop import Loop, evaluate
+from train.model import check_model_name, check_timm_names, create_model, unwrap
+from train.run.checkpoint import check_resume, completed_run, meta_kwargs, read_checkpoint_meta, stored_run
+from train.run.folder import MODEL_FILE, TIMM_CONFIG_FILE, out_path, run_job, start_run_folder, trainer_status
+from train.run.log import check_tensorboard
+from train.step import amp_dtype, check_fits
 
 log = logging.getLogger(__name__)
+
+# kwargs timm records that are not the architecture: the head and resolution are chosen by each run
+_NOT_ARCHITECTURE = ("num_classes", "img_size", "pretrained_model_args")
 
 
 def freeze_first_blocks(model: torch.nn.Module, k: int) -> int:
@@ -100,28 +107,17 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     Raises:
         TrainError: bad dataset, checkpoint of another architecture, bad batch split, bad run folder.
     """
-    out = Path(out)
+    out = out_path(out)
     check_timm_names(cfg)
     check_tensorboard(cfg)
-    ckpt = cfg.finetune.checkpoint
-    # a resumed run takes every weight from its own checkpoint: the pre-training one may be gone since
-    stored = stored_run(out) if resume else None
-    gone = bool(ckpt) and stored is not None and not Path(ckpt).exists()
-    if resume:
-        if gone:
-            _adopt_run_architecture(cfg, stored)
-        elif ckpt:  # the run's config holds the checkpoint's kwargs: adopt them before comparing
-            adopt_architecture(cfg, ckpt)
-        if (done := completed_run(out, cfg)) is not None:
-            return done
-    if gone:
-        log.info("--resume: %s is gone; the run's own checkpoint in %s holds every weight", ckpt, out)
-    if stored is not None and "checkpoint_step" in stored:
-        ckpt_step = stored["checkpoint_step"]  # what the run started from, whatever that run did since
-    else:
-        ckpt_step = checkpoint_step(ckpt) if ckpt and not gone else None
+    check_cpus(cfg)
+    ckpt, gone, ckpt_step = _checkpoint_of(cfg, out, resume)
+    if resume and (done := completed_run(out, cfg)) is not None:
+        return done
     env = setup(cfg)
+    check_fits(cfg, env)
     train_set, test_set, num_classes = open_downstream(cfg)
+    check_fits(cfg, env, num_classes)  # the head of the data's classes
     data = downstream_identity(train_set, test_set, num_classes)
     seed_everything(cfg.train.seed)
     model = load_pretrained(cfg, ckpt, num_classes) if ckpt and not gone else create_model(cfg, num_classes)
@@ -131,16 +127,14 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     total = cfg.train.epochs * steps_per_epoch if cfg.train.epochs > 0 else cfg.train.steps
     test_loader = DataLoader(test_set, batch_size=cfg.finetune.eval_batch_size, num_workers=cfg.data.workers,
                              worker_init_fn=quiet_worker)
-    from_checkpoint = start_run_folder(out, cfg, resume, env.is_main, data)
+    amp = amp_dtype(cfg.train.amp, env.device)
+    loop = Loop(cfg, model, source, out, env, total,
+                eval_fn=lambda m: {"eval_top1": evaluate(m, test_loader, env.device, amp)},
+                record={"dataset": data, "checkpoint_step": ckpt_step})
+    start_run_folder(out, cfg, resume, env, check=lambda: check_resume(out, cfg, data), begin=loop.restore)
     log.info("fine-tuning %s (%s) on %s: %d train / %d test images, %d classes, %d steps, %d trainable params",
              cfg.model.name, ckpt or "scratch", cfg.data.path, len(train_set), len(test_set), num_classes, total,
              trainable)
-    amp = amp_dtype(cfg.train.amp, env.device)
-
-    def train() -> dict[str, Any]:
-        return train_loop(cfg, model, source, out, env, total_steps=total, resume=from_checkpoint,
-                          eval_fn=lambda m: {"eval_top1": evaluate(m, test_loader, env.device, amp)},
-                          eval_every_epoch=True, record={"dataset": data, "checkpoint_step": ckpt_step})
 
     def metrics(result: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -153,4 +147,125 @@ def finetune(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
             "elapsed_s": result["elapsed_s"], "device": str(env.device), "trainable_params": trainable,
         }
 
-    return run_job(out, env, train, metrics, complete="top1")
+    return run_job(out, env, lambda: loop.run(eval_every_epoch=True), metrics, complete="top1")
+
+
+def _checkpoint_of(cfg: Config, out: Path, resume: bool) -> tuple[str | None, bool, int | None]:
+    """The pre-training checkpoint of the run: (its path or None, whether it is gone since a resumed run started,
+    the pre-training step it holds), its architecture adopted into ``cfg.model`` before anything is read.
+
+    A resumed run takes every weight from its own checkpoint: the pre-training one may have been removed since.
+    """
+    ckpt = cfg.finetune.checkpoint
+    stored = stored_run(out) if resume else None
+    gone = bool(ckpt) and stored is not None and not Path(ckpt).exists()
+    if gone:
+        _adopt_run_architecture(cfg, stored)
+        log.info("--resume: %s is gone; the run's own checkpoint in %s holds every weight", ckpt, out)
+    elif ckpt:  # the run's config holds the checkpoint's kwargs: adopt them before comparing or counting
+        adopt_architecture(cfg, ckpt)
+    if stored is not None and "checkpoint_step" in stored:
+        return ckpt, gone, stored["checkpoint_step"]  # what the run started from, whatever that run did since
+    return ckpt, gone, checkpoint_step(ckpt) if ckpt and not gone else None
+
+
+def read_architecture(checkpoint: str | Path) -> dict[str, Any]:
+    """The architecture a checkpoint was trained with: ``{"model", "kwargs", "path"}`` (path: the weights file).
+
+    ``checkpoint`` is a run folder or its ``model.safetensors``. A fracgen checkpoint's metadata names the
+    model and the run's kwargs; a folder written by timm alone (``save_for_hf``) is read through timm's
+    ``load_model_config_from_path``, its ``model_args`` less the head and resolution.
+
+    Raises:
+        TrainError: no weights file, not safetensors, or nothing naming the architecture.
+    """
+    path = Path(checkpoint)
+    weights = path / MODEL_FILE if path.is_dir() else path
+    if not weights.is_file():
+        raise TrainError(f"checkpoint {path}: no {MODEL_FILE} there" if path.is_dir() else
+                         f"checkpoint {path}: no such file or run folder")
+    if weights.suffix != ".safetensors":  # timm would hand any other file to torch.load, a pickle reader
+        raise TrainError(f"checkpoint {weights}: weights are read from a .safetensors file only (a run folder's "
+                         f"{MODEL_FILE}); pass the run folder or convert the weights")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TrainError(f"checkpoint {weights}: not a safetensors file ({e})") from None
+    if "model" in meta:
+        return {"model": meta["model"], "kwargs": meta_kwargs(meta, weights), "path": str(weights)}
+    if not (weights.parent / TIMM_CONFIG_FILE).is_file():
+        raise TrainError(f"checkpoint {weights}: no model name in its metadata and no {TIMM_CONFIG_FILE} beside it")
+    from timm.models._hub import load_model_config_from_path
+
+    try:
+        _, name, model_args = load_model_config_from_path(weights.parent)
+    except (KeyError, ValueError, OSError, TypeError, AttributeError, IndexError) as e:
+        # timm indexes the JSON as it expects it: a list or a number where a mapping belongs is a TypeError
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TrainError(f"checkpoint {weights.parent / TIMM_CONFIG_FILE}: not a timm config ({why})") from None
+    if not isinstance(name, str) or not isinstance(model_args or {}, dict):
+        raise TrainError(f"checkpoint {weights.parent / TIMM_CONFIG_FILE}: not a timm config (architecture "
+                         f"{name!r}, model_args {model_args!r})")
+    kwargs = {k: v for k, v in (model_args or {}).items() if k not in _NOT_ARCHITECTURE}
+    return {"model": name, "kwargs": kwargs, "path": str(weights)}
+
+
+def adopt_architecture(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
+    """Take the model name and kwargs from ``checkpoint`` into ``cfg.model`` (so nobody retypes them).
+
+    Kwargs the config sets must be ones the checkpoint was trained with; the config may leave any out.
+    ``img_size``, the head and ``drop_path`` stay the run's own.
+
+    Returns:
+        ``read_architecture``'s answer.
+
+    Raises:
+        TrainError: the config names another model, or a kwarg the checkpoint has not (or has otherwise).
+    """
+    arch = read_architecture(checkpoint)
+    clash = {k: v for k, v in cfg.model.kwargs.items() if k not in arch["kwargs"] or arch["kwargs"][k] != v}
+    if arch["model"] != cfg.model.name or clash:
+        fix = (f"set model.name={arch['model']} (--model)" if arch["model"] != cfg.model.name else
+               f"drop {', '.join('model.kwargs.' + k for k in clash)} (the checkpoint's kwargs are used)")
+        raise TrainError(f"checkpoint {arch['path']} is a {arch['model']} {arch['kwargs'] or ''} model, this run "
+                         f"builds {cfg.model.name} {cfg.model.kwargs or ''}: {fix}")
+    cfg.model.kwargs = dict(arch["kwargs"])
+    return arch
+
+
+def load_pretrained(cfg: Config, checkpoint: str | Path, num_classes: int) -> torch.nn.Module:
+    """A timm model initialised from a checkpoint (run folder or ``model.safetensors``), ``num_classes`` outputs.
+
+    The architecture comes from the checkpoint (``adopt_architecture`` writes it into ``cfg.model.kwargs``).
+    Uses timm's own path (``pretrained_cfg_overlay=dict(file=..., num_classes=-1)``), which also resamples
+    position embeddings when ``cfg.model.img_size`` differs from the pre-training resolution.
+
+    Raises:
+        TrainError: the checkpoint is of another architecture than ``cfg.model``, or holds NaN / inf weights.
+    """
+    check_model_name(cfg.model.name)
+    path = adopt_architecture(cfg, checkpoint)["path"]
+    try:
+        model = timm.create_model(
+            cfg.model.name, pretrained=True, pretrained_cfg_overlay=dict(file=path, num_classes=-1),
+            num_classes=num_classes, drop_path_rate=cfg.model.drop_path, img_size=cfg.model.img_size,
+            **cfg.model.kwargs)
+    except (RuntimeError, TypeError, ValueError, AssertionError, ZeroDivisionError) as e:
+        # an AssertionError is timm refusing the kwargs (e.g. embed_dim not divisible by num_heads)
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainError(f"checkpoint {path} does not fit {cfg.model.name}: {why}") from None
+    # timm loads non-strictly once the head is dropped: check that every other tensor was there
+    head = unwrap(model).default_cfg.get("classifier", "head")
+    tensors = load_file(path)
+    # weights that are NaN or inf would train to a NaN loss: named here, before a run folder is made
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise TrainError(f"checkpoint {path}: {len(broken)} tensor(s) hold NaN or inf values ({', '.join(broken[:3])}"
+                         f"{', ...' if len(broken) > 3 else ''}): the run that wrote it diverged")
+    keys = {k for k in tensors if not k.startswith(head + ".")}
+    wanted = {k for k in model.state_dict() if not k.startswith(head + ".")}
+    if keys != wanted:
+        raise TrainError(f"checkpoint {path} does not fit {cfg.model.name}: "
+                         f"{len(wanted - keys)} missing and {len(keys - wanted)} unexpected tensors")
+    return model

@@ -1,8 +1,8 @@
 """The step loop shared by pre-training and fine-tuning: epochs, accumulation, logging, evaluation, checkpoints.
 
-The loop only sees a source (``train.data`` module docstring): ``source.batches(epoch, start)`` yields
+The loop only sees a source (``train/data/source.py``): ``source.batches(epoch, start)`` yields
 ``(images, targets)`` on the device. What one step does (mixup, AMP, optimizer, schedule) is
-``train/step.py``; what it writes is ``train/checkpoint.py`` and ``train/run_folder.py``.
+``train/step.py``; what it writes is ``train/run/checkpoint.py`` and ``train/run/folder.py``.
 
 SIGTERM and SIGINT (Ctrl-C, a cluster's time limit) do not kill the run: the step under way finishes, a
 checkpoint is written and the run ends "stopped", so that ``--resume`` continues exactly. A second SIGINT
@@ -26,13 +26,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import Config
-from train.data import Source
+from train.data.source import Source
 from train.distributed import Dist, barrier, mean_over_ranks, seed_everything
 from train.errors import TrainError
 from train.model import unwrap
-from train.run_folder import CsvLog, Progress, duration, plot_curves
+from train.run.checkpoint import load_checkpoint, save_checkpoint
+from train.run.log import CsvLog, Progress, duration, plot_curves
 from train.step import TrainStep, autocast
 
 log = logging.getLogger(__name__)
@@ -125,144 +125,185 @@ def stop_on_signals() -> Iterator[StopRequest]:
             signal.signal(s, handler)
 
 
-def train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, env: Dist, total_steps: int,
-               resume: bool = False, eval_fn: EvalFn | None = None, eval_every_epoch: bool = False,
-               record: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train ``model`` for ``total_steps`` optimizer steps on ``source``, writing the run folder ``out``.
+class Loop:
+    """The step loop of one run: its trainer, where it stands, the open log window and the evaluations so far.
+
+    Built before the run folder is taken (``TrainStep`` refuses an odd micro-batch with mixup here); ``restore`` then
+    loads the checkpoint or seeds, and ``run`` trains to the end or a stop.
 
     Args:
         cfg: the run's config (optimizer, schedule, AMP, logging, checkpoints, mixup).
         model: a timm model on the CPU; moved to ``env.device`` here.
-        source: yields micro-batches on the device (``train.data``).
-        out: run folder, created by ``start_run_folder`` beforehand.
+        source: yields micro-batches on the device (``train/data/source.py``).
+        out: the run folder.
         env: rank, world size, device.
         total_steps: optimizer steps of the whole run (the LR schedule spans them).
-        resume: continue from ``out/state.pt`` and ``out/model.safetensors`` exactly (False: from step 0).
-        eval_fn: ``model -> {"eval_top1": ...}``, run on rank 0 every ``cfg.train.eval_every`` steps,
-            at every epoch end when ``eval_every_epoch``, and at the end.
-        eval_every_epoch: evaluate at the end of every source epoch (fine-tuning).
-        record: what every checkpoint records besides the config (``{"dataset": ...}``: ``train.resume``).
+        eval_fn: ``model -> {"eval_top1": ...}``, run on rank 0 every ``cfg.train.eval_every`` steps, at every
+            epoch end when ``run(eval_every_epoch=True)``, and at the end.
+        record: what every checkpoint records besides the config (``{"dataset": ...}``: ``train.run.checkpoint``).
 
-    Returns:
-        ``{"step", "loss", "images_per_s", "eval": [...], "elapsed_s"}`` (loss: mean of the last log window),
-        with ``"stopped": True`` and ``"reason"`` (``SIGTERM``, ``SIGINT``, ``train.stop_at``) when the run
-        stopped early with a checkpoint.
+    Raises:
+        TrainError: a source whose epoch does not split into optimizer steps, or mixup with an odd micro-batch.
     """
-    with stop_on_signals() as stop:
-        return _train_loop(cfg, model, source, out, env, total_steps, resume, eval_fn, eval_every_epoch, stop,
-                           record)
 
+    def __init__(self, cfg: Config, model: torch.nn.Module, source: Source, out: Path, env: Dist, total_steps: int,
+                 eval_fn: EvalFn | None = None, record: dict[str, Any] | None = None) -> None:
+        accum = cfg.train.accum_steps
+        if len(source) % accum or len(source) == 0:
+            raise TrainError(f"source yields {len(source)} micro-batches per epoch, not a multiple of accum_steps "
+                             f"{accum}")
+        self.cfg, self.model, self.source, self.out, self.env = cfg, model, source, out, env
+        self.total, self.eval_fn, self.record = total_steps, eval_fn, record
+        self.steps_per_epoch = len(source) // accum
+        self.trainer = TrainStep(cfg, model, source.num_classes, source.micro_batch, env.device, total_steps)
+        self.step = 0
+        self.evals: list[dict[str, float]] = []
 
-def _train_loop(cfg: Config, model: torch.nn.Module, source: Source, out: Path, env: Dist, total_steps: int,
-                resume: bool, eval_fn: EvalFn | None, eval_every_epoch: bool, stop: StopRequest,
-                record: dict[str, Any] | None) -> dict[str, Any]:
-    t, device = cfg.train, env.device
-    accum = t.accum_steps
-    if len(source) % accum or len(source) == 0:
-        raise TrainError(f"source yields {len(source)} micro-batches per epoch, not a multiple of accum_steps {accum}")
-    steps_per_epoch = len(source) // accum
-    trainer = TrainStep(cfg, model, source.num_classes, source.micro_batch, device, total_steps)
-    step = 0
-    if resume:
-        step = load_checkpoint(out, trainer, env)
-        log.info("resumed at step %d of %d", step, total_steps)
-    else:
-        seed_everything(t.seed * 1000 + env.rank)
-    trainer.start(step, env.world_size)
+    def restore(self, resume: bool) -> None:
+        """Load the checkpoint in ``out`` exactly (``resume``) or seed the run, and start the schedule there.
 
-    csv_log = CsvLog(out, step, enabled=env.is_main, tensorboard=cfg.log.tensorboard)
-    progress = Progress(total_steps, step, enabled=env.is_main)
-    first_step = step + 1
-    # a stop_at already reached (a resumed run started with the command that stopped it) no longer applies:
-    # "the same command with --resume continues" must run to the end, not one step per call
-    stop_at = t.stop_at if t.stop_at and t.stop_at > step else 0
-    evals: list[dict[str, float]] = []
-    loss_sum = torch.zeros((), device=device)
-    window_steps, window_images, window_t0 = 0, 0, time.perf_counter()
-    t_start = time.perf_counter()
-    # resumed at its last step (killed before metrics.json): the loss of the last row it logged
-    last_loss = csv_log.last_loss if step >= total_steps else math.nan
-    last_rate = 0.0
-    reason = ""
+        Raises:
+            TrainError: the checkpoint is missing, damaged or of another run (nothing is written).
+        """
+        if resume:
+            self.step = load_checkpoint(self.out, self.trainer, self.env)
+            log.info("resumed at step %d of %d", self.step, self.total)
+        else:
+            seed_everything(self.cfg.train.seed * 1000 + self.env.rank)
+        self.trainer.start(self.step, self.env.world_size)
 
-    def run_eval() -> dict[str, float]:
-        result = eval_fn(unwrap(model)) if (eval_fn is not None and env.is_main) else {}
+    def run(self, eval_every_epoch: bool = False) -> dict[str, Any]:
+        """Train to ``total_steps`` or a stop (a signal, ``train.stop_at``), in the run folder ``start_run_folder``
+        took; SIGTERM and SIGINT finish the step under way and write a checkpoint.
+
+        Returns:
+            ``{"step", "loss", "images_per_s", "eval": [...], "elapsed_s"}`` (loss: mean of the last log window),
+            with ``"stopped": True`` and ``"reason"`` (``SIGTERM``, ``SIGINT``, ``train.stop_at``) when the run
+            stopped early with a checkpoint.
+        """
+        with stop_on_signals() as self.stop:
+            self._open()
+            return self._epochs(eval_every_epoch)
+
+    def _open(self) -> None:
+        """Open the log and the progress display, start the clocks."""
+        t, env = self.cfg.train, self.env
+        self.csv_log = CsvLog(self.out, self.step, enabled=env.is_main, tensorboard=self.cfg.log.tensorboard)
+        self.progress = Progress(self.total, self.step, enabled=env.is_main)
+        self.first_step = self.step + 1
+        # a stop_at already reached (a resumed run started with the command that stopped it) no longer applies:
+        # "the same command with --resume continues" must run to the end, not one step per call
+        self.stop_at = t.stop_at if t.stop_at and t.stop_at > self.step else 0
+        self.loss_sum = torch.zeros((), device=env.device)
+        self.window_steps, self.window_images = 0, 0
+        self.t_start = self.window_t0 = time.perf_counter()
+        # resumed at its last step (killed before metrics.json): the loss of the last row it logged
+        self.last_loss = self.csv_log.last_loss if self.step >= self.total else math.nan
+        self.last_rate = 0.0
+
+    def _epochs(self, eval_every_epoch: bool) -> dict[str, Any]:
+        """Epochs until the last step or a stop; the final evaluation, checkpoint and curves."""
+        while self.step < self.total:
+            epoch = self.step // self.steps_per_epoch
+            reason = self._epoch(epoch)
+            if not reason and self.stop_at and self.total > self.step >= self.stop_at:
+                reason = "train.stop_at"
+            if reason:
+                self._save()
+                self.progress.close()
+                self.csv_log.close()
+                log.info("stopped at step %d of %d (%s); --resume continues", self.step, self.total, reason)
+                return self._result(stopped=True, reason=reason)
+            if eval_every_epoch and self.step < self.total:
+                self._eval_row(epoch, self._evaluate())
+        self.progress.close()
+        self._eval_row((self.step - 1) // self.steps_per_epoch, self._evaluate())  # every rank: it holds a barrier
+        self._save()
+        self.csv_log.close()
+        if self.env.is_main:
+            plot_curves(self.out)
+        return self._result()
+
+    def _epoch(self, epoch: int) -> str:
+        """The steps of ``epoch`` from where the run stands; the reason it stopped early ("" if it did not)."""
+        spe, t = self.steps_per_epoch, self.cfg.train
+        batches = iter(self.source.batches(epoch, start=(self.step % spe) * t.accum_steps))
+        for _ in range(self.step % spe, spe):
+            self._optimizer_step(batches, epoch)
+            row_eval: dict[str, float] = {}
+            if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total:
+                row_eval = self._evaluate()
+            if self.step % t.log_every == 0 or self.step == self.total:
+                self._log_row(epoch, row_eval)
+            stopping = self.stop.agreed(self.env)
+            self.progress.step(self.step, self.trainer.lr, self._window)
+            if t.ckpt_every and self.step % t.ckpt_every == 0 and self.step < self.total and not stopping:
+                self._save()
+            if stopping and self.step < self.total:
+                return self.stop.reason
+            if self.step >= self.total or (self.stop_at and self.step >= self.stop_at):
+                break
+        return ""
+
+    def _optimizer_step(self, batches: Iterator, epoch: int) -> None:
+        """``accum_steps`` micro-batches forward and backward, then one optimizer step."""
+        accum, env = self.cfg.train.accum_steps, self.env
+        for micro in range(accum):
+            try:
+                images, targets = next(batches)
+            except StopIteration:
+                raise TrainError(f"source ended after {micro} micro-batches of a step in epoch {epoch}; "
+                                 f"it promised {len(self.source)}") from None
+            self.loss_sum += self.trainer.micro_step(images, targets, last=micro == accum - 1)
+            self.window_images += images.shape[0] * env.world_size
+        self.trainer.optimizer_step()
+        self.step = self.trainer.step
+        self.window_steps += 1
+        if self.step == self.first_step and env.is_main and env.device.type == "cpu":
+            took = time.perf_counter() - self.t_start
+            left = self.total - self.step + 1
+            log.info("step %d took %.1f s on the CPU: the %d steps of this run would take about %s here",
+                     self.step, took, left, duration(took * left))
+
+    def _log_row(self, epoch: int, row_eval: dict[str, float]) -> None:
+        """A log row (the loss averaged over ranks); a loss that is not finite ends the run on every rank."""
+        # a CPU-GPU sync point, once per log row
+        self.last_loss = mean_over_ranks(self.loss_sum.item() / self.window_steps, self.env)
+        now = time.perf_counter()
+        self.last_rate = self.window_images / (now - self.window_t0)
+        self.csv_log.write(self.step, epoch, self.last_loss, self.trainer.lr, now - self.t_start,
+                           images_per_s=self.last_rate, eval_top1=row_eval.get("eval_top1"))
+        self.progress.row(self.step, self.last_loss, self.trainer.lr, self.last_rate)
+        if not math.isfinite(self.last_loss):  # every rank has the same mean, so every rank stops here
+            raise TrainError(f"the loss became {self.last_loss} by step {self.step}: the run diverged (a lower "
+                             "optim.lr or optim.clip_grad may help); the last checkpoint, if any, stands")
+        self.loss_sum.zero_()
+        self.window_steps, self.window_images, self.window_t0 = 0, 0, now
+
+    def _window(self) -> tuple[float, float]:
+        """This rank's (loss, images/s) since the last log row, for a progress line between rows."""
+        elapsed = max(time.perf_counter() - self.window_t0, 1e-9)
+        return self.loss_sum.item() / max(self.window_steps, 1), self.window_images / elapsed
+
+    def _evaluate(self) -> dict[str, float]:
+        """``eval_fn`` on rank 0, every rank waiting for it; recorded with the step."""
+        env = self.env
+        result = self.eval_fn(unwrap(self.model)) if (self.eval_fn is not None and env.is_main) else {}
         barrier(env)
         if result:
-            evals.append({"step": step, **result})
-            log.info("step %d: %s", step, result)
+            self.evals.append({"step": self.step, **result})
+            log.info("step %d: %s", self.step, result)
         return result
 
-    def eval_row(epoch: int, result: dict[str, float]) -> None:
+    def _eval_row(self, epoch: int, result: dict[str, float]) -> None:
         if result:
-            csv_log.write(step, epoch, last_loss, trainer.lr, time.perf_counter() - t_start,
-                          eval_top1=result.get("eval_top1"))
+            self.csv_log.write(self.step, epoch, self.last_loss, self.trainer.lr, time.perf_counter() - self.t_start,
+                               eval_top1=result.get("eval_top1"))
 
-    def save() -> None:
-        save_checkpoint(out, trainer, cfg, source.num_classes, steps_per_epoch, env, record)
+    def _save(self) -> None:
+        save_checkpoint(self.out, self.trainer, self.cfg, self.source.num_classes, self.steps_per_epoch, self.env,
+                        self.record)
 
-    while step < total_steps:
-        epoch = step // steps_per_epoch
-        batches = iter(source.batches(epoch, start=(step % steps_per_epoch) * accum))
-        for _ in range(step % steps_per_epoch, steps_per_epoch):
-            for micro in range(accum):
-                try:
-                    images, targets = next(batches)
-                except StopIteration:
-                    raise TrainError(f"source ended after {micro} micro-batches of a step in epoch {epoch}; "
-                                     f"it promised {len(source)}") from None
-                loss_sum += trainer.micro_step(images, targets, last=micro == accum - 1)
-                window_images += images.shape[0] * env.world_size
-            trainer.optimizer_step()
-            step = trainer.step
-            window_steps += 1
-            if step == first_step and env.is_main and device.type == "cpu":
-                took = time.perf_counter() - t_start
-                log.info("step %d took %.1f s on the CPU: the %d steps of this run would take about %s here",
-                         step, took, total_steps - step + 1, duration(took * (total_steps - step + 1)))
-
-            row_eval: dict[str, float] = {}
-            if t.eval_every and step % t.eval_every == 0 and step < total_steps:
-                row_eval = run_eval()
-            if step % t.log_every == 0 or step == total_steps:
-                # a CPU-GPU sync point, once per log row
-                last_loss = mean_over_ranks(loss_sum.item() / window_steps, env)
-                now = time.perf_counter()
-                last_rate = window_images / (now - window_t0)
-                csv_log.write(step, epoch, last_loss, trainer.lr, now - t_start, images_per_s=last_rate,
-                              eval_top1=row_eval.get("eval_top1"))
-                progress.row(step, last_loss, trainer.lr, last_rate)
-                if not math.isfinite(last_loss):  # every rank has the same mean, so every rank stops here
-                    raise TrainError(f"the loss became {last_loss} by step {step}: the run diverged (a lower "
-                                     "optim.lr or optim.clip_grad may help); the last checkpoint, if any, stands")
-                loss_sum.zero_()
-                window_steps, window_images, window_t0 = 0, 0, now
-            stopping = stop.agreed(env)
-            progress.step(step, trainer.lr, lambda s=loss_sum, n=window_steps, i=window_images, t0=window_t0: (
-                s.item() / max(n, 1), i / max(time.perf_counter() - t0, 1e-9)))
-            if t.ckpt_every and step % t.ckpt_every == 0 and step < total_steps and not stopping:
-                save()
-            if stopping and step < total_steps:
-                reason = stop.reason
-                break
-            if step >= total_steps or (stop_at and step >= stop_at):
-                break
-        if not reason and stop_at and step >= stop_at and step < total_steps:
-            reason = "train.stop_at"
-        if reason:
-            save()
-            progress.close()
-            csv_log.close()
-            log.info("stopped at step %d of %d (%s); --resume continues", step, total_steps, reason)
-            return {"step": step, "loss": last_loss, "images_per_s": last_rate, "eval": evals,
-                    "elapsed_s": time.perf_counter() - t_start, "stopped": True, "reason": reason}
-        if eval_every_epoch and step < total_steps:
-            eval_row(epoch, run_eval())
-    progress.close()
-    eval_row((step - 1) // steps_per_epoch, run_eval())  # on every rank: it holds a barrier
-    save()
-    csv_log.close()
-    if env.is_main:
-        plot_curves(out)
-    return {"step": step, "loss": last_loss, "images_per_s": last_rate, "eval": evals,
-            "elapsed_s": time.perf_counter() - t_start}
+    def _result(self, **extra: Any) -> dict[str, Any]:
+        return {"step": self.step, "loss": self.last_loss, "images_per_s": self.last_rate, "eval": self.evals,
+                "elapsed_s": time.perf_counter() - self.t_start, **extra}

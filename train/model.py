@@ -81,13 +81,17 @@ def check_architecture(cfg: Config) -> None:
     """Build ``cfg.model`` once without memory (on the meta device), so that ``model.kwargs`` timm refuses are a
     one-line error before the dataset is read (timm asserts, e.g. ``embed_dim`` divisible by ``num_heads``)."""
     check_model_name(cfg.model.name)
+    if count_parameters(cfg) is None:  # an init that reads values fails on meta alone: the real build decides
+        create_model(cfg, 2)
+
+
+def count_parameters(cfg: Config, num_classes: int = 2) -> int | None:
+    """The parameters of ``cfg.model``, counted on the meta device (no memory); None when timm cannot build it there."""
     try:
         with torch.device("meta"):
-            _create(cfg, 2)
-        return
-    except Exception:  # noqa: BLE001 - an init that reads values fails on meta alone: the real build decides
-        pass
-    create_model(cfg, 2)
+            return sum(p.numel() for p in _create(cfg, num_classes).parameters())
+    except Exception:  # noqa: BLE001 - timm raises many kinds for kwargs it refuses; create_model names them
+        return None
 
 
 def _create(cfg: Config, num_classes: int) -> torch.nn.Module:

@@ -11,15 +11,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from train.bounds import check_cpus
 from train.config import Config
-from train.data import check_eval_set, make_pretrain_eval_loader, make_source
-from train.distributed import seed_everything, setup
+from train.data.pretraining import check_eval_set, make_pretrain_eval_loader, make_source
+from train.data.shards import dataset_identity, read_info
+from train.data.source import Source
+from train.distributed import Dist, seed_everything, setup
 from train.errors import TrainError
-from train.loop import evaluate, train_loop
+from train.loop import Loop, evaluate
 from train.model import check_timm_names, create_model
-from train.resume import check_resume, completed_run, dataset_identity
-from train.run_folder import check_tensorboard, run_job, start_run_folder
-from train.step import amp_dtype
+from train.run.checkpoint import check_resume, completed_run
+from train.run.folder import out_path, run_job, start_run_folder
+from train.run.log import check_tensorboard
+from train.step import amp_dtype, check_fits
 
 log = logging.getLogger(__name__)
 
@@ -41,35 +45,29 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     Raises:
         TrainError: bad dataset, shard, model name, batch split or run folder.
     """
-    out = Path(out)
+    out = out_path(out)
     check_timm_names(cfg)
     check_tensorboard(cfg)
+    check_cpus(cfg)
     if resume:  # another config is refused before the shards are read; the dataset is compared once opened
         check_resume(out, cfg, compare_data=False)
         if (done := completed_run(out, cfg, compare_data=False)) is not None:
             return done
     env = setup(cfg)
+    check_fits(cfg, env, read_info(cfg.data.path).num_classes)  # _info.json alone: no shard is read yet
     seed_everything(cfg.train.seed)
     check_eval_set(cfg)
     source = make_source(cfg, env.device, env.rank, env.world_size)
-    data = dataset_identity(cfg.data.path, type(source).__name__)
-    model = create_model(cfg, source.num_classes)
-    # the evaluation set is the first samples of the training set unless data.eval_path says otherwise: the
-    # source kept their bytes from its one read of the shards (its ``head``), and need not hold them longer
-    head, source.head = getattr(source, "head", None), None
-    eval_loader = make_pretrain_eval_loader(cfg, head) if env.is_main else None
-    if env.device.type == "cpu" and env.is_main:
-        _say_cpu(cfg)
-    from_checkpoint = start_run_folder(out, cfg, resume, env.is_main, data)
-    amp = amp_dtype(cfg.train.amp, env.device)
-
-    def eval_fn(m: Any) -> dict[str, float]:
-        return {"eval_top1": evaluate(m, eval_loader, env.device, amp)} if eval_loader is not None else {}
+    try:
+        loop, data = _prepare(cfg, source, out, env)
+        start_run_folder(out, cfg, resume, env, check=lambda: check_resume(out, cfg, data), begin=loop.restore)
+    except BaseException:
+        source.close()
+        raise
 
     def train() -> dict[str, Any]:
         try:
-            return train_loop(cfg, model, source, out, env, total_steps=cfg.train.steps, resume=from_checkpoint,
-                              eval_fn=eval_fn, record={"dataset": data})
+            return loop.run()
         finally:
             source.close()
 
@@ -86,6 +84,25 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
     if not result.get("stopped") and not result["steps"]:
         raise TrainError("no step was trained")
     return result
+
+
+def _prepare(cfg: Config, source: Source, out: Path, env: Dist) -> tuple[Loop, dict[str, Any]]:
+    """The model, its evaluation on the dataset's own images and the loop, before the run folder is taken; and what
+    the checkpoints record of the dataset (``dataset_identity``)."""
+    data = dataset_identity(cfg.data.path, type(source).__name__)
+    model = create_model(cfg, source.num_classes)
+    # the evaluation set is the first samples of the training set unless data.eval_path says otherwise: the
+    # source kept their bytes from its one read of the shards (its ``head``), and need not hold them longer
+    head, source.head = getattr(source, "head", None), None
+    eval_loader = make_pretrain_eval_loader(cfg, head) if env.is_main else None
+    if env.device.type == "cpu" and env.is_main:
+        _say_cpu(cfg)
+    amp = amp_dtype(cfg.train.amp, env.device)
+
+    def eval_fn(m: Any) -> dict[str, float]:
+        return {"eval_top1": evaluate(m, eval_loader, env.device, amp)} if eval_loader is not None else {}
+
+    return Loop(cfg, model, source, out, env, cfg.train.steps, eval_fn, {"dataset": data}), data
 
 
 # the tiny config's work (steps x batch x pixels), which a CPU does in minutes

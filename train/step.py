@@ -2,7 +2,7 @@
 
 Mixup/cutmix with label smoothing on the device (timm ``Mixup``), forward under autocast, backward through
 the AMP grad scaler, optional gradient clipping, the timm optimizer and a per-step cosine schedule. The loop
-(``train/loop.py``) calls ``micro_step`` ``accum_steps`` times then ``optimizer_step``; ``train/bench.py``
+(``train/loop.py``) calls ``micro_step`` ``accum_steps`` times then ``optimizer_step``; ``train/experiments/bench.py``
 calls ``train_step``.
 """
 
@@ -16,8 +16,12 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from train.augment import make_criterion, make_mixup
+from train.bounds import check_memory
 from train.config import Config
+from train.data.source import micro_batch_size
+from train.distributed import Dist, free_memory
 from train.errors import TrainError
+from train.model import count_parameters
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -30,12 +34,25 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
+def check_fits(cfg: Config, env: Dist, num_classes: int = 2) -> None:
+    """Refuse, before anything is read or allocated, a config whose model and batches cannot fit the memory where
+    the run trains (``train.bounds.check_memory``): one line naming the key to lower and what fits. ``num_classes``:
+    the head's outputs (a dataset's ``_info.json`` may ask for a head of any size).
+
+    Raises:
+        TrainError: it does not fit, or ``train.batch_size`` does not divide across ranks x accumulation steps.
+    """
+    micro = micro_batch_size(cfg, env.world_size)
+    check_memory(cfg, count_parameters(cfg, num_classes), micro, env.world_size, free_memory(env.device),
+                 str(env.device), num_classes)
+
+
 class TrainStep:
     """The model with everything that updates it: mixup, criterion, optimizer, schedule, grad scaler.
 
     Construction moves ``model`` to ``device`` and builds the optimizer state; ``start`` then sets the schedule
     at the first step and wraps the model (``torch.compile`` on CUDA, DDP across ranks). Between the two the
-    caller seeds the RNGs or restores a checkpoint (``train/checkpoint.py``), so that a resumed run continues
+    caller seeds the RNGs or restores a checkpoint (``train/run/checkpoint.py``), so that a resumed run continues
     bit-exactly.
 
     Args:
@@ -125,6 +142,6 @@ class TrainStep:
         self.scheduler.step_update(self.step)
 
     def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> None:
-        """One optimizer step on one micro-batch (``train/bench.py``'s unit)."""
+        """One optimizer step on one micro-batch (``train/experiments/bench.py``'s unit)."""
         self.micro_step(images, targets)
         self.optimizer_step()

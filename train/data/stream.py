@@ -1,0 +1,228 @@
+"""The streaming source: shards read by DataLoader workers, decoded and augmented per sample with timm's transforms.
+
+Each rank's ``world_size * workers`` readers split the shards among themselves (whole shards when they divide
+evenly, every n-th sample otherwise), decode PNGs, keep a seeded shuffle buffer and apply
+``train.augment.make_train_transform``; the batches are copied to the device. Local shards are read once, checked,
+before the first step (``check_shards``), so while training only their labels are read again; remote shards get
+every check as they are decoded. Costs: a worker start-up per epoch (``MIN_EPOCH_STEPS`` amortises it) and, on a
+mid-epoch resume, decoding the batches already seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from fracgen.dataset import DatasetInfo
+from train.augment import make_train_transform
+from train.bounds import check_buffer
+from train.config import Config
+from train.data.remote import is_remote
+from train.data.samples import decode_image, decode_sample, shard_samples
+from train.data.shards import ShardSet, read_info, read_split
+from train.data.source import Batch, last_line, micro_batch_size
+from train.distributed import end_workers, free_memory, quiet_worker
+from train.errors import RankError, TrainError
+
+log = logging.getLogger(__name__)
+
+MIN_EPOCH_STEPS = 200
+"""The streaming source's epochs last at least this many optimizer steps (DataLoader workers restart per epoch)."""
+
+
+def keep_head(samples: Iterator[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
+    """Consume the dataset's one checked read (``train.data.shards.read_split``), keeping its first ``keep`` samples.
+
+    Raises:
+        TrainError: ``shard <path>: ...`` naming the damage.
+    """
+    head: list[dict[str, Any]] = []
+    for sample in samples:
+        if len(head) < keep:
+            head.append(sample)
+    return head
+
+
+class _PrivateRng:
+    """Run the transform under its own python/numpy/torch RNG states when there are no worker processes.
+
+    Without it a main-process loader would share the global RNG with drop path and mixup, and a resumed
+    run (which skips batches) would diverge; with workers the DataLoader seeds each worker instead.
+    """
+
+    def __init__(self, seed: int):
+        self.py = random.Random(seed).getstate()
+        self.np = np.random.RandomState(seed % 2**32).get_state()
+        # a stream's seed grows with train.seed (up to 2**32) past what torch takes (2**64): reduced, a seed that
+        # fits is unchanged, so the order of every run that worked before stays as it was
+        self.torch = torch.Generator().manual_seed(seed % 2**64).get_state()
+
+    def __call__(self, fn: Callable, *args: Any) -> Any:
+        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.setstate(self.py)
+        np.random.set_state(self.np)
+        torch.set_rng_state(self.torch)
+        try:
+            return fn(*args)
+        finally:
+            self.py, self.np, self.torch = random.getstate(), np.random.get_state(), torch.get_rng_state()
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+
+
+def readers_per_rank(workers: int, num_samples: int, world_size: int) -> int:
+    """``data.workers``, lowered so that every reader (ranks x workers) has a sample of its own to stream.
+
+    A reader with none would scan the shards for ever (its pass yields nothing). ``num_samples`` 0: unknown
+    (a remote dataset without counts), left as asked.
+
+    Raises:
+        TrainError: fewer samples than ranks.
+    """
+    if num_samples <= 0:
+        return workers
+    if num_samples < world_size:
+        raise TrainError(f"the dataset has {num_samples} samples, fewer than the {world_size} ranks: each rank "
+                         "streams samples of its own")
+    most = num_samples // world_size  # readers a rank may have; one is the main process itself (0 workers)
+    if max(workers, 1) <= most:
+        return workers
+    lowered = most if most > 1 else 0
+    log.info("data.workers %d lowered to %d: %d samples over %d rank(s) give every reader (rank x worker) one "
+             "sample at least only so", workers, lowered, num_samples, world_size)
+    return lowered
+
+
+class _ShardStream(IterableDataset):
+    """An endless, seeded stream of (transformed image, label) for one rank.
+
+    Each of the ``world_size * workers`` readers takes whole shards when they divide evenly among them,
+    otherwise every reader scans all shards and decodes every ``n``-th sample (fracgen sets are small), so
+    every sample is seen equally often. Passes repeat with a new shard order and shuffle buffer.
+    """
+
+    def __init__(self, urls: list[str], transform: Callable, rank: int, world_size: int, seed: int,
+                 epoch: int, shuffle_buffer: int, num_classes: int | None = None, size: int | None = None,
+                 checked: frozenset[str] = frozenset()):
+        self.urls, self.transform, self.num_classes, self.size = urls, transform, num_classes, size
+        self.checked = checked  # shards whose every sample was checked before step 1: only their labels are read
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
+        self.shuffle_buffer = max(1, shuffle_buffer)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        reader, readers = self.rank * workers + worker, self.world_size * workers
+        base = (self.seed * 1_000_003 + self.epoch) * 10_007
+        rng = random.Random(base + reader)
+        transform = self.transform if info else (lambda im, p=_PrivateRng(base + reader + 1): p(self.transform, im))
+        by_shard = len(self.urls) % readers == 0
+        buffer: list[tuple[np.ndarray, int]] = []
+        seen = False
+        for pass_ in range(10**9):
+            order = list(self.urls)
+            random.Random(base + pass_).shuffle(order)  # same on every reader so whole shards partition
+            mine = order[reader::readers] if by_shard else order
+            for i, sample in enumerate(s for url in mine for s in shard_samples(url)):
+                if not by_shard and i % readers != reader:
+                    continue
+                seen = True
+                if sample.get("__url__") in self.checked:
+                    image, label = decode_image(sample), int(sample["cls"])
+                else:
+                    image, label = decode_sample(sample, self.num_classes, self.size)
+                buffer.append((image, label))
+                if len(buffer) >= self.shuffle_buffer:
+                    image, label = buffer.pop(rng.randrange(len(buffer)))
+                    yield transform(rgb(image)), label
+            if not seen:  # a reader without samples would scan the shards for ever (readers_per_rank avoids it)
+                raise TrainError(f"reader {reader} of {readers} (ranks x data.workers) got no sample of the "
+                                 f"{len(self.urls)} shard(s): lower data.workers")
+            rng.shuffle(buffer)
+            while len(buffer) > self.shuffle_buffer // 2:  # keep some for mixing across passes
+                image, label = buffer.pop()
+                yield transform(rgb(image)), label
+
+
+def rgb(grey: np.ndarray) -> Image.Image:
+    """The PIL RGB image timm's transforms take, from a grey (H, W) uint8 array."""
+    return Image.fromarray(grey, "L").convert("RGB")
+
+
+class StreamSource:
+    """Shards streamed through DataLoader workers with timm's per-sample transforms; see module docstring.
+
+    ``info`` is the dataset's ``_info.json``, ``shards`` its shards with their records and ``samples`` their one
+    checked read (``train.data.shards.read_split``), when the caller has them already; the read is consumed here,
+    so that a bad shard is named before the first step.
+    """
+
+    def __init__(self, cfg: Config, device: torch.device, rank: int, world_size: int,
+                 info: DatasetInfo | None = None, shards: ShardSet | None = None,
+                 samples: Iterator[dict[str, Any]] | None = None):
+        self.cfg, self.device, self.rank, self.world_size = cfg, device, rank, world_size
+        info = info or read_info(cfg.data.path)
+        if shards is None or samples is None:
+            shards, samples = read_split(cfg.data.path, info, cfg.data.verify)
+        self.urls, self.size = shards.urls, shards.size
+        self.num_classes = info.num_classes
+        self.num_samples = info.splits["train"].num_samples if "train" in info.splits else 0
+        self.micro_batch = micro_batch_size(cfg, world_size)
+        self.transform = make_train_transform(cfg.aug, cfg.model.img_size)
+        self.workers = readers_per_rank(cfg.data.workers, self.num_samples, world_size)
+        check_buffer(cfg, self.size, self.workers, free_memory(torch.device("cpu")))
+        local = [u for u in self.urls if not is_remote(u)]
+        head = keep_head(samples, cfg.data.eval_samples if cfg.data.eval_path is None else 0)
+        self.head = head if len(local) == len(self.urls) else None  # a remote shard was not read
+        self.checked = frozenset(local)  # every sample of these was checked: only their labels are read again
+        steps = math.ceil(max(self.num_samples, 1) / cfg.train.batch_size)
+        steps = steps * math.ceil(MIN_EPOCH_STEPS / steps)  # whole passes, at least MIN_EPOCH_STEPS
+        self._len = steps * cfg.train.accum_steps
+
+    def __len__(self) -> int:
+        return self._len
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Micro-batches ``start..len-1`` of ``epoch`` on the device (skipping costs decoding them)."""
+        cfg = self.cfg
+        stream = _ShardStream(self.urls, self.transform, self.rank, self.world_size, cfg.train.seed, epoch,
+                              cfg.data.shuffle_buffer, self.num_classes, self.size, self.checked)
+        loader = DataLoader(
+            stream, batch_size=self.micro_batch, num_workers=self.workers,
+            pin_memory=self.device.type == "cuda", drop_last=True,
+            generator=torch.Generator().manual_seed((cfg.train.seed * 7919 + epoch) * 131 + self.rank),
+            persistent_workers=False, prefetch_factor=4 if self.workers else None, worker_init_fn=quiet_worker,
+        )
+        non_blocking = self.device.type == "cuda"
+        batches = iter(loader)
+        try:
+            for i, (images, targets) in enumerate(batches):
+                if i >= self._len:
+                    break
+                if i < start:
+                    continue
+                yield (images.to(self.device, non_blocking=non_blocking),
+                       targets.to(self.device, dtype=torch.int64, non_blocking=non_blocking))
+        except TrainError as e:  # from a worker, torch wraps the message in the worker's traceback
+            raise RankError(last_line(str(e))) from None  # this rank's shards: the others never see it
+        finally:
+            end_workers(batches)
+
+    def close(self) -> None:
+        """Nothing to release: workers end with each epoch's loader."""
+
+
+def make_stream_source(cfg: Config, device: torch.device, rank: int, world_size: int,
+                       info: DatasetInfo | None = None, shards: ShardSet | None = None,
+                       samples: Iterator[dict[str, Any]] | None = None) -> StreamSource:
+    """The streaming source of ``cfg.data.path`` for this rank (shards checked up front)."""
+    return StreamSource(cfg, device, rank, world_size, info, shards, samples)
