@@ -78,7 +78,7 @@ sweep: install-dev ## Build + pre-train + fine-tune over a grid (SWEEP=sweep-del
 	$(BIN)/python -m train sweep $(or $(SWEEP),sweep-delta) $(ARGS)
 
 bench-train: install-dev ## Trainer throughput: model only, streaming loader, GPU-resident data (DATA=..., ARGS=...).
-	$(BIN)/python -m train.bench $(if $(DATA),--data $(DATA)) $(ARGS)
+	$(BIN)/python -m train.experiments.bench $(if $(DATA),--data $(DATA)) $(ARGS)
 
 clean: ## Remove build outputs and caches (not .venv).
 	rm -rf out runs .cache .pytest_cache .ruff_cache

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 5's GPU check in one go (about 4-8 minutes on one H100): build the default 1p-frac dataset, then time
 # model-only / streaming / GPU-resident pre-training throughput for ViT-Tiny (compile off and on) and ViT-Base,
-# and print one Markdown table per run (train/bench.py), also kept in $OUT/bench.md and $OUT/*.json.
+# and print one Markdown table per run (train/experiments/bench.py), also kept in $OUT/bench.md and $OUT/*.json.
 #
 # Prepare once on the machine that calls the device tool, in the repo root (.whl/ is git-ignored; both
 # wheels are pure Python, the device image lacks them):
@@ -11,7 +11,7 @@
 #   bash scripts/gpu_check.sh
 # Knobs (environment): STEPS (timed steps per path, 50), WARMUP (10), WORKERS (stream loader workers, 16),
 # DATA (dataset folder, out/1p-frac; built when it has no build.json), SKIP_BASE=1 to leave ViT-Base out,
-# EXTRA (more train.bench flags for every run, last wins; a CPU dry run:
+# EXTRA (more train.experiments.bench flags for every run, last wins; a CPU dry run:
 #   PATH=.venv/bin:$PATH DATA=/tmp/tiny STEPS=1 WARMUP=0 WORKERS=1 SKIP_BASE=1 \
 #   EXTRA='--img-size 32 --batch 8 --set model.kwargs={"patch_size":8,"depth":2}' bash scripts/gpu_check.sh).
 set -euo pipefail
@@ -89,10 +89,10 @@ if dev.type == "cuda":
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
 PY
 
-bench() {  # name, then extra flags for train.bench
+bench() {  # name, then extra flags for train.experiments.bench
     local name=$1; shift
     echo "== $name" >&2
-    timeout 240 python3 -m train.bench --data "$DATA" --steps "$STEPS" --warmup "$WARMUP" --workers "$WORKERS" \
+    timeout 240 python3 -m train.experiments.bench --data "$DATA" --steps "$STEPS" --warmup "$WARMUP" --workers "$WORKERS" \
         --out "$RESULTS/bench.md" --json "$RESULTS/$name.json" "$@" ${EXTRA:-} \
         || echo "| $name | failed or timed out (exit $?) |" | tee -a "$RESULTS/bench.md"
 }

@@ -111,7 +111,7 @@ fi
 if [[ " $PHASES " == *" bench "* ]]; then
     for mode in eager compile; do
         flag=(); [ "$mode" = compile ] && flag=(--compile)
-        step "bench-$mode" 240 python3 -m train.bench --data "$DATA" "${BENCH[@]}" "${flag[@]}" \
+        step "bench-$mode" 240 python3 -m train.experiments.bench --data "$DATA" "${BENCH[@]}" "${flag[@]}" \
             --out "$RESULTS/bench.md" --json "$RESULTS/bench-$mode.json" --no-progress
     done
 fi

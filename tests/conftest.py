@@ -16,10 +16,6 @@ SHARED_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: several processes, signals or a long training (-m 'not slow' skips them)")
-
-
 def make_cifar_like(dest: Path, train_per_class: int = 100, test_per_class: int = 20, size: int = 32) -> Path:
     """Write a CIFAR-10-shaped JPEG tarball of generated images (same layout and counts as the mini copy).
 

@@ -138,7 +138,7 @@ def test_contour_defaults_follow_the_released_scripts():
 
 
 def test_the_table3_sweep_names_valid_builds():
-    from train.sweep import load_sweep, points
+    from train.experiments.sweep import load_sweep, points
 
     spec = load_sweep("sweep-table3")
     built = []
@@ -153,7 +153,7 @@ def test_the_table3_sweep_names_valid_builds():
 def test_the_table3_sweep_fine_tunes_on_what_its_paper_column_reports_and_needs_no_shared_copy():
     """The paper column is CIFAR-100 top-1: fine-tuning on CIFAR-10 would set the two side by side wrongly; and
     a user has no ../shared (issue 15: sweeps default to torchvision's CIFAR, a local copy by option)."""
-    from train.sweep import load_sweep
+    from train.experiments.sweep import load_sweep
 
     spec = load_sweep("sweep-table3")
     assert "CIFAR-100" in spec["paper"]["title"]
