@@ -37,6 +37,7 @@ class Recipe:
     def __init__(self, root: Path, plan: Plan):
         self.root, self.plan = root, plan
         self.order = [index for shard in plan.shard_samples for index in shard]
+        self._classes: list[dict] | None = None  # params.json's class records, read when first needed
 
     def __len__(self) -> int:
         return len(self.order)
@@ -55,6 +56,21 @@ class Recipe:
         """The samples of one shard, in their stored order, rendered together (a family's kernel may draw several
         at once: faster than one by one)."""
         return self.render(self.plan.shard_samples[shard])
+
+    def fresh(self, i: int, key: tuple[int, ...]) -> dict[str, Any]:
+        """Sample i with its patch masks drawn afresh from ``(seed, key, sample index)`` (``key``: the epoch, say):
+        the paper's "w/ Aug." read as new masks each time an image is shown. ``{"__key__", "image", "cls"}``.
+
+        Raises:
+            UsageError: the family draws no patch masks.
+        """
+        index = self.order[i]
+        label = index // self.plan.config.per_class
+        if self._classes is None:
+            self._classes = (dataset.read_params(self.root) or {}).get("classes") or []
+        record = self._classes[label] if label < len(self._classes) else {}
+        image = self.plan.config.family.render_fresh(self.plan, index, tuple(key), record)
+        return {"__key__": dataset.sample_key(index), "image": np.array(image, np.uint8, copy=True), "cls": label}
 
     def render(self, indices: list[int]) -> Iterator[dict[str, Any]]:
         """The samples of these indices (not positions: ``order`` maps one to the other), as ``__getitem__``."""

@@ -18,6 +18,7 @@ import numpy as np
 SEARCH, CHOICES, CLASS, ORDER, CHECK = 0, 1, 2, 3, 4
 CATEGORY, IMAGE, LPCE = 20, 21, 22
 CANDIDATES_3D, CLOUD_3D, VIEWS_3D = 30, 31, 32
+FRESH = 40  # patch masks drawn afresh each time a sample is shown (a recipe read live, "w/ Aug.")
 
 
 def generator(seed: int, *path: int) -> np.random.Generator:

@@ -24,7 +24,7 @@ from fracgen.errors import UsageError
 from fracgen.options import CHAOS_GAME, Option
 from fracgen.presets.registry import Family, register, render_ahead
 from fracgen.raster import raster_text
-from fracgen.seeds import CLASS, SEARCH, choice_uniforms, draw_masks, generator
+from fracgen.seeds import CLASS, FRESH, SEARCH, choice_uniforms, draw_masks, generator
 from fracgen.systems import System
 
 K = 0.4
@@ -121,6 +121,20 @@ class FractalDB(Family):
         mask per point of every render; a render is (category, weight row, patch instance), its 4 flips share
         it (the released script saves one render flipped four ways)."""
         return (CLASS, label, row, patch)
+
+    def render_fresh(self, plan, index: int, key: tuple[int, ...], record: dict) -> np.ndarray:
+        from fracgen.kernels import chaos
+
+        cfg = plan.config
+        if cfg.style != "reference":
+            raise UsageError("--style points draws no patch masks to draw afresh")
+        label, instance = divmod(index, cfg.per_class)
+        row, _, flip = _variation(cfg, instance)
+        canvas = chaos.Canvas(cfg.size, cfg.points)
+        base = plan.systems[label]
+        truncated_fill(base.maps * weights()[row], base.probabilities, choice_uniforms(cfg.seed, label, cfg.points),
+                       draw_masks(generator(cfg.seed, FRESH, *key, index), cfg.points), canvas, cfg.style)
+        return _FLIPS[flip](canvas.image)
 
     def class_records(self, plan, markers: list[dict]) -> list[dict]:
         if plan.config.instances == 1:

@@ -16,7 +16,7 @@ from fracgen.options import CHAOS_GAME, Option
 from fracgen.perturb import MODES
 from fracgen.presets.registry import Family, register, render_ahead
 from fracgen.raster import raster_text
-from fracgen.seeds import CHECK, CLASS, choice_uniforms, draw_masks, generator
+from fracgen.seeds import CHECK, CLASS, FRESH, choice_uniforms, draw_masks, generator
 
 MAX_MAPS = 1000  # every image records its maps
 
@@ -90,6 +90,19 @@ class OnePFrac(Family):
         batched = cfg.style == "reference" and cfg.patch_variants == 1  # the chains kernel draws that look
         batch = (lambda chunk: _render_chains(plan, chunk)) if batched else (lambda chunk: {})
         return render_ahead(indices, batch, lambda index: _render_one(plan, index, canvas), canvas)
+
+    def render_fresh(self, plan, index: int, key: tuple[int, ...], record: dict) -> np.ndarray:
+        from fracgen.kernels import chaos
+
+        cfg = plan.config
+        if cfg.style != "reference":
+            raise UsageError("--style points draws no patch masks to draw afresh")
+        base = plan.systems[record["fractal"]]
+        canvas = chaos.Canvas(cfg.size, cfg.points)
+        masks = draw_masks(generator(cfg.seed, FRESH, *key, index), cfg.points)
+        chaos.render(np.asarray(record["maps"]), base.probabilities, choice_uniforms(cfg.seed, record["fractal"],
+                     cfg.points), masks, canvas.image, canvas.points, cfg.style)
+        return canvas.image
 
     def card_template_for(self, config: dict) -> str | None:
         return self.card_template if config.get("fractals", 1) == 1 else None  # its card tells of one fractal

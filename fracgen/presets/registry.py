@@ -133,6 +133,20 @@ class Family:
         """One sample: image of class ``label``, its ``instance``-th image."""
         raise NotImplementedError
 
+    def render_fresh(self, plan: Plan, index: int, key: tuple[int, ...], record: dict) -> np.ndarray:
+        """Sample ``index`` with its patch masks drawn afresh from ``generator(seed, FRESH, *key, index)`` (the
+        paper's "w/ Aug." read as new masks each time an image is shown: ``key`` is, say, the epoch).
+
+        Args:
+            record: the sample's class record in params.json (a 1p-frac class's accepted maps).
+
+        Raises:
+            UsageError: the family draws no patch masks.
+        """
+        from fracgen.errors import UsageError
+
+        raise UsageError(f"--preset {self.name} draws no patch masks to draw afresh")
+
     def class_records(self, plan: Plan, markers: list[dict]) -> list[dict]:
         """params.json's ``classes``: by default the first image's record of each class, which the shards'
         markers collect (``config.instances`` == 1)."""
