@@ -224,19 +224,6 @@ def test_params_file_rebuilds_the_same_bytes(tiny_dataset, tmp_path):
     assert "--params params.json" in json.loads((tmp_path / "p" / "build.json").read_text())["command"]
 
 
-@pytest.mark.parametrize("content,match", [
-    ("{not json", "not valid JSON"),
-    ('{"maps": [[1, 2, 3]]}', "6 finite numbers"),
-    ('{"maps": [[3, 0, 0, 3, 1, 1], [2.5, 0.1, 0, 2.5, -1, 0]]}', "diverges"),
-])
-def test_bad_params_files_are_refused_before_writing(tmp_path, content, match):
-    params = tmp_path / "p.json"
-    params.write_text(content)
-    with pytest.raises(UsageError, match=match):
-        build(CFG, tmp_path / "out", params=params)
-    assert not (tmp_path / "out").exists()
-
-
 def test_overwrite_only_replaces_a_fracgen_build(tmp_path, tiny_copy):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -111,24 +111,6 @@ def test_previews_of_contour_builds(tmp_path):
             assert im.size[0] > 300 and im.size[1] > 300
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--preset", "rcdb", "--delta", "0.1"], "--preset rcdb takes no --delta"),
-    (["--preset", "visualatom", "--L", "5"], "takes no --l"),
-    (["--preset", "rcdb-lpce", "--instances", "3"], "takes no --instances"),
-    (["--preset", "visualatom-lpce", "--categories", "3"], "takes no --categories"),
-    (["--preset", "rcdb", "--points", "10"], "takes no --points"),
-    (["--preset", "1p-frac", "--radius-perturbation", "scalar"], "takes no --radius-perturbation"),
-    (["--preset", "rcdb-lpce", "--radius-perturbation", "ring"], "'ring' is not one of"),
-    (["--preset", "rcdb", "--categories", "0"], "--categories"),
-])
-def test_bad_contour_options_are_one_line_exit_2(tmp_path, args, fragment):
-    result = CliRunner().invoke(cli, ["build", *args, str(tmp_path / "out")])
-    assert result.exit_code == 2
-    line = result.output.strip()
-    assert line.startswith("Error:") and fragment.lower() in line.lower() and "\n" not in line
-    assert not (tmp_path / "out").exists()
-
-
 def test_contour_defaults_follow_the_released_scripts():
     for kind in ("rcdb", "visualatom"):
         cfg = BuildConfig(preset=kind)

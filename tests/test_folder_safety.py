@@ -2,13 +2,11 @@
 links where fracgen writes, markers that lie, stray shards, edited records, unreadable files (attack round of
 stop 18)."""
 
-import io
 import json
 import os
 import shutil
 import socket
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 
@@ -117,29 +115,6 @@ def test_overwrite_that_cannot_delete_keeps_the_claim(tiny_copy: Path, monkeypat
     assert output.stored_config(tiny_copy) is not None  # still a build --overwrite and --resume recognise
 
 
-@pytest.mark.parametrize("change, fragment", [
-    (lambda root: (root / "_info.json").unlink() or (root / "_info.json").mkdir(), "_info.json is not a regular file"),
-    (lambda root: (root / "params.json").unlink() or (root / "params.json").mkdir(), "params.json is not a regular file"),
-    (lambda root: _edit(root / "_info.json", lambda d: d.update(num_classes=7)), "_info.json num_classes 7"),
-    (lambda root: _edit(root / "_info.json", lambda d: d["splits"]["train"].update(shard_lengths="88")),
-     "not lists"),
-    (lambda root: _edit(root / "params.json", lambda d: d["systems"][0]["maps"][0].__setitem__(0, 0.5)),
-     "params.json was changed after the build"),
-    (lambda root: _edit(root / "build.json", lambda d: d["config"].update(L=17)),
-     "config makes 17 classes, but build.json num_classes is 16"),
-])
-def test_verify_names_edited_records(tiny_copy: Path, change, fragment) -> None:
-    change(tiny_copy)
-    report = verify(tiny_copy)
-    assert not report.ok and any(fragment in line for line in report.lines()), report.lines()
-
-
-def _edit(path: Path, change) -> None:
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data, indent=1))
-
-
 def test_unreadable_files_are_one_line(tiny_copy: Path, monkeypatch) -> None:
     def denied(path) -> str:
         raise PermissionError(13, "Permission denied", str(path))
@@ -161,7 +136,6 @@ def test_negative_zero_delta_is_zero(tmp_path: Path) -> None:
 
 
 def test_resume_of_a_real_image_build_refuses_another_image(tmp_path: Path) -> None:
-    import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -178,74 +152,6 @@ def test_resume_of_a_real_image_build_refuses_another_image(tmp_path: Path) -> N
         result = CliRunner().invoke(cli, [args[0], str(image), str(out), *args[1:], "--resume"])
         assert result.exit_code == 0, result.output
     assert verify(out).ok
-
-
-def _png(array) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _repack(root: Path, change) -> None:
-    """Rewrite shard 0 with its second sample changed, and record the new checksum (what a re-packing tool
-    leaves): only the content checks can tell."""
-    samples = [{k: v for k, v in s.items() if k != "__url__"} for s in dataset.iter_shard(root / "train-000000.tar")]
-    change(samples[1])
-    digest, count, size = dataset.write_shard(root, 0, samples)
-    build_json = json.loads((root / "build.json").read_text())
-    build_json["shards"][0].update(sha256=digest, bytes=size, num_samples=count)
-    (root / "build.json").write_text(json.dumps(build_json))
-
-
-def _grey(sample: dict):
-    return dataset.decode_grey(sample["png"])
-
-
-@pytest.mark.parametrize("change, fragment", [
-    (lambda s: s.update(png=_png(np.repeat(_grey(s)[..., None], 3, axis=2))), "colour type 2"),
-    (lambda s: s.update(png=_png(_grey(s).astype(np.uint16) * 257)), "16-bit"),
-    (lambda s: s.update(png=_png(_grey(s) * 2)), "other than the fractal looks' 0 and 127"),
-    (lambda s: s.update(png=_png(np.zeros_like(_grey(s)))), "none lit"),
-    (lambda s: s.update(png=b"\xff\xd8\xff\xe0" + s["png"][4:]), "not a PNG"),
-    (lambda s: s.update(__key__="99999999"), "is not its index"),
-    (lambda s: s.update(cls=b" " + s["cls"]), "plain digits"),
-    (lambda s: s.update(txt=b"note"), "holds members no build writes: txt"),
-    (lambda s: s.update(png=s["png"][:-1] + bytes([s["png"][-1] ^ 1])), "bad CRC in its 'IEND'"),
-    (lambda s: s.update(png=s["png"][:40] + bytes([s["png"][40] ^ 1]) + s["png"][41:]), "bad CRC"),
-    (lambda s: s.update(png=s["png"] + bytes(30_000)), "30000 bytes after its end"),
-    (lambda s: s.update(png=s["png"][:-12]), "has no end"),
-    (lambda s: s.update(png=_png(np.dstack([_grey(s)] * 4))), "colour type 6"),
-])
-def test_verify_names_a_repacked_sample(tiny_copy: Path, change, fragment) -> None:
-    assert verify(tiny_copy).ok
-    _repack(tiny_copy, change)
-    report = verify(tiny_copy)
-    assert not report.ok and any(fragment in line for line in report.lines()), report.lines()
-
-
-@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE])
-def test_verify_names_a_member_that_is_not_a_file(tiny_copy: Path, kind: bytes) -> None:
-    # webdataset and the trainer skip such a member; fracgen never writes one, so a shard holding one was altered
-    shard = tiny_copy / "train-000000.tar"
-    with tarfile.open(shard) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    link = tarfile.TarInfo("00000001.png.orig")
-    link.type, link.linkname = kind, "/etc/passwd"
-    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for i, (member, data) in enumerate(members):
-            tar.addfile(member, io.BytesIO(data))
-            if i == 2:
-                tar.addfile(link)
-    build_json = json.loads((tiny_copy / "build.json").read_text())
-    build_json["shards"][0].update(sha256=dataset.sha256_file(shard), bytes=shard.stat().st_size)
-    (tiny_copy / "build.json").write_text(json.dumps(build_json))
-    report = verify(tiny_copy)
-    assert not report.ok
-    assert any("'00000001.png.orig' is not a regular file" in line for line in report.lines()), report.lines()
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are told apart through Linux's /proc")

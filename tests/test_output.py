@@ -99,18 +99,6 @@ def test_resume_with_other_params_is_refused(tiny_copy, tmp_path):
 # ---------------------------------------------------------------- 3: --overwrite deletes only its own
 
 
-@pytest.mark.parametrize("record", ["build.json", ".fracgen/config.json"])
-def test_overwrite_refuses_a_folder_that_only_looks_like_a_build(tmp_path, record):
-    proj = tmp_path / "proj"
-    (proj / "src").mkdir(parents=True)
-    (proj / "src" / "main.c").write_text("code")
-    (proj / record).parent.mkdir(parents=True, exist_ok=True)
-    (proj / record).write_text("{}")
-    with pytest.raises(UsageError, match="not a fracgen build"):
-        build(CFG, proj, overwrite=True, workers=1)
-    assert (proj / "src" / "main.c").read_text() == "code"
-
-
 def test_overwrite_names_what_the_build_did_not_write_and_deletes_nothing(tiny_copy, tmp_path):
     (tiny_copy / "runs").mkdir()
     (tiny_copy / "NOTES.md").write_text("mine")

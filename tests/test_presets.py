@@ -90,21 +90,6 @@ def test_ofdb_categories_are_fractaldb_categories(tmp_path):
     assert [s["maps"] for s in systems[0]] == [s["maps"] for s in systems[1]]
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--preset", "fractaldb", "--delta", "0.2"], "--delta"),
-    (["--preset", "ofdb", "--L", "10", "--sigma", "3"], "--l, --sigma"),
-    (["--preset", "ofdb", "--instances", "5"], "--instances"),
-    (["--preset", "gaussian-noise", "--fractals", "3"], "--fractals"),
-    (["--preset", "uniform-noise", "--params", "p.json"], "--params"),
-])
-def test_contradicting_options_are_refused(tmp_path, args, fragment):
-    result = CliRunner().invoke(cli, ["build", *args, str(tmp_path / "out")])
-    assert result.exit_code == 2
-    line = result.output.strip()
-    assert line.startswith("Error: --preset") and fragment in line.lower() and "\n" not in line
-    assert not (tmp_path / "out").exists()
-
-
 @pytest.mark.parametrize("preset", ["gaussian-noise", "uniform-noise"])
 def test_noise_presets_perturb_the_distribution_not_the_draw(tmp_path, preset):
     def class_images(delta):

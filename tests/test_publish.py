@@ -242,32 +242,6 @@ def test_dry_run_contacts_nothing(tiny_copy: Path, hub: FakeHub, tmp_path: Path)
     assert not (tiny_copy / "preview.png").exists()  # the dataset folder is left as it was
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    (["--repo-id", "alice/b--c"], "Cannot have -- or .."),
-    (["--repo-id", "alice/b.git"], ".git"),
-    (["--revision", ""], "--revision must be a branch name"),
-    (["--revision", "a..b"], "--revision must be a branch name"),
-    (["--source-license", "cc0-1.0"], "describe the photo of a build-real dataset"),
-])
-def test_dry_run_refuses_what_the_push_would(tiny_copy: Path, hub: FakeHub, tmp_path: Path, extra, fragment) -> None:
-    one_line(_push(tiny_copy, hub.url, "--dry-run", str(tmp_path / "dry"), *extra), fragment)
-    assert hub.requests == [] and not (tmp_path / "dry").exists()
-
-
-@pytest.mark.parametrize("kind, fragment", [("link", "is a link"), ("text", "is not a PNG")])
-def test_a_preview_that_is_a_link_or_not_a_png_is_refused(tiny_copy: Path, hub: FakeHub, tmp_path: Path, kind,
-                                                          fragment) -> None:
-    """preview.png is published as it is: a link to a private file (or any non-PNG) would be sent to the Hub."""
-    secret = tmp_path / "id_rsa"
-    secret.write_text("PRIVATE KEY")
-    if kind == "link":
-        (tiny_copy / "preview.png").symlink_to(secret)
-    else:
-        (tiny_copy / "preview.png").write_text("my notes")
-    one_line(_push(tiny_copy, hub.url, "--dry-run", str(tmp_path / "dry"), "--license", "mit"), fragment)
-    assert hub.requests == [] and not (tmp_path / "dry").exists()
-
-
 def test_refuses_a_broken_dataset(tiny_copy: Path, hub: FakeHub) -> None:
     name = _shards(tiny_copy)[0]
     data = bytearray((tiny_copy / name).read_bytes())
@@ -359,20 +333,3 @@ def test_a_licence_the_hub_does_not_know_is_refused_before_any_upload(tiny_copy:
     one_line(_push(tiny_copy, hub.url, "--token", TOKEN, "--license", "not-a-licence"),
              "the Hub refuses the card's metadata", '"license" must be one of')
     assert not any(r.method == "PUT" for r in hub.requests) and not any(repo.commits for repo in hub.repos.values())
-
-
-@pytest.mark.parametrize("env, extra, fragment", [
-    ({"HF_HUB_DOWNLOAD_TIMEOUT": "abc"}, [], "HF_HUB_DOWNLOAD_TIMEOUT must be a whole number"),
-    ({"HF_HUB_DOWNLOAD_TIMEOUT": "1.5"}, [], "HF_HUB_DOWNLOAD_TIMEOUT must be a whole number"),
-    ({"HF_HUB_ETAG_TIMEOUT": "0"}, [], "HF_HUB_ETAG_TIMEOUT must be a whole number"),
-    ({"HF_ENDPOINT": "http://[::1"}, [], "HF_ENDPOINT must be an http(s) URL"),
-    ({}, ["--endpoint", "http://127.0.0.1:1/?x=1"], "without query or fragment"),
-])
-def test_hub_settings_huggingface_hub_would_crash_on_are_one_line(tiny_copy: Path, tmp_path: Path, monkeypatch, env,
-                                                                  extra, fragment) -> None:
-    """huggingface_hub parses these when imported (int(), the URL): a bad value was its traceback, or a misleading
-    404 for a URL with a query."""
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    args = ["push-to-hub", str(tiny_copy), "--repo-id", "alice/x", "--license", "mit", *extra]
-    one_line(CliRunner().invoke(cli, [*args, "--dry-run", str(tmp_path / "dry")]), fragment)

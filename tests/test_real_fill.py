@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import one_line
 from PIL import Image
 
 from fracgen.build import BuildConfig, build
@@ -18,16 +17,6 @@ def checker(tmp_path, shape=(48, 48)):
     path = tmp_path / "checker.png"
     Image.fromarray(((np.indices(shape).sum(0) // 6) % 2 * 255).astype(np.uint8)).save(path)
     return path
-
-
-@pytest.mark.parametrize("shape,value,edges", [((1, 1), 200, "none"), ((40, 40), 90, "none"),
-                                               ((1, 300), 10, "none"), ((40, 40), 90, "canny")])
-def test_a_flat_or_tiny_image_is_refused_before_writing(tmp_path, shape, value, edges):
-    path = tmp_path / "flat.png"
-    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
-    one_line(CliRunner().invoke(cli, ["build-real", str(path), str(tmp_path / "out"), "--edges", edges, *ARGS]),
-             "fill 0.0000")
-    assert not (tmp_path / "out").exists()
 
 
 def test_a_delta_that_moves_every_image_out_of_view_is_refused(tmp_path):

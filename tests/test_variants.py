@@ -218,23 +218,6 @@ def test_base_min_fill_default_keeps_todays_search():
     assert a.maps.tolist() == b.maps.tolist() and math.isclose(a.fill, b.fill)
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--preset", "fractaldb", "--patch-variants", "3"], "takes no --patch-variants"),
-    (["--preset", "fractaldb", "--ofdb-weights", "released"], "takes no --ofdb-weights"),
-    (["--preset", "ofdb", "--base-min-fill", "0"], "takes no --base-min-fill"),
-    (["--preset", "ofdb", "--ofdb-weights", "csv"], "'csv' is not one of"),
-    (["--patch-variants", "2", "--style", "points"], "--patch-variants needs --style reference"),
-    (["--patch-variants", "0"], "--patch-variants"),
-    (["--base-min-fill", "1.5"], "--base-min-fill"),
-])
-def test_bad_variant_options_are_one_line_exit_2(tmp_path, args, fragment):
-    result = CliRunner().invoke(cli, ["build", *args, str(tmp_path / "out")])
-    assert result.exit_code == 2
-    line = result.output.strip()
-    assert line.startswith("Error:") and fragment.lower() in line.lower() and "\n" not in line
-    assert not (tmp_path / "out").exists()
-
-
 def test_the_search_benchmark_prints_its_row():
     import subprocess
     import sys
