@@ -17,7 +17,6 @@ from fracgen import output
 from fracgen import shard as shard_mod
 from fracgen.build import BuildConfig, build
 from fracgen.errors import FracgenError, UsageError
-from fracgen.kernels import chaos as render_mod
 
 CFG = BuildConfig(**TINY)
 
@@ -85,50 +84,6 @@ def test_metadata_describes_the_build(tiny_dataset):
     for row in meta["shards"]:
         assert row["bytes"] == (tiny_dataset / row["filename"]).stat().st_size
     assert {"numpy", "numba", "fracgen", "python"} <= set(meta["versions"])
-
-
-def test_additive_perturbation_stays_in_its_box(tmp_path):
-    build(BuildConfig(**{**TINY, "perturbation": "additive", "delta": 0.2}), tmp_path / "a", workers=1)
-    params = json.loads((tmp_path / "a" / "params.json").read_text())
-    base = np.asarray(params["systems"][0]["maps"])
-    diffs = np.array([np.asarray(c["maps"]) - base for c in params["classes"]])
-    assert np.all(np.abs(diffs) <= 0.1 + 1e-12) and np.abs(diffs).max() > 0.05
-
-
-def test_redraws_are_bounded_and_recorded(tmp_path, monkeypatch):
-    real = render_mod.render
-    calls = {"n": 0}
-
-    def flaky(*args, **kwargs):  # every class's first draw "diverges"
-        calls["n"] += 1
-        return -1.0 if calls["n"] % 2 == 1 else real(*args, **kwargs)
-
-    real_chains = render_mod.render_chains
-
-    def flaky_chains(*args, **kwargs):  # the same for the classes rendered together (render_ahead)
-        fills = real_chains(*args, **kwargs)
-        for lane in range(len(fills)):
-            calls["n"] += 1
-            fills[lane] = -1.0 if calls["n"] % 2 == 1 else fills[lane]
-        return fills
-
-    monkeypatch.setattr(render_mod, "render", flaky)
-    monkeypatch.setattr(render_mod, "render_chains", flaky_chains)
-    build(CFG, tmp_path / "r", workers=1, params=None)
-    params = json.loads((tmp_path / "r" / "params.json").read_text())
-    assert params["total_redraws"] >= 16
-
-    checked = []
-
-    def only_base(*args, **kwargs):  # the base system passes its check, no class's perturbation does
-        checked.append(1)
-        return real(*args, **kwargs) if len(checked) == 1 else -1.0
-
-    monkeypatch.setattr(render_mod, "render", only_base)
-    monkeypatch.setattr(render_mod, "render_chains", lambda maps, *args: np.full(len(maps), -1.0))
-    with pytest.raises(FracgenError, match="no perturbation"):
-        build(BuildConfig(**{**TINY, "max_redraws": 3}), tmp_path / "never", workers=1,
-              params=tmp_path / "r" / "params.json")
 
 
 def test_resume_after_a_killed_worker_gives_the_same_bytes(tiny_dataset, tmp_path, monkeypatch):

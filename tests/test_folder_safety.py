@@ -10,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import one_line
@@ -133,25 +132,6 @@ def test_negative_zero_delta_is_zero(tmp_path: Path) -> None:
     assert _digests(tmp_path / "neg") == _digests(tmp_path / "zero")
     with pytest.raises(Exception, match="--delta"):
         BuildConfig(**tiny, delta=-0.0).validate()
-
-
-def test_resume_of_a_real_image_build_refuses_another_image(tmp_path: Path) -> None:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for name in ("a.png", "b.png"):
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / name)
-    out = tmp_path / "out"
-    args = ["build-real", "--L", "2", "--size", "32", "--shard-size", "2", "--workers", "1", "--no-progress"]
-    assert CliRunner().invoke(cli, [*args[:1], str(tmp_path / "a.png"), str(out), *args[1:]]).exit_code == 0
-    (out / "build.json").unlink()
-    one_line(CliRunner().invoke(cli, [args[0], str(tmp_path / "b.png"), str(out), *args[1:], "--resume"]),
-             "built from another image")
-    for image in (tmp_path / "a.png", out / "source.png"):  # the same picture: resumed
-        (out / "build.json").unlink(missing_ok=True)
-        result = CliRunner().invoke(cli, [args[0], str(image), str(out), *args[1:], "--resume"])
-        assert result.exit_code == 0, result.output
-    assert verify(out).ok
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are told apart through Linux's /proc")

@@ -3,14 +3,11 @@ hostile-record cases end in one line (item 11)."""
 
 import json
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import one_line
-from PIL import Image
 
 from fracgen import dataset
-from fracgen.build import BuildConfig, build
 from fracgen.cli import cli
 from fracgen.errors import FracgenError
 
@@ -20,23 +17,6 @@ def test_inside_refuses_a_link_out_of_the_folder(tmp_path):
     (tmp_path / "ds" / "source.png").symlink_to(tmp_path / "victim.png")
     with pytest.raises(FracgenError, match="not a file inside"):
         dataset.inside(tmp_path / "ds", "source.png", "config")
-
-
-def test_resume_never_copies_an_image_from_outside(tmp_path):
-    image = tmp_path / "photo.png"
-    Image.fromarray((np.indices((32, 32)).sum(0) * 4 % 256).astype(np.uint8)).save(image)
-    cfg = BuildConfig(preset="real", L=4, size=32, shard_size=2, edges="none")
-    out = tmp_path / "real"
-    build(cfg, out, workers=1, source=image, shard_range=(0, 1))
-    victim = tmp_path / "victim.png"
-    victim.write_bytes(image.read_bytes())
-    record = json.loads((out / ".fracgen" / "config.json").read_text())
-    record["source"] = "../victim.png"
-    (out / ".fracgen" / "config.json").write_text(json.dumps(record))
-    (out / "source.png").unlink()
-    with pytest.raises(FracgenError, match="not a file inside"):
-        build(None, out, workers=1, resume=True)
-    assert not (out / "victim.png").exists() and not (out / "build.json").exists()
 
 
 def test_preview_survives_a_newline_in_the_name(tiny_copy):

@@ -88,28 +88,6 @@ def test_noise_images_get_an_intensity_difference_view(tmp_path: Path) -> None:
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # the noise itself is shown, not a white square
 
 
-@pytest.mark.parametrize("style", ["reference", "points"])
-def test_the_plain_renderer_draws_the_kernels_pixels(style: str) -> None:
-    from fracgen import ifs, plain_render
-    from fracgen.kernels import chaos
-    from fracgen.seeds import choice_uniforms, draw_masks, generator
-
-    rng = generator(7, 99)
-    for k in range(4):
-        maps, _ = ifs.sample_system(2 + k % 2, 3.5, rng)
-        maps = maps * (3.0 if k == 3 else 1.0)  # the last one diverges
-        probs = ifs.probabilities(maps)
-        uniforms = choice_uniforms(7, k, 4000)
-        masks = draw_masks(rng, 4000)
-        canvas = chaos.Canvas(48, 4000)
-        fill = chaos.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
-        image, plain_fill = plain_render.render(maps, probs, uniforms, masks, 48, style)
-        assert plain_fill == fill
-        if fill >= 0:
-            np.testing.assert_array_equal(image, canvas.image)
-    assert fill == -1.0  # the check above covered a divergent system too
-
-
 def test_preview_and_search_never_write_over_a_users_file(tiny_copy: Path, tmp_path: Path) -> None:
     """`--out`/`-o` used to replace whatever stood there: a user's notes, even a shard of the dataset. Now only a
     file of the same kind fracgen wrote is replaced (the dataset's own preview.png, or a preview or params file
@@ -144,3 +122,34 @@ def test_preview_and_search_never_write_over_a_users_file(tiny_copy: Path, tmp_p
     params.write_text(json.dumps(big, indent=1))
     assert params.stat().st_size > 1 << 16
     assert runner.invoke(cli, search).exit_code == 0  # judged whole, not by its first 64 KiB
+
+
+def test_the_plain_patches_are_the_kernels_patch_rows():
+    from fracgen import plain_render
+    from fracgen.kernels import chaos
+
+    patches = plain_render._patches()  # the renderer pastes each patch row as 3 bits: bit j = pixel (i, j)
+    assert set(np.unique(patches)) == {0, chaos.VALUE}
+    np.testing.assert_array_equal(((patches > 0) << np.arange(3)).sum(axis=2), chaos.ROW_BITS)
+
+
+@pytest.mark.parametrize("style", ["reference", "points"])
+def test_the_plain_renderer_draws_the_kernels_pixels(style: str) -> None:
+    from fracgen import ifs, plain_render
+    from fracgen.kernels import chaos
+    from fracgen.seeds import choice_uniforms, draw_masks, generator
+
+    rng = generator(7, 99)
+    for k in range(4):
+        maps, _ = ifs.sample_system(2 + k % 2, 3.5, rng)
+        maps = maps * (3.0 if k == 3 else 1.0)  # the last one diverges
+        probs = ifs.probabilities(maps)
+        uniforms = choice_uniforms(7, k, 4000)
+        masks = draw_masks(rng, 4000)
+        canvas = chaos.Canvas(48, 4000)
+        fill = chaos.render(maps, probs, uniforms, masks, canvas.image, canvas.points, style)
+        image, plain_fill = plain_render.render(maps, probs, uniforms, masks, 48, style)
+        assert plain_fill == fill
+        if fill >= 0:
+            np.testing.assert_array_equal(image, canvas.image)
+    assert fill == -1.0  # the check above covered a divergent system too

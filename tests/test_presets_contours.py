@@ -1,5 +1,6 @@
-"""The contour presets as builds: rcdb, visualatom (C x I) and their LPCE variants, through build, verify,
-preview and the CLI's option checks. The drawing itself is held to the released one in tests/test_contours.py."""
+"""The contour presets as builds: rcdb, visualatom (C x I) and their LPCE variants, through build, verify and
+preview, their defaults, and the sweep that names them. The drawing itself is held to the released one in
+tests/test_kernels_contours.py."""
 
 import json
 
@@ -134,7 +135,7 @@ def test_the_table3_sweep_names_valid_builds():
 
 def test_the_table3_sweep_fine_tunes_on_what_its_paper_column_reports_and_needs_no_shared_copy():
     """The paper column is CIFAR-100 top-1: fine-tuning on CIFAR-10 would set the two side by side wrongly; and
-    a user has no ../shared (issue 15: sweeps default to torchvision's CIFAR, a local copy by option)."""
+    a user has no ../shared, so the sweep names torchvision's CIFAR (a local copy is an option)."""
     from train.sweep import load_sweep
 
     spec = load_sweep("sweep-table3")
