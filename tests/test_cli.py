@@ -1,10 +1,13 @@
-"""The command line: every bad input is one line, exit status 2, no traceback and no files left behind."""
+"""The command line (fracgen/cli.py): build, resume and shard ranges through click; what the command records; a
+bad input or a failing disk is one line, exit status 2, no traceback and no files left behind; the readers stay
+light. The tables of bad options are in test_hostile.py."""
 
 import errno
 import json
 import os
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from conftest import one_line
 
@@ -39,8 +42,14 @@ def test_shard_range_leaves_an_incomplete_build_that_resume_finishes(tmp_path):
     assert result.exit_code == 0 and "1 already complete" in result.output
 
 
-def test_missing_params_file(tmp_path):
-    one_line(run("build", *TINY_ARGS, "--params", tmp_path / "nope.json", tmp_path / "out"), "cannot read")
+def test_options_ignored_beside_params_are_refused_and_not_recorded(tiny_dataset, tmp_path):
+    params = str(tiny_dataset / "params.json")
+    one_line(run("build", *TINY_ARGS, "--params", params, "--sigma", "2.0", tmp_path / "a"), "--sigma would be ignored")
+    assert not (tmp_path / "a").exists()
+    result = run("build", *TINY_ARGS, "--params", params, tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    command = json.loads((tmp_path / "b" / "build.json").read_text())["command"]
+    assert "--params params.json" in command and "--sigma" not in command and "--maps" not in command
 
 
 def test_unwritable_output(tmp_path):
@@ -48,6 +57,13 @@ def test_unwritable_output(tmp_path):
     blocker.write_text("x")
     one_line(run("build", *TINY_ARGS, blocker / "out"), "cannot be written")
     one_line(run("build", *TINY_ARGS, blocker), "not a folder")
+
+
+def test_an_out_name_over_255_characters_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["build", *TINY_ARGS, str(tmp_path / ("x" * 300))])
+    one_line(result, "File name too long")
+    result = CliRunner().invoke(cli, ["build", "--resume", str(tmp_path / ("x" * 300))])
+    one_line(result, "File name too long")
 
 
 def test_disk_full_is_one_line_and_leaves_no_partial_shard(tmp_path, monkeypatch):
@@ -60,25 +76,7 @@ def test_disk_full_is_one_line_and_leaves_no_partial_shard(tmp_path, monkeypatch
     assert not list(out.glob("*.tar*")) and not (out / "build.json").exists()
 
 
-def test_search_prints_and_writes_params(tmp_path):
-    result = run("search", "--sigma", "3.5", "--seed", "3", "--size", "64", "--points", "3000")
-    assert result.exit_code == 0
-    data = json.loads(result.output)
-    assert set(data) >= {"maps", "probabilities", "sigma", "seed", "fill"}
-    assert abs(data["sigma"] - 3.5) <= 0.1 and data["fill"] >= 0.05 and data["seed"] == 3
-    out = tmp_path / "p.json"
-    assert run("search", "--sigma", "3.5", "--seed", "3", "--size", "64", "--points", "3000", "-o", out).exit_code == 0
-    assert json.loads(out.read_text()) == data
-    build_out = tmp_path / "b"
-    assert run("build", *TINY_ARGS, "--params", out, build_out).exit_code == 0
-    assert json.loads((build_out / "params.json").read_text())["systems"][0]["maps"] == data["maps"]
-
-
-def test_search_that_cannot_succeed_says_what_to_change():
-    one_line(run("search", "--sigma", "0.5", "--max-attempts", "5", "--size", "64", "--points", "2000"),
-                   "--min-fill", "5 attempts")
-
-
+@pytest.mark.slow
 def test_verify_and_preview_import_neither_numba_nor_torch(tiny_dataset, tmp_path):
     """The readers of a dataset stay light: no numba (the builder's kernels) and no torch (the trainer)."""
     import subprocess
