@@ -1,4 +1,5 @@
-"""verify: a sound dataset passes; damaged ones fail naming the shard and the fault."""
+"""verify (fracgen/verify.py): a sound dataset passes; damaged ones fail naming the shard and the fault (the tables
+of edited records and repacked samples are in test_hostile.py)."""
 
 import json
 import shutil
