@@ -173,9 +173,9 @@ class BuildConfig:
         if self.params_source == "file":
             parts += ["--params", PARAMS_JSON]
         own = [o.name for o in family.own_options]  # the family's own options first: its headline ones
-        for name in own + [n for n in table if n not in own]:
+        for name in own + [n for n in table if n not in own and n in family.options]:
             option, value = table[name], self._values[name]
-            if name not in family.options or (self.params_source == "file" and option.search_only):
+            if self.params_source == "file" and option.search_only:
                 continue  # the params file gives the systems: the search options steered nothing
             if name in ("sigma", "delta", "L", "seed") or value != defaults._values[name]:
                 parts += [option.flag, str(value)]

@@ -1,4 +1,6 @@
-"""The worker pool: workers die with their parent, whatever signal ended it (issue 9, item 6)."""
+"""The worker pool: workers die with their parent whatever signal ended it (else a killed build leaves workers
+rendering into a folder nobody owns, holding the caller's pipes open), and a dead worker's unfinished shards are
+named in one short line."""
 
 import os
 import signal
@@ -33,6 +35,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_workers_die_with_their_parent_and_release_its_stdout(tmp_path, sig):
@@ -61,3 +64,12 @@ def test_workers_die_with_their_parent_and_release_its_stdout(tmp_path, sig):
     for pid in survivors:  # do not leave them behind when the test fails
         os.kill(pid, signal.SIGKILL)
     assert not survivors
+
+
+def test_unfinished_shards_are_named_as_ranges():
+    """A dead worker of a FractalDB-1k build leaves thousands of shards: the message stays one short line."""
+    from fracgen.distribute import ranges
+
+    assert ranges([0, 1, 2, 3, 7, 9, 10]) == "0-3, 7, 9-10"
+    assert ranges(list(range(91, 10_000))) == "91-9999"
+    assert ranges(list(range(0, 40, 2))) == "0, 2, 4, 6, 8, 10, ... (14 more ranges)"

@@ -1,10 +1,9 @@
-"""push-to-hub under faults and hostile input: timeouts, one line per retry, bad tokens and ids, a dry-run folder
-that is not ours, a full disk (issue 9, items 7, 9 and 12)."""
+"""The Hub client's limits (fracgen/hub.py): a server that never answers times out, one that answers a byte at a
+time runs out of the push's time budget, each in one line; a self-hosted endpoint is spoken to without Xet or
+telemetry, for the push only."""
 
 from __future__ import annotations
 
-import errno
-import logging
 import socket
 import threading
 import time
@@ -12,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hub_server import FakeHub
 from test_publish import TOKEN, _assert_one_line_error, _push
 
 from fracgen import hub, publish
@@ -25,12 +23,6 @@ def fast_and_private(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(publish, "BACKOFF_BASE_S", 0.01)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-
-
-@pytest.fixture
-def fake_hub() -> Iterator[FakeHub]:
-    with FakeHub(tokens={TOKEN: "alice"}) as server:
-        yield server
 
 
 @pytest.fixture
@@ -107,76 +99,6 @@ def test_a_hub_that_never_answers_times_out_in_one_line(tiny_copy, silent_server
     result = _push(tiny_copy, silent_server, "--token", TOKEN)
     _assert_one_line_error(result, "did not answer within 0.3 s")
     assert time.monotonic() - start < 30
-
-
-def test_every_retry_is_one_line(tiny_copy, fake_hub, caplog):
-    fake_hub.fail("POST", r"^/api/repos/create$", 500)
-    fake_hub.fail("POST", r"/preupload/", 503)  # retried by huggingface_hub itself
-    caplog.set_level(logging.INFO)
-    result = _push(tiny_copy, fake_hub.url, "--token", TOKEN)
-    assert result.exit_code == 0, result.output
-    retries = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(retries) == 2, [r.getMessage() for r in retries]
-    assert all(r.name == "fracgen.publish" and "\n" not in r.getMessage() for r in retries)
-    assert "HTTP 500" in retries[0].getMessage() and "503" in retries[1].getMessage()
-
-
-@pytest.mark.parametrize("token", [TOKEN + "\r\n", TOKEN + "\n", " " + TOKEN])
-def test_a_token_with_a_line_break_is_reported_as_such(tiny_copy, fake_hub, token):
-    result = _push(tiny_copy, fake_hub.url, "--token", token)
-    _assert_one_line_error(result, "line break")
-    assert fake_hub.requests == []
-
-
-@pytest.mark.parametrize("args", [["--repo-id", "alice/b\n"], ["--license", "mit\n"]])
-def test_a_newline_in_repo_id_or_license_is_refused(tiny_copy, fake_hub, tmp_path, args):
-    from click.testing import CliRunner
-
-    from fracgen.cli import cli
-
-    base = ["push-to-hub", str(tiny_copy), "--dry-run", str(tmp_path / "dry"), "--repo-id", "alice/b"]
-    result = CliRunner().invoke(cli, base + (args if "--license" in args else [*args, "--license", "mit"]))
-    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert not (tmp_path / "dry").exists()
-
-
-def test_dry_run_never_overwrites_a_users_folder(tiny_copy, tmp_path):
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "README.md").write_text("my readme")
-    result = _push(tiny_copy, "http://127.0.0.1:9", "--dry-run", str(mine))
-    _assert_one_line_error(result, "did not write (README.md)")
-    assert [p.name for p in mine.iterdir()] == ["README.md"] and (mine / "README.md").read_text() == "my readme"
-    ours = tmp_path / "ours"
-    assert _push(tiny_copy, "http://127.0.0.1:9", "--dry-run", str(ours)).exit_code == 0
-    assert _push(tiny_copy, "http://127.0.0.1:9", "--dry-run", str(ours)).exit_code == 0  # its own: rewritten
-
-
-def test_dry_run_on_a_full_disk_leaves_no_truncated_file(tiny_copy, tmp_path, monkeypatch):
-    class Full:
-        def __init__(self, path, mode):
-            self.f = open(path, mode)  # noqa: SIM115 - closed in __exit__
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, data):
-            self.f.write(data[: len(data) // 2])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    from fracgen import folder
-
-    real_open = folder.open_new
-    monkeypatch.setattr(folder, "open_new", lambda p, then="rerun": Full(p, "wb") if "preview.png" in str(p)
-                        else real_open(p, then))
-    out = tmp_path / "dry"
-    result = _push(tiny_copy, "http://127.0.0.1:9", "--dry-run", str(out))
-    _assert_one_line_error(result, "disk full")
-    assert "--resume" not in result.output
-    assert not (out / "preview.png").exists() and not list(out.glob("*.tmp*"))
 
 
 def test_a_self_hosted_push_uploads_by_lfs_without_telemetry_and_restores_the_flags():

@@ -1,3 +1,6 @@
+"""IFS maps (fracgen/ifs.py): singular values that meet the sigma-factor target within their bounds, sampled
+systems of the drawn sigma-factor, and map probabilities from the determinants."""
+
 import numpy as np
 import pytest
 

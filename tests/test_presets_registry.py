@@ -1,5 +1,5 @@
-"""A family is one module and a registry line: a toy family defined here, and nowhere else, builds, verifies,
-previews and gets its card like the built-in ones."""
+"""The family registry: every registered family is complete, and a family is one module and a registry line (a toy
+family defined here, and nowhere else, builds, verifies, previews and gets its card like the built-in ones)."""
 
 from __future__ import annotations
 
@@ -44,9 +44,13 @@ class Stripes(registry.Family):
 
 @pytest.fixture(scope="module")
 def stripes():
-    family = registry.register(Stripes())
-    yield family
-    registry.unregister(family.name)
+    # unregister() keeps a family's own options declared, and a BuildConfig made before they were (another test
+    # file's module constant) fails command() while they are: the option table is put back as it was
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(registry, "_OPTIONS", registry.option_table())
+        family = registry.register(Stripes())
+        yield family
+        registry.unregister(family.name)
 
 
 def test_a_toy_family_builds_verifies_previews_and_has_a_card(stripes, tmp_path):
@@ -81,3 +85,16 @@ def test_a_toy_build_verifies_from_the_command_line(stripes, tmp_path):
     build(BuildConfig(preset="toy-stripes", L=3, shard_size=8), tmp_path / "toy", workers=1)
     result = CliRunner().invoke(cli, ["verify", str(tmp_path / "toy")])
     assert result.exit_code == 0 and result.output.startswith("OK:"), result.output
+
+
+def test_every_family_is_complete():
+    from fracgen.presets import families, option_table
+
+    classes = {"1p-frac": 15, "fractaldb": 3, "ofdb": 3, "3d-ofdb": 7, "rcdb": 7, "visualatom": 7}
+    for name, family in families().items():
+        assert family.name == name and family.description and family.options <= set(option_table())
+        cfg = BuildConfig(preset=name, fractals=3, L=5, categories=7)
+        cfg.validate()
+        assert cfg.num_classes == classes.get(name, 5)
+        command = "build-real" if family.takes_source else "build"
+        assert cfg.name() and cfg.command().startswith(f"fracgen {command} ")

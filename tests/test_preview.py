@@ -1,4 +1,5 @@
-"""preview.png: base, perturbations, a difference view in which one changed pixel still shows."""
+"""preview.png: base, perturbations, a difference view in which one changed pixel still shows; hostile records
+and targets end in one line; the numba-free renderer it draws with gives the kernels' pixels."""
 
 import json
 from pathlib import Path
@@ -6,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import one_line
 from PIL import Image
 
+from fracgen import dataset
+from fracgen import preview as preview_module
 from fracgen.cli import cli
-from fracgen.errors import UsageError
+from fracgen.errors import FracgenError, UsageError
 from fracgen.preview import ONLY_FIRST, ONLY_SECOND, _difference, caption, preview
 
 
@@ -88,6 +92,65 @@ def test_noise_images_get_an_intensity_difference_view(tmp_path: Path) -> None:
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # the noise itself is shown, not a white square
 
 
+def test_preview_never_writes_over_a_users_file(tiny_copy: Path, tmp_path: Path) -> None:
+    """`--out` replaces only a file of the kind fracgen writes there (the dataset's own preview.png, or a preview
+    an earlier run drew), never a user's notes, a shard of the dataset or the target of a link."""
+    notes = tmp_path / "notes.png"
+    notes.write_text("mine")
+    shard = sorted(tiny_copy.glob("train-*.tar"))[0]
+    before = shard.read_bytes()
+    runner = CliRunner()
+    for target in (notes, shard):
+        one_line(runner.invoke(cli, ["preview", str(tiny_copy), "--out", str(target)]), "is not a preview drawn")
+    assert notes.read_text() == "mine" and shard.read_bytes() == before
+    again = tmp_path / "p.png"
+    for _ in range(2):  # a preview fracgen drew is replaced by the next
+        assert runner.invoke(cli, ["preview", str(tiny_copy), "--out", str(again)]).exit_code == 0
+    (tiny_copy / "preview.png").symlink_to(notes)
+    one_line(runner.invoke(cli, ["preview", str(tiny_copy)]), "is a link")
+    assert notes.read_text() == "mine"
+
+
+def test_preview_survives_a_newline_in_the_name(tiny_copy):
+    record = json.loads((tiny_copy / "build.json").read_text())
+    record["name"] = "a\nb"
+    (tiny_copy / "build.json").write_text(json.dumps(record))
+    result = CliRunner().invoke(cli, ["preview", str(tiny_copy)])
+    assert result.exit_code == 0, result.output
+
+
+def test_preview_out_on_a_folder_that_cannot_be_written(tiny_dataset):
+    out = "/proc/fracgen-no-such/p.png"  # read-only even for root
+    one_line(CliRunner().invoke(cli, ["preview", str(tiny_dataset), "--out", out]), "cannot write")
+
+
+def test_preview_out_on_a_full_disk_leaves_nothing(tiny_dataset, tmp_path, monkeypatch):
+    def full(path, data, then="rerun with --resume"):
+        raise FracgenError(f"disk full while writing {path}; free space and {then}")
+
+    monkeypatch.setattr(preview_module, "write_atomic", full)
+    out = tmp_path / "p.png"
+    one_line(CliRunner().invoke(cli, ["preview", str(tiny_dataset), "--out", str(out)]), "disk full")
+    assert not out.exists()
+
+
+def test_preview_of_an_undecodable_image(tiny_copy):
+    for shard in (0, 1):
+        samples = [{k: v for k, v in x.items() if k != "__url__"} | {"png": b"\x89PNG\r\n\x1a\nbroken"}
+                   for x in dataset.iter_shard(tiny_copy / dataset.shard_name(shard))]
+        dataset.write_shard(tiny_copy, shard, samples)
+    one_line(CliRunner().invoke(cli, ["preview", str(tiny_copy)]), "cannot decode")
+
+
+def test_the_plain_patches_are_the_kernels_patch_rows():
+    from fracgen import plain_render
+    from fracgen.kernels import chaos
+
+    patches = plain_render._patches()  # the renderer pastes each patch row as 3 bits: bit j = pixel (i, j)
+    assert set(np.unique(patches)) == {0, chaos.VALUE}
+    np.testing.assert_array_equal(((patches > 0) << np.arange(3)).sum(axis=2), chaos.ROW_BITS)
+
+
 @pytest.mark.parametrize("style", ["reference", "points"])
 def test_the_plain_renderer_draws_the_kernels_pixels(style: str) -> None:
     from fracgen import ifs, plain_render
@@ -108,39 +171,3 @@ def test_the_plain_renderer_draws_the_kernels_pixels(style: str) -> None:
         if fill >= 0:
             np.testing.assert_array_equal(image, canvas.image)
     assert fill == -1.0  # the check above covered a divergent system too
-
-
-def test_preview_and_search_never_write_over_a_users_file(tiny_copy: Path, tmp_path: Path) -> None:
-    """`--out`/`-o` used to replace whatever stood there: a user's notes, even a shard of the dataset. Now only a
-    file of the same kind fracgen wrote is replaced (the dataset's own preview.png, or a preview or params file
-    written by an earlier run)."""
-    from conftest import one_line
-
-    notes = tmp_path / "notes.png"
-    notes.write_text("mine")
-    shard = sorted(tiny_copy.glob("train-*.tar"))[0]
-    before = shard.read_bytes()
-    runner = CliRunner()
-    for target in (notes, shard):
-        one_line(runner.invoke(cli, ["preview", str(tiny_copy), "--out", str(target)]), "is not a preview drawn")
-    assert notes.read_text() == "mine" and shard.read_bytes() == before
-    again = tmp_path / "p.png"
-    for _ in range(2):  # a preview fracgen drew is replaced by the next
-        assert runner.invoke(cli, ["preview", str(tiny_copy), "--out", str(again)]).exit_code == 0
-    (tiny_copy / "preview.png").symlink_to(notes)
-    one_line(runner.invoke(cli, ["preview", str(tiny_copy)]), "is a link")
-    assert notes.read_text() == "mine"
-
-    params = tmp_path / "params.json"
-    params.write_text('{"my": "notes"}')
-    search = ["search", "--size", "64", "--points", "2000", "-o", str(params)]
-    one_line(runner.invoke(cli, search), "is not a params file written by `fracgen search`")
-    assert params.read_text() == '{"my": "notes"}'
-    params.unlink()
-    for seed in ("0", "1"):  # a params file of an earlier search is replaced
-        assert runner.invoke(cli, [*search, "--seed", seed]).exit_code == 0
-    assert json.loads(params.read_text())["seed"] == 1
-    big = dict(json.loads(params.read_text()), maps=[[0.123456789] * 6] * 1000)  # --maps 1000: ~170 KB
-    params.write_text(json.dumps(big, indent=1))
-    assert params.stat().st_size > 1 << 16
-    assert runner.invoke(cli, search).exit_code == 0  # judged whole, not by its first 64 KiB

@@ -1,10 +1,14 @@
-"""push-to-hub against a real HTTP server on 127.0.0.1 that speaks the Hub's upload API (tests/hub_server.py).
+"""push-to-hub (fracgen/publish.py, fracgen/staging.py) against a real HTTP server on 127.0.0.1 that speaks the
+Hub's upload API (tests/hub_server.py): every file sent byte for byte in one commit, retried, resumed; the
+token kept out of everything but its header; what cannot be published refused in one line; a dry run that
+contacts nothing and writes only a folder of its own.
 
 The real `huggingface_hub` client does the talking (Xet off: conftest sets HF_HUB_DISABLE_XET before import).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -20,7 +24,7 @@ from click.testing import CliRunner
 from conftest import one_line
 from hub_server import FakeHub
 
-from fracgen import publish
+from fracgen import folder, publish
 from fracgen.cli import cli
 from fracgen.errors import UsageError
 
@@ -137,6 +141,18 @@ def test_rerun_resumes_without_resending_shards(tiny_copy: Path, hub: FakeHub) -
     assert sum(1 for r in hub.requests if r.method == "PUT") == puts
 
 
+def test_every_retry_is_one_line(tiny_copy, hub, caplog):
+    hub.fail("POST", r"^/api/repos/create$", 500)
+    hub.fail("POST", r"/preupload/", 503)  # retried by huggingface_hub itself
+    caplog.set_level(logging.INFO)
+    result = _push(tiny_copy, hub.url, "--token", TOKEN)
+    assert result.exit_code == 0, result.output
+    retries = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(retries) == 2, [r.getMessage() for r in retries]
+    assert all(r.name == "fracgen.publish" and "\n" not in r.getMessage() for r in retries)
+    assert "HTTP 500" in retries[0].getMessage() and "503" in retries[1].getMessage()
+
+
 def test_revision_and_private(tiny_copy: Path, hub: FakeHub) -> None:
     result = _push(tiny_copy, hub.url, "--token", TOKEN, "--revision", "dev", "--private")
     assert result.exit_code == 0, result.output
@@ -242,30 +258,41 @@ def test_dry_run_contacts_nothing(tiny_copy: Path, hub: FakeHub, tmp_path: Path)
     assert not (tiny_copy / "preview.png").exists()  # the dataset folder is left as it was
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    (["--repo-id", "alice/b--c"], "Cannot have -- or .."),
-    (["--repo-id", "alice/b.git"], ".git"),
-    (["--revision", ""], "--revision must be a branch name"),
-    (["--revision", "a..b"], "--revision must be a branch name"),
-    (["--source-license", "cc0-1.0"], "describe the photo of a build-real dataset"),
-])
-def test_dry_run_refuses_what_the_push_would(tiny_copy: Path, hub: FakeHub, tmp_path: Path, extra, fragment) -> None:
-    one_line(_push(tiny_copy, hub.url, "--dry-run", str(tmp_path / "dry"), *extra), fragment)
-    assert hub.requests == [] and not (tmp_path / "dry").exists()
+def test_dry_run_never_overwrites_a_users_folder(tiny_copy, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my readme")
+    result = _push(tiny_copy, "http://127.0.0.1:9", "--dry-run", str(mine))
+    _assert_one_line_error(result, "did not write (README.md)")
+    assert [p.name for p in mine.iterdir()] == ["README.md"] and (mine / "README.md").read_text() == "my readme"
+    ours = tmp_path / "ours"
+    assert _push(tiny_copy, "http://127.0.0.1:9", "--dry-run", str(ours)).exit_code == 0
+    assert _push(tiny_copy, "http://127.0.0.1:9", "--dry-run", str(ours)).exit_code == 0  # its own: rewritten
 
 
-@pytest.mark.parametrize("kind, fragment", [("link", "is a link"), ("text", "is not a PNG")])
-def test_a_preview_that_is_a_link_or_not_a_png_is_refused(tiny_copy: Path, hub: FakeHub, tmp_path: Path, kind,
-                                                          fragment) -> None:
-    """preview.png is published as it is: a link to a private file (or any non-PNG) would be sent to the Hub."""
-    secret = tmp_path / "id_rsa"
-    secret.write_text("PRIVATE KEY")
-    if kind == "link":
-        (tiny_copy / "preview.png").symlink_to(secret)
-    else:
-        (tiny_copy / "preview.png").write_text("my notes")
-    one_line(_push(tiny_copy, hub.url, "--dry-run", str(tmp_path / "dry"), "--license", "mit"), fragment)
-    assert hub.requests == [] and not (tmp_path / "dry").exists()
+def test_dry_run_on_a_full_disk_leaves_no_truncated_file(tiny_copy, tmp_path, monkeypatch):
+    class Full:
+        def __init__(self, path, mode):
+            self.f = open(path, mode)  # noqa: SIM115 - closed in __exit__
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_open = folder.open_new
+    monkeypatch.setattr(folder, "open_new", lambda p, then="rerun": Full(p, "wb") if "preview.png" in str(p)
+                        else real_open(p, then))
+    out = tmp_path / "dry"
+    result = _push(tiny_copy, "http://127.0.0.1:9", "--dry-run", str(out))
+    _assert_one_line_error(result, "disk full")
+    assert "--resume" not in result.output
+    assert not (out / "preview.png").exists() and not list(out.glob("*.tmp*"))
 
 
 def test_refuses_a_broken_dataset(tiny_copy: Path, hub: FakeHub) -> None:
@@ -327,8 +354,8 @@ def test_real_image_source_travels_and_is_verified(tmp_path: Path) -> None:
 def test_a_dataset_changed_after_verify_is_not_published(tiny_copy: Path, hub: FakeHub, tmp_path: Path,
                                                           monkeypatch, change) -> None:
     """A second writer between verify and the upload: a shard replaced (same size), a record edited, or the preview
-    swapped for a link to a private file. Each used to be published as it stood with exit 0; now the push stops
-    before its commit and nothing is visible on the Hub."""
+    swapped for a link to a private file. The push re-checks what it sends against what verify read and stops
+    before its commit: nothing is visible on the Hub."""
     import fracgen.publish as publish
 
     secret = tmp_path / "id_rsa"
@@ -354,25 +381,8 @@ def test_a_dataset_changed_after_verify_is_not_published(tiny_copy: Path, hub: F
 
 
 def test_a_licence_the_hub_does_not_know_is_refused_before_any_upload(tiny_copy: Path, hub: FakeHub) -> None:
-    """The Hub refuses a card whose licence is not on its list, but create_commit asked only after every shard was
-    uploaded; the push now asks first and stops with nothing sent."""
+    """The Hub refuses a card whose licence is not on its list, and create_commit would learn it only after every
+    shard was uploaded; the push asks first and stops with nothing sent."""
     one_line(_push(tiny_copy, hub.url, "--token", TOKEN, "--license", "not-a-licence"),
              "the Hub refuses the card's metadata", '"license" must be one of')
     assert not any(r.method == "PUT" for r in hub.requests) and not any(repo.commits for repo in hub.repos.values())
-
-
-@pytest.mark.parametrize("env, extra, fragment", [
-    ({"HF_HUB_DOWNLOAD_TIMEOUT": "abc"}, [], "HF_HUB_DOWNLOAD_TIMEOUT must be a whole number"),
-    ({"HF_HUB_DOWNLOAD_TIMEOUT": "1.5"}, [], "HF_HUB_DOWNLOAD_TIMEOUT must be a whole number"),
-    ({"HF_HUB_ETAG_TIMEOUT": "0"}, [], "HF_HUB_ETAG_TIMEOUT must be a whole number"),
-    ({"HF_ENDPOINT": "http://[::1"}, [], "HF_ENDPOINT must be an http(s) URL"),
-    ({}, ["--endpoint", "http://127.0.0.1:1/?x=1"], "without query or fragment"),
-])
-def test_hub_settings_huggingface_hub_would_crash_on_are_one_line(tiny_copy: Path, tmp_path: Path, monkeypatch, env,
-                                                                  extra, fragment) -> None:
-    """huggingface_hub parses these when imported (int(), the URL): a bad value was its traceback, or a misleading
-    404 for a URL with a query."""
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    args = ["push-to-hub", str(tiny_copy), "--repo-id", "alice/x", "--license", "mit", *extra]
-    one_line(CliRunner().invoke(cli, [*args, "--dry-run", str(tmp_path / "dry")]), fragment)

@@ -1,4 +1,4 @@
-"""Issue 10: every reader people reach for decodes a stored image to the same pixels, for every preset.
+"""Every reader people reach for decodes a stored image to the same pixels, for every preset.
 
 Readers: Pillow (``np.asarray``, ``convert("L")``, ``convert("RGB")``), torchvision ``decode_image`` (default,
 GRAY, RGB), webdataset (``l8``, ``rgb8``, ``torchrgb``), timm's wds reader and ``datasets`` (``with_format``

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the README's blocks, each command in a process of its own
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -1,6 +1,6 @@
-"""Issue 15: the wheel carries what the commands need (the card templates included), so fracgen works from an
-install outside the checkout. Builds the wheel offline, installs it into a temporary folder and runs a tiny
-build and a dry-run push from a folder where the source tree is not importable."""
+"""The wheel carries what the commands need (the card templates included), so fracgen works from an install
+outside the checkout. Builds the wheel offline, installs it into a temporary folder and runs a tiny build and a
+dry-run push from a folder where the source tree is not importable."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.slow  # builds and installs a wheel, runs the commands in processes of their own
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "fracgen", "train", "datasets_cards")

@@ -1,10 +1,13 @@
-"""Noise baselines: parameters stay valid, classes differ only by their parameters, Delta sets how much."""
+"""The noise baselines (gaussian-noise, uniform-noise): parameters stay valid, classes differ only by their
+parameters, Delta sets how much, and a build's classes share one standard draw."""
 
 import json
 
 import numpy as np
 import pytest
+import webdataset as wds
 
+from fracgen.build import BuildConfig, build
 from fracgen.presets import noise
 from fracgen.seeds import generator
 
@@ -150,3 +153,25 @@ def test_bad_arguments():
         noise.draw_noise_params("gaussian", -0.1, generator(0))
     with pytest.raises(ValueError, match="not 'uniform'"):
         noise.noise_image("uniform", noise.base_params("gaussian"), np.zeros((4, 4, 3)))
+
+
+@pytest.mark.parametrize("preset", ["gaussian-noise", "uniform-noise"])
+def test_noise_presets_perturb_the_distribution_not_the_draw(tmp_path, preset):
+    def class_images(delta):
+        out = tmp_path / f"{preset}-{delta}"
+        build(BuildConfig(preset=preset, L=6, delta=delta, size=32, shard_size=4), out, workers=1)
+        urls = sorted(str(p) for p in out.glob("train-*.tar"))
+        got = sorted(wds.WebDataset(urls, shardshuffle=False).decode("rgb8"), key=lambda s: int(s["cls"]))
+        assert [int(s["cls"]) for s in got] == list(range(6))
+        return out, [np.asarray(s["png"], np.int16) for s in got]
+
+    out, images = class_images(0.1)
+    assert images[0].shape == (32, 32, 3)
+    assert len({im.tobytes() for im in images}) == 6
+    # classes share the standard draw: their differences shrink with Delta
+    _, close = class_images(0.001)
+    gap = np.mean([np.abs(images[0] - im).mean() for im in images[1:]])
+    close_gap = np.mean([np.abs(close[0] - im).mean() for im in close[1:]])
+    assert close_gap < gap / 5
+    params = json.loads((out / "params.json").read_text())["classes"]
+    assert [c["label"] for c in params] == list(range(6)) and all("params" in c for c in params)

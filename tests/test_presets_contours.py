@@ -1,5 +1,6 @@
-"""The contour presets as builds: rcdb, visualatom (C x I) and their LPCE variants, through build, verify,
-preview and the CLI's option checks. The drawing itself is held to the released one in tests/test_contours.py."""
+"""The contour presets as builds: rcdb, visualatom (C x I) and their LPCE variants, through build, verify and
+preview, their defaults, and the sweep that names them. The drawing itself is held to the released one in
+tests/test_kernels_contours.py."""
 
 import json
 
@@ -111,24 +112,6 @@ def test_previews_of_contour_builds(tmp_path):
             assert im.size[0] > 300 and im.size[1] > 300
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--preset", "rcdb", "--delta", "0.1"], "--preset rcdb takes no --delta"),
-    (["--preset", "visualatom", "--L", "5"], "takes no --l"),
-    (["--preset", "rcdb-lpce", "--instances", "3"], "takes no --instances"),
-    (["--preset", "visualatom-lpce", "--categories", "3"], "takes no --categories"),
-    (["--preset", "rcdb", "--points", "10"], "takes no --points"),
-    (["--preset", "1p-frac", "--radius-perturbation", "scalar"], "takes no --radius-perturbation"),
-    (["--preset", "rcdb-lpce", "--radius-perturbation", "ring"], "'ring' is not one of"),
-    (["--preset", "rcdb", "--categories", "0"], "--categories"),
-])
-def test_bad_contour_options_are_one_line_exit_2(tmp_path, args, fragment):
-    result = CliRunner().invoke(cli, ["build", *args, str(tmp_path / "out")])
-    assert result.exit_code == 2
-    line = result.output.strip()
-    assert line.startswith("Error:") and fragment.lower() in line.lower() and "\n" not in line
-    assert not (tmp_path / "out").exists()
-
-
 def test_contour_defaults_follow_the_released_scripts():
     for kind in ("rcdb", "visualatom"):
         cfg = BuildConfig(preset=kind)
@@ -152,7 +135,7 @@ def test_the_table3_sweep_names_valid_builds():
 
 def test_the_table3_sweep_fine_tunes_on_what_its_paper_column_reports_and_needs_no_shared_copy():
     """The paper column is CIFAR-100 top-1: fine-tuning on CIFAR-10 would set the two side by side wrongly; and
-    a user has no ../shared (issue 15: sweeps default to torchvision's CIFAR, a local copy by option)."""
+    a user has no ../shared, so the sweep names torchvision's CIFAR (a local copy is an option)."""
     from train.experiments.sweep import load_sweep
 
     spec = load_sweep("sweep-table3")

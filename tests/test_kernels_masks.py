@@ -1,4 +1,5 @@
-"""masks.draw_masks_fast: numpy's own values and generator state (seeds.draw_masks), whatever came before."""
+"""fracgen.kernels.masks.draw_masks_fast: numpy's own values and generator state (seeds.draw_masks), whatever
+came before."""
 
 import numpy as np
 import pytest

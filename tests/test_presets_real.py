@@ -1,14 +1,23 @@
-"""A single real image: loading, Canny edges and the three geometric perturbations, on small synthetic images."""
+"""build-real: one real image, loaded, turned into Canny edges and perturbed by the three geometric transforms
+(on small synthetic images), and the builds made of it: every image keeps its fill, the source travels with the
+dataset, and a resume reads only that source."""
 
 import json
 
 import numpy as np
 import pytest
+import webdataset as wds
+from click.testing import CliRunner
+from conftest import one_line
 from PIL import Image
 
-from fracgen.errors import UsageError
+from fracgen import dataset
+from fracgen.build import BuildConfig, build
+from fracgen.cli import cli
+from fracgen.errors import FracgenError, UsageError
 from fracgen.presets import real as ri
 from fracgen.seeds import generator
+from fracgen.verify import verify
 
 SIZE = 64
 
@@ -68,23 +77,6 @@ def test_load_image_reads_a_jpeg(tmp_path):
     assert img.shape == (SIZE, SIZE, 3)
     expected = np.asarray(Image.fromarray(photo(128)).resize((SIZE, SIZE), Image.Resampling.BICUBIC))
     assert np.abs(img.astype(int) - expected).mean() < 4  # JPEG's loss only
-
-
-@pytest.mark.parametrize("name, content, message", [
-    ("notes.txt", b"this is text, not a picture\n", "not an image"),
-    ("cut.png", None, "cannot read"),
-    ("missing.png", False, "no such file"),
-])
-def test_load_image_rejects_what_is_not_an_image(tmp_path, name, content, message):
-    path = tmp_path / name
-    if content is None:  # a PNG cut short in its pixel data
-        Image.fromarray(photo()).save(path)
-        path.write_bytes(path.read_bytes()[:200])
-    elif content:
-        path.write_bytes(content)
-    with pytest.raises(UsageError, match=message) as info:
-        ri.load_image(path, SIZE)
-    assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_load_image_rejects_a_folder(tmp_path):
@@ -267,3 +259,107 @@ def test_bad_transform_arguments():
         ri.draw_transform("affine", -1.0, generator(0))
     with pytest.raises(ValueError, match="not 'elastic'"):
         ri.apply_transform(photo(), "elastic", ri.draw_transform("affine", 0.1, generator(0)))
+
+
+# ---- builds -------------------------------------------------------------------------------------------------
+
+
+def photo_jpeg(tmp_path):
+    """A synthetic 'photo': a bright square and a disc on a dark ground, as JPEG."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (80, 80), (20, 30, 40))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((10, 10, 40, 40), fill=(220, 200, 180))
+    draw.ellipse((45, 35, 75, 70), fill=(90, 200, 90))
+    path = tmp_path / "photo.jpg"
+    image.save(path, quality=95)
+    return path
+
+
+def test_build_real_perturbs_one_image_and_keeps_it(tmp_path):
+    out = tmp_path / "real"
+    result = CliRunner().invoke(cli, ["build-real", str(photo_jpeg(tmp_path)), str(out), "--L", "8", "--size", "48",
+                                      "--shard-size", "4", "--workers", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (out / "source.jpg").read_bytes() == (tmp_path / "photo.jpg").read_bytes()
+    urls = sorted(str(p) for p in out.glob("train-*.tar"))
+    got = sorted(wds.WebDataset(urls, shardshuffle=False).decode("l8"), key=lambda s: int(s["cls"]))
+    assert [int(s["cls"]) for s in got] == list(range(8))
+    edges = [s["png"] for s in got]
+    for e in edges:  # warped Canny edges: grey, sparse, bright
+        assert e.shape == (48, 48) and e.max() > 200 and (e == 0).mean() > 0.5
+    assert len({e.tobytes() for e in edges}) == 8
+    meta = json.loads((out / "build.json").read_text())
+    assert meta["command"].startswith("fracgen build-real source.jpg")
+    assert meta["config"]["transform"] == "affine" and len(meta["config"]["source_sha256"]) == 64
+    resumed = CliRunner().invoke(cli, ["build", "--resume", str(out), "--no-progress"])
+    assert resumed.exit_code == 0 and "2 already complete" in resumed.output
+
+
+def test_build_real_refuses_a_file_that_is_not_an_image(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a picture")
+    result = CliRunner().invoke(cli, ["build-real", str(text), str(tmp_path / "out")])
+    assert result.exit_code == 2 and "notes.txt" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+ARGS = ["--L", "4", "--size", "32", "--shard-size", "2", "--workers", "1", "--no-progress"]
+
+
+def checker(tmp_path, shape=(48, 48)):
+    path = tmp_path / "checker.png"
+    Image.fromarray(((np.indices(shape).sum(0) // 6) % 2 * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_a_delta_that_moves_every_image_out_of_view_is_refused(tmp_path):
+    cfg = BuildConfig(preset="real", L=4, size=32, shard_size=2, edges="none", delta=100.0, max_redraws=3)
+    with pytest.raises(FracgenError, match="kept the image in view"):
+        build(cfg, tmp_path / "out", workers=1, source=checker(tmp_path))
+    assert not list((tmp_path / "out").glob("train-*"))  # no blank image was written
+
+
+def test_every_image_of_a_real_build_keeps_its_fill(tmp_path):
+    out = tmp_path / "out"
+    assert CliRunner().invoke(cli, ["build-real", str(checker(tmp_path)), str(out), "--edges", "none",
+                                    "--delta", "0.5", *ARGS]).exit_code == 0
+    source = ri.fill(ri.prepare(ri.load_image(checker(tmp_path), 32), edges="none"))
+    for shard in range(2):
+        for sample in dataset.iter_shard(out / dataset.shard_name(shard)):
+            assert ri.fill(dataset.decode_grey(sample["png"])) >= ri.MIN_KEPT * source
+
+
+def test_resume_of_a_real_image_build_refuses_another_image(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / name)
+    out = tmp_path / "out"
+    args = ["build-real", "--L", "2", "--size", "32", "--shard-size", "2", "--workers", "1", "--no-progress"]
+    assert CliRunner().invoke(cli, [*args[:1], str(tmp_path / "a.png"), str(out), *args[1:]]).exit_code == 0
+    (out / "build.json").unlink()
+    one_line(CliRunner().invoke(cli, [args[0], str(tmp_path / "b.png"), str(out), *args[1:], "--resume"]),
+             "built from another image")
+    for image in (tmp_path / "a.png", out / "source.png"):  # the same picture: resumed
+        (out / "build.json").unlink(missing_ok=True)
+        result = CliRunner().invoke(cli, [args[0], str(image), str(out), *args[1:], "--resume"])
+        assert result.exit_code == 0, result.output
+    assert verify(out).ok
+
+
+def test_resume_never_copies_an_image_from_outside(tmp_path):
+    image = tmp_path / "photo.png"
+    Image.fromarray((np.indices((32, 32)).sum(0) * 4 % 256).astype(np.uint8)).save(image)
+    cfg = BuildConfig(preset="real", L=4, size=32, shard_size=2, edges="none")
+    out = tmp_path / "real"
+    build(cfg, out, workers=1, source=image, shard_range=(0, 1))
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(image.read_bytes())
+    record = json.loads((out / ".fracgen" / "config.json").read_text())
+    record["source"] = "../victim.png"
+    (out / ".fracgen" / "config.json").write_text(json.dumps(record))
+    (out / "source.png").unlink()
+    with pytest.raises(FracgenError, match="not a file inside"):
+        build(None, out, workers=1, resume=True)
+    assert not (out / "victim.png").exists() and not (out / "build.json").exists()

@@ -1,9 +1,26 @@
-"""The fast renderer against short, obviously-correct NumPy versions of the same rules."""
+"""The chaos-game kernels: the one-image renderer against short, obviously-correct NumPy versions of the same
+rules, and the batched kernels against rendering each image alone.
+
+The batched path is pinned by small builds of the chaos-game families to the images and records of the one-image
+path, whatever the worker count. Those digests cover decoded grey values, shapes, tar member names and the
+cls/json payloads, not the PNG bytes, so they hold on any zlib and for either PNG format. Regenerate them only for
+a deliberate change of the look: build each case and print ``_digest`` of the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fracgen import ifs
+from fracgen.build import BuildConfig, build
 from fracgen.kernels import chaos
 from fracgen.seeds import draw_masks
 
@@ -141,3 +158,56 @@ def test_chaos_game_stops_at_the_first_non_finite_point():
     bad = np.flatnonzero(~np.isfinite(points).all(axis=1))
     assert len(bad) == 1 and 100 < bad[0] < 4999  # written up to the first non-finite point, the rest untouched
     assert np.all(np.isfinite(points[: bad[0]])) and np.all(points[bad[0] + 1:] == 7.0)
+
+
+# --- the batched kernels in whole builds ------------------------------------------------------------------
+
+BATCHED = {
+    "1p-frac": (dict(L=24, size=48, points=3000, shard_size=5, delta=0.3), "f5cc67f270059837"),
+    "additive": (dict(L=12, size=40, points=2000, shard_size=5, delta=0.4, perturbation="additive", fractals=2),
+                 "583cfa34fb03432e"),
+    "points": (dict(L=8, size=40, points=2000, shard_size=5, style="points"), "39a3f651f61deeda"),
+    "fractaldb": (dict(preset="fractaldb", fractals=3, instances=6, size=40, points=2000, shard_size=5),
+                  "206b8eac0364e4c7"),
+    "ofdb": (dict(preset="ofdb", fractals=4, size=40, points=2000, shard_size=3), "6efc45453227c41b"),
+    # Delta 1.2: most draws diverge or under-fill (249 redraws), so early stops and redraws are pinned too
+    "diverging": (dict(L=16, size=40, points=2000, shard_size=5, delta=1.2, min_fill=0.1), "d8b89e9280cde5db"),
+    "fractaldb-wide": (dict(preset="fractaldb", fractals=2, instances=40, size=32, points=1500, shard_size=9),
+                       "40de14adb5c5e13f"),
+}
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for tar in sorted(root.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for member in tf.getmembers():
+                data = tf.extractfile(member).read()
+                if member.name.endswith(".png"):
+                    image = np.asarray(Image.open(io.BytesIO(data)).convert("L"))  # grey values: any PNG format
+                    data = image.tobytes() + str(image.shape).encode()
+                h.update(member.name.encode() + data)
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("case", BATCHED)
+def test_pixels_and_metadata_match_the_pinned_build(case, tmp_path):
+    options, expected = BATCHED[case]
+    build(BuildConfig(**options), tmp_path / "one", workers=1)
+    assert _digest(tmp_path / "one") == expected
+    if case in ("1p-frac", "diverging"):
+        build(BuildConfig(**options), tmp_path / "two", workers=2)
+        assert _digest(tmp_path / "two") == expected
+        assert (json.loads((tmp_path / "one" / "params.json").read_text())
+                == json.loads((tmp_path / "two" / "params.json").read_text()))
+
+
+def test_systems_of_more_maps_than_a_choice_byte_holds_render_alone(tmp_path, monkeypatch):
+    # a --params system of 300 maps cannot go through the uint8 map choices of the batched path
+    monkeypatch.setattr(chaos, "MAX_CHAIN_MAPS", 1)  # every system now counts as too large
+    options, expected = BATCHED["1p-frac"]
+    build(BuildConfig(**options), tmp_path / "alone", workers=1)
+    assert _digest(tmp_path / "alone") == expected
+    options, expected = BATCHED["fractaldb"]
+    build(BuildConfig(**options), tmp_path / "fdb", workers=1)
+    assert _digest(tmp_path / "fdb") == expected
