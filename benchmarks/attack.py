@@ -8,7 +8,7 @@ A case is clean when the command (or, for a case marked ``writes``, exits 0):
 - leaves its folder as it was: nothing written, deleted or half-written (no ``*.tmp*`` file anywhere).
 
 Run with ``python benchmarks/attack.py [--jobs 4] [--only WORD]``; prints one line per case and last
-``tried N, clean M``; exits 1 unless every case is clean. `tests/test_attack.py` runs it in the suite.
+``tried N, clean M``; exits 1 unless every case is clean. `tests/test_hostile.py` runs it in the suite.
 Cases owned by another part of the tool (``owner`` other than ``builder``) are counted and shown separately.
 """
 

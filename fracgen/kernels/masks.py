@@ -15,7 +15,7 @@ in, so every later draw of the class is unchanged. The replay follows numpy's ``
 - a piece p is accepted when (p * 511) mod 2**16 >= (2**16 - 511) mod 511 = 128, and gives 1 + (p * 511 >> 16).
 
 On a little-endian machine the raw outputs viewed as uint16 are those pieces in order. Other bit generators
-and big-endian machines take numpy's own call. ``tests/test_masks.py`` checks values and state against
+and big-endian machines take numpy's own call. ``tests/test_kernels_masks.py`` checks values and state against
 numpy's call over many seeds, sizes and starting states.
 """
 
