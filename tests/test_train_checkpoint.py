@@ -176,7 +176,7 @@ def complete(tiny_dataset, tmp_path_factory):
 
 # ---------------------------------------------------------------------------- README's plain-timm recipe (F-DOC)
 def test_the_readme_recipe_for_older_checkpoints_loads_the_trained_head(complete, tiny_dataset):
-    """train/README.md's block, run as written on a checkpoint without config.json, gives the trainer's logits."""
+    """docs/training.md's block, run as written on a checkpoint without config.json, gives the trainer's logits."""
     import re
 
     import torch
@@ -184,7 +184,7 @@ def test_the_readme_recipe_for_older_checkpoints_loads_the_trained_head(complete
 
     from train.model import create_model
 
-    readme = (Path(__file__).resolve().parents[1] / "train" / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "pretrained_cfg_overlay" in b)
     assert 'path = "runs/pt/model.safetensors"' in block
     scope: dict = {}
