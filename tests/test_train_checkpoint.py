@@ -51,7 +51,7 @@ def test_every_key_that_may_change_on_resume_leaves_it_alone(stopped, tiny_datas
               "data.root": "elsewhere", "data.resident.load_workers": 3, "finetune.eval_batch_size": 7,
               "log.tensorboard": True}
     assert set(others) == set(MAY_CHANGE)
-    readme = (REPO / "train" / "README.md").read_text()
+    readme = (REPO / "docs" / "training.md").read_text()
     for key, value in others.items():
         assert f"`{key}`" in readme, key
         check_resume(stopped, cfg_of(tiny_dataset, f"{key}={json.dumps(value)}"))
@@ -174,7 +174,7 @@ def complete(tiny_dataset, tmp_path_factory):
     return out
 
 
-# ---------------------------------------------------------------------------- README's plain-timm recipe (F-DOC)
+# ------------------------------------------------------------------- docs/training.md's plain-timm recipe
 def test_the_readme_recipe_for_older_checkpoints_loads_the_trained_head(complete, tiny_dataset):
     """docs/training.md's block, run as written on a checkpoint without config.json, gives the trainer's logits."""
     import re
