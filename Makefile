@@ -5,6 +5,18 @@ BIN := $(VENV)/bin
 OUT ?= out/1p-frac
 # numba's compiled kernels persist here between runs (the first build compiles them: a few seconds).
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
+TRAIN := $(BIN)/fracgen-train
+# SMALL=1, the CPU quick start: the data are made here, nothing is downloaded. A tiny 1p-frac build (16 classes of
+# 64 px) to pre-train on, and a small labelled ImageFolder (fracgen-train toy-data) to fine-tune on.
+TINY_DATA ?= out/1p-frac-tiny
+TINY_BUILD := --sigma 3.5 --delta 0.1 --L 16 --size 64 --points 5000 --shard-size 8
+TOY_DATA ?= out/toy-images
+TOY_DATA_STEP = $(if $(SMALL),$(if $(FT_DATA),,@[ -d $(TOY_DATA)/train ] || $(TRAIN) toy-data $(TOY_DATA)))
+# Which make variable gave which option, so that the trainer's errors name what the user typed (train/make_words.py).
+pretrain: export FRACGEN_TRAIN_MAKE = --data=DATA data.path=DATA --out=RUN
+finetune: export FRACGEN_TRAIN_MAKE = --data=FT_DATA data.path=FT_DATA --checkpoint=CKPT finetune.checkpoint=CKPT --out=RUN
+repro-small: export FRACGEN_TRAIN_MAKE = --cifar=FT_DATA --dataset=DATA --out=RUN
+sweep: export FRACGEN_TRAIN_MAKE = --data=FT_DATA --out=RUN
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-dev demo publish-dry test test-quick readme-check bench bench-contours bench-3d bench-search bench-released lint pretrain finetune repro-small bench-train sweep clean
@@ -65,17 +77,31 @@ bench-released: install ## 1p-frac: CPU time against the released generator rest
 lint: install-dev ## ruff over the packages and tests.
 	$(BIN)/ruff check fracgen train tests benchmarks
 
-pretrain: install-dev ## LPCE pre-training on a fracgen dataset (DATA=$(OUT) RUN=runs/pretrain ARGS=...).
-	$(BIN)/python -m train pretrain --data $(or $(DATA),$(OUT)) --out $(or $(RUN),runs/pretrain) $(ARGS)
+pretrain: install-dev ## LPCE pre-training on DATA (default $(OUT)) into RUN (runs/pretrain); SMALL=1: the CPU quick start.
+	$(if $(SMALL),$(if $(DATA),,@[ -f $(TINY_DATA)/build.json ] || $(BIN)/fracgen build $(TINY_BUILD) \
+		$$([ -d $(TINY_DATA) ] && echo --resume) $(TINY_DATA)),$(if $(DATA),,@[ -f $(OUT)/_info.json ] || \
+		{ echo "error: no dataset in $(OUT): make demo builds it (or DATA=<a fracgen build>; SMALL=1: the CPU quick start)" >&2; exit 2; }))
+	$(TRAIN) pretrain $(if $(SMALL),--config tiny) --data $(or $(DATA),$(if $(SMALL),$(TINY_DATA),$(OUT))) \
+		--out $(or $(RUN),runs/$(if $(SMALL),tiny,pretrain)) $(ARGS)
 
-finetune: install-dev ## Fine-tune on FT_DATA (default cifar10) from CKPT=...; omit CKPT for the scratch baseline.
-	$(BIN)/python -m train finetune --data $(or $(FT_DATA),cifar10) $(if $(CKPT),--checkpoint $(CKPT)) --out $(or $(RUN),runs/finetune) $(ARGS)
+finetune: install-dev ## Fine-tune on FT_DATA (default cifar10, downloaded) from CKPT (omit: scratch) into RUN; SMALL=1: offline, tiny.
+	$(TOY_DATA_STEP)
+	$(if $(SMALL),$(if $(CKPT),,@[ -f runs/tiny/model.safetensors ] || \
+		{ echo "error: runs/tiny holds no pre-trained model: make pretrain SMALL=1 first (or CKPT=<run folder>; CKPT=none: scratch)" >&2; exit 2; }))
+	$(TRAIN) finetune $(if $(SMALL),--config tiny-finetune) --data $(or $(FT_DATA),$(if $(SMALL),$(TOY_DATA),cifar10)) \
+		$(if $(filter none,$(CKPT)),,$(if $(or $(CKPT),$(SMALL)),--checkpoint $(or $(CKPT),runs/tiny))) \
+		--out $(or $(RUN),runs/$(if $(SMALL),tiny-finetune,finetune)) $(ARGS)
 
-repro-small: install-dev ## GPU: 1p-frac pre-training vs scratch on CIFAR-10 (torchvision, or ARGS="--cifar DIR|TARBALL"), several budgets.
-	$(BIN)/python -m train repro-small --out runs/repro-small $(ARGS)
+repro-small: install-dev ## GPU: 1p-frac pre-training vs scratch on FT_DATA (default CIFAR-10, downloaded), several budgets; SMALL=1: CPU check.
+	$(TOY_DATA_STEP)
+	$(TRAIN) repro-small $(if $(SMALL),--cpu-check --budgets 5 --finetune-seconds 5) \
+		--cifar $(or $(FT_DATA),$(if $(SMALL),$(TOY_DATA),cifar10)) $(if $(DATA),--dataset $(DATA)) \
+		--out $(or $(RUN),runs/repro-small$(if $(SMALL),-cpu)) $(ARGS)
 
-sweep: install-dev ## Build + pre-train + fine-tune over a grid (SWEEP=sweep-delta | sweep-L | sweep-sigma | a YAML path).
-	$(BIN)/python -m train sweep $(or $(SWEEP),sweep-delta) $(ARGS)
+sweep: install-dev ## Build + pre-train + fine-tune over a grid (SWEEP=sweep-delta | sweep-L | sweep-sigma | a YAML; FT_DATA=...; SMALL=1: sweep-cpu).
+	$(TOY_DATA_STEP)
+	$(TRAIN) sweep $(or $(SWEEP),$(if $(SMALL),sweep-cpu,sweep-delta)) \
+		$(if $(or $(FT_DATA),$(SMALL)),--data $(or $(FT_DATA),$(TOY_DATA))) $(if $(RUN),--out $(RUN)) $(ARGS)
 
 bench-train: install-dev ## Trainer throughput: model only, streaming loader, GPU-resident data (DATA=..., ARGS=...).
 	$(BIN)/python -m train.experiments.bench $(if $(DATA),--data $(DATA)) $(ARGS)

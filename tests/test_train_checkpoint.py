@@ -51,7 +51,7 @@ def test_every_key_that_may_change_on_resume_leaves_it_alone(stopped, tiny_datas
               "data.root": "elsewhere", "data.resident.load_workers": 3, "finetune.eval_batch_size": 7,
               "log.tensorboard": True}
     assert set(others) == set(MAY_CHANGE)
-    readme = (REPO / "train" / "README.md").read_text()
+    readme = (REPO / "docs" / "training.md").read_text()
     for key, value in others.items():
         assert f"`{key}`" in readme, key
         check_resume(stopped, cfg_of(tiny_dataset, f"{key}={json.dumps(value)}"))
@@ -174,9 +174,9 @@ def complete(tiny_dataset, tmp_path_factory):
     return out
 
 
-# ---------------------------------------------------------------------------- README's plain-timm recipe (F-DOC)
+# ------------------------------------------------------------------- docs/training.md's plain-timm recipe
 def test_the_readme_recipe_for_older_checkpoints_loads_the_trained_head(complete, tiny_dataset):
-    """train/README.md's block, run as written on a checkpoint without config.json, gives the trainer's logits."""
+    """docs/training.md's block, run as written on a checkpoint without config.json, gives the trainer's logits."""
     import re
 
     import torch
@@ -184,7 +184,7 @@ def test_the_readme_recipe_for_older_checkpoints_loads_the_trained_head(complete
 
     from train.model import create_model
 
-    readme = (Path(__file__).resolve().parents[1] / "train" / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "pretrained_cfg_overlay" in b)
     assert 'path = "runs/pt/model.safetensors"' in block
     scope: dict = {}

@@ -1,7 +1,10 @@
-"""``python -m train``: help like ``fracgen -h``; errors one line, once, from the rank that knows them."""
+"""``fracgen-train`` / ``python -m train``: help like ``fracgen -h``, a console script no ``train.py`` shadows, one
+line without the trainer's extra; errors one line, once, from the rank that knows them."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from train_helpers import (
@@ -19,10 +22,37 @@ def test_dash_h_works_like_fracgen():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Usage: python -m train [OPTIONS] COMMAND")
     commands = proc.stdout.split("Commands:", 1)[1]
-    assert all(name in commands for name in ("pretrain", "finetune", "repro-small", "sweep"))
+    assert all(name in commands for name in ("pretrain", "finetune", "repro-small", "sweep", "toy-data"))
     sub = subprocess.run([sys.executable, "-m", "train", "pretrain", "-h"], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
     assert sub.returncode == 0 and "--verify-data / --no-verify-data" in sub.stdout
+
+
+def _console_script() -> Path:
+    """The venv's ``fracgen-train`` (``pip install -e .`` makes it), beside the interpreter running the tests."""
+    exe = Path(sys.executable).parent / "fracgen-train"
+    if not exe.is_file():
+        pytest.skip(f"no {exe}: the package is not installed in this environment (make install-dev)")
+    return exe
+
+
+def test_the_console_script_is_not_shadowed_by_a_train_py_in_the_working_folder(tmp_path):
+    (tmp_path / "train.py").write_text("raise SystemExit('the user file ran')\n")
+    proc = subprocess.run([_console_script(), "-h"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: fracgen-train [OPTIONS] COMMAND") and "toy-data" in proc.stdout
+
+
+@pytest.mark.parametrize("entry", ["console script", "python -m train"])
+def test_without_torch_one_line_names_the_extra(entry, tmp_path):
+    """torch made unimportable by a sitecustomize (as in a builder-only install): one line, exit 2, even for -h."""
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    argv = [_console_script()] if entry == "console script" else [sys.executable, "-m", "train"]
+    for args in (["-h"], ["pretrain", "--data", "x", "--out", "y"]):
+        proc = subprocess.run([*argv, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+        assert proc.stderr == "error: the trainer needs torch, not installed here: pip install 'fracgen[train]'\n"
 
 
 def test_worker_tracebacks_become_their_last_line():

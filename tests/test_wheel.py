@@ -78,3 +78,18 @@ def test_build_and_dry_run_push_from_the_installed_wheel(installed: Path, tmp_pa
     assert card.startswith("---\n") and "dataset_info:" in card and "class_label:" in card
     listing = json.loads((work / "dry" / "files.json").read_text())["files"]
     assert {"train-000000.tar", "train-000001.tar", "README.md", "_info.json"} <= {f["path_in_repo"] for f in listing}
+
+
+def test_the_wheel_installs_fracgen_train(installed: Path, tmp_path: Path) -> None:
+    """The console script's entry point, importable from the wheel without the trainer's extra: one line, exit 2."""
+    wheel = zipfile.ZipFile(next(installed.parent.joinpath("dist").glob("*.whl")))
+    entry_points = wheel.read(next(n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt"))).decode()
+    assert "fracgen-train = train.__main__:main" in entry_points
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(installed)
+    code = ("import sys; sys.modules['torch'] = None; sys.argv = ['fracgen-train', '-h']; "
+            "from train.__main__ import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: the trainer needs torch"), proc.stderr
+    assert "pip install 'fracgen[train]'" in proc.stderr and len(proc.stderr.splitlines()) == 1

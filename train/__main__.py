@@ -1,128 +1,25 @@
-"""``python -m train pretrain|finetune|repro-small|sweep``: parse, validate, call the functions.
+"""``fracgen-train`` (the console script) and ``python -m train``: run the trainer's commands (``train/cli.py``).
 
-Every expected failure is a ``TrainError`` printed as ``error: <one line>`` with exit status 2.
+Every expected failure is a ``TrainError`` printed as ``error: <one line>`` with exit status 2; so is an environment
+without the trainer's extra (torch, timm, ...), checked before anything imports them. Run by ``make``, the line
+names the make variables the user typed (``train/make_words.py``). The console script cannot be shadowed by a
+``train.py`` in the working folder, as ``python -m train`` can (Python puts the working folder first on its path).
 """
 
 from __future__ import annotations
 
-import logging
+import importlib.util
 import os
-import signal
 import sys
 from pathlib import Path
 
 import click
 
 from fracgen.errors import FracgenError
-from train.config import load_config
 from train.errors import RankError, TrainError
-from train.experiments.repro import repro_small
-from train.experiments.sweep import sweep
-from train.run.folder import out_option
 
-
-def _common(f):
-    options = [
-        click.option("--config", "config", default=None, help="YAML in train/configs/ (by name) or a path."),
-        click.option("--data", default=None,
-                     help="pretrain: a fracgen dataset folder, brace pattern or URL; finetune: cifar10, cifar100, "
-                          "an ImageFolder root (train/ and test/), or a tarball of one."),
-        click.option("--out", required=True, callback=out_option, help="Run folder."),
-        click.option("--model", default=None, help="timm model name."),
-        click.option("--img-size", type=click.IntRange(min=8), default=None, help="Training resolution (px)."),
-        click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimizer steps."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Global batch size."),
-        click.option("--accum-steps", type=click.IntRange(min=1), default=None, help="Gradient accumulation."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Peak learning rate."),
-        click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers per rank."),
-        click.option("--device", default=None, help="auto, cpu or cuda."),
-        click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of the run."),
-        click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
-        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                     help="Any config key, e.g. --set aug.mixup=0 --set model.kwargs.patch_size=8."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def _values(**flags) -> dict:
-    keys = {"data": "data.path", "model": "model.name", "img_size": "model.img_size", "steps": "train.steps",
-            "batch_size": "train.batch_size", "accum_steps": "train.accum_steps", "lr": "optim.lr",
-            "workers": "data.workers", "device": "train.device", "seed": "train.seed",
-            "source": "data.source", "checkpoint": "finetune.checkpoint", "epochs": "train.epochs",
-            "probe_blocks": "finetune.probe_blocks", "verify_data": "data.verify"}
-    return {keys[k]: v for k, v in flags.items() if k in keys and v is not None}
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def cli(verbose: bool) -> None:
-    """Pre-train timm models on fracgen datasets (LPCE) and fine-tune them on real images."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-
-@cli.command()
-@_common
-@click.option("--source", type=click.Choice(["auto", "stream", "resident"]), default=None, help="Data path.")
-@click.option("--verify-data/--no-verify-data", default=None,
-              help="Check every shard's sha256 against build.json before step 1 [default: when the dataset is "
-                   "a local build of at most 4 GiB]; sizes, sample counts and labels are always checked.")
-def pretrain(config, out, resume, overrides, **flags) -> None:
-    """LPCE pre-training on a fracgen dataset (default config: the released recipe)."""
-    from train.pretrain import pretrain as run
-
-    m = run(load_config(config or "pretrain", list(overrides), _values(**flags)), out, resume=resume)
-    _report(m, out, lambda: f"pre-trained {m['steps']} steps: loss {_num(m['final_loss'], '.3f')}, top-1 on its "
-            f"{m['num_classes']} classes "
-            + ("not measured (data.eval_path is empty)" if m.get("eval_top1") is None else f"{m['eval_top1']}%")
-            + f" (chance {m['chance']:.1f}%); {out}/model.safetensors")
-
-
-@cli.command()
-@_common
-@click.option("--checkpoint", default=None, help="Pre-trained run folder or its model.safetensors (omit: from scratch).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Fine-tuning epochs.")
-@click.option("--probe-blocks", type=click.IntRange(min=0), default=None,
-              help="Freeze embeddings + first k blocks (k = depth: linear probe).")
-def finetune(config, out, resume, overrides, **flags) -> None:
-    """Fine-tune or probe on real images (default config: the released fine-tuning recipe).
-
-    --steps sets the length in steps instead of the config's epochs (which would otherwise win).
-    """
-    from train.finetune import finetune as run
-
-    if flags.get("steps") is not None:
-        if flags.get("epochs") is not None:
-            raise TrainError("--steps and --epochs both set the fine-tuning length: give one of them")
-        flags["epochs"] = 0  # train.epochs = 0: the length is train.steps
-    m = run(load_config(config or "finetune", list(overrides), _values(**flags)), out, resume=resume)
-    _report(m, out, lambda: f"fine-tuned {m['steps']} steps ({m['checkpoint'] or 'scratch'}): "
-            f"test top-1 {m['top1']:.2f}%")
-
-
-def _num(value: float | None, spec: str) -> str:
-    """A metric as text; None (``metrics.json`` writes a value that is not finite as null) as ``n/a``."""
-    return "n/a" if value is None else format(value, spec)
-
-
-def _report(metrics: dict, out: Path, summary) -> None:
-    """One line from rank 0: the run's summary, or how to continue a run stopped by train.stop_at."""
-    if os.environ.get("RANK", "0") != "0":
-        return
-    if metrics.get("already_complete"):
-        click.echo(f"{out} is complete ({metrics.get('steps')} steps); nothing to do")
-    elif metrics.get("stopped"):
-        reason = metrics.get("reason", "train.stop_at")
-        click.echo(f"stopped at step {metrics['steps']} ({reason}); a checkpoint is in {out}: the same command with --resume continues")
-        if reason.startswith("SIG"):  # stopped by a signal: the shell's convention, 128 + its number
-            sys.exit(128 + signal.Signals[reason].value)
-    else:
-        click.echo(summary())
-
-
-cli.add_command(repro_small)
-cli.add_command(sweep)
+EXTRA = ("torch", "torchvision", "timm", "safetensors", "matplotlib")
+"""What ``pip install 'fracgen[train]'`` adds to the builder (pyproject.toml's ``train`` extra), by import name."""
 
 
 def _one_line(message: str) -> str:
@@ -142,16 +39,32 @@ def _peer_left(error: RuntimeError) -> bool:
         s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
 
+def missing_extra() -> list[str]:
+    """The packages of the ``train`` extra this environment lacks (found without importing them)."""
+    return [name for name in EXTRA if importlib.util.find_spec(name) is None]
+
+
+def _prog() -> str:
+    """The command as the user typed it: ``fracgen-train`` (the console script) or ``python -m train``."""
+    return "python -m train" if sys.argv[0].endswith("__main__.py") else Path(sys.argv[0]).name
+
+
 def main() -> None:
-    """Entry point: one-line errors, exit status 2."""
-    from train.distributed import end_children
+    """Entry point: one-line errors, exit status 2; without the trainer's extra, one line saying so."""
+    if missing := missing_extra():
+        print(f"error: the trainer needs {', '.join(missing)}, not installed here: pip install 'fracgen[train]'",
+              file=sys.stderr)
+        sys.exit(2)
+    from train.cli import cli
+    from train.make_words import in_make_words
 
     try:
-        cli.main(standalone_mode=False, prog_name="python -m train")
+        cli.main(standalone_mode=False, prog_name=_prog())
     except (TrainError, FracgenError) as e:  # FracgenError: a sweep's or repro's build (a full disk, say)
         rank = os.environ.get("RANK", "0")
         if rank == "0" or isinstance(e, RankError):  # every rank raises the same line, but a RankError is its own
-            click.echo(f"error: {'' if rank == '0' else f'rank {rank}: '}{_one_line(str(e))}", err=True)
+            line = in_make_words(_one_line(str(e)))
+            click.echo(f"error: {'' if rank == '0' else f'rank {rank}: '}{line}", err=True)
         sys.exit(2)
     except click.exceptions.Abort as e:
         if isinstance(e.__cause__, EOFError):  # click turns any EOFError into Abort: a fault, not a Ctrl-C
@@ -160,7 +73,7 @@ def main() -> None:
         sys.exit(130)
     except click.ClickException as e:
         if os.environ.get("RANK", "0") == "0":  # every rank parses the same command line
-            click.echo(f"error: {e.format_message()}", err=True)  # one line, like every other refusal
+            click.echo(f"error: {in_make_words(e.format_message())}", err=True)  # one line, like every other refusal
         sys.exit(e.exit_code)
     except RuntimeError as e:  # after click's Abort, itself a RuntimeError
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and _peer_left(e):
@@ -169,7 +82,10 @@ def main() -> None:
             sys.exit(2)
         raise
     finally:
-        end_children()  # DataLoader workers ignore the SIGTERM multiprocessing would end them with at exit
+        if "torch" in sys.modules:  # -h and toy-data never import it (a second or two)
+            from train.distributed import end_children
+
+            end_children()  # DataLoader workers ignore the SIGTERM multiprocessing would end them with at exit
 
 
 if __name__ == "__main__":

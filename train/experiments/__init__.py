@@ -1,2 +1,3 @@
 """Jobs built on the trainer: ``repro`` (repro-small), ``sweep`` (grids of build + pre-train + fine-tune), ``bench``
-(throughput, ``python -m train.experiments.bench``) and ``toy`` (a toy dataset in fracgen's format, for tests)."""
+(throughput, ``python -m train.experiments.bench``) and ``toy`` (toy pre-training and fine-tuning data, generated
+on the spot: tests and the offline quick start)."""

@@ -1,4 +1,5 @@
-"""``make repro-small``: does 1p-frac pre-training beat scratch on CIFAR-10 within a short GPU budget?
+"""``fracgen-train repro-small`` (``make repro-small``): does 1p-frac pre-training beat scratch on CIFAR-10 within a
+short GPU budget?
 
 1. Make the fine-tuning data local first (``--cifar``, default torchvision's CIFAR-10, downloaded into
    ``--data-root`` once; or an ImageFolder root or a CIFAR-style tarball: ``train.data.fetch``), so a machine
@@ -343,8 +344,3 @@ def _table(r: dict[str, Any]) -> str:
                      f"{_pct(run['pretrain_top1'], '.1f')} of {run['num_classes']} | {run['finetune_top1']:.2f}% | "
                      f"{run['gain']:+.2f} |")
     return "\n".join(lines)
-
-
-def main(argv: list[str]) -> None:
-    """Run ``repro-small`` with its own argument list (``python -m train repro-small ...``)."""
-    repro_small.main(argv, standalone_mode=False, prog_name="python -m train repro-small")

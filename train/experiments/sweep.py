@@ -1,4 +1,5 @@
-"""``python -m train sweep CONFIG``: a grid of build + pre-train + fine-tune, one results table and a plot.
+"""``fracgen-train sweep CONFIG`` (``make sweep``): a grid of build + pre-train + fine-tune, one results table and a
+plot.
 
 A sweep YAML names the dataset options to vary (any ``fracgen.build.BuildConfig`` field: ``delta``, ``L``,
 ``sigma``, ``style``, ``perturbation``, ``preset``, ...), the options every point shares, and the pre-training
