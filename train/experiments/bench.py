@@ -376,10 +376,7 @@ def _write(args: argparse.Namespace, table: str, record: dict[str, Any]) -> None
     from fracgen import folder as fs
 
     if args.out:
-        try:
-            fs.append_text(args.out, table + "\n")
-        except OSError as e:  # the write itself: append_text converts only its open
-            raise fs.write_error(e, args.out, "rerun") from None
+        fs.append_text(args.out, table + "\n")
     if args.json:
         fs.write_atomic(args.json, (json.dumps(record, indent=1) + "\n").encode(), "rerun")
 
