@@ -116,6 +116,7 @@ from fracgen.dataset.samples import (  # noqa: E402
     PNG_PALETTE,
     PNG_RGB,
     PNG_SIGNATURE,
+    UNLISTED,
     Expect,
     SampleError,
     check_label,
@@ -126,6 +127,7 @@ from fracgen.dataset.samples import (  # noqa: E402
     file_problem,
     png_colour_type,
     png_problem,
+    stray_shards,
 )
 from fracgen.dataset.shards import HashingReader, iter_shard, write_shard  # noqa: E402
 
@@ -156,6 +158,7 @@ __all__ = [
     "SYSTEMS_JSON",
     "SampleError",
     "SplitInfo",
+    "UNLISTED",
     "WRITES",
     "brace_pattern",
     "build_files",
@@ -181,6 +184,7 @@ __all__ = [
     "sample_key",
     "sha256_file",
     "shard_name",
+    "stray_shards",
     "write_build",
     "write_info",
     "write_marker",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from train.augment import make_eval_transform
 from train.config import Config
-from train.data.samples import decode_sample, iter_samples
+from train.data.samples import Sample, iter_samples
 from train.data.shards import read_info, read_split, shard_urls
 from train.data.source import Source, micro_batch_size
 from train.data.stream import make_stream_source, rgb
@@ -87,7 +86,7 @@ def check_eval_set(cfg: Config) -> None:
                          "L (or data.eval_path='' for none)")
 
 
-def make_pretrain_eval_loader(cfg: Config, head: list[dict[str, Any]] | None = None) -> DataLoader | None:
+def make_pretrain_eval_loader(cfg: Config, head: list[Sample] | None = None) -> DataLoader | None:
     """Un-augmented images of ``data.eval_path`` (default: the training set) for top-1 on its classes.
 
     Takes the first ``data.eval_samples`` samples in shard order; None when ``eval_path`` is empty.
@@ -101,7 +100,7 @@ def make_pretrain_eval_loader(cfg: Config, head: list[dict[str, Any]] | None = N
     if not path:
         return None
     if cfg.data.eval_path is None and head is not None:
-        samples = [decode_sample(s) for s in head[:cfg.data.eval_samples]]
+        samples = [(s.grey(), s.label) for s in head[:cfg.data.eval_samples]]
     else:
         samples = []
         for sample in iter_samples(shard_urls(path, read_info(path))):

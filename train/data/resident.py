@@ -36,6 +36,7 @@ from torch import Tensor
 from fracgen import dataset
 from fracgen.dataset import DatasetError, DatasetInfo
 from train.data.device_augment import DeviceAugment
+from train.data.samples import Sample
 from train.data.shards import ShardSet, read_split
 from train.distributed import free_memory
 from train.errors import DoesNotFit, TrainError
@@ -67,37 +68,26 @@ def _read_info(root: Path) -> DatasetInfo:
     return info
 
 
-Member = dict[str, Any]
-"""One sample as ``train.data.shards.read_shard`` reads it (``__key__``, ``__url__``, ``png``, ``cls``, ...)."""
+def _grey(sample: Sample) -> np.ndarray:
+    return sample.grey()
 
 
-def _decode(member: Member) -> np.ndarray:
-    """A member's PNG -> (H, W) uint8 grey (a 1-bit palette image decodes to {0, 127}).
-
-    Raises:
-        TrainError: naming the shard and the sample, when the PNG does not decode.
-    """
-    try:
-        return dataset.decode_grey(member["png"])
-    except DatasetError as e:
-        raise TrainError(f"shard {member['__url__']}: sample {member['__key__']}: {e}") from None
-
-
-def _decode_members(root: Path, members: list[Member], rank: int, world_size: int, split_ranks: bool,
+def _decode_members(root: Path, members: list[Sample], rank: int, world_size: int, split_ranks: bool,
                     workers: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the members (this rank's share of them, in key order) into images (N, H, W) and labels (N,)."""
-    members = sorted(members, key=lambda m: m["__key__"])
+    """The images (N, H, W) and labels (N,) of the checked samples (this rank's share of them, in key order); a
+    fracgen build's were decoded by its check, any other dataset's are decoded here, ``workers`` at a time."""
+    members = sorted(members, key=lambda m: m.key)
     if split_ranks and world_size > 1:
         members = members[rank::world_size]
     if not members:
         raise TrainError(f"{root}: no samples for rank {rank} of {world_size}")
     workers = workers or min(16, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        arrays = list(pool.map(_decode, members, chunksize=64))
+        arrays = list(pool.map(_grey, members, chunksize=64))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise TrainError(f"{root}: images of different sizes {sorted(shapes)[:3]}; the resident source needs one size")
-    labels = np.array([int(m["cls"]) for m in members], dtype=np.int64)
+    labels = np.array([m.label for m in members], dtype=np.int64)
     return np.stack(arrays), labels
 
 
@@ -120,7 +110,7 @@ def load_images(root: str | Path, *, rank: int = 0, world_size: int = 1, split_r
     """
     root = Path(root)
     info = info or _read_info(root)
-    members = list(read_split(str(root), info)[1])
+    members = list(read_split(str(root), info, threads=workers)[1])
     return _decode_members(root, members, rank, world_size, split_ranks, workers)
 
 
@@ -197,7 +187,7 @@ class ResidentSource:
         self._gen = torch.Generator(device=self.device)
         self._stream = torch.cuda.Stream(self.device) if prefetch and self.device.type == "cuda" else None
         self._perm: tuple[int, Tensor] | None = None
-        self.head: list[Member] | None = None  # set by make_resident_source (train/data/source.py)
+        self.head: list[Sample] | None = None  # set by make_resident_source (train/data/source.py)
 
     def __len__(self) -> int:
         return self._len
@@ -267,7 +257,7 @@ class ResidentSource:
 
 def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1,
                          info: DatasetInfo | None = None, shards: ShardSet | None = None,
-                         samples: Iterator[Member] | None = None) -> ResidentSource:
+                         samples: Iterator[Sample] | None = None) -> ResidentSource:
     """The resident source of a run config (``train.config.Config``), as ``train.data.pretraining.make_source`` asks.
 
     The dataset's one checked read (``samples``, from ``train.data.shards.read_split``; made here when the caller
@@ -290,9 +280,9 @@ def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_si
     if not info.train.filenames:
         raise TrainError(f"{root}: {dataset.INFO_JSON} lists no shards")
     if samples is None:
-        _, samples = read_split(str(root), info, getattr(cfg.data, "verify", "auto"))
+        _, samples = read_split(str(root), info, getattr(cfg.data, "verify", "auto"), threads=opts["load_workers"])
     first = next(samples)  # read_shard refuses an empty shard, so there is one
-    height, width = _decode(first).shape
+    height, width = first.grey().shape
     split, antialias = opts["split_ranks"], opts["antialias"]
     n_local = math.ceil(info.train.num_samples / world_size) if split else info.train.num_samples
     need = dataset_bytes(n_local, height, width, antialias)

@@ -26,7 +26,7 @@ from train.augment import make_train_transform
 from train.bounds import check_buffer
 from train.config import Config
 from train.data.remote import is_remote
-from train.data.samples import decode_image, decode_sample, shard_samples
+from train.data.samples import Sample, decode_image, decode_sample, shard_samples
 from train.data.shards import ShardSet, read_info, read_split
 from train.data.source import Batch, last_line, micro_batch_size
 from train.distributed import end_workers, free_memory, quiet_worker
@@ -38,13 +38,13 @@ MIN_EPOCH_STEPS = 200
 """The streaming source's epochs last at least this many optimizer steps (DataLoader workers restart per epoch)."""
 
 
-def keep_head(samples: Iterator[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
+def keep_head(samples: Iterator[Sample], keep: int) -> list[Sample]:
     """Consume the dataset's one checked read (``train.data.shards.read_split``), keeping its first ``keep`` samples.
 
     Raises:
         TrainError: ``shard <path>: ...`` naming the damage.
     """
-    head: list[dict[str, Any]] = []
+    head: list[Sample] = []
     for sample in samples:
         if len(head) < keep:
             head.append(sample)
@@ -168,7 +168,7 @@ class StreamSource:
 
     def __init__(self, cfg: Config, device: torch.device, rank: int, world_size: int,
                  info: DatasetInfo | None = None, shards: ShardSet | None = None,
-                 samples: Iterator[dict[str, Any]] | None = None):
+                 samples: Iterator[Sample] | None = None):
         self.cfg, self.device, self.rank, self.world_size = cfg, device, rank, world_size
         info = info or read_info(cfg.data.path)
         if shards is None or samples is None:
@@ -223,6 +223,6 @@ class StreamSource:
 
 def make_stream_source(cfg: Config, device: torch.device, rank: int, world_size: int,
                        info: DatasetInfo | None = None, shards: ShardSet | None = None,
-                       samples: Iterator[dict[str, Any]] | None = None) -> StreamSource:
+                       samples: Iterator[Sample] | None = None) -> StreamSource:
     """The streaming source of ``cfg.data.path`` for this rank (shards checked up front)."""
     return StreamSource(cfg, device, rank, world_size, info, shards, samples)
