@@ -291,7 +291,7 @@ def verify(root: Path | str) -> VerifyReport:
     """
     root = Path(root)
     build = dataset.read_build(root)
-    report = VerifyReport(root=root, num_shards=len(build["shards"]), recipe=isinstance(build.get("recipe"), dict))
+    report = VerifyReport(root=root, num_shards=len(build["shards"]), recipe=dataset.is_recipe(build))
     config, records = _typed_build(report, root, build)
     if config is not None:
         _check_config(report, config, build)

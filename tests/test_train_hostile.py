@@ -1045,6 +1045,8 @@ HOSTILE = [
     ("seed-float", [*PT, "--set", "train.seed=1.5"], "train.seed: must be int", None),
     ("lr-string", [*PT, "--set", "optim.lr=fast"], "optim.lr: must be float", None),
     ("compile-string", [*PT, "--set", "train.compile=maybe"], "train.compile: must be bool", None),
+    ("fresh-masks-string", [*PT, "--set", "data.fresh_masks=maybe"], "data.fresh_masks: must be bool", None),
+    ("fresh-masks-on-a-build", [*PT, "--set", "data.fresh_masks=true"], "is not a recipe; fresh masks are drawn", None),
     ("tensorboard-int", [*PT, "--set", "log.tensorboard=2"], "log.tensorboard: must be bool", None),
     ("steps-zero", [*PT, "--steps", "0"], "Invalid value for '--steps'", None),
     ("seed-negative", [*PT, "--seed", "-1"], "Invalid value for '--seed'", None),

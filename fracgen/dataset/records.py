@@ -208,6 +208,11 @@ def read_build(root: Path | str) -> dict[str, Any]:
     return build
 
 
+def is_recipe(build: dict[str, Any]) -> bool:
+    """Whether a ``build.json`` (as ``read_build`` gives it) is a recipe's: its shards are to be rendered."""
+    return isinstance(build.get("recipe"), dict)
+
+
 def write_build(root: Path, build: dict) -> None:
     """Write ``build.json`` atomically; write it last, since its presence marks a complete build."""
     write_json(Path(root) / BUILD_JSON, build)

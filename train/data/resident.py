@@ -283,32 +283,65 @@ def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_si
         _, samples = read_split(str(root), info, getattr(cfg.data, "verify", "auto"), threads=opts["load_workers"])
     first = next(samples)  # read_shard refuses an empty shard, so there is one
     height, width = first.grey().shape
-    split, antialias = opts["split_ranks"], opts["antialias"]
-    n_local = math.ceil(info.train.num_samples / world_size) if split else info.train.num_samples
-    need = dataset_bytes(n_local, height, width, antialias)
+    try:
+        need = check_budget(cfg, device, world_size, info.train.num_samples, height, width)
+    except DoesNotFit as e:
+        raise DoesNotFit(str(e), read=[first]) from None
+    members = [first, *samples]
+    # the evaluation set (data.eval_path unset) is the first samples in shard order: keep them for it
+    head = members[:cfg.data.eval_samples] if getattr(cfg.data, "eval_path", "") is None else []
+    images, labels = _decode_members(root, members, rank, world_size, opts["split_ranks"], opts["load_workers"])
+    try:
+        source = resident_source(cfg, device, rank, world_size, images, labels, info.num_classes,
+                                 info.train.num_samples, need)
+    except DoesNotFit as e:
+        raise DoesNotFit(str(e), read=members) from None
+    source.head = head
+    return source
+
+
+def check_budget(cfg: Any, device: torch.device, world_size: int, num_samples: int, height: int, width: int) -> int:
+    """The device bytes ``num_samples`` images of ``height`` x ``width`` take on this rank, checked against the
+    resident source's memory budget (``data.resident.memory_budget_gb``) before any is loaded.
+
+    Raises:
+        DoesNotFit: over the budget.
+    """
+    opts = _options(cfg)
+    split, device = opts["split_ranks"], torch.device(device)
+    n_local = math.ceil(num_samples / world_size) if split else num_samples
+    need = dataset_bytes(n_local, height, width, opts["antialias"])
     budget = int(opts["memory_budget_gb"] * 2**30) if opts["memory_budget_gb"] else default_budget(device)
     if need > budget:
         hint = "" if split or world_size == 1 else "; data.resident.split_ranks: true holds 1/world_size per rank"
         raise DoesNotFit(
             f"resident source: {n_local} images of {height}x{width} need {need / 2**30:.2f} GiB "
-            f"on {device}, over the budget of {budget / 2**30:.2f} GiB (data.resident.memory_budget_gb{hint})",
-            read=[first])
+            f"on {device}, over the budget of {budget / 2**30:.2f} GiB (data.resident.memory_budget_gb{hint})")
+    return need
+
+
+def resident_source(cfg: Any, device: torch.device, rank: int, world_size: int, images: np.ndarray,
+                    labels: np.ndarray, num_classes: int, num_samples: int, need: int) -> ResidentSource:
+    """The resident source of images already in memory ((N, H, W) uint8 grey, this rank's share with
+    ``data.resident.split_ranks``; ``need``: their bytes, as ``check_budget`` counted them), one micro-batch drawn.
+
+    Raises:
+        DoesNotFit: the device ran out of memory while loading them.
+        TrainError: no memory left for one augmented micro-batch (the message says which micro-batch would fit).
+    """
+    opts, device = _options(cfg), torch.device(device)
     augment = DeviceAugment(cfg.aug, cfg.model.img_size, device)
-    members = [first, *samples]
-    # the evaluation set (data.eval_path unset) is the first samples in shard order: keep their bytes for it
-    head = members[:cfg.data.eval_samples] if getattr(cfg.data, "eval_path", "") is None else []
-    images, labels = _decode_members(root, members, rank, world_size, split, opts["load_workers"])
     try:
-        source = ResidentSource(images, labels, info.num_classes, augment,
-                                antialias=antialias, batch_size=cfg.train.batch_size,
+        source = ResidentSource(images, labels, num_classes, augment,
+                                antialias=opts["antialias"], batch_size=cfg.train.batch_size,
                                 accum_steps=cfg.train.accum_steps, seed=cfg.train.seed, rank=rank,
-                                world_size=world_size, split_ranks=split, num_samples=info.train.num_samples,
+                                world_size=world_size, split_ranks=opts["split_ranks"], num_samples=num_samples,
                                 prefetch=opts["prefetch"])
     except torch.OutOfMemoryError:
         raise DoesNotFit(f"resident source: out of device memory loading {need / 2**30:.2f} GiB of images on "
-                         f"{device}; lower data.resident.memory_budget_gb", read=members) from None
+                         f"{device}; lower data.resident.memory_budget_gb") from None
+    height, width = images.shape[1:3]
     _first_draw(source, height, width, need)
-    source.head = head
     log.info("resident source: %d images %dx%d on %s (%.1f MiB)", len(labels), height, width,
              device, source.nbytes / 2**20)
     return source
