@@ -29,7 +29,7 @@ from train.data.fetch import TORCHVISION_DATASETS, image_folder_root, resolve_do
 from train.data.remote import is_remote
 from train.data.samples import plain_sample, shard_samples
 from train.data.shards import read_info, read_split
-from train.data.source import Batch, last_line, micro_batch_size
+from train.data.source import Batch, batch_fix, last_line, micro_batch_size
 from train.distributed import end_workers, quiet_worker
 from train.errors import TrainError
 
@@ -202,7 +202,8 @@ class MapSource:
         self._len = (per_rank // self.micro_batch) // accum * accum
         if self._len == 0:
             raise TrainError(f"the train split has {len(dataset)} images, fewer than one batch of "
-                             f"{cfg.train.batch_size}: lower train.batch_size")
+                             f"{cfg.train.batch_size} (train.batch_size over {world_size} rank(s) x {accum} "
+                             f"accumulation step(s)): {batch_fix(len(dataset), world_size, accum)}")
 
     def __len__(self) -> int:
         return self._len

@@ -38,6 +38,7 @@ from fracgen.dataset import DatasetError, DatasetInfo
 from train.data.device_augment import DeviceAugment
 from train.data.samples import Sample
 from train.data.shards import ShardSet, read_split
+from train.data.source import warn_large_batch
 from train.distributed import free_memory
 from train.errors import DoesNotFit, TrainError
 
@@ -342,6 +343,7 @@ def resident_source(cfg: Any, device: torch.device, rank: int, world_size: int, 
                          f"{device}; lower data.resident.memory_budget_gb") from None
     height, width = images.shape[1:3]
     _first_draw(source, height, width, need)
+    warn_large_batch(cfg, num_samples, world_size)
     log.info("resident source: %d images %dx%d on %s (%.1f MiB)", len(labels), height, width,
              device, source.nbytes / 2**20)
     return source

@@ -29,7 +29,7 @@ from train.data.recipe import check_fresh, is_recipe, recipe_data
 from train.data.remote import is_remote
 from train.data.samples import Sample, decode_image, decode_sample, shard_samples
 from train.data.shards import ShardSet, read_info, read_split
-from train.data.source import Batch, last_line, micro_batch_size
+from train.data.source import Batch, last_line, micro_batch_size, warn_large_batch
 from train.distributed import end_workers, free_memory, quiet_worker
 from train.errors import RankError, TrainError
 
@@ -210,6 +210,7 @@ class StreamSource:
         self.data, self.head = data, head
         self.num_classes, self.num_samples = data.num_classes, data.num_samples
         self.micro_batch = micro_batch_size(cfg, world_size)
+        warn_large_batch(cfg, self.num_samples, world_size)
         self.transform = make_train_transform(cfg.aug, cfg.model.img_size)
         self.workers = readers_per_rank(cfg.data.workers, self.num_samples, world_size)
         check_buffer(cfg, data.size, self.workers, free_memory(torch.device("cpu")))
