@@ -1207,6 +1207,8 @@ HOSTILE = [
     ("bench-threads", ["BENCH", "--threads", "100000", "--paths", "model"], "train.threads: must be at most", None),
     ("bench-workers", ["BENCH", "--workers", "300", "--paths", "model"], "data.workers: must be at most", None),
     ("bench-img", ["BENCH", "--img-size", "100000", "--paths", "model"], "model.img_size: must be", None),
+    ("bench-recipes-unknown", ["BENCH", "--recipes", "1p-frac,nope", "--paths", "model"], "--recipes: unknown ['nope']",
+     None),
     ("bench-batch", ["BENCH", "--batch", "100000000", "--paths", "model"], "train.batch_size: must be", None),
     ("bench-json-link", ["BENCH", "--json", "{tmp}/link.json", "--paths", "model", "--data", "{ds}"],
      "link.json is a link", lambda tmp: (tmp / "link.json").symlink_to(tmp / "outside.txt")),
