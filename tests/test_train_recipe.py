@@ -80,6 +80,15 @@ def test_pretraining_on_a_recipe_ends_with_the_weights_of_its_build(tiny_recipe,
     assert_same_weights(tmp_path / "built", tmp_path / "live")
 
 
+def test_a_recipe_is_an_evaluation_set_as_its_build_is(tiny_recipe, tiny_dataset, tmp_path):
+    from train.data.pretraining import make_pretrain_eval_loader
+
+    loaders = [make_pretrain_eval_loader(tiny_cfg(tiny_dataset, f"data.eval_path={data}")) for data in
+               (tiny_dataset, tiny_recipe)]
+    (built, labels), (live, live_labels) = (next(iter(loader)) for loader in loaders)
+    assert len(built) == 16 and torch.equal(built, live) and torch.equal(labels, live_labels)
+
+
 def test_the_command_line_pretrains_on_a_recipe(tiny_recipe, tmp_path, capsys):
     code, err = cli(["pretrain", "--config", "tiny", "--data", tiny_recipe, "--out", tmp_path / "run", "--steps", "2"],
                     capsys)
