@@ -31,7 +31,7 @@ def test_a_pretraining_batch_larger_than_its_dataset_is_served_and_said(source, 
     said = {}
     for batch in (64, 16):
         caplog.clear()
-        with caplog.at_level(logging.WARNING):
+        with caplog.at_level(logging.WARNING, logger="train.data.source"):
             src = make_source(tiny_cfg(tiny_dataset, f"data.source={source}", f"train.batch_size={batch}",
                                        "train.accum_steps=2"), torch.device("cpu"), 0, 1)
             images, _ = next(src.batches(0))

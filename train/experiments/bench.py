@@ -258,7 +258,6 @@ def _measure_source(cfg: Any, trainer: Any, device: torch.device, args: argparse
 def _small_build(family: Any, size: int, root: Path, recipe_only: bool) -> Path:
     """A small build of ``family`` at ``size`` px, by its own options: 8 classes (L, categories or fractals) of
     one instance, shards of 8; a family that transforms a source image gets a generated one."""
-    import numpy as np
     from PIL import Image
 
     from fracgen.build import BuildConfig, build
@@ -266,9 +265,8 @@ def _small_build(family: Any, size: int, root: Path, recipe_only: bool) -> Path:
     options = {"preset": family.name, "size": size, "shard_size": 8, "seed": 0, **({"instances": 1} if "instances" in
                family.options else {}), next(k for k in ("L", "categories", "fractals") if k in family.options): 8}
     source = root.parent / "source.png"
-    if family.takes_source and not source.exists():
-        yy, xx = np.mgrid[0:256, 0:256]
-        Image.fromarray(np.where(np.sin(xx / 9) * np.cos(yy / 13) > 0, 220, 30).astype(np.uint8)).save(source)
+    if family.takes_source:
+        Image.effect_mandelbrot((256, 256), (-2.0, -1.5, 1.0, 1.5), 100).save(source)
     build(BuildConfig(**options), root, workers=1, recipe_only=recipe_only,
           **({"source": source} if family.takes_source else {}))
     return root
@@ -284,21 +282,23 @@ def _recipe_rows(cfg: Any, args: argparse.Namespace, device: torch.device, model
     from train.data.pretraining import make_source
 
     names = list(registry.families()) if args.recipes == "all" else args.recipes.split(",")
-    logging.getLogger("train.data.source").setLevel(logging.ERROR)  # 8 images a family: batches repeat them
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
-            for kind, recipe_only in (("recipe, rendered", True), ("shards, read", False)):
-                root = _small_build(registry.get(name), cfg.model.img_size, Path(tmp) / f"{name}-{recipe_only}",
-                                    recipe_only)
-                run = copy.deepcopy(cfg)
-                run.data.path, run.data.source, run.data.workers, run.data.eval_path = str(root), "stream", 1, ""
-                source = make_source(run, device, 0, 1)
-                rate = time_steps(None, _forever(source), args.warmup, args.steps, device, f"{name} {kind}",
-                                  not args.no_progress)
-                need = math.ceil(model_rate / rate) if model_rate else 0
-                feed = f"{need} worker{'s' if need > 1 else ''} feed{'' if need > 1 else 's'} model only" if need else ""
-                rows.append(Row(f"{name}: {kind}, 1 worker", rate, feed))
+    logging.disable(logging.WARNING)  # 8 images a family: every batch repeats them, which the warning says
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in names:
+                for kind, recipe_only in (("recipe, rendered", True), ("shards, read", False)):
+                    root = _small_build(registry.get(name), cfg.model.img_size, Path(tmp) / f"{name}-{recipe_only}",
+                                        recipe_only)
+                    run = copy.deepcopy(cfg)
+                    run.data.path, run.data.source, run.data.workers, run.data.eval_path = str(root), "stream", 1, ""
+                    rate = time_steps(None, _forever(make_source(run, device, 0, 1)), args.warmup, args.steps, device,
+                                      f"{name} {kind}", not args.no_progress)
+                    need = math.ceil(model_rate / rate) if model_rate else 0
+                    feed = f"{need} worker{'s' * (need > 1)} feed{'s' * (need == 1)} model only" if need else ""
+                    rows.append(Row(f"{name}: {kind}, 1 worker", rate, feed))
+    finally:
+        logging.disable(logging.NOTSET)
     return rows
 
 
