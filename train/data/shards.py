@@ -49,6 +49,7 @@ import braceexpand
 from fracgen import dataset
 from fracgen.dataset import DatasetError, DatasetInfo
 from fracgen.errors import FracgenError
+from fracgen.folder import read_regular
 from train.bounds import cpus
 from train.data.remote import check_url, is_remote, read_url
 from train.data.samples import Sample, build_sample, cause, plain_sample
@@ -56,6 +57,7 @@ from train.errors import TrainError
 
 log = logging.getLogger(__name__)
 
+MOST_INFO_BYTES = 1 << 28  # _info.json lists every shard by name: about 40 bytes each
 VERIFY_AUTO_MAX_BYTES = 4 * 2**30
 """``data.verify: auto`` hashes the shards when they add up to at most this (about 2 s per GB here)."""
 
@@ -93,10 +95,10 @@ def read_info(path: str) -> DatasetInfo:
         if not Path(location).is_file():
             raise TrainError(f"dataset {path}: no {dataset.INFO_JSON} in {Path(location).parent} "
                              "(not a fracgen dataset, or an incomplete build)")
-        try:
-            data = Path(location).read_bytes()
-        except OSError as e:
-            raise TrainError(f"dataset {path}: cannot read {location} ({e.strerror or e})") from None
+        data = read_regular(Path(location), MOST_INFO_BYTES)  # a FIFO swapped in after the look cannot block
+        if data is None:
+            raise TrainError(f"dataset {path}: cannot read {location} (not a readable regular file of at most "
+                             f"{MOST_INFO_BYTES >> 20} MiB)")
     try:
         return dataset.parse_info(data, location)
     except DatasetError as e:
