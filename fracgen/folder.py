@@ -9,7 +9,9 @@ What it guarantees, for any folder (a dataset being built, a trainer's run folde
 - nothing a user made is replaced unless the caller says what fracgen's own file looks like (``replaceable``);
 - the folders a failed first write created are removed again (``made`` / ``remove_made``);
 - a record several jobs race to create is created once (``publish_once``: a hard link, atomic also on NFS);
-- an interrupted writer's temporaries are told apart from a live one's (``abandoned``).
+- an interrupted writer's temporaries are told apart from a live one's (``abandoned``);
+- one process at a time works in a folder that asks for it (``hold_lock``: an flock, released when the process
+  ends however it ends).
 
 Knows nothing of datasets: the names a dataset holds are ``fracgen.dataset``'s.
 """
@@ -28,6 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fracgen.errors import FracgenError, UsageError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no guard against a second process in the same folder
+    fcntl = None
 
 TMP_SUFFIX = ".tmp"
 OTHER_HOST_GRACE = 600.0  # seconds: another host's temporary untouched this long counts as abandoned
@@ -133,19 +140,52 @@ def link_or_copy(source: Path, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def append_text(path: Path, text: str) -> None:
-    """Append to a log file without following a link (a log replaced by a link elsewhere is refused)."""
+def append_text(path: Path, text: str, then: str = "rerun") -> None:
+    """Append to a log file without following a link (a log replaced by a link elsewhere is refused).
+
+    Raises:
+        UsageError: ``path`` is a link or not a regular file.
+        FracgenError: the open or the write failed (a full disk, a file past its size limit: ``write_error``).
+    """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise UsageError(f"{path} is a link; fracgen writes only regular files there: move it away first") \
                 from None
-        raise write_error(e, path, "rerun") from None
-    with os.fdopen(fd, "a", encoding="utf-8", newline="") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise UsageError(f"{path} is not a regular file; move it away first")
-        f.write(text)
+        raise write_error(e, path, then) from None
+    try:
+        with os.fdopen(fd, "a", encoding="utf-8", newline="") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UsageError(f"{path} is not a regular file; move it away first")
+            f.write(text)  # buffered: a full disk may only show when the file is closed, inside this try
+    except OSError as e:
+        raise write_error(e, path, then) from None
+
+
+def read_regular(path: Path, most: int) -> bytes | None:
+    """The bytes of a record: None when ``path`` is absent, not a regular file once links are followed (a FIFO
+    would block, a device never end), unreadable, or over ``most`` bytes.
+
+    The file is opened without blocking and checked on its descriptor, so a FIFO swapped in after the first look
+    cannot hang the reader either.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > most:
+                return None
+            data = f.read(most + 1)
+    except OSError:
+        return None
+    return data if len(data) <= most else None
 
 
 def replaceable(path: Path, ours: Callable[[bytes], bool], what: str, head: int = 1 << 16) -> None:
@@ -307,3 +347,80 @@ def probe(path: Path, what: str = "output folder") -> None:
         pass
     except OSError as e:
         raise UsageError(f"{what} {path} cannot be written: {e.strerror or e}") from None
+
+
+class FolderInUse(UsageError):
+    """Another process holds the folder's lock; ``holder`` is the PID it wrote there ("?" when none)."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
+
+
+class FolderLock:
+    """A held ``hold_lock``: its descriptor (None where the system has no flock), and whether taking it created
+    the lock file. ``mark`` writes this process's PID into it; ``release`` lets go, ``undo`` putting back what
+    ``mark`` replaced (or removing the file this lock created)."""
+
+    def __init__(self, path: Path, fd: int | None, created: bool):
+        self.path, self.fd, self.created = path, fd, created
+        self._before: bytes | None = None
+
+    def mark(self) -> None:
+        """Write this process's PID into the lock file (what a refused process names), keeping what it held."""
+        if self.fd is None:
+            return
+        self._before = os.pread(self.fd, 64, 0)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self, undo: bool = False) -> None:
+        """Let go of the lock; ``undo``: a start that failed half-way leaves the file as it found it."""
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            if undo and self.created:
+                self.path.unlink(missing_ok=True)  # unlink removes a name, never what a link points at
+            elif undo and self._before is not None:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, self._before, 0)
+        finally:
+            os.close(fd)
+
+
+def hold_lock(folder: Path, name: str = ".lock") -> FolderLock:
+    """Hold ``folder/name`` exclusively (a non-blocking flock) until ``release`` or the end of the process.
+
+    The file is opened without following a link and created only when absent; a refusal changes nothing (not the
+    file's contents, not its existence).
+
+    Raises:
+        FolderInUse: another process holds it (its PID, as it wrote it, in ``holder``).
+        UsageError: the lock file is a link or not a regular file, or cannot be opened.
+    """
+    path = Path(folder) / name
+    if fcntl is None:
+        return FolderLock(path, None, False)
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    created = True
+    try:
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            created = False
+            fd = os.open(path, flags)  # a FIFO or a device opens without blocking, and is refused below
+    except OSError as e:
+        why = {errno.ELOOP: "is a link", errno.EISDIR: "is not a regular file"}.get(
+            e.errno, f"cannot be opened ({e.strerror or e})")
+        raise UsageError(f"{path} {why}; move it away first") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{path} is not a regular file; move it away first")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise FolderInUse(f"{folder} is in use by another process (pid {holder})", holder) from None
+    return FolderLock(path, fd, created)

@@ -21,7 +21,6 @@ from fracgen.dataset import (
     BUILD_JSON,
     INFO_JSON,
     PARAMS_JSON,
-    SHARD_GLOB,
     DatasetError,
     sha256_file,
 )
@@ -292,7 +291,7 @@ def verify(root: Path | str) -> VerifyReport:
     """
     root = Path(root)
     build = dataset.read_build(root)
-    report = VerifyReport(root=root, num_shards=len(build["shards"]), recipe=isinstance(build.get("recipe"), dict))
+    report = VerifyReport(root=root, num_shards=len(build["shards"]), recipe=dataset.is_recipe(build))
     config, records = _typed_build(report, root, build)
     if config is not None:
         _check_config(report, config, build)
@@ -333,9 +332,9 @@ def _check_shards(report: VerifyReport, root: Path, records: list[dict], expect:
         logger.debug("verifying %s", record["filename"])
         report.num_samples += _check_shard(report, root, record, info_counts.get(record["filename"]), expect,
                                            classes, seen)
-    for stray in sorted(p.name for p in root.glob(dataset.SHARD_GLOB) if report.recipe or p.name not in set(names)):
+    for stray in dataset.stray_shards(root, [] if report.recipe else names):
         report.add(stray, f"a recipe holds no shard (`fracgen build --resume {root}` renders them)" if report.recipe
-                   else f"not listed in {BUILD_JSON} (a {SHARD_GLOB} glob would load it)")
+                   else dataset.UNLISTED)
 
 
 def _typed_build(report: VerifyReport, root: Path, build: dict[str, Any]) -> tuple[dict | None, list[dict]]:

@@ -88,3 +88,25 @@ def test_finetune_refuses_a_webdataset_shard_cut_short(tmp_path, capsys):
     code, _, err = run_cli(["finetune", *FT, "--data", root, "--out", tmp_path / "fw"], capsys)
     assert_one_line(code, err, "test-000000.tar: 6 samples", "lists 12")
     assert not (tmp_path / "fw").exists()
+
+
+# ------------------------------------------------------------------------------ a batch larger than the split
+@pytest.mark.parametrize("extra, fix", [
+    ([], "pass --batch-size 160 (train.batch_size) or less"),
+    (["--accum-steps", "3"], "pass --batch-size 159 (train.batch_size) or less, a multiple of 3"),
+    (["--accum-steps", "200", "--batch-size", "800"], "pass --batch-size 160 --accum-steps 1"),
+])
+def test_a_batch_larger_than_the_train_split_names_the_batch_that_fits(extra, fix, tmp_path, capsys):
+    """160 images and the released recipe's batch of 768: refused before the run folder, with the option that fits;
+    passing it trains."""
+    data = image_folder(tmp_path / "if", train=80, test=2, size=8)
+    argv = ["finetune", "--config", "tiny-finetune", "--data", data, "--epochs", "1", "--batch-size", "768"]
+    code, _, err = run_cli([*argv, "--out", tmp_path / "ft", *extra], capsys)
+    assert_one_line(code, err, "the train split has 160 images, fewer than one batch", fix)
+    assert not (tmp_path / "ft").exists()
+    batch = fix.split("--batch-size ")[1].split()[0]
+    accum = fix.split("--accum-steps ")[1].split()[0] if "--accum-steps 1" in fix else (extra[1] if extra else "1")
+    code, out, err = run_cli([*argv, "--out", tmp_path / "ok", "--batch-size", batch, "--accum-steps", accum,
+                              "--set", "model.img_size=16", "--set", "model.kwargs.patch_size=8"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["steps"] == 1

@@ -151,3 +151,98 @@ def test_a_full_disk_while_training_is_one_line_and_the_run_is_marked_failed(tin
     assert len(errors) == 1 and "state.safetensors" in errors[0] and "File too large" in errors[0], errors
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
     assert not [p.name for p in run.iterdir() if ".tmp" in p.name]
+
+
+# ------------------------------------------------------------------ fracgen.folder's primitives the run folder uses
+def test_the_lock_refuses_a_second_holder_and_a_refusal_changes_nothing(tmp_path):
+    from fracgen import folder as fs
+
+    lock = fs.hold_lock(tmp_path)
+    assert lock.created and (tmp_path / ".lock").read_bytes() == b""
+    lock.mark()
+    held = snapshot(tmp_path)
+    with pytest.raises(fs.FolderInUse, match=rf"in use by another process \(pid {os.getpid()}\)") as e:
+        fs.hold_lock(tmp_path)  # flock is per open file: a second open in this process is another holder
+    assert e.value.holder == str(os.getpid()) and snapshot(tmp_path) == held
+    lock.release()
+    again = fs.hold_lock(tmp_path)
+    assert not again.created
+    again.mark()
+    again.release(undo=True)  # a failed start puts back the previous holder's PID
+    assert (tmp_path / ".lock").read_bytes() == f"{os.getpid()}\n".encode()
+    fresh = fs.hold_lock(tmp_path / "..", tmp_path.name + ".lock")
+    fresh.release(undo=True)  # a failed start removes the lock file it created
+    assert not (tmp_path.parent / (tmp_path.name + ".lock")).exists()
+
+
+@pytest.mark.parametrize("kind, fragment", [("link", "is a link"), ("folder", "is not a regular file"),
+                                            ("fifo", "is not a regular file"), ("dangling", "is a link")])
+def test_a_lock_file_that_is_not_a_file_is_refused_untouched(kind, fragment, tmp_path):
+    from fracgen import folder as fs
+
+    (tmp_path / "outside.txt").write_text("precious")
+    path = tmp_path / "run" / ".lock"
+    path.parent.mkdir()
+    {"link": lambda: path.symlink_to(tmp_path / "outside.txt"), "folder": path.mkdir,
+     "fifo": lambda: os.mkfifo(path), "dangling": lambda: path.symlink_to(tmp_path / "nowhere")}[kind]()
+    before = {p: (p.lstat().st_mode, p.lstat().st_mtime_ns) for p in tmp_path.rglob("*")}
+    with pytest.raises(fs.UsageError, match=fragment):
+        fs.hold_lock(path.parent)
+    assert {p: (p.lstat().st_mode, p.lstat().st_mtime_ns) for p in tmp_path.rglob("*")} == before
+    assert (tmp_path / "outside.txt").read_text() == "precious" and not (tmp_path / "nowhere").exists()
+
+
+def test_read_regular_reads_only_a_regular_file_under_its_limit(tmp_path):
+    import threading
+
+    from fracgen.folder import read_regular
+
+    (tmp_path / "record").write_bytes(b"x" * 10)
+    (tmp_path / "link").symlink_to(tmp_path / "record")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "folder").mkdir()
+    assert read_regular(tmp_path / "record", 10) == b"x" * 10 and read_regular(tmp_path / "link", 10) == b"x" * 10
+    assert read_regular(tmp_path / "record", 9) is None and read_regular(tmp_path / "absent", 9) is None
+    found = {}
+    reader = threading.Thread(target=lambda: found.update(fifo=read_regular(tmp_path / "fifo", 10),
+                                                          folder=read_regular(tmp_path / "folder", 10)), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive() and found == {"fifo": None, "folder": None}  # a FIFO never blocks the reader
+
+
+def test_append_text_says_a_full_disk_and_a_file_past_its_limit_in_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from fracgen import folder as fs
+
+    script = ("import resource, signal, sys\nfrom fracgen import folder as fs\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+              "try:\n    fs.append_text(sys.argv[1], 'x' * 5000)\n"
+              "except fs.FracgenError as e:\n    print(type(e).__name__, e)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "log.csv")], capture_output=True, text=True,
+                          cwd=REPO, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.startswith(f"FracgenError cannot write {tmp_path / 'log.csv'}: File too large"), proc
+    assert "Traceback" not in proc.stderr
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = os.fdopen
+    monkeypatch.setattr(fs.os, "fdopen", lambda *a, **k: Full(real(*a, **k)))
+    with pytest.raises(fs.FracgenError, match=r"disk full while writing .*log.csv; free space and rerun"):
+        fs.append_text(tmp_path / "log.csv", "row\n")

@@ -4,6 +4,7 @@ config values and files, datasets, checkpoints, downstream data, and the options
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -223,7 +224,7 @@ def test_shard_cut_at_a_header_boundary_is_refused(tiny_copy, tmp_path, source):
     headers = sorted(off for _, off, _ in _member_offsets(shard))
     cut = headers[len(headers) // 2]
     os.truncate(shard, cut)
-    msg = _refused(tiny_copy, source, tmp_path, rf"train-000000.tar: {cut} bytes, build.json records {size}")
+    msg = _refused(tiny_copy, source, tmp_path, rf"train-000000.tar: size {cut} bytes, build.json records {size}")
     assert "fracgen verify" in msg
 
 
@@ -260,8 +261,26 @@ def test_flipped_byte_in_a_png_that_still_decodes_is_refused(tiny_copy, tmp_path
         original = next(tar.extractfile(m).read() for m in tar if m.name.endswith(".png"))
     damaged = _flip_idat_crc(shard)
     assert damaged != original and shard.stat().st_size == 30720
-    # the premise: the damaged image decodes to the same pixels, so only the checksum can tell
+    # the premise: the damaged image decodes to the same pixels, so only a checksum can tell
     assert np.array_equal(dataset.decode_grey(damaged), dataset.decode_grey(original))
+    # the PNG's own CRC, as fracgen verify checks it: whether or not the shard's sha256 is checked
+    for verify in ("true", "false"):
+        _refused(tiny_copy, source, tmp_path, r"train-000000.tar: sample \d{8} png has a bad CRC in its 'IDAT' chunk",
+                 f"data.verify={verify}")
+
+
+def _flip_padding(shard: Path) -> None:
+    """Flip a byte of the zeros that pad a member's data to a whole tar block: every sample reads the same."""
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar if m.size % 512)
+    raw = bytearray(shard.read_bytes())
+    raw[member.offset_data + member.size] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_flipped_byte_only_the_sha256_sees_is_refused_unless_told(tiny_copy, tmp_path, source):
+    _flip_padding(tiny_copy / dataset.shard_name(0))
     _refused(tiny_copy, source, tmp_path, r"train-000000.tar: sha256 [0-9a-f]{12}\.\.\. does not match build.json")
     # --no-verify-data: the user's call, the source reads it
     src = make_source(_cfg(tiny_copy, source, "data.verify=false"), torch.device("cpu"), 0, 1)
@@ -349,8 +368,8 @@ def test_a_sample_unlike_its_json_or_the_build_size_is_refused(tiny_copy, tmp_pa
         first = next(dataset.iter_shard(tiny_copy / dataset.shard_name(1)))
         entries = {"cls": str((int(first["cls"]) + 1) % 16).encode()}
     key = _rewrite_sample(tiny_copy, 1, 0, **entries)
-    match = "but its json says label" if damage == "relabel" else "records size 64"
-    _pretrain_refused(tiny_copy, tmp_path, rf"train-000001.tar: sample {key}: .*{match}", f"data.source={source}")
+    match = r"json label \d+ != cls" if damage == "relabel" else r"is \d+x\d+, expected 64x64"
+    _pretrain_refused(tiny_copy, tmp_path, rf"train-000001.tar: sample {key} {match}", f"data.source={source}")
 
 
 @pytest.mark.parametrize("key, value", [("num_classes", 100), ("num_classes", 17), ("num_samples", 17)])
@@ -384,7 +403,7 @@ def test_bad_input_is_one_line_and_leaves_no_run(tiny_dataset, tmp_path):
         if f.is_file():
             (corrupt / f.name).write_bytes(f.read_bytes())
     (corrupt / "train-000001.tar").write_bytes(b"\0garbage" * 100)
-    with pytest.raises(TrainError, match="shard .*train-000001.tar: 800 bytes, build.json records 30720"):
+    with pytest.raises(TrainError, match="shard .*train-000001.tar: size 800 bytes, build.json records 30720"):
         pretrain(tiny_cfg(corrupt), tmp_path / "r4")
     assert not any((tmp_path / f"r{i}").exists() for i in range(1, 5))
 
@@ -405,6 +424,99 @@ def test_corrupt_png_inside_a_shard_is_named(tmp_path, source):
         assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
     else:
         assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------- a build the trainer refuses as fracgen verify does
+def _png_of(image: np.ndarray, mode: str, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    picture = Image.fromarray(image.astype(np.uint16) * 257) if mode == "I;16" else \
+        Image.fromarray(image).convert(mode)
+    picture.save(buf, fmt)
+    return buf.getvalue()
+
+
+def _bad_crc(png: bytes) -> bytes:
+    at = png.index(b"IDAT") + 4 + int.from_bytes(png[png.index(b"IDAT") - 4:png.index(b"IDAT")], "big")
+    return png[:at] + bytes([png[at] ^ 0xFF]) + png[at + 1:]
+
+
+def _first_png(change):
+    """Shard 1's first PNG replaced by ``change(its grey pixels, its bytes)``; the shard re-signed in build.json."""
+    def prepare(root: Path) -> None:
+        members = _tar_members(root / "train-000001.tar")
+        at = next(i for i, (m, _) in enumerate(members) if m.name.endswith(".png"))
+        data = change(dataset.decode_grey(members[at][1]), members[at][1])
+        members[at][0].size = len(data)
+        members[at] = (members[at][0], data)
+        _write_tar(root / "train-000001.tar", members)
+        _resign(root)
+    return prepare
+
+
+def _renamed(prefix: str):
+    """Shard 1's first sample's members renamed ``prefix + name`` (regular files still); re-signed."""
+    def prepare(root: Path) -> None:
+        members = _tar_members(root / "train-000001.tar")
+        for info, _ in members[:3]:
+            info.name = prefix + info.name
+        _write_tar(root / "train-000001.tar", members)
+        _resign(root)
+    return prepare
+
+
+def _link_out(root: Path) -> None:
+    """train-000001.tar a link to the same bytes outside the folder (push-to-hub would publish what it points at)."""
+    outside = root.parent / "elsewhere.tar"
+    shutil.move(root / "train-000001.tar", outside)
+    (root / "train-000001.tar").symlink_to(outside)
+
+
+VERIFY_REFUSES = {
+    "member-in-a-folder": _renamed("sub/"),
+    "member-dotdot": _renamed("../"),
+    "member-a-device-path": _renamed("/dev/"),
+    "member-a-device": lambda root: _member("device")(root.parent),
+    "member-a-folder": lambda root: _member("folder")(root.parent),
+    "png-rgb": _first_png(lambda grey, _: _png_of(grey, "RGB")),
+    "png-rgba": _first_png(lambda grey, _: _png_of(grey, "RGBA")),
+    "png-grey-alpha": _first_png(lambda grey, _: _png_of(grey, "LA")),
+    "png-16-bit": _first_png(lambda grey, _: _png_of(grey, "I;16")),
+    "png-palette": _first_png(lambda grey, _: _png_of(grey, "P")),
+    "png-a-jpeg": _first_png(lambda grey, _: _png_of(grey, "L", "JPEG")),
+    "png-bad-crc": _first_png(lambda _, png: _bad_crc(png)),
+    "png-trailing-bytes": _first_png(lambda _, png: png + b"\0\0\0\0"),
+    "shard-stray": lambda root: shutil.copy(root / "train-000001.tar", root / "train-000002.tar"),
+    "shard-unlisted": lambda root: _unlisted_shard(root.parent),
+    "shard-link-out": _link_out,
+}
+
+
+def _verify_says(root: Path) -> str:
+    """The problem ``fracgen verify`` finds first, without the counts and framing of its report."""
+    from fracgen.verify import verify
+
+    report = verify(root)
+    assert not report.ok
+    problems = [p for shard in sorted(report.shard_problems) for p in report.shard_problems[shard]]
+    problem = problems[0] if problems else report.dataset_problems[0]
+    problem = problem.split("first: ", 1)[-1]
+    return re.sub(r"^not a readable tar after \d+ samples \(shard [^:]*: (.*)\)$", r"\1", problem)
+
+
+@pytest.mark.parametrize("damage", VERIFY_REFUSES)
+def test_the_trainer_refuses_a_build_as_fracgen_verify_does(damage, tiny_dataset, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, root)
+    VERIFY_REFUSES[damage](root)
+    said = _verify_says(root)
+    if damage == "png-palette":  # verify counts them for the whole dataset, with the command that rebuilds it
+        assert "palette PNGs, the format of earlier fracgen builds" in said
+        said = "png is a palette PNG (an earlier fracgen's format)"
+    before = scene_snapshot(tmp_path)
+    for source in ("stream", "resident") if damage in ("png-rgb", "shard-link-out") else ("stream",):
+        message = _refused(root, source, tmp_path, r"^shard ")
+        assert said in message and message.startswith("shard "), (said, message)
+    assert scene_snapshot(tmp_path) == before
 
 
 def resume_argv(data, out):
@@ -933,6 +1045,8 @@ HOSTILE = [
     ("seed-float", [*PT, "--set", "train.seed=1.5"], "train.seed: must be int", None),
     ("lr-string", [*PT, "--set", "optim.lr=fast"], "optim.lr: must be float", None),
     ("compile-string", [*PT, "--set", "train.compile=maybe"], "train.compile: must be bool", None),
+    ("fresh-masks-string", [*PT, "--set", "data.fresh_masks=maybe"], "data.fresh_masks: must be bool", None),
+    ("fresh-masks-on-a-build", [*PT, "--set", "data.fresh_masks=true"], "is not a recipe; fresh masks are drawn", None),
     ("tensorboard-int", [*PT, "--set", "log.tensorboard=2"], "log.tensorboard: must be bool", None),
     ("steps-zero", [*PT, "--steps", "0"], "Invalid value for '--steps'", None),
     ("seed-negative", [*PT, "--seed", "-1"], "Invalid value for '--seed'", None),
@@ -1039,12 +1153,20 @@ HOSTILE = [
     ("member-folder", [*PT], "is not a regular file (a folder", _member("folder")),
     ("member-device", [*PT], "is not a regular file (a special file", _member("device")),
     ("member-fifo", [*PT], "is not a regular file (a special file", _member("fifo")),
-    ("member-dotdot", [*PT], "a path out of the shard", _member("dotdot")),
+    ("member-dotdot", [*PT], "sample '../../0000000", _member("dotdot")),
     ("shard-unlisted", [*PT], "train-000002.tar: not listed in build.json", _unlisted_shard),
+    ("shard-stray", [*PT], "train-000002.tar: not listed in build.json (a train-*.tar glob would load it)",
+     lambda tmp: shutil.copy(tmp / "ds" / "train-000001.tar", tmp / "ds" / "train-000002.tar")),
+    ("shard-link-out", [*PT], "train-000001.tar: is a link to a file outside the dataset folder",
+     lambda tmp: _link_out(tmp / "ds")),
+    ("png-rgb", [*PT], "png is 8-bit of colour type 2, not the build's 8-bit grey",
+     lambda tmp: VERIFY_REFUSES["png-rgb"](tmp / "ds")),
+    ("png-trailing-bytes", [*PT], "png holds 4 bytes after its end",
+     lambda tmp: VERIFY_REFUSES["png-trailing-bytes"](tmp / "ds")),
     ("shard-outside", [*PT], "names shard '../outside.txt' outside the folder",
      lambda tmp: (tmp / "ds" / "_info.json").write_text((tmp / "ds" / "_info.json").read_text().replace(
          "train-000001.tar", "../outside.txt"))),
-    ("shard-a-folder", [*PT], "train-000001.tar: missing",
+    ("shard-a-folder", [*PT], "train-000001.tar: not a regular file",
      lambda tmp: ((tmp / "ds" / "train-000001.tar").unlink(), (tmp / "ds" / "train-000001.tar").mkdir())),
     ("build-json-garbage", [*PT], "build.json", _write("ds/build.json", "{not json")),
     ("info-json-deep", [*PT], "nested too deeply", _write("ds/_info.json", "[" * 100000 + "]" * 100000)),
@@ -1085,6 +1207,8 @@ HOSTILE = [
     ("bench-threads", ["BENCH", "--threads", "100000", "--paths", "model"], "train.threads: must be at most", None),
     ("bench-workers", ["BENCH", "--workers", "300", "--paths", "model"], "data.workers: must be at most", None),
     ("bench-img", ["BENCH", "--img-size", "100000", "--paths", "model"], "model.img_size: must be", None),
+    ("bench-recipes-unknown", ["BENCH", "--recipes", "1p-frac,nope", "--paths", "model"], "--recipes: unknown ['nope']",
+     None),
     ("bench-batch", ["BENCH", "--batch", "100000000", "--paths", "model"], "train.batch_size: must be", None),
     ("bench-json-link", ["BENCH", "--json", "{tmp}/link.json", "--paths", "model", "--data", "{ds}"],
      "link.json is a link", lambda tmp: (tmp / "link.json").symlink_to(tmp / "outside.txt")),

@@ -86,3 +86,12 @@ def test_a_json_label_naming_the_class_is_not_a_mismatch():
     assert sample_label({**sample, "json": b'{"label": "cat"}'}, 3, image_keys=("jpg",)) == 1
     with pytest.raises(TrainError, match="but its json says label 2"):
         sample_label({**sample, "json": b'{"label": 2}'}, 3, image_keys=("jpg",))
+
+
+def test_info_json_nested_too_deeply_is_a_dataset_error_not_a_crash(tmp_path):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(dataset.DatasetError, match="_info.json is not valid JSON \\(nested too deeply\\)"):
+        dataset.parse_info(deep)
+    (tmp_path / dataset.INFO_JSON).write_bytes(deep)
+    with pytest.raises(TrainError, match="nested too deeply"):
+        read_info(str(tmp_path))

@@ -28,9 +28,9 @@ def test_the_stream_reads_only_labels_from_shards_checked_before_step_1(tiny_dat
     from train.data.samples import shard_samples
     from train.data.stream import StreamSource
 
-    source = StreamSource(cfg_of(tiny_dataset), torch.device("cpu"), 0, 1)
-    assert source.checked == frozenset(source.urls)  # every local shard: check_shards read each sample
-    assert all(next(shard_samples(url))["__url__"] in source.checked for url in source.urls)
+    data = StreamSource(cfg_of(tiny_dataset), torch.device("cpu"), 0, 1).data
+    assert data.checked == frozenset(data.urls)  # every local shard: read_split checked each sample
+    assert all(next(shard_samples(url))["__url__"] in data.checked for url in data.urls)
 
 
 @pytest.mark.parametrize("seed", [0, 4_294_967_295])

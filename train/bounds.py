@@ -91,6 +91,7 @@ BOUNDS: dict[str, tuple[Check, str]] = {
     "data.resident.antialias": (_is_bool, "true or false"),
     "data.resident.prefetch": (_is_bool, "true or false"),
     "data.verify": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
+    "data.fresh_masks": (_is_bool, "true or false"),
     "aug.rrc_scale": (_seq(2, _num(0, 1, lo_open=True), increasing=True), "[min, max] with 0 < min <= max <= 1"),
     "aug.rrc_ratio": (_seq(2, _num(0, lo_open=True), increasing=True), "[min, max] with 0 < min <= max"),
     "aug.interpolation": (_is_str, "a string (bicubic, bilinear, ...)"),

@@ -43,7 +43,8 @@ class DataConfig:
     """Where the data are and how they are read.
 
     Attributes:
-        path: pre-training: a fracgen dataset (folder with ``_info.json``, a brace pattern or URL of shards);
+        path: pre-training: a fracgen dataset (folder with ``_info.json``, a brace pattern or URL of shards) or
+            a recipe (``fracgen build --recipe-only``: rendered while training, ``train/data/recipe.py``);
             fine-tuning: a torchvision name (``cifar10``, ``cifar100``: downloaded into ``root`` once), an
             ImageFolder root (``train/`` and ``test/`` or ``val/``), a CIFAR-style tarball (unpacked into
             ``root`` once) or a WebDataset folder (``train/data/downstream.py``).
@@ -59,6 +60,8 @@ class DataConfig:
         verify: check each shard's sha256 against ``build.json`` while it is read before the first step:
             ``auto`` (when the dataset is a local build of at most 4 GiB), ``true`` or ``false``
             (``train/data/shards.py``; sizes, sample counts and labels are always checked).
+        fresh_masks: a recipe's patch masks drawn afresh each time a sample is shown (1p-frac, FractalDB, OFDB;
+            the stream source only: ``train/data/recipe.py``).
     """
 
     path: str = ""
@@ -70,6 +73,7 @@ class DataConfig:
     eval_samples: int = 1000
     resident: dict[str, Any] = field(default_factory=dict)
     verify: str | bool = "auto"
+    fresh_masks: bool = False
 
 
 @dataclass

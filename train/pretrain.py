@@ -13,8 +13,8 @@ from typing import Any
 
 from train.bounds import check_cpus
 from train.config import Config
-from train.data.pretraining import check_eval_set, make_pretrain_eval_loader, make_source
-from train.data.shards import dataset_identity, read_info
+from train.data.pretraining import check_eval_set, data_identity, make_pretrain_eval_loader, make_source
+from train.data.shards import read_info
 from train.data.source import Source
 from train.distributed import Dist, seed_everything, setup
 from train.errors import TrainError
@@ -88,8 +88,8 @@ def pretrain(cfg: Config, out: str | Path, resume: bool = False) -> dict[str, An
 
 def _prepare(cfg: Config, source: Source, out: Path, env: Dist) -> tuple[Loop, dict[str, Any]]:
     """The model, its evaluation on the dataset's own images and the loop, before the run folder is taken; and what
-    the checkpoints record of the dataset (``dataset_identity``)."""
-    data = dataset_identity(cfg.data.path, type(source).__name__)
+    the checkpoints record of the dataset (``train.data.pretraining.data_identity``)."""
+    data = data_identity(cfg, source)
     model = create_model(cfg, source.num_classes)
     # the evaluation set is the first samples of the training set unless data.eval_path says otherwise: the
     # source kept their bytes from its one read of the shards (its ``head``), and need not hold them longer

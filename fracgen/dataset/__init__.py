@@ -99,6 +99,7 @@ from fracgen.dataset.records import (  # noqa: E402
     SplitInfo,
     inside,
     is_complete,
+    is_recipe,
     parse_info,
     read_build,
     read_info,
@@ -116,6 +117,7 @@ from fracgen.dataset.samples import (  # noqa: E402
     PNG_PALETTE,
     PNG_RGB,
     PNG_SIGNATURE,
+    UNLISTED,
     Expect,
     SampleError,
     check_label,
@@ -126,6 +128,7 @@ from fracgen.dataset.samples import (  # noqa: E402
     file_problem,
     png_colour_type,
     png_problem,
+    stray_shards,
 )
 from fracgen.dataset.shards import HashingReader, iter_shard, write_shard  # noqa: E402
 
@@ -156,6 +159,7 @@ __all__ = [
     "SYSTEMS_JSON",
     "SampleError",
     "SplitInfo",
+    "UNLISTED",
     "WRITES",
     "brace_pattern",
     "build_files",
@@ -168,6 +172,7 @@ __all__ = [
     "file_problem",
     "inside",
     "is_complete",
+    "is_recipe",
     "iter_shard",
     "marker_path",
     "parse_info",
@@ -181,6 +186,7 @@ __all__ = [
     "sample_key",
     "sha256_file",
     "shard_name",
+    "stray_shards",
     "write_build",
     "write_info",
     "write_marker",

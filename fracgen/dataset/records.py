@@ -127,13 +127,15 @@ def parse_info(data: bytes | str | dict, where: str = INFO_JSON) -> DatasetInfo:
         where: what to call the file in errors (a path or URL).
 
     Raises:
-        DatasetError: not JSON, no positive integer num_classes, or a split without filenames and
+        DatasetError: not JSON (or nested too deeply to parse), no positive integer num_classes, or a split without filenames and
             shard_lengths of the same length whose sum is num_samples.
     """
     try:
         info = json.loads(data) if isinstance(data, bytes | str) else data
     except (ValueError, UnicodeDecodeError) as e:
         raise DatasetError(f"{where} is not valid JSON ({e})") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise DatasetError(f"{where} is not valid JSON (nested too deeply)") from None
     if not isinstance(info, dict):
         raise DatasetError(f"{where} is not a JSON object")
     num_classes = info.get("num_classes")
@@ -204,6 +206,11 @@ def read_build(root: Path | str) -> dict[str, Any]:
     if not isinstance(build, dict) or not isinstance(build.get("shards"), list):
         raise UsageError(f"{root / BUILD_JSON} has no 'shards' list")
     return build
+
+
+def is_recipe(build: dict[str, Any]) -> bool:
+    """Whether a ``build.json`` (as ``read_build`` gives it) is a recipe's: its shards are to be rendered."""
+    return isinstance(build.get("recipe"), dict)
 
 
 def write_build(root: Path, build: dict) -> None:

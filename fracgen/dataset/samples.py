@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fracgen.dataset import BUILD_JSON, KEY_RE, SAMPLE_EXTS, DatasetError
+from fracgen.dataset import BUILD_JSON, KEY_RE, SAMPLE_EXTS, SHARD_GLOB, DatasetError
 from fracgen.errors import FracgenError
 
 
@@ -199,3 +199,14 @@ def file_problem(root: Path, name: Any, size: Any = None) -> str:
     if type(size) is int and actual != size:
         return f"size {actual} bytes, {BUILD_JSON} records {size}"
     return ""
+
+
+UNLISTED = f"not listed in {BUILD_JSON} (a {SHARD_GLOB} glob would load it)"
+"""Why a shard-named file beside a build's shards is a problem (``stray_shards``)."""
+
+
+def stray_shards(root: Path, listed: Any) -> list[str]:
+    """The shard-named files (``train-*.tar``) in ``root`` that are not among ``listed`` (the names ``build.json``
+    records), sorted: a glob of the folder's shards, as many readers make, would load them."""
+    names = set(listed)
+    return sorted(p.name for p in Path(root).glob(SHARD_GLOB) if p.name not in names)

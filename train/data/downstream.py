@@ -27,9 +27,9 @@ from train.augment import make_eval_transform, make_train_transform
 from train.config import Config
 from train.data.fetch import TORCHVISION_DATASETS, image_folder_root, resolve_downstream, tv_class, tv_folder
 from train.data.remote import is_remote
-from train.data.samples import sample_label, shard_samples
+from train.data.samples import plain_sample, shard_samples
 from train.data.shards import read_info, read_split
-from train.data.source import Batch, last_line, micro_batch_size
+from train.data.source import Batch, batch_fix, last_line, micro_batch_size
 from train.distributed import end_workers, quiet_worker
 from train.errors import TrainError
 
@@ -124,12 +124,10 @@ def _wds_split(path: str, info: DatasetInfo, split: str, verify: str | bool = "a
     (``train.data.shards.read_split``: sample counts against ``_info.json``, sizes and sha256 against a
     ``build.json`` when there is one, labels in range), so a shard cut short is refused, not trained on."""
     shards, samples = read_split(path, info, verify, split, _IMAGE_KEYS, warn_one_class=False)
-    if any(is_remote(u) for u in shards.urls):  # not read before training: read here, each sample checked below
-        samples = (s for url in shards.urls for s in shard_samples(url))
-    items = []
-    for sample in samples:
-        label = sample_label(sample, info.num_classes, image_keys=_IMAGE_KEYS)
-        items.append((sample[next(e for e in _IMAGE_KEYS if e in sample)], label))
+    if any(is_remote(u) for u in shards.urls):  # not read before training: read here, each sample checked
+        samples = (plain_sample(s, info.num_classes, image_keys=_IMAGE_KEYS) for url in shards.urls
+                   for s in shard_samples(url))
+    items = [(s.raw[next(e for e in _IMAGE_KEYS if e in s.raw)], s.label) for s in samples]
     return _EncodedImages(items)
 
 
@@ -204,7 +202,8 @@ class MapSource:
         self._len = (per_rank // self.micro_batch) // accum * accum
         if self._len == 0:
             raise TrainError(f"the train split has {len(dataset)} images, fewer than one batch of "
-                             f"{cfg.train.batch_size}: lower train.batch_size")
+                             f"{cfg.train.batch_size} (train.batch_size over {world_size} rank(s) x {accum} "
+                             f"accumulation step(s)): {batch_fix(len(dataset), world_size, accum)}")
 
     def __len__(self) -> int:
         return self._len

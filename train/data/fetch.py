@@ -143,9 +143,10 @@ def unpack_tarball(tarball: str | Path, data_root: str | Path) -> Path:
     st = tarball.stat()
     stamp = {"tarball": str(tarball.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
     if dest.exists() or dest.is_symlink():
+        raw = fs.read_regular(dest / _STAMP, 1 << 16)
         try:
-            old = json.loads(dest.joinpath(_STAMP).read_bytes()) if dest.joinpath(_STAMP).is_file() else None
-        except (OSError, ValueError):
+            old = json.loads(raw) if raw is not None else None
+        except (ValueError, RecursionError):
             old = None
         if old is None or dest.is_symlink():
             raise TrainError(f"{dest} exists and was not unpacked from {tarball}: move it, or pass the folder "

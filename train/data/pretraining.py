@@ -19,8 +19,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from train.augment import make_eval_transform
 from train.config import Config
-from train.data.samples import decode_sample, iter_samples
-from train.data.shards import read_info, read_split, shard_urls
+from train.data.recipe import (
+    check_fresh,
+    is_recipe,
+    make_recipe_source,
+    open_data_recipe,
+    recipe_head,
+    recipe_identity,
+)
+from train.data.samples import Sample, iter_samples
+from train.data.shards import dataset_identity, read_info, read_split, shard_urls
 from train.data.source import Source, micro_batch_size
 from train.data.stream import make_stream_source, rgb
 from train.errors import DoesNotFit, TrainError
@@ -40,9 +48,12 @@ def make_source(cfg: Config, device: torch.device, rank: int, world_size: int) -
         TrainError: bad dataset, or ``resident`` forced but impossible.
     """
     mode = cfg.data.source
+    micro_batch_size(cfg, world_size)
+    if is_recipe(cfg.data.path):
+        return make_recipe_source(cfg, device, rank, world_size)
+    check_fresh(cfg, None)  # before the shards are read
     info = read_info(cfg.data.path)
     shards, samples = read_split(cfg.data.path, info, cfg.data.verify)
-    micro_batch_size(cfg, world_size)
     if mode in ("auto", "resident"):
         from train.data import resident
 
@@ -87,7 +98,7 @@ def check_eval_set(cfg: Config) -> None:
                          "L (or data.eval_path='' for none)")
 
 
-def make_pretrain_eval_loader(cfg: Config, head: list[dict[str, Any]] | None = None) -> DataLoader | None:
+def make_pretrain_eval_loader(cfg: Config, head: list[Sample] | None = None) -> DataLoader | None:
     """Un-augmented images of ``data.eval_path`` (default: the training set) for top-1 on its classes.
 
     Takes the first ``data.eval_samples`` samples in shard order; None when ``eval_path`` is empty.
@@ -101,7 +112,9 @@ def make_pretrain_eval_loader(cfg: Config, head: list[dict[str, Any]] | None = N
     if not path:
         return None
     if cfg.data.eval_path is None and head is not None:
-        samples = [decode_sample(s) for s in head[:cfg.data.eval_samples]]
+        samples = [(s.grey(), s.label) for s in head[:cfg.data.eval_samples]]
+    elif is_recipe(path):
+        samples = [(s.grey(), s.label) for s in recipe_head(open_data_recipe(path), cfg.data.eval_samples)]
     else:
         samples = []
         for sample in iter_samples(shard_urls(path, read_info(path))):
@@ -110,3 +123,10 @@ def make_pretrain_eval_loader(cfg: Config, head: list[dict[str, Any]] | None = N
                 break
     images = _SampleList(samples, make_eval_transform(cfg.aug, cfg.model.img_size))
     return DataLoader(images, batch_size=cfg.finetune.eval_batch_size, num_workers=0)
+
+
+def data_identity(cfg: Config, source: Source) -> dict[str, Any]:
+    """What a pre-training checkpoint records of its data (``train.data.shards.dataset_identity``, or a recipe's
+    ``train.data.recipe.recipe_identity``), so that ``--resume`` refuses other data."""
+    name = type(source).__name__
+    return recipe_identity(cfg.data.path, name) if is_recipe(cfg.data.path) else dataset_identity(cfg.data.path, name)

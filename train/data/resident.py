@@ -36,7 +36,9 @@ from torch import Tensor
 from fracgen import dataset
 from fracgen.dataset import DatasetError, DatasetInfo
 from train.data.device_augment import DeviceAugment
+from train.data.samples import Sample
 from train.data.shards import ShardSet, read_split
+from train.data.source import warn_large_batch
 from train.distributed import free_memory
 from train.errors import DoesNotFit, TrainError
 
@@ -67,37 +69,26 @@ def _read_info(root: Path) -> DatasetInfo:
     return info
 
 
-Member = dict[str, Any]
-"""One sample as ``train.data.shards.read_shard`` reads it (``__key__``, ``__url__``, ``png``, ``cls``, ...)."""
+def _grey(sample: Sample) -> np.ndarray:
+    return sample.grey()
 
 
-def _decode(member: Member) -> np.ndarray:
-    """A member's PNG -> (H, W) uint8 grey (a 1-bit palette image decodes to {0, 127}).
-
-    Raises:
-        TrainError: naming the shard and the sample, when the PNG does not decode.
-    """
-    try:
-        return dataset.decode_grey(member["png"])
-    except DatasetError as e:
-        raise TrainError(f"shard {member['__url__']}: sample {member['__key__']}: {e}") from None
-
-
-def _decode_members(root: Path, members: list[Member], rank: int, world_size: int, split_ranks: bool,
+def _decode_members(root: Path, members: list[Sample], rank: int, world_size: int, split_ranks: bool,
                     workers: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the members (this rank's share of them, in key order) into images (N, H, W) and labels (N,)."""
-    members = sorted(members, key=lambda m: m["__key__"])
+    """The images (N, H, W) and labels (N,) of the checked samples (this rank's share of them, in key order); a
+    fracgen build's were decoded by its check, any other dataset's are decoded here, ``workers`` at a time."""
+    members = sorted(members, key=lambda m: m.key)
     if split_ranks and world_size > 1:
         members = members[rank::world_size]
     if not members:
         raise TrainError(f"{root}: no samples for rank {rank} of {world_size}")
     workers = workers or min(16, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        arrays = list(pool.map(_decode, members, chunksize=64))
+        arrays = list(pool.map(_grey, members, chunksize=64))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise TrainError(f"{root}: images of different sizes {sorted(shapes)[:3]}; the resident source needs one size")
-    labels = np.array([int(m["cls"]) for m in members], dtype=np.int64)
+    labels = np.array([m.label for m in members], dtype=np.int64)
     return np.stack(arrays), labels
 
 
@@ -120,7 +111,7 @@ def load_images(root: str | Path, *, rank: int = 0, world_size: int = 1, split_r
     """
     root = Path(root)
     info = info or _read_info(root)
-    members = list(read_split(str(root), info)[1])
+    members = list(read_split(str(root), info, threads=workers)[1])
     return _decode_members(root, members, rank, world_size, split_ranks, workers)
 
 
@@ -197,7 +188,7 @@ class ResidentSource:
         self._gen = torch.Generator(device=self.device)
         self._stream = torch.cuda.Stream(self.device) if prefetch and self.device.type == "cuda" else None
         self._perm: tuple[int, Tensor] | None = None
-        self.head: list[Member] | None = None  # set by make_resident_source (train/data/source.py)
+        self.head: list[Sample] | None = None  # set by make_resident_source (train/data/source.py)
 
     def __len__(self) -> int:
         return self._len
@@ -267,7 +258,7 @@ class ResidentSource:
 
 def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1,
                          info: DatasetInfo | None = None, shards: ShardSet | None = None,
-                         samples: Iterator[Member] | None = None) -> ResidentSource:
+                         samples: Iterator[Sample] | None = None) -> ResidentSource:
     """The resident source of a run config (``train.config.Config``), as ``train.data.pretraining.make_source`` asks.
 
     The dataset's one checked read (``samples``, from ``train.data.shards.read_split``; made here when the caller
@@ -290,35 +281,69 @@ def make_resident_source(cfg: Any, device: torch.device, rank: int = 0, world_si
     if not info.train.filenames:
         raise TrainError(f"{root}: {dataset.INFO_JSON} lists no shards")
     if samples is None:
-        _, samples = read_split(str(root), info, getattr(cfg.data, "verify", "auto"))
+        _, samples = read_split(str(root), info, getattr(cfg.data, "verify", "auto"), threads=opts["load_workers"])
     first = next(samples)  # read_shard refuses an empty shard, so there is one
-    height, width = _decode(first).shape
-    split, antialias = opts["split_ranks"], opts["antialias"]
-    n_local = math.ceil(info.train.num_samples / world_size) if split else info.train.num_samples
-    need = dataset_bytes(n_local, height, width, antialias)
+    height, width = first.grey().shape
+    try:
+        need = check_budget(cfg, device, world_size, info.train.num_samples, height, width)
+    except DoesNotFit as e:
+        raise DoesNotFit(str(e), read=[first]) from None
+    members = [first, *samples]
+    # the evaluation set (data.eval_path unset) is the first samples in shard order: keep them for it
+    head = members[:cfg.data.eval_samples] if getattr(cfg.data, "eval_path", "") is None else []
+    images, labels = _decode_members(root, members, rank, world_size, opts["split_ranks"], opts["load_workers"])
+    try:
+        source = resident_source(cfg, device, rank, world_size, images, labels, info.num_classes,
+                                 info.train.num_samples, need)
+    except DoesNotFit as e:
+        raise DoesNotFit(str(e), read=members) from None
+    source.head = head
+    return source
+
+
+def check_budget(cfg: Any, device: torch.device, world_size: int, num_samples: int, height: int, width: int) -> int:
+    """The device bytes ``num_samples`` images of ``height`` x ``width`` take on this rank, checked against the
+    resident source's memory budget (``data.resident.memory_budget_gb``) before any is loaded.
+
+    Raises:
+        DoesNotFit: over the budget.
+    """
+    opts = _options(cfg)
+    split, device = opts["split_ranks"], torch.device(device)
+    n_local = math.ceil(num_samples / world_size) if split else num_samples
+    need = dataset_bytes(n_local, height, width, opts["antialias"])
     budget = int(opts["memory_budget_gb"] * 2**30) if opts["memory_budget_gb"] else default_budget(device)
     if need > budget:
         hint = "" if split or world_size == 1 else "; data.resident.split_ranks: true holds 1/world_size per rank"
         raise DoesNotFit(
             f"resident source: {n_local} images of {height}x{width} need {need / 2**30:.2f} GiB "
-            f"on {device}, over the budget of {budget / 2**30:.2f} GiB (data.resident.memory_budget_gb{hint})",
-            read=[first])
+            f"on {device}, over the budget of {budget / 2**30:.2f} GiB (data.resident.memory_budget_gb{hint})")
+    return need
+
+
+def resident_source(cfg: Any, device: torch.device, rank: int, world_size: int, images: np.ndarray,
+                    labels: np.ndarray, num_classes: int, num_samples: int, need: int) -> ResidentSource:
+    """The resident source of images already in memory ((N, H, W) uint8 grey, this rank's share with
+    ``data.resident.split_ranks``; ``need``: their bytes, as ``check_budget`` counted them), one micro-batch drawn.
+
+    Raises:
+        DoesNotFit: the device ran out of memory while loading them.
+        TrainError: no memory left for one augmented micro-batch (the message says which micro-batch would fit).
+    """
+    opts, device = _options(cfg), torch.device(device)
     augment = DeviceAugment(cfg.aug, cfg.model.img_size, device)
-    members = [first, *samples]
-    # the evaluation set (data.eval_path unset) is the first samples in shard order: keep their bytes for it
-    head = members[:cfg.data.eval_samples] if getattr(cfg.data, "eval_path", "") is None else []
-    images, labels = _decode_members(root, members, rank, world_size, split, opts["load_workers"])
     try:
-        source = ResidentSource(images, labels, info.num_classes, augment,
-                                antialias=antialias, batch_size=cfg.train.batch_size,
+        source = ResidentSource(images, labels, num_classes, augment,
+                                antialias=opts["antialias"], batch_size=cfg.train.batch_size,
                                 accum_steps=cfg.train.accum_steps, seed=cfg.train.seed, rank=rank,
-                                world_size=world_size, split_ranks=split, num_samples=info.train.num_samples,
+                                world_size=world_size, split_ranks=opts["split_ranks"], num_samples=num_samples,
                                 prefetch=opts["prefetch"])
     except torch.OutOfMemoryError:
         raise DoesNotFit(f"resident source: out of device memory loading {need / 2**30:.2f} GiB of images on "
-                         f"{device}; lower data.resident.memory_budget_gb", read=members) from None
+                         f"{device}; lower data.resident.memory_budget_gb") from None
+    height, width = images.shape[1:3]
     _first_draw(source, height, width, need)
-    source.head = head
+    warn_large_batch(cfg, num_samples, world_size)
     log.info("resident source: %d images %dx%d on %s (%.1f MiB)", len(labels), height, width,
              device, source.nbytes / 2**20)
     return source

@@ -1,15 +1,19 @@
 """One shard's samples and one sample's checks: its label, its image's header, its PNG decoded.
 
 ``shard_samples`` reads a shard as ``fracgen.dataset.iter_shard`` groups it (local, or over HTTP(S) through
-``train/data/remote.py``), refusing members that are not regular files; ``sample_label`` checks a sample's name,
-label and image header without decoding; ``decode_sample`` decodes its PNG to grey. Every refusal is one line
-naming the shard and the sample. The checked read of a whole dataset is ``train/data/shards.py``'s.
+``train/data/remote.py``), refusing members that are not regular files. A sample of a fracgen build is checked
+by ``build_sample`` with ``fracgen verify``'s own check (``fracgen.dataset.check_sample``: its members, key, label,
+a whole PNG of the build's colour type, depth and size), which decodes it once; a sample of any other dataset (a
+toy set, a brace pattern of shards, a downstream WebDataset, shards over HTTP) by ``plain_sample``, the
+trainer's lighter checks (``sample_label``: name, label, the PNG header's size) without decoding. Every refusal
+is one line naming the shard and the sample. The checked read of a whole dataset is ``train/data/shards.py``'s.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -19,6 +23,61 @@ from fracgen import dataset
 from fracgen.dataset import DatasetError
 from train.data.remote import is_remote, open_url
 from train.errors import TrainError
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample of a dataset's checked read.
+
+    Attributes:
+        raw: its members as ``fracgen.dataset.iter_shard`` groups them (``__key__``, ``__url__``, ``png``, ...).
+        label: its label, checked.
+        image: (H, W) uint8 grey, when the check decoded it (a fracgen build's sample); None otherwise.
+    """
+
+    raw: dict[str, Any]
+    label: int
+    image: np.ndarray | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.raw.get("__key__", "?"))
+
+    def grey(self) -> np.ndarray:
+        """The image as (H, W) uint8 grey: the check's, or the PNG decoded now (TrainError naming the sample)."""
+        return self.image if self.image is not None else decode_image(self.raw)
+
+
+def grey(image: np.ndarray) -> np.ndarray:
+    """A decoded image as (H, W) uint8 grey, as decoding its PNG to grey gives it (an RGB image by Pillow's
+    luma, the conversion ``fracgen.dataset.decode_grey`` makes)."""
+    if image.ndim == 2:
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image, "RGB").convert("L"))
+
+
+def build_sample(raw: dict[str, Any], expect: dataset.Expect) -> Sample:
+    """A sample of a fracgen build, checked as ``fracgen verify`` checks it (``fracgen.dataset.check_sample``),
+    with the image that check decoded.
+
+    Raises:
+        TrainError: ``shard <url>: sample <key> ...``, in verify's words.
+    """
+    try:
+        image, label = dataset.check_sample(raw, expect)
+    except dataset.SampleError as e:
+        url = raw.get("__url__", "?")
+        hint = f"; `fracgen verify {Path(url).parent}` gives the command that rebuilds it" if e.kind == "palette" else ""
+        raise TrainError(f"shard {url}: {e}{hint}") from None
+    return Sample(raw, label, grey(image))
+
+
+def plain_sample(raw: dict[str, Any], num_classes: int | None, size: int | None = None,
+                 image_keys: tuple[str, ...] = ("png",)) -> Sample:
+    """A sample of a dataset that is not a fracgen build, under the lighter checks of ``sample_label``; not decoded."""
+    return Sample(raw, sample_label(raw, num_classes, size, image_keys))
 
 
 def shard_samples(url: str) -> Iterator[dict[str, Any]]:

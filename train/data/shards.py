@@ -4,19 +4,23 @@ the build recorded, and what identifies the dataset for ``--resume``.
 The dataset check is one call, ``read_split`` (``plan_shards`` for the records, then ``checked_samples`` for the one
 read of every local shard); every reader of a dataset before the first step goes through it (the pre-training
 sources by ``train.data.pretraining.make_source``, a fine-tuning WebDataset by ``train.data.downstream``), so each
-gets the same checks from its one read:
+gets the same checks from its one read. A fracgen build (a local folder with ``build.json``) is checked with
+``fracgen verify``'s own functions, so the trainer refuses what verify refuses, in its words:
 
-- before any is read, ``_info.json``'s ``num_classes`` and ``num_samples`` against ``build.json``'s, and every
-  shard ``_info.json`` lists must be one ``build.json`` records (with its size and sha256);
-- before a shard is read, its size against ``build.json`` (a cut or replaced file is refused unread);
-- while it is read, every member is a regular file named inside the shard, every sample has a ``png`` and an integer ``cls`` in ``[0, num_classes)`` (a label out of
-  range is one line naming the shard and the key, not a CUDA assert or a RuntimeError in the loss), equal to
-  its ``json``'s ``label``, and a PNG header of ``build.json``'s image size (the stream repeats these checks
-  on every sample it decodes, remote shards included);
+- before any shard is read, ``_info.json``'s ``num_classes`` and ``num_samples`` against ``build.json``'s; every
+  shard ``_info.json`` lists is one ``build.json`` records, and no other ``train-*.tar`` lies beside them; each is a
+  regular file inside the folder (not a link leaving it) of the recorded size (``fracgen.dataset.file_problem``);
+- while a shard is read, every member is a regular file, and every sample passes ``fracgen.dataset.check_sample``
+  (exactly png, cls and json; its key; a label in range equal to its json's and its key's; a whole PNG, every
+  chunk's CRC and nothing after IEND, of the build's colour type, 8-bit, of the build's size, that decodes): the
+  image it decodes is the one the sources keep;
 - after it is read, its sample count against ``_info.json`` (a tar cut at a member boundary reads as a
-  valid, shorter tar) and, when ``data.verify`` is on, its sha256 against ``build.json``, hashed while read
-  (a flipped byte inside a PNG that still decodes);
+  valid, shorter tar) and, when ``data.verify`` is on, its sha256 against ``build.json``, hashed while read;
 - after all, a warning when the dataset has a single class (top-1 is then 100 % by construction).
+
+Any other dataset (a toy folder without ``build.json``, a brace pattern, a downstream WebDataset, shards over
+HTTP(S)) keeps the trainer's lighter checks (``train.data.samples.plain_sample``: names inside the shard, an integer
+label in range and equal to its json's, the PNG header's size), and its images are decoded when used.
 
 ``data.verify`` (``--verify-data`` / ``--no-verify-data``): ``auto`` checks sha256 when the dataset is a local
 folder with a ``build.json`` and its shards add up to at most ``VERIFY_AUTO_MAX_BYTES``; ``true`` insists
@@ -30,28 +34,32 @@ The format on disk is ``fracgen.dataset``'s: this module only compares and maps 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import braceexpand
 
 from fracgen import dataset
 from fracgen.dataset import DatasetError, DatasetInfo
 from fracgen.errors import FracgenError
+from fracgen.folder import read_regular
+from train.bounds import cpus
 from train.data.remote import check_url, is_remote, read_url
-from train.data.samples import cause, sample_label
+from train.data.samples import Sample, build_sample, cause, plain_sample
 from train.errors import TrainError
 
 log = logging.getLogger(__name__)
 
+MOST_INFO_BYTES = 1 << 28  # _info.json lists every shard by name: about 40 bytes each
 VERIFY_AUTO_MAX_BYTES = 4 * 2**30
 """``data.verify: auto`` hashes the shards when they add up to at most this (about 2 s per GB here)."""
-
-_CHUNK = 1 << 20
 
 
 def _info_location(path: str) -> str:
@@ -87,20 +95,22 @@ def read_info(path: str) -> DatasetInfo:
         if not Path(location).is_file():
             raise TrainError(f"dataset {path}: no {dataset.INFO_JSON} in {Path(location).parent} "
                              "(not a fracgen dataset, or an incomplete build)")
-        try:
-            data = Path(location).read_bytes()
-        except OSError as e:
-            raise TrainError(f"dataset {path}: cannot read {location} ({e.strerror or e})") from None
+        data = read_regular(Path(location), MOST_INFO_BYTES)  # a FIFO swapped in after the look cannot block
+        if data is None:
+            raise TrainError(f"dataset {path}: cannot read {location} (not a readable regular file of at most "
+                             f"{MOST_INFO_BYTES >> 20} MiB)")
     try:
         return dataset.parse_info(data, location)
     except DatasetError as e:
         raise TrainError(f"dataset {path}: {e}") from None
-    except RecursionError:  # fracgen.dataset.parse_info lets it through: JSON nested thousands deep
-        raise TrainError(f"dataset {path}: {location} is not valid JSON (nested too deeply)") from None
 
 
-def shard_urls(path: str, info: DatasetInfo, split: str = "train") -> list[str]:
+def shard_urls(path: str, info: DatasetInfo, split: str = "train", follow: bool = True) -> list[str]:
     """The shard files or URLs of ``split``: from ``_info.json`` for a folder, else the expanded pattern.
+
+    Args:
+        follow: also refuse a name that leads out of the folder once links are followed (a fracgen build's shards
+            are judged by ``fracgen.dataset.file_problem`` instead, which says that a link leaves the folder).
 
     Raises:
         TrainError: no shards, or a file name in ``_info.json`` that points outside the folder.
@@ -109,7 +119,8 @@ def shard_urls(path: str, info: DatasetInfo, split: str = "train") -> list[str]:
         root = Path(path)
         names = info.splits[split].filenames if split in info.splits else ()
         for name in names:  # a hostile _info.json must not make the trainer read files elsewhere
-            if Path(name).is_absolute() or not (root / name).resolve().is_relative_to(root.resolve()):
+            if Path(name).is_absolute() or ".." in Path(name).parts or \
+                    (follow and not (root / name).resolve().is_relative_to(root.resolve())):
                 raise TrainError(f"dataset {path}: {dataset.INFO_JSON} names shard {name!r} outside the folder")
         urls = [str(root / n) for n in names]
     else:
@@ -134,7 +145,7 @@ class Shard:
 
 @dataclass
 class ShardSet:
-    """The shards of a dataset's train split, with the records they are checked against.
+    """The shards of a dataset's split, with the records they are checked against.
 
     Attributes:
         path: the dataset as given (folder, brace pattern or URL).
@@ -142,8 +153,10 @@ class ShardSet:
         shards: in ``_info.json`` order (folder) or pattern order.
         verify: sha256 is checked while reading.
         labels: the distinct labels met by ``checked_samples`` so far.
-        size: every image is ``size`` x ``size`` px (``build.json``'s config; None: not recorded, not checked).
-        image_keys: the entries a sample may hold its image in (``sample_label``).
+        expect: what every sample of a fracgen build is (``fracgen.dataset.expect_of`` its ``build.json``); None:
+            not a build, its samples get the lighter checks.
+        image_keys: the entries a sample may hold its image in (the lighter checks).
+        threads: samples of a build checked (decoded) at once: PNG decoding and CRCs release the GIL.
     """
 
     path: str
@@ -151,13 +164,25 @@ class ShardSet:
     shards: list[Shard]
     verify: bool = False
     labels: set[int] = field(default_factory=set)
-    size: int | None = None
+    expect: dataset.Expect | None = None
     image_keys: tuple[str, ...] = ("png",)
+    threads: int = 1
 
     @property
     def urls(self) -> list[str]:
         """The shards' paths or URLs, in order."""
         return [s.url for s in self.shards]
+
+    @property
+    def size(self) -> int | None:
+        """Every image is ``size`` x ``size`` px (``build.json``'s config; None: not recorded, not checked)."""
+        return self.expect.size if self.expect is not None else None
+
+    def check(self, raw: dict[str, Any]) -> Sample:
+        """One raw sample of these shards, checked: verify's check for a build, the lighter ones otherwise."""
+        if self.expect is not None:
+            return build_sample(raw, self.expect)
+        return plain_sample(raw, self.num_classes, None, self.image_keys)
 
 
 def _read_build(folder: Path, info: DatasetInfo) -> dict[str, Any] | None:
@@ -182,6 +207,29 @@ def _read_build(folder: Path, info: DatasetInfo) -> dict[str, Any] | None:
     return build
 
 
+def _build_files(folder: Path, urls: list[str], build: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``build.json``'s record of every shard in ``urls``, each checked as ``fracgen verify`` checks the files of a
+    build: listed there, no other ``train-*.tar`` beside them, a regular file inside the folder of the recorded
+    size (``fracgen.dataset.file_problem``).
+
+    Raises:
+        TrainError: naming the shard and the problem, in verify's words.
+    """
+    records = {str(r.get("filename")): r for r in build["shards"] if isinstance(r, dict)}
+    then = f"; `fracgen verify {folder}` checks the whole dataset"
+    for name in dataset.stray_shards(folder, records):
+        raise TrainError(f"shard {folder / name}: {dataset.UNLISTED}{then}")
+    for url in urls:
+        name = os.path.relpath(url, folder)
+        if name not in records:
+            raise TrainError(f"shard {url}: not listed in {dataset.BUILD_JSON}, so nothing records its size or "
+                             f"sha256 (the dataset was changed since the build){then}")
+        problem = dataset.file_problem(folder, name, records[name].get("bytes"))
+        if problem:
+            raise TrainError(f"shard {url}: {problem}{then}")
+    return records
+
+
 def _parse_verify(verify: str | bool) -> str:
     value = ("true" if verify else "false") if isinstance(verify, bool) else str(verify).lower()
     if value not in ("auto", "true", "false"):
@@ -189,8 +237,28 @@ def _parse_verify(verify: str | bool) -> str:
     return value
 
 
+def _hashes(shards: list[Shard], mode: str, path: str) -> bool:
+    """Whether sha256 is checked while reading (``data.verify`` ``mode``, see the module docstring).
+
+    Raises:
+        TrainError: ``true`` with nothing to check against.
+    """
+    hashed = [s for s in shards if s.sha256]
+    every = bool(hashed) and len(hashed) == len(shards)
+    if mode == "true" and not every:
+        raise TrainError(f"data.verify=true: {path} has no {dataset.BUILD_JSON} with the sha256 of every shard "
+                         "to check against (a local fracgen build has one); pass --no-verify-data")
+    if mode != "auto" or not every:
+        return mode == "true"
+    total = sum(s.bytes or 0 for s in shards)
+    if total > VERIFY_AUTO_MAX_BYTES:
+        log.info("data.verify=auto: %.1f GB of shards, sha256 not checked (--verify-data checks it)", total / 1e9)
+    return total <= VERIFY_AUTO_MAX_BYTES
+
+
 def plan_shards(path: str, info: DatasetInfo, verify: str | bool = "auto", split_name: str = "train") -> ShardSet:
-    """The shards of ``path``'s ``split_name`` (train unless told) with their expected counts (``_info.json``) and sizes/sha256 (``build.json``).
+    """The shards of ``path``'s ``split_name`` (train unless told) with their expected counts (``_info.json``) and
+    sizes/sha256 (``build.json``), the files of a build checked as ``fracgen verify`` checks them.
 
     Args:
         path: a dataset folder, a brace pattern of shards or a URL.
@@ -199,82 +267,46 @@ def plan_shards(path: str, info: DatasetInfo, verify: str | bool = "auto", split
         split_name: the split of ``_info.json`` (fine-tuning reads ``test`` too).
 
     Raises:
-        TrainError: bad ``build.json``, or ``verify`` true with nothing to check against.
+        TrainError: bad ``build.json``, a shard file verify refuses, or ``verify`` true with nothing to check.
     """
     mode = _parse_verify(verify)
-    urls = shard_urls(path, info, split_name)
+    local = not is_remote(path)
+    folder = Path(path) if local and Path(path).is_dir() else None
+    urls = shard_urls(path, info, split_name, follow=folder is None or not dataset.is_complete(folder))
+    folder = folder or Path(urls[0]).parent
+    build = _read_build(folder, info) if local else None
+    records = _build_files(folder, urls, build) if build else {}
     split = info.splits.get(split_name)
     counts = dict(zip(split.filenames, split.shard_lengths, strict=True)) if split else {}
-    local = not any(is_remote(u) for u in urls)
-    folder = Path(path) if local and Path(path).is_dir() else Path(urls[0]).parent
-    build = _read_build(folder, info) if local else None
-    records = {str(r.get("filename")): r for r in build["shards"] if isinstance(r, dict)} if build else None
-    config = build.get("config") if build else None
-    side = config.get("size") if isinstance(config, dict) else None
     shards = []
     for url in urls:
-        name = url.rsplit("/", 1)[-1]
-        if records is not None and name not in records:
-            raise TrainError(f"shard {url}: not listed in {dataset.BUILD_JSON}, so nothing records its size or "
-                             f"sha256 (the dataset was changed since the build; `fracgen verify {folder}` checks it)")
-        record = (records or {}).get(name, {})
+        record = records.get(os.path.relpath(url, folder), {}) if build else {}
         size, digest = record.get("bytes"), record.get("sha256")
-        shards.append(Shard(url, counts.get(name), size if isinstance(size, int) else None,
+        shards.append(Shard(url, counts.get(url.rsplit("/", 1)[-1]), size if type(size) is int else None,
                             digest if isinstance(digest, str) else None))
-    hashed = [s for s in shards if s.sha256]
-    if mode == "true" and (not local or len(hashed) != len(shards)):
-        raise TrainError(f"data.verify=true: {path} has no {dataset.BUILD_JSON} with the sha256 of every shard "
-                         "to check against (a local fracgen build has one); pass --no-verify-data")
-    on = False
-    if mode == "true":
-        on = True
-    elif mode == "auto" and hashed and len(hashed) == len(shards):
-        total = sum(s.bytes or 0 for s in shards)
-        on = total <= VERIFY_AUTO_MAX_BYTES
-        if not on:
-            log.info("data.verify=auto: %.1f GB of shards, sha256 not checked (--verify-data checks it)",
-                     total / 1e9)
+    on = _hashes(shards, mode, path)
     if not on:
         shards = [Shard(s.url, s.num_samples, s.bytes) for s in shards]
-    return ShardSet(path, info.num_classes, shards, verify=on,
-                    size=side if isinstance(side, int) and not isinstance(side, bool) else None)
+    expect = dataset.expect_of(build.get("config"), info.num_classes) if build else None
+    return ShardSet(path, info.num_classes, shards, verify=on, expect=expect)
 
 
-class _HashingReader:
-    """A read-only binary stream over a file that hashes every byte read (the shard is read once)."""
-
-    def __init__(self, f: IO[bytes], name: str, digest: Any):
-        self._f, self.name, self._digest = f, name, digest
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._f.read(size)
-        if self._digest is not None:
-            self._digest.update(data)
-        return data
-
-    def hexdigest(self) -> str:
-        """The sha256 of the bytes read so far."""
-        return self._digest.hexdigest()
-
-    def drain(self) -> None:
-        """Read what the tar reader left (end-of-archive blocks), so the digest covers the whole file."""
-        while self.read(_CHUNK):
-            pass
+def _in_threads(check: Callable[[dict[str, Any]], Sample], raws: Iterator[dict[str, Any]],
+                threads: int) -> Iterator[Sample]:
+    """``check`` of every raw sample, in order, ``threads`` at a time (the tar is read in this thread)."""
+    if threads <= 1:
+        yield from map(check, raws)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        while chunk := list(itertools.islice(raws, threads * 4)):
+            yield from pool.map(check, chunk)
 
 
-def read_shard(shard: Shard, num_classes: int, labels: set[int] | None = None,
-               side: int | None = None, image_keys: tuple[str, ...] = ("png",)) -> Iterator[dict[str, Any]]:
-    """The samples of one local shard, read once and checked (see the module docstring).
-
-    Args:
-        shard: the shard and its records.
-        num_classes: labels must be in ``[0, num_classes)``.
-        labels: when given, the labels met are added to it.
-        side: the images' size in px (square), when recorded.
-        image_keys: the entries a sample may hold its image in.
+def read_shard(shard: Shard, shards: ShardSet) -> Iterator[Sample]:
+    """The samples of one local shard of ``shards``, read once and checked (see the module docstring).
 
     Yields:
-        The raw samples (``fracgen.dataset.iter_shard`` dicts), in tar order.
+        The checked samples, in tar order (their labels added to ``shards.labels``).
 
     Raises:
         TrainError: one line naming the shard (and the key, for a bad sample) and the damage.
@@ -283,21 +315,16 @@ def read_shard(shard: Shard, num_classes: int, labels: set[int] | None = None,
     path = Path(url)
     if not path.is_file():
         raise TrainError(f"shard {url}: missing")
-    size = path.stat().st_size
-    if shard.bytes is not None and size != shard.bytes:
-        raise TrainError(f"shard {url}: {size} bytes, {dataset.BUILD_JSON} records {shard.bytes} (cut short or "
-                         f"replaced since the build; `fracgen verify {path.parent}` checks the whole dataset)")
     count = 0
+    threads = shards.threads if shards.expect is not None else 1  # the lighter checks decode nothing
     try:
         with open(path, "rb") as f:
-            reader = _HashingReader(f, url, hashlib.sha256() if shard.sha256 else None)
-            for sample in dataset.iter_shard(reader, strict=True):
-                label = sample_label(sample, num_classes, side, image_keys)
-                if labels is not None:
-                    labels.add(label)
+            reader = dataset.HashingReader(f, url) if shard.sha256 else f
+            for sample in _in_threads(shards.check, dataset.iter_shard(reader, strict=True), threads):
+                shards.labels.add(sample.label)
                 count += 1
                 yield sample
-            reader.drain()
+            digest = reader.hexdigest() if shard.sha256 else None
     except (DatasetError, OSError) as e:
         raise TrainError(f"shard {url}: corrupt tar ({cause(e, url)})") from None
     if count == 0:
@@ -305,15 +332,13 @@ def read_shard(shard: Shard, num_classes: int, labels: set[int] | None = None,
     if shard.num_samples is not None and count != shard.num_samples:
         raise TrainError(f"shard {url}: {count} samples, {dataset.INFO_JSON} lists {shard.num_samples} (cut short "
                          f"or replaced since the build; `fracgen verify {path.parent}` checks the whole dataset)")
-    if shard.sha256 is not None:
-        digest = reader.hexdigest()
-        if digest != shard.sha256:
-            raise TrainError(f"shard {url}: sha256 {digest[:12]}... does not match {dataset.BUILD_JSON} "
-                             f"({shard.sha256[:12]}...): its bytes changed since the build (--no-verify-data "
-                             "trains on it anyway)")
+    if digest is not None and digest != shard.sha256:
+        raise TrainError(f"shard {url}: sha256 {digest[:12]}... does not match {dataset.BUILD_JSON} "
+                         f"({shard.sha256[:12]}...): its bytes changed since the build (--no-verify-data "
+                         "trains on it anyway)")
 
 
-def checked_samples(shards: ShardSet, warn_one_class: bool = True) -> Iterator[dict[str, Any]]:
+def checked_samples(shards: ShardSet, warn_one_class: bool = True) -> Iterator[Sample]:
     """Every sample of the local shards of ``shards``, each shard read once and checked, in order.
 
     Remote shards are skipped (they are read while streaming). At the end, a dataset of one class is warned
@@ -321,7 +346,7 @@ def checked_samples(shards: ShardSet, warn_one_class: bool = True) -> Iterator[d
     """
     for shard in shards.shards:
         if not is_remote(shard.url):
-            yield from read_shard(shard, shards.num_classes, shards.labels, shards.size, shards.image_keys)
+            yield from read_shard(shard, shards)
     if warn_one_class and (shards.num_classes == 1 or len(shards.labels) == 1):
         label = next(iter(shards.labels), 0)
         log.warning("dataset %s has a single class (label %d of num_classes %d): every image has the same label, "
@@ -330,30 +355,33 @@ def checked_samples(shards: ShardSet, warn_one_class: bool = True) -> Iterator[d
 
 
 def read_split(path: str, info: DatasetInfo, verify: str | bool = "auto", split: str = "train",
-               image_keys: tuple[str, ...] = ("png",),
-               warn_one_class: bool = True) -> tuple[ShardSet, Iterator[dict[str, Any]]]:
+               image_keys: tuple[str, ...] = ("png",), warn_one_class: bool = True,
+               threads: int | None = None) -> tuple[ShardSet, Iterator[Sample]]:
     """The dataset check: the shards of ``split`` with their records, and the one read of them, checked.
 
-    Nothing is read until the samples are iterated; then every local shard is read once, in order, and refused in
-    one line at the first damage (the module docstring lists the checks).
+    The records and the files of a build are checked now; no shard is read until the samples are iterated, then
+    every local shard is read once, in order, and refused in one line at the first damage (the module docstring
+    lists the checks).
 
     Args:
         path: a dataset folder, a brace pattern of shards or a URL.
         info: its ``_info.json``.
         verify: ``data.verify``.
         split: the split of ``_info.json``.
-        image_keys: the entries a sample may hold its image in.
+        image_keys: the entries a sample may hold its image in (a dataset that is not a fracgen build).
         warn_one_class: warn when the split has a single class (fine-tuning says it its own way).
+        threads: samples of a build checked at once (default: up to 8, the CPUs this process may use).
 
     Returns:
-        (the shards and their records, the raw samples of the local shards in order).
+        (the shards and their records, the checked samples of the local shards in order).
 
     Raises:
-        TrainError: a ``build.json`` that disagrees with ``_info.json``, a shard it does not list, or (while the
+        TrainError: a ``build.json`` that disagrees with ``_info.json``, a shard file verify refuses, or (while the
             samples are read) a damaged shard or sample.
     """
     shards = plan_shards(path, info, verify, split)
     shards.image_keys = image_keys
+    shards.threads = threads or min(8, cpus())
     return shards, checked_samples(shards, warn_one_class)
 
 

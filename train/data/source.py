@@ -29,6 +29,7 @@ every source's batches (``train.augment.make_mixup``), so every path shares it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -36,6 +37,8 @@ import torch
 
 from train.config import Config
 from train.errors import TrainError
+
+log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -64,6 +67,35 @@ def micro_batch_size(cfg: Config, world_size: int) -> int:
         raise TrainError(f"train.batch_size {b} does not divide across {world_size} ranks x {a} accumulation "
                          f"steps; use a multiple of {world_size * a}")
     return b // (world_size * a)
+
+
+def largest_batch(num_images: int, world_size: int, accum_steps: int) -> int:
+    """The largest ``train.batch_size`` with which every rank draws a whole optimizer step from its share of
+    ``num_images`` images without repeating one (0: none does, whatever the batch)."""
+    per_rank = num_images // world_size
+    return world_size * accum_steps * (per_rank // accum_steps)
+
+
+def batch_fix(num_images: int, world_size: int, accum_steps: int) -> str:
+    """The options to pass so that a batch fits ``num_images`` images (``largest_batch``), in words."""
+    most = largest_batch(num_images, world_size, accum_steps)
+    step = world_size * accum_steps
+    if most:
+        return f"pass --batch-size {most} (train.batch_size) or less" + (f", a multiple of {step}" if step > 1 else "")
+    per_rank = num_images // world_size
+    if per_rank:
+        return f"pass --batch-size {world_size * per_rank} --accum-steps 1 (train.batch_size, train.accum_steps)"
+    return f"run on at most {num_images} ranks"
+
+
+def warn_large_batch(cfg: Config, num_images: int, world_size: int) -> None:
+    """Say when a pre-training's batch holds more images than its dataset: every batch then repeats each image,
+    under other augmentations (the sources serve it; the tiny config does so on purpose)."""
+    batch = cfg.train.batch_size
+    if 0 < num_images < batch:
+        log.warning("train.batch_size %d is more than the %d images of %s: every batch holds each image about %.0f "
+                    "times, under other augmentations; to draw each at most once a step, %s", batch, num_images,
+                    cfg.data.path, batch / num_images, batch_fix(num_images, world_size, cfg.train.accum_steps))
 
 
 def last_line(message: str) -> str:

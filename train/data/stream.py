@@ -1,11 +1,11 @@
 """The streaming source: shards read by DataLoader workers, decoded and augmented per sample with timm's transforms.
 
 Each rank's ``world_size * workers`` readers split the shards among themselves (whole shards when they divide
-evenly, every n-th sample otherwise), decode PNGs, keep a seeded shuffle buffer and apply
-``train.augment.make_train_transform``; the batches are copied to the device. Local shards are read once, checked,
-before the first step (``check_shards``), so while training only their labels are read again; remote shards get
-every check as they are decoded. Costs: a worker start-up per epoch (``MIN_EPOCH_STEPS`` amortises it) and, on a
-mid-epoch resume, decoding the batches already seen.
+evenly, every n-th sample otherwise), decode PNGs (or render a recipe's shards: ``train.data.recipe``), keep a
+seeded shuffle buffer and apply ``train.augment.make_train_transform``; the batches are copied to the device. Local
+shards are read once, checked, before the first step (``shard_files``), so while training only their labels are
+read again; remote shards get the lighter checks as they are decoded. Costs: a worker start-up per epoch
+(``MIN_EPOCH_STEPS`` amortises it) and, on a mid-epoch resume, decoding (or rendering) the batches already seen.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,10 +25,11 @@ from fracgen.dataset import DatasetInfo
 from train.augment import make_train_transform
 from train.bounds import check_buffer
 from train.config import Config
+from train.data.recipe import check_fresh, is_recipe, recipe_data
 from train.data.remote import is_remote
-from train.data.samples import decode_image, decode_sample, shard_samples
+from train.data.samples import Sample, decode_image, decode_sample, shard_samples
 from train.data.shards import ShardSet, read_info, read_split
-from train.data.source import Batch, last_line, micro_batch_size
+from train.data.source import Batch, last_line, micro_batch_size, warn_large_batch
 from train.distributed import end_workers, free_memory, quiet_worker
 from train.errors import RankError, TrainError
 
@@ -38,13 +39,13 @@ MIN_EPOCH_STEPS = 200
 """The streaming source's epochs last at least this many optimizer steps (DataLoader workers restart per epoch)."""
 
 
-def keep_head(samples: Iterator[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
+def keep_head(samples: Iterator[Sample], keep: int) -> list[Sample]:
     """Consume the dataset's one checked read (``train.data.shards.read_split``), keeping its first ``keep`` samples.
 
     Raises:
         TrainError: ``shard <path>: ...`` naming the damage.
     """
-    head: list[dict[str, Any]] = []
+    head: list[Sample] = []
     for sample in samples:
         if len(head) < keep:
             head.append(sample)
@@ -102,19 +103,58 @@ def readers_per_rank(workers: int, num_samples: int, world_size: int) -> int:
     return lowered
 
 
+class StreamData(Protocol):
+    """What the stream reads while training: shards (files, or a recipe's to render) and their samples.
+
+    ``samples(shards, every, key)`` yields the (grey (H, W) uint8 image, label) of shards ``shards`` (indices, in
+    that order), or with ``every`` = (r, n) only those at positions r, r + n, ... of their concatenation; ``key``
+    (seed, epoch, pass) names the pass, for what is drawn afresh at each showing.
+    """
+
+    num_classes: int
+    num_samples: int
+    num_shards: int
+    size: int | None
+
+    def samples(self, shards: list[int], every: tuple[int, int] | None,
+                key: tuple[int, ...]) -> Iterator[tuple[np.ndarray, int]]: ...
+
+
+class ShardFiles:
+    """A dataset's shards as the stream reads them while training (local files or http(s) URLs), PNGs decoded.
+
+    A local shard was read and checked before step 1 (``train.data.shards.read_split``), so only its labels are
+    read again; a remote one gets the lighter checks as it is decoded (``decode_sample``).
+    """
+
+    def __init__(self, shards: ShardSet, num_samples: int):
+        self.urls, self.size, self.num_classes = shards.urls, shards.size, shards.num_classes
+        self.num_samples, self.num_shards = num_samples, len(self.urls)
+        self.checked = frozenset(u for u in self.urls if not is_remote(u))
+
+    def samples(self, shards: list[int], every: tuple[int, int] | None,
+                key: tuple[int, ...]) -> Iterator[tuple[np.ndarray, int]]:
+        for i, sample in enumerate(s for k in shards for s in shard_samples(self.urls[k])):
+            if every is not None and i % every[1] != every[0]:
+                continue  # a tar is read whole: the samples of the other readers are skipped, not decoded
+            if sample.get("__url__") in self.checked:
+                yield decode_image(sample), int(sample["cls"])
+            else:
+                yield decode_sample(sample, self.num_classes, self.size)
+
+
 class _ShardStream(IterableDataset):
     """An endless, seeded stream of (transformed image, label) for one rank.
 
     Each of the ``world_size * workers`` readers takes whole shards when they divide evenly among them,
-    otherwise every reader scans all shards and decodes every ``n``-th sample (fracgen sets are small), so
-    every sample is seen equally often. Passes repeat with a new shard order and shuffle buffer.
+    otherwise every reader goes through all shards and keeps every ``n``-th sample (fracgen sets are small), so
+    every sample is seen equally often. Passes repeat with a new shard order and shuffle buffer. What a shard
+    holds is ``data``'s (``StreamData``): the order and every draw are the same whatever it reads them from.
     """
 
-    def __init__(self, urls: list[str], transform: Callable, rank: int, world_size: int, seed: int,
-                 epoch: int, shuffle_buffer: int, num_classes: int | None = None, size: int | None = None,
-                 checked: frozenset[str] = frozenset()):
-        self.urls, self.transform, self.num_classes, self.size = urls, transform, num_classes, size
-        self.checked = checked  # shards whose every sample was checked before step 1: only their labels are read
+    def __init__(self, data: StreamData, transform: Callable, rank: int, world_size: int, seed: int,
+                 epoch: int, shuffle_buffer: int):
+        self.data, self.transform = data, transform
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
         self.shuffle_buffer = max(1, shuffle_buffer)
 
@@ -125,28 +165,23 @@ class _ShardStream(IterableDataset):
         base = (self.seed * 1_000_003 + self.epoch) * 10_007
         rng = random.Random(base + reader)
         transform = self.transform if info else (lambda im, p=_PrivateRng(base + reader + 1): p(self.transform, im))
-        by_shard = len(self.urls) % readers == 0
+        by_shard = self.data.num_shards % readers == 0
         buffer: list[tuple[np.ndarray, int]] = []
         seen = False
         for pass_ in range(10**9):
-            order = list(self.urls)
+            order = list(range(self.data.num_shards))
             random.Random(base + pass_).shuffle(order)  # same on every reader so whole shards partition
             mine = order[reader::readers] if by_shard else order
-            for i, sample in enumerate(s for url in mine for s in shard_samples(url)):
-                if not by_shard and i % readers != reader:
-                    continue
+            every = None if by_shard else (reader, readers)
+            for image, label in self.data.samples(mine, every, (self.seed, self.epoch, pass_)):
                 seen = True
-                if sample.get("__url__") in self.checked:
-                    image, label = decode_image(sample), int(sample["cls"])
-                else:
-                    image, label = decode_sample(sample, self.num_classes, self.size)
                 buffer.append((image, label))
                 if len(buffer) >= self.shuffle_buffer:
                     image, label = buffer.pop(rng.randrange(len(buffer)))
                     yield transform(rgb(image)), label
             if not seen:  # a reader without samples would scan the shards for ever (readers_per_rank avoids it)
                 raise TrainError(f"reader {reader} of {readers} (ranks x data.workers) got no sample of the "
-                                 f"{len(self.urls)} shard(s): lower data.workers")
+                                 f"{self.data.num_shards} shard(s): lower data.workers")
             rng.shuffle(buffer)
             while len(buffer) > self.shuffle_buffer // 2:  # keep some for mixing across passes
                 image, label = buffer.pop()
@@ -159,31 +194,26 @@ def rgb(grey: np.ndarray) -> Image.Image:
 
 
 class StreamSource:
-    """Shards streamed through DataLoader workers with timm's per-sample transforms; see module docstring.
+    """Samples streamed through DataLoader workers with timm's per-sample transforms; see module docstring.
 
-    ``info`` is the dataset's ``_info.json``, ``shards`` its shards with their records and ``samples`` their one
-    checked read (``train.data.shards.read_split``), when the caller has them already; the read is consumed here,
-    so that a bad shard is named before the first step.
+    ``data`` is what the workers read (``ShardFiles``: a dataset's shards; ``train.data.recipe.RecipeShards``: a
+    recipe's, rendered) and ``head`` the first samples in shard order, kept for the evaluation set. Without them,
+    ``cfg.data.path`` is opened here (its shards read once and checked by ``shard_files``, or a recipe's
+    ``recipe_data``).
     """
 
     def __init__(self, cfg: Config, device: torch.device, rank: int, world_size: int,
-                 info: DatasetInfo | None = None, shards: ShardSet | None = None,
-                 samples: Iterator[dict[str, Any]] | None = None):
+                 data: StreamData | None = None, head: list[Sample] | None = None):
         self.cfg, self.device, self.rank, self.world_size = cfg, device, rank, world_size
-        info = info or read_info(cfg.data.path)
-        if shards is None or samples is None:
-            shards, samples = read_split(cfg.data.path, info, cfg.data.verify)
-        self.urls, self.size = shards.urls, shards.size
-        self.num_classes = info.num_classes
-        self.num_samples = info.splits["train"].num_samples if "train" in info.splits else 0
+        if data is None:
+            data, head = recipe_data(cfg) if is_recipe(cfg.data.path) else shard_files(cfg)
+        self.data, self.head = data, head
+        self.num_classes, self.num_samples = data.num_classes, data.num_samples
         self.micro_batch = micro_batch_size(cfg, world_size)
+        warn_large_batch(cfg, self.num_samples, world_size)
         self.transform = make_train_transform(cfg.aug, cfg.model.img_size)
         self.workers = readers_per_rank(cfg.data.workers, self.num_samples, world_size)
-        check_buffer(cfg, self.size, self.workers, free_memory(torch.device("cpu")))
-        local = [u for u in self.urls if not is_remote(u)]
-        head = keep_head(samples, cfg.data.eval_samples if cfg.data.eval_path is None else 0)
-        self.head = head if len(local) == len(self.urls) else None  # a remote shard was not read
-        self.checked = frozenset(local)  # every sample of these was checked: only their labels are read again
+        check_buffer(cfg, data.size, self.workers, free_memory(torch.device("cpu")))
         steps = math.ceil(max(self.num_samples, 1) / cfg.train.batch_size)
         steps = steps * math.ceil(MIN_EPOCH_STEPS / steps)  # whole passes, at least MIN_EPOCH_STEPS
         self._len = steps * cfg.train.accum_steps
@@ -194,8 +224,8 @@ class StreamSource:
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Micro-batches ``start..len-1`` of ``epoch`` on the device (skipping costs decoding them)."""
         cfg = self.cfg
-        stream = _ShardStream(self.urls, self.transform, self.rank, self.world_size, cfg.train.seed, epoch,
-                              cfg.data.shuffle_buffer, self.num_classes, self.size, self.checked)
+        stream = _ShardStream(self.data, self.transform, self.rank, self.world_size, cfg.train.seed, epoch,
+                              cfg.data.shuffle_buffer)
         loader = DataLoader(
             stream, batch_size=self.micro_batch, num_workers=self.workers,
             pin_memory=self.device.type == "cuda", drop_last=True,
@@ -221,8 +251,24 @@ class StreamSource:
         """Nothing to release: workers end with each epoch's loader."""
 
 
+def shard_files(cfg: Config, info: DatasetInfo | None = None, shards: ShardSet | None = None,
+                samples: Iterator[Sample] | None = None) -> tuple[ShardFiles, list[Sample] | None]:
+    """The shards of ``cfg.data.path`` for the stream, and the first samples kept for the evaluation set (None when
+    a shard is remote, so not read before training). The one checked read (``read_split``; made here when the
+    caller has none) is consumed here, so that a bad shard is named before the first step.
+    """
+    check_fresh(cfg, None)
+    info = info or read_info(cfg.data.path)
+    if shards is None or samples is None:
+        shards, samples = read_split(cfg.data.path, info, cfg.data.verify)
+    head = keep_head(samples, cfg.data.eval_samples if cfg.data.eval_path is None else 0)
+    data = ShardFiles(shards, info.splits["train"].num_samples if "train" in info.splits else 0)
+    return data, head if len(data.checked) == data.num_shards else None
+
+
 def make_stream_source(cfg: Config, device: torch.device, rank: int, world_size: int,
                        info: DatasetInfo | None = None, shards: ShardSet | None = None,
-                       samples: Iterator[dict[str, Any]] | None = None) -> StreamSource:
-    """The streaming source of ``cfg.data.path`` for this rank (shards checked up front)."""
-    return StreamSource(cfg, device, rank, world_size, info, shards, samples)
+                       samples: Iterator[Sample] | None = None) -> StreamSource:
+    """The streaming source of ``cfg.data.path``'s shards for this rank (checked up front)."""
+    data, head = shard_files(cfg, info, shards, samples)
+    return StreamSource(cfg, device, rank, world_size, data, head)

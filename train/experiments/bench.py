@@ -10,7 +10,10 @@ entropy, the config's timm optimizer and schedule; bf16 autocast and fused AdamW
   DataLoader workers, copied to the device);
 - ``resident``: ``train.data.resident`` (images held on the device as uint8, augmented there);
 
-plus ``resident augmentation alone`` (drawing batches without a model: the data path's own ceiling). Each is
+plus ``resident augmentation alone`` (drawing batches without a model: the data path's own ceiling), and with
+``--recipes all`` (or a comma list of families) two rows per family: a small recipe of it at the trainer's
+resolution streamed by one DataLoader worker (rendering, then timm's transforms; no model) beside the same samples
+read from its full build's shards, each with the workers that would feed the model-only rate. Each is
 reported in images/s after ``--warmup`` steps that are not timed (compilation, worker start-up, allocator
 warm-up), with its ratio to model only and the time the released schedule (240k steps of 256, about 61M
 samples) would take at that rate. The table is Markdown, headed by the device, versions, model, batch and
@@ -202,10 +205,16 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
         if path in paths:
             cfg.data.source = path
             rows += _measure_source(cfg, trainer, device, args, peak)
+    if args.recipes:
+        rows += _recipe_rows(cfg, args, device, rows[0].images_per_s if "model" in paths else None)
+    from importlib.metadata import version
+
     import timm
 
     context = {
         "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
+        "others": ", ".join(f"{name} {version(name)}" for name in ("fracgen", "numpy", "numba", "Pillow")),
+        "date": time.strftime("%Y-%m-%d"), "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "model": cfg.model.name, "img_size": cfg.model.img_size, "batch": micro,
         "amp": cfg.train.amp if device.type == "cuda" else "none (CPU)", "compile": bool(cfg.train.compile),
         "steps": args.steps, "warmup": args.warmup, "workers": cfg.data.workers,
@@ -246,6 +255,53 @@ def _measure_source(cfg: Any, trainer: Any, device: torch.device, args: argparse
     return rows
 
 
+def _small_build(family: Any, size: int, root: Path, recipe_only: bool) -> Path:
+    """A small build of ``family`` at ``size`` px, by its own options: 8 classes (L, categories or fractals) of
+    one instance, shards of 8; a family that transforms a source image gets a generated one."""
+    from PIL import Image
+
+    from fracgen.build import BuildConfig, build
+
+    options = {"preset": family.name, "size": size, "shard_size": 8, "seed": 0, **({"instances": 1} if "instances" in
+               family.options else {}), next(k for k in ("L", "categories", "fractals") if k in family.options): 8}
+    source = root.parent / "source.png"
+    if family.takes_source:
+        Image.effect_mandelbrot((256, 256), (-2.0, -1.5, 1.0, 1.5), 100).save(source)
+    build(BuildConfig(**options), root, workers=1, recipe_only=recipe_only,
+          **({"source": source} if family.takes_source else {}))
+    return root
+
+
+def _recipe_rows(cfg: Any, args: argparse.Namespace, device: torch.device, model_rate: float | None) -> list[Row]:
+    """Per family, images/s of one DataLoader worker streaming a small recipe (rendered) and the shards of the same
+    build (read and decoded), through timm's transforms at ``model.img_size``, without a model."""
+    import copy
+    import math
+
+    from fracgen.presets import registry
+    from train.data.pretraining import make_source
+
+    names = list(registry.families()) if args.recipes == "all" else args.recipes.split(",")
+    rows = []
+    logging.disable(logging.WARNING)  # 8 images a family: every batch repeats them, which the warning says
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in names:
+                for kind, recipe_only in (("recipe, rendered", True), ("shards, read", False)):
+                    root = _small_build(registry.get(name), cfg.model.img_size, Path(tmp) / f"{name}-{recipe_only}",
+                                        recipe_only)
+                    run = copy.deepcopy(cfg)
+                    run.data.path, run.data.source, run.data.workers, run.data.eval_path = str(root), "stream", 1, ""
+                    rate = time_steps(None, _forever(make_source(run, device, 0, 1)), args.warmup, args.steps, device,
+                                      f"{name} {kind}", not args.no_progress)
+                    need = math.ceil(model_rate / rate) if model_rate else 0
+                    feed = f"{need} worker{'s' * (need > 1)} feed{'s' * (need == 1)} model only" if need else ""
+                    rows.append(Row(f"{name}: {kind}, 1 worker", rate, feed))
+    finally:
+        logging.disable(logging.NOTSET)
+    return rows
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -261,7 +317,8 @@ def _duration(seconds: float) -> str:
 def markdown(rows: list[Row], context: dict[str, Any]) -> str:
     """The table: one row per path with images/s, ratio to model only and the released schedule's time."""
     base = next((r.images_per_s for r in rows if r.path.startswith("model only")), None)
-    head = (f"**{context['device']}**, torch {context['torch']}, timm {context['timm']}: {context['model']} at "
+    head = (f"**{context['device']}**, torch {context['torch']}, timm {context['timm']}, {context['others']}; "
+            f"{context['date']}, load {context['load']}: {context['model']} at "
             f"{context['img_size']} px, batch {context['batch']}, amp {context['amp']}, compile "
             f"{'on' if context['compile'] else 'off'}; {context['steps']} timed steps after {context['warmup']} "
             f"warm-up; data {context['data']}; {context['recipe']}.")
@@ -309,6 +366,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="stream DataLoader workers")
     p.add_argument("--paths", default="model,stream,resident", help="comma list of model, stream, resident")
+    p.add_argument("--recipes", default="", help="families whose recipe and shards one worker streams: all, or a "
+                   "comma list (e.g. 1p-frac,rcdb)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--config", default="pretrain", help="base config (train/configs/*.yaml or a path)")
@@ -332,6 +391,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("out", "json"):
         if getattr(args, name) is not None and (why := _writable(getattr(args, name))):
             p.error(f"--{name}: {why}")
+    from fracgen.presets import registry
+
+    families = set(args.recipes.split(",")) - {"all", ""} - set(registry.families())
+    if families:
+        p.error(f"--recipes: unknown {sorted(families)} (known: all, {', '.join(registry.families())})")
     unknown = set(args.paths.split(",")) - {"model", "stream", "resident"}
     if unknown:
         p.error(f"--paths: unknown {sorted(unknown)} (known: model, stream, resident)")
@@ -376,10 +440,7 @@ def _write(args: argparse.Namespace, table: str, record: dict[str, Any]) -> None
     from fracgen import folder as fs
 
     if args.out:
-        try:
-            fs.append_text(args.out, table + "\n")
-        except OSError as e:  # the write itself: append_text converts only its open
-            raise fs.write_error(e, args.out, "rerun") from None
+        fs.append_text(args.out, table + "\n")
     if args.json:
         fs.write_atomic(args.json, (json.dumps(record, indent=1) + "\n").encode(), "rerun")
 

@@ -20,7 +20,7 @@ another value is refused before the run folder is touched, naming each key with 
 command's. Only the keys of ``MAY_CHANGE`` (how often to log, checkpoint and evaluate, where and how fast it
 runs) may differ. ``train.steps`` may not: the cosine schedule spans it, so another total changes the learning
 rate of every step still to come. The dataset is compared by what the checkpoint recorded about it
-(``train.data.shards.dataset_identity``, ``train.data.downstream.downstream_identity``), not by its path; a
+(``train.data.pretraining.data_identity``, ``train.data.downstream.downstream_identity``), not by its path; a
 checkpoint without that record is compared by ``data.path``, resolved (``./ds`` is ``ds``).
 """
 
@@ -159,7 +159,7 @@ def save_checkpoint(out: Path, trainer: TrainStep, cfg: Config, num_classes: int
     """Write ``model.safetensors``, ``config.json`` and ``state.safetensors`` at ``trainer.step``.
 
     Rank 0 writes; every rank must call (the RNG states are gathered). ``record`` (e.g. ``{"dataset": ...}``,
-    ``train.data.shards.dataset_identity``) goes into the model's metadata beside the config, for ``--resume``.
+    ``train.data.pretraining.data_identity``) goes into the model's metadata beside the config, for ``--resume``.
 
     Raises:
         TrainError: a file cannot be written (a full disk says to free space and rerun with ``--resume``).
@@ -391,7 +391,7 @@ def check_resume(out: Path, cfg: Config, data: dict[str, Any] | None = None, com
     Args:
         out: the run folder (nothing is written to it).
         cfg: the command's resolved config.
-        data: ``dataset_identity`` (pre-training) or ``downstream_identity`` (fine-tuning) of the command's
+        data: ``data_identity`` (pre-training) or ``downstream_identity`` (fine-tuning) of the command's
             dataset (None: ``data.path`` is compared).
         compare_data: False before the dataset is opened (an early check of the config alone).
 

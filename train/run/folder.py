@@ -19,17 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock, so no guard against a second process in the same folder
-    fcntl = None
 
 from fracgen import folder as fs
 from fracgen.errors import FracgenError
@@ -58,7 +51,7 @@ RUN_FILES = (CONFIG_FILE, STATUS_FILE, METRICS_FILE, LOCK_FILE, LOG_FILE, CURVES
 STATUSES = ("running", "stopped", "failed", "complete")  # what write_status writes
 MOST_RECORD_BYTES = 1 << 24  # run.json, metrics.json, log.csv: a larger one is not this trainer's
 
-_locks: dict[Path, int] = {}  # run folder -> the descriptor holding its flock, for the job's duration
+_locks: dict[Path, fs.FolderLock] = {}  # run folder -> its held lock, for the job's duration
 
 
 def out_path(value: str | Path, option: str = "--out") -> Path:
@@ -112,25 +105,14 @@ class RunFolder:
 
     def append(self, name: str, text: str) -> None:
         """Append ``text`` to ``name`` without following a link."""
-        path = self.file(name)
         try:
-            fs.append_text(path, text)
+            fs.append_text(self.file(name), text, self.then)
         except FracgenError as e:
             raise TrainError(str(e)) from None
-        except OSError as e:  # the write itself (a full disk): append_text converts only its open
-            raise TrainError(str(fs.write_error(e, path, self.then))) from None
 
     def read(self, name: str, most: int = MOST_RECORD_BYTES) -> bytes | None:
         """The bytes of ``name``; None when it is absent, not a regular file (a FIFO would block) or over ``most``."""
-        path = self.file(name)
-        try:
-            info = os.stat(path)
-            if not stat.S_ISREG(info.st_mode) or info.st_size > most:
-                return None
-            with open(path, "rb") as f:
-                return f.read(most + 1)[:most]
-        except OSError:
-            return None
+        return fs.read_regular(self.file(name), most)
 
     def refuse_links(self) -> None:
         """Refuse a folder where a file the run writes is a link or not a regular file, or tensorboard/ a link.
@@ -153,49 +135,33 @@ class RunFolder:
 
 
 def take_lock(out: Path) -> tuple[str, bool]:
-    """Hold ``out/.lock`` (opened without following a link): ("", whether this call created it), or (why not, False).
-    What it held (the last holder's PID) stays until the run starts (``_mark_lock``): a refused start changes nothing.
+    """Hold ``out/.lock`` (``fracgen.folder.hold_lock``): ("", whether this call created it), or (why not, False).
+    The lock file is left as it was until the run starts (``_mark_lock``): a refused start changes nothing.
     """
-    if fcntl is None:
-        return "", False
-    path = out / LOCK_FILE
-    created = not path.exists() and not path.is_symlink()
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except OSError as e:
-        return f"run folder {out}: cannot open its {LOCK_FILE} ({e.strerror or e}); move it away", False
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return f"run folder {out}: its {LOCK_FILE} is not a regular file; move it away", False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        return f"run folder {out} is in use by another training process (pid {holder}); wait for it or use another --out", False
-    _locks[out.resolve()] = fd
-    return "", created
+        lock = fs.hold_lock(out, LOCK_FILE)
+    except fs.FolderInUse as e:
+        return (f"run folder {out} is in use by another training process (pid {e.holder}); wait for it or use "
+                "another --out"), False
+    except FracgenError as e:
+        return f"run folder {out}: {e}", False
+    _locks[out.resolve()] = lock
+    return "", lock.created
 
 
-def _mark_lock(out: Path) -> bytes:
-    """Write this process's PID into the held lock; returns what it held before (for a rollback)."""
-    fd = _locks.get(out.resolve())
-    if fd is None:
-        return b""
-    before = os.pread(fd, 64, 0)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return before
+def _mark_lock(out: Path) -> None:
+    """Write this process's PID into the held lock (a refused second process names it)."""
+    lock = _locks.get(out.resolve())
+    if lock is not None:
+        lock.mark()
 
 
 def release_run_folder(out: Path, remove: bool = False) -> None:
-    """Let go of the folder's lock (the job is over, however it ended); ``remove``: the lock this start created."""
-    fd = _locks.pop(Path(out).resolve(), None)
-    if fd is None:
-        return
-    if remove:
-        Path(out, LOCK_FILE).unlink(missing_ok=True)
-    os.close(fd)
+    """Let go of the folder's lock (the job is over, however it ended); ``remove``: a start that failed, whose lock
+    file is put back as it was (removed when this start created it)."""
+    lock = _locks.pop(Path(out).resolve(), None)
+    if lock is not None:
+        lock.release(undo=remove)
 
 
 # --------------------------------------------------------------------------------------------- status
@@ -338,17 +304,17 @@ def _claim(out: Path, cfg: Config, resume: bool, started: bool, from_checkpoint:
         made = fs.make_folders(out, "--out")
     except FracgenError as e:
         return str(e)
-    error, created = take_lock(out)
+    error, _ = take_lock(out)
     if error:
         fs.remove_made(made)
         return error
     kept = {name: folder.read(name) for name in (CONFIG_FILE, STATUS_FILE)}
-    held = _mark_lock(out)
+    _mark_lock(out)
     try:
         folder.write(CONFIG_FILE, cfg.to_yaml().encode())
         write_status(out, "running")
     except TrainError as e:
-        _put_back(out, kept, held, created, made)
+        _put_back(out, kept, made)
         return str(e)
     if started and not from_checkpoint:
         log.warning("%s: the run there ended before its first checkpoint; starting it again from step 0", out)
@@ -358,8 +324,8 @@ def _claim(out: Path, cfg: Config, resume: bool, started: bool, from_checkpoint:
     return ""
 
 
-def _put_back(out: Path, kept: dict[str, bytes | None], held: bytes, created: bool, made: list[Path]) -> None:
-    """Undo a start that failed half-way: the files it replaced, the lock's contents, what it created."""
+def _put_back(out: Path, kept: dict[str, bytes | None], made: list[Path]) -> None:
+    """Undo a start that failed half-way: the files it replaced, the lock file, the folders it created."""
     folder = RunFolder(out)
     for name, data in kept.items():
         try:
@@ -369,11 +335,7 @@ def _put_back(out: Path, kept: dict[str, bytes | None], held: bytes, created: bo
                 folder.write(name, data)
         except (OSError, TrainError):
             log.warning("could not put back %s after the failed start", out / name)
-    fd = _locks.get(out.resolve())
-    if fd is not None and not created:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, held, 0)
-    release_run_folder(out, remove=created)
+    release_run_folder(out, remove=True)
     fs.remove_made(made)
 
 
