@@ -26,8 +26,9 @@ def _common(f):
     options = [
         click.option("--config", "config", default=None, help="YAML in train/configs/ (by name) or a path."),
         click.option("--data", default=None,
-                     help="pretrain: a fracgen dataset folder, brace pattern or URL; finetune: cifar10, cifar100, "
-                          "an ImageFolder root (train/ and test/), or a tarball of one."),
+                     help="pretrain: a fracgen build folder, a recipe folder (rendered while training), a brace "
+                          "pattern or URL; finetune: cifar10, cifar100, an ImageFolder root (train/ and test/), or "
+                          "a tarball of one."),
         click.option("--out", required=True, callback=out_option, help="Run folder."),
         click.option("--model", default=None, help="timm model name."),
         click.option("--img-size", type=click.IntRange(min=8), default=None, help="Training resolution (px)."),
@@ -52,7 +53,8 @@ def _values(**flags) -> dict:
             "batch_size": "train.batch_size", "accum_steps": "train.accum_steps", "lr": "optim.lr",
             "workers": "data.workers", "device": "train.device", "seed": "train.seed",
             "source": "data.source", "checkpoint": "finetune.checkpoint", "epochs": "train.epochs",
-            "probe_blocks": "finetune.probe_blocks", "verify_data": "data.verify"}
+            "probe_blocks": "finetune.probe_blocks", "verify_data": "data.verify",
+            "fresh_masks": "data.fresh_masks"}
     return {keys[k]: v for k, v in flags.items() if k in keys and v is not None}
 
 
@@ -75,6 +77,9 @@ def cli(verbose: bool) -> None:
 @click.option("--verify-data/--no-verify-data", default=None,
               help="Check every shard's sha256 against build.json before step 1 [default: when the dataset is "
                    "a local build of at most 4 GiB]; sizes, sample counts and labels are always checked.")
+@click.option("--fresh-masks/--no-fresh-masks", default=None,
+              help="A recipe read live: new patch masks each time an image is shown (the paper's 'w/ Aug.') "
+                   "[default: no].")
 def pretrain(config, out, resume, overrides, **flags) -> None:
     """LPCE pre-training on a fracgen dataset (default config: the released recipe)."""
     from train.pretrain import pretrain as run

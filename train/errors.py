@@ -1,4 +1,4 @@
-"""Errors a user can cause. ``python -m train`` prints them as one line (``error: ...``) and exits 2."""
+"""Errors a user can cause. ``fracgen-train`` prints them as one line (``error: ...``) and exits 2."""
 
 
 class TrainError(Exception):

@@ -412,7 +412,7 @@ def check_resume(out: Path, cfg: Config, data: dict[str, Any] | None = None, com
         raise TrainError(f"--resume: {out} was run with {shown}{more}. The data changed since the run stopped: "
                          "restore it as it was, or start a new run in another --out")
     raise TrainError(f"--resume: {out} was run with {shown}{more}. Resume with the run's own settings "
-                     f"(--config {out / 'config.yaml'}) or use a new --out (what may change on resume: train/README.md)")
+                     f"(--config {out / 'config.yaml'}) or use a new --out (what may change on resume: docs/training.md)")
 
 
 def completed_run(out: Path, cfg: Config, compare_data: bool = True) -> dict[str, Any] | None:
