@@ -7,7 +7,7 @@ Run with ``make bench`` (or ``python benchmarks/bench_build.py [--L 1000] [--wor
 - chaos game alone: the numba chaos game for the same number of images on one core (the physical limit: every
   build must at least run it), and the ratio of the build's per-core rate to it.
 - per-stage costs of one image (one core), and the peak resident memory of the build processes.
-- the whole command against the plain reference render (issue 13): ``fracgen build --sigma 3.5 --delta 0.1 --L L``
+- the whole command against the plain reference render: ``fracgen build --sigma 3.5 --delta 0.1 --L L``
   in a new process (interpreter, imports, search, redraws, PNG, tar, metadata), then
   ``benchmarks/reference_render.py`` on the images it wrote (chaos game + patch raster only, warm pool, same
   workers); wall and CPU ratios per round, ``--rounds`` rounds alternated so both see the same machine load.
@@ -24,13 +24,14 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import header, load
 
 CHILD = r"""
 import json, resource, sys, time
@@ -49,15 +50,15 @@ print(json.dumps({{"import": t1 - t0, "build": t2 - t1, "images": r.images, "red
 FRACTALDB_CHILD = r"""
 import json, sys, time
 from pathlib import Path
+from fracgen import dataset
 from fracgen.config import BuildConfig
-from fracgen.output import check_writable
 from fracgen.plan import make_plan
 from fracgen.shard import run_shard
 cfg = BuildConfig(preset="fractaldb", fractals={fractals}, instances={instances}, size=362, points=200_000,
                   shard_size={shard_size})
 plan = make_plan(cfg)
 root = Path(sys.argv[1])
-check_writable(root)
+(root / dataset.STATS).mkdir(parents=True, exist_ok=True)
 run_shard(plan, 0, root)  # JIT warm
 cpu = []
 for shard in range(cfg.num_shards):
@@ -122,7 +123,6 @@ def stage_costs(args) -> dict:
     from fracgen.kernels.masks import draw_masks_fast
     from fracgen.perturb import perturb
     from fracgen.plan import make_plan
-    from fracgen.samples import render_sample
     from fracgen.seeds import choice_uniforms, draw_masks
 
     plan = make_plan(BuildConfig(L=args.L, size=args.size, points=args.points))
@@ -150,17 +150,14 @@ def stage_costs(args) -> dict:
             fn(m)
         return (time.perf_counter() - start) / n * 1e3
 
-    chaos = timed(lambda m: chaos.chaos_game(m, cum, uniforms, canvas.points))
-    images = []
-    for index in range(min(n, 50)):
-        image, _ = render_sample(plan, index, canvas)
-        images.append(image.copy())
+    chaos_ms = timed(lambda m: chaos.chaos_game(m, cum, uniforms, canvas.points))
+    images = [image.copy() for _, image, _ in plan.config.family.render(plan, list(range(min(n, 50))))]
     released = []
     for image in images:  # the released code's RGB PNG by Pillow
         buf = io.BytesIO()
         Image.fromarray(np.repeat(image[..., None], 3, axis=2)).save(buf, "PNG")
         released.append(len(buf.getvalue()))
-    # The image format before issue 10 (1-bit palette) against today's (8-bit grey), on the same images and
+    # The 1-bit palette PNG (``encode_palette_png``) against the 8-bit grey one a build writes, on the same images and
     # alternated, so that the ratio compares like with like on a busy machine: the fastest of the rounds.
     encoders = {"before": encode_palette_png, "now": encode_png}
     seconds = {name: [] for name in encoders}
@@ -171,7 +168,7 @@ def stage_costs(args) -> dict:
                 encoder(image, levels)
             seconds[name].append((time.perf_counter() - start) / len(images) * 1e3)
     return {
-        "chaos game": chaos,
+        "chaos game": chaos_ms,
         "patch masks (numpy)": timed(lambda m: draw_masks(rng, args.points)),
         "patch masks (the same draw replayed in numba, as the build draws them)": timed(
             lambda m: draw_masks_fast(rng, args.points)),
@@ -179,8 +176,8 @@ def stage_costs(args) -> dict:
         f"chaos game + raster, {chaos.LANES} perturbations together (per image)": timed(
             lambda m: chaos.render_chains(lane_maps, choices, lane_masks, lane_bits)) / lanes,
         "PNG encode (8-bit grey)": min(seconds["now"]),
-        "PNG encode before issue 10 (1-bit palette)": min(seconds["before"]),
-        "chaos_images_per_s": 1e3 / chaos,
+        "PNG encode, 1-bit palette (for comparison)": min(seconds["before"]),
+        "chaos_images_per_s": 1e3 / chaos_ms,
         "png_kb": {name: np.mean([len(encoder(im, levels)) for im in images]) / 1024
                    for name, encoder in encoders.items()} | {"released": np.mean(released) / 1024},
         "png_images": len(images),
@@ -218,12 +215,9 @@ def main() -> None:
     rate_warm = images / med("build")
     chaos = stages.pop("chaos_images_per_s")
     kb, png_n, encode_ratio = stages.pop("png_kb"), stages.pop("png_images"), stages.pop("encode_ratio")
-    import numba
-    import numpy
-
-    print(f"# fracgen build benchmark: L={args.L}, {args.size} px, {args.points:,} points, {args.workers} workers")
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
-          f"numpy {numpy.__version__}, numba {numba.__version__}; warm figures are the median of {args.repeats} runs\n")
+    print(header(f"fracgen build: L={args.L}, {args.size} px, {args.points:,} points, {args.workers} workers"))
+    print(f"- command: `python benchmarks/bench_build.py {' '.join(sys.argv[1:])}`")
+    print(f"- warm figures are the median of {args.repeats} runs\n")
     print("| measure | seconds | images/s | images/s per core |")
     print("|---|---:|---:|---:|")
     print(f"| build, cold (new process, empty JIT cache) | {cold['wall']:.2f} | {images / cold['wall']:.0f} | "
@@ -240,9 +234,9 @@ def main() -> None:
     print(f"peak memory: build process {med('rss_self_mb'):.0f} MB, each worker at most {med('rss_worker_mb'):.0f} MB "
           f"(total at most {med('rss_self_mb') + args.workers * med('rss_worker_mb'):.0f} MB)\n")
     print(f"PNG size: {kb['now']:.1f} KB per image (8-bit grey, {kb['now'] * 1024:.0f} bytes) against "
-          f"{kb['before']:.1f} KB before issue 10 (1-bit palette) and {kb['released']:.1f} KB as the released code "
+          f"{kb['before']:.1f} KB as a 1-bit palette PNG and {kb['released']:.1f} KB as the released code "
           f"saves it (RGB PNG by Pillow), mean of {png_n} images")
-    print(f"PNG encode time, 8-bit grey / 1-bit palette (before issue 10), same images: {encode_ratio:.2f}\n")
+    print(f"PNG encode time, 8-bit grey / 1-bit palette, same images: {encode_ratio:.2f}\n")
     wall_ratios = [r["wall"] / r["ref_wall"] for r in rounds]
     cpu_ratios = [r["cpu"] / r["ref_cpu"] for r in rounds]
     print(f"whole command / plain reference render (benchmarks/reference_render.py), {len(rounds)} rounds alternated:")
@@ -259,6 +253,7 @@ def main() -> None:
     print("|---|---:|")
     for name, ms in stages.items():
         print(f"| {name} | {ms:.3f} |")
+    print(f"\nload average at end (1 / 5 / 15 min): {load()}")
 
 
 if __name__ == "__main__":
