@@ -121,9 +121,6 @@ class FedRandom(_real_random.Random):
         self.feed_cpu = 0.0
         super().__init__(seed)
 
-    def seed(self, *args, **kwargs):  # the script never seeds; Random.__init__ does
-        super().seed(*args, **kwargs)
-
     def begin(self, label: int) -> None:
         """Class ``label`` (fractal 0, perturbation ``label``) is drawn next."""
         self._rng = generator(self._seed, CLASS, 0, label)
