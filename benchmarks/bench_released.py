@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| released script (fracgen's draws) | {args.images} | {rel['renders']} | {rel['cpu']:.2f} | "
               f"{rel['cpu'] / args.images * 1e3:,.0f} | {rel['cpu'] / rel['renders'] * 1e3:,.0f} |")
     for name, cpu, images, renders in rows:
-        print(f"| {name} | {images} | {renders} | {cpu:.2f} | {cpu / images * 1e3:.2f} | {cpu / renders * 1e3:.2f} |")
+        print(f"| {name} | {images:,} | {renders:,} | {cpu:.2f} | {cpu / images * 1e3:.2f} | {cpu / renders * 1e3:.2f} |")
     if rel:
         print("\nRatios, released / fracgen, this run:\n")
         print("| fracgen | per accepted image | per render |")
