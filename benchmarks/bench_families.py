@@ -14,7 +14,8 @@ per class, else more classes). Printed per family:
   base-system search (families with base systems: the search timed again alone), since a headline set pays the
   search per system, not per image;
 - images/s on all cores: wall time of ``build()`` of the same set on ``--workers`` processes, its shards made
-  small enough for every worker to get several (the pool's start, the search and the records included);
+  small enough for every worker to get several (the pool's start, the search and the records included), the
+  fastest of ``--repeats`` builds, since wall time counts what other processes take of the cores;
 - the headline set, its images, its projected size on disk (bytes per image x images) and its projected CPU time
   on one core (render CPU per image x images + search CPU per base system x systems).
 
@@ -124,9 +125,12 @@ def measure(name: str, family, args, tmp: Path) -> dict:
 
     shard_size = max(1, min(config.shard_size, math.ceil(images / (4 * args.workers))))
     spread = config.replace(shard_size=shard_size)
-    start = time.perf_counter()
-    build(spread, tmp / f"{name}-all", workers=args.workers, source=source)
-    wall = time.perf_counter() - start
+    walls = []
+    for attempt in range(args.repeats):  # the fastest: wall time counts what other processes take of the cores
+        start = time.perf_counter()
+        build(spread, tmp / f"{name}-all{attempt}", workers=args.workers, source=source)
+        walls.append(time.perf_counter() - start)
+    wall = min(walls)
 
     render_ms = max(0.0, cpu - search_cpu) / images * 1e3  # the search is timed apart: noise can exceed the rest
     projected_cpu = render_ms / 1e3 * row["headline_images"] + (
@@ -158,12 +162,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu-seconds", type=float, default=3.0, help="CPU the measured build of a family is sized to")
     ap.add_argument("--instances", type=int, default=4, help="most images per category (FractalDB-style families)")
     ap.add_argument("--workers", type=int, default=cores(), help="workers of the all-cores build")
+    ap.add_argument("--repeats", type=int, default=2, help="all-cores builds; the fastest is shown")
     ap.add_argument("--families", default=None, help="comma-separated names [default: every registered family]")
     ap.add_argument("--real-image", metavar="PHOTO", help="the photo the `real` family perturbs")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    if args.classes < 2 or args.instances < 1 or args.workers < 1 or not args.cpu_seconds > 0:
-        ap.error("--classes must be >= 2, --instances and --workers >= 1, --cpu-seconds > 0")
+    if args.classes < 2 or min(args.instances, args.workers, args.repeats) < 1 or not args.cpu_seconds > 0:
+        ap.error("--classes must be >= 2, --instances, --workers and --repeats >= 1, --cpu-seconds > 0")
     registered = families()
     names = args.families.split(",") if args.families else list(registered)
     unknown = sorted(set(names) - set(registered))
@@ -190,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{human_seconds(r['projected_cpu'])} |")
     print("\nSize on disk and CPU time of the set are projections from the builds below: bytes per image x "
           "images; render CPU per image x images + search CPU per base system x systems. CPU ms / image: `build()` "
-          "on one worker; images/s: `build()` of the same set on all workers, wall time.\n")
+          f"on one worker; images/s: `build()` of the same set on all workers, wall time, the fastest of "
+          f"{args.repeats}.\n")
     print("| family | measured build | px | images | shards (all cores) | bytes / image | CPU ms / image | "
           "of which search |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
