@@ -199,6 +199,7 @@ def main() -> None:
     parser.add_argument("--fractaldb-categories", type=int, default=64)
     parser.add_argument("--fractaldb-instances", type=int, default=2)
     args = parser.parse_args()
+    load_at_start = load()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -215,7 +216,8 @@ def main() -> None:
     rate_warm = images / med("build")
     chaos = stages.pop("chaos_images_per_s")
     kb, png_n, encode_ratio = stages.pop("png_kb"), stages.pop("png_images"), stages.pop("encode_ratio")
-    print(header(f"fracgen build: L={args.L}, {args.size} px, {args.points:,} points, {args.workers} workers"))
+    print(header(f"fracgen build: L={args.L}, {args.size} px, {args.points:,} points, {args.workers} workers",
+                 load_at_start))
     print(f"- command: `python benchmarks/bench_build.py {' '.join(sys.argv[1:])}`")
     print(f"- warm figures are the median of {args.repeats} runs\n")
     print("| measure | seconds | images/s | images/s per core |")

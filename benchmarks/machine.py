@@ -49,15 +49,16 @@ def load() -> str:
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
-def header(title: str) -> str:
-    """The lines every figure needs: what, when, on which CPU and cores, with which versions, under what load."""
+def header(title: str, load_at_start: str | None = None) -> str:
+    """The lines every figure needs: what, when, on which CPU and cores, with which versions, under what load
+    (``load_at_start``: ``load()`` taken when the measurement began, for a header printed after it)."""
     versions = ", ".join(f"{name} {version(dist)}" for name, dist in
                          (("numpy", "numpy"), ("numba", "numba"), ("Pillow", "pillow"), ("noise", "noise")))
     return (f"# {title}\n\n"
             f"- date: {datetime.date.today().isoformat()}\n"
             f"- CPU: {cpu_model()}, {cores()} cores available ({os.cpu_count()} logical in the machine)\n"
             f"- Python {platform.python_version()}, {versions}\n"
-            f"- load average at start (1 / 5 / 15 min): {load()}\n")
+            f"- load average at start (1 / 5 / 15 min): {load_at_start or load()}\n")
 
 
 def children_cpu() -> float:
