@@ -2,11 +2,12 @@
 
 Run with ``make bench`` (or ``python benchmarks/bench_build.py [--L 1000] [--workers N]``). Prints a Markdown table:
 
-- build, cold: a fresh process with an empty numba cache (JIT compilation included), wall time of the process.
-- build, warm: the same command again with the cache filled; wall time of the process and of ``build()`` alone.
+- build, cold: a fresh process with an empty numba cache (JIT compilation included): wall time of the process,
+  and CPU time of it and its workers.
+- build, warm: the same command again with the cache filled; wall and CPU as above, and wall of ``build()`` alone.
 - chaos game alone: the numba chaos game for the same number of images on one core (the physical limit: every
-  build must at least run it), and the ratio of the build's per-core rate to it.
-- per-stage costs of one image (one core), and the peak resident memory of the build processes.
+  build must at least run it), CPU time, and the ratio of the build's per-core rate to it.
+- per-stage CPU costs of one image (one core), and the peak resident memory of the build processes.
 - the whole command against the plain reference render: ``fracgen build --sigma 3.5 --delta 0.1 --L L``
   in a new process (interpreter, imports, search, redraws, PNG, tar, metadata), then
   ``benchmarks/reference_render.py`` on the images it wrote (chaos game + patch raster only, warm pool, same
@@ -31,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import header, load
+from machine import children_cpu, header, load
 
 CHILD = r"""
 import json, resource, sys, time
@@ -72,10 +73,10 @@ print(json.dumps({{"images": cfg.num_samples, "cpu": sum(cpu)}}))
 def run_build(args, cache: Path, out: Path) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
     code = CHILD.format(L=args.L, size=args.size, points=args.points, workers=args.workers)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), children_cpu()
     proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - start
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]), wall=wall)
+    wall, cpu = time.perf_counter() - start, children_cpu() - cpu  # the child's CPU and its workers'
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]), wall=wall, cpu=cpu)
 
 
 def whole_vs_reference(args, cache: Path, out: Path) -> list[dict]:
@@ -145,10 +146,10 @@ def stage_costs(args) -> dict:
     levels = np.array([0, chaos.VALUE], np.uint8)
 
     def timed(fn) -> float:
-        start = time.perf_counter()
+        start = time.process_time()
         for m in maps:
             fn(m)
-        return (time.perf_counter() - start) / n * 1e3
+        return (time.process_time() - start) / n * 1e3
 
     chaos_ms = timed(lambda m: chaos.chaos_game(m, cum, uniforms, canvas.points))
     images = [image.copy() for _, image, _ in plan.config.family.render(plan, list(range(min(n, 50))))]
@@ -163,10 +164,10 @@ def stage_costs(args) -> dict:
     seconds = {name: [] for name in encoders}
     for _ in range(args.repeats * 2 + 1):
         for name, encoder in encoders.items():
-            start = time.perf_counter()
+            start = time.process_time()
             for image in images:
                 encoder(image, levels)
-            seconds[name].append((time.perf_counter() - start) / len(images) * 1e3)
+            seconds[name].append((time.process_time() - start) / len(images) * 1e3)
     return {
         "chaos game": chaos_ms,
         "patch masks (numpy)": timed(lambda m: draw_masks(rng, args.points)),
@@ -220,15 +221,15 @@ def main() -> None:
                  load_at_start))
     print(f"- command: `python benchmarks/bench_build.py {' '.join(sys.argv[1:])}`")
     print(f"- warm figures are the median of {args.repeats} runs\n")
-    print("| measure | seconds | images/s | images/s per core |")
-    print("|---|---:|---:|---:|")
+    print("| measure | wall s | images/s | images/s per core | CPU s (all processes) | CPU ms per image |")
+    print("|---|---:|---:|---:|---:|---:|")
     print(f"| build, cold (new process, empty JIT cache) | {cold['wall']:.2f} | {images / cold['wall']:.0f} | "
-          f"{images / cold['wall'] / args.workers:.0f} |")
+          f"{images / cold['wall'] / args.workers:.0f} | {cold['cpu']:.2f} | {cold['cpu'] / images * 1e3:.2f} |")
     print(f"| build, warm (new process, whole command) | {med('wall'):.2f} | {images / med('wall'):.0f} | "
-          f"{images / med('wall') / args.workers:.0f} |")
+          f"{images / med('wall') / args.workers:.0f} | {med('cpu'):.2f} | {med('cpu') / images * 1e3:.2f} |")
     print(f"| build, warm (build() alone, no interpreter start) | {med('build'):.2f} | {rate_warm:.0f} | "
-          f"{rate_warm / args.workers:.0f} |")
-    print(f"| chaos game alone (one core) | {images / chaos:.2f} | {chaos:.0f} | {chaos:.0f} |")
+          f"{rate_warm / args.workers:.0f} | | |")
+    print(f"| chaos game alone (one core) | | | | {images / chaos:.2f} | {1e3 / chaos:.2f} |")
     print(f"\nbuild per core / chaos game alone: {rate_warm / args.workers / chaos:.2f} "
           f"(every image costs {1 + med('redraws') / images:.2f} renders: perturbations that diverge or under-fill "
           f"are redrawn)")
@@ -251,7 +252,7 @@ def main() -> None:
           f"CPU ratio: median {statistics.median(cpu_ratios):.2f} (range {min(cpu_ratios):.2f}-{max(cpu_ratios):.2f})\n")
     print(f"FractalDB-1k scale ({args.fractaldb_categories} categories x {args.fractaldb_instances} instances, 362 px, "
           f"200,000 points, render + PNG + tar, one core): {fractaldb:.1f} images/s per core\n")
-    print("| stage, one image, one core | ms |")
+    print("| stage, one image, one core | CPU ms |")
     print("|---|---:|")
     for name, ms in stages.items():
         print(f"| {name} | {ms:.3f} |")
