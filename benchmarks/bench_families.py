@@ -11,8 +11,8 @@ per class, else more classes). Printed per family:
 - bytes per stored image: the measured build's shard bytes / images (PNG, label, JSON record, tar headers and
   the end-of-archive padding of each shard, at most 10 KB a shard);
 - CPU ms per image of that ``build()`` (CPU of this process and its children), and the part of it that is the
-  base-system search (families with base systems: the search timed again alone), since a headline set pays the
-  search per system, not per image;
+  search before the shards (base systems, or what a family prepares instead: timed again alone), since a headline
+  set pays the search per system or category, not per image;
 - images/s on all cores: wall time of ``build()`` of the same set on ``--workers`` processes, its shards made
   small enough for every worker to get several (the pool's start, the search and the records included), the
   fastest of ``--repeats`` builds, since wall time counts what other processes take of the cores;
@@ -51,7 +51,7 @@ HEADLINE = {
     "gaussian-noise": ("Gaussian noise, L = 1,000", {"L": 1000}),
     "uniform-noise": ("uniform noise, L = 1,000", {"L": 1000}),
     "real": ("one real image, L = 1,000", {"L": 1000}),
-    "3d-ofdb": ("3D-OFDB-1k, 1,000 x 12", {"fractals": 1000, "instances": 12}),
+    "3d-ofdb": ("3D-OFDB-1k, 1,000 x 12", {"categories": 1000, "views": 12}),
 }
 
 
@@ -90,8 +90,7 @@ def timed_build(config: BuildConfig, out: Path, source: str | None) -> tuple[flo
 def measure(name: str, family, args, tmp: Path) -> dict:
     label, head = headline(name, family)
     row = {"name": name, "headline": label, "headline_images": head.num_samples,
-           "headline_systems": head.fractals if family.systems and "fractals" in family.options else
-           (1 if family.systems else 0)}
+           "headline_systems": head.fractals if "fractals" in family.options else 1}
     source = None
     if family.takes_source:
         if not args.real_image:
@@ -104,24 +103,27 @@ def measure(name: str, family, args, tmp: Path) -> dict:
     # a pilot of --classes classes, then the measured build sized to about --cpu-seconds (within the headline set):
     # more instances where the headline set has several per class, else more classes
     given = count_options(family, default, args.classes, args.instances)
-    pilot_cpu, pilot_images = timed_build(BuildConfig(preset=name, seed=args.seed, **given), tmp / f"{name}-pilot",
-                                          source)
+    pilot = BuildConfig(preset=name, seed=args.seed, **given)
+    pilot_cpu, pilot_images = timed_build(pilot, tmp / f"{name}-pilot", source)
     wanted = args.cpu_seconds / (pilot_cpu / pilot_images)
     if head.per_class > 1 and "instances" in given:
         given["instances"] = int(min(head.per_class, max(given["instances"], wanted / args.classes)))
     else:
         key = next(k for k in ("L", "categories", "fractals") if k in given)
-        given[key] = int(min(head.num_classes, max(args.classes, wanted / max(1, given.get("instances", 1)))))
+        given[key] = int(min(head.num_classes, max(args.classes, wanted / pilot.per_class)))
     config = BuildConfig(preset=name, seed=args.seed, **given)
     cpu, images = timed_build(config, tmp / f"{name}-1", source)
     shards = sorted((tmp / f"{name}-1").glob("train-*.tar"))
     size = sum(p.stat().st_size for p in shards)
 
-    search_cpu, systems = 0.0, 0
-    if family.systems:
-        start = time.process_time()
-        systems = len(family.search(config, 1, False))
-        search_cpu = time.process_time() - start
+    # the search before the shards, timed again alone: base systems, or what a family prepares instead
+    start = time.process_time()
+    systems = len(family.search(config, 1, False)) if family.systems else 0
+    if hasattr(family, "prepare"):
+        systems += len(family.prepare(config, 1, False))
+    search_cpu = time.process_time() - start if systems else 0.0
+    # a search per class (FractalDB, OFDB) grows with the headline set's classes; 1p-frac's per base fractal
+    headline_systems = head.num_classes if systems == config.num_classes else row["headline_systems"]
 
     shard_size = max(1, min(config.shard_size, math.ceil(images / (4 * args.workers))))
     spread = config.replace(shard_size=shard_size)
@@ -134,7 +136,7 @@ def measure(name: str, family, args, tmp: Path) -> dict:
 
     render_ms = max(0.0, cpu - search_cpu) / images * 1e3  # the search is timed apart: noise can exceed the rest
     projected_cpu = render_ms / 1e3 * row["headline_images"] + (
-        search_cpu / systems * row["headline_systems"] if systems else 0.0)
+        search_cpu / systems * headline_systems if systems else 0.0)
     return dict(row, classes=config.num_classes, per_class=config.per_class, images=images, bytes=size / images,
                 size_px=config.size, cpu_ms=cpu / images * 1e3, search_ms=search_cpu / images * 1e3,
                 systems=systems, rate=images / wall, projected_bytes=size / images * row["headline_images"],
@@ -204,8 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         if "skipped" in r:
             print(f"| {r['name']} | {r['skipped']} | | | | | | |")
             continue
-        search = (f"{r['search_ms']:.2f} ({r['systems']} system{'s' if r['systems'] > 1 else ''})" if r["systems"]
-                  else "-")
+        search = f"{r['search_ms']:.2f} ({r['systems']:,} searched)" if r["systems"] else "-"
         print(f"| {r['name']} | {r['classes']:,} classes x {r['per_class']} | {r['size_px']} | {r['images']:,} | "
               f"{r['shards']} ({r['all_shards']}) | {r['bytes']:,.0f} | {r['cpu_ms']:.2f} | {search} |")
     print(f"\nload average at end (1 / 5 / 15 min): {load()}")
