@@ -6,7 +6,7 @@ Run with ``make bench`` (or ``python benchmarks/bench_build.py [--L 1000] [--wor
   and CPU time of it and its workers.
 - build, warm: the same command again with the cache filled; wall and CPU as above, and wall of ``build()`` alone.
 - chaos game alone: the numba chaos game for the same number of images on one core (the physical limit: every
-  build must at least run it), CPU time, and the ratio of the build's per-core rate to it.
+  build must at least run it), CPU time, and its share of the warm whole command's CPU time.
 - per-stage CPU costs of one image (one core), and the peak resident memory of the build processes.
 - the whole command against the plain reference render: ``fracgen build --sigma 3.5 --delta 0.1 --L L``
   in a new process (interpreter, imports, search, redraws, PNG, tar, metadata), then
@@ -230,7 +230,7 @@ def main() -> None:
     print(f"| build, warm (build() alone, no interpreter start) | {med('build'):.2f} | {rate_warm:.0f} | "
           f"{rate_warm / args.workers:.0f} | | |")
     print(f"| chaos game alone (one core) | | | | {images / chaos:.2f} | {1e3 / chaos:.2f} |")
-    print(f"\nbuild per core / chaos game alone: {rate_warm / args.workers / chaos:.2f} "
+    print(f"\nchaos game alone / warm whole command, CPU per image: {images / chaos / med('cpu'):.2f} "
           f"(every image costs {1 + med('redraws') / images:.2f} renders: perturbations that diverge or under-fill "
           f"are redrawn)")
     print(f"imports in the build process: {med('import'):.2f} s")
