@@ -2,12 +2,13 @@
 
 Run with ``make bench`` (or ``python benchmarks/bench_build.py [--L 1000] [--workers N]``). Prints a Markdown table:
 
-- build, cold: a fresh process with an empty numba cache (JIT compilation included), wall time of the process.
-- build, warm: the same command again with the cache filled; wall time of the process and of ``build()`` alone.
+- build, cold: a fresh process with an empty numba cache (JIT compilation included): wall time of the process,
+  and CPU time of it and its workers.
+- build, warm: the same command again with the cache filled; wall and CPU as above, and wall of ``build()`` alone.
 - chaos game alone: the numba chaos game for the same number of images on one core (the physical limit: every
-  build must at least run it), and the ratio of the build's per-core rate to it.
-- per-stage costs of one image (one core), and the peak resident memory of the build processes.
-- the whole command against the plain reference render (issue 13): ``fracgen build --sigma 3.5 --delta 0.1 --L L``
+  build must at least run it), CPU time, and its share of the warm whole command's CPU time.
+- per-stage CPU costs of one image (one core), and the peak resident memory of the build processes.
+- the whole command against the plain reference render: ``fracgen build --sigma 3.5 --delta 0.1 --L L``
   in a new process (interpreter, imports, search, redraws, PNG, tar, metadata), then
   ``benchmarks/reference_render.py`` on the images it wrote (chaos game + patch raster only, warm pool, same
   workers); wall and CPU ratios per round, ``--rounds`` rounds alternated so both see the same machine load.
@@ -24,13 +25,14 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import children_cpu, header, load
 
 CHILD = r"""
 import json, resource, sys, time
@@ -49,15 +51,15 @@ print(json.dumps({{"import": t1 - t0, "build": t2 - t1, "images": r.images, "red
 FRACTALDB_CHILD = r"""
 import json, sys, time
 from pathlib import Path
+from fracgen import dataset
 from fracgen.config import BuildConfig
-from fracgen.output import check_writable
 from fracgen.plan import make_plan
 from fracgen.shard import run_shard
 cfg = BuildConfig(preset="fractaldb", fractals={fractals}, instances={instances}, size=362, points=200_000,
                   shard_size={shard_size})
 plan = make_plan(cfg)
 root = Path(sys.argv[1])
-check_writable(root)
+(root / dataset.STATS).mkdir(parents=True, exist_ok=True)
 run_shard(plan, 0, root)  # JIT warm
 cpu = []
 for shard in range(cfg.num_shards):
@@ -71,10 +73,10 @@ print(json.dumps({{"images": cfg.num_samples, "cpu": sum(cpu)}}))
 def run_build(args, cache: Path, out: Path) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
     code = CHILD.format(L=args.L, size=args.size, points=args.points, workers=args.workers)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), children_cpu()
     proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - start
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]), wall=wall)
+    wall, cpu = time.perf_counter() - start, children_cpu() - cpu  # the child's CPU and its workers'
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]), wall=wall, cpu=cpu)
 
 
 def whole_vs_reference(args, cache: Path, out: Path) -> list[dict]:
@@ -122,7 +124,6 @@ def stage_costs(args) -> dict:
     from fracgen.kernels.masks import draw_masks_fast
     from fracgen.perturb import perturb
     from fracgen.plan import make_plan
-    from fracgen.samples import render_sample
     from fracgen.seeds import choice_uniforms, draw_masks
 
     plan = make_plan(BuildConfig(L=args.L, size=args.size, points=args.points))
@@ -145,33 +146,30 @@ def stage_costs(args) -> dict:
     levels = np.array([0, chaos.VALUE], np.uint8)
 
     def timed(fn) -> float:
-        start = time.perf_counter()
+        start = time.process_time()
         for m in maps:
             fn(m)
-        return (time.perf_counter() - start) / n * 1e3
+        return (time.process_time() - start) / n * 1e3
 
-    chaos = timed(lambda m: chaos.chaos_game(m, cum, uniforms, canvas.points))
-    images = []
-    for index in range(min(n, 50)):
-        image, _ = render_sample(plan, index, canvas)
-        images.append(image.copy())
+    chaos_ms = timed(lambda m: chaos.chaos_game(m, cum, uniforms, canvas.points))
+    images = [image.copy() for _, image, _ in plan.config.family.render(plan, list(range(min(n, 50))))]
     released = []
     for image in images:  # the released code's RGB PNG by Pillow
         buf = io.BytesIO()
         Image.fromarray(np.repeat(image[..., None], 3, axis=2)).save(buf, "PNG")
         released.append(len(buf.getvalue()))
-    # The image format before issue 10 (1-bit palette) against today's (8-bit grey), on the same images and
+    # The 1-bit palette PNG (``encode_palette_png``) against the 8-bit grey one a build writes, on the same images and
     # alternated, so that the ratio compares like with like on a busy machine: the fastest of the rounds.
     encoders = {"before": encode_palette_png, "now": encode_png}
     seconds = {name: [] for name in encoders}
     for _ in range(args.repeats * 2 + 1):
         for name, encoder in encoders.items():
-            start = time.perf_counter()
+            start = time.process_time()
             for image in images:
                 encoder(image, levels)
-            seconds[name].append((time.perf_counter() - start) / len(images) * 1e3)
+            seconds[name].append((time.process_time() - start) / len(images) * 1e3)
     return {
-        "chaos game": chaos,
+        "chaos game": chaos_ms,
         "patch masks (numpy)": timed(lambda m: draw_masks(rng, args.points)),
         "patch masks (the same draw replayed in numba, as the build draws them)": timed(
             lambda m: draw_masks_fast(rng, args.points)),
@@ -179,8 +177,8 @@ def stage_costs(args) -> dict:
         f"chaos game + raster, {chaos.LANES} perturbations together (per image)": timed(
             lambda m: chaos.render_chains(lane_maps, choices, lane_masks, lane_bits)) / lanes,
         "PNG encode (8-bit grey)": min(seconds["now"]),
-        "PNG encode before issue 10 (1-bit palette)": min(seconds["before"]),
-        "chaos_images_per_s": 1e3 / chaos,
+        "PNG encode, 1-bit palette (for comparison)": min(seconds["before"]),
+        "chaos_images_per_s": 1e3 / chaos_ms,
         "png_kb": {name: np.mean([len(encoder(im, levels)) for im in images]) / 1024
                    for name, encoder in encoders.items()} | {"released": np.mean(released) / 1024},
         "png_images": len(images),
@@ -202,6 +200,7 @@ def main() -> None:
     parser.add_argument("--fractaldb-categories", type=int, default=64)
     parser.add_argument("--fractaldb-instances", type=int, default=2)
     args = parser.parse_args()
+    load_at_start = load()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -218,31 +217,29 @@ def main() -> None:
     rate_warm = images / med("build")
     chaos = stages.pop("chaos_images_per_s")
     kb, png_n, encode_ratio = stages.pop("png_kb"), stages.pop("png_images"), stages.pop("encode_ratio")
-    import numba
-    import numpy
-
-    print(f"# fracgen build benchmark: L={args.L}, {args.size} px, {args.points:,} points, {args.workers} workers")
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
-          f"numpy {numpy.__version__}, numba {numba.__version__}; warm figures are the median of {args.repeats} runs\n")
-    print("| measure | seconds | images/s | images/s per core |")
-    print("|---|---:|---:|---:|")
+    print(header(f"fracgen build: L={args.L}, {args.size} px, {args.points:,} points, {args.workers} workers",
+                 load_at_start))
+    print(f"- command: `python benchmarks/bench_build.py {' '.join(sys.argv[1:])}`")
+    print(f"- warm figures are the median of {args.repeats} runs\n")
+    print("| measure | wall s | images/s | images/s per core | CPU s (all processes) | CPU ms per image |")
+    print("|---|---:|---:|---:|---:|---:|")
     print(f"| build, cold (new process, empty JIT cache) | {cold['wall']:.2f} | {images / cold['wall']:.0f} | "
-          f"{images / cold['wall'] / args.workers:.0f} |")
+          f"{images / cold['wall'] / args.workers:.0f} | {cold['cpu']:.2f} | {cold['cpu'] / images * 1e3:.2f} |")
     print(f"| build, warm (new process, whole command) | {med('wall'):.2f} | {images / med('wall'):.0f} | "
-          f"{images / med('wall') / args.workers:.0f} |")
+          f"{images / med('wall') / args.workers:.0f} | {med('cpu'):.2f} | {med('cpu') / images * 1e3:.2f} |")
     print(f"| build, warm (build() alone, no interpreter start) | {med('build'):.2f} | {rate_warm:.0f} | "
-          f"{rate_warm / args.workers:.0f} |")
-    print(f"| chaos game alone (one core) | {images / chaos:.2f} | {chaos:.0f} | {chaos:.0f} |")
-    print(f"\nbuild per core / chaos game alone: {rate_warm / args.workers / chaos:.2f} "
+          f"{rate_warm / args.workers:.0f} | | |")
+    print(f"| chaos game alone (one core) | | | | {images / chaos:.2f} | {1e3 / chaos:.2f} |")
+    print(f"\nchaos game alone / warm whole command, CPU per image: {images / chaos / med('cpu'):.2f} "
           f"(every image costs {1 + med('redraws') / images:.2f} renders: perturbations that diverge or under-fill "
           f"are redrawn)")
     print(f"imports in the build process: {med('import'):.2f} s")
     print(f"peak memory: build process {med('rss_self_mb'):.0f} MB, each worker at most {med('rss_worker_mb'):.0f} MB "
           f"(total at most {med('rss_self_mb') + args.workers * med('rss_worker_mb'):.0f} MB)\n")
     print(f"PNG size: {kb['now']:.1f} KB per image (8-bit grey, {kb['now'] * 1024:.0f} bytes) against "
-          f"{kb['before']:.1f} KB before issue 10 (1-bit palette) and {kb['released']:.1f} KB as the released code "
+          f"{kb['before']:.1f} KB as a 1-bit palette PNG and {kb['released']:.1f} KB as the released code "
           f"saves it (RGB PNG by Pillow), mean of {png_n} images")
-    print(f"PNG encode time, 8-bit grey / 1-bit palette (before issue 10), same images: {encode_ratio:.2f}\n")
+    print(f"PNG encode time, 8-bit grey / 1-bit palette, same images: {encode_ratio:.2f}\n")
     wall_ratios = [r["wall"] / r["ref_wall"] for r in rounds]
     cpu_ratios = [r["cpu"] / r["ref_cpu"] for r in rounds]
     print(f"whole command / plain reference render (benchmarks/reference_render.py), {len(rounds)} rounds alternated:")
@@ -255,10 +252,11 @@ def main() -> None:
           f"CPU ratio: median {statistics.median(cpu_ratios):.2f} (range {min(cpu_ratios):.2f}-{max(cpu_ratios):.2f})\n")
     print(f"FractalDB-1k scale ({args.fractaldb_categories} categories x {args.fractaldb_instances} instances, 362 px, "
           f"200,000 points, render + PNG + tar, one core): {fractaldb:.1f} images/s per core\n")
-    print("| stage, one image, one core | ms |")
+    print("| stage, one image, one core | CPU ms |")
     print("|---|---:|")
     for name, ms in stages.items():
         print(f"| {name} | {ms:.3f} |")
+    print(f"\nload average at end (1 / 5 / 15 min): {load()}")
 
 
 if __name__ == "__main__":

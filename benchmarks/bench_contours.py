@@ -1,274 +1,440 @@
-"""RCDB and VisualAtom per image: fracgen's numba path against the released algorithm, in one run on one core.
+"""RCDB and VisualAtom: CPU per stored image of the authors' released scripts against fracgen, in one run.
 
-Run with ``python benchmarks/bench_contours.py [--images 200] [--repeats 3]``. Fetches nothing: the released
-per-image loop (``make_rcdb.py:84-116``, ``render_VisualAtom.py:85-117``) is restated below as released, with
-CPython's global ``random`` for the greys and Perlin arguments, ``noise.pnoise1`` when the ``noise`` package is
-installed (as released; else a plain-Python float32 restatement, much slower, and the table says so) and one
-Pillow ``ImageDraw.line`` per segment on an RGB canvas.
+Run:
+    python benchmarks/bench_contours.py [--images 100] [--identity 20] [--build N]
+    python benchmarks/bench_contours.py --released-rcdb DIR --released-visualatom DIR [...]
 
-Both paths draw the same images: the category and instance parameters of ``contour_params.image_params(kind,
-seed, c, 0)`` for c = 0 .. images - 1 (what an image costs depends mostly on V x K), each path with its own stroke
-draws. Both paths' cost follows the rings' length, V x K on average, so the table prints the sample's mean V x K
-against its expectation under the released ranges: a sample lighter than that flatters (b). The first 40
-categories of seed 0 are one (RCDB: 5,122 against 7,114): the 0.57-0.60 ms once quoted from them is 0.75-0.77 ms
-over 300 images. The fast path's time covers everything one image needs: deriving its generators, the numpy draws and
-the numba drawing. A stored image also needs its PNG: the released scripts save an RGB PNG with Pillow (timed
-on the released image), fracgen encodes its grey image with its own ``encode_png(image, fast=True)``, as a
-build does (``fracgen/encode.py``). Two ratios per stored image (drawing + PNG): (a) against the released
-drawing + RGB PNG measured in the same run; (b) against the issue's released per-image CPU times (RCDB 42-60 ms,
-VisualAtom 0.27-0.34 s, measured with the released scripts; issue 11), low end and high end.
+Without a checkout it prints fracgen's figures alone and how to get the checkouts. The released code is not
+restated here: it runs from the user's own checkout, each script whole (``runpy``):
 
-Times are CPU time of this process (``time.process_time``), so other load on the machine does not count; the
-released path runs once per image, the fast path ``--repeats`` times (median); ratios are total over total. JIT
-compilation happens before timing. ``--build N`` (default 40; 0 skips) also times ``fracgen build --preset KIND
---categories N --instances 1 --workers 1`` end to end (CPU time of the whole command: interpreter start,
-imports, numba's cache, shards, metadata) and ``build()`` alone in this process, per stored image.
+- ``--released-rcdb DIR``: https://github.com/masora1030/CVPR2022-Pretrained-ViT-PyTorch (commit 7a28054),
+  ``rcdb_render/make_rcdb.py`` with the arguments of its ``RCDB_render.sh``;
+- ``--released-visualatom DIR``: https://github.com/masora1030/CVPR2023-FDSL-on-VisualAtom (commit de80c69),
+  ``visual_atomic_renderer/render_VisualAtom.py`` with the arguments of its ``make_VisualAtom.sh``;
+
+each with ``--numof_classes N --numof_instances 1 --numof_thread 1 --thread_num 0 --save_root TMP``. They need
+the ``noise`` package (``pip install noise==1.2.2``). A script draws, saves its RGB PNGs to disk with Pillow and
+writes its own side files, as released.
+
+Same draws. While a script runs, its ``import random`` gets a stand-in that answers each call, in the script's
+own order, with fracgen's draw for it: category c takes the parameters and strokes of
+``fracgen.presets.contours.image_params(kind, seed, c, 0)``. ``uniform(a, b)`` is CPython's arithmetic,
+``a + (b - a) * random()``, on a handed-in ``random()`` value chosen so that the result is fracgen's value to the
+bit, so a call costs what CPython's does (both are measured and printed). The lists the stand-in serves are built
+lazily per image; their CPU is measured and taken off the released time. ``--own-stream`` also runs each script on
+its own ``random`` (other images) and prints its cost per 1,000 ring segments (V x K) beside the fed run's.
+
+fracgen per stored image: ``render_image(kind, seed, c, 0)`` (its generators, draws and numba drawing; the category
+cache cleared, as a one-instance build pays it) plus ``encode_png(image, fast=True)`` (the encoder a build uses),
+median of ``--repeats`` runs, after JIT compilation; ``build()`` of ``--build`` categories x 1 instance on one
+worker in this process; and the whole ``fracgen build --preset KIND --categories N --instances 1 --workers 1``
+command (interpreter start, imports, numba's cache, shards and records; warm cache). Ratios are released / fracgen
+from this one run. Pixel identity: the first ``--identity`` released PNGs (all three channels) against fracgen's
+grey image of the same draws.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import itertools
 import math
 import os
-import platform
-import random
-import resource
+import random as _real_random
+import runpy
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+import numpy.random  # noqa: F401 - numpy imports it lazily, which needs the real `random`
+from machine import REPO, children_cpu, header, load
+from PIL import Image, ImageDraw  # noqa: F401 - imported before the stand-in replaces `random`
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fracgen import contour_params
-from fracgen.encode import encode_png  # noqa: E402
-from fracgen.kernels import contours  # noqa: E402
+sys.path.insert(0, str(REPO))
+from fracgen.presets import contours  # noqa: E402
 
-# The issue's released per-image CPU times (issue 11, "Speed"), low end and high end, ms.
-ISSUE_MS = {"rcdb": (42.0, 60.0), "visualatom": (270.0, 340.0)}
-
-_F = struct.Struct("f")
-
-
-def _f32(v: float) -> float:
-    return _F.unpack(_F.pack(v))[0]
-
-
-def plain_pnoise1(u: float) -> float:
-    """noise's pnoise1 (octaves 1, repeat 1024, base 0) in plain Python, float32 rounding after each operation."""
-    x = _f32(u)
-    fl = math.floor(x)
-    t = x - fl
-    fx = _f32(_f32(_f32(t * t) * t) * _f32(_f32(t * _f32(_f32(t * 6.0) - 15.0)) + 10.0))
-    h0, h1 = int(contours.PERM[fl & 255]), int(contours.PERM[(fl + 1) & 255])
-    a = _f32((-1.0 if h0 & 8 else float((h0 & 7) + 1)) * t)
-    b = _f32((-1.0 if h1 & 8 else float((h1 & 7) + 1)) * _f32(t - 1.0))
-    return _f32(_f32(a + _f32(fx * _f32(b - a))) * _f32(0.4))
+KINDS = contours.KINDS
+REPOS = {
+    "rcdb": ("https://github.com/masora1030/CVPR2022-Pretrained-ViT-PyTorch", "7a28054"),
+    "visualatom": ("https://github.com/masora1030/CVPR2023-FDSL-on-VisualAtom", "de80c69"),
+}
+SCRIPTS = {"rcdb": "rcdb_render/make_rcdb.py", "visualatom": "visual_atomic_renderer/render_VisualAtom.py"}
+# The released shell scripts' arguments (RCDB_render.sh; make_VisualAtom.sh), less classes/instances/threads/root.
+RELEASED_ARGS = {
+    "rcdb": ["--vertex_num=200", "--perlin_min=0", "--line_width=0.1", "--radius_min=0", "--oval_rate=2",
+             "--start_pos=400"],
+    "visualatom": ["--start_class=0", "--vertex_num_min=200", "--vertex_num_max=1000", "--perlin_min=0",
+                   "--line_num_min=1", "--line_num_max=200", "--line_width=0.1", "--radius_min=10", "--oval_rate=2",
+                   "--start_pos=512", "--nami_1_min=0", "--nami_2_min=0", "--nami_1_max=20", "--nami_2_max=20"],
+}
 
 
-def released_image(kind: str, p: dict, size: int, pnoise1) -> Image.Image:
-    """One image exactly as the released loop draws it (released names kept), strokes from global ``random``."""
-    rcdb = kind == "rcdb"
-    vertex_number, line_draw_num = p["vertices"], p["rings"]
-    perlin_noise_coefficient, line_width, start_rad = p["perlin"], p["line_width"], p["radius"]
-    oval_rate_x, oval_rate_y, start_pos_w, start_pos_h = p["oval_x"], p["oval_y"], p["centre_x"], p["centre_y"]
-    im = Image.new("RGB", (size, size), (255, 255, 255) if rcdb else (0, 0, 0))
-    draw = ImageDraw.Draw(im)
-    angle = (math.pi * 2) / vertex_number
-    vertex_x, vertex_y, noise_x, noise_y = [], [], [], []
-    for vertex in range(vertex_number):
-        if rcdb:
-            vertex_x.append(math.cos(angle * vertex) * start_rad * oval_rate_x)
-            vertex_y.append(math.sin(angle * vertex) * start_rad * oval_rate_y)
-        else:
-            vertex_x.append(math.cos(angle * vertex) * start_rad * oval_rate_x + start_pos_w)
-            vertex_y.append(math.sin(angle * vertex) * start_rad * oval_rate_y + start_pos_h)
-    vertex_x.append(vertex_x[0])
-    vertex_y.append(vertex_y[0])
-    for _ in range(line_draw_num):
-        r = random.randint(0, size // 2) if rcdb else random.randint(0, 255)
-        noise_x.clear()
-        noise_y.clear()
-        c = perlin_noise_coefficient
-        if rcdb:
-            for vertex in range(vertex_number):
-                noise_x.append(random.uniform(0, 10000))
-                noise_x[vertex] = pnoise1(noise_x[vertex]) * c * 2 - c
-            for vertex in range(vertex_number):
-                noise_y.append(random.uniform(0, 10000))
-                noise_y[vertex] = pnoise1(noise_y[vertex]) * c * 2 - c
-        else:
-            n1, n2 = p["wave1"], p["wave2"]
-            for vertex in range(vertex_number):
-                noise_x.append(random.uniform(0, 10000))
-                noise_x[vertex] = (pnoise1(noise_x[vertex]) * c - c - 0.5 * math.sin(angle * vertex * n1)
-                                   - 0.5 * math.sin(angle * vertex * n2))
-            for vertex in range(vertex_number):
-                noise_y.append(random.uniform(0, 10000))
-                noise_y[vertex] = (pnoise1(noise_y[vertex]) * c - c - 0.5 * math.sin(angle * vertex * n1)
-                                   - 0.5 * math.sin(angle * vertex * n2))
-        for vertex in range(vertex_number):
-            vertex_x[vertex] -= math.cos(angle * vertex) * (noise_x[vertex] - line_width)
-            vertex_y[vertex] -= math.sin(angle * vertex) * (noise_y[vertex] - line_width)
-        vertex_x[vertex_number] = vertex_x[0]
-        vertex_y[vertex_number] = vertex_y[0]
-        for i in range(vertex_number):
+def find_script(kind: str, root: str) -> Path:
+    """The released script in a checkout (given as the repository root, the script's folder or the script)."""
+    p = Path(root).expanduser()
+    name = Path(SCRIPTS[kind])
+    for cand in (p / name, p / name.name, p):
+        if cand.is_file() and cand.name == name.name:
+            return cand.resolve()
+    raise SystemExit(f"--released-{kind}: no {SCRIPTS[kind]} under {root}")
+
+
+def checkout_commit(path: Path) -> str:
+    try:
+        head = subprocess.run(["git", "-C", str(path.parent), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(path.parent), "status", "--porcelain", "--", str(path)],
+                               capture_output=True, text=True).stdout.strip()
+        return head + (" (script modified)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+
+
+def uniform_r(a: float, b: float, target: float) -> float:
+    """A ``random()`` value r with ``a + (b - a) * r == target`` exactly (what CPython's uniform computes)."""
+    r = (target - a) / (b - a)
+    for _ in range(64):
+        got = a + (b - a) * r
+        if got == target:
+            return r
+        r = math.nextafter(r, math.inf if got < target else -math.inf)
+    raise ValueError(f"no random() value gives uniform({a}, {b}) == {target!r}")
+
+
+class FeedRandom:
+    """Stands in for the ``random`` module of a released script: answers each call with the next fed value.
+
+    ``uniform`` does CPython's arithmetic on a fed ``random()`` value; ``randint`` and ``expovariate`` return the
+    fed value. ``random`` is the C ``__next__`` of an iterator, as CPython's ``random`` is a C method.
+    """
+
+    def __init__(self, values):
+        self.random = values.__next__
+
+    def seed(self, *args, **kwargs):
+        pass
+
+    def uniform(self, a, b):
+        return a + (b - a) * self.random()
+
+    def randint(self, a, b):
+        return self.random()
+
+    def expovariate(self, lambd):
+        return self.random()
+
+
+class Feed:
+    """The values a released script asks for, image by image, in its call order (built lazily; CPU counted)."""
+
+    def __init__(self, kind: str, seed: int, categories: int, size: int):
+        self.kind, self.seed, self.categories, self.size = kind, seed, categories, size
+        self.build_cpu = 0.0
+        self.images = 0
+
+    def _offset(self, centre: float) -> int:
+        n = 2 * centre - self.size  # centre = (size + n) / 2
+        if n != int(n):
+            raise ValueError(f"centre {centre} is not (size + n) / 2 for an integer n")
+        return int(n)
+
+    def _lists(self):
+        rcdb = self.kind == "rcdb"
+        for c in range(self.categories):
+            t0 = time.process_time()
+            contours._category_params.cache_clear()
+            p, (greys, uniforms) = contours.image_params(self.kind, self.seed, c, 0, self.size)
+            if rcdb:  # make_rcdb.py: V, K, perlin, line width, radius, ovals, centre
+                head = [float(p["vertices"]), p["rings"], uniform_r(0, 4, p["perlin"]),
+                        uniform_r(0.0, 0.1, p["line_width"]), p["radius"], uniform_r(1, 2, p["oval_x"]),
+                        uniform_r(1, 2, p["oval_y"]), self._offset(p["centre_y"]), self._offset(p["centre_x"])]
+            else:  # render_VisualAtom.py: V, K, perlin, line width, radius, waves, ovals, centre
+                head = [p["vertices"], p["rings"], uniform_r(0, 4, p["perlin"]),
+                        uniform_r(0.0, 0.1, p["line_width"]), p["radius"], p["wave1"], p["wave2"],
+                        uniform_r(1, 2, p["oval_x"]), uniform_r(1, 2, p["oval_y"]),
+                        self._offset(p["centre_y"]), self._offset(p["centre_x"])]
+            out = list(head)
+            g, u = greys.tolist(), uniforms.tolist()  # (K,), (K, 2, V)
+            for k in range(len(g)):  # per ring: grey, V x-arguments, V y-arguments
+                out.append(g[k])
+                out += u[k][0]
+                out += u[k][1]
+            # the re-draws after the (only) instance: unused by the script's output, served so it runs on
             if rcdb:
-                draw.line((vertex_x[i] + start_pos_w, vertex_y[i] + start_pos_h, vertex_x[i + 1] + start_pos_w,
-                           vertex_y[i + 1] + start_pos_h), fill=(r, r, r), width=1)
-            else:
-                draw.line((vertex_x[i], vertex_y[i], vertex_x[i + 1], vertex_y[i + 1]), fill=(r, r, r), width=1)
-    return im
+                out += [uniform_r(1, 2, p["oval_x"]), uniform_r(1, 2, p["oval_y"]), p["radius"]]
+            out += [self._offset(p["centre_y"]), self._offset(p["centre_x"])]
+            self.build_cpu += time.process_time() - t0
+            self.images += 1
+            yield out
+
+    def values(self):
+        return itertools.chain.from_iterable(self._lists())
+
+
+def run_script(script: Path, kind: str, args, out_dir: Path, fake=None) -> float:
+    """CPU seconds of one whole run of a released script (``fake``: the ``random`` stand-in, else its own)."""
+    argv = [str(script), f"--save_root={out_dir}", f"--numof_classes={args.images}", "--numof_instances=1",
+            f"--image_size={args.size}", "--numof_thread=1", "--thread_num=0", *RELEASED_ARGS[kind]]
+    saved_argv, saved_random = sys.argv, sys.modules["random"]
+    sys.argv = argv
+    if fake is not None:
+        sys.modules["random"] = fake
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            start = time.process_time()
+            runpy.run_path(str(script), run_name="__released__")
+            return time.process_time() - start
+    finally:
+        sys.argv, sys.modules["random"] = saved_argv, saved_random
+
+
+def run_released(kind: str, script: Path, args, out_dir: Path) -> dict:
+    """The released script on fracgen's draws: CPU ms per stored image, the fed lists' CPU taken off."""
+    feed = Feed(kind, args.seed, args.images, args.size)
+    total = run_script(script, kind, args, out_dir, FeedRandom(feed.values()))
+    if feed.images != args.images:
+        raise SystemExit(f"{kind}: the released script asked for {feed.images} images' draws, expected {args.images}")
+    return {"ms": (total - feed.build_cpu) / args.images * 1e3, "feed_ms": feed.build_cpu / args.images * 1e3}
+
+
+def replay_vk(kind: str, categories: int, seed: int = 1) -> float:
+    """Mean V x K of the images a released script draws from its own stream (``random.seed(thread_num + 1)``),
+    one instance per category, its draws replayed in its order."""
+    rng = _real_random.Random(seed)
+    vk = []
+    for _ in range(categories):
+        if kind == "rcdb":
+            while True:
+                v = int(rng.expovariate(1 / 100))
+                if 2 < v <= 200:
+                    break
+            k = rng.randint(1, 200)
+            rng.uniform(0, 4), rng.uniform(0.0, 0.1), rng.randint(0, 100), rng.uniform(1, 2), rng.uniform(1, 2)
+            rng.randint(-400, 400), rng.randint(-400, 400)
+        else:
+            v, k = rng.randint(200, 1000), rng.randint(1, 200)
+            rng.uniform(0, 4), rng.uniform(0.0, 0.1), rng.randint(10, 60)
+            n1 = rng.randint(0, 20)
+            while True:
+                n2 = rng.randint(0, 20)
+                if n2 != n1 or n1 == 0:
+                    break
+            rng.uniform(1, 2), rng.uniform(1, 2), rng.randint(-512, 512), rng.randint(-512, 512)
+        for _ in range(k):
+            rng.randint(0, 256 if kind == "rcdb" else 255)
+            for _ in range(2 * v):
+                rng.random()
+        if kind == "rcdb":
+            rng.uniform(1, 2), rng.uniform(1, 2), rng.randint(0, 100)
+        spread = 400 if kind == "rcdb" else 512
+        rng.randint(-spread, spread), rng.randint(-spread, spread)
+        vk.append(v * k)
+    return float(np.mean(vk))
+
+
+def released_png(kind: str, out_dir: Path, category: int, vertices: int) -> Path:
+    if kind == "rcdb":
+        return out_dir / "image" / f"{category:05d}" / f"{category:05d}_{0:04d}.png"
+    return out_dir / f"{category:05d}" / f"vertex_{vertices:04d}_instance_{0:04d}.png"
+
+
+def identity(kind: str, args, out_dir: Path) -> tuple[int, int, int]:
+    """(identical, compared, most differing pixels) over the first --identity images."""
+    same, worst, n = 0, 0, min(args.identity, args.images)
+    for c in range(n):
+        contours._category_params.cache_clear()
+        image, p = contours.render_image(kind, args.seed, c, 0, args.size)
+        rel = np.asarray(Image.open(released_png(kind, out_dir, c, p["vertices"])))
+        diff = int((rel != image[:, :, None]).any(axis=2).sum()) if rel.ndim == 3 else int((rel != image).sum())
+        same += diff == 0
+        worst = max(worst, diff)
+    return same, n, worst
 
 
 def expected_vk(kind: str) -> float:
-    """E[V x K] under the released ranges (V and K are drawn independently): RCDB's V = int(Exp(mean 100)) redrawn
-    until 2 < V <= 200, VisualAtom's V uniform on 200..1000; K uniform on 1..200 for both."""
+    """E[V x K] under the released ranges (V and K independent): RCDB's V = int(Exp(mean 100)) redrawn until
+    2 < V <= 200, VisualAtom's V uniform on 200..1000; K uniform on 1..200 for both."""
     if kind == "rcdb":
         v = np.arange(3, 201)
-        p = np.exp(-v / 100.0) - np.exp(-(v + 1) / 100.0)  # P(int(Exp) = v), before the redraw's normalisation
+        p = np.exp(-v / 100.0) - np.exp(-(v + 1) / 100.0)
         mean_v = float((v * p).sum() / p.sum())
     else:
         mean_v = 600.0
     return mean_v * 100.5
 
 
-def fast_image(kind: str, seed: int, category: int, size: int) -> np.ndarray:
-    contour_params._category_params.cache_clear()  # time the category draw too, as a 1-instance build pays it
-    params, strokes = contour_params.image_params(kind, seed, category, 0, size)
-    return contours.render(kind, params, *strokes, size=size)
+def fracgen_side(kind: str, args) -> dict:
+    """fracgen's render + PNG per stored image (median of --repeats), and the sample's mean V x K."""
+    from fracgen.encode import encode_png
 
+    def one(c: int) -> np.ndarray:
+        contours._category_params.cache_clear()  # a one-instance build draws every category once
+        return contours.render_image(kind, args.seed, c, 0, args.size)[0]
 
-def cpu_ms(task, repeats: int) -> float:
-    """Median CPU time of ``task()`` over ``repeats`` runs, ms."""
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        task()
-        times.append(time.process_time() - start)
-    return statistics.median(times) * 1e3
-
-
-def measure(kind: str, args, pnoise1) -> dict:
-    params = [contour_params.image_params(kind, args.seed, c, 0, args.size)[0] for c in range(args.images)]
-    encode_png(fast_image(kind, args.seed, 0, args.size), fast=True)  # compile or load the kernels
-    random.seed(1)  # the released thread 0
-    released, fast, png_released, png_fast, kb_fast, kb_zlib = [], [], [], [], [], []
-    for c, p in enumerate(params):
-        start = time.process_time()
-        im = released_image(kind, p, args.size, pnoise1)
-        released.append(time.process_time() - start)
-        fast.append(cpu_ms(partial(fast_image, kind, args.seed, c, args.size), args.repeats) / 1e3)
-        img = fast_image(kind, args.seed, c, args.size)
-        png_released.append(cpu_ms(partial(im.save, io.BytesIO(), "PNG"), 3) / 1e3)
-        png_fast.append(cpu_ms(partial(encode_png, img, fast=True), args.repeats) / 1e3)
-        kb_fast.append(len(encode_png(img, fast=True)) / 1e3)
-        kb_zlib.append(len(encode_png(img)) / 1e3)  # zlib level 6, what fracgen stored before
-    stored = sum(fast) + sum(png_fast)
-    n = len(params)
-    return {
-        "V": np.mean([p["vertices"] for p in params]),
-        "K": np.mean([p["rings"] for p in params]),
-        "VK": np.mean([p["vertices"] * p["rings"] for p in params]),
-        "released_ms": sum(released) / n * 1e3,
-        "fast_ms": sum(fast) / n * 1e3,
-        "ratio": sum(released) / sum(fast),
-        "png_released_ms": sum(png_released) / n * 1e3,
-        "png_fast_ms": sum(png_fast) / n * 1e3,
-        "stored_ms": stored / n * 1e3,
-        "ratio_same_run": (sum(released) + sum(png_released)) / stored,
-        "ratio_issue": tuple(ms / (stored / n * 1e3) for ms in ISSUE_MS[kind]),
-        "kb_fast": np.mean(kb_fast),
-        "kb_zlib": np.mean(kb_zlib),
-    }
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    encode_png(one(0), fast=True)  # compile or load the kernels
+    draw, png, vk = [], [], []
+    for c in range(args.images):
+        td, tp = [], []
+        for _ in range(args.repeats):
+            t0 = time.process_time()
+            image = one(c)
+            t1 = time.process_time()
+            encode_png(image, fast=True)
+            t2 = time.process_time()
+            td.append(t1 - t0)
+            tp.append(t2 - t1)
+        draw.append(statistics.median(td))
+        png.append(statistics.median(tp))
+        p = contours.category_params(kind, args.seed, c)
+        vk.append(p["vertices"] * p["rings"])
+    n = args.images
+    return {"draw_ms": sum(draw) / n * 1e3, "png_ms": sum(png) / n * 1e3,
+            "stored_ms": (sum(draw) + sum(png)) / n * 1e3, "VK": float(np.mean(vk))}
 
 
 def measure_build(kind: str, categories: int, seed: int) -> tuple[float, float]:
-    """CPU ms per stored image of ``fracgen build`` (the whole command) and of ``build()`` alone, one worker."""
+    """CPU ms per stored image, one worker, warm numba cache: ``build()`` in this process, and the whole
+    ``fracgen build`` command (interpreter start, imports, shards, records) in a child."""
     from fracgen.build import build
     from fracgen.config import BuildConfig
 
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        command = [sys.executable, "-m", "fracgen.cli", "build", "--preset", kind, "--categories", str(categories),
-                   "--instances", "1", "--workers", "1", "--seed", str(seed), str(Path(tmp) / "cli")]
-        subprocess.run(command, env=env, check=True, capture_output=True)  # numba's cache, warm
-        start = children_cpu()
-        subprocess.run([*command[:-1], str(Path(tmp) / "cli2")], env=env, check=True, capture_output=True)
-        whole = children_cpu() - start
         config = BuildConfig(preset=kind, categories=categories, instances=1, seed=seed)
-        build(config, Path(tmp) / "warm", workers=1)
+        build(config, Path(tmp) / "api-warm", workers=1)
         start, start_children = time.process_time(), children_cpu()
         build(config, Path(tmp) / "api", workers=1)
-        alone = time.process_time() - start + children_cpu() - start_children
-    return whole / categories * 1e3, alone / categories * 1e3
+        alone = (time.process_time() - start + children_cpu() - start_children) / categories * 1e3
+        command = [sys.executable, "-m", "fracgen.cli", "build", "--preset", kind, "--categories", str(categories),
+                   "--instances", "1", "--workers", "1", "--seed", str(seed)]
+        subprocess.run([*command, str(Path(tmp) / "cli-warm")], env=env, check=True, capture_output=True)
+        start = children_cpu()
+        subprocess.run([*command, str(Path(tmp) / "cli")], env=env, check=True, capture_output=True)
+        whole = (children_cpu() - start) / categories * 1e3
+    return alone, whole
+
+
+def call_cost_ns() -> tuple[float, float]:
+    """ns per call of CPython's random.uniform(0, 10000) and of the stand-in's."""
+    n, res = 200_000, []
+    for fn in (_real_random.uniform, FeedRandom(itertools.repeat(0.5)).uniform):
+        best = math.inf
+        for _ in range(3):
+            t0 = time.process_time()
+            for _ in range(n):
+                fn(0, 10000)
+            best = min(best, time.process_time() - t0)
+        res.append(best / n * 1e9)
+    return res[0], res[1]
+
+
+def how_to_get() -> str:
+    lines = ["To compare with the released scripts, check them out and pass their folders (they need "
+             "`pip install noise==1.2.2`):", ""]
+    for url, commit in REPOS.values():
+        lines.append(f"    git clone {url} && git -C {url.rsplit('/', 1)[1]} checkout {commit}")
+    lines += ["    python benchmarks/bench_contours.py --released-rcdb CVPR2022-Pretrained-ViT-PyTorch "
+              "--released-visualatom CVPR2023-FDSL-on-VisualAtom"]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=200, help="images per kind (categories 0 .. images - 1)")
-    parser.add_argument("--repeats", type=int, default=3, help="fast-path runs per image (median)")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--kinds", default=",".join(contours.KINDS))
-    parser.add_argument("--build", type=int, default=40, help="categories of the timed build (0: skip it)")
-    args = parser.parse_args(argv)
-    if args.images < 1 or args.repeats < 1 or args.build < 0:
-        parser.error("--images and --repeats must be >= 1, --build >= 0")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--released-rcdb", metavar="DIR", help="checkout of masora1030/CVPR2022-Pretrained-ViT-PyTorch")
+    ap.add_argument("--released-visualatom", metavar="DIR", help="checkout of masora1030/CVPR2023-FDSL-on-VisualAtom")
+    ap.add_argument("--images", type=int, default=100, help="categories per kind, one image each: 0 .. images - 1")
+    ap.add_argument("--repeats", type=int, default=3, help="fracgen render + PNG runs per image (median)")
+    ap.add_argument("--identity", type=int, default=20, help="released images compared pixel by pixel (0: none)")
+    ap.add_argument("--build", type=int, default=None,
+                    help="categories of the timed build() and `fracgen build` [default: --images; 0 skips]")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated, of: " + ", ".join(KINDS))
+    ap.add_argument("--own-stream", action="store_true",
+                    help="also run each released script on its own random stream (other images), as a cost check")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=512)
+    args = ap.parse_args(argv)
+    args.build = args.images if args.build is None else args.build
+    if args.images < 1 or args.repeats < 1 or args.identity < 0 or args.build < 0:
+        ap.error("--images and --repeats must be >= 1, --identity and --build >= 0")
     kinds = args.kinds.split(",")
-    if set(kinds) - set(contours.KINDS):
-        parser.error(f"--kinds: unknown {sorted(set(kinds) - set(contours.KINDS))}; expected {contours.KINDS}")
-    try:
-        import noise
+    if set(kinds) - set(KINDS):
+        ap.error(f"--kinds: unknown {sorted(set(kinds) - set(KINDS))}; expected some of {', '.join(KINDS)}")
+    given = {"rcdb": args.released_rcdb, "visualatom": args.released_visualatom}
+    scripts = {k: find_script(k, given[k]) for k in kinds if given[k]}
+    if scripts:
+        try:
+            import noise  # noqa: F401 - the released scripts need it; imported before the stand-in goes in
+        except ImportError:
+            ap.error("the released scripts need the noise package: pip install noise==1.2.2")
 
-        pnoise1, perlin = noise.pnoise1, "noise.pnoise1 (C, as released)"
-    except ImportError:
-        pnoise1, perlin = plain_pnoise1, "plain-Python restatement (noise not installed: the released side is slower)"
-    import numba
-    import PIL
+    print(header(f"RCDB / VisualAtom: CPU per stored image, {args.size} px, categories 0-{args.images - 1} x 1 "
+                 f"image, seed {args.seed}, one core"))
+    print(f"- command: `python benchmarks/bench_contours.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
+    for kind, script in scripts.items():
+        print(f"- released {kind}: {script} @ {checkout_commit(script)}")
+    if scripts:
+        real_ns, fake_ns = call_cost_ns()
+        print(f"- random.uniform(0, 10000), CPU per call: CPython {real_ns:.0f} ns, the stand-in {fake_ns:.0f} ns")
+    print()
 
-    print(f"# RCDB / VisualAtom per image, {args.size} px, one core, CPU time: released algorithm against fracgen")
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
-          f"numpy {np.__version__}, numba {numba.__version__}, Pillow {PIL.__version__}; released Perlin: {perlin}; "
-          f"{args.images} images per kind, fast path median of {args.repeats} runs\n")
-    rows = {kind: measure(kind, args, pnoise1) for kind in kinds}
-    print("Drawing alone (released drawing restated vs fracgen params + draw):\n")
-    print("| kind | mean V | mean K | mean V x K (expected) | released ms/image | fracgen ms/image | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for kind, r in rows.items():
-        print(f"| {kind} | {r['V']:.0f} | {r['K']:.0f} | {r['VK']:,.0f} ({expected_vk(kind):,.0f}) | "
-              f"{r['released_ms']:.1f} | {r['fast_ms']:.3f} | {r['ratio']:.0f}x |")
-    print("\nPer stored image (drawing + PNG). Released: drawing + Pillow RGB PNG save; fracgen: params + draw + "
-          "encode_png(fast=True). (a) against the released side of this run; (b) against the issue's released "
-          "per-image CPU times (low / high end):\n")
-    print("| kind | released draw + PNG ms | fracgen PNG ms | fracgen stored ms | (a) this run | (b) issue low / high "
-          "| PNG KB fracgen / zlib 6 |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for kind, r in rows.items():
-        low, high = r["ratio_issue"]
-        print(f"| {kind} | {r['released_ms'] + r['png_released_ms']:.1f} | {r['png_fast_ms']:.3f} | "
-              f"{r['stored_ms']:.3f} | {r['ratio_same_run']:.0f}x | {low:.0f}x / {high:.0f}x | "
-              f"{r['kb_fast']:.1f} / {r['kb_zlib']:.1f} |")
-    if args.build:
-        print(f"\nShard path, CPU ms per stored image, `fracgen build --preset KIND --categories {args.build} "
-              "--instances 1 --workers 1` (whole command, warm numba cache) and build() alone:\n")
-        print("| kind | whole command | build() alone |")
-        print("|---|---:|---:|")
-        for kind in kinds:
-            whole, alone = measure_build(kind, args.build, args.seed)
-            print(f"| {kind} | {whole:.2f} | {alone:.2f} |")
+    rows = {}
+    for kind in kinds:
+        rel = same = None
+        if kind in scripts:
+            with tempfile.TemporaryDirectory() as tmp:
+                rel = run_released(kind, scripts[kind], args, Path(tmp) / "fed")
+                same = identity(kind, args, Path(tmp) / "fed") if args.identity else None
+                if args.own_stream:
+                    rel["own_ms"] = run_script(scripts[kind], kind, args, Path(tmp) / "own") / args.images * 1e3
+                    rel["own_vk"] = replay_vk(kind, args.images)
+        fg = fracgen_side(kind, args)
+        fg["build"], fg["command"] = measure_build(kind, args.build, args.seed) if args.build else (None, None)
+        rows[kind] = (rel, fg, same)
+
+    def ratio(rel: dict | None, ms: float | None) -> str:
+        if not (rel and ms):
+            return "-"
+        r = rel["ms"] / ms
+        return f"{r:.0f}x" if r >= 10 else f"{r:.1f}x"
+
+    def ms(value: float | None, digits: int = 2) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    print("CPU ms per stored image. fracgen render + PNG: `render_image` + `encode_png(fast=True)`; build(): "
+          f"{args.build} categories x 1 on one worker, in-process; command: the whole `fracgen build` of the same "
+          "(interpreter start and imports spread over its images). Ratios: released / fracgen, this run.\n")
+    print("| kind | mean V x K (expected) | released script | fracgen render + PNG | ratio | fracgen build() | "
+          "ratio | fracgen command | ratio | pixel-identical |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for kind, (rel, fg, same) in rows.items():
+        ident = "-" if same is None else f"{same[0]}/{same[1]}" + (f" (worst {same[2]} px)" if same[0] < same[1] else "")
+        print(f"| {kind} | {fg['VK']:,.0f} ({expected_vk(kind):,.0f}) | {ms(rel and rel['ms'], 1)} | "
+              f"{fg['stored_ms']:.3f} ({fg['draw_ms']:.3f} + {fg['png_ms']:.3f}) | {ratio(rel, fg['stored_ms'])} | "
+              f"{ms(fg['build'])} | {ratio(rel, fg['build'])} | {ms(fg['command'])} | {ratio(rel, fg['command'])} | "
+              f"{ident} |")
+    if scripts:
+        feeds = ", ".join(f"{kind} {r[0]['feed_ms']:.2f}" for kind, r in rows.items() if r[0])
+        print(f"\nReleased: the whole script's CPU / images, less the CPU of building the fed lists (ms/image: {feeds}).")
+    if args.own_stream and scripts:
+        print("\nCost check, the released scripts on their own random stream (other images), same arguments:\n")
+        print("| kind | own stream: mean V x K | ms/image | ms per 1k V x K | fed run: ms per 1k V x K |")
+        print("|---|---:|---:|---:|---:|")
+        for kind, (rel, fg, _) in rows.items():
+            if rel:
+                print(f"| {kind} | {rel['own_vk']:,.0f} | {rel['own_ms']:.1f} | {rel['own_ms'] / rel['own_vk'] * 1e3:.2f} "
+                      f"| {rel['ms'] / fg['VK'] * 1e3:.2f} |")
+    missing = [k for k in kinds if k not in scripts]
+    if missing:
+        print(f"\nNo released checkout given for {', '.join(missing)}: fracgen's figures only.\n")
+        print(how_to_get())
+    print(f"\nload average at end (1 / 5 / 15 min): {load()}")
 
 
 if __name__ == "__main__":
