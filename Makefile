@@ -19,7 +19,7 @@ repro-small: export FRACGEN_TRAIN_MAKE = --cifar=FT_DATA --dataset=DATA --out=RU
 sweep: export FRACGEN_TRAIN_MAKE = --data=FT_DATA --out=RUN
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev demo publish-dry test test-quick readme-check bench bench-contours bench-3d bench-search bench-released lint pretrain finetune repro-small bench-train sweep clean
+.PHONY: help install install-dev demo publish-dry test test-quick readme-check bench bench-contours bench-3d bench-search bench-released bench-families lint pretrain finetune repro-small bench-train sweep clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(OUT)|$(OUT)|g' \
@@ -58,21 +58,24 @@ test-quick: install-dev ## The tests without the slow ones (multi-process, signa
 readme-check: install-dev ## Run the builder and publishing blocks of README.md and docs/, in order, at toy size.
 	$(BIN)/python scripts/readme_check.py
 
-bench: install ## Builder speed: default build cold and warm, chaos game alone, per-stage costs, memory; RCDB and VisualAtom per stored image.
+bench: install ## Builder speed: the default build cold and warm, per-stage costs, memory; RCDB and VisualAtom per stored image.
 	$(BIN)/python benchmarks/bench_build.py
 	$(BIN)/python benchmarks/bench_contours.py --images 100 --build 0
 
-bench-contours: install ## RCDB and VisualAtom per image against the released drawing restated (goal: 100x).
-	$(BIN)/python benchmarks/bench_contours.py --images 300
+bench-contours: install ## RCDB and VisualAtom per stored image; against the released scripts with RELEASED_RCDB=DIR RELEASED_VISUALATOM=DIR (checkouts; pip install noise==1.2.2).
+	$(BIN)/python benchmarks/bench_contours.py --images 300 $(if $(RELEASED_RCDB),--released-rcdb $(RELEASED_RCDB)) $(if $(RELEASED_VISUALATOM),--released-visualatom $(RELEASED_VISUALATOM))
 
 bench-3d: install ## 3D-OFDB: CPU per stored image against the released pipeline, acceptance, pixels on the same draws (RELEASED=OFDB/3d-ofdb-generator RELEASED_PY=its python; without them fracgen's figures only).
 	$(BIN)/python benchmarks/bench_ofdb3d.py --categories 20 --rate-categories 1000 $(if $(RELEASED),--released-dir $(RELEASED) --released-python $(RELEASED_PY))
 
-bench-search: install ## FractalDB/OFDB category search: 1000 categories across the cores (goal: < 15 s on 2).
+bench-search: install ## FractalDB/OFDB category search: 1000 categories across the cores, with its acceptance rate.
 	$(BIN)/python benchmarks/bench_search.py --categories 1000
 
-bench-released: install ## 1p-frac: CPU time against the released generator restated, per image and per render.
-	$(BIN)/python benchmarks/bench_released.py --images 5
+bench-released: install ## 1p-frac CPU per accepted image and per render; against the released generator with RELEASED_1PFRAC=DIR (a checkout of SUPER-TADORY/1p-frac).
+	$(BIN)/python benchmarks/bench_released.py $(if $(RELEASED_1PFRAC),--released $(RELEASED_1PFRAC))
+
+bench-families: install ## Every family: bytes per image, CPU ms per image, images/s, its headline set's size and CPU (REAL_IMAGE=PHOTO for `real`).
+	$(BIN)/python benchmarks/bench_families.py $(if $(REAL_IMAGE),--real-image $(REAL_IMAGE))
 
 lint: install-dev ## ruff over the packages and tests.
 	$(BIN)/ruff check fracgen train tests benchmarks
