@@ -250,5 +250,11 @@ def option_table() -> dict[str, Option]:
 
 
 def unregister(name: str) -> None:
-    """Remove a family (its own options stay declared); for tests that register toy families."""
-    _FAMILIES.pop(name, None)
+    """Remove a family and the options only it declared: the inverse of ``register``, for toy families in tests."""
+    family = _FAMILIES.pop(name, None)
+    if family is None:
+        return
+    kept = {o.name for f in _FAMILIES.values() for o in f.own_options} | {o.name for o in SHARED}
+    for option in family.own_options:
+        if option.name not in kept:
+            _OPTIONS.pop(option.name, None)
