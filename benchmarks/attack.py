@@ -175,7 +175,7 @@ def cases() -> list[Case]:
         Case("build --params missing", ["build", *SMALL, "--L", "8", "--params", "{dir}/none.json", "{dir}/out"]),
         Case("build --params /dev/zero", ["build", *SMALL, "--L", "8", "--params", "/dev/zero", "{dir}/out"]),
         Case("build-real /dev/zero", ["build-real", "/dev/zero", "{dir}/out", *SMALL[:2], "--L", "4"]),
-        # ----------------------------------------------------------------- build: the issue-11 presets and options
+        # ----------------------------------------------------------------- build: the family presets and their options
         Case("build rcdb --categories 0", ["build", *CONTOUR, "--preset", "rcdb", "--categories", "0", "{dir}/out"]),
         Case("build rcdb --categories 1e8", ["build", *CONTOUR, "--preset", "rcdb", "--categories", "100000000",
                                              "{dir}/out"]),

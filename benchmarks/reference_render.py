@@ -1,10 +1,10 @@
 """A plain reference render: the chaos game and the 3 x 3 patch raster of a build's images, nothing else.
 
-The yardstick of issue 13: the whole ``fracgen build`` command (interpreter start, imports, search, redraws,
+A yardstick: the whole ``fracgen build`` command (interpreter start, imports, search, redraws,
 PNG, tar, metadata) should take no longer than this script's render of the same images on the same number of
 processes. It reads a finished build's ``params.json`` (each class's accepted maps and its redraw count),
 replays each class's generator to get the accepted patch masks, and then, timed, runs the straightforward
-kernels (a copy of fracgen's at commit 3d6daf6: one chain per image, a patch lookup and one byte store per
+kernels (one chain per image, a patch lookup and one byte store per
 patch pixel) on a pool of already-started processes. Not timed: imports, JIT, the pool start and the mask replay (the masks
 are drawn into memory before the clock starts), so the reference is the bare arithmetic of the images.
 

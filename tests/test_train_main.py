@@ -65,8 +65,8 @@ def test_worker_tracebacks_become_their_last_line():
 
 
 def test_finetune_steps_set_the_length_instead_of_the_configs_epochs(tmp_path, capsys, monkeypatch):
-    """`finetune --steps N` used to be ignored whenever the config gives epochs (tiny-finetune: 2): now it wins,
-    and --steps with --epochs is refused on one line."""
+    """`finetune --steps N` sets the length even where the config gives epochs (tiny-finetune: 2), and --steps
+    with --epochs is refused on one line."""
 
     import train.finetune
 

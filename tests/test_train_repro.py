@@ -29,8 +29,8 @@ def test_repro_small_cpu_check(tiny_dataset, cifar_mini_tarball, tmp_path):
 
 
 def test_repro_dataset_folder_is_out_ds_and_a_toy_build_is_not_reused_for_the_real_one(tmp_path, monkeypatch):
-    """A relative --out used to put the dataset in OUT/OUT/ds, and a folder holding an earlier --cpu-check's toy
-    set was reused as the default 1p-frac set: the folder is OUT/ds, and a build of other options is replaced."""
+    """With a relative --out the dataset folder is OUT/ds (not OUT/OUT/ds), and a folder holding an earlier
+    --cpu-check's toy set is not reused as the default 1p-frac set: a build of other options is replaced."""
 
     import fracgen.build
     from fracgen.config import BuildConfig

@@ -74,9 +74,9 @@ def test_toy_sweep_runs_end_to_end_and_reruns_from_its_results(spec_file, tmp_pa
 
 
 def test_a_stopped_stage_ends_the_sweep_and_nothing_builds_on_it(spec_file, tmp_path):
-    """A pre-training stopped part-way (train.stop_at here, SIGTERM for a user) used to be fine-tuned from as if
-    complete, then the sweep crashed on its missing metrics; a rerun kept that fine-tune. Now the sweep ends on one
-    line and nothing is fine-tuned from the half-trained checkpoint; `set: null` reads as no settings."""
+    """A pre-training stopped part-way (train.stop_at here, SIGTERM for a user) is not fine-tuned from as if
+    complete, and a rerun keeps no such fine-tune: the sweep ends on one line and nothing is fine-tuned from the
+    half-trained checkpoint; `set: null` reads as no settings."""
     torch.set_num_threads(1)
     spec = load_sweep(spec_file(tmp_path, grid={"delta": [0.1]}, scratch=False,
                                 pretrain={"config": "tiny", "steps": 8, "set": ["train.stop_at=2"]}))

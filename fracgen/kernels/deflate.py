@@ -130,7 +130,7 @@ def _two_level(words, tail, v, len_symbol, len_extra, popcount, positions, cl_or
     ``units`` (2, 3 n + 400) for n words.
 
     One function with one bit-writing loop: numba's compile time (paid by the first build on a machine)
-    grew with every helper and every inlined call site."""
+    grows with every helper and every inlined call site."""
     n = words.size
     # Segments alternate: literal words (even segments, the first included), then words equal to the word
     # before them (copies). This pass records them without a branch per word: a mispredicted branch per word
