@@ -24,8 +24,6 @@ import argparse
 import io
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tarfile
@@ -38,23 +36,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from machine import children_cpu, header, load  # noqa: E402
+
 from fracgen.presets import ofdb3d  # noqa: E402
 
 DRIVER = Path(__file__).with_name("ofdb3d_released.py")
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        model = ""
-    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"
 
 
 def build_command(a, out: Path) -> list[str]:
@@ -64,10 +50,13 @@ def build_command(a, out: Path) -> list[str]:
 
 
 def fracgen_side(a, work: Path) -> dict:
-    """The build as a command (CPU of the whole command) and ``build()`` alone in this process (warm)."""
+    """The build as a command (CPU of the whole command, numba's cache filled by a first command of one category)
+    and ``build()`` alone in this process (warm)."""
     from fracgen.build import BuildConfig, build
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    one = argparse.Namespace(**{**vars(a), "categories": 1})
+    subprocess.run(build_command(one, work / "cache"), check=True, env=env, stdout=subprocess.DEVNULL)
     before = children_cpu()
     subprocess.run(build_command(a, work / "fracgen"), check=True, env=env, stdout=subprocess.DEVNULL)
     command_cpu = children_cpu() - before
@@ -161,12 +150,10 @@ def compare(a, classes: list[dict], work: Path) -> dict:
     return {"categories": len(names), "same_params": same_params, "same_clouds": same_clouds, "diffs": diffs}
 
 
-def report(a, ours: dict, cpu: dict | None, cmp: dict | None, rate: dict | None) -> None:
-    import numba
-
+def report(a, ours: dict, cpu: dict | None, cmp: dict | None, rate: dict | None, load_at_start: str) -> None:
     images = ours["images"]
-    print(f"# 3D-OFDB: {a.categories} categories x {a.views} views, {a.size} px, point_num {a.points}, seed {a.seed}")
-    print(f"# {cpu_model()}; Python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}")
+    print(header(f"3D-OFDB: {a.categories} categories x {a.views} views, {a.size} px, point_num {a.points}, "
+                 f"seed {a.seed}", load_at_start))
     search = ours["search"]
     print(f"acceptance: {search['categories']} categories from {search['attempts']} candidates, "
           f"{search['acceptance_rate']:.2%}")
@@ -233,13 +220,15 @@ def main() -> None:
         if a.work and work.exists():
             p.error(f"--work {work} exists; give a new folder")
         work.mkdir(parents=True, exist_ok=True)
+        load_at_start = load()
         ours = fracgen_side(a, work)
         cpu = cmp = None
         if a.released_dir:
             write_draws(a, ours["classes"], work / "draws")
             cpu = released_side(a, work)
             cmp = compare(a, ours["classes"], work)
-        report(a, ours, cpu, cmp, acceptance(a))
+        report(a, ours, cpu, cmp, acceptance(a), load_at_start)
+        print(f"- load average at end: {load()}")
 
 
 if __name__ == "__main__":
