@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fracgen import dataset
 from fracgen.config import BuildConfig, check_memory
-from fracgen.errors import FracgenError, UsageError
+from fracgen.errors import UsageError
 from fracgen.metadata import machine, write_metadata
 from fracgen.output import DatasetFolder, differences, stored_config
 from fracgen.plan import Plan, make_plan
@@ -106,9 +106,9 @@ def build(config: BuildConfig | None, out: str | Path, *, workers: int | None = 
         folder.store(plan.systems, request.source_bytes, config)
         todo, skipped, markers = _pending(folder, plan, shard_range)
         render_start = time.perf_counter()
-        for marker in run_shards(ShardJob(plan, folder.root, recipe_only), todo,
+        for marker in run_shards(ShardJob(plan, folder.root, recipe_only, request.published), todo,
                                  [len(plan.shard_samples[s]) for s in todo], workers, progress):
-            markers[marker["shard"]] = _as_published(marker, request.published)
+            markers[marker["shard"]] = marker
     images = sum(len(plan.shard_samples[s]) for s in todo)
     result = BuildResult(root=folder.root, complete=len(markers) == config.num_shards, built=todo, skipped=skipped,
                          num_shards=config.num_shards, seconds=0.0, images=images,
@@ -131,17 +131,6 @@ def _finish(folder: DatasetFolder, plan: Plan, markers: list[dict], result: Buil
     write_metadata(folder.root, plan, markers, timing, recipe)
 
 
-def _as_published(marker: dict, published: dict[str, str]) -> dict:
-    """A shard rendered from a recipe that records its sha256 must have it (else this machine's fracgen, numpy or
-    numba render other bytes than the ones published)."""
-    recorded = published.get(marker["filename"])
-    if "sha256" in marker and recorded is not None and recorded != marker["sha256"]:
-        raise FracgenError(f"{marker['filename']} rendered to sha256 {marker['sha256'][:12]}..., the recipe records "
-                           f"{recorded[:12]}...: this machine renders other bytes than the published ones (compare "
-                           f"the versions in {dataset.BUILD_JSON})")
-    return marker
-
-
 def _inspect(folder: DatasetFolder, config: BuildConfig | None, *, resume: bool, overwrite: bool,
              shard_range: tuple[int, int] | None, params: str | Path | None, source: str | Path | None,
              recipe_only: bool) -> _Request:
@@ -150,6 +139,9 @@ def _inspect(folder: DatasetFolder, config: BuildConfig | None, *, resume: bool,
     if recipe_only and shard_range is not None:
         raise UsageError("--recipe-only writes no shard: --shard-range does not apply")
     stored = folder.inspect(resume=resume, overwrite=overwrite, joining=shard_range is not None)
+    if recipe_only and resume and folder.holds_shards():
+        raise UsageError(f"--recipe-only: {root} holds rendered shards, and a recipe holds none: resume without "
+                         "--recipe-only to finish the dataset, or write the recipe into another folder")
     if stored is None and config is None:
         raise UsageError(f"{root} holds no build to resume; give the build's options")
     config = config or stored

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from pathlib import Path
 
 import numpy as np
 
 import fracgen
 from fracgen import dataset
-from fracgen.folder import write_atomic
+from fracgen.folder import read_regular, write_atomic
 from fracgen.plan import Plan
 
 UNCHOSEN_LICENSE = "other"  # the Hub's id for "see the card": a build's card until push-to-hub sets one
@@ -93,8 +94,20 @@ def write_metadata(root, plan: Plan, markers: list[dict], timing: dict, recipe: 
 
 def _write_card(root, build: dict) -> None:
     """The dataset card, so that the folder loads labelled as it will from the Hub; its licence is chosen when it
-    is published (`push-to-hub --license`), "other" until then."""
+    is published (`push-to-hub --license`), "other" until then, or the published one's (``card_license``)."""
     from fracgen.card import render_card
 
-    card = render_card(root, license=UNCHOSEN_LICENSE, build=build, timing=False).encode()
+    card = render_card(root, license=card_license(root), build=build, timing=False).encode()
     write_atomic(Path(root) / dataset.CARD_MD, card)
+
+
+def card_license(root) -> str:
+    """The licence in the card a recipe or a downloaded dataset came with (its resume renders the card again for
+    the rendered shards, keeping the publisher's licence); ``UNCHOSEN_LICENSE`` for a folder fracgen built."""
+    from fracgen.card import LICENSE_RE
+
+    if not (Path(root) / dataset.PUBLISHED_JSON).is_file():
+        return UNCHOSEN_LICENSE
+    card = (read_regular(Path(root) / dataset.CARD_MD, 1 << 20) or b"").decode("utf-8", "replace")
+    match = re.match(r"---\r?\n(?:(?!---\r?\n).*\n)*?license: *(\S+)\r?\n", card)
+    return match[1] if match and LICENSE_RE.match(match[1]) else UNCHOSEN_LICENSE

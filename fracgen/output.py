@@ -27,12 +27,15 @@ from fracgen.folder import (
     make_folders,
     probe,
     publish_once,
+    read_regular,
+    refuse_link,
     remove_made,
     temporary_of,
-    tmp_path,
     write_atomic,
 )
 from fracgen.systems import System, load_systems
+
+RECORD_MOST = 1 << 28  # bytes read of a build record (build.json lists every shard)
 
 
 class DatasetFolder:
@@ -72,7 +75,10 @@ class DatasetFolder:
         # folder holds what fracgen never writes there (a user's own ".fracgen")
         occupied = root.exists() and (any(p.name != dataset.INTERNAL for p in root.iterdir()) or self._foreign())
         if resume:
-            stored = self.stored_config() or self.recorded_config()
+            stored = self.stored_config()
+            if stored is None and self._record() is not None:
+                stored = self.recorded_config()
+                self._check_recorded()
             if stored is None and (occupied or not joining):
                 what = "is not a fracgen build" if occupied else "holds no recorded build"
                 raise UsageError(f"--resume: {root} {what} (no {dataset.CONFIG_JSON}); start a build with "
@@ -132,12 +138,41 @@ class DatasetFolder:
             raise UsageError(f"{path} is damaged ({e}); rebuild with --overwrite") from None
         return config
 
+    def _record(self) -> dict | None:
+        """The build record of a recipe or a downloaded dataset, whose shards a resume renders: the build.json it
+        came with, kept in .fracgen while it renders (its own build.json is written again when complete). None
+        for a folder fracgen builds (it has a claim) or one with no build.json."""
+        if (self.root / dataset.CONFIG_JSON).exists():
+            return None
+        kept = self.root / dataset.PUBLISHED_JSON
+        if kept.exists() or kept.is_symlink():
+            build = dataset.read_json(kept)
+            if not isinstance(build, dict) or not isinstance(build.get("shards"), list):
+                raise UsageError(f"{kept} has no 'shards' list; rebuild with --overwrite")
+            return build
+        if not (self.root / dataset.BUILD_JSON).is_file():
+            return None
+        return dataset.read_build(self.root)
+
+    def _check_recorded(self) -> None:
+        """A recipe or a downloaded dataset renders what its records say only if they are the ones its build.json
+        recorded, in plain files (a copy with links, a Hub cache's, is refused before anything is rendered)."""
+        for name in (dataset.BUILD_JSON, dataset.PUBLISHED_JSON, dataset.PARAMS_JSON, dataset.INFO_JSON,
+                     dataset.CARD_MD):
+            refuse_link(self.root / name, f"{self.root / name} (a resume writes the records again)")
+        records = self._record().get("records", {})
+        problems = dataset.changed_records(self.root, records) if isinstance(records, dict) else \
+            [f"its records are not an object (got {records!r:.60})"]
+        if problems:
+            raise UsageError(f"--resume: {self.root}: {problems[0]}; a resume renders what the records say: restore "
+                             "them (download the dataset again) or build into another folder")
+
     def recorded_config(self) -> BuildConfig | None:
         """The options build.json records, for a folder that has no builder's records of its own (a recipe or a
         dataset downloaded from the Hub, whose shards a resume renders); None when it has none to read."""
-        if (self.root / dataset.CONFIG_JSON).exists() or not (self.root / dataset.BUILD_JSON).is_file():
+        build = self._record()
+        if build is None:
             return None
-        build = dataset.read_build(self.root)
         data = build.get("config")
         try:
             if not isinstance(data, dict) or BuildConfig.missing(data, strict=True):
@@ -149,13 +184,17 @@ class DatasetFolder:
         return config
 
     def published(self) -> dict[str, str]:
-        """The sha256 a recipe or a downloaded dataset records for each shard (build.json, in a folder without the
-        builder's own records): what rendering them must give. Empty for a folder fracgen built here."""
+        """The sha256 a recipe or a downloaded dataset records for each shard: what rendering them must give.
+        Empty for a folder fracgen built here."""
+        kept, build_json = self.root / dataset.PUBLISHED_JSON, self.root / dataset.BUILD_JSON
         try:
-            build = dataset.read_build(self.root) if (self.root / dataset.BUILD_JSON).is_file() else {"shards": []}
+            build = dataset.read_json(kept) if kept.is_file() else dataset.read_build(self.root) \
+                if build_json.is_file() else {}
         except UsageError:
             return {}
-        if (self.root / dataset.CONFIG_JSON).exists() and "recipe" not in build:
+        if not isinstance(build, dict) or not isinstance(build.get("shards"), list):
+            return {}
+        if not kept.is_file() and (self.root / dataset.CONFIG_JSON).exists() and not dataset.is_recipe(build):
             return {}
         return {r["filename"]: r["sha256"] for r in build["shards"]
                 if isinstance(r, dict) and isinstance(r.get("filename"), str) and isinstance(r.get("sha256"), str)}
@@ -164,17 +203,18 @@ class DatasetFolder:
         """The options of the build in the folder from its config, or from build.json when the config is damaged
         (the options it lacks take their defaults), for ``--overwrite``; None when neither reads."""
         for path, inner in ((self.root / dataset.CONFIG_JSON, False), (self.root / dataset.BUILD_JSON, True)):
-            if path.is_symlink():
-                continue  # fracgen writes no links
+            raw = None if path.is_symlink() else read_regular(path, RECORD_MOST)  # fracgen writes no links
+            if raw is None:
+                continue
             try:
-                data = json.loads(path.read_text())
+                data = json.loads(raw)
                 data = data["config"] if inner else data
                 if BuildConfig.missing(data):
                     continue
                 config = BuildConfig.from_json(data)
                 config.validate()
                 return config
-            except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError, UsageError):
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError, UsageError):
                 continue
         return None
 
@@ -206,6 +246,10 @@ class DatasetFolder:
             elif not self._ours(path, config):
                 foreign.append(path)
         return foreign
+
+    def holds_shards(self) -> bool:
+        """Whether any shard, or any shard's marker, is in the folder."""
+        return any(self.root.glob(dataset.SHARD_GLOB)) or any((self.root / dataset.STATS).glob("*.json"))
 
     def refuse_strays(self, config: BuildConfig) -> None:
         """A shard-named file this build does not write would be loaded by a ``train-*.tar`` glob beside its own."""
@@ -300,13 +344,14 @@ class DatasetFolder:
         made = make_folders(self.root)
         try:
             made = make_folders(self.root / dataset.STATS) + made
+            self._keep_published()
             created = self._claim(config)
         except BaseException:
             remove_made(made)  # only what this call made: a job of other options may be starting in the rest
             raise
         if not created and fresh:
             raise UsageError(f"output folder {self.root} is being built by another job (or an interrupted build); "
-                             "pass --resume to finish it")
+                             "pass --resume to finish it (with --recipe-only to finish a recipe)")
         try:
             yield
         except UsageError as e:
@@ -323,6 +368,17 @@ class DatasetFolder:
                              "the same systems, or use another folder")
         if source is not None and not (self.root / config.source).is_file():
             write_atomic(self.root / config.source, source)
+
+    def _keep_published(self) -> None:
+        """Keep a recipe's or downloaded dataset's build.json in .fracgen before its resume claims the folder:
+        build.json goes until the build is complete, and its options and sha256 must outlive a kill or a refusal."""
+        build_json = self.root / dataset.BUILD_JSON
+        if (self.root / dataset.CONFIG_JSON).exists() or not build_json.is_file():
+            return
+        data = read_regular(build_json, RECORD_MOST)
+        if data is None:
+            raise UsageError(f"{build_json} cannot be read as a plain file of at most {RECORD_MOST >> 20} MiB")
+        publish_once(self.root / dataset.PUBLISHED_JSON, data)
 
     def _claim(self, config: BuildConfig) -> bool:
         """Make the folder the build of ``config``, or join the build of the same options: True when created."""
@@ -365,7 +421,7 @@ class DatasetFolder:
         stats, internal = root / dataset.STATS, root / dataset.INTERNAL
         folders = [f for f in (root, stats, internal) if f.is_dir()]
         for folder in folders:  # a folder that refuses a new file refuses deletions too: fail before any
-            _try_writing(folder, "--overwrite cannot delete the previous build: ")
+            make_folders(folder, "--overwrite cannot delete the previous build:")
         for folder in folders:
             for path in folder.iterdir():
                 if not path.is_dir() or path.is_symlink():
@@ -373,16 +429,6 @@ class DatasetFolder:
         for folder in (stats, internal):
             if folder.is_dir():
                 folder.rmdir()
-
-
-def _try_writing(folder: Path, context: str) -> None:
-    """Create and delete a temporary file in ``folder``; UsageError naming it when that fails."""
-    probe_file = tmp_path(folder / "probe")
-    try:
-        probe_file.write_bytes(b"")
-        probe_file.unlink()
-    except OSError as e:
-        raise UsageError(f"{context}{folder} cannot be written: {e.strerror or e}") from None
 
 
 def differences(config: BuildConfig, stored: BuildConfig) -> str:

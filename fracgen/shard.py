@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from fracgen import dataset
 from fracgen.encode import encode_png
+from fracgen.errors import FracgenError
 from fracgen.plan import Plan
 from fracgen.raster import VALUE
 
@@ -27,13 +28,15 @@ def records_digest(records: list) -> str:
     return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
 
 
-def run_shard(plan: Plan, shard: int, root: Path) -> dict:
+def run_shard(plan: Plan, shard: int, root: Path, published: str | None = None) -> dict:
     """Render, encode and write one shard, then its completion marker.
 
     Args:
         plan: the build's plan.
         shard: shard index.
         root: dataset folder.
+        published: the sha256 a recipe or a downloaded dataset records for the shard: a shard of other bytes is
+            deleted and refused (this machine renders other bytes than the published ones), with no marker.
 
     Returns:
         The shard's marker: filename, num_samples, sha256, bytes, seconds, and (one image per class) the class
@@ -49,6 +52,12 @@ def run_shard(plan: Plan, shard: int, root: Path) -> dict:
     samples = ({"__key__": dataset.sample_key(index), "png": encode(image, levels), "cls": str(meta["label"]).encode(),
                 "json": sample_json(meta)} for index, image, meta in _rendered(plan, shard, records))
     sha256, count, size = dataset.write_shard(root, shard, samples)
+    if published is not None and sha256 != published:
+        (Path(root) / dataset.shard_name(shard)).unlink(missing_ok=True)
+        raise FracgenError(f"{dataset.shard_name(shard)} rendered to sha256 {sha256[:12]}..., the published record "
+                           f"says {published[:12]}...: this machine renders other bytes than the published ones "
+                           f"(compare the versions in {dataset.PUBLISHED_JSON} with `fracgen --version`, numpy's "
+                           "and numba's)")
     marker = _marker(plan, shard, count, records, start) | {"sha256": sha256, "bytes": size}
     dataset.write_marker(root, marker)
     return marker
@@ -91,6 +100,9 @@ class ShardJob:
     plan: Plan
     root: Path
     records_only: bool = False
+    published: dict[str, str] = field(default_factory=dict)  # shard file name -> the sha256 it must have
 
     def __call__(self, shard: int) -> dict:
-        return shard_records(self.plan, shard) if self.records_only else run_shard(self.plan, shard, self.root)
+        if self.records_only:
+            return shard_records(self.plan, shard)
+        return run_shard(self.plan, shard, self.root, self.published.get(dataset.shard_name(shard)))

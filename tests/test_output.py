@@ -478,3 +478,82 @@ def test_a_shard_range_leaves_other_builds_partial_files_alone(tiny_dataset, tmp
     build(CFG, out, workers=1, resume=True)
     assert not theirs.exists()
     assert files(out) == files(tiny_dataset)
+
+
+# ------------------------------------------------------------------------ a recipe or a downloaded dataset
+
+
+def _downloaded(tiny_dataset: Path, dest: Path, **changes) -> Path:
+    """What a Hub download of the tiny dataset holds without its shards (records only, no .fracgen), its
+    build.json's shard rows changed by ``changes`` (shard index -> sha256)."""
+    dest.mkdir()
+    for name in (dataset.PARAMS_JSON, dataset.INFO_JSON, dataset.CARD_MD):
+        shutil.copyfile(tiny_dataset / name, dest / name)
+    record = json.loads((tiny_dataset / dataset.BUILD_JSON).read_text())
+    for shard, sha256 in changes.items():
+        record["shards"][int(shard)]["sha256"] = sha256
+    (dest / dataset.BUILD_JSON).write_text(json.dumps(record))
+    return dest
+
+
+def test_a_refused_render_of_a_downloaded_dataset_keeps_its_record_and_refuses_again(tiny_dataset, tmp_path):
+    root = _downloaded(tiny_dataset, tmp_path / "dl", **{"1": "0" * 64})
+    record = (root / dataset.BUILD_JSON).read_bytes()
+    for _ in range(2):  # the second resume still knows the published sha256
+        one_line(_resume(root), "renders other bytes than the published ones")
+        assert (root / dataset.PUBLISHED_JSON).read_bytes() == record
+        assert not (root / "train-000001.tar").exists() and not dataset.marker_path(root, 1).exists()
+    with pytest.raises(UsageError, match="has no build.json: the build is incomplete"):
+        verify(root)
+
+
+def test_an_edited_or_linked_record_of_a_downloaded_dataset_is_refused_before_rendering(tiny_dataset, tmp_path):
+    edited = _downloaded(tiny_dataset, tmp_path / "edited")
+    params = json.loads((edited / dataset.PARAMS_JSON).read_text())
+    params["systems"][0]["maps"][0][0] += 0.01
+    (edited / dataset.PARAMS_JSON).write_text(json.dumps(params))
+    one_line(_resume(edited), "params.json was changed after the build", "download the dataset again")
+    linked = _downloaded(tiny_dataset, tmp_path / "linked")
+    shutil.move(linked / dataset.PARAMS_JSON, tmp_path / "blob")
+    (linked / dataset.PARAMS_JSON).symlink_to(tmp_path / "blob")
+    one_line(_resume(linked), "params.json", "is a link")
+    for root in (edited, linked):
+        assert not (root / dataset.INTERNAL).exists() and not list(root.glob("train-*.tar"))
+
+
+def test_a_finished_download_keeps_its_publishers_licence(tiny_dataset, tmp_path):
+    root = _downloaded(tiny_dataset, tmp_path / "dl")
+    card = (root / dataset.CARD_MD).read_text()
+    (root / dataset.CARD_MD).write_text(card.replace("license: other", "license: mit", 1))
+    assert _resume(root).exit_code == 0 and verify(root).ok
+    assert "\nlicense: mit\n" in (root / dataset.CARD_MD).read_text()
+    assert _digests(root) == _digests(tiny_dataset)
+
+
+def test_resume_as_a_recipe_refuses_a_folder_with_shards(tiny_copy, tmp_path):
+    args = ["build", "--resume", "--recipe-only", "--no-progress"]
+    one_line(CliRunner().invoke(cli, [*args, str(tiny_copy)]), "holds rendered shards", "a recipe holds none")
+    partial = tmp_path / "partial"
+    build(CFG, partial, workers=1, shard_range=(1, 2))
+    one_line(CliRunner().invoke(cli, [*args, str(partial)]), "holds rendered shards")
+    assert not (partial / dataset.BUILD_JSON).exists()
+
+
+def test_a_marker_that_is_not_an_object_is_built_again(tiny_copy):
+    before = _digests(tiny_copy)
+    (tiny_copy / dataset.BUILD_JSON).unlink()
+    dataset.marker_path(tiny_copy, 0).write_text("[]")
+    assert _resume(tiny_copy).exit_code == 0 and _digests(tiny_copy) == before and verify(tiny_copy).ok
+
+
+def test_overwrite_does_not_wait_on_a_fifo_config(tiny_copy):
+    config = tiny_copy / dataset.CONFIG_JSON
+    config.unlink()
+    os.mkfifo(config)
+    proc = fracgen("build", *TINY_ARGS, "--overwrite", tiny_copy, wait=False)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    code = proc.wait()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -31,6 +31,7 @@ HEAD = 16  # the first samples, whose json fields the card's features describe (
 INTERNAL = ".fracgen"  # the builder's own records; never published
 CONFIG_JSON = f"{INTERNAL}/config.json"
 SYSTEMS_JSON = f"{INTERNAL}/systems.json"
+PUBLISHED_JSON = f"{INTERNAL}/published.json"  # a recipe's or downloaded dataset's build.json, kept while it renders
 STATS = f"{INTERNAL}/stats"
 SPLIT = "train"
 SHARD_PATTERN = "train-{shard:06d}.tar"
@@ -70,7 +71,7 @@ def marker_path(root: Path, shard: int) -> Path:
 def build_files(num_shards: int, source: str = "") -> list[str]:
     """The files a build of ``num_shards`` shards writes (relative names), besides temporaries and markers."""
     names = [*map(shard_name, range(num_shards)), INFO_JSON, PARAMS_JSON, BUILD_JSON, CARD_MD, PREVIEW_PNG,
-             CONFIG_JSON, SYSTEMS_JSON]
+             CONFIG_JSON, SYSTEMS_JSON, PUBLISHED_JSON]
     return names + ([source] if source else [])
 
 
@@ -87,7 +88,7 @@ def is_build_file(name: str, num_shards: int, source: str = "") -> bool:
 WRITES = {
     "": re.compile(r"train-\d{6,}\.tar|_info\.json|params\.json|build\.json|README\.md|preview\.png|source\.[^/]*"
                    r"|probe"),
-    INTERNAL: re.compile(r"config\.json|systems\.json|probe"),
+    INTERNAL: re.compile(r"config\.json|systems\.json|published\.json|probe"),
     STATS: re.compile(r"\d{6,}\.json|probe"),
 }
 
@@ -97,6 +98,7 @@ WRITES = {
 from fracgen.dataset.records import (  # noqa: E402
     DatasetInfo,
     SplitInfo,
+    changed_records,
     inside,
     is_complete,
     is_recipe,
@@ -146,6 +148,7 @@ __all__ = [
     "KEY_RE",
     "MTIME",
     "PARAMS_JSON",
+    "PUBLISHED_JSON",
     "PNG_GREY",
     "PNG_PALETTE",
     "PNG_RGB",
@@ -164,6 +167,7 @@ __all__ = [
     "brace_pattern",
     "build_files",
     "is_build_file",
+    "changed_records",
     "check_label",
     "check_sample",
     "decode_grey",

@@ -200,7 +200,7 @@ def read_build(root: Path | str) -> dict[str, Any]:
     if not (root / BUILD_JSON).exists() and not (root / BUILD_JSON).is_symlink():
         raise UsageError(
             f"{root} has no {BUILD_JSON}: the build is incomplete (or this is not a fracgen dataset); "
-            f"`fracgen build --resume {root}` finishes it"
+            f"`fracgen build --resume {root}` finishes it (add --recipe-only to finish a recipe)"
         )
     build = read_json(root / BUILD_JSON)
     if not isinstance(build, dict) or not isinstance(build.get("shards"), list):
@@ -211,6 +211,19 @@ def read_build(root: Path | str) -> dict[str, Any]:
 def is_recipe(build: dict[str, Any]) -> bool:
     """Whether a ``build.json`` (as ``read_build`` gives it) is a recipe's: its shards are to be rendered."""
     return isinstance(build.get("recipe"), dict)
+
+
+def changed_records(root: Path | str, records: dict) -> list[str]:
+    """What differs between params.json and _info.json and the sha256 build.json ``records`` for them (a build
+    without those records has none to compare)."""
+    problems = []
+    for name in (PARAMS_JSON, INFO_JSON):
+        path = Path(root) / name
+        if name in records and not path.is_file():
+            problems.append(f"{name} is missing ({BUILD_JSON} records its sha256)")
+        elif name in records and sha256_file(path) != records[name]:
+            problems.append(f"{name} was changed after the build: its sha256 is not the one {BUILD_JSON} records")
+    return problems
 
 
 def write_build(root: Path, build: dict) -> None:
@@ -231,9 +244,9 @@ def read_marker(root: Path, shard: int) -> dict | None:
         return None
     try:
         marker = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
-    if marker.get("bytes") != tar.stat().st_size or marker.get("sha256") != sha256_file(tar):
+    if not isinstance(marker, dict) or marker.get("bytes") != tar.stat().st_size or marker.get("sha256") != sha256_file(tar):
         return None
     return marker
 
