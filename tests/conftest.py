@@ -19,8 +19,9 @@ CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 def make_cifar_like(dest: Path, train_per_class: int = 100, test_per_class: int = 20, size: int = 32) -> Path:
     """Write a CIFAR-10-shaped JPEG tarball of generated images (same layout and counts as the mini copy).
 
-    Each class is a colour and a stripe frequency under noise: learnable in a few hundred steps, so tests
-    that assert a fine-tuning learns hold without the real images.
+    Each class is ``fracgen-train toy-data``'s image of that label (its stripes in a colour of its own, under
+    noise): learnable in a few hundred steps, so tests that assert a fine-tuning learns hold without the real
+    images.
     """
     import io
     import tarfile
@@ -28,18 +29,16 @@ def make_cifar_like(dest: Path, train_per_class: int = 100, test_per_class: int 
     import numpy as np
     from PIL import Image
 
+    from train.experiments.toy import toy_colour_image
+
     rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size] / size
     tarball = dest / "cifar-like-mini.tar.gz"
     with tarfile.open(tarball, "w:gz") as tar:
         for split, count in (("train", train_per_class), ("test", test_per_class)):
             for c, name in enumerate(CIFAR_CLASSES):
-                colour = np.array([(c * 37) % 256, (c * 91 + 60) % 256, (c * 53 + 120) % 256], float)
-                stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (c % 5 + 1) * (xx if c < 5 else yy))
                 for i in range(count):
-                    img = colour * (0.4 + 0.6 * stripes[..., None]) + rng.normal(0, 25, (size, size, 3))
                     buf = io.BytesIO()
-                    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=75)
+                    Image.fromarray(toy_colour_image(c, size, rng)).save(buf, "JPEG", quality=75)
                     info = tarfile.TarInfo(f"{split}/{name}/{i:04d}.jpg")
                     info.size = len(buf.getvalue())
                     tar.addfile(info, io.BytesIO(buf.getvalue()))
