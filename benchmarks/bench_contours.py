@@ -55,6 +55,7 @@ import numpy as np
 import numpy.random  # noqa: F401 - numpy imports it lazily, which needs the real `random`
 from machine import REPO, children_cpu, header, load
 from PIL import Image, ImageDraw  # noqa: F401 - imported before the stand-in replaces `random`
+from released import checkout_commit, find_script, uniform_r
 
 sys.path.insert(0, str(REPO))
 from fracgen.presets import contours  # noqa: E402
@@ -73,38 +74,6 @@ RELEASED_ARGS = {
                    "--line_num_min=1", "--line_num_max=200", "--line_width=0.1", "--radius_min=10", "--oval_rate=2",
                    "--start_pos=512", "--nami_1_min=0", "--nami_2_min=0", "--nami_1_max=20", "--nami_2_max=20"],
 }
-
-
-def find_script(kind: str, root: str) -> Path:
-    """The released script in a checkout (given as the repository root, the script's folder or the script)."""
-    p = Path(root).expanduser()
-    name = Path(SCRIPTS[kind])
-    for cand in (p / name, p / name.name, p):
-        if cand.is_file() and cand.name == name.name:
-            return cand.resolve()
-    raise SystemExit(f"--released-{kind}: no {SCRIPTS[kind]} under {root}")
-
-
-def checkout_commit(path: Path) -> str:
-    try:
-        head = subprocess.run(["git", "-C", str(path.parent), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(path.parent), "status", "--porcelain", "--", str(path)],
-                               capture_output=True, text=True).stdout.strip()
-        return head + (" (script modified)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "not a git checkout"
-
-
-def uniform_r(a: float, b: float, target: float) -> float:
-    """A ``random()`` value r with ``a + (b - a) * r == target`` exactly (what CPython's uniform computes)."""
-    r = (target - a) / (b - a)
-    for _ in range(64):
-        got = a + (b - a) * r
-        if got == target:
-            return r
-        r = math.nextafter(r, math.inf if got < target else -math.inf)
-    raise ValueError(f"no random() value gives uniform({a}, {b}) == {target!r}")
 
 
 class FeedRandom:
@@ -367,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     if set(kinds) - set(KINDS):
         ap.error(f"--kinds: unknown {sorted(set(kinds) - set(KINDS))}; expected some of {', '.join(KINDS)}")
     given = {"rcdb": args.released_rcdb, "visualatom": args.released_visualatom}
-    scripts = {k: find_script(k, given[k]) for k in kinds if given[k]}
+    scripts = {k: find_script(given[k], Path(SCRIPTS[k]), f"--released-{k}") for k in kinds if given[k]}
     if scripts:
         try:
             import noise  # noqa: F401 - the released scripts need it; imported before the stand-in goes in

@@ -57,6 +57,7 @@ import numpy as np
 import numpy.random  # noqa: F401 - imported before the stand-in replaces `random`
 from machine import REPO, children_cpu, header, load
 from PIL import Image
+from released import checkout_commit, find_script, uniform_r
 
 sys.path.insert(0, str(REPO))
 from fracgen import dataset  # noqa: E402
@@ -69,37 +70,6 @@ from fracgen.seeds import CLASS, choice_uniforms, draw_masks, generator  # noqa:
 RELEASED_REPO, RELEASED_COMMIT = "https://github.com/SUPER-TADORY/1p-frac", "413d318"
 SCRIPT = Path("1p-frac_generater/src/render_from_oneparam_mp.py")
 POINTS = 100_000  # the released --iteration default; fracgen's --points default
-
-
-def find_script(root: str) -> Path:
-    """The released script in a checkout (given as the repository root, its src folder or the script)."""
-    p = Path(root).expanduser()
-    for cand in (p / SCRIPT, p / SCRIPT.name, p):
-        if cand.is_file() and cand.name == SCRIPT.name:
-            return cand.resolve()
-    raise SystemExit(f"--released: no {SCRIPT} under {root}")
-
-
-def checkout_commit(path: Path) -> str:
-    try:
-        head = subprocess.run(["git", "-C", str(path.parent), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(path.parent), "status", "--porcelain", "--", str(path.parent)],
-                               capture_output=True, text=True).stdout.strip()
-        return head + (" (modified)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "not a git checkout"
-
-
-def uniform_r(a: float, b: float, target: float) -> float:
-    """A ``random()`` value r with ``a + (b - a) * r == target`` exactly (what CPython's uniform computes)."""
-    r = (target - a) / (b - a)
-    for _ in range(64):
-        got = a + (b - a) * r
-        if got == target:
-            return r
-        r = math.nextafter(r, math.inf if got < target else -math.inf)
-    raise ValueError(f"no random() value gives uniform({a}, {b}) == {target!r}")
 
 
 class FedRandom(_real_random.Random):
@@ -331,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--images and --L must be >= 1, --identity in [0, --images]")
     if args.released and args.L < args.identity:
         ap.error("--L must be at least --identity: the released classes are compared with the build's")
-    script = find_script(args.released) if args.released else None
+    script = find_script(args.released, SCRIPT, "--released") if args.released else None
 
     print(header(f"1p-frac: CPU per accepted image and per render, sigma {args.sigma}, Delta {args.delta}, 512 px, "
                  f"{POINTS:,} points, seed {args.seed}, one core"))
