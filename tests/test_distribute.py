@@ -16,7 +16,7 @@ SCRIPT = """
 import os, sys, time
 from fracgen import shard
 PIDS = sys.argv[1]
-def slow(plan, s, root):
+def slow(*args):
     open(os.path.join(PIDS, str(os.getpid())), "w").close()
     time.sleep(600)
 shard.run_shard = slow

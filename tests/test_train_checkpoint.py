@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 from train_helpers import (
+    FT,
     QUICK,
     REPO,
     assert_one_line,
     cfg_of,
     cli,
     run_cli,
+    shaded_folder,
     snapshot,
     tiny_cfg,
 )
@@ -200,26 +201,9 @@ def test_the_readme_recipe_for_older_checkpoints_loads_the_trained_head(complete
         assert torch.equal(model(x), trainer.eval()(x))
 
 
-FT = ["--config", "tiny-finetune", "--epochs", "2", "--batch-size", "8", "--set", "finetune.eval_batch_size=12",
-      "--set", "model.img_size=32", "--set", "train.log_every=1"]
-
-
-def _images(folder: Path, n: int, shade: int = 0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.new("RGB", (8, 8), ((i * 30 + shade) % 256, 60, 120)).save(folder / f"{shade}-{i}.png")
-
-
-def _image_folder(root: Path, classes=("airplane", "cat", "dog"), per_class: int = 8) -> Path:
-    for split in ("train", "test"):
-        for c in classes:
-            _images(root / split / c, per_class)
-    return root
-
-
 def test_finetune_resume_takes_the_same_folder_spelled_otherwise(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _image_folder(Path("mr2"))
+    shaded_folder(Path("mr2"))
     code, _, err = run_cli(["finetune", *FT, "--data", "mr2", "--out", "fr2", "--set", "train.stop_at=2",
                             "--set", "train.ckpt_every=1"], capsys)
     assert code == 0, err

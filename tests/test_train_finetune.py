@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from train_helpers import (
+    FT,
     assert_one_line,
     cfg_of,
     ft_cfg,
     image_folder,
     run_cli,
+    shaded_folder,
     snapshot,
     tiny_cfg,
 )
@@ -163,23 +164,6 @@ def test_a_checkpoint_with_nan_weights_is_refused_before_the_run_folder(complete
     assert not (tmp_path / "ft").exists()
 
 
-FT = ["--config", "tiny-finetune", "--epochs", "2", "--batch-size", "8", "--set", "finetune.eval_batch_size=12",
-      "--set", "model.img_size=32", "--set", "train.log_every=1"]
-
-
-def _images(folder: Path, n: int, shade: int = 0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.new("RGB", (8, 8), ((i * 30 + shade) % 256, 60, 120)).save(folder / f"{shade}-{i}.png")
-
-
-def _image_folder(root: Path, classes=("airplane", "cat", "dog"), per_class: int = 8) -> Path:
-    for split in ("train", "test"):
-        for c in classes:
-            _images(root / split / c, per_class)
-    return root
-
-
 @pytest.fixture(scope="module")
 def stopped_pretraining(tmp_path_factory) -> Path:
     """A tiny pre-training stopped at step 2 of 4 (its run.json says stopped)."""
@@ -197,7 +181,7 @@ def stopped_pretraining(tmp_path_factory) -> Path:
 
 
 def test_finetune_from_an_unfinished_pretraining_says_so(stopped_pretraining, tmp_path, capsys, caplog):
-    data = _image_folder(tmp_path / "mr")
+    data = shaded_folder(tmp_path / "mr")
     code, _, err = run_cli(["finetune", *FT, "--epochs", "1", "--data", data, "--checkpoint", stopped_pretraining,
                             "--out", tmp_path / "ft"], capsys)
     assert code == 0, err
@@ -209,7 +193,7 @@ def test_finetune_from_an_unfinished_pretraining_says_so(stopped_pretraining, tm
 def test_finetune_resume_needs_only_its_own_checkpoint(stopped_pretraining, tmp_path, capsys):
     ckpt = tmp_path / "pt"
     shutil.copytree(stopped_pretraining, ckpt)
-    data, out = _image_folder(tmp_path / "mr"), tmp_path / "fr"
+    data, out = shaded_folder(tmp_path / "mr"), tmp_path / "fr"
     first = ["finetune", *FT, "--data", data, "--checkpoint", ckpt, "--out", out]
     code, _, err = run_cli([*first, "--set", "train.stop_at=2", "--set", "train.ckpt_every=1"], capsys)
     assert code == 0, err
@@ -233,7 +217,7 @@ def test_finetune_from_a_timm_format_folder_records_no_step(stopped_pretraining,
 
     hf = tmp_path / "hf"
     save_for_hf(timm.create_model(f"local-dir:{stopped_pretraining}", pretrained=True), hf, safe_serialization=True)
-    data = _image_folder(tmp_path / "mr")
+    data = shaded_folder(tmp_path / "mr")
     code, _, err = run_cli(["finetune", *FT, "--epochs", "1", "--data", data, "--checkpoint", hf,
                             "--out", tmp_path / "ft"], capsys)
     assert code == 0, err

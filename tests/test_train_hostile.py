@@ -19,12 +19,15 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 from train_helpers import (
+    FT,
     QUICK,
     REPO,
     assert_one_line,
     cfg_of,
     cli,
     run_cli,
+    shaded_folder,
+    shaded_images,
     snapshot,
     tiny_cfg,
 )
@@ -553,25 +556,8 @@ def test_resume_with_another_setting_is_refused_before_the_folder_is_touched(sto
     assert snapshot(stopped) == before  # config.yaml and run.json untouched, no lock left behind
 
 
-FT = ["--config", "tiny-finetune", "--epochs", "2", "--batch-size", "8", "--set", "finetune.eval_batch_size=12",
-      "--set", "model.img_size=32", "--set", "train.log_every=1"]
-
-
-def _images(folder: Path, n: int, shade: int = 0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.new("RGB", (8, 8), ((i * 30 + shade) % 256, 60, 120)).save(folder / f"{shade}-{i}.png")
-
-
-def _image_folder(root: Path, classes=("airplane", "cat", "dog"), per_class: int = 8) -> Path:
-    for split in ("train", "test"):
-        for c in classes:
-            _images(root / split / c, per_class)
-    return root
-
-
 def _stopped_run(tmp_path: Path, capsys) -> tuple[Path, Path]:
-    data, out = _image_folder(tmp_path / "mr"), tmp_path / "fr"
+    data, out = shaded_folder(tmp_path / "mr"), tmp_path / "fr"
     code, _, err = run_cli(["finetune", *FT, "--data", data, "--out", out, "--set", "train.stop_at=2",
                             "--set", "train.ckpt_every=1"], capsys)
     assert code == 0, err
@@ -580,8 +566,8 @@ def _stopped_run(tmp_path: Path, capsys) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("change", [
-    lambda d: _images(d / "train" / "cat", 8, shade=7),           # more images: another schedule
-    lambda d: [_images(d / s / "zzz", 8) for s in ("train", "test")],  # another class: another head
+    lambda d: shaded_images(d / "train" / "cat", 8, shade=7),           # more images: another schedule
+    lambda d: [shaded_images(d / s / "zzz", 8) for s in ("train", "test")],  # another class: another head
     lambda d: (d / "train" / "dog" / "0-0.png").write_bytes(        # same count, another file
         (d / "train" / "dog" / "0-0.png").read_bytes() + b"\0"),
 ])

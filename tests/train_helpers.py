@@ -128,3 +128,26 @@ def wait_for_step(proc: subprocess.Popen, out: Path, step: int, timeout: float =
         time.sleep(0.05)
     proc.kill()
     pytest.fail(f"no step {step} after {timeout} s")
+
+
+# the arguments of a fine-tuning in seconds: tiny-finetune on 32 px
+FT = ["--config", "tiny-finetune", "--epochs", "2", "--batch-size", "8", "--set", "finetune.eval_batch_size=12",
+      "--set", "model.img_size=32", "--set", "train.log_every=1"]
+
+
+def shaded_images(folder: Path, n: int, shade: int = 0) -> None:
+    """``n`` 8 px RGB PNGs in ``folder``, each of its own colour (``shade`` shifts them: other files)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (8, 8), ((i * 30 + shade) % 256, 60, 120)).save(folder / f"{shade}-{i}.png")
+
+
+def shaded_folder(root: Path, classes=("airplane", "cat", "dog"), per_class: int = 8) -> Path:
+    """An ImageFolder (``train/`` and ``test/``, a folder per class) of ``shaded_images``: what a fine-tuning
+    of ``FT`` reads in seconds."""
+    for split in ("train", "test"):
+        for c in classes:
+            shaded_images(root / split / c, per_class)
+    return root
