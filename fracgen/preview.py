@@ -212,18 +212,13 @@ def caption(build: dict[str, Any]) -> str:
 
 
 def _checked_config(root: Path, build: dict[str, Any]) -> dict[str, Any]:
-    """build.json's options, checked as a build checks them (and their memory) before anything is drawn."""
+    """build.json's options, checked as a build checks them (and their memory) before anything is drawn: a
+    recipe's as rendering reads them, a built dataset's as verify does."""
     from fracgen.config import BuildConfig, check_memory
 
-    config = build.get("config", {})
-    try:
-        if not isinstance(config, dict):
-            raise TypeError(f"not an object: {config!r}")
-        options = BuildConfig.from_json(config)
-        options.validate()
-    except (TypeError, ValueError, UsageError) as err:
-        raise UsageError(f"{root / dataset.BUILD_JSON}: 'config' is damaged ({err})") from None
-    check_memory(options)
+    config = build.get("config")
+    check_memory(BuildConfig.from_record(config, where=str(root / dataset.BUILD_JSON),
+                                         strict=dataset.is_recipe(build)))
     return config
 
 

@@ -90,12 +90,7 @@ def open_recipe(folder: str | Path) -> Recipe:
     """
     root = Path(folder)
     build = dataset.read_build(root)
-    config = build.get("config")
-    try:
-        cfg = BuildConfig.from_json(config)
-        cfg.validate()
-    except (TypeError, ValueError, AttributeError, UsageError) as e:
-        raise UsageError(f"{root / dataset.BUILD_JSON}: its config cannot be rendered ({e})") from None
+    cfg = BuildConfig.from_record(build.get("config"), where=str(root / dataset.BUILD_JSON))
     systems = load_systems(root / dataset.PARAMS_JSON) if cfg.family.systems else None
     source = dataset.inside(root, cfg.source, f"{root / dataset.BUILD_JSON}: 'source'") if cfg.source else ""
     try:

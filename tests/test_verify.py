@@ -104,6 +104,16 @@ def test_a_build_json_without_its_config_fails(tiny_copy: Path) -> None:
     assert result.exit_code != 0 and "config lacks sigma" in result.output
 
 
+def test_an_unknown_preset_is_named_not_the_options_it_lacks(tiny_copy: Path) -> None:
+    build = json.loads((tiny_copy / "build.json").read_text())
+    build["config"]["preset"] = "x"
+    (tiny_copy / "build.json").write_text(json.dumps(build))
+    report = verify(tiny_copy)
+    assert not report.ok and any(p.startswith("build.json: unknown preset 'x' (known: 1p-frac, ")
+                                 for p in report.dataset_problems), report.dataset_problems
+    assert not any("lacks" in p for p in report.dataset_problems)
+
+
 def test_a_dataset_of_the_old_image_format_is_named_with_the_command_that_rebuilds_it(tmp_path, monkeypatch):
     from conftest import TINY
 
