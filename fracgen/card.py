@@ -191,7 +191,7 @@ def dataset_info(root: Path, build: dict[str, Any], num_classes: int, samples: i
 
 def first_records(root: Path, build: dict[str, Any], count: int = dataset.HEAD) -> list[dict]:
     """The json of the first samples: read from the first shard, or a recipe's record of them."""
-    if isinstance(build.get("recipe"), dict):
+    if dataset.is_recipe(build):
         return [dict(m) for m in build["recipe"]["head"][:count]]
     metas = []
     for sample in dataset.iter_shard(root / str(build["shards"][0]["filename"])):
@@ -291,9 +291,9 @@ def card_context(
         "num_samples": str(num_samples),
         "num_classes": str(num_classes),
         "num_shards": str(len(filenames)),
-        "total_size": _human_bytes(sum(int(r.get("bytes", 0)) for r in shards)) if "recipe" not in build
+        "total_size": _human_bytes(sum(int(r.get("bytes", 0)) for r in shards)) if not dataset.is_recipe(build)
         else "not rendered here: a recipe",
-        "recipe_note": _recipe_note(repo_id) if "recipe" in build else "",
+        "recipe_note": _recipe_note(repo_id) if dataset.is_recipe(build) else "",
         "shard_pattern": _shard_pattern(filenames),
         "size": str(config.get("size", "?")),
         "seed": str(config.get("seed", "?")),

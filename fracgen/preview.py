@@ -63,7 +63,7 @@ def _is_binary(images: list[np.ndarray]) -> bool:
 def _first_samples(root: Path, build: dict[str, Any], count: int) -> dict[int, np.ndarray]:
     """RGB images (h, w, 3) of labels 0..count-1, reading shards only until all are found (a recipe's rendered:
     the one case where the preview imports the numba kernels)."""
-    if "recipe" in build:
+    if dataset.is_recipe(build):
         return _rendered_samples(root, count)
     found: dict[int, np.ndarray] = {}
     for record in build["shards"]:
