@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fracgen import dataset
-from fracgen.config import BuildConfig
+from fracgen.config import BuildConfig, check_memory
 from fracgen.dataset import DatasetError
 from fracgen.errors import UsageError
 from fracgen.plan import Plan, make_plan
@@ -86,11 +86,13 @@ def open_recipe(folder: str | Path) -> Recipe:
 
     Raises:
         UsageError: the folder holds no build record, or one that cannot be rendered (a damaged config, a family
-            this fracgen does not know, base systems that do not read).
+            this fracgen does not know, options that need more memory than the machine has, base systems that do
+            not read).
     """
     root = Path(folder)
     build = dataset.read_build(root)
     cfg = BuildConfig.from_record(build.get("config"), where=str(root / dataset.BUILD_JSON))
+    check_memory(cfg)  # the plan holds every sample index, a render its canvas and points: refused before either
     systems = load_systems(root / dataset.PARAMS_JSON) if cfg.family.systems else None
     source = dataset.inside(root, cfg.source, f"{root / dataset.BUILD_JSON}: 'source'") if cfg.source else ""
     try:

@@ -150,3 +150,13 @@ def test_a_recipe_lacking_options_is_refused_by_every_reader_alike(tmp_path):
     assert not report.ok and "build.json: config lacks delta, perturbation" in report.dataset_problems
     assert CliRunner().invoke(cli, ["build", "--resume", "--no-progress", str(root)]).exit_code == 2
     assert not (root / "preview.png").exists() and not list(root.glob("train-*.tar"))
+
+
+@pytest.mark.parametrize("option,value", [("L", 10**12), ("size", 200_000), ("points", 10**12),
+                                          ("patch_variants", 6_250_000_000)])
+def test_a_recipe_too_large_for_the_machine_is_the_memory_refusal(tmp_path, monkeypatch, option, value):
+    monkeypatch.setattr("fracgen.config.available_memory", lambda: 64 << 30)
+    root = _recipe(tmp_path, **{option: value})
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(UsageError, match=f"^{flag} {value} needs about .* GiB of memory"):
+        open_recipe(root)
