@@ -160,3 +160,11 @@ def test_a_recipe_too_large_for_the_machine_is_the_memory_refusal(tmp_path, monk
     flag = "--" + option.replace("_", "-")
     with pytest.raises(UsageError, match=f"^{flag} {value} needs about .* GiB of memory"):
         open_recipe(root)
+
+
+def test_fresh_masks_need_a_record_of_each_class(tmp_path):
+    root = _recipe(tmp_path)
+    params = json.loads((root / "params.json").read_text())
+    (root / "params.json").write_text(json.dumps(dict(params, classes=[])))
+    with pytest.raises(UsageError, match="params.json records 0 classes, not one for each of the 12 labels"):
+        open_recipe(root).fresh(0, (1,))

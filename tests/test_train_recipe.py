@@ -157,6 +157,20 @@ def test_fresh_masks_are_refused_in_one_line_where_they_cannot_apply(case, fragm
     assert not (tmp_path / "run").exists()
 
 
+def test_fresh_masks_on_a_recipe_without_its_class_records_are_refused_in_one_line(tiny_recipe, tmp_path):
+    import shutil
+
+    from fracgen.recipe import open_recipe
+    from train.data.recipe import check_fresh
+
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_recipe, root)
+    params = json.loads((root / dataset.PARAMS_JSON).read_text())
+    (root / dataset.PARAMS_JSON).write_text(json.dumps(dict(params, classes=[])))
+    with pytest.raises(TrainError, match="^data.fresh_masks: .*params.json records 0 classes"):
+        check_fresh(tiny_cfg(root, "data.fresh_masks=true"), open_recipe(root))
+
+
 # ------------------------------------------------------------------------------------------------ refusals
 def test_data_verify_true_is_refused_for_a_recipe(tiny_recipe, tmp_path, capsys):
     code, err = cli(["pretrain", "--config", "tiny", "--data", tiny_recipe, "--out", tmp_path / "run", "--steps", "2",
