@@ -18,7 +18,7 @@ import yaml
 
 from fracgen import dataset
 from fracgen.errors import UsageError
-from fracgen.presets import DEFAULT_PRESET, Family, registry
+from fracgen.presets import DEFAULT_PRESET, registry
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def dataset_info(root: Path, build: dict[str, Any], num_classes: int, samples: i
 
 def first_records(root: Path, build: dict[str, Any], count: int = dataset.HEAD) -> list[dict]:
     """The json of the first samples: read from the first shard, or a recipe's record of them."""
-    if isinstance(build.get("recipe"), dict):
+    if dataset.is_recipe(build):
         return [dict(m) for m in build["recipe"]["head"][:count]]
     metas = []
     for sample in dataset.iter_shard(root / str(build["shards"][0]["filename"])):
@@ -204,14 +204,15 @@ def first_records(root: Path, build: dict[str, Any], count: int = dataset.HEAD) 
 _IMAGES = {"fractal": "8-bit greyscale PNG, values {0, 127}", "L": "8-bit greyscale PNG", "RGB": "8-bit RGB PNG"}
 
 
-def _image(family: Family | None, config: dict[str, Any]) -> str:
+def _image(config: dict[str, Any]) -> str:
     """What one image is, for the card's table."""
     from fracgen.config import BuildConfig
 
     size = config.get("size", "?")
     try:
-        mode = family.image_mode(BuildConfig.from_json(config)) if family else "RGB"
-    except (TypeError, ValueError, AttributeError):
+        options = BuildConfig.from_record(config, where=dataset.BUILD_JSON, strict=False)
+        mode = options.family.image_mode(options)
+    except UsageError:  # an unknown family or a damaged config: the card still names the recorded size
         mode = "RGB"
     return f"{size} x {size} {_IMAGES[mode]}"
 
@@ -290,9 +291,9 @@ def card_context(
         "num_samples": str(num_samples),
         "num_classes": str(num_classes),
         "num_shards": str(len(filenames)),
-        "total_size": _human_bytes(sum(int(r.get("bytes", 0)) for r in shards)) if "recipe" not in build
+        "total_size": _human_bytes(sum(int(r.get("bytes", 0)) for r in shards)) if not dataset.is_recipe(build)
         else "not rendered here: a recipe",
-        "recipe_note": _recipe_note(repo_id) if "recipe" in build else "",
+        "recipe_note": _recipe_note(repo_id) if dataset.is_recipe(build) else "",
         "shard_pattern": _shard_pattern(filenames),
         "size": str(config.get("size", "?")),
         "seed": str(config.get("seed", "?")),
@@ -363,7 +364,7 @@ def _family_context(root: Path, build: dict[str, Any], config: dict[str, Any]) -
         **values,
         "tags": "\n".join(f"- {tag}" for tag in dict.fromkeys(tags)),
         "description": family.description if family else f"the {preset} preset of fracgen.",
-        "image": _image(family, config),
+        "image": _image(config),
         "parameter_rows": "\n".join(f"| {label} | {value} |" for label, value in rows.items()),
         "config_table": _table({k: config[k] for k in shown}, ("option", "value")) if shown else "not recorded",
         "differences": "",

@@ -143,6 +143,36 @@ class BuildConfig:
         return sorted(n for n in needed if n not in data and (strict or not table[n].absent_default))
 
     @classmethod
+    def from_record(cls, data: Any, *, where: str, strict: bool = True) -> BuildConfig:
+        """The validated config a record holds (build.json's ``config``, the builder's ``config.json``).
+
+        Args:
+            data: the record's config, as JSON parsed it.
+            where: what names the record in the message (its path, or the file's name).
+            strict: require every option its family reads (``missing(strict=True)``: a config to render or to
+                resume, whose images an option it lacks may have changed); False for a reader that only describes
+                a dataset already rendered (the options no record of any fracgen lacks).
+
+        Raises:
+            UsageError: ``{where}: ...`` on one line: not an object, an unknown preset (with the known ones), the
+                options it lacks, or the first option refused.
+        """
+        if not isinstance(data, dict):
+            raise UsageError(f"{where}: config is not an object")
+        preset = data.get("preset", DEFAULT_PRESET)
+        if not isinstance(preset, str) or registry.get(preset) is None:
+            raise UsageError(f"{where}: unknown preset {preset!r:.60} (known: {', '.join(registry.families())})")
+        missing = cls.missing(data, strict=strict)
+        if missing:
+            raise UsageError(f"{where}: config lacks {', '.join(missing)}")
+        try:
+            config = cls.from_json(data)
+            config.validate()
+        except (TypeError, ValueError, RecursionError, UsageError) as e:
+            raise UsageError(f"{where}: config is damaged ({(str(e).splitlines() or [repr(e)])[0]})") from None
+        return config
+
+    @classmethod
     def checked(cls, options: dict, prefix: str = "") -> BuildConfig:
         """A validated config from option names and values (a sweep's grid point, a repro variant's ``build.*``).
 

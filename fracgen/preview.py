@@ -63,7 +63,7 @@ def _is_binary(images: list[np.ndarray]) -> bool:
 def _first_samples(root: Path, build: dict[str, Any], count: int) -> dict[int, np.ndarray]:
     """RGB images (h, w, 3) of labels 0..count-1, reading shards only until all are found (a recipe's rendered:
     the one case where the preview imports the numba kernels)."""
-    if "recipe" in build:
+    if dataset.is_recipe(build):
         return _rendered_samples(root, count)
     found: dict[int, np.ndarray] = {}
     for record in build["shards"]:
@@ -212,18 +212,13 @@ def caption(build: dict[str, Any]) -> str:
 
 
 def _checked_config(root: Path, build: dict[str, Any]) -> dict[str, Any]:
-    """build.json's options, checked as a build checks them (and their memory) before anything is drawn."""
+    """build.json's options, checked as a build checks them (and their memory) before anything is drawn: a
+    recipe's as rendering reads them, a built dataset's as verify does."""
     from fracgen.config import BuildConfig, check_memory
 
-    config = build.get("config", {})
-    try:
-        if not isinstance(config, dict):
-            raise TypeError(f"not an object: {config!r}")
-        options = BuildConfig.from_json(config)
-        options.validate()
-    except (TypeError, ValueError, UsageError) as err:
-        raise UsageError(f"{root / dataset.BUILD_JSON}: 'config' is damaged ({err})") from None
-    check_memory(options)
+    config = build.get("config")
+    check_memory(BuildConfig.from_record(config, where=str(root / dataset.BUILD_JSON),
+                                         strict=dataset.is_recipe(build)))
     return config
 
 

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from fracgen import dataset
-from fracgen.config import BuildConfig
+from fracgen.config import BuildConfig, check_memory
 from fracgen.dataset import DatasetError
 from fracgen.errors import UsageError
 from fracgen.plan import Plan, make_plan
-from fracgen.systems import load_systems
+from fracgen.systems import class_records, load_systems
 
 
 class Recipe:
@@ -62,14 +62,15 @@ class Recipe:
         the paper's "w/ Aug." read as new masks each time an image is shown. ``{"__key__", "image", "cls"}``.
 
         Raises:
-            UsageError: the family draws no patch masks.
+            UsageError: the family draws no patch masks, or params.json holds no record of each class.
         """
         index = self.order[i]
-        label = index // self.plan.config.per_class
+        config = self.plan.config
+        label = index // config.per_class
         if self._classes is None:
-            self._classes = (dataset.read_params(self.root) or {}).get("classes") or []
-        record = self._classes[label] if label < len(self._classes) else {}
-        image = self.plan.config.family.render_fresh(self.plan, index, tuple(key), record)
+            self._classes = class_records(dataset.read_params(self.root), config.num_classes,
+                                          str(self.root / dataset.PARAMS_JSON))
+        image = config.family.render_fresh(self.plan, index, tuple(key), self._classes[label])
         return {"__key__": dataset.sample_key(index), "image": np.array(image, np.uint8, copy=True), "cls": label}
 
     def render(self, indices: list[int]) -> Iterator[dict[str, Any]]:
@@ -86,16 +87,13 @@ def open_recipe(folder: str | Path) -> Recipe:
 
     Raises:
         UsageError: the folder holds no build record, or one that cannot be rendered (a damaged config, a family
-            this fracgen does not know, base systems that do not read).
+            this fracgen does not know, options that need more memory than the machine has, base systems that do
+            not read).
     """
     root = Path(folder)
     build = dataset.read_build(root)
-    config = build.get("config")
-    try:
-        cfg = BuildConfig.from_json(config)
-        cfg.validate()
-    except (TypeError, ValueError, AttributeError, UsageError) as e:
-        raise UsageError(f"{root / dataset.BUILD_JSON}: its config cannot be rendered ({e})") from None
+    cfg = BuildConfig.from_record(build.get("config"), where=str(root / dataset.BUILD_JSON))
+    check_memory(cfg)  # the plan holds every sample index, a render its canvas and points: refused before either
     systems = load_systems(root / dataset.PARAMS_JSON) if cfg.family.systems else None
     source = dataset.inside(root, cfg.source, f"{root / dataset.BUILD_JSON}: 'source'") if cfg.source else ""
     try:

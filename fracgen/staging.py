@@ -82,7 +82,7 @@ def stage(
         preview_path = preview(root, out=workdir / "preview.png")
     # shards: the sizes and digests of build.json, which verify has just checked against the bytes (a
     # second read of every shard would double the cost for large sets)
-    staged = [] if "recipe" in build else [
+    staged = [] if dataset.is_recipe(build) else [
         StagedFile(str(r["filename"]), root / str(r["filename"]), int(r["bytes"]), str(r["sha256"]))
         for r in build["shards"]
     ]
@@ -114,7 +114,7 @@ def _build_record(root: Path, workdir: Path, recipe: bool) -> tuple[dict, Path]:
     """build.json as it is sent, and the file it is sent from: a complete build sent as a recipe gets the record
     of a recipe (its first samples' json, for the card), written into ``workdir``."""
     build = dataset.read_build(root)
-    if not recipe or "recipe" in build:
+    if not recipe or dataset.is_recipe(build):
         return build, root / BUILD_JSON
     from fracgen.card import first_records
     from fracgen.folder import dump_json

@@ -101,3 +101,20 @@ def load_systems(path: Path) -> list[System]:
         return [System.from_json(item) for item in items]
     except UsageError as e:
         raise UsageError(f"--params {path}: {e}") from None
+
+
+def class_records(params: object, num_classes: int, where: str) -> list[dict]:
+    """params.json's ``classes`` (``params`` as JSON parsed it), one record per label, in label order: what verify
+    checks the samples against and a recipe draws fresh masks from.
+
+    Raises:
+        UsageError: ``{where} ...`` on one line: the classes are not a list of records with an integer label, or
+            their labels are not each of 0..num_classes-1 once.
+    """
+    classes = params.get("classes") if isinstance(params, dict) else None
+    if not isinstance(classes, list) or not all(isinstance(c, dict) and type(c.get("label")) is int for c in classes):
+        raise UsageError(f"{where} classes are malformed (not a list of records with an integer label)")
+    records = sorted(classes, key=lambda c: c["label"])
+    if [c["label"] for c in records] != list(range(num_classes)):
+        raise UsageError(f"{where} records {len(classes)} classes, not one for each of the {num_classes} labels")
+    return records

@@ -25,6 +25,7 @@ from fracgen.dataset import (
     sha256_file,
 )
 from fracgen.errors import UsageError
+from fracgen.systems import class_records
 
 logger = logging.getLogger(__name__)
 
@@ -230,35 +231,29 @@ def _info_counts(report: VerifyReport, root: Path, shard_names: list[str], num_c
     return dict(zip(filenames, lengths, strict=False))
 
 
-def _recorded_classes(report: VerifyReport, root: Path) -> dict[int, dict[str, Any]]:
-    """Class records of `params.json` by label ({} when the dataset has no such records)."""
+def _recorded_classes(report: VerifyReport, root: Path, num_classes: int) -> dict[int, dict[str, Any]]:
+    """Class records of `params.json` by label, one for each of the `num_classes` labels ({} when they are not
+    that: the problem is reported)."""
     path = root / PARAMS_JSON
     if not path.exists():
         report.dataset_problems.append(f"{PARAMS_JSON} is missing (every build writes it: the base systems and "
                                        "each class's parameters)")
         return {}
     try:
-        params = dataset.read_json(path)
-        return {int(c["label"]): c for c in params.get("classes", [])}
+        return {c["label"]: c for c in class_records(dataset.read_json(path), num_classes, PARAMS_JSON)}
     except UsageError as err:
         report.dataset_problems.append(str(err))
-    except (AttributeError, KeyError, TypeError, ValueError) as err:
-        report.dataset_problems.append(f"{PARAMS_JSON} classes are malformed ({err})")
     return {}
 
 
 def _check_config(report: VerifyReport, config: dict[str, Any], build: dict[str, Any]) -> BuildConfig | None:
     """build.json's config must be a complete, valid build configuration (the card and a rebuild need it) that
-    makes the classes and samples build.json counts; returns it, or None when it is not one."""
-    missing = BuildConfig.missing(config)  # options added since a dataset was built take their defaults
-    if missing:
-        report.dataset_problems.append(f"{BUILD_JSON} config lacks {', '.join(missing)}")
-        return None
+    makes the classes and samples build.json counts; returns it, or None when it is not one. A recipe's is read
+    as rendering reads it (every option of its family); a built dataset's may lack the options added since."""
     try:
-        cfg = BuildConfig.from_json(config)
-        cfg.validate()
-    except (TypeError, ValueError, UsageError) as err:
-        report.dataset_problems.append(f"{BUILD_JSON} config is invalid ({err})")
+        cfg = BuildConfig.from_record(config, where=BUILD_JSON, strict=report.recipe)
+    except UsageError as err:
+        report.dataset_problems.append(str(err))
         return None
     for key in ("num_classes", "num_samples"):
         if key in build and build[key] != getattr(cfg, key):
@@ -322,10 +317,7 @@ def _check_shards(report: VerifyReport, root: Path, records: list[dict], expect:
     """Every shard build.json lists, and any other shard-named file beside them (a glob would load it)."""
     names = [r["filename"] for r in records]
     info_counts = _info_counts(report, root, names, expect.num_classes)
-    classes = _recorded_classes(report, root)
-    if classes and sorted(classes) != list(range(expect.num_classes)):
-        report.dataset_problems.append(f"{PARAMS_JSON} records {len(classes)} classes, {BUILD_JSON} num_classes "
-                                       f"is {expect.num_classes}")
+    classes = _recorded_classes(report, root, expect.num_classes)
     if report.recipe:  # its shards are to be rendered: their counts are what the records promise
         report.num_samples = sum(r.get("num_samples", 0) for r in records)
     for record in [] if report.recipe else records:

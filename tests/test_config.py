@@ -93,3 +93,26 @@ def test_resuming_a_recorded_build_too_large_for_the_machine_is_the_memory_refus
     start = time.monotonic()
     one_line(CliRunner().invoke(cli, ["build", "--resume", str(build_dir)]), "--L 1000000000000 needs about")
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("record,fragment", [
+    ("x", "where: config is not an object"),
+    ({"preset": "nope"}, "where: unknown preset 'nope' (known: 1p-frac, "),
+    ({"preset": ["x"]}, "where: unknown preset ['x'] (known: "),
+    ({k: v for k, v in BuildConfig(**TINY).to_json().items() if k not in ("delta", "perturbation")},
+     "where: config lacks delta, perturbation"),
+    (dict(BuildConfig(**TINY).to_json(), seed=-1), "where: config is damaged (--seed must be >= 0, got -1)"),
+    (dict(BuildConfig(**TINY).to_json(), size="abc"), "where: config is damaged (--size must be an integer"),
+])
+def test_a_record_is_read_by_one_parser_that_names_what_is_wrong(record, fragment):
+    with pytest.raises(UsageError) as err:
+        BuildConfig.from_record(record, where="where")
+    assert str(err.value).startswith(fragment) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_record_lacking_only_options_added_later_reads_leniently_not_strictly():
+    record = {k: v for k, v in BuildConfig(**TINY).to_json().items() if k != "min_fill"}
+    assert BuildConfig.from_record(record, where="w", strict=False) == BuildConfig(**TINY)
+    with pytest.raises(UsageError, match="^w: config lacks min_fill$"):
+        BuildConfig.from_record(record, where="w")
+    assert BuildConfig.from_record(BuildConfig(**TINY).to_json(), where="w") == BuildConfig(**TINY)

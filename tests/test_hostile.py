@@ -209,10 +209,10 @@ def test_preview_reads_no_shard_outside_the_folder(tiny_copy, tmp_path, filename
 
 
 @pytest.mark.parametrize("key,value,fragment", [
-    ("size", "abc", "'config' is damaged"),
+    ("size", "abc", "config is damaged (--size must be an integer"),
     ("seed", -1, "--seed"),
     ("points", 10**10, "--points 10000000000 needs about"),
-    (None, "x", "'config' is damaged"),
+    (None, "x", "config is not an object"),
 ])
 def test_preview_checks_the_recorded_options(tiny_copy, key, value, fragment):
     record = json.loads((tiny_copy / "build.json").read_text())

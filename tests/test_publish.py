@@ -258,6 +258,21 @@ def test_dry_run_contacts_nothing(tiny_copy: Path, hub: FakeHub, tmp_path: Path)
     assert not (tiny_copy / "preview.png").exists()  # the dataset folder is left as it was
 
 
+def test_a_null_recipe_record_is_a_full_build_to_verify_the_card_and_the_push(tiny_copy, tmp_path):
+    """What verify checks is what a push sends: a build.json whose ``recipe`` is not a recipe's record is a full
+    build everywhere, its shards sent and its card a build's."""
+    from fracgen.verify import verify
+
+    record = json.loads((tiny_copy / "build.json").read_text())
+    (tiny_copy / "build.json").write_text(json.dumps(dict(record, recipe=None)))
+    report = verify(tiny_copy)
+    assert report.ok and not report.recipe
+    out = Path(publish.push_to_hub(tiny_copy, "alice/frac", dry_run=tmp_path / "dry", license="mit"))
+    names = [f["path_in_repo"] for f in json.loads((out / "files.json").read_text())["files"]]
+    assert names[:len(_shards(tiny_copy))] == _shards(tiny_copy)
+    assert "## A recipe" not in (out / "README.md").read_text()
+
+
 def test_dry_run_never_overwrites_a_users_folder(tiny_copy, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import one_line
 from test_pins import CASES, photo
 
 from fracgen import dataset
 from fracgen.build import BuildConfig, build
 from fracgen.cli import cli
+from fracgen.errors import UsageError
 from fracgen.recipe import open_recipe
 from fracgen.verify import verify
 
@@ -121,3 +124,47 @@ def test_fresh_masks_are_refused_where_a_family_draws_none(tmp_path):
     build(BuildConfig(**options), tmp_path / "r", workers=1, recipe_only=True)
     with pytest.raises(Exception, match="draws no patch masks"):
         open_recipe(tmp_path / "r").fresh(0, (0,))
+
+
+def _recipe(tmp_path: Path, **changes) -> Path:
+    """A 1p-frac recipe as the Hub serves it (no builder's records) whose build.json config has ``changes`` (an
+    option given None is removed)."""
+    options, _ = CASES["1p-frac"]
+    root = tmp_path / "recipe"
+    build(BuildConfig(**options), root, workers=1, recipe_only=True)
+    shutil.rmtree(root / dataset.INTERNAL)
+    record = json.loads((root / "build.json").read_text())
+    config = {k: v for k, v in {**record["config"], **changes}.items() if v is not None}
+    (root / "build.json").write_text(json.dumps(dict(record, config=config)))
+    return root
+
+
+def test_a_recipe_lacking_options_is_refused_by_every_reader_alike(tmp_path):
+    """Rendering, previewing, verifying and resuming read a recipe's config with one parser: none renders the
+    options it lacks with this version's defaults."""
+    root = _recipe(tmp_path, delta=None, perturbation=None)
+    with pytest.raises(UsageError, match="build.json: config lacks delta, perturbation"):
+        open_recipe(root)
+    one_line(CliRunner().invoke(cli, ["preview", str(root)]), "build.json: config lacks delta, perturbation")
+    report = verify(root)
+    assert not report.ok and "build.json: config lacks delta, perturbation" in report.dataset_problems
+    assert CliRunner().invoke(cli, ["build", "--resume", "--no-progress", str(root)]).exit_code == 2
+    assert not (root / "preview.png").exists() and not list(root.glob("train-*.tar"))
+
+
+@pytest.mark.parametrize("option,value", [("L", 10**12), ("size", 200_000), ("points", 10**12),
+                                          ("patch_variants", 6_250_000_000)])
+def test_a_recipe_too_large_for_the_machine_is_the_memory_refusal(tmp_path, monkeypatch, option, value):
+    monkeypatch.setattr("fracgen.config.available_memory", lambda: 64 << 30)
+    root = _recipe(tmp_path, **{option: value})
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(UsageError, match=f"^{flag} {value} needs about .* GiB of memory"):
+        open_recipe(root)
+
+
+def test_fresh_masks_need_a_record_of_each_class(tmp_path):
+    root = _recipe(tmp_path)
+    params = json.loads((root / "params.json").read_text())
+    (root / "params.json").write_text(json.dumps(dict(params, classes=[])))
+    with pytest.raises(UsageError, match="params.json records 0 classes, not one for each of the 12 labels"):
+        open_recipe(root).fresh(0, (1,))

@@ -2,13 +2,17 @@
 a build from one renders the same bytes, and what the file leaves out (the fills) is measured and recorded."""
 
 import json
+import re
 
+import pytest
 from click.testing import CliRunner
 from conftest import TINY, one_line
 from test_build import files
 
 from fracgen.build import BuildConfig, build
 from fracgen.cli import cli
+from fracgen.errors import UsageError
+from fracgen.systems import class_records
 
 TINY_ARGS = ["--L", "16", "--size", "64", "--points", "5000", "--shard-size", "8", "--workers", "1",
              "--no-progress"]
@@ -39,3 +43,20 @@ def test_missing_params_file(tmp_path):
     result = CliRunner().invoke(cli, ["build", *TINY_ARGS, "--params", str(tmp_path / "nope.json"),
                                       str(tmp_path / "out")])
     one_line(result, "cannot read")
+
+
+@pytest.mark.parametrize("params,fragment", [
+    ({"classes": []}, "p records 0 classes, not one for each of the 2 labels"),
+    ({"classes": [{"label": 1}]}, "p records 1 classes, not one for each of the 2 labels"),
+    ({"classes": [{"label": 0}, {"label": 0}]}, "p records 2 classes, not one for each of the 2 labels"),
+    ({"classes": [{"label": 0}, {"label": "1"}]}, "p classes are malformed"),
+    ({}, "p classes are malformed"),
+    (None, "p classes are malformed"),
+])
+def test_class_records_are_one_for_each_label(params, fragment):
+    with pytest.raises(UsageError, match=f"^{re.escape(fragment)}"):
+        class_records(params, 2, "p")
+
+
+def test_class_records_come_in_label_order():
+    assert class_records({"classes": [{"label": 1, "x": 1}, {"label": 0}]}, 2, "p") == [{"label": 0}, {"label": 1, "x": 1}]

@@ -157,6 +157,20 @@ def test_fresh_masks_are_refused_in_one_line_where_they_cannot_apply(case, fragm
     assert not (tmp_path / "run").exists()
 
 
+def test_fresh_masks_on_a_recipe_without_its_class_records_are_refused_in_one_line(tiny_recipe, tmp_path):
+    import shutil
+
+    from fracgen.recipe import open_recipe
+    from train.data.recipe import check_fresh
+
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_recipe, root)
+    params = json.loads((root / dataset.PARAMS_JSON).read_text())
+    (root / dataset.PARAMS_JSON).write_text(json.dumps(dict(params, classes=[])))
+    with pytest.raises(TrainError, match="^data.fresh_masks: .*params.json records 0 classes"):
+        check_fresh(tiny_cfg(root, "data.fresh_masks=true"), open_recipe(root))
+
+
 # ------------------------------------------------------------------------------------------------ refusals
 def test_data_verify_true_is_refused_for_a_recipe(tiny_recipe, tmp_path, capsys):
     code, err = cli(["pretrain", "--config", "tiny", "--data", tiny_recipe, "--out", tmp_path / "run", "--steps", "2",
@@ -178,6 +192,35 @@ def test_a_recipe_verify_refuses_is_refused_in_its_words(tiny_recipe, tmp_path, 
     said = verify(root).lines()[1].split(": ", 1)[1]
     code, err = cli(["pretrain", "--config", "tiny", "--data", root, "--out", tmp_path / "run", "--steps", "2"], capsys)
     assert_one_line(code, err, f"recipe {root}", said)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_too_large_for_the_machine_is_refused_in_one_line(tiny_recipe, tmp_path, monkeypatch, capsys):
+    """A recipe whose records agree with each other (verify passes it) but whose plan alone needs more memory than
+    the machine has: the memory refusal, before anything is allocated."""
+    import hashlib
+    import shutil
+
+    from fracgen.folder import dump_json
+    from fracgen.verify import verify
+
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_recipe, root, ignore=shutil.ignore_patterns(dataset.INTERNAL))
+    build = json.loads((root / dataset.BUILD_JSON).read_text())
+    half = TINY["L"] * 6_250_000_000 // 2  # two shards, as the recipe lists
+    build["config"].update(patch_variants=6_250_000_000, shard_size=half)
+    build["num_samples"] = 2 * half
+    for shard in build["shards"]:
+        shard["num_samples"] = half
+    info = json.loads((root / dataset.INFO_JSON).read_text())
+    info["splits"]["train"].update(num_samples=2 * half, shard_lengths=[half, half])
+    (root / dataset.INFO_JSON).write_bytes(dump_json(info))
+    build["records"][dataset.INFO_JSON] = hashlib.sha256(dump_json(info)).hexdigest()
+    (root / dataset.BUILD_JSON).write_text(json.dumps(build))
+    assert verify(root).ok
+    monkeypatch.setattr("fracgen.config.available_memory", lambda: 64 << 30)
+    code, err = cli(["pretrain", "--config", "tiny", "--data", root, "--out", tmp_path / "run", "--steps", "2"], capsys)
+    assert_one_line(code, err, f"recipe {root}: --patch-variants 6250000000 needs about")
     assert not (tmp_path / "run").exists()
 
 

@@ -1,6 +1,7 @@
 """verify (fracgen/verify.py): a sound dataset passes; damaged ones fail naming the shard and the fault (the tables
 of edited records and repacked samples are in test_hostile.py)."""
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -102,6 +103,32 @@ def test_a_build_json_without_its_config_fails(tiny_copy: Path) -> None:
     (tiny_copy / "build.json").write_text(json.dumps(build))
     result = CliRunner().invoke(cli, ["verify", str(tiny_copy)])
     assert result.exit_code != 0 and "config lacks sigma" in result.output
+
+
+@pytest.mark.parametrize("classes", [[], "first"])
+def test_params_json_must_record_every_class(tiny_copy: Path, classes) -> None:
+    """An empty or short class list, with its recorded sha256 made to match, is refused, not skipped."""
+    params = json.loads((tiny_copy / "params.json").read_text())
+    params["classes"] = [] if classes == [] else params["classes"][:1]
+    data = json.dumps(params).encode()
+    (tiny_copy / "params.json").write_bytes(data)
+    build = json.loads((tiny_copy / "build.json").read_text())
+    build["records"]["params.json"] = hashlib.sha256(data).hexdigest()
+    (tiny_copy / "build.json").write_text(json.dumps(build))
+    report = verify(tiny_copy)
+    count = len(params["classes"])
+    assert not report.ok and f"params.json records {count} classes, not one for each of the 16 labels" in \
+        report.dataset_problems, report.dataset_problems
+
+
+def test_an_unknown_preset_is_named_not_the_options_it_lacks(tiny_copy: Path) -> None:
+    build = json.loads((tiny_copy / "build.json").read_text())
+    build["config"]["preset"] = "x"
+    (tiny_copy / "build.json").write_text(json.dumps(build))
+    report = verify(tiny_copy)
+    assert not report.ok and any(p.startswith("build.json: unknown preset 'x' (known: 1p-frac, ")
+                                 for p in report.dataset_problems), report.dataset_problems
+    assert not any("lacks" in p for p in report.dataset_problems)
 
 
 def test_a_dataset_of_the_old_image_format_is_named_with_the_command_that_rebuilds_it(tmp_path, monkeypatch):

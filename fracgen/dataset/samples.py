@@ -72,9 +72,8 @@ def expect_of(config: Any, num_classes: int) -> Expect:
     from fracgen.config import BuildConfig
 
     try:
-        cfg = BuildConfig.from_json(config)
-        cfg.validate()
-    except (TypeError, ValueError, AttributeError, FracgenError):
+        cfg = BuildConfig.from_record(config, where=BUILD_JSON, strict=False)
+    except FracgenError:
         size = config.get("size") if isinstance(config, dict) else None
         return Expect(num_classes, size if type(size) is int else None)
     return Expect(num_classes, cfg.size, cfg.family.image_mode(cfg), cfg.per_class)
