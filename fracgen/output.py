@@ -122,21 +122,15 @@ class DatasetFolder:
             data = json.loads(path.read_text())
         except (OSError, ValueError, RecursionError) as e:
             raise UsageError(f"{path} is damaged ({e}); rebuild with --overwrite") from None
-        if not isinstance(data, dict):
-            raise UsageError(f"{path} is damaged (not an object); rebuild with --overwrite")
-        missing = BuildConfig.missing(data, strict=True)
+        missing = BuildConfig.missing(data, strict=True) if isinstance(data, dict) else []
         if missing and not BuildConfig.missing(data):  # resumed with this version's defaults, shards could mix
             raise UsageError(f"{self.root} holds a build started by an older fracgen (its options lack "
                              f"{', '.join(missing)}; this version's images may differ): finish it with the "
                              "fracgen that started it, or rebuild with --overwrite")
         try:
-            if missing:
-                raise ValueError(f"no {', '.join(missing)}")
-            config = BuildConfig.from_json(data)
-            config.validate()
-        except (ValueError, TypeError, RecursionError, UsageError) as e:
-            raise UsageError(f"{path} is damaged ({e}); rebuild with --overwrite") from None
-        return config
+            return BuildConfig.from_record(data, where=str(path))
+        except UsageError as e:
+            raise UsageError(f"{e}; rebuild with --overwrite") from None
 
     def _record(self) -> dict | None:
         """The build record of a recipe or a downloaded dataset, whose shards a resume renders: the build.json it
@@ -160,9 +154,7 @@ class DatasetFolder:
         for name in (dataset.BUILD_JSON, dataset.PUBLISHED_JSON, dataset.PARAMS_JSON, dataset.INFO_JSON,
                      dataset.CARD_MD):
             refuse_link(self.root / name, f"{self.root / name} (a resume writes the records again)")
-        records = self._record().get("records", {})
-        problems = dataset.changed_records(self.root, records) if isinstance(records, dict) else \
-            [f"its records are not an object (got {records!r:.60})"]
+        problems = dataset.changed_records(self.root, self._record().get("records", {}))
         if problems:
             raise UsageError(f"--resume: {self.root}: {problems[0]}; a resume renders what the records say: restore "
                              "them (download the dataset again) or build into another folder")
@@ -173,15 +165,7 @@ class DatasetFolder:
         build = self._record()
         if build is None:
             return None
-        data = build.get("config")
-        try:
-            if not isinstance(data, dict) or BuildConfig.missing(data, strict=True):
-                raise ValueError("no complete config")
-            config = BuildConfig.from_json(data)
-            config.validate()
-        except (ValueError, TypeError, UsageError) as e:
-            raise UsageError(f"{self.root / dataset.BUILD_JSON}: its config cannot be rendered ({e})") from None
-        return config
+        return BuildConfig.from_record(build.get("config"), where=str(self.root / dataset.BUILD_JSON))
 
     def published(self) -> dict[str, str]:
         """The sha256 a recipe or a downloaded dataset records for each shard: what rendering them must give.
@@ -208,13 +192,8 @@ class DatasetFolder:
                 continue
             try:
                 data = json.loads(raw)
-                data = data["config"] if inner else data
-                if BuildConfig.missing(data):
-                    continue
-                config = BuildConfig.from_json(data)
-                config.validate()
-                return config
-            except (ValueError, TypeError, KeyError, AttributeError, RecursionError, UsageError):
+                return BuildConfig.from_record(data.get("config") if inner else data, where=str(path), strict=False)
+            except (ValueError, AttributeError, RecursionError, UsageError):
                 continue
         return None
 

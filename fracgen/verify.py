@@ -303,7 +303,7 @@ def verify(root: Path | str) -> VerifyReport:
                                        f"{sum(r.get('num_samples', 0) for r in records)}")
     if config.get("source"):
         _check_source(report, root, str(config["source"]), config.get("source_sha256"))
-    _check_records(report, root, build.get("records", {}))
+    report.dataset_problems.extend(dataset.changed_records(root, build.get("records", {})))  # params, _info
     if not report.shard_problems and num_classes and not report.recipe:
         _check_label_counts(report, seen.labels, num_classes)
     if report.palette_images:
@@ -386,21 +386,6 @@ def _check_source(report: VerifyReport, root: Path, source: str, expected: Any) 
         report.dataset_problems.append(f"source image {source} (config.source): {problem}")
     elif expected and sha256_file(path) != expected:
         report.dataset_problems.append(f"source image {source} does not match config.source_sha256")
-
-
-def _check_records(report: VerifyReport, root: Path, records: Any) -> None:
-    """params.json and _info.json as the build wrote them (build.json records their sha256; builds before
-    these records have none, and keep the structural checks only)."""
-    if not isinstance(records, dict):
-        report.dataset_problems.append(f"{BUILD_JSON} records is not an object (got {records!r:.60})")
-        return
-    for name in (PARAMS_JSON, INFO_JSON):
-        path = root / name
-        if name in records and not path.is_file():
-            report.dataset_problems.append(f"{name} is missing ({BUILD_JSON} records its sha256)")
-        elif name in records and sha256_file(path) != records[name]:
-            report.dataset_problems.append(f"{name} was changed after the build: its sha256 is not the one "
-                                           f"{BUILD_JSON} records")
 
 
 def _check_label_counts(report: VerifyReport, labels: Counter[int], num_classes: int) -> None:

@@ -213,9 +213,11 @@ def is_recipe(build: dict[str, Any]) -> bool:
     return isinstance(build.get("recipe"), dict)
 
 
-def changed_records(root: Path | str, records: dict) -> list[str]:
+def changed_records(root: Path | str, records: Any) -> list[str]:
     """What differs between params.json and _info.json and the sha256 build.json ``records`` for them (a build
     without those records has none to compare)."""
+    if not isinstance(records, dict):
+        return [f"{BUILD_JSON} records is not an object (got {records!r:.60})"]
     problems = []
     for name in (PARAMS_JSON, INFO_JSON):
         path = Path(root) / name
