@@ -60,16 +60,21 @@ def sample_singular_values(n: int, sigma: float, rng: np.random.Generator) -> np
     p = sigma  # what the remaining pairs must add up to
     q = sigma - 3 * n + 3  # what this pair must at least take so the rest (each <= 3) can finish
     for i in range(n - 1):
-        s1 = rng.uniform(max(0.0, q / 3), min(1.0, p))
+        s1 = _uniform(rng, max(0.0, q / 3), min(1.0, p))
         q -= s1
         p -= s1
-        s2 = rng.uniform(max(0.0, q / 2), min(s1, p / 2))
+        s2 = _uniform(rng, max(0.0, q / 2), min(s1, p / 2))
         q = q - 2 * s2 + 3
         p -= 2 * s2
         s[i] = s1, s2
-    s2 = rng.uniform(max(0.0, (p - 1) / 2), p / 3)
+    s2 = _uniform(rng, max(0.0, (p - 1) / 2), p / 3)
     s[-1] = p - 2 * s2, s2
     return s
+
+
+def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    """``rng.uniform(low, high)``, where rounding at sigma = 3n can leave ``high`` a hair below ``low``."""
+    return rng.uniform(low, max(low, high))
 
 
 def sample_system(

@@ -20,6 +20,15 @@ def test_singular_values_meet_the_target_and_the_bounds(n, frac):
         assert np.sum(s[:, 0] + 2 * s[:, 1]) == pytest.approx(sigma)
 
 
+@pytest.mark.parametrize("n", [2, 100, 1000])
+def test_the_largest_sigma_each_count_of_maps_allows_is_drawn(n):
+    """sigma = 3n, the bound --sigma accepts: targets just under it leave each map's range a rounding error wide,
+    which may fall either way."""
+    for seed in range(20):
+        maps, drawn = ifs.sample_system(n, 3.0 * n, np.random.default_rng(seed))
+        assert ifs.sigma_factor(maps) == pytest.approx(drawn)
+
+
 def test_sampled_system_has_the_drawn_sigma_factor():
     rng = np.random.default_rng(0)
     for sigma in (1.0, 3.5, 5.5):
