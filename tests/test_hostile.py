@@ -61,7 +61,7 @@ BUILD_OPTIONS = [
     row(["--sigma", "inf"], "--sigma", "a finite number", prefix=TINY_ARGS),
     row(["--margin", "-1"], "--margin", "a number >= 0", prefix=TINY_ARGS),
     row(["--L", "0"], "--L", ">=1", prefix=TINY_ARGS),
-    row(["--points", "0"], "--points", ">=1", prefix=TINY_ARGS),
+    row(["--points", "1", "--min-fill", "0"], "--points", ">=2", prefix=TINY_ARGS),
     row(["--size", "12"], "--size", ">=16", prefix=TINY_ARGS),
     row(["--perturbation", "gaussian"], "--perturbation", "multiplicative", "additive", prefix=TINY_ARGS),
     row(["--min-fill", "1.5"], "--min-fill", "a number in [0, 1]", prefix=TINY_ARGS),
