@@ -286,7 +286,7 @@ def _check_given(preset: str, given: dict, params: Path | None) -> None:
     extra = sorted(set(given) - family.options)
     if extra:
         names = ", ".join("--" + k.replace("_", "-") for k in extra)
-        raise UsageError(f"--preset {preset} takes no {names}: it does not use them")
+        raise UsageError(f"--preset {preset} takes no {names}: it does not use {'them' if len(extra) > 1 else 'it'}")
     if params is not None and not family.systems:
         raise UsageError(f"--preset {preset} takes no --params: it has no fractal systems")
     table = option_table()

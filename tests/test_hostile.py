@@ -80,7 +80,7 @@ BUILD_OPTIONS = [
     row(["--preset", "uniform-noise", "--params", "p.json"], "--preset uniform-noise takes no --params"),
     row(["--preset", "fractaldb", "--patch-variants", "3"], "--preset fractaldb takes no --patch-variants"),
     row(["--preset", "fractaldb", "--ofdb-weights", "released"], "--preset fractaldb takes no --ofdb-weights"),
-    row(["--preset", "ofdb", "--base-min-fill", "0"], "--preset ofdb takes no --base-min-fill"),
+    row(["--preset", "ofdb", "--base-min-fill", "0"], "--preset ofdb takes no --base-min-fill: it does not use it"),
     row(["--patch-variants", "2", "--style", "points"], "--patch-variants needs --style reference"),
     row(["--preset", "rcdb", "--delta", "0.1"], "--preset rcdb takes no --delta"),
     row(["--preset", "visualatom", "--L", "5"], "--preset visualatom takes no --L"),
