@@ -421,7 +421,10 @@ def push_to_hub_command(
     if dry_run is None:
         click.echo(result)
         return
-    click.echo(f"dry run: file list in {Path(result) / 'files.json'}, card in {Path(result) / 'README.md'}; "
+    from fracgen.dataset import CARD_MD
+    from fracgen.staging import LISTING
+
+    click.echo(f"dry run: file list in {Path(result) / LISTING[0]}, card in {Path(result) / CARD_MD}; "
                "nothing was contacted")
 
 

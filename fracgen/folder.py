@@ -164,17 +164,18 @@ def append_text(path: Path, text: str, then: str = "rerun") -> None:
         raise write_error(e, path, then) from None
 
 
-def read_regular(path: Path, most: int) -> bytes | None:
+def read_regular(path: Path, most: int, *, follow: bool = True) -> bytes | None:
     """The bytes of a record: None when ``path`` is absent, not a regular file once links are followed (a FIFO
-    would block, a device never end), unreadable, or over ``most`` bytes.
+    would block, a device never end), a link (``follow`` False), unreadable, or over ``most`` bytes.
 
-    The file is opened without blocking and checked on its descriptor, so a FIFO swapped in after the first look
-    cannot hang the reader either.
+    The file is opened once, without blocking (nor following a link, unless ``follow``), and checked on its
+    descriptor, so a FIFO or a link swapped in after the first look cannot be read either.
     """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        if not stat.S_ISREG((os.stat if follow else os.lstat)(path).st_mode):
             return None
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags | (0 if follow else getattr(os, "O_NOFOLLOW", 0)))
     except OSError:
         return None
     try:

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from fracgen import dataset
 from fracgen.dataset import PNG_SIGNATURE
 from fracgen.errors import UsageError
-from fracgen.folder import replaceable, write_atomic
+from fracgen.folder import make_folders, replaceable, write_atomic
 from fracgen.presets import DEFAULT_PRESET, registry
 
 logger = logging.getLogger(__name__)
@@ -338,10 +338,7 @@ def _save(canvas: Image.Image, root: Path, out: Path | str | None) -> Path:
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", SOFTWARE)
     canvas.save(encoded, format="PNG", optimize=True, pnginfo=info)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot write {out}: {err.strerror or err}") from None
+    make_folders(out.parent, "--out folder")
     write_atomic(out, encoded.getvalue(), then="rerun")  # a full disk leaves no truncated image
     logger.info("wrote %s (%dx%d)", out, *canvas.size)
     return out

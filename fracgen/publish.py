@@ -112,7 +112,7 @@ def _hub_accepts_card(api, files: list[StagedFile]) -> None:
         UsageError: the Hub's reasons, on one line.
     """
     validate = getattr(api, "_validate_yaml", None)
-    card = next((f for f in files if f.path_in_repo == "README.md"), None)
+    card = next((f for f in files if f.path_in_repo == dataset.CARD_MD), None)
     if validate is None or card is None or card.data is None:
         return
     try:

@@ -3,12 +3,10 @@ was checked is what is sent), the rendered card; and the folder a dry run writes
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +14,12 @@ import yaml
 
 from fracgen import dataset
 from fracgen.card import render_card
-from fracgen.dataset import BUILD_JSON, INFO_JSON, PARAMS_JSON, PNG_SIGNATURE
+from fracgen.dataset import BUILD_JSON, CARD_MD, INFO_JSON, PARAMS_JSON, PNG_SIGNATURE, PREVIEW_PNG
 from fracgen.errors import FracgenError, UsageError
-from fracgen.folder import link_or_copy, write_atomic
+from fracgen.folder import dump_json, link_or_copy, read_regular, write_atomic
 
 MAX_COMMIT_FILES = 20_000  # create_commit takes at most 25k LFS files
+SMALL_MOST = 1 << 30  # bytes of a file sent from memory: the records, card, preview, a real-image build's photo
 
 
 @dataclass
@@ -74,12 +73,12 @@ def stage(
     card = render_card(root, license=license, repo_id=repo_id, source_license=source_license, source_url=source_url,
                        build=build)
     _check_card_header(card)
-    (workdir / "README.md").write_text(card, encoding="utf-8")
-    preview_path = root / "preview.png"  # read below once, without following a link, and checked to be a PNG
+    write_atomic(workdir / CARD_MD, card.encode("utf-8"), then="push again")
+    preview_path = root / PREVIEW_PNG  # read below once, without following a link, and checked to be a PNG
     if not preview_path.exists() and not preview_path.is_symlink():  # none drawn: drawn here, not in the dataset
         from fracgen.preview import preview
 
-        preview_path = preview(root, out=workdir / "preview.png")
+        preview_path = preview(root, out=workdir / PREVIEW_PNG)
     # shards: the sizes and digests of build.json, which verify has just checked against the bytes (a
     # second read of every shard would double the cost for large sets)
     staged = [] if dataset.is_recipe(build) else [
@@ -97,14 +96,14 @@ def stage(
     if source:  # the real-image preset rebuilds from this file, so it travels with the shards
         others.append((source, root / source, True))
         expected[source] = config.get("source_sha256")
-    others += [("README.md", workdir / "README.md", False), ("preview.png", preview_path, False)]
+    others += [(CARD_MD, workdir / CARD_MD, False), (PREVIEW_PNG, preview_path, False)]
     for name, path, follow in others:
         data = _read_once(path, follow)
         digest = hashlib.sha256(data).hexdigest()
         if expected.get(name) not in (None, digest) or (name == BUILD_JSON and _json(data) != build):
             raise UsageError(f"{path} changed since the dataset was verified; nothing was uploaded: run "
                              f"`fracgen verify {root}` and push again")
-        if name == "preview.png" and not data.startswith(PNG_SIGNATURE):
+        if name == PREVIEW_PNG and not data.startswith(PNG_SIGNATURE):
             raise UsageError(f"{path} is not a PNG image; remove it, or run `fracgen preview {root}` to draw one")
         staged.append(StagedFile(name, path, len(data), digest, data))
     return staged
@@ -117,10 +116,9 @@ def _build_record(root: Path, workdir: Path, recipe: bool) -> tuple[dict, Path]:
     if not recipe or dataset.is_recipe(build):
         return build, root / BUILD_JSON
     from fracgen.card import first_records
-    from fracgen.folder import dump_json
 
     build = {**build, "recipe": {"head": first_records(root, build)}}
-    (workdir / BUILD_JSON).write_bytes(dump_json(build))
+    write_atomic(workdir / BUILD_JSON, dump_json(build), then="push again")
     return build, workdir / BUILD_JSON
 
 
@@ -135,21 +133,14 @@ def _read_once(path: Path, follow: bool) -> bytes:
     """A small file's bytes, from one open (without following a link unless ``follow``).
 
     Raises:
-        UsageError: it is gone, a link (``follow`` False), or not a regular file.
+        UsageError: it is gone, a link (``follow`` False), not a regular file, unreadable, or over 1 GiB.
     """
-    refused = f"{path} is a link or not a regular file (fracgen publishes neither); nothing was uploaded"
-    try:
-        fd = os.open(path, os.O_RDONLY | (0 if follow else getattr(os, "O_NOFOLLOW", 0)))
-    except FileNotFoundError:
-        raise UsageError(f"{path} is gone since the dataset was verified; nothing was uploaded") from None
-    except OSError as err:
-        if err.errno == errno.ELOOP:  # O_NOFOLLOW met a link
-            raise UsageError(refused) from None
-        raise UsageError(f"{path} cannot be read ({err.strerror or err}); nothing was uploaded") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise UsageError(refused)
-        return f.read()
+    data = read_regular(path, SMALL_MOST, follow=follow)
+    if data is None:
+        raise UsageError(f"{path} is gone since the dataset was verified; nothing was uploaded" if not
+                         os.path.lexists(path) else f"{path} is a link, not a regular file, unreadable or over "
+                         f"{SMALL_MOST >> 30} GiB (fracgen publishes none of these); nothing was uploaded")
+    return data
 
 
 def _check_card_header(card: str) -> None:

@@ -155,3 +155,17 @@ def test_replaceable_refuses_anything_but_fracgen_s_own_kind_of_file(tmp_path):
     (tmp_path / "link").symlink_to(path)
     with pytest.raises(UsageError, match="is a link"):
         folder.replaceable(tmp_path / "link", ours, "file fracgen wrote")
+
+
+def test_a_record_is_read_only_from_a_regular_file_of_at_most_its_size(tmp_path):
+    """read_regular: a file's bytes, or None for a link (when asked not to follow one), a FIFO, a folder, a file
+    over the size given, or nothing at all."""
+    record = tmp_path / "r.json"
+    record.write_bytes(b"{}")
+    (tmp_path / "link").symlink_to(record)
+    os.mkfifo(tmp_path / "fifo")
+    assert folder.read_regular(record, 2) == b"{}"
+    assert folder.read_regular(tmp_path / "link", 2) == b"{}"
+    assert folder.read_regular(tmp_path / "link", 2, follow=False) is None
+    for path, most in ((record, 1), (tmp_path / "fifo", 1 << 10), (tmp_path, 1 << 10), (tmp_path / "gone", 1 << 10)):
+        assert folder.read_regular(path, most) is None, path

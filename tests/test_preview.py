@@ -121,7 +121,7 @@ def test_preview_survives_a_newline_in_the_name(tiny_copy):
 
 def test_preview_out_on_a_folder_that_cannot_be_written(tiny_dataset):
     out = "/proc/fracgen-no-such/p.png"  # read-only even for root
-    one_line(CliRunner().invoke(cli, ["preview", str(tiny_dataset), "--out", out]), "cannot write")
+    one_line(CliRunner().invoke(cli, ["preview", str(tiny_dataset), "--out", out]), "--out folder /proc/fracgen-no-such cannot be written")
 
 
 def test_preview_out_on_a_full_disk_leaves_nothing(tiny_dataset, tmp_path, monkeypatch):
