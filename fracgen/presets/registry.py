@@ -148,8 +148,12 @@ class Family:
         raise UsageError(f"--preset {self.name} draws no patch masks to draw afresh")
 
     def class_records(self, plan: Plan, markers: list[dict]) -> list[dict]:
-        """params.json's ``classes``: by default the first image's record of each class, which the shards'
-        markers collect (``config.instances`` == 1)."""
+        """params.json's ``classes``, one per label: by default the record of each class's image, which the
+        shards' markers collect, where a class has one (``config.instances`` == 1); else its label and image count
+        (the images' own records stay in the shards' json)."""
+        cfg = plan.config
+        if cfg.instances != 1:
+            return [{"label": c, "instances": cfg.instances} for c in range(cfg.num_classes)]
         return sorted((s for m in markers for s in m["samples"]), key=lambda s: s["label"])
 
     def params_extra(self, plan: Plan) -> dict:
