@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fracgen.dataset import BUILD_JSON, INFO_JSON, PARAMS_JSON, SPLIT, DatasetError, marker_path, shard_name
+from fracgen.dataset.names import (
+    BUILD_JSON,
+    INFO_JSON,
+    PARAMS_JSON,
+    SPLIT,
+    DatasetError,
+    marker_path,
+    shard_name,
+)
 from fracgen.errors import UsageError
 from fracgen.folder import write_json
 

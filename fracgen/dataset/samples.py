@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fracgen.dataset import BUILD_JSON, KEY_RE, SAMPLE_EXTS, SHARD_GLOB, DatasetError
+from fracgen.dataset.names import BUILD_JSON, KEY_RE, SAMPLE_EXTS, SHARD_GLOB, DatasetError
 from fracgen.errors import FracgenError
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fracgen import ustar
-from fracgen.dataset import MTIME, DatasetError, shard_name
+from fracgen.dataset.names import MTIME, DatasetError, shard_name
 from fracgen.folder import open_new, tmp_path, write_error
 
 
