@@ -38,6 +38,9 @@ def words_of(target: str) -> dict[str, str]:
     ("runs/ft holds a checkpoint: pass --resume or a new --out",
      'runs/ft holds a checkpoint: pass --resume or a new RUN= (make: ARGS="--resume")'),
     ("--probe-blocks 3 exceeds", '--probe-blocks 3 exceeds (make: ARGS="--probe-blocks ...")'),
+    ("fewer than one batch of 50 (train.batch_size over 1 rank(s)): pass --batch-size 32 (train.batch_size) or less",
+     'fewer than one batch of 50 (train.batch_size over 1 rank(s)): pass --batch-size 32 (train.batch_size) or less '
+     '(make: ARGS="--batch-size ...")'),
 ])
 def test_finetune_messages_name_the_make_variables(message, expected):
     assert in_make_words(message, words_of("finetune"), argv=[]) == expected

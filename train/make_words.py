@@ -82,6 +82,7 @@ def in_make_words(message: str, words: dict[str, str] | None = None, argv: list[
 
     message = _TOKEN.sub(token, message)
     hints = list(dict.fromkeys(hints))
+    hints = [h for h in hints if not h.endswith("=N")] or hints  # a key without its value: only when alone
     return message + (f' (make: ARGS="{" ".join(hints[:3])}")' if hints else "")
 
 
