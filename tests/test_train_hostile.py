@@ -522,6 +522,19 @@ def test_the_trainer_refuses_a_build_as_fracgen_verify_does(damage, tiny_dataset
     assert scene_snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("name", ["_info.json", "params.json"])
+def test_records_changed_since_the_build_are_refused_as_verify_refuses_them(name, tiny_dataset, tmp_path):
+    """A record build.json holds the sha256 of, edited (here only its spacing): the trainer says what verify says."""
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, root)
+    (root / name).write_text(json.dumps(json.loads((root / name).read_text()), indent=2))
+    said = _verify_says(root)
+    assert said == f"{name} was changed after the build: its sha256 is not the one build.json records"
+    before = scene_snapshot(tmp_path)
+    assert said in _refused(root, "stream", tmp_path, r"^dataset ")
+    assert scene_snapshot(tmp_path) == before
+
+
 def resume_argv(data, out):
     argv = ["pretrain", "--config", "tiny", "--data", data, "--out", out, "--resume"]
     for item in QUICK:

@@ -210,7 +210,7 @@ def _read_build(folder: Path, info: DatasetInfo) -> dict[str, Any] | None:
 def _build_files(folder: Path, urls: list[str], build: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``build.json``'s record of every shard in ``urls``, each checked as ``fracgen verify`` checks the files of a
     build: listed there, no other ``train-*.tar`` beside them, a regular file inside the folder of the recorded
-    size (``fracgen.dataset.file_problem``).
+    size (``fracgen.dataset.file_problem``); then ``_info.json`` and ``params.json`` as build.json records them.
 
     Raises:
         TrainError: naming the shard and the problem, in verify's words.
@@ -227,6 +227,8 @@ def _build_files(folder: Path, urls: list[str], build: dict[str, Any]) -> dict[s
         problem = dataset.file_problem(folder, name, records[name].get("bytes"))
         if problem:
             raise TrainError(f"shard {url}: {problem}{then}")
+    for problem in dataset.changed_records(folder, build.get("records", {})):  # _info.json, params.json
+        raise TrainError(f"dataset {folder}: {problem}{then}")
     return records
 
 
