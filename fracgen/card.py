@@ -192,7 +192,7 @@ def dataset_info(root: Path, build: dict[str, Any], num_classes: int, samples: i
 def first_records(root: Path, build: dict[str, Any], count: int = dataset.HEAD) -> list[dict]:
     """The json of the first samples: read from the first shard, or a recipe's record of them."""
     if dataset.is_recipe(build):
-        return [dict(m) for m in build["recipe"]["head"][:count]]
+        return [dict(m) for m in dataset.recipe_head(build)[:count]]
     metas = []
     for sample in dataset.iter_shard(root / str(build["shards"][0]["filename"])):
         metas.append(json.loads(sample["json"]))

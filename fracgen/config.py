@@ -168,7 +168,7 @@ class BuildConfig:
         try:
             config = cls.from_json(data)
             config.validate()
-        except (TypeError, ValueError, RecursionError, UsageError) as e:
+        except (TypeError, ValueError, OverflowError, RecursionError, UsageError) as e:
             raise UsageError(f"{where}: config is damaged ({(str(e).splitlines() or [repr(e)])[0]})") from None
         return config
 

@@ -63,9 +63,13 @@ class Option:
             return f"{self.flag} must be {wanted}, got {value!r}"
         if self.choices and value not in self.choices:
             return f"{self.flag} must be one of {', '.join(self.choices)}, got {value!r}"
+        if isinstance(value, int) and not _finite(value):
+            return f"{self.flag} must be a number a float holds (at most 1.8e308), got an integer of " \
+                   f"{value.bit_length()} bits"
+        if not _finite(value):
+            return f"{self.flag} must be {self.describe()}{self.why}, got {value}"
         negative_zero = self.kind is float and self.lo == 0 and math.copysign(1.0, value) < 0  # numpy refuses U(0, -0)
-        if (self.kind is float and not math.isfinite(value)) or negative_zero or \
-                (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+        if negative_zero or (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
             return f"{self.flag} must be {self.describe()}{self.why}, got {value}"
         return ""
 
@@ -77,6 +81,14 @@ class Option:
         if self.lo is not None:
             return f"{head}>= {self.lo:g}"
         return "a finite number" if self.kind is float else "an integer"
+
+
+def _finite(value: Any) -> bool:
+    """A number a float holds, or text: an integer of 400 digits is neither a count nor a sigma any machine uses."""
+    try:
+        return isinstance(value, str) or math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _is(kind: type, value: Any) -> bool:

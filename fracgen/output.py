@@ -187,7 +187,7 @@ class DatasetFolder:
         """The options of the build in the folder from its config, or from build.json when the config is damaged
         (the options it lacks take their defaults), for ``--overwrite``; None when neither reads."""
         for path, inner in ((self.root / dataset.CONFIG_JSON, False), (self.root / dataset.BUILD_JSON, True)):
-            raw = None if path.is_symlink() else read_regular(path, RECORD_MOST)  # fracgen writes no links
+            raw = read_regular(path, RECORD_MOST, follow=False)  # fracgen writes no links
             if raw is None:
                 continue
             try:

@@ -20,8 +20,8 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from fracgen import dataset
 from fracgen.dataset import PNG_SIGNATURE
-from fracgen.errors import UsageError
-from fracgen.folder import make_folders, replaceable, write_atomic
+from fracgen.errors import FracgenError, UsageError
+from fracgen.folder import make_folders, remove_made, replaceable, write_atomic
 from fracgen.presets import DEFAULT_PRESET, registry
 
 logger = logging.getLogger(__name__)
@@ -338,7 +338,11 @@ def _save(canvas: Image.Image, root: Path, out: Path | str | None) -> Path:
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", SOFTWARE)
     canvas.save(encoded, format="PNG", optimize=True, pnginfo=info)
-    make_folders(out.parent, "--out folder")
-    write_atomic(out, encoded.getvalue(), then="rerun")  # a full disk leaves no truncated image
+    made = make_folders(out.parent, "--out folder")
+    try:
+        write_atomic(out, encoded.getvalue(), then="rerun")  # a full disk leaves no truncated image
+    except FracgenError:
+        remove_made(made)
+        raise
     logger.info("wrote %s (%dx%d)", out, *canvas.size)
     return out

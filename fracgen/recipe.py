@@ -92,6 +92,9 @@ def open_recipe(folder: str | Path) -> Recipe:
     """
     root = Path(folder)
     build = dataset.read_build(root)
+    changed = dataset.changed_records(root, build.get("records", {}))
+    if changed:  # its images follow params.json: another one would render other images without a word
+        raise UsageError(f"{root}: {changed[0]} (`fracgen verify {root}`)")
     cfg = BuildConfig.from_record(build.get("config"), where=str(root / dataset.BUILD_JSON))
     check_memory(cfg)  # the plan holds every sample index, a render its canvas and points: refused before either
     systems = load_systems(root / dataset.PARAMS_JSON) if cfg.family.systems else None

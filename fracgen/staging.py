@@ -16,7 +16,7 @@ from fracgen import dataset
 from fracgen.card import render_card
 from fracgen.dataset import BUILD_JSON, CARD_MD, INFO_JSON, PARAMS_JSON, PNG_SIGNATURE, PREVIEW_PNG
 from fracgen.errors import FracgenError, UsageError
-from fracgen.folder import dump_json, link_or_copy, read_regular, write_atomic
+from fracgen.folder import dump_json, link_or_copy, make_folders, read_regular, write_atomic
 
 MAX_COMMIT_FILES = 20_000  # create_commit takes at most 25k LFS files
 SMALL_MOST = 1 << 30  # bytes of a file sent from memory: the records, card, preview, a real-image build's photo
@@ -133,14 +133,16 @@ def _read_once(path: Path, follow: bool) -> bytes:
     """A small file's bytes, from one open (without following a link unless ``follow``).
 
     Raises:
-        UsageError: it is gone, a link (``follow`` False), not a regular file, unreadable, or over 1 GiB.
+        UsageError: it is gone, a link (``follow`` False), not a regular file, over 1 GiB, or unreadable.
     """
     data = read_regular(path, SMALL_MOST, follow=follow)
-    if data is None:
-        raise UsageError(f"{path} is gone since the dataset was verified; nothing was uploaded" if not
-                         os.path.lexists(path) else f"{path} is a link, not a regular file, unreadable or over "
-                         f"{SMALL_MOST >> 30} GiB (fracgen publishes none of these); nothing was uploaded")
-    return data
+    if data is not None:
+        return data
+    if not os.path.lexists(path):
+        raise UsageError(f"{path} is gone since the dataset was verified; nothing was uploaded")
+    why = "is a link" if path.is_symlink() and not follow else "is not a regular file" if not path.is_file() else \
+        f"is over {SMALL_MOST >> 30} GiB" if path.stat().st_size > SMALL_MOST else "cannot be read"
+    raise UsageError(f"{path} {why} (fracgen publishes only regular files it can read); nothing was uploaded")
 
 
 def _check_card_header(card: str) -> None:
@@ -191,8 +193,8 @@ def write_dry_run(files: list[StagedFile], out: Path, *, repo_id: str, summary: 
     record = {"repo_id": repo_id, "repo_type": "dataset", **summary, "files": listing,
               "total_bytes": sum(f.size for f in files)}
     rows = ["path_in_repo\tsize\tsha256"] + [f"{f.path_in_repo}\t{f.size}\t{f.sha256}" for f in files]
+    make_folders(out, "--dry-run folder")
     try:
-        out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / LISTING[0], (json.dumps(record, indent=1) + "\n").encode(), then="rerun")
         write_atomic(out / LISTING[1], ("\n".join(rows) + "\n").encode(), then="rerun")
         for f in files:

@@ -115,6 +115,11 @@ def class_records(params: object, num_classes: int, where: str) -> list[dict]:
     if not isinstance(classes, list) or not all(isinstance(c, dict) and type(c.get("label")) is int for c in classes):
         raise UsageError(f"{where} classes are malformed (not a list of records with an integer label)")
     records = sorted(classes, key=lambda c: c["label"])
-    if [c["label"] for c in records] != list(range(num_classes)):
-        raise UsageError(f"{where} records {len(classes)} classes, not one for each of the {num_classes} labels")
+    labels = [c["label"] for c in records]
+    if labels != list(range(num_classes)):
+        odd = next((k for k in range(num_classes) if labels.count(k) != 1), None)
+        odd = f"label {odd} {'missing' if labels.count(odd) == 0 else 'repeated'}" if odd is not None else \
+            f"label {labels[-1]} beyond them"
+        raise UsageError(f"{where} records {len(classes)} classes, not one for each of the {num_classes} labels "
+                         f"({odd})")
     return records

@@ -303,7 +303,7 @@ def verify(root: Path | str) -> VerifyReport:
                                        f"{sum(r.get('num_samples', 0) for r in records)}")
     if config.get("source"):
         _check_source(report, root, str(config["source"]), config.get("source_sha256"))
-    report.dataset_problems.extend(dataset.changed_records(root, build.get("records", {})))  # params, _info
+    _check_records(report, root, build)
     if not report.shard_problems and num_classes and not report.recipe:
         _check_label_counts(report, seen.labels, num_classes)
     if report.palette_images:
@@ -365,7 +365,7 @@ def _old_format(root: Path, count: int, config: dict[str, Any]) -> str:
     """One line for a dataset of palette PNGs (an earlier fracgen's), with the command that rebuilds it beside it."""
     new = root.with_name(f"{root.name}-8bit")
     try:
-        cfg = BuildConfig.from_json(config)
+        cfg = BuildConfig.from_record(config, where=BUILD_JSON, strict=False)
         if cfg.source:
             cfg = cfg.replace(source=str(root / cfg.source))
         parts = shlex.split(cfg.command(out=str(new)))
@@ -386,6 +386,16 @@ def _check_source(report: VerifyReport, root: Path, source: str, expected: Any) 
         report.dataset_problems.append(f"source image {source} (config.source): {problem}")
     elif expected and sha256_file(path) != expected:
         report.dataset_problems.append(f"source image {source} does not match config.source_sha256")
+
+
+def _check_records(report: VerifyReport, root: Path, build: dict[str, Any]) -> None:
+    """params.json and _info.json as build.json records them; a recipe's record of its first samples (the card's)."""
+    report.dataset_problems.extend(dataset.changed_records(root, build.get("records", {})))
+    if report.recipe:
+        try:
+            dataset.recipe_head(build)
+        except DatasetError as err:
+            report.dataset_problems.append(str(err))
 
 
 def _check_label_counts(report: VerifyReport, labels: Counter[int], num_classes: int) -> None:

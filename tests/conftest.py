@@ -54,6 +54,19 @@ def one_line(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+def rewrite_record(root: Path, name: str, data: dict) -> None:
+    """Write ``name`` (params.json, _info.json) as ``data`` and record its sha256 in build.json, as a build would:
+    a record edited consistently, which only the checks of its content can refuse."""
+    import hashlib
+    import json
+
+    raw = json.dumps(data).encode()
+    (root / name).write_bytes(raw)
+    build = json.loads((root / "build.json").read_text())
+    build["records"][name] = hashlib.sha256(raw).hexdigest()
+    (root / "build.json").write_text(json.dumps(build))
+
+
 def free_port() -> str:
     """A TCP port nobody listens on now, for a torchrun rendezvous (a fixed port collides with a suite running
     beside this one, and gloo then aborts a rank)."""

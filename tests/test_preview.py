@@ -129,9 +129,9 @@ def test_preview_out_on_a_full_disk_leaves_nothing(tiny_dataset, tmp_path, monke
         raise FracgenError(f"disk full while writing {path}; free space and {then}")
 
     monkeypatch.setattr(preview_module, "write_atomic", full)
-    out = tmp_path / "p.png"
+    out = tmp_path / "new" / "folders" / "p.png"
     one_line(CliRunner().invoke(cli, ["preview", str(tiny_dataset), "--out", str(out)]), "disk full")
-    assert not out.exists()
+    assert not (tmp_path / "new").exists()  # the folders it made for it are taken back
 
 
 def test_preview_of_an_undecodable_image(tiny_copy):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import one_line
+from conftest import one_line, rewrite_record
 from test_pins import CASES, photo
 
 from fracgen import dataset
@@ -165,6 +165,16 @@ def test_a_recipe_too_large_for_the_machine_is_the_memory_refusal(tmp_path, monk
 def test_fresh_masks_need_a_record_of_each_class(tmp_path):
     root = _recipe(tmp_path)
     params = json.loads((root / "params.json").read_text())
-    (root / "params.json").write_text(json.dumps(dict(params, classes=[])))
+    rewrite_record(root, "params.json", dict(params, classes=[]))
     with pytest.raises(UsageError, match="params.json records 0 classes, not one for each of the 12 labels"):
         open_recipe(root).fresh(0, (1,))
+
+
+def test_a_recipe_whose_params_json_changed_since_the_build_is_refused(tmp_path):
+    """params.json steers every image a recipe renders: one build.json does not record renders nothing."""
+    root = _recipe(tmp_path)
+    params = json.loads((root / "params.json").read_text())
+    params["systems"][0]["maps"][0][0] += 0.01
+    (root / "params.json").write_text(json.dumps(params))
+    with pytest.raises(UsageError, match="params.json was changed after the build"):
+        open_recipe(root)

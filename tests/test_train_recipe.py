@@ -165,8 +165,10 @@ def test_fresh_masks_on_a_recipe_without_its_class_records_are_refused_in_one_li
 
     root = tmp_path / "ds"
     shutil.copytree(tiny_recipe, root)
+    from conftest import rewrite_record
+
     params = json.loads((root / dataset.PARAMS_JSON).read_text())
-    (root / dataset.PARAMS_JSON).write_text(json.dumps(dict(params, classes=[])))
+    rewrite_record(root, dataset.PARAMS_JSON, dict(params, classes=[]))
     with pytest.raises(TrainError, match="^data.fresh_masks: .*params.json records 0 classes"):
         check_fresh(tiny_cfg(root, "data.fresh_masks=true"), open_recipe(root))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import rewrite_record
 
 from fracgen.cli import cli
 from fracgen.errors import UsageError
@@ -64,7 +65,6 @@ def test_wrong_count_in_info_is_named(tiny_copy: Path) -> None:
 def test_wrong_label_and_stray_shard(tiny_copy: Path) -> None:
     # A shard rewritten with a label that disagrees with its json, and checksums updated to match, so
     # only the label check can catch it.
-    import hashlib
     import tarfile
 
     build = _build(tiny_copy)
@@ -110,15 +110,11 @@ def test_params_json_must_record_every_class(tiny_copy: Path, classes) -> None:
     """An empty or short class list, with its recorded sha256 made to match, is refused, not skipped."""
     params = json.loads((tiny_copy / "params.json").read_text())
     params["classes"] = [] if classes == [] else params["classes"][:1]
-    data = json.dumps(params).encode()
-    (tiny_copy / "params.json").write_bytes(data)
-    build = json.loads((tiny_copy / "build.json").read_text())
-    build["records"]["params.json"] = hashlib.sha256(data).hexdigest()
-    (tiny_copy / "build.json").write_text(json.dumps(build))
+    rewrite_record(tiny_copy, "params.json", params)
     report = verify(tiny_copy)
-    count = len(params["classes"])
-    assert not report.ok and f"params.json records {count} classes, not one for each of the 16 labels" in \
-        report.dataset_problems, report.dataset_problems
+    count, first = len(params["classes"]), "0" if classes == [] else "1"
+    assert not report.ok and f"params.json records {count} classes, not one for each of the 16 labels (label " \
+        f"{first} missing)" in report.dataset_problems, report.dataset_problems
 
 
 def test_an_unknown_preset_is_named_not_the_options_it_lacks(tiny_copy: Path) -> None:
@@ -155,6 +151,42 @@ def test_a_dataset_of_the_old_image_format_is_named_with_the_command_that_rebuil
     assert rebuilt.exit_code == 0, rebuilt.output
     assert verify(tmp_path / "old-8bit").ok
     assert (old / "params.json").read_bytes() == (tmp_path / "old-8bit" / "params.json").read_bytes()
+
+
+def test_an_old_format_dataset_of_an_unknown_family_gets_the_plain_advice(tmp_path, monkeypatch):
+    """The rebuild command is written from build.json's config only when that config reads."""
+    from conftest import TINY
+
+    from fracgen import shard as shard_mod
+    from fracgen.build import BuildConfig, build
+    from fracgen.encode import encode_palette_png
+
+    old = tmp_path / "old"
+    with monkeypatch.context() as m:
+        m.setattr(shard_mod, "encode_png", encode_palette_png)
+        build(BuildConfig(**TINY), old, workers=1)
+    record = json.loads((old / "build.json").read_text())
+    (old / "build.json").write_text(json.dumps(dict(record, config=dict(record["config"], preset="nosuch"))))
+    result = CliRunner().invoke(cli, ["verify", str(old)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "palette PNGs, the format of earlier fracgen builds (most readers decode them to {0, 1}); rebuild with " \
+           "a current fracgen using the options in build.json" in result.output
+
+
+@pytest.mark.parametrize("head", [5, None, [1, 2], "abc"])
+def test_a_recipe_whose_head_is_not_its_first_samples_fails(tmp_path, head) -> None:
+    """The card describes a recipe's samples from its head: verify refuses one push-to-hub could not describe."""
+    from conftest import TINY
+
+    from fracgen.build import BuildConfig, build
+
+    root = tmp_path / "recipe"
+    build(BuildConfig(**TINY), root, workers=1, recipe_only=True)
+    record = json.loads((root / "build.json").read_text())
+    (root / "build.json").write_text(json.dumps(dict(record, recipe={"head": head})))
+    report = verify(root)
+    assert not report.ok and any(p.startswith("build.json recipe head is not a list of the first samples' json")
+                                 for p in report.dataset_problems), report.dataset_problems
 
 
 def test_a_deleted_params_json_fails(tiny_copy: Path) -> None:

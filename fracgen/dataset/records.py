@@ -221,6 +221,18 @@ def is_recipe(build: dict[str, Any]) -> bool:
     return isinstance(build.get("recipe"), dict)
 
 
+def recipe_head(build: dict[str, Any]) -> list[dict]:
+    """The json of a recipe's first samples, which its build.json records for the card.
+
+    Raises:
+        DatasetError: they are not a list of objects.
+    """
+    head = build["recipe"].get("head")
+    if not isinstance(head, list) or not all(isinstance(m, dict) for m in head):
+        raise DatasetError(f"{BUILD_JSON} recipe head is not a list of the first samples' json (got {head!r:.60})")
+    return head
+
+
 def changed_records(root: Path | str, records: Any) -> list[str]:
     """What differs between params.json and _info.json and the sha256 build.json ``records`` for them (a build
     without those records has none to compare)."""
@@ -230,7 +242,7 @@ def changed_records(root: Path | str, records: Any) -> list[str]:
     for name in (PARAMS_JSON, INFO_JSON):
         path = Path(root) / name
         if name in records and not path.is_file():
-            problems.append(f"{name} is missing ({BUILD_JSON} records its sha256)")
+            problems.append(f"{name} is missing or not a regular file ({BUILD_JSON} records its sha256)")
         elif name in records and sha256_file(path) != records[name]:
             problems.append(f"{name} was changed after the build: its sha256 is not the one {BUILD_JSON} records")
     return problems
