@@ -46,7 +46,8 @@ def sample_singular_values(n: int, sigma: float, rng: np.random.Generator) -> np
     """Singular values of n maps whose weighted sum is exactly ``sigma`` (Anderson & Farrell's split).
 
     The pairs are drawn one after another so that every remaining pair can still meet the target:
-    1 >= s_i1 >= s_i2 >= 0 and sum_i (s_i1 + 2 s_i2) = sigma.
+    1 >= s_i1 >= s_i2 >= 0 and sum_i (s_i1 + 2 s_i2) = sigma (the bounds to within rounding, about 1e-13, where
+    sigma is within rounding of 3n and every map is at the top of its range).
 
     Args:
         n: number of maps, >= 1.
