@@ -66,13 +66,13 @@ bench-contours: install ## RCDB and VisualAtom per stored image; against the rel
 	$(BIN)/python benchmarks/bench_contours.py --images 300 $(if $(RELEASED_RCDB),--released-rcdb $(RELEASED_RCDB)) $(if $(RELEASED_VISUALATOM),--released-visualatom $(RELEASED_VISUALATOM))
 
 bench-3d: install ## 3D-OFDB: CPU per stored image against the released pipeline, acceptance, pixels on the same draws (RELEASED=OFDB/3d-ofdb-generator RELEASED_PY=its python; without them fracgen's figures only).
-	$(BIN)/python benchmarks/bench_ofdb3d.py --categories 20 --rate-categories 1000 $(if $(RELEASED),--released-dir $(RELEASED) --released-python $(RELEASED_PY))
+	$(BIN)/python benchmarks/bench_ofdb3d.py --categories 100 --rate-categories 1000 $(if $(RELEASED),--released-dir $(RELEASED) --released-python $(RELEASED_PY))
 
 bench-search: install ## FractalDB/OFDB category search: 1000 categories across the cores, with its acceptance rate.
 	$(BIN)/python benchmarks/bench_search.py --categories 1000
 
 bench-released: install ## 1p-frac CPU per accepted image and per render; against the released generator with RELEASED_1PFRAC=DIR (a checkout of SUPER-TADORY/1p-frac).
-	$(BIN)/python benchmarks/bench_released.py $(if $(RELEASED_1PFRAC),--released $(RELEASED_1PFRAC))
+	$(BIN)/python benchmarks/bench_released.py $(if $(RELEASED_1PFRAC),--released $(RELEASED_1PFRAC) --images 10 --own-stream)
 
 bench-families: install ## Every family: bytes per image, CPU ms per image, images/s, its headline set's size and CPU (REAL_IMAGE=PHOTO for `real`).
 	$(BIN)/python benchmarks/bench_families.py $(if $(REAL_IMAGE),--real-image $(REAL_IMAGE))

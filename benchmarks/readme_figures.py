@@ -1,4 +1,4 @@
-"""Two of the README's fidelity figures, measured: released-style 1p-frac base draws that fill under 5%, and how
+"""Two figures of docs/fidelity.md, measured: released-style 1p-frac base draws that fill under 5%, and how
 little OFDB's two weight readings overlap.
 
 Run with ``python benchmarks/readme_figures.py [--bases 2000] [--categories 100]`` (seconds on 2 cores):
