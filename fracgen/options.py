@@ -64,8 +64,8 @@ class Option:
         if self.choices and value not in self.choices:
             return f"{self.flag} must be one of {', '.join(self.choices)}, got {value!r}"
         if isinstance(value, int) and not _finite(value):
-            return f"{self.flag} must be a number a float holds (at most 1.8e308), got an integer of " \
-                   f"{value.bit_length()} bits"
+            return f"{self.flag} must be {self.describe()}, a number a float holds (within +-1.8e308), got an " \
+                   f"integer of {value.bit_length()} bits"
         if not _finite(value):
             return f"{self.flag} must be {self.describe()}{self.why}, got {value}"
         negative_zero = self.kind is float and self.lo == 0 and math.copysign(1.0, value) < 0  # numpy refuses U(0, -0)

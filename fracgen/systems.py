@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,11 +116,11 @@ def class_records(params: object, num_classes: int, where: str) -> list[dict]:
     if not isinstance(classes, list) or not all(isinstance(c, dict) and type(c.get("label")) is int for c in classes):
         raise UsageError(f"{where} classes are malformed (not a list of records with an integer label)")
     records = sorted(classes, key=lambda c: c["label"])
-    labels = [c["label"] for c in records]
-    if labels != list(range(num_classes)):
-        odd = next((k for k in range(num_classes) if labels.count(k) != 1), None)
-        odd = f"label {odd} {'missing' if labels.count(odd) == 0 else 'repeated'}" if odd is not None else \
-            f"label {labels[-1]} beyond them"
+    counts = Counter(c["label"] for c in records)
+    if len(records) != num_classes or set(counts) != set(range(num_classes)):
+        beyond = [k for k in counts if not 0 <= k < num_classes]
+        odd = f"label {beyond[0]} beyond them" if beyond else next(
+            f"label {k} {'missing' if counts[k] == 0 else 'repeated'}" for k in range(num_classes) if counts[k] != 1)
         raise UsageError(f"{where} records {len(classes)} classes, not one for each of the {num_classes} labels "
                          f"({odd})")
     return records

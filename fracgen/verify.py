@@ -24,7 +24,7 @@ from fracgen.dataset import (
     DatasetError,
     sha256_file,
 )
-from fracgen.errors import UsageError
+from fracgen.errors import FracgenError, UsageError
 from fracgen.systems import class_records
 
 logger = logging.getLogger(__name__)
@@ -389,13 +389,25 @@ def _check_source(report: VerifyReport, root: Path, source: str, expected: Any) 
 
 
 def _check_records(report: VerifyReport, root: Path, build: dict[str, Any]) -> None:
-    """params.json and _info.json as build.json records them; a recipe's record of its first samples (the card's)."""
-    report.dataset_problems.extend(dataset.changed_records(root, build.get("records", {})))
-    if report.recipe:
-        try:
-            dataset.recipe_head(build)
-        except DatasetError as err:
-            report.dataset_problems.append(str(err))
+    """params.json and _info.json as build.json records them; a recipe's first samples, rendered now, as it
+    records them (the card's head): its options and base systems still render the dataset they described."""
+    changed = dataset.changed_records(root, build.get("records", {}))
+    report.dataset_problems.extend(changed)
+    if not report.recipe or changed:
+        return
+    from fracgen.recipe import open_recipe  # the one reader that imports the kernels: a recipe renders
+
+    try:
+        head = dataset.recipe_head(build)
+        recipe = open_recipe(root)
+        first = min(dataset.HEAD, len(recipe.plan.shard_samples[0]))
+        if len(head) != first:
+            raise DatasetError(f"{BUILD_JSON} recipe head holds {len(head)} samples, not the first {first}")
+        if any(recipe[i]["json"] != record for i, record in enumerate(head)):
+            raise DatasetError(f"its first samples render other records than {BUILD_JSON} recipe head holds: its "
+                               f"options or {PARAMS_JSON} were changed since it was written")
+    except FracgenError as err:
+        report.dataset_problems.append(str(err))
 
 
 def _check_label_counts(report: VerifyReport, labels: Counter[int], num_classes: int) -> None:

@@ -103,9 +103,10 @@ def test_resuming_a_recorded_build_too_large_for_the_machine_is_the_memory_refus
      "where: config lacks delta, perturbation"),
     (dict(BuildConfig(**TINY).to_json(), seed=-1), "where: config is damaged (--seed must be >= 0, got -1)"),
     (dict(BuildConfig(**TINY).to_json(), size="abc"), "where: config is damaged (--size must be an integer"),
-    (dict(BuildConfig(**TINY).to_json(), sigma=10**400), "where: config is damaged (--sigma must be a number a "
-     "float holds (at most 1.8e308), got an integer of 1329 bits)"),
-    (dict(BuildConfig(**TINY).to_json(), L=10**400), "where: config is damaged (--L must be a number a float holds"),
+    (dict(BuildConfig(**TINY).to_json(), sigma=10**400), "where: config is damaged (--sigma must be a finite number, "
+     "a number a float holds (within +-1.8e308), got an integer of 1329 bits)"),
+    (dict(BuildConfig(**TINY).to_json(), L=-10**400), "where: config is damaged (--L must be >= 1, a number a float "
+     "holds"),
 ])
 def test_a_record_is_read_by_one_parser_that_names_what_is_wrong(record, fragment):
     with pytest.raises(UsageError) as err:

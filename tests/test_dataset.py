@@ -156,3 +156,19 @@ def test_inside_refuses_a_link_out_of_the_folder(tmp_path):
     (tmp_path / "ds" / "source.png").symlink_to(tmp_path / "victim.png")
     with pytest.raises(FracgenError, match="not a file inside"):
         dataset.inside(tmp_path / "ds", "source.png", "config")
+
+
+def test_a_record_that_cannot_be_read_is_named_not_raised(tmp_path, monkeypatch):
+    """changed_records on an unreadable params.json (a permission, a file system error): one problem, no OSError."""
+    import errno
+
+    from fracgen.dataset import records
+
+    (tmp_path / "params.json").write_text("{}")
+
+    def unreadable(path):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(records, "sha256_file", unreadable)
+    assert records.changed_records(tmp_path, {"params.json": "0" * 64}) == \
+        ["params.json cannot be read (Permission denied)"]

@@ -49,6 +49,9 @@ def test_missing_params_file(tmp_path):
     ({"classes": []}, "p records 0 classes, not one for each of the 2 labels"),
     ({"classes": [{"label": 1}]}, "p records 1 classes, not one for each of the 2 labels"),
     ({"classes": [{"label": 0}, {"label": 0}]}, "p records 2 classes, not one for each of the 2 labels"),
+    ({"classes": [{"label": 1}, {"label": 2}]}, "p records 2 classes, not one for each of the 2 labels (label 2 beyond"),
+    ({"classes": [{"label": -1}, {"label": 0}, {"label": 1}]}, "p records 3 classes, not one for each of the 2 labels "
+                                                                "(label -1 beyond them)"),
     ({"classes": [{"label": 0}, {"label": "1"}]}, "p classes are malformed"),
     ({}, "p classes are malformed"),
     (None, "p classes are malformed"),

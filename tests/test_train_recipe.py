@@ -198,8 +198,8 @@ def test_a_recipe_verify_refuses_is_refused_in_its_words(tiny_recipe, tmp_path, 
 
 
 def test_a_recipe_too_large_for_the_machine_is_refused_in_one_line(tiny_recipe, tmp_path, monkeypatch, capsys):
-    """A recipe whose records agree with each other (verify passes it) but whose plan alone needs more memory than
-    the machine has: the memory refusal, before anything is allocated."""
+    """A recipe whose records agree with each other but whose plan alone needs more memory than the machine has: the
+    memory refusal, before anything is allocated."""
     import hashlib
     import shutil
 
@@ -219,10 +219,11 @@ def test_a_recipe_too_large_for_the_machine_is_refused_in_one_line(tiny_recipe, 
     (root / dataset.INFO_JSON).write_bytes(dump_json(info))
     build["records"][dataset.INFO_JSON] = hashlib.sha256(dump_json(info)).hexdigest()
     (root / dataset.BUILD_JSON).write_text(json.dumps(build))
-    assert verify(root).ok
     monkeypatch.setattr("fracgen.config.available_memory", lambda: 64 << 30)
+    problems = verify(root).dataset_problems  # it renders the first samples: the plan is refused first
+    assert len(problems) == 1 and problems[0].startswith("--patch-variants 6250000000 needs about"), problems
     code, err = cli(["pretrain", "--config", "tiny", "--data", root, "--out", tmp_path / "run", "--steps", "2"], capsys)
-    assert_one_line(code, err, f"recipe {root}: --patch-variants 6250000000 needs about")
+    assert_one_line(code, err, f"recipe {root}: dataset: --patch-variants 6250000000 needs about")
     assert not (tmp_path / "run").exists()
 
 

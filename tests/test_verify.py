@@ -173,9 +173,20 @@ def test_an_old_format_dataset_of_an_unknown_family_gets_the_plain_advice(tmp_pa
            "a current fracgen using the options in build.json" in result.output
 
 
-@pytest.mark.parametrize("head", [5, None, [1, 2], "abc"])
-def test_a_recipe_whose_head_is_not_its_first_samples_fails(tmp_path, head) -> None:
-    """The card describes a recipe's samples from its head: verify refuses one push-to-hub could not describe."""
+NOT_A_HEAD = "build.json recipe head is not a list of the first samples' json"
+OTHER_RECORDS = "its first samples render other records than build.json recipe head holds"
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ({"recipe": {"head": 5}}, NOT_A_HEAD), ({"recipe": {"head": None}}, NOT_A_HEAD),
+    ({"recipe": {"head": [1, 2]}}, NOT_A_HEAD), ({"recipe": {"head": "abc"}}, NOT_A_HEAD),
+    ({"recipe": {"head": []}}, "build.json recipe head holds 0 samples, not the first 8"),
+    ({"recipe": {"head": [{}] * 8}}, OTHER_RECORDS),
+    ({"config": {"seed": 7}}, OTHER_RECORDS),
+])
+def test_a_recipe_whose_head_is_not_what_it_renders_fails(tmp_path, change, fragment) -> None:
+    """The card describes a recipe's samples from its head, and a recipe is its records: verify renders its first
+    samples and refuses a head push-to-hub could not describe, or options that no longer render it."""
     from conftest import TINY
 
     from fracgen.build import BuildConfig, build
@@ -183,10 +194,19 @@ def test_a_recipe_whose_head_is_not_its_first_samples_fails(tmp_path, head) -> N
     root = tmp_path / "recipe"
     build(BuildConfig(**TINY), root, workers=1, recipe_only=True)
     record = json.loads((root / "build.json").read_text())
-    (root / "build.json").write_text(json.dumps(dict(record, recipe={"head": head})))
+    for key, value in change.items():
+        record[key] = {**record[key], **value}
+    (root / "build.json").write_text(json.dumps(record))
     report = verify(root)
-    assert not report.ok and any(p.startswith("build.json recipe head is not a list of the first samples' json")
-                                 for p in report.dataset_problems), report.dataset_problems
+    assert not report.ok and any(p.startswith(fragment) for p in report.dataset_problems), report.dataset_problems
+
+
+def test_a_size_no_float_holds_is_named_in_a_short_line(tiny_copy: Path) -> None:
+    record = json.loads((tiny_copy / "build.json").read_text())
+    (tiny_copy / "build.json").write_text(json.dumps(dict(record, config=dict(record["config"], size=10**400))))
+    result = CliRunner().invoke(cli, ["verify", str(tiny_copy)])
+    assert result.exit_code == 1 and "got an integer of 1329 bits" in result.output, result.output
+    assert max(map(len, result.output.splitlines())) < 300, result.output
 
 
 def test_a_deleted_params_json_fails(tiny_copy: Path) -> None:

@@ -239,12 +239,16 @@ def changed_records(root: Path | str, records: Any) -> list[str]:
     if not isinstance(records, dict):
         return [f"{BUILD_JSON} records is not an object (got {records!r:.60})"]
     problems = []
-    for name in (PARAMS_JSON, INFO_JSON):
+    for name in (name for name in (PARAMS_JSON, INFO_JSON) if name in records):
         path = Path(root) / name
-        if name in records and not path.is_file():
-            problems.append(f"{name} is missing or not a regular file ({BUILD_JSON} records its sha256)")
-        elif name in records and sha256_file(path) != records[name]:
-            problems.append(f"{name} was changed after the build: its sha256 is not the one {BUILD_JSON} records")
+        try:
+            if not path.is_file():
+                problems.append(f"{name} is missing or not a regular file ({BUILD_JSON} records its sha256)")
+            elif sha256_file(path) != records[name]:
+                problems.append(f"{name} was changed after the build: its sha256 is not the one {BUILD_JSON} "
+                                "records")
+        except OSError as e:
+            problems.append(f"{name} cannot be read ({e.strerror or e})")
     return problems
 
 

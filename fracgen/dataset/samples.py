@@ -70,12 +70,13 @@ def expect_of(config: Any, num_classes: int) -> Expect:
     """The expectations of a build.json's ``config``: its size and image mode when it is a valid config of a
     known family, else only its size (when it is an integer)."""
     from fracgen.config import BuildConfig
+    from fracgen.presets import option_table
 
     try:
         cfg = BuildConfig.from_record(config, where=BUILD_JSON, strict=False)
     except FracgenError:
         size = config.get("size") if isinstance(config, dict) else None
-        return Expect(num_classes, size if type(size) is int else None)
+        return Expect(num_classes, size if type(size) is int and not option_table()["size"].problem(size) else None)
     return Expect(num_classes, cfg.size, cfg.family.image_mode(cfg), cfg.per_class)
 
 
