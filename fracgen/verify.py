@@ -391,14 +391,15 @@ def _check_source(report: VerifyReport, root: Path, source: str, expected: Any) 
 def _check_records(report: VerifyReport, root: Path, build: dict[str, Any]) -> None:
     """params.json and _info.json as build.json records them; a recipe's first samples, rendered now, as it
     records them (the card's head): its options and base systems still render the dataset they described."""
-    changed = dataset.changed_records(root, build.get("records", {}))
-    report.dataset_problems.extend(changed)
-    if not report.recipe or changed:
+    report.dataset_problems.extend(dataset.changed_records(root, build.get("records", {})))
+    if not report.recipe:
         return
     from fracgen.recipe import open_recipe  # the one reader that imports the kernels: a recipe renders
 
     try:
         head = dataset.recipe_head(build)
+        if report.dataset_problems:  # its records are refused already: rendering them would say so again
+            return
         recipe = open_recipe(root)
         first = min(dataset.HEAD, len(recipe.plan.shard_samples[0]))
         if len(head) != first:
