@@ -1,9 +1,9 @@
 """The Hub client as a push uses it: a timeout on every request and one warning line per retry.
 
 huggingface_hub's shared ``httpx`` client has no timeout (``default_client_factory`` passes ``timeout=None``), so
-a server that accepts a connection and never answers would hold a push forever; ``session`` installs a client
-factory with timeouts (``set_client_factory``, the library's own hook) for the duration of the push, and puts
-back the one that was there.
+a server that accepts a connection and never answers would hold a push forever; ``with_timeouts`` installs a
+client factory with timeouts (``set_client_factory``, the library's own hook) for the duration of the push, and
+puts back the one that was there.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class _OneLinePerRetry(logging.Filter):
 
 
 @contextlib.contextmanager
-def session(self_hosted: bool = False) -> Iterator[None]:
+def with_timeouts(self_hosted: bool = False) -> Iterator[None]:
     """huggingface_hub's shared client with timeouts and one line per retry, for the duration of a push.
 
     ``self_hosted`` (``--endpoint``): uploads go through the LFS protocol, not Xet (a Hub-compatible server need not

@@ -317,7 +317,7 @@ def _upload(
     hub.check_token(token)
     api = HfApi(endpoint=base, token=token, library_name="fracgen", library_version=fracgen.__version__)
     allowed = hub.HUB_BUDGET_S + sum(f.size for f in files) / hub.HUB_MIN_RATE
-    with hub.session(self_hosted=endpoint is not None), hub.budget(allowed, f"the push to {base}"):
+    with hub.with_timeouts(self_hosted=endpoint is not None), hub.budget(allowed, f"the push to {base}"):
         try:
             _check_namespace(api, repo_id)
             _with_retries(

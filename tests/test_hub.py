@@ -111,10 +111,10 @@ def test_a_self_hosted_push_uploads_by_lfs_without_telemetry_and_restores_the_fl
     before = constants.HF_HUB_DISABLE_XET, constants.HF_HUB_DISABLE_TELEMETRY
     constants.HF_HUB_DISABLE_XET = constants.HF_HUB_DISABLE_TELEMETRY = False
     try:
-        with hub.session(self_hosted=True):
+        with hub.with_timeouts(self_hosted=True):
             assert constants.HF_HUB_DISABLE_XET and constants.HF_HUB_DISABLE_TELEMETRY
         assert not constants.HF_HUB_DISABLE_XET and not constants.HF_HUB_DISABLE_TELEMETRY
-        with hub.session():  # the Hub itself: the library's own choice stands
+        with hub.with_timeouts():  # the Hub itself: the library's own choice stands
             assert not constants.HF_HUB_DISABLE_XET and not constants.HF_HUB_DISABLE_TELEMETRY
     finally:
         constants.HF_HUB_DISABLE_XET, constants.HF_HUB_DISABLE_TELEMETRY = before
