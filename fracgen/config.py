@@ -15,7 +15,7 @@ import shlex
 from typing import Any
 
 from fracgen import options as table_mod
-from fracgen.dataset import PARAMS_JSON
+from fracgen.dataset import BUILD_JSON, PARAMS_JSON, Expect
 from fracgen.errors import UsageError
 from fracgen.presets import DEFAULT_PRESET, registry
 
@@ -223,6 +223,18 @@ class BuildConfig:
 _PER_SAMPLE = 512
 _PER_POINT = 64
 _PER_PIXEL = {"fractal": 8, "L": 96, "RGB": 3 * 96}
+
+
+def expect_of(config: Any, num_classes: int) -> Expect:
+    """The expectations of a build.json's ``config``: its size and image mode when it is a valid config of a
+    known family, else only its size (when it is an integer)."""
+    try:
+        cfg = BuildConfig.from_record(config, where=BUILD_JSON, strict=False)
+    except UsageError:
+        size = config.get("size") if isinstance(config, dict) else None
+        readable = type(size) is int and not registry.option_table()["size"].problem(size)
+        return Expect(num_classes, size if readable else None)
+    return Expect(num_classes, cfg.size, cfg.family.image_mode(cfg), cfg.per_class)
 
 
 def available_memory() -> int | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fracgen import dataset
-from fracgen.config import BuildConfig
+from fracgen.config import BuildConfig, expect_of
 from fracgen.dataset import (
     BUILD_JSON,
     INFO_JSON,
@@ -297,7 +297,7 @@ def verify(root: Path | str) -> VerifyReport:
         num_classes = 0
     report.num_classes = num_classes
     seen = _Seen()
-    _check_shards(report, root, records, dataset.expect_of(config, max(1, num_classes)), seen)
+    _check_shards(report, root, records, expect_of(config, max(1, num_classes)), seen)
     if "num_samples" in build and build["num_samples"] != sum(r.get("num_samples", 0) for r in records):
         report.dataset_problems.append(f"{BUILD_JSON} num_samples {build['num_samples']} != sum over shards "
                                        f"{sum(r.get('num_samples', 0) for r in records)}")

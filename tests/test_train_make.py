@@ -9,7 +9,8 @@ import subprocess
 import pytest
 from train_helpers import REPO, assert_one_line, run_cli
 
-from train.make_words import ENV, MakeWords, in_make_words
+from train.cli import cli
+from train.make_words import ENV, MakeWords, flag_options, in_make_words
 
 
 def make_mapping(target: str) -> str:
@@ -43,7 +44,7 @@ def words_of(target: str) -> dict[str, str]:
      '(make: ARGS="--batch-size ...")'),
 ])
 def test_finetune_messages_name_the_make_variables(message, expected):
-    assert in_make_words(message, words_of("finetune"), argv=[]) == expected
+    assert in_make_words(message, words_of("finetune"), argv=[], switches=flag_options(cli)) == expected
 
 
 def test_options_the_command_line_holds_get_no_hint_and_outside_make_nothing_changes():

@@ -56,14 +56,16 @@ def main() -> None:
               file=sys.stderr)
         sys.exit(2)
     from train.cli import cli
-    from train.make_words import in_make_words
+    from train.make_words import flag_options, in_make_words
+
+    switches = flag_options(cli)
 
     try:
         cli.main(standalone_mode=False, prog_name=_prog())
     except (TrainError, FracgenError) as e:  # FracgenError: a sweep's or repro's build (a full disk, say)
         rank = os.environ.get("RANK", "0")
         if rank == "0" or isinstance(e, RankError):  # every rank raises the same line, but a RankError is its own
-            line = in_make_words(_one_line(str(e)))
+            line = in_make_words(_one_line(str(e)), switches=switches)
             click.echo(f"error: {'' if rank == '0' else f'rank {rank}: '}{line}", err=True)
         sys.exit(2)
     except click.exceptions.Abort as e:
@@ -73,7 +75,7 @@ def main() -> None:
         sys.exit(130)
     except click.ClickException as e:
         if os.environ.get("RANK", "0") == "0":  # every rank parses the same command line
-            click.echo(f"error: {in_make_words(e.format_message())}", err=True)  # one line, like every other refusal
+            click.echo(f"error: {in_make_words(e.format_message(), switches=switches)}", err=True)  # one line, like every other refusal
         sys.exit(e.exit_code)
     except RuntimeError as e:  # after click's Abort, itself a RuntimeError
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and _peer_left(e):

@@ -18,7 +18,7 @@ from train.config import load_config
 from train.errors import TrainError
 from train.experiments.repro import repro_small
 from train.experiments.sweep import sweep
-from train.make_words import MakeWords, mapping
+from train.make_words import MakeWords, flag_options, mapping
 from train.run.folder import out_option
 
 
@@ -68,7 +68,7 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if mapping():  # run by make: warnings name the make variables the user typed
         for handler in logging.getLogger().handlers:
-            handler.addFilter(MakeWords())
+            handler.addFilter(MakeWords(flag_options(cli)))
 
 
 @cli.command()

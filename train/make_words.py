@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+from typing import Any
 
 ENV = "FRACGEN_TRAIN_MAKE"
 
@@ -40,23 +41,23 @@ def _config_key(name: str) -> bool:
     return rest.split(".")[0] in {f.name for f in dataclasses.fields(getattr(cfg, section))}
 
 
-def _switches() -> set[str]:
-    """The options of every command that take no value (``--resume``)."""
+def flag_options(group: Any) -> frozenset[str]:
+    """The options of every command of a click ``group`` that take no value (``--resume``)."""
     import click
 
-    from train.cli import cli
-
-    return {opt for command in cli.commands.values() for p in command.params
-            if isinstance(p, click.Option) and p.is_flag for opt in (*p.opts, *p.secondary_opts)}
+    return frozenset(opt for command in group.commands.values() for p in command.params
+                     if isinstance(p, click.Option) and p.is_flag for opt in (*p.opts, *p.secondary_opts))
 
 
-def in_make_words(message: str, words: dict[str, str] | None = None, argv: list[str] | None = None) -> str:
+def in_make_words(message: str, words: dict[str, str] | None = None, argv: list[str] | None = None,
+                  switches: frozenset[str] = frozenset()) -> str:
     """``message`` with the options ``words`` maps named by their make variables, and a hint for the others.
 
     Args:
         message: one line the trainer would print.
         words: {option or config key: make variable}; ``mapping()`` when None.
         argv: the command line (``sys.argv[1:]`` when None): options it holds get no hint.
+        switches: the options that take no value (``flag_options(cli)``): their hint is the option alone.
     """
     words = mapping() if words is None else words
     if not words:
@@ -69,7 +70,7 @@ def in_make_words(message: str, words: dict[str, str] | None = None, argv: list[
         if name in words:
             return f"{words[name]}={value or ''}"
         if name.startswith("--"):
-            hint, typed_already = (name if name in _switches() else f"{name} ..."), name in typed.split()
+            hint, typed_already = (name if name in switches else f"{name} ..."), name in typed.split()
         elif _config_key(name):
             bound = re.search(rf"{re.escape(name)}(?:: must be at (?:most|least)| to) (\d+)", message)
             hint = f"--set {name}={m.group(2) or (bound.group(1) if bound else 'N')}"
@@ -89,7 +90,11 @@ def in_make_words(message: str, words: dict[str, str] | None = None, argv: list[
 class MakeWords(logging.Filter):
     """A handler's filter: warnings and errors in ``in_make_words``' terms (installed only under make)."""
 
+    def __init__(self, switches: frozenset[str] = frozenset()):
+        super().__init__()
+        self.switches = switches
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.WARNING:
-            record.msg, record.args = in_make_words(record.getMessage()), None
+            record.msg, record.args = in_make_words(record.getMessage(), switches=self.switches), None
         return True

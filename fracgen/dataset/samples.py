@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from fracgen.dataset.names import BUILD_JSON, KEY_RE, SAMPLE_EXTS, SHARD_GLOB, DatasetError
-from fracgen.errors import FracgenError
 
 
 def decode_image(data: bytes, mode: str = "L") -> np.ndarray:
@@ -64,20 +63,6 @@ class Expect:
     size: int | None = None
     mode: str | None = None
     per_class: int | None = None
-
-
-def expect_of(config: Any, num_classes: int) -> Expect:
-    """The expectations of a build.json's ``config``: its size and image mode when it is a valid config of a
-    known family, else only its size (when it is an integer)."""
-    from fracgen.config import BuildConfig
-    from fracgen.presets import option_table
-
-    try:
-        cfg = BuildConfig.from_record(config, where=BUILD_JSON, strict=False)
-    except FracgenError:
-        size = config.get("size") if isinstance(config, dict) else None
-        return Expect(num_classes, size if type(size) is int and not option_table()["size"].problem(size) else None)
-    return Expect(num_classes, cfg.size, cfg.family.image_mode(cfg), cfg.per_class)
 
 
 class SampleError(DatasetError):

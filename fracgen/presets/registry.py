@@ -17,9 +17,12 @@ import numpy as np
 from fracgen.options import SHARED, Option
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fracgen.config import BuildConfig
-    from fracgen.plan import Plan
     from fracgen.systems import System
+
+# What a family is handed: a ``fracgen.config.BuildConfig`` (every option an attribute) and a ``fracgen.plan.Plan``.
+# Both modules ask this registry for their families, so the names stand for them here rather than import them.
+BuildConfig = Any
+Plan = Any
 
 # What a stored image is: "fractal" (8-bit grey, values {0, 127}: the chaos-game looks), "L" (8-bit grey), "RGB".
 IMAGE_MODES = ("fractal", "L", "RGB")

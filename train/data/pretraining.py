@@ -22,15 +22,16 @@ from train.config import Config
 from train.data.recipe import (
     check_fresh,
     is_recipe,
-    make_recipe_source,
     open_data_recipe,
+    recipe_data,
     recipe_head,
     recipe_identity,
+    render_images,
 )
 from train.data.samples import Sample, iter_samples
 from train.data.shards import dataset_identity, read_info, read_split, shard_urls
 from train.data.source import Source, micro_batch_size
-from train.data.stream import make_stream_source, rgb
+from train.data.stream import StreamSource, make_stream_source, rgb
 from train.errors import DoesNotFit, TrainError
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def make_source(cfg: Config, device: torch.device, rank: int, world_size: int) -
     mode = cfg.data.source
     micro_batch_size(cfg, world_size)
     if is_recipe(cfg.data.path):
-        return make_recipe_source(cfg, device, rank, world_size)
+        return _recipe_source(cfg, device, rank, world_size)
     check_fresh(cfg, None)  # before the shards are read
     info = read_info(cfg.data.path)
     shards, samples = read_split(cfg.data.path, info, cfg.data.verify)
@@ -79,6 +80,37 @@ class _SampleList(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image, label = self.samples[i]
         return self.transform(rgb(image)), label
+
+
+def _recipe_source(cfg: Config, device: torch.device, rank: int, world_size: int) -> Source:
+    """The pre-training source of the recipe ``cfg.data.path`` for ``cfg.data.source`` (``auto``: resident when the
+    images fit its budget and no fresh masks are asked for, else stream).
+
+    Raises:
+        TrainError: a recipe verify refuses, ``data.fresh_masks`` where it cannot apply, or ``resident`` forced
+            but over its budget.
+    """
+    from train.data import resident
+
+    data, head = recipe_data(cfg)
+    recipe = data.recipe
+    if cfg.data.source == "resident" or (cfg.data.source == "auto" and not cfg.data.fresh_masks):
+        size = recipe.plan.config.size
+        try:
+            need = resident.check_budget(cfg, device, world_size, len(recipe), size, size)
+        except DoesNotFit as e:
+            if cfg.data.source == "resident":
+                raise
+            log.info("streaming instead of the resident source: %s", e)
+        else:
+            opts = cfg.data.resident or {}
+            images, labels = render_images(recipe, rank, world_size, bool(opts.get("split_ranks")),
+                                           opts.get("load_workers"))
+            source = resident.resident_source(cfg, device, rank, world_size, images, labels, recipe.plan.config.
+                                              num_classes, len(recipe), need)
+            source.head = head
+            return source
+    return StreamSource(cfg, device, rank, world_size, data, head)
 
 
 def check_eval_set(cfg: Config) -> None:

@@ -2,7 +2,7 @@
 
 ``data.path`` may name a recipe (``fracgen build --recipe-only``, ``docs/recipes.md``: a folder whose ``build.json``
 holds ``recipe`` and lists shards it does not hold). It is checked as ``fracgen verify`` checks a recipe, opened
-with ``fracgen.recipe.open_recipe``, and served by either source:
+with ``fracgen.recipe.open_recipe``, and served by either source (``train.data.pretraining`` picks one):
 
 - stream: ``RecipeShards`` is what the DataLoader workers read: each reader renders its shards
   (``Recipe.shard``), in the order and partition the stream gives a full build's shards, so a run on a recipe sees
@@ -25,14 +25,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from fracgen import dataset
 from fracgen.errors import FracgenError
@@ -40,10 +38,7 @@ from fracgen.recipe import Recipe, open_recipe
 from train.bounds import cpus
 from train.config import Config
 from train.data.samples import Sample, grey
-from train.data.source import Source
-from train.errors import DoesNotFit, TrainError
-
-log = logging.getLogger(__name__)
+from train.errors import TrainError
 
 
 def is_recipe(path: str) -> bool:
@@ -177,38 +172,6 @@ def recipe_data(cfg: Config) -> tuple[RecipeShards, list[Sample]]:
     check_fresh(cfg, recipe)
     head = recipe_head(recipe, cfg.data.eval_samples if cfg.data.eval_path is None else 0)
     return RecipeShards(recipe, cfg.data.fresh_masks), head
-
-
-def make_recipe_source(cfg: Config, device: torch.device, rank: int, world_size: int) -> Source:
-    """The pre-training source of the recipe ``cfg.data.path`` for ``cfg.data.source`` (``auto``: resident when the
-    images fit its budget and no fresh masks are asked for, else stream).
-
-    Raises:
-        TrainError: a recipe verify refuses, ``data.fresh_masks`` where it cannot apply, or ``resident`` forced
-            but over its budget.
-    """
-    from train.data import resident
-    from train.data.stream import StreamSource
-
-    data, head = recipe_data(cfg)
-    recipe = data.recipe
-    if cfg.data.source == "resident" or (cfg.data.source == "auto" and not cfg.data.fresh_masks):
-        size = recipe.plan.config.size
-        try:
-            need = resident.check_budget(cfg, device, world_size, len(recipe), size, size)
-        except DoesNotFit as e:
-            if cfg.data.source == "resident":
-                raise
-            log.info("streaming instead of the resident source: %s", e)
-        else:
-            opts = cfg.data.resident or {}
-            images, labels = render_images(recipe, rank, world_size, bool(opts.get("split_ranks")),
-                                           opts.get("load_workers"))
-            source = resident.resident_source(cfg, device, rank, world_size, images, labels, recipe.plan.config.
-                                              num_classes, len(recipe), need)
-            source.head = head
-            return source
-    return StreamSource(cfg, device, rank, world_size, data, head)
 
 
 def recipe_identity(path: str, source: str) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from typing import Any
 import braceexpand
 
 from fracgen import dataset
+from fracgen.config import expect_of
 from fracgen.dataset import DatasetError, DatasetInfo
 from fracgen.errors import FracgenError
 from fracgen.folder import read_regular
@@ -153,7 +154,7 @@ class ShardSet:
         shards: in ``_info.json`` order (folder) or pattern order.
         verify: sha256 is checked while reading.
         labels: the distinct labels met by ``checked_samples`` so far.
-        expect: what every sample of a fracgen build is (``fracgen.dataset.expect_of`` its ``build.json``); None:
+        expect: what every sample of a fracgen build is (``fracgen.config.expect_of`` its ``build.json``); None:
             not a build, its samples get the lighter checks.
         image_keys: the entries a sample may hold its image in (the lighter checks).
         threads: samples of a build checked (decoded) at once: PNG decoding and CRCs release the GIL.
@@ -289,7 +290,7 @@ def plan_shards(path: str, info: DatasetInfo, verify: str | bool = "auto", split
     on = _hashes(shards, mode, path)
     if not on:
         shards = [Shard(s.url, s.num_samples, s.bytes) for s in shards]
-    expect = dataset.expect_of(build.get("config"), info.num_classes) if build else None
+    expect = expect_of(build.get("config"), info.num_classes) if build else None
     return ShardSet(path, info.num_classes, shards, verify=on, expect=expect)
 
 
