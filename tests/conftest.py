@@ -15,6 +15,8 @@ TINY = dict(sigma=3.5, delta=0.1, L=16, size=64, points=5000, seed=0, shard_size
 SHARED_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-mini.tar.gz"
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
+CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
+
 
 def make_cifar_like(dest: Path, train_per_class: int = 100, test_per_class: int = 20, size: int = 32) -> Path:
     """Write a CIFAR-10-shaped JPEG tarball of generated images (same layout and counts as the mini copy).
@@ -155,3 +157,31 @@ def cifar_mini(cifar_mini_tarball, tmp_path_factory) -> Path:
     with tarfile.open(cifar_mini_tarball) as tar:
         tar.extractall(root, filter="data")
     return root
+
+
+@pytest.fixture
+def restore_timm_ops():
+    """The bench may patch timm's posterize (Pillow >= 11); keep that from leaking into other tests."""
+    from timm.data import auto_augment
+
+    ops, posterize = dict(auto_augment.NAME_TO_OP), auto_augment.posterize
+    yield
+    auto_augment.NAME_TO_OP.clear()
+    auto_augment.NAME_TO_OP.update(ops)
+    auto_augment.posterize = posterize
+
+
+@pytest.fixture
+def spec_file(cifar_mini_tarball):
+    """Write the toy sweep (sweep-cpu.yaml, fine-tuning on the mini CIFAR-10 tarball) with changes."""
+    import yaml
+
+    def write(tmp_path, **changes):
+        spec = yaml.safe_load((CONFIGS / "sweep-cpu.yaml").read_text())
+        spec["finetune"]["data"] = str(cifar_mini_tarball)
+        spec["pretrain"]["steps"], spec["finetune"]["steps"] = 8, 4
+        spec.update(changes)
+        path = tmp_path / "sweep.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return path
+    return write

@@ -8,15 +8,7 @@ from timm.data import auto_augment
 from train.config import load_config
 from train.errors import TrainError
 
-
-@pytest.fixture(autouse=True)
-def _restore_timm_ops():
-    """The bench may patch timm's posterize (Pillow >= 11); keep that from leaking into other tests."""
-    ops, posterize = dict(auto_augment.NAME_TO_OP), auto_augment.posterize
-    yield
-    auto_augment.NAME_TO_OP.clear()
-    auto_augment.NAME_TO_OP.update(ops)
-    auto_augment.posterize = posterize
+pytestmark = pytest.mark.usefixtures("restore_timm_ops")  # the bench may patch timm's posterize
 
 
 def test_posterize_shim_keeps_zero_bits_black() -> None:

@@ -4,22 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
-from timm.data import auto_augment
 from train_helpers import (
     assert_one_line,
 )
 
 from train.experiments import bench
 
-
-@pytest.fixture(autouse=True)
-def _restore_timm_ops():
-    """The bench may patch timm's posterize (Pillow >= 11); keep that from leaking into other tests."""
-    ops, posterize = dict(auto_augment.NAME_TO_OP), auto_augment.posterize
-    yield
-    auto_augment.NAME_TO_OP.clear()
-    auto_augment.NAME_TO_OP.update(ops)
-    auto_augment.posterize = posterize
+pytestmark = pytest.mark.usefixtures("restore_timm_ops")  # the bench may patch timm's posterize
 
 
 def test_bench_measures_all_paths(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -707,22 +707,6 @@ def test_bench_refuses_what_timm_refuses_in_one_line(override, fragment, tiny_da
     assert_one_line(code, capsys.readouterr().err, fragment)
 
 
-@pytest.fixture
-def spec_file(cifar_mini_tarball):
-    """Write the toy sweep (sweep-cpu.yaml, fine-tuning on the mini CIFAR-10 tarball) with changes."""
-    def write(tmp_path, **changes):
-        return _spec_file(tmp_path, cifar_mini_tarball, **changes)
-    return write
-
-
-def _spec_file(tmp_path, data, **changes):
-    spec = yaml.safe_load((REPO / "train" / "configs" / "sweep-cpu.yaml").read_text())
-    spec["finetune"]["data"] = str(data)
-    spec["pretrain"]["steps"], spec["finetune"]["steps"] = 8, 4
-    spec.update(changes)
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 @pytest.mark.parametrize("changes,fragment", [

@@ -15,24 +15,6 @@ from train.errors import TrainError
 from train.experiments.sweep import load_sweep, points, run_sweep
 
 
-@pytest.fixture
-def spec_file(cifar_mini_tarball):
-    """Write the toy sweep (sweep-cpu.yaml, fine-tuning on the mini CIFAR-10 tarball) with changes."""
-    def write(tmp_path, **changes):
-        return _spec_file(tmp_path, cifar_mini_tarball, **changes)
-    return write
-
-
-def _spec_file(tmp_path, data, **changes):
-    spec = yaml.safe_load((REPO / "train" / "configs" / "sweep-cpu.yaml").read_text())
-    spec["finetune"]["data"] = str(data)
-    spec["pretrain"]["steps"], spec["finetune"]["steps"] = 8, 4
-    spec.update(changes)
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 def test_grid_is_the_cartesian_product(spec_file, tmp_path):
     spec = load_sweep(spec_file(tmp_path, grid={"delta": [0.1, 0.2], "L": [4, 8, 16]}))
     got = points(spec)

@@ -151,3 +151,4 @@ def shaded_folder(root: Path, classes=("airplane", "cat", "dog"), per_class: int
         for c in classes:
             shaded_images(root / split / c, per_class)
     return root
+

@@ -259,6 +259,23 @@ def safe_yaml(text: str, where: str) -> Any:
         raise TrainError(f"{where}: nested too deeply to be a config") from None
 
 
+def read_yaml_mapping(path: Path, what: str, sections: str) -> dict[str, Any]:
+    """The mapping a YAML config file holds (empty for an empty file), read by ``safe_yaml``.
+
+    Raises:
+        TrainError: ``{what} {path}: ...`` on one line: not UTF-8, not YAML, or not a mapping (of ``sections``).
+    """
+    try:
+        tree = safe_yaml(path.read_text(encoding="utf-8"), f"{what} {path}") or {}
+    except UnicodeDecodeError:
+        raise TrainError(f"{what} {path}: not UTF-8 text (a YAML file is)") from None
+    except yaml.YAMLError as e:
+        raise TrainError(f"{what} {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise TrainError(f"{what} {path}: its top level must be a mapping of {sections}, got {type(tree).__name__}")
+    return tree
+
+
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
@@ -291,15 +308,7 @@ def load_config(name_or_path: str | Path = "pretrain", overrides: list[str] | No
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
         raise TrainError(f"config {str(name_or_path)!r} not found (built-in: {known}, or a YAML path)")
-    try:
-        tree = safe_yaml(path.read_text(encoding="utf-8"), f"config {path}") or {}
-    except UnicodeDecodeError:
-        raise TrainError(f"config {path}: not UTF-8 text (a YAML file is)") from None
-    except yaml.YAMLError as e:
-        raise TrainError(f"config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(tree, dict):
-        raise TrainError(f"config {path}: its top level must be a mapping of sections (model:, data:, ...), "
-                         f"got {type(tree).__name__}")
+    tree = read_yaml_mapping(path, "config", "sections (model:, data:, ...)")
     for item in overrides or []:
         if "=" not in item:
             raise TrainError(f"override {item!r}: expected section.key=value")

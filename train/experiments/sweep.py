@@ -39,12 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from fracgen import dataset
 from fracgen.errors import FracgenError
 from fracgen.folder import single_name
-from train.config import CONFIG_DIR, safe_yaml
+from train.config import CONFIG_DIR, read_yaml_mapping
 from train.errors import TrainError
 from train.run.folder import METRICS_FILE, RunFolder, out_option
 
@@ -63,15 +62,7 @@ def load_sweep(name_or_path: str | Path) -> dict[str, Any]:
         path = CONFIG_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise TrainError(f"sweep config {name_or_path} not found")
-    try:
-        spec = safe_yaml(path.read_text(encoding="utf-8"), f"sweep config {path}") or {}
-    except UnicodeDecodeError:
-        raise TrainError(f"sweep config {path}: not UTF-8 text (a YAML file is)") from None
-    except yaml.YAMLError as e:
-        raise TrainError(f"sweep config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(spec, dict):
-        raise TrainError(f"sweep config {path}: its top level must be a mapping (name:, grid:, build:, pretrain:, "
-                         f"finetune:), got {type(spec).__name__}")
+    spec = read_yaml_mapping(path, "sweep config", "name:, grid:, build:, pretrain:, finetune:")
     for section in ("build", "pretrain", "finetune", "paper"):
         if spec.get(section) is not None and not isinstance(spec[section], dict):
             raise TrainError(f"sweep config {path}: {section} must be a mapping, got {type(spec[section]).__name__}")
