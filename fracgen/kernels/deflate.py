@@ -33,7 +33,6 @@ _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 
 _WORD = 8
 _CL_ORDER = np.array([16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15], np.int64)  # RFC 1951
-_POPCOUNT = np.array([bin(m).count("1") for m in range(256)], np.int64)
 _POSITIONS = np.array([sum(j for j in range(8) if m >> j & 1) for m in range(256)], np.int64)  # of set bits
 
 
@@ -121,7 +120,7 @@ def _reversed_codes(lengths, count, following, codes, max_bits):  # pragma: no c
 
 
 @numba.njit(cache=True, nogil=True)
-def _two_level(words, tail, v, len_symbol, len_extra, popcount, positions, cl_order, max_bits, out, bounds,
+def _two_level(words, tail, v, len_symbol, len_extra, positions, cl_order, max_bits, out, bounds,
                masks, tables, units, wide):  # pragma: no cover - compiled
     """One final dynamic-Huffman deflate block of the stream ``words`` then ``tail`` (bytes 0 and ``v`` only)
     into ``out`` (uint32, little-endian); returns its size in bytes (-1 when a code is too long for this
@@ -287,7 +286,7 @@ def deflate_two_level(raw: np.ndarray, v: int, wide: int = 3) -> bytes | None:
     n = words.size
     units = np.empty((2, 3 * n + 1024), np.int64)  # 256 table entries, 312 of header, <= 2 n words + copies
     units[:, :256] = 0
-    size, adler = _two_level(words, flat[whole:], v, LEN_SYMBOL, LEN_EXTRA, _POPCOUNT, _POSITIONS, _CL_ORDER,
+    size, adler = _two_level(words, flat[whole:], v, LEN_SYMBOL, LEN_EXTRA, _POSITIONS, _CL_ORDER,
                              _MAX_BITS, out, np.empty(n + 2, np.int64), np.empty(n, np.int64),
                              np.zeros((8, 286), np.int64), units, wide)
     if size < 0:
