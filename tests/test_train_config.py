@@ -21,7 +21,10 @@ def test_good_config_values_still_load(override):
                                       "data.resident.load_workers=0", "data.resident.load_workers=2",
                                       "data.resident.split_ranks=true", "data.resident.prefetch=false"])
 def test_good_resident_options_still_load(override, tiny_dataset):
-    cfg_of(tiny_dataset, override)
+    import yaml
+
+    key, raw = override.removeprefix("data.resident.").split("=")
+    assert cfg_of(tiny_dataset, override).data.resident[key] == yaml.safe_load(raw)
 
 
 @pytest.mark.parametrize("name", ["tiny", "pretrain", "finetune"])

@@ -37,7 +37,7 @@ from fracgen import dataset
 from fracgen.dataset import DatasetError, DatasetInfo
 from train.data.device_augment import DeviceAugment
 from train.data.samples import Sample
-from train.data.shards import ShardSet, read_split
+from train.data.shards import ShardSet, read_info, read_split
 from train.data.source import warn_large_batch
 from train.distributed import free_memory
 from train.errors import DoesNotFit, TrainError
@@ -56,21 +56,17 @@ def _seed(*parts: int) -> int:
 
 
 def _read_info(root: Path) -> DatasetInfo:
-    """``_info.json`` of a fracgen dataset folder, with a train split.
+    """``_info.json`` of a fracgen dataset folder (``train.data.shards.read_info``), with a train split.
 
     Raises:
         TrainError: missing, malformed, or no train split.
     """
+    info = read_info(str(root))
     try:
-        info = dataset.read_info(root)
         info.train  # noqa: B018 - raises DatasetError when there is none
     except DatasetError as e:
-        raise TrainError(str(e)) from None
+        raise TrainError(f"dataset {root}: {e}") from None
     return info
-
-
-def _grey(sample: Sample) -> np.ndarray:
-    return sample.grey()
 
 
 def _decode_members(root: Path, members: list[Sample], rank: int, world_size: int, split_ranks: bool,
@@ -84,7 +80,7 @@ def _decode_members(root: Path, members: list[Sample], rank: int, world_size: in
         raise TrainError(f"{root}: no samples for rank {rank} of {world_size}")
     workers = workers or min(16, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        arrays = list(pool.map(_grey, members, chunksize=64))
+        arrays = list(pool.map(Sample.grey, members, chunksize=64))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise TrainError(f"{root}: images of different sizes {sorted(shapes)[:3]}; the resident source needs one size")

@@ -10,6 +10,8 @@ read again; remote shards get the lighter checks as they are decoded. Costs: a w
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import math
 import random
@@ -45,10 +47,8 @@ def keep_head(samples: Iterator[Sample], keep: int) -> list[Sample]:
     Raises:
         TrainError: ``shard <path>: ...`` naming the damage.
     """
-    head: list[Sample] = []
-    for sample in samples:
-        if len(head) < keep:
-            head.append(sample)
+    head = list(itertools.islice(samples, keep))
+    collections.deque(samples, maxlen=0)  # the rest, read for its checks
     return head
 
 
@@ -168,7 +168,7 @@ class _ShardStream(IterableDataset):
         by_shard = self.data.num_shards % readers == 0
         buffer: list[tuple[np.ndarray, int]] = []
         seen = False
-        for pass_ in range(10**9):
+        for pass_ in itertools.count():
             order = list(range(self.data.num_shards))
             random.Random(base + pass_).shuffle(order)  # same on every reader so whole shards partition
             mine = order[reader::readers] if by_shard else order
@@ -235,11 +235,7 @@ class StreamSource:
         non_blocking = self.device.type == "cuda"
         batches = iter(loader)
         try:
-            for i, (images, targets) in enumerate(batches):
-                if i >= self._len:
-                    break
-                if i < start:
-                    continue
+            for images, targets in itertools.islice(batches, start, self._len):
                 yield (images.to(self.device, non_blocking=non_blocking),
                        targets.to(self.device, dtype=torch.int64, non_blocking=non_blocking))
         except TrainError as e:  # from a worker, torch wraps the message in the worker's traceback
