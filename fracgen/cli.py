@@ -406,9 +406,10 @@ def push_to_hub_command(
         raise click.BadParameter(
             f"expected USER/NAME (letters, digits, '-', '_', '.'), got {repo_id!r}", param_hint="--repo-id"
         )
-    if endpoint is not None and hub.url_problem(endpoint):
-        raise click.BadParameter(f"expected an http(s) URL without query or fragment, got {endpoint!r} "
-                                 f"({hub.url_problem(endpoint)})", param_hint="--endpoint")
+    problem = hub.url_problem(endpoint) if endpoint is not None else ""
+    if problem:
+        raise click.BadParameter(f"expected an http(s) URL without query or fragment, got {endpoint!r} ({problem})",
+                                 param_hint="--endpoint")
     if commit_message is not None and not commit_message.strip():
         raise click.BadParameter("must not be empty", param_hint="--commit-message")
     if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license_):

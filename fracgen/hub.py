@@ -157,5 +157,6 @@ def check_environment() -> None:
             raise UsageError(f"{name} must be a whole number of seconds > 0 (huggingface_hub reads it so), "
                              f"got {value!r}")
     endpoint = os.environ.get("HF_ENDPOINT")
-    if endpoint is not None and url_problem(endpoint):
-        raise UsageError(f"HF_ENDPOINT must be an http(s) URL, got {endpoint!r} ({url_problem(endpoint)})")
+    problem = url_problem(endpoint) if endpoint is not None else ""
+    if problem:
+        raise UsageError(f"HF_ENDPOINT must be an http(s) URL, got {endpoint!r} ({problem})")

@@ -68,8 +68,9 @@ def shard_records(plan: Plan, shard: int) -> dict:
     redrawn) but neither encoded nor written; the json of its first samples (``HEAD``, for the card's features)."""
     start = time.perf_counter()
     records: list[dict] = []
-    head = [json.loads(sample_json(meta)) for _, _, meta in _rendered(plan, shard, records)][:dataset.HEAD]
-    return _marker(plan, shard, len(plan.shard_samples[shard]), records, start) | {"head": head}
+    head = [json.loads(sample_json(meta)) for i, (_, _, meta) in enumerate(_rendered(plan, shard, records))
+            if shard == 0 and i < dataset.HEAD]  # only shard 0's first samples are the card's
+    return _marker(plan, shard, len(plan.shard_samples[shard]), records, start) | ({"head": head} if head else {})
 
 
 def sample_json(meta: dict) -> bytes:

@@ -53,20 +53,18 @@ def marker_path(root: Path, shard: int) -> Path:
     return Path(root) / STATS / f"{shard:06d}.json"
 
 
-def build_files(num_shards: int, source: str = "") -> list[str]:
-    """The files a build of ``num_shards`` shards writes (relative names), besides temporaries and markers."""
-    names = [*map(shard_name, range(num_shards)), INFO_JSON, PARAMS_JSON, BUILD_JSON, CARD_MD, PREVIEW_PNG,
-             CONFIG_JSON, SYSTEMS_JSON, PUBLISHED_JSON]
-    return names + ([source] if source else [])
+# The records a build writes (relative names), besides its shards, temporaries and markers.
+RECORD_FILES = frozenset({INFO_JSON, PARAMS_JSON, BUILD_JSON, CARD_MD, PREVIEW_PNG, CONFIG_JSON, SYSTEMS_JSON,
+                          PUBLISHED_JSON})
 
 
 def is_build_file(name: str, num_shards: int, source: str = "") -> bool:
-    """Whether ``name`` (relative) is one of ``build_files(num_shards, source)``, without listing them all (a
-    recorded shard count may be huge)."""
+    """Whether ``name`` (relative) is a file a build of ``num_shards`` shards from ``source`` writes: a shard, a
+    record, its source image (temporaries and markers aside), without listing the shards (their count may be huge)."""
     match = re.fullmatch(r"train-(\d{6,})\.tar", name)
     if match:
         return name == shard_name(int(match[1])) and int(match[1]) < num_shards
-    return name in build_files(0, source)
+    return name in RECORD_FILES or bool(source) and name == source
 
 
 # The names a build writes in each of its folders, and the probe it writes to check a folder can be written.

@@ -35,17 +35,13 @@ def decode_grey(data: bytes) -> np.ndarray:
 
 
 PNG_GREY, PNG_RGB, PNG_PALETTE = 0, 2, 3  # PNG colour types; palette: earlier fracgens' images
-
-
-def png_colour_type(data: bytes) -> int | None:
-    """The colour type in a PNG's header (``PNG_GREY``, ``PNG_RGB``, ``PNG_PALETTE``...), None if not a PNG."""
-    return data[25] if len(data) > 25 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" else None
-
-
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOUR = {"fractal": PNG_GREY, "L": PNG_GREY, "RGB": PNG_RGB}
 
 
+def png_colour_type(data: bytes) -> int | None:
+    """The colour type in a PNG's header (``PNG_GREY``, ``PNG_RGB``, ``PNG_PALETTE``...), None if not a PNG."""
+    return data[25] if len(data) > 25 and data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" else None
 
 
 @dataclass(frozen=True)
